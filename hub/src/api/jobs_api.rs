@@ -1,0 +1,137 @@
+//! Job routes for users: submit, status, list, cancel, raw output.
+
+use std::sync::Arc;
+
+use cmdx_proto::JobStatus;
+use cmdx_proto::rest::{CancelRequest, JobList, SubmitRequest, SubmitResponse};
+use warp::http::StatusCode;
+use warp::reply::Response;
+
+use super::{Req, json, json_status, read_json, user};
+use crate::Hub;
+use crate::error::{ApiError, ApiResult};
+use crate::jobs;
+use crate::store::JobQuery;
+
+/// `POST /api/jobs/submit` -> 201 `{jobId}` once durable.
+pub async fn submit(hub: &Arc<Hub>, mut req: Req) -> ApiResult<Response> {
+    let caller = user(hub, &req)?;
+    let body: SubmitRequest = read_json(&mut req, hub.config.max_json_bytes).await?;
+    let job_id = jobs::submit(hub, &caller, body, false).await?;
+    Ok(json_status(&SubmitResponse { job_id }, StatusCode::CREATED))
+}
+
+/// `GET /api/jobs/status?jobId=`.
+pub async fn status(hub: &Arc<Hub>, req: Req) -> ApiResult<Response> {
+    let caller = user(hub, &req)?;
+    let id = req
+        .param("jobId")
+        .ok_or_else(|| ApiError::bad_request("jobId query parameter required"))?;
+    let job = jobs::visible_job(hub, &caller, &id).await?;
+    Ok(json(&jobs::view(hub, &job).await?))
+}
+
+/// `GET /api/jobs/list?status=&limit=&cursor=&q=`: newest first.
+pub async fn list(hub: &Arc<Hub>, req: Req) -> ApiResult<Response> {
+    let caller = user(hub, &req)?;
+    let status = match req.param("status").filter(|s| !s.is_empty()) {
+        Some(s) => Some(
+            JobStatus::parse(&s)
+                .ok_or_else(|| ApiError::bad_request(format!("unknown status {s}")))?,
+        ),
+        None => None,
+    };
+    let limit = match req.param("limit") {
+        Some(l) => l
+            .parse::<usize>()
+            .ok()
+            .filter(|l| (1..=1000).contains(l))
+            .ok_or_else(|| ApiError::bad_request("limit must be 1..=1000"))?,
+        None => 50,
+    };
+    let cursor = req.param("cursor").filter(|c| !c.is_empty());
+    let q = req
+        .param("q")
+        .filter(|q| !q.is_empty())
+        .map(|q| q.to_lowercase());
+    let all = caller.is_admin() && req.param("all").as_deref() != Some("false");
+    let filter = move |j: &crate::store::JobRecord| {
+        status.is_none_or(|s| j.status == s)
+            && q.as_ref()
+                .is_none_or(|q| j.command.to_lowercase().contains(q.as_str()))
+    };
+    let jobs = hub
+        .store
+        .list_jobs(JobQuery {
+            owner: if all { None } else { Some(&caller.user_id) },
+            before: cursor.as_deref(),
+            limit: limit + 1,
+            filter: &filter,
+            max_scan: 200_000,
+        })
+        .await?;
+    let more = jobs.len() > limit;
+    let page: Vec<_> = jobs.iter().take(limit).map(jobs::summary).collect();
+    let next_cursor = if more {
+        page.last().map(|j| j.job_id.clone())
+    } else {
+        None
+    };
+    Ok(json(&JobList {
+        count: page.len(),
+        jobs: page,
+        next_cursor,
+    }))
+}
+
+/// `POST /api/jobs/cancel {jobId}`.
+pub async fn cancel(hub: &Arc<Hub>, mut req: Req) -> ApiResult<Response> {
+    let caller = user(hub, &req)?;
+    let body: CancelRequest = read_json(&mut req, hub.config.max_json_bytes).await?;
+    let job = jobs::cancel(hub, &caller, &body.job_id).await?;
+    Ok(json(&serde_json::json!({
+        "success": true,
+        "jobId": job.id,
+        "status": job.status,
+        "cancelRequested": job.cancel_requested,
+    })))
+}
+
+/// `GET /api/jobs/{id}/output?offset=N&limit=M`: raw bytes of the combined log. The
+/// `x-output-offset` header says where the bytes start (later than asked when the cap dropped
+/// the head), `x-output-end` where the stored log ends now.
+pub async fn output(hub: &Arc<Hub>, req: Req, id: &str) -> ApiResult<Response> {
+    let caller = user(hub, &req)?;
+    let job = jobs::visible_job(hub, &caller, id).await?;
+    let offset = match req.param("offset") {
+        Some(o) => o
+            .parse::<u64>()
+            .map_err(|_| ApiError::bad_request("offset must be a byte count"))?,
+        None => 0,
+    };
+    let limit = match req.param("limit") {
+        Some(l) => l
+            .parse::<usize>()
+            .map_err(|_| ApiError::bad_request("limit must be a byte count"))?,
+        None => hub.config.output_cap_bytes as usize,
+    }
+    .min(hub.config.output_cap_bytes as usize + (1 << 20));
+    let (start, bytes) = crate::relay::read_raw(hub.store.as_ref(), &job.id, offset, limit).await?;
+    let end = start + bytes.len() as u64;
+    let mut resp = Response::new(bytes.into());
+    let h = resp.headers_mut();
+    h.insert(
+        "content-type",
+        warp::http::HeaderValue::from_static("application/octet-stream"),
+    );
+    for (k, v) in [
+        ("x-output-offset", start.to_string()),
+        ("x-output-end", end.to_string()),
+        ("x-job-status", job.status.as_str().to_string()),
+    ] {
+        if let Ok(v) = warp::http::HeaderValue::from_str(&v) {
+            h.insert(k, v);
+        }
+    }
+    Ok(resp)
+}

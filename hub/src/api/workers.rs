@@ -1,0 +1,124 @@
+//! Worker administration (list, tokens, drain, delete) and the agent WebSocket handshake.
+
+use std::sync::Arc;
+
+use cmdx_proto::agent::HubMsg;
+use cmdx_proto::rest::{MintTokenRequest, MintTokenResponse, WorkerList};
+use warp::http::StatusCode;
+use warp::reply::Response;
+
+use super::{Req, admin, json, json_status, read_json, user, worker};
+use crate::Hub;
+use crate::auth::WorkerCred;
+use crate::error::{ApiError, ApiResult};
+use crate::store::{WorkerTokenRecord, new_id, now_ms};
+use crate::time::rfc3339;
+
+/// `GET /ws/agent`: the agent protocol. Needs a minted worker token in a header.
+pub async fn agent_socket(hub: &Arc<Hub>, mut req: Req) -> ApiResult<Response> {
+    let cred = worker(hub, &req).await?;
+    let WorkerCred::Token(token_id) = cred else {
+        return Err(ApiError::forbidden("agents need a minted worker token"));
+    };
+    if hub.draining.load(std::sync::atomic::Ordering::SeqCst) {
+        return Err(ApiError::unavailable("hub is shutting down"));
+    }
+    if hub.sessions.count() >= hub.config.max_agent_sockets + hub.config.max_client_sockets {
+        return Err(ApiError::unavailable("too many open sockets"));
+    }
+    let resp = crate::ws::handshake(&req.headers)?;
+    let on_upgrade = req
+        .upgrade
+        .take()
+        .ok_or_else(|| ApiError::bad_request("connection cannot be upgraded"))?;
+    let hub2 = hub.clone();
+    let max = hub.config.max_ws_message_bytes;
+    tokio::spawn(async move {
+        if let Some(ws) = crate::ws::accept(on_upgrade, max).await {
+            crate::ws_agent::session(hub2, ws, token_id).await;
+        }
+    });
+    Ok(resp)
+}
+
+/// `GET /api/workers/list`: any signed-in user.
+pub async fn list(hub: &Arc<Hub>, req: Req) -> ApiResult<Response> {
+    user(hub, &req)?;
+    Ok(json(&WorkerList {
+        workers: hub.dispatch.views(hub.config.legacy_offline_secs * 1000),
+    }))
+}
+
+/// Mints a worker token (used by the route and by `cmdx dev`).
+pub async fn mint(
+    hub: &Hub,
+    created_by: &str,
+    name: Option<String>,
+    ttl_secs: Option<u64>,
+) -> ApiResult<MintTokenResponse> {
+    let ttl = ttl_secs.unwrap_or(hub.config.worker_token_ttl_secs);
+    if ttl == 0 || ttl > 10 * 365 * 24 * 3600 {
+        return Err(ApiError::bad_request(
+            "ttlSecs must be between 1 and ten years",
+        ));
+    }
+    let now = now_ms();
+    let rec = WorkerTokenRecord {
+        v: 1,
+        id: new_id(),
+        name,
+        created_by: created_by.to_string(),
+        created_ms: now,
+        expires_ms: now + ttl * 1000,
+    };
+    hub.store.put_worker_token(&rec).await?;
+    hub.store.sync().await?;
+    Ok(MintTokenResponse {
+        token: hub.auth.mint_worker_token(&rec.id, rec.expires_ms),
+        token_id: rec.id,
+        expires_at: rfc3339(rec.expires_ms),
+    })
+}
+
+/// `POST /api/workers/tokens` (admin).
+pub async fn mint_token(hub: &Arc<Hub>, mut req: Req) -> ApiResult<Response> {
+    let caller = admin(hub, &req)?;
+    let body: MintTokenRequest = if req
+        .headers
+        .get("content-length")
+        .is_some_and(|v| v.as_bytes() == b"0")
+    {
+        MintTokenRequest::default()
+    } else {
+        read_json(&mut req, hub.config.max_json_bytes).await?
+    };
+    let resp = mint(hub, &caller.user_id, body.name, body.ttl_secs).await?;
+    Ok(json_status(&resp, StatusCode::CREATED))
+}
+
+/// `POST /api/workers/{id}/drain` (admin): the worker takes no new jobs.
+pub async fn drain(hub: &Arc<Hub>, req: Req, id: &str) -> ApiResult<Response> {
+    admin(hub, &req)?;
+    if !hub.dispatch.set_draining(id) {
+        return Err(ApiError::not_found("worker not found"));
+    }
+    if let Some(conn) = hub.dispatch.conn(id) {
+        let _ = conn.tx.send(HubMsg::Drain).await;
+    }
+    Ok(json(&serde_json::json!({"success": true, "workerId": id})))
+}
+
+/// `DELETE /api/workers/{id}` (admin): forgets a worker; its jobs are requeued.
+pub async fn delete(hub: &Arc<Hub>, req: Req, id: &str) -> ApiResult<Response> {
+    admin(hub, &req)?;
+    crate::jobs::expire_worker_jobs(hub, id, "worker deleted").await;
+    if let Some(conn) = hub.dispatch.conn(id) {
+        conn.kick.cancel();
+    }
+    if hub.dispatch.remove(id).is_none() {
+        return Err(ApiError::not_found("worker not found"));
+    }
+    hub.store.delete_worker(id).await?;
+    hub.store.sync().await?;
+    Ok(json(&serde_json::json!({"success": true, "workerId": id})))
+}

@@ -1,0 +1,425 @@
+//! Authentication: user passwords (argon2id), user session JWTs (HS256 pinned, `exp/iss/aud/sub`
+//! required), worker tokens (HMAC-SHA256 signed, with a token id and expiry, revocable), the
+//! original system's legacy worker JWTs, and the CIDR allow-list for unauthenticated legacy
+//! workers. Secrets are generated on first start into `DATA/secrets/` (mode 0600).
+
+use std::net::IpAddr;
+use std::path::Path;
+
+use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hmac::{Hmac, Mac};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use warp::http::HeaderMap;
+
+use crate::config::HubConfig;
+use crate::error::{ApiError, HubError};
+use crate::store::now_ms;
+
+/// Issuer of session tokens.
+pub const ISSUER: &str = "cmdx-hub";
+/// Audience of session tokens.
+pub const AUDIENCE: &str = "cmdx-api";
+/// Name of the session cookie.
+pub const COOKIE: &str = "auth_token";
+/// Prefix of worker tokens (lets the hub tell them from JWTs without trying both).
+pub const WORKER_TOKEN_PREFIX: &str = "cmdxw_";
+
+/// A signed-in user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// User id.
+    pub user_id: String,
+    /// Email.
+    pub email: String,
+    /// `admin` or `user`.
+    pub role: String,
+}
+
+impl Caller {
+    /// Admins see everything.
+    pub fn is_admin(&self) -> bool {
+        self.role == "admin"
+    }
+
+    /// Whether this caller may see a resource owned by `owner`.
+    pub fn can_see(&self, owner: &str) -> bool {
+        self.is_admin() || self.user_id == owner
+    }
+}
+
+/// How a worker proved itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WorkerCred {
+    /// A minted worker token with this id.
+    Token(String),
+    /// The original system's worker JWT naming this worker id.
+    LegacyJwt(String),
+    /// An unauthenticated legacy worker from an allowed CIDR.
+    OpenCidr,
+}
+
+impl WorkerCred {
+    /// The id assignments are bound to (with the worker id).
+    pub fn token_id(&self) -> String {
+        match self {
+            WorkerCred::Token(t) => t.clone(),
+            WorkerCred::LegacyJwt(w) => format!("legacy-jwt:{w}"),
+            WorkerCred::OpenCidr => "open-cidr".to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Claims {
+    sub: String,
+    email: String,
+    role: String,
+    iss: String,
+    aud: String,
+    exp: u64,
+    iat: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct WorkerPayload {
+    tid: String,
+    exp: u64,
+}
+
+#[derive(Debug, Deserialize)]
+struct LegacyClaims {
+    #[serde(rename = "workerId")]
+    worker_id: String,
+    #[serde(rename = "type")]
+    kind: String,
+}
+
+/// Keys and policies.
+pub struct Auth {
+    enc: EncodingKey,
+    dec: DecodingKey,
+    validation: Validation,
+    worker_key: Vec<u8>,
+    legacy: Option<(DecodingKey, Validation)>,
+    open_cidrs: Vec<(IpAddr, u8)>,
+    dummy_hash: String,
+    session_ttl_secs: u64,
+}
+
+fn load_secret(dir: &Path, name: &str, given: &Option<String>) -> Result<Vec<u8>, HubError> {
+    if let Some(s) = given {
+        return Ok(s.as_bytes().to_vec());
+    }
+    let path = dir.join(name);
+    let io = |source| HubError::DataDir {
+        path: path.clone(),
+        source,
+    };
+    if let Ok(hex_text) = std::fs::read_to_string(&path) {
+        return hex::decode(hex_text.trim())
+            .map_err(|e| HubError::Config(format!("secret {}: {e}", path.display())));
+    }
+    let bytes: [u8; 32] = rand::random();
+    write_private(&path, hex::encode(bytes).as_bytes()).map_err(io)?;
+    Ok(bytes.to_vec())
+}
+
+/// Writes a file readable only by its owner.
+pub fn write_private(path: &Path, content: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(content)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+fn parse_cidr(s: &str) -> Result<(IpAddr, u8), HubError> {
+    let (ip, bits) = match s.split_once('/') {
+        Some((ip, bits)) => (ip, Some(bits)),
+        None => (s, None),
+    };
+    let ip: IpAddr = ip
+        .parse()
+        .map_err(|_| HubError::Config(format!("bad CIDR {s}")))?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    let bits = match bits {
+        Some(b) => b
+            .parse::<u8>()
+            .ok()
+            .filter(|b| *b <= max)
+            .ok_or_else(|| HubError::Config(format!("bad CIDR {s}")))?,
+        None => max,
+    };
+    Ok((ip, bits))
+}
+
+fn cidr_contains((net, bits): (IpAddr, u8), ip: IpAddr) -> bool {
+    let ip = match ip {
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(IpAddr::V4)
+            .unwrap_or(IpAddr::V6(v6)),
+        v4 => v4,
+    };
+    match (net, ip) {
+        (IpAddr::V4(n), IpAddr::V4(a)) => {
+            let mask = if bits == 0 {
+                0
+            } else {
+                u32::MAX << (32 - bits)
+            };
+            u32::from(n) & mask == u32::from(a) & mask
+        }
+        (IpAddr::V6(n), IpAddr::V6(a)) => {
+            let mask = if bits == 0 {
+                0
+            } else {
+                u128::MAX << (128 - bits)
+            };
+            u128::from(n) & mask == u128::from(a) & mask
+        }
+        _ => false,
+    }
+}
+
+impl Auth {
+    /// Loads or generates the secrets and prepares keys.
+    pub fn load(config: &HubConfig) -> Result<Auth, HubError> {
+        let dir = config.data_dir.join("secrets");
+        std::fs::create_dir_all(&dir).map_err(|source| HubError::DataDir {
+            path: dir.clone(),
+            source,
+        })?;
+        let jwt = load_secret(&dir, "jwt.key", &config.jwt_secret)?;
+        let worker_key = load_secret(&dir, "worker.key", &config.worker_secret)?;
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.algorithms = vec![Algorithm::HS256];
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        validation.set_issuer(&[ISSUER]);
+        validation.set_audience(&[AUDIENCE]);
+        validation.leeway = 5;
+        let legacy = config.legacy_worker_jwt_secret.as_ref().map(|s| {
+            let mut v = Validation::new(Algorithm::HS256);
+            v.algorithms = vec![Algorithm::HS256];
+            // The original system's worker JWTs carry no standard claims; exp is checked when
+            // present.
+            v.set_required_spec_claims::<&str>(&[]);
+            v.validate_aud = false;
+            (DecodingKey::from_secret(s.as_bytes()), v)
+        });
+        let mut open_cidrs = Vec::new();
+        for c in &config.legacy_open_cidrs {
+            open_cidrs.push(parse_cidr(c)?);
+        }
+        if !open_cidrs.is_empty() {
+            tracing::warn!(
+                cidrs = ?config.legacy_open_cidrs,
+                "UNAUTHENTICATED legacy workers are admitted from these networks"
+            );
+        }
+        let dummy_hash = hash_password("cmdx-timing-equaliser")
+            .map_err(|e| HubError::Config(format!("argon2: {e}")))?;
+        Ok(Auth {
+            enc: EncodingKey::from_secret(&jwt),
+            dec: DecodingKey::from_secret(&jwt),
+            validation,
+            worker_key,
+            legacy,
+            open_cidrs,
+            dummy_hash,
+            session_ttl_secs: config.session_ttl_secs,
+        })
+    }
+
+    /// Issues a session token; returns it with its lifetime in seconds.
+    pub fn issue_session(&self, user_id: &str, email: &str, role: &str) -> (String, u64) {
+        let now = now_ms() / 1000;
+        let claims = Claims {
+            sub: user_id.to_string(),
+            email: email.to_string(),
+            role: role.to_string(),
+            iss: ISSUER.to_string(),
+            aud: AUDIENCE.to_string(),
+            exp: now + self.session_ttl_secs,
+            iat: now,
+        };
+        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.enc)
+            .unwrap_or_default();
+        (token, self.session_ttl_secs)
+    }
+
+    /// Verifies a session token.
+    pub fn verify_session(&self, token: &str) -> Result<Caller, ApiError> {
+        if token.starts_with(WORKER_TOKEN_PREFIX) {
+            return Err(ApiError::forbidden("worker tokens cannot call user apis"));
+        }
+        let data = jsonwebtoken::decode::<Claims>(token, &self.dec, &self.validation)
+            .map_err(|e| ApiError::unauthorized(format!("invalid session token: {e}")))?;
+        Ok(Caller {
+            user_id: data.claims.sub,
+            email: data.claims.email,
+            role: data.claims.role,
+        })
+    }
+
+    /// Mints a worker token with id `tid` expiring at `exp_ms`.
+    pub fn mint_worker_token(&self, tid: &str, exp_ms: u64) -> String {
+        let payload = serde_json::to_vec(&WorkerPayload {
+            tid: tid.to_string(),
+            exp: exp_ms / 1000,
+        })
+        .unwrap_or_default();
+        let body = format!("{WORKER_TOKEN_PREFIX}{}", URL_SAFE_NO_PAD.encode(payload));
+        let sig = self.sign(body.as_bytes());
+        format!("{body}.{}", URL_SAFE_NO_PAD.encode(sig))
+    }
+
+    fn sign(&self, data: &[u8]) -> Vec<u8> {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.worker_key)
+            .expect("hmac accepts any key length");
+        mac.update(data);
+        mac.finalize().into_bytes().to_vec()
+    }
+
+    /// Checks a worker token's signature and expiry; returns its id. The caller also checks
+    /// that the token was not revoked (its record exists).
+    pub fn verify_worker_token(&self, token: &str) -> Result<String, ApiError> {
+        let bad = || ApiError::unauthorized("invalid worker token");
+        let (body, sig) = token.rsplit_once('.').ok_or_else(bad)?;
+        let payload_b64 = body.strip_prefix(WORKER_TOKEN_PREFIX).ok_or_else(bad)?;
+        let sig = URL_SAFE_NO_PAD.decode(sig).map_err(|_| bad())?;
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.worker_key)
+            .expect("hmac accepts any key length");
+        mac.update(body.as_bytes());
+        mac.verify_slice(&sig).map_err(|_| bad())?;
+        let payload: WorkerPayload = URL_SAFE_NO_PAD
+            .decode(payload_b64)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .ok_or_else(bad)?;
+        if payload.exp * 1000 <= now_ms() {
+            return Err(ApiError::unauthorized("worker token expired"));
+        }
+        Ok(payload.tid)
+    }
+
+    /// Verifies a legacy worker JWT; returns the worker id it names.
+    pub fn verify_legacy_jwt(&self, token: &str) -> Result<String, ApiError> {
+        let Some((key, validation)) = &self.legacy else {
+            return Err(ApiError::unauthorized("invalid worker token"));
+        };
+        let data = jsonwebtoken::decode::<LegacyClaims>(token, key, validation)
+            .map_err(|_| ApiError::unauthorized("invalid worker token"))?;
+        if data.claims.kind != "worker" {
+            return Err(ApiError::unauthorized("invalid worker token"));
+        }
+        Ok(data.claims.worker_id)
+    }
+
+    /// Whether an unauthenticated legacy worker from `ip` is admitted.
+    pub fn open_cidr_allows(&self, ip: Option<IpAddr>) -> bool {
+        match ip {
+            Some(ip) => self.open_cidrs.iter().any(|c| cidr_contains(*c, ip)),
+            None => false,
+        }
+    }
+
+    /// Verifies a password against a stored hash; with `None` (unknown user) it still spends
+    /// the same time so responses do not reveal which emails exist.
+    pub fn verify_password(&self, hash: Option<&str>, password: &str) -> bool {
+        let (hash, real) = match hash {
+            Some(h) => (h, true),
+            None => (self.dummy_hash.as_str(), false),
+        };
+        let ok = PasswordHash::new(hash)
+            .map(|parsed| {
+                Argon2::default()
+                    .verify_password(password.as_bytes(), &parsed)
+                    .is_ok()
+            })
+            .unwrap_or(false);
+        ok && real
+    }
+}
+
+/// Hashes a password with argon2id and a random salt.
+pub fn hash_password(password: &str) -> Result<String, String> {
+    let salt_bytes: [u8; 16] = rand::random();
+    let salt = SaltString::encode_b64(&salt_bytes).map_err(|e| e.to_string())?;
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| e.to_string())
+}
+
+/// The bearer token of a request, if any.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// The value of a cookie, if any.
+pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all("cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidrs_match_prefixes() {
+        let net = parse_cidr("10.1.0.0/16").unwrap();
+        assert!(cidr_contains(net, "10.1.200.3".parse().unwrap()));
+        assert!(!cidr_contains(net, "10.2.0.1".parse().unwrap()));
+        assert!(cidr_contains(
+            parse_cidr("127.0.0.1").unwrap(),
+            "::ffff:127.0.0.1".parse().unwrap()
+        ));
+        assert!(parse_cidr("10.0.0.0/33").is_err());
+    }
+
+    #[test]
+    fn worker_tokens_round_trip_and_reject_tampering() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = HubConfig {
+            data_dir: dir.path().to_path_buf(),
+            ..HubConfig::default()
+        };
+        let auth = Auth::load(&cfg).unwrap();
+        let tok = auth.mint_worker_token("t1", now_ms() + 60_000);
+        assert_eq!(auth.verify_worker_token(&tok).unwrap(), "t1");
+        let mut forged = tok.clone();
+        forged.insert(10, 'A');
+        assert!(auth.verify_worker_token(&forged).is_err());
+        let expired = auth.mint_worker_token("t2", now_ms() - 1000);
+        assert!(auth.verify_worker_token(&expired).is_err());
+        assert!(auth.verify_session(&tok).is_err());
+    }
+}

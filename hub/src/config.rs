@@ -1,0 +1,119 @@
+//! Hub settings. Every field has a default; `cmdx hub` fills them from flags and `CMDX_*` env.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Settings of one hub.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(default, rename_all = "snake_case", deny_unknown_fields)]
+pub struct HubConfig {
+    /// Data folder: sled store, blobs, secrets.
+    pub data_dir: PathBuf,
+    /// JWT signing secret for user sessions; generated into `DATA/secrets` when absent.
+    pub jwt_secret: Option<String>,
+    /// HMAC secret for worker tokens; generated into `DATA/secrets` when absent.
+    pub worker_secret: Option<String>,
+    /// Shared secret of the original system's HS256 worker JWTs (legacy workers); off when unset.
+    pub legacy_worker_jwt_secret: Option<String>,
+    /// CIDRs from which legacy REST workers may call without a token (off by default).
+    pub legacy_open_cidrs: Vec<String>,
+    /// Lifetime of a user session token, seconds.
+    pub session_ttl_secs: u64,
+    /// Default lifetime of a worker token, seconds.
+    pub worker_token_ttl_secs: u64,
+    /// How long a disconnected worker may take to come back and resume its jobs, seconds.
+    pub reconnect_grace_secs: u64,
+    /// A legacy REST worker silent this long is offline, seconds.
+    pub legacy_offline_secs: u64,
+    /// Attempts before `worker_lost` when the submission does not say.
+    pub default_max_attempts: u32,
+    /// Upper bound for `maxAttempts`.
+    pub max_attempts_limit: u32,
+    /// Timeout when the submission does not say, seconds.
+    pub default_timeout_secs: u64,
+    /// Upper bound for `timeout`, seconds.
+    pub max_timeout_secs: u64,
+    /// Seconds between TERM and KILL on cancel.
+    pub cancel_grace_secs: u64,
+    /// Output kept per job; the head is dropped beyond it.
+    pub output_cap_bytes: u64,
+    /// Largest upload.
+    pub max_upload_bytes: u64,
+    /// Largest JSON body on ordinary routes.
+    pub max_json_bytes: u64,
+    /// Largest legacy `submit-result` body (it carries whole outputs).
+    pub max_legacy_result_bytes: u64,
+    /// Largest WebSocket message.
+    pub max_ws_message_bytes: usize,
+    /// Agent heartbeat period announced in `welcome`, seconds.
+    pub heartbeat_secs: u64,
+    /// Requests per minute per IP and route group; 0 disables.
+    pub rate_limit_per_min: u32,
+    /// Login attempts per minute per IP; 0 disables.
+    pub login_rate_limit_per_min: u32,
+    /// Origins allowed for browser WebSockets besides the hub's own host.
+    pub allowed_origins: Vec<String>,
+    /// Mark the session cookie `Secure` (behind TLS).
+    pub cookie_secure: bool,
+    /// sled page cache, bytes.
+    pub cache_bytes: u64,
+    /// Most concurrent client (browser/CLI) WebSockets.
+    pub max_client_sockets: usize,
+    /// Most concurrent agent WebSockets.
+    pub max_agent_sockets: usize,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        HubConfig {
+            data_dir: PathBuf::from("./cmdx-data"),
+            jwt_secret: None,
+            worker_secret: None,
+            legacy_worker_jwt_secret: None,
+            legacy_open_cidrs: Vec::new(),
+            session_ttl_secs: 12 * 3600,
+            worker_token_ttl_secs: 30 * 24 * 3600,
+            reconnect_grace_secs: 30,
+            legacy_offline_secs: 30,
+            default_max_attempts: 3,
+            max_attempts_limit: 10,
+            default_timeout_secs: 600,
+            max_timeout_secs: 7 * 24 * 3600,
+            cancel_grace_secs: 10,
+            output_cap_bytes: 64 << 20,
+            max_upload_bytes: 100 << 20,
+            max_json_bytes: 1 << 20,
+            max_legacy_result_bytes: 64 << 20,
+            max_ws_message_bytes: 1 << 20,
+            heartbeat_secs: 10,
+            rate_limit_per_min: 100,
+            login_rate_limit_per_min: 10,
+            allowed_origins: Vec::new(),
+            cookie_secure: false,
+            cache_bytes: 64 << 20,
+            max_client_sockets: 10_000,
+            max_agent_sockets: 20_000,
+        }
+    }
+}
+
+impl std::fmt::Debug for HubConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let redact = |s: &Option<String>| s.as_ref().map(|_| "<redacted>");
+        f.debug_struct("HubConfig")
+            .field("data_dir", &self.data_dir)
+            .field("jwt_secret", &redact(&self.jwt_secret))
+            .field("worker_secret", &redact(&self.worker_secret))
+            .field(
+                "legacy_worker_jwt_secret",
+                &redact(&self.legacy_worker_jwt_secret),
+            )
+            .field("legacy_open_cidrs", &self.legacy_open_cidrs)
+            .field("reconnect_grace_secs", &self.reconnect_grace_secs)
+            .field("output_cap_bytes", &self.output_cap_bytes)
+            .field("max_upload_bytes", &self.max_upload_bytes)
+            .field("rate_limit_per_min", &self.rate_limit_per_min)
+            .finish_non_exhaustive()
+    }
+}

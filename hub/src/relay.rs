@@ -1,0 +1,455 @@
+//! Output log and live relay.
+//!
+//! Each job with output activity has a [`LiveJob`]: the append state (next sequence number, next
+//! index, end offset) behind an async mutex, and a bounded `broadcast` channel of stored chunks.
+//! Appenders write the chunk to the store *then* broadcast it. A subscriber subscribes *then*
+//! reads the store from its offset, and drops live chunks below what it already sent: so there is
+//! no gap and no duplicate at the seam. A subscriber that lags (the broadcast ring overwrote
+//! chunks it had not read) rereads the store from where it was: it never slows the agent or
+//! other subscribers, and its memory is bounded by its outgoing queue.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use cmdx_proto::client::ServerMsg;
+use cmdx_proto::{Bytes64, StreamKind};
+use tokio::sync::{broadcast, mpsc};
+
+use crate::store::{ChunkRecord, Store, StoreResult};
+
+/// Broadcast ring size per job (chunks).
+const RING: usize = 128;
+/// Bytes read from the store per page when replaying.
+const PAGE_BYTES: usize = 256 * 1024;
+
+/// What the live channel carries.
+#[derive(Clone, Debug)]
+pub enum RelayItem {
+    /// A chunk, already stored.
+    Chunk(Arc<ChunkRecord>),
+    /// The job is terminal; the store holds the whole log.
+    End,
+}
+
+/// Append state of one job's log for its current attempt.
+#[derive(Debug, Default)]
+pub struct OutState {
+    /// Loaded from the store for `attempt`.
+    pub loaded: bool,
+    /// Attempt the state belongs to.
+    pub attempt: u32,
+    /// Worker and token the attempt is bound to (fast fencing check).
+    pub owner: (String, String),
+    /// Next expected agent sequence number.
+    pub next_seq: u64,
+    /// Next chunk index.
+    pub next_index: u64,
+    /// Offset just past the last stored byte.
+    pub end_offset: u64,
+    /// First stored chunk index.
+    pub first_index: u64,
+    /// Offset of the first stored byte.
+    pub first_offset: u64,
+    /// The cap dropped bytes.
+    pub truncated: bool,
+    /// Newlines seen.
+    pub lines: u64,
+}
+
+/// One job's live relay.
+pub struct LiveJob {
+    /// Append state.
+    pub state: tokio::sync::Mutex<OutState>,
+    /// Live chunks.
+    pub tx: broadcast::Sender<RelayItem>,
+}
+
+/// All live relays.
+pub struct Relay {
+    jobs: Mutex<HashMap<String, Arc<LiveJob>>>,
+    /// Output kept per job.
+    pub cap: u64,
+}
+
+impl Relay {
+    /// A relay keeping at most `cap` bytes per job.
+    pub fn new(cap: u64) -> Relay {
+        Relay {
+            jobs: Mutex::new(HashMap::new()),
+            cap,
+        }
+    }
+
+    /// The live relay of a job, created on first use.
+    pub fn live(&self, job_id: &str) -> Arc<LiveJob> {
+        let mut map = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(job_id.to_string())
+            .or_insert_with(|| {
+                Arc::new(LiveJob {
+                    state: tokio::sync::Mutex::new(OutState::default()),
+                    tx: broadcast::channel(RING).0,
+                })
+            })
+            .clone()
+    }
+
+    /// The job became terminal: tell subscribers and drop the relay.
+    pub fn end(&self, job_id: &str) {
+        let removed = self
+            .jobs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(job_id);
+        if let Some(l) = removed {
+            let _ = l.tx.send(RelayItem::End);
+        }
+    }
+
+    /// Drops the relay of a terminal job when nobody listens (subscriber cleanup).
+    pub fn forget_if_idle(&self, job_id: &str) {
+        let mut map = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+        if map.get(job_id).is_some_and(|l| l.tx.receiver_count() == 0) {
+            map.remove(job_id);
+        }
+    }
+
+    /// Number of live subscribers over all jobs.
+    pub fn subscribers(&self) -> usize {
+        self.jobs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(|l| l.tx.receiver_count())
+            .sum()
+    }
+}
+
+/// Loads the append state of `job_id` for `attempt` from the store. Chunks of earlier attempts
+/// are dropped: a job's log is its current attempt's output.
+pub async fn load_state(
+    store: &dyn Store,
+    job_id: &str,
+    attempt: u32,
+    owner: (String, String),
+    min_first_index: u64,
+) -> StoreResult<OutState> {
+    let last = store.last_chunk(job_id).await?;
+    let mut st = OutState {
+        loaded: true,
+        attempt,
+        owner,
+        ..OutState::default()
+    };
+    match last {
+        None => {
+            st.next_index = min_first_index;
+            st.first_index = min_first_index;
+        }
+        Some(last) if last.attempt != attempt => {
+            // A new attempt starts a fresh log after the old one's end offset.
+            store.delete_chunks_before(job_id, last.index + 1).await?;
+            st.next_index = last.index + 1;
+            st.first_index = last.index + 1;
+            st.end_offset = last.end();
+            st.first_offset = last.end();
+        }
+        Some(last) => {
+            st.next_index = last.index + 1;
+            st.next_seq = last.seq + 1;
+            st.end_offset = last.end();
+            // Find the first chunk of this attempt, counting lines on the way.
+            let mut idx = min_first_index;
+            let mut first: Option<(u64, u64)> = None;
+            let mut stale_before = None;
+            loop {
+                let page = store.read_chunks(job_id, idx, PAGE_BYTES).await?;
+                let Some(tail) = page.last() else { break };
+                idx = tail.index + 1;
+                for c in &page {
+                    if c.attempt != attempt {
+                        stale_before = Some(c.index + 1);
+                        continue;
+                    }
+                    if first.is_none() {
+                        first = Some((c.index, c.offset));
+                    }
+                    st.lines += c.data.iter().filter(|b| **b == b'\n').count() as u64;
+                }
+                if idx > last.index {
+                    break;
+                }
+            }
+            if let Some(before) = stale_before {
+                store.delete_chunks_before(job_id, before).await?;
+            }
+            let (fi, fo) = first.unwrap_or((last.index, last.offset));
+            st.first_index = fi;
+            st.first_offset = fo;
+        }
+    }
+    Ok(st)
+}
+
+/// Appends one chunk (the state must be loaded and fenced by the caller); returns the stored
+/// chunk count for the attempt.
+pub async fn append(
+    store: &dyn Store,
+    live: &LiveJob,
+    st: &mut OutState,
+    job_id: &str,
+    cap: u64,
+    stream: StreamKind,
+    data: Vec<u8>,
+) -> StoreResult<u64> {
+    let chunk = ChunkRecord {
+        index: st.next_index,
+        attempt: st.attempt,
+        seq: st.next_seq,
+        offset: st.end_offset,
+        stream,
+        time_ms: crate::store::now_ms(),
+        data,
+    };
+    store.append_chunk(job_id, &chunk).await?;
+    st.next_seq += 1;
+    st.next_index += 1;
+    st.end_offset = chunk.end();
+    st.lines += chunk.data.iter().filter(|b| **b == b'\n').count() as u64;
+    let _ = live.tx.send(RelayItem::Chunk(Arc::new(chunk)));
+    // Keep the tail: drop whole chunks from the head once over the cap (with some slack so
+    // that trimming is not per chunk).
+    let retained = st.end_offset - st.first_offset;
+    if retained > cap + cap / 8 {
+        let excess = (retained - cap) as usize;
+        let mut idx = st.first_index;
+        let mut dropped = 0usize;
+        let mut new_first = None;
+        while dropped < excess {
+            let page = store.read_chunks(job_id, idx, PAGE_BYTES).await?;
+            if page.is_empty() {
+                break;
+            }
+            for c in &page {
+                if dropped >= excess {
+                    new_first = Some((c.index, c.offset));
+                    break;
+                }
+                dropped += c.data.len();
+                idx = c.index + 1;
+            }
+            if new_first.is_some() {
+                break;
+            }
+        }
+        let (fi, fo) = new_first.unwrap_or((st.next_index - 1, st.end_offset));
+        store.delete_chunks_before(job_id, fi).await?;
+        st.first_index = fi;
+        st.first_offset = fo;
+        st.truncated = true;
+    }
+    Ok(st.next_seq)
+}
+
+/// Why a subscription ended.
+pub enum SubEnd {
+    /// The job is terminal and every byte was sent.
+    Finished,
+    /// The client went away.
+    ClientGone,
+}
+
+/// Streams `job_id`'s log from `offset` to `out`: stored bytes, then live ones. Returns when the
+/// job is terminal (after sending everything) or the client is gone. `is_terminal` re-reads the
+/// job's state from the store.
+pub async fn subscribe<F, Fut>(
+    store: &dyn Store,
+    relay: &Relay,
+    job_id: &str,
+    mut offset: u64,
+    out: &mpsc::Sender<ServerMsg>,
+    is_terminal: F,
+) -> StoreResult<SubEnd>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = StoreResult<bool>>,
+{
+    let live = relay.live(job_id);
+    let mut rx = live.tx.subscribe();
+    drop(live);
+    // Replay what is stored, then check whether the job already ended.
+    if !replay(store, job_id, &mut offset, out).await? {
+        return Ok(SubEnd::ClientGone);
+    }
+    if is_terminal().await? {
+        drop(rx);
+        relay.forget_if_idle(job_id);
+        if !replay(store, job_id, &mut offset, out).await? {
+            return Ok(SubEnd::ClientGone);
+        }
+        return Ok(SubEnd::Finished);
+    }
+    loop {
+        match rx.recv().await {
+            Ok(RelayItem::Chunk(c)) => {
+                if c.end() <= offset {
+                    continue;
+                }
+                if c.offset > offset {
+                    // Something between: read it from the store (includes this chunk).
+                    if !replay(store, job_id, &mut offset, out).await? {
+                        return Ok(SubEnd::ClientGone);
+                    }
+                    continue;
+                }
+                let skip = (offset - c.offset) as usize;
+                let msg = ServerMsg::Output {
+                    job_id: job_id.to_string(),
+                    offset,
+                    stream: c.stream,
+                    data: Bytes64(c.data[skip..].to_vec()),
+                };
+                if out.send(msg).await.is_err() {
+                    return Ok(SubEnd::ClientGone);
+                }
+                offset = c.end();
+            }
+            Ok(RelayItem::End) | Err(broadcast::error::RecvError::Closed) => {
+                if !replay(store, job_id, &mut offset, out).await? {
+                    return Ok(SubEnd::ClientGone);
+                }
+                return Ok(SubEnd::Finished);
+            }
+            Err(broadcast::error::RecvError::Lagged(_)) => {
+                if !replay(store, job_id, &mut offset, out).await? {
+                    return Ok(SubEnd::ClientGone);
+                }
+                if is_terminal().await? {
+                    if !replay(store, job_id, &mut offset, out).await? {
+                        return Ok(SubEnd::ClientGone);
+                    }
+                    return Ok(SubEnd::Finished);
+                }
+            }
+        }
+    }
+}
+
+/// Sends stored bytes from `offset` to the store's current end; false when the client is gone.
+async fn replay(
+    store: &dyn Store,
+    job_id: &str,
+    offset: &mut u64,
+    out: &mpsc::Sender<ServerMsg>,
+) -> StoreResult<bool> {
+    let Some(mut idx) = store.chunk_index_at(job_id, *offset).await? else {
+        return Ok(true);
+    };
+    loop {
+        let page = store.read_chunks(job_id, idx, PAGE_BYTES).await?;
+        let Some(tail) = page.last() else {
+            return Ok(true);
+        };
+        idx = tail.index + 1;
+        for c in page {
+            if c.end() <= *offset {
+                continue;
+            }
+            if c.offset > *offset {
+                // The cap (or a new attempt) dropped bytes the client asked for.
+                let msg = ServerMsg::OutputSkipped {
+                    job_id: job_id.to_string(),
+                    offset: c.offset,
+                };
+                if out.send(msg).await.is_err() {
+                    return Ok(false);
+                }
+                *offset = c.offset;
+            }
+            let skip = (*offset - c.offset) as usize;
+            let end = c.end();
+            let mut data = c.data;
+            if skip > 0 {
+                data.drain(..skip);
+            }
+            let msg = ServerMsg::Output {
+                job_id: job_id.to_string(),
+                offset: *offset,
+                stream: c.stream,
+                data: Bytes64(data),
+            };
+            if out.send(msg).await.is_err() {
+                return Ok(false);
+            }
+            *offset = end;
+        }
+    }
+}
+
+/// Reads the whole stored log as (stdout, stderr, total stored bytes), each stream capped at
+/// `cap_each` bytes (the head is kept).
+pub async fn read_split(
+    store: &dyn Store,
+    job_id: &str,
+    cap_each: usize,
+) -> StoreResult<(Vec<u8>, Vec<u8>)> {
+    let mut stdout = Vec::new();
+    let mut stderr = Vec::new();
+    let mut idx = 0;
+    loop {
+        let page = store.read_chunks(job_id, idx, PAGE_BYTES).await?;
+        let Some(tail) = page.last() else { break };
+        idx = tail.index + 1;
+        for c in page {
+            let buf = match c.stream {
+                StreamKind::Stdout => &mut stdout,
+                StreamKind::Stderr => &mut stderr,
+            };
+            let room = cap_each.saturating_sub(buf.len());
+            buf.extend_from_slice(&c.data[..c.data.len().min(room)]);
+        }
+        if stdout.len() >= cap_each && stderr.len() >= cap_each {
+            break;
+        }
+    }
+    Ok((stdout, stderr))
+}
+
+/// Reads raw combined bytes from `offset`, at most `max` bytes; returns the bytes and the offset
+/// they start at (later than `offset` when the head was dropped).
+pub async fn read_raw(
+    store: &dyn Store,
+    job_id: &str,
+    offset: u64,
+    max: usize,
+) -> StoreResult<(u64, Vec<u8>)> {
+    let Some(mut idx) = store.chunk_index_at(job_id, offset).await? else {
+        return Ok((offset, Vec::new()));
+    };
+    let mut out = Vec::new();
+    let mut start = None;
+    let mut pos = offset;
+    while out.len() < max {
+        let page = store.read_chunks(job_id, idx, PAGE_BYTES).await?;
+        let Some(tail) = page.last() else { break };
+        idx = tail.index + 1;
+        for c in page {
+            if c.end() <= pos {
+                continue;
+            }
+            if c.offset > pos {
+                pos = c.offset;
+            }
+            let s = start.get_or_insert(pos);
+            let _ = s;
+            let skip = (pos - c.offset) as usize;
+            let room = max - out.len();
+            let take = (c.data.len() - skip).min(room);
+            out.extend_from_slice(&c.data[skip..skip + take]);
+            pos += take as u64;
+            if out.len() >= max {
+                break;
+            }
+        }
+    }
+    Ok((start.unwrap_or(offset), out))
+}

@@ -1,0 +1,144 @@
+//! The hub's durable state, behind the async [`Store`] trait so that a second backend
+//! (PostgreSQL, for several hubs) is an addition, not a rewrite. No sled type crosses the trait.
+//!
+//! Durability contract: a write method returns once the write is applied (visible to readers);
+//! it is on disk only after a later [`Store::sync`] resolves. Callers acknowledge to clients
+//! after `sync`; concurrent callers share one flush (group commit, see `sled_store`).
+
+pub mod records;
+mod sled_store;
+
+use async_trait::async_trait;
+
+pub use records::*;
+pub use sled_store::SledStore;
+
+/// Errors from the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The backend failed (I/O, corruption reported by the engine).
+    #[error("store backend error during {op}: {message}")]
+    Backend {
+        /// What was being done.
+        op: &'static str,
+        /// The engine's message.
+        message: String,
+    },
+    /// A stored value could not be decoded.
+    #[error("corrupt record at {key}: {message}")]
+    Corrupt {
+        /// Which key.
+        key: String,
+        /// Decoder message.
+        message: String,
+    },
+    /// The record does not exist.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// An update closure refused the change (state moved on: stale attempt, not queued, ...).
+    #[error("conflict: {0}")]
+    Conflict(String),
+}
+
+/// Result alias for store calls.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A read-modify-write step on a job; may run more than once (transaction retries), so it must
+/// not have side effects.
+pub type JobUpdate<'a> = &'a (dyn Fn(&mut JobRecord) -> StoreResult<()> + Send + Sync);
+
+/// Which jobs a listing wants.
+pub struct JobQuery<'a> {
+    /// Only this owner's jobs (`None` = all, for admins).
+    pub owner: Option<&'a str>,
+    /// Only jobs with an id strictly below this (newest-first paging).
+    pub before: Option<&'a str>,
+    /// Page size.
+    pub limit: usize,
+    /// Extra predicate (status, command search).
+    pub filter: &'a (dyn Fn(&JobRecord) -> bool + Send + Sync),
+    /// Stop scanning after this many records (bounds the work of a selective filter).
+    pub max_scan: usize,
+}
+
+/// The hub's persistence.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Resolves once every write applied before the call is durable (group commit).
+    async fn sync(&self) -> StoreResult<()>;
+    /// A monotonic number (queue order).
+    fn next_seq(&self) -> StoreResult<u64>;
+
+    /// Inserts a new job (and its queue entry when `queue_seq` is set, and the owner index).
+    async fn insert_job(&self, job: &JobRecord) -> StoreResult<()>;
+    /// Reads a job.
+    async fn get_job(&self, id: &str) -> StoreResult<Option<JobRecord>>;
+    /// Atomically applies `update` to a job, keeping the queue tree in step with `queue_seq`.
+    async fn update_job(&self, id: &str, update: JobUpdate<'_>) -> StoreResult<JobRecord>;
+    /// Every queued job as `(queue_seq, job id)`, in queue order (for recovery).
+    async fn queued_jobs(&self) -> StoreResult<Vec<(u64, String)>>;
+    /// Every job in `assigned` or `running` (for recovery).
+    async fn active_jobs(&self) -> StoreResult<Vec<JobRecord>>;
+    /// Jobs newest first.
+    async fn list_jobs(&self, query: JobQuery<'_>) -> StoreResult<Vec<JobRecord>>;
+    /// Number of jobs stored.
+    async fn job_count(&self) -> StoreResult<u64>;
+
+    /// Stores one output chunk under `(job id, chunk.index)`.
+    async fn append_chunk(&self, job_id: &str, chunk: &ChunkRecord) -> StoreResult<()>;
+    /// Chunks from `from_index` on, up to about `max_bytes` of data (at least one chunk).
+    async fn read_chunks(
+        &self,
+        job_id: &str,
+        from_index: u64,
+        max_bytes: usize,
+    ) -> StoreResult<Vec<ChunkRecord>>;
+    /// The last stored chunk of a job.
+    async fn last_chunk(&self, job_id: &str) -> StoreResult<Option<ChunkRecord>>;
+    /// Index of the stored chunk containing byte `offset`, or the first one after it.
+    async fn chunk_index_at(&self, job_id: &str, offset: u64) -> StoreResult<Option<u64>>;
+    /// Deletes a job's chunks with index below `index`.
+    async fn delete_chunks_before(&self, job_id: &str, index: u64) -> StoreResult<()>;
+
+    /// Reads a user by (lowercased) email.
+    async fn get_user_by_email(&self, email: &str) -> StoreResult<Option<UserRecord>>;
+    /// Reads a user by id.
+    async fn get_user(&self, id: &str) -> StoreResult<Option<UserRecord>>;
+    /// Inserts a user; `Conflict` when the email exists.
+    async fn insert_user(&self, user: &UserRecord) -> StoreResult<()>;
+    /// All users.
+    async fn list_users(&self) -> StoreResult<Vec<UserRecord>>;
+
+    /// Stores a file record.
+    async fn put_file(&self, file: &FileRecord) -> StoreResult<()>;
+    /// Reads a file record.
+    async fn get_file(&self, id: &str) -> StoreResult<Option<FileRecord>>;
+    /// Files of one owner, newest first.
+    async fn list_files(&self, owner: &str) -> StoreResult<Vec<FileRecord>>;
+
+    /// Stores a worker record.
+    async fn put_worker(&self, worker: &WorkerRecord) -> StoreResult<()>;
+    /// All worker records.
+    async fn list_workers(&self) -> StoreResult<Vec<WorkerRecord>>;
+    /// Deletes a worker record.
+    async fn delete_worker(&self, id: &str) -> StoreResult<()>;
+
+    /// Stores a minted worker token.
+    async fn put_worker_token(&self, token: &WorkerTokenRecord) -> StoreResult<()>;
+    /// Reads a worker token by id.
+    async fn get_worker_token(&self, id: &str) -> StoreResult<Option<WorkerTokenRecord>>;
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A new time-sortable id: 12 hex digits of milliseconds, then 8 random hex digits.
+pub fn new_id() -> String {
+    let r: u32 = rand::random();
+    format!("{:012x}{:08x}", now_ms(), r)
+}

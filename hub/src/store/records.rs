@@ -1,0 +1,322 @@
+//! Records as they are stored on disk. Separate from the wire types in `cmdx_proto` on purpose:
+//! a REST field can be renamed without a data migration, and old records must keep loading
+//! (see the fixtures test in `store::tests`). Every record carries a version `v`.
+
+use std::collections::BTreeMap;
+
+use cmdx_proto::{FailureKind, JobStatus, Outcome, StreamKind};
+use serde::{Deserialize, Serialize};
+
+/// Current version written for every record type.
+pub const RECORD_VERSION: u32 = 1;
+
+fn v1() -> u32 {
+    RECORD_VERSION
+}
+
+/// A job and everything the hub knows about it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobRecord {
+    /// Record version.
+    #[serde(default = "v1")]
+    pub v: u32,
+    /// Id (time-sortable).
+    pub id: String,
+    /// Owner user id.
+    pub owner: String,
+    /// Shell command.
+    pub command: String,
+    /// The job's ZIP, if any.
+    #[serde(default)]
+    pub file: Option<FileRef>,
+    /// Wall timeout in seconds.
+    pub timeout_secs: u64,
+    /// Required worker tags, sorted and deduplicated.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Extra environment.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Attempts allowed before `worker_lost`.
+    pub max_attempts: u32,
+    /// Lifecycle status.
+    pub status: JobStatus,
+    /// Current attempt (0 before the first assignment).
+    #[serde(default)]
+    pub attempt: u32,
+    /// Queue key while `queued`.
+    #[serde(default)]
+    pub queue_seq: Option<u64>,
+    /// Worker that holds the current attempt.
+    #[serde(default)]
+    pub worker_id: Option<String>,
+    /// Worker token id the current attempt is bound to.
+    #[serde(default)]
+    pub token_id: Option<String>,
+    /// Came in through a legacy route (affects how commands are run by legacy workers).
+    #[serde(default)]
+    pub legacy: bool,
+    /// Milliseconds since the epoch.
+    pub created_ms: u64,
+    /// When the current attempt was assigned.
+    #[serde(default)]
+    pub assigned_ms: Option<u64>,
+    /// When the current attempt started running.
+    #[serde(default)]
+    pub started_ms: Option<u64>,
+    /// When the job became terminal.
+    #[serde(default)]
+    pub completed_ms: Option<u64>,
+    /// Cancel requested by owner or admin.
+    #[serde(default)]
+    pub cancel_requested: bool,
+    /// How the final attempt ended.
+    #[serde(default)]
+    pub outcome: Option<Outcome>,
+    /// Failure kind of a failed job.
+    #[serde(default)]
+    pub failure: Option<FailureKind>,
+    /// Human error of a failed job.
+    #[serde(default)]
+    pub error: Option<String>,
+    /// Output log bookkeeping.
+    #[serde(default)]
+    pub output: OutputMeta,
+    /// Attempt history.
+    #[serde(default)]
+    pub attempts: Vec<AttemptRecord>,
+}
+
+impl JobRecord {
+    /// True when `(worker, attempt)` is the job's current, live assignment.
+    pub fn is_current(&self, worker_id: &str, attempt: u32) -> bool {
+        self.attempt == attempt
+            && self.worker_id.as_deref() == Some(worker_id)
+            && matches!(self.status, JobStatus::Assigned | JobStatus::Running)
+    }
+}
+
+/// Reference from a job to its uploaded file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileRef {
+    /// File id.
+    pub file_id: String,
+    /// Hex sha256.
+    pub sha256: String,
+    /// Bytes.
+    pub size: u64,
+    /// Name at upload.
+    pub filename: String,
+}
+
+/// Bookkeeping of a job's output log; chunks live in the `output` tree keyed by
+/// `(job id, index)`, with `index` counting every chunk ever stored for the job.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputMeta {
+    /// First index still stored (older chunks were dropped by the cap or a new attempt).
+    #[serde(default)]
+    pub first_index: u64,
+    /// Byte offset of the first stored chunk.
+    #[serde(default)]
+    pub first_offset: u64,
+    /// The cap dropped bytes of this job's log.
+    #[serde(default)]
+    pub truncated: bool,
+    /// Final totals, set when the job is terminal.
+    #[serde(default)]
+    pub total_bytes: u64,
+    /// Final line count (newlines in the whole log), set when terminal.
+    #[serde(default)]
+    pub lines: u64,
+}
+
+/// One attempt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptRecord {
+    /// Attempt number.
+    pub attempt: u32,
+    /// Worker.
+    pub worker_id: String,
+    /// Assigned at (ms).
+    pub assigned_ms: u64,
+    /// Ended at (ms).
+    #[serde(default)]
+    pub ended_ms: Option<u64>,
+    /// How it ended.
+    #[serde(default)]
+    pub end: Option<String>,
+}
+
+/// One stored output chunk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkRecord {
+    /// Index in the job's log.
+    pub index: u64,
+    /// Attempt that produced it.
+    pub attempt: u32,
+    /// The agent's sequence number within the attempt.
+    pub seq: u64,
+    /// Byte offset in the combined log.
+    pub offset: u64,
+    /// Which pipe.
+    pub stream: StreamKind,
+    /// Stored at (ms).
+    pub time_ms: u64,
+    /// Bytes.
+    pub data: Vec<u8>,
+}
+
+impl ChunkRecord {
+    /// Offset just past this chunk.
+    pub fn end(&self) -> u64 {
+        self.offset + self.data.len() as u64
+    }
+
+    /// Binary encoding: `[1 version][1 stream][4 attempt][8 seq][8 offset][8 time][data]`.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(30 + self.data.len());
+        out.push(1u8);
+        out.push(match self.stream {
+            StreamKind::Stdout => 1,
+            StreamKind::Stderr => 2,
+        });
+        out.extend_from_slice(&self.attempt.to_be_bytes());
+        out.extend_from_slice(&self.seq.to_be_bytes());
+        out.extend_from_slice(&self.offset.to_be_bytes());
+        out.extend_from_slice(&self.time_ms.to_be_bytes());
+        out.extend_from_slice(&self.data);
+        out
+    }
+
+    /// Inverse of [`ChunkRecord::encode`]; `None` for a corrupt value.
+    pub fn decode(index: u64, raw: &[u8]) -> Option<ChunkRecord> {
+        if raw.len() < 30 || raw[0] != 1 {
+            return None;
+        }
+        let stream = match raw[1] {
+            1 => StreamKind::Stdout,
+            2 => StreamKind::Stderr,
+            _ => return None,
+        };
+        let u32_at = |i: usize| u32::from_be_bytes(raw[i..i + 4].try_into().unwrap_or([0; 4]));
+        let u64_at = |i: usize| u64::from_be_bytes(raw[i..i + 8].try_into().unwrap_or([0; 8]));
+        Some(ChunkRecord {
+            index,
+            attempt: u32_at(2),
+            seq: u64_at(6),
+            offset: u64_at(14),
+            time_ms: u64_at(22),
+            stream,
+            data: raw[30..].to_vec(),
+        })
+    }
+}
+
+/// A user account.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserRecord {
+    /// Record version.
+    #[serde(default = "v1")]
+    pub v: u32,
+    /// Id.
+    pub id: String,
+    /// Email, lowercased.
+    pub email: String,
+    /// argon2id PHC string.
+    pub password_hash: String,
+    /// `admin` or `user`.
+    pub role: String,
+    /// Created (ms).
+    pub created_ms: u64,
+}
+
+impl std::fmt::Debug for UserRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserRecord")
+            .field("id", &self.id)
+            .field("email", &self.email)
+            .field("role", &self.role)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An uploaded file (content lives in the blob folder under its sha256).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileRecord {
+    /// Record version.
+    #[serde(default = "v1")]
+    pub v: u32,
+    /// Id.
+    pub id: String,
+    /// Owner user id.
+    pub owner: String,
+    /// Name at upload.
+    pub filename: String,
+    /// Bytes.
+    pub size: u64,
+    /// Hex sha256 (the blob's name).
+    pub sha256: String,
+    /// Uploaded (ms).
+    pub created_ms: u64,
+}
+
+/// A worker known to the hub (kept across restarts so lists survive them).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerRecord {
+    /// Record version.
+    #[serde(default = "v1")]
+    pub v: u32,
+    /// Id.
+    pub id: String,
+    /// `agent` or `legacy`.
+    pub kind: String,
+    /// Host name.
+    pub hostname: String,
+    /// OS.
+    pub os: String,
+    /// Agent version.
+    #[serde(default)]
+    pub version: String,
+    /// CPUs.
+    pub cpu_count: u32,
+    /// Memory MiB.
+    pub total_memory_mb: u64,
+    /// Tags.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Slots.
+    pub slots: u32,
+    /// Isolation layers active.
+    #[serde(default)]
+    pub isolation_active: Vec<String>,
+    /// Isolation layers missing.
+    #[serde(default)]
+    pub isolation_missing: Vec<String>,
+    /// Sandbox mode.
+    #[serde(default)]
+    pub isolation_mode: String,
+    /// Token id it enrolled with.
+    #[serde(default)]
+    pub token_id: Option<String>,
+    /// Last seen (ms).
+    pub last_seen_ms: u64,
+}
+
+/// A minted worker token (its existence is what makes the token valid; delete = revoke).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerTokenRecord {
+    /// Record version.
+    #[serde(default = "v1")]
+    pub v: u32,
+    /// Token id.
+    pub id: String,
+    /// Label.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Admin who minted it.
+    pub created_by: String,
+    /// Minted (ms).
+    pub created_ms: u64,
+    /// Expires (ms).
+    pub expires_ms: u64,
+}

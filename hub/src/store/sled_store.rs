@@ -1,0 +1,548 @@
+//! The sled backend.
+//!
+//! Trees (a small fixed set; sled amplifies space with many trees): `jobs` (id -> JSON
+//! [`JobRecord`]), `queue` (big-endian queue seq -> job id), `job_owner` (owner \0 job id -> ()),
+//! `output` (job id \0 big-endian index -> binary [`ChunkRecord`]), `users` (email -> JSON),
+//! `files`, `workers`, `meta` (worker tokens).
+//!
+//! Group commit: one thread owns `Db::flush()`. [`Store::sync`] enqueues a waiter; the thread
+//! takes every waiter queued so far, flushes once, and wakes them all. A waiter queued during a
+//! flush waits for the next one, so every write applied before `sync` was called is covered.
+//! (`flush_async` deadlocks under concurrency on sled 0.34; see PLATFORM-NOTES.md.)
+
+use std::path::Path;
+use std::sync::mpsc as std_mpsc;
+
+use async_trait::async_trait;
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::{Transactional, Tree};
+use tokio::sync::oneshot;
+
+use super::*;
+
+type Waiter = oneshot::Sender<StoreResult<()>>;
+
+/// sled-backed [`Store`].
+pub struct SledStore {
+    db: sled::Db,
+    jobs: Tree,
+    queue: Tree,
+    job_owner: Tree,
+    output: Tree,
+    users: Tree,
+    files: Tree,
+    workers: Tree,
+    meta: Tree,
+    flush_tx: std_mpsc::Sender<Waiter>,
+    flush_hist: Option<FlushObserver>,
+}
+
+/// Called with the duration of each group-commit flush (metrics).
+pub type FlushObserver = std::sync::Arc<dyn Fn(std::time::Duration, usize) + Send + Sync>;
+
+fn backend(op: &'static str) -> impl FnOnce(sled::Error) -> StoreError {
+    move |e| StoreError::Backend {
+        op,
+        message: e.to_string(),
+    }
+}
+
+fn corrupt(key: &[u8], e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        message: e.to_string(),
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(key: &[u8], raw: &[u8]) -> StoreResult<T> {
+    serde_json::from_slice(raw).map_err(|e| corrupt(key, e))
+}
+
+fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    // Records are plain data: serialization cannot fail.
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+fn output_key(job_id: &str, index: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(job_id.len() + 9);
+    k.extend_from_slice(job_id.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&index.to_be_bytes());
+    k
+}
+
+fn output_prefix(job_id: &str) -> Vec<u8> {
+    let mut k = job_id.as_bytes().to_vec();
+    k.push(0);
+    k
+}
+
+fn index_of(key: &[u8]) -> u64 {
+    let n = key.len();
+    if n < 8 {
+        return 0;
+    }
+    u64::from_be_bytes(key[n - 8..].try_into().unwrap_or([0; 8]))
+}
+
+fn owner_key(owner: &str, job_id: &str) -> Vec<u8> {
+    let mut k = owner.as_bytes().to_vec();
+    k.push(0);
+    k.extend_from_slice(job_id.as_bytes());
+    k
+}
+
+impl SledStore {
+    /// Opens (or creates) the store in `dir`. `cache_bytes` bounds sled's page cache.
+    pub fn open(dir: &Path, cache_bytes: u64) -> StoreResult<SledStore> {
+        Self::open_with(dir, cache_bytes, None)
+    }
+
+    /// As [`SledStore::open`], reporting each flush to `observer`.
+    pub fn open_with(
+        dir: &Path,
+        cache_bytes: u64,
+        observer: Option<FlushObserver>,
+    ) -> StoreResult<SledStore> {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(cache_bytes)
+            .flush_every_ms(Some(500))
+            .open()
+            .map_err(backend("open"))?;
+        let tree = |name: &str| db.open_tree(name).map_err(backend("open tree"));
+        let (flush_tx, flush_rx) = std_mpsc::channel::<Waiter>();
+        let flusher_db = db.clone();
+        let obs = observer.clone();
+        std::thread::Builder::new()
+            .name("cmdx-group-commit".into())
+            .spawn(move || group_commit(flusher_db, flush_rx, obs))
+            .map_err(|e| StoreError::Backend {
+                op: "spawn flusher",
+                message: e.to_string(),
+            })?;
+        Ok(SledStore {
+            jobs: tree("jobs")?,
+            queue: tree("queue")?,
+            job_owner: tree("job_owner")?,
+            output: tree("output")?,
+            users: tree("users")?,
+            files: tree("files")?,
+            workers: tree("workers")?,
+            meta: tree("meta")?,
+            db,
+            flush_tx,
+            flush_hist: observer,
+        })
+    }
+
+    /// Bytes sled reports on disk.
+    pub fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+
+    fn scan_json<T: serde::de::DeserializeOwned>(&self, tree: &Tree) -> StoreResult<Vec<T>> {
+        let mut out = Vec::new();
+        for item in tree.iter() {
+            let (k, v) = item.map_err(backend("scan"))?;
+            out.push(decode(&k, &v)?);
+        }
+        Ok(out)
+    }
+}
+
+impl Drop for SledStore {
+    fn drop(&mut self) {
+        let _ = self.db.flush();
+        let _ = &self.flush_hist;
+    }
+}
+
+fn group_commit(db: sled::Db, rx: std_mpsc::Receiver<Waiter>, observer: Option<FlushObserver>) {
+    while let Ok(first) = rx.recv() {
+        let mut waiters = vec![first];
+        while let Ok(w) = rx.try_recv() {
+            waiters.push(w);
+        }
+        let started = std::time::Instant::now();
+        let result = db.flush().map(|_| ());
+        if let Some(obs) = &observer {
+            obs(started.elapsed(), waiters.len());
+        }
+        for w in waiters {
+            let r = match &result {
+                Ok(()) => Ok(()),
+                Err(e) => Err(StoreError::Backend {
+                    op: "flush",
+                    message: e.to_string(),
+                }),
+            };
+            let _ = w.send(r);
+        }
+    }
+}
+
+#[async_trait]
+impl Store for SledStore {
+    async fn sync(&self) -> StoreResult<()> {
+        let (tx, rx) = oneshot::channel();
+        self.flush_tx.send(tx).map_err(|_| StoreError::Backend {
+            op: "flush",
+            message: "group commit thread stopped".into(),
+        })?;
+        rx.await.map_err(|_| StoreError::Backend {
+            op: "flush",
+            message: "group commit thread stopped".into(),
+        })?
+    }
+
+    fn next_seq(&self) -> StoreResult<u64> {
+        self.db.generate_id().map_err(backend("generate id"))
+    }
+
+    async fn insert_job(&self, job: &JobRecord) -> StoreResult<()> {
+        let value = encode(job);
+        let okey = owner_key(&job.owner, &job.id);
+        (&self.jobs, &self.queue, &self.job_owner)
+            .transaction(|(jobs, queue, owners)| {
+                jobs.insert(job.id.as_bytes(), value.as_slice())?;
+                if let Some(seq) = job.queue_seq {
+                    queue.insert(&seq.to_be_bytes(), job.id.as_bytes())?;
+                }
+                owners.insert(okey.as_slice(), &[] as &[u8])?;
+                Ok::<_, ConflictableTransactionError<StoreError>>(())
+            })
+            .map_err(tx_err("insert job"))
+    }
+
+    async fn get_job(&self, id: &str) -> StoreResult<Option<JobRecord>> {
+        match self.jobs.get(id.as_bytes()).map_err(backend("get job"))? {
+            Some(v) => Ok(Some(decode(id.as_bytes(), &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn update_job(&self, id: &str, update: JobUpdate<'_>) -> StoreResult<JobRecord> {
+        (&self.jobs, &self.queue)
+            .transaction(|(jobs, queue)| {
+                let raw = jobs
+                    .get(id.as_bytes())?
+                    .ok_or_else(|| abort(StoreError::NotFound(id.to_string())))?;
+                let mut job: JobRecord = decode(id.as_bytes(), &raw).map_err(abort)?;
+                let old_seq = job.queue_seq;
+                update(&mut job).map_err(abort)?;
+                if old_seq != job.queue_seq {
+                    if let Some(s) = old_seq {
+                        queue.remove(&s.to_be_bytes())?;
+                    }
+                    if let Some(s) = job.queue_seq {
+                        queue.insert(&s.to_be_bytes(), id.as_bytes())?;
+                    }
+                }
+                jobs.insert(id.as_bytes(), encode(&job))?;
+                Ok(job)
+            })
+            .map_err(tx_err("update job"))
+    }
+
+    async fn queued_jobs(&self) -> StoreResult<Vec<(u64, String)>> {
+        let mut out = Vec::new();
+        for item in self.queue.iter() {
+            let (k, v) = item.map_err(backend("scan queue"))?;
+            let seq = u64::from_be_bytes(k.as_ref().try_into().map_err(|e| corrupt(&k, e))?);
+            out.push((seq, String::from_utf8_lossy(&v).into_owned()));
+        }
+        Ok(out)
+    }
+
+    async fn active_jobs(&self) -> StoreResult<Vec<JobRecord>> {
+        let mut out = Vec::new();
+        for item in self.jobs.iter() {
+            let (k, v) = item.map_err(backend("scan jobs"))?;
+            let job: JobRecord = decode(&k, &v)?;
+            if matches!(
+                job.status,
+                cmdx_proto::JobStatus::Assigned | cmdx_proto::JobStatus::Running
+            ) {
+                out.push(job);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn list_jobs(&self, q: JobQuery<'_>) -> StoreResult<Vec<JobRecord>> {
+        let mut out = Vec::new();
+        let mut scanned = 0usize;
+        let mut consider = |job: JobRecord| -> bool {
+            scanned += 1;
+            if (q.filter)(&job) {
+                out.push(job);
+            }
+            out.len() < q.limit && scanned < q.max_scan
+        };
+        match q.owner {
+            Some(owner) => {
+                let prefix = owner_key(owner, "");
+                let end = match q.before {
+                    Some(b) => owner_key(owner, b),
+                    None => {
+                        let mut e = prefix.clone();
+                        e.push(0xff);
+                        e
+                    }
+                };
+                for item in self.job_owner.range(prefix.clone()..end).rev() {
+                    let (k, _) = item.map_err(backend("scan owner index"))?;
+                    let id = &k[prefix.len()..];
+                    if let Some(v) = self.jobs.get(id).map_err(backend("get job"))?
+                        && !consider(decode(id, &v)?)
+                    {
+                        break;
+                    }
+                }
+            }
+            None => {
+                let iter = match q.before {
+                    Some(b) => self.jobs.range(..b.as_bytes().to_vec()),
+                    None => self.jobs.range::<Vec<u8>, _>(..),
+                };
+                for item in iter.rev() {
+                    let (k, v) = item.map_err(backend("scan jobs"))?;
+                    if !consider(decode(&k, &v)?) {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn job_count(&self) -> StoreResult<u64> {
+        Ok(self.jobs.len() as u64)
+    }
+
+    async fn append_chunk(&self, job_id: &str, chunk: &ChunkRecord) -> StoreResult<()> {
+        self.output
+            .insert(output_key(job_id, chunk.index), chunk.encode())
+            .map_err(backend("append chunk"))?;
+        Ok(())
+    }
+
+    async fn read_chunks(
+        &self,
+        job_id: &str,
+        from_index: u64,
+        max_bytes: usize,
+    ) -> StoreResult<Vec<ChunkRecord>> {
+        let start = output_key(job_id, from_index);
+        let end = output_key(job_id, u64::MAX);
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        for item in self.output.range(start..=end) {
+            let (k, v) = item.map_err(backend("read chunks"))?;
+            let chunk =
+                ChunkRecord::decode(index_of(&k), &v).ok_or_else(|| corrupt(&k, "bad chunk"))?;
+            bytes += chunk.data.len();
+            out.push(chunk);
+            if bytes >= max_bytes {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn last_chunk(&self, job_id: &str) -> StoreResult<Option<ChunkRecord>> {
+        let prefix = output_prefix(job_id);
+        match self
+            .output
+            .scan_prefix(&prefix)
+            .next_back()
+            .transpose()
+            .map_err(backend("last chunk"))?
+        {
+            Some((k, v)) => Ok(Some(
+                ChunkRecord::decode(index_of(&k), &v).ok_or_else(|| corrupt(&k, "bad chunk"))?,
+            )),
+            None => Ok(None),
+        }
+    }
+
+    async fn chunk_index_at(&self, job_id: &str, offset: u64) -> StoreResult<Option<u64>> {
+        // Offsets grow with the index: binary search over the index range.
+        let prefix = output_prefix(job_id);
+        let first = self
+            .output
+            .scan_prefix(&prefix)
+            .next()
+            .transpose()
+            .map_err(backend("chunk index"))?;
+        let last = self
+            .output
+            .scan_prefix(&prefix)
+            .next_back()
+            .transpose()
+            .map_err(backend("chunk index"))?;
+        let (Some((fk, _)), Some((lk, lv))) = (first, last) else {
+            return Ok(None);
+        };
+        let last_chunk =
+            ChunkRecord::decode(index_of(&lk), &lv).ok_or_else(|| corrupt(&lk, "bad chunk"))?;
+        if offset >= last_chunk.end() {
+            return Ok(None);
+        }
+        // Find the greatest stored index whose chunk starts at or before `offset`.
+        let (mut lo, mut hi) = (index_of(&fk), index_of(&lk));
+        let offset_at = |i: u64| -> StoreResult<Option<u64>> {
+            // The nearest stored chunk at or after index i.
+            let start = output_key(job_id, i);
+            let end = output_key(job_id, u64::MAX);
+            match self
+                .output
+                .range(start..=end)
+                .next()
+                .transpose()
+                .map_err(backend("chunk index"))?
+            {
+                Some((k, v)) => Ok(ChunkRecord::decode(index_of(&k), &v).map(|c| c.offset)),
+                None => Ok(None),
+            }
+        };
+        while lo < hi {
+            let mid = lo + (hi - lo).div_ceil(2);
+            match offset_at(mid)? {
+                Some(o) if o <= offset => lo = mid,
+                _ => hi = mid - 1,
+            }
+        }
+        // `lo` may name a deleted index; return the first stored chunk at or after it.
+        let start = output_key(job_id, lo);
+        let end = output_key(job_id, u64::MAX);
+        Ok(self
+            .output
+            .range(start..=end)
+            .next()
+            .transpose()
+            .map_err(backend("chunk index"))?
+            .map(|(k, _)| index_of(&k)))
+    }
+
+    async fn delete_chunks_before(&self, job_id: &str, index: u64) -> StoreResult<()> {
+        let start = output_key(job_id, 0);
+        let end = output_key(job_id, index);
+        let mut batch = sled::Batch::default();
+        for item in self.output.range(start..end) {
+            let (k, _) = item.map_err(backend("delete chunks"))?;
+            batch.remove(k);
+        }
+        self.output
+            .apply_batch(batch)
+            .map_err(backend("delete chunks"))
+    }
+
+    async fn get_user_by_email(&self, email: &str) -> StoreResult<Option<UserRecord>> {
+        match self
+            .users
+            .get(email.as_bytes())
+            .map_err(backend("get user"))?
+        {
+            Some(v) => Ok(Some(decode(email.as_bytes(), &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn get_user(&self, id: &str) -> StoreResult<Option<UserRecord>> {
+        Ok(self
+            .scan_json::<UserRecord>(&self.users)?
+            .into_iter()
+            .find(|u| u.id == id))
+    }
+
+    async fn insert_user(&self, user: &UserRecord) -> StoreResult<()> {
+        let res = self
+            .users
+            .compare_and_swap(
+                user.email.as_bytes(),
+                None as Option<&[u8]>,
+                Some(encode(user)),
+            )
+            .map_err(backend("insert user"))?;
+        res.map_err(|_| StoreError::Conflict(format!("user {} exists", user.email)))
+    }
+
+    async fn list_users(&self) -> StoreResult<Vec<UserRecord>> {
+        self.scan_json(&self.users)
+    }
+
+    async fn put_file(&self, file: &FileRecord) -> StoreResult<()> {
+        self.files
+            .insert(file.id.as_bytes(), encode(file))
+            .map_err(backend("put file"))?;
+        Ok(())
+    }
+
+    async fn get_file(&self, id: &str) -> StoreResult<Option<FileRecord>> {
+        match self.files.get(id.as_bytes()).map_err(backend("get file"))? {
+            Some(v) => Ok(Some(decode(id.as_bytes(), &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn list_files(&self, owner: &str) -> StoreResult<Vec<FileRecord>> {
+        let mut all: Vec<FileRecord> = self.scan_json(&self.files)?;
+        all.retain(|f| f.owner == owner);
+        all.reverse();
+        Ok(all)
+    }
+
+    async fn put_worker(&self, worker: &WorkerRecord) -> StoreResult<()> {
+        self.workers
+            .insert(worker.id.as_bytes(), encode(worker))
+            .map_err(backend("put worker"))?;
+        Ok(())
+    }
+
+    async fn list_workers(&self) -> StoreResult<Vec<WorkerRecord>> {
+        self.scan_json(&self.workers)
+    }
+
+    async fn delete_worker(&self, id: &str) -> StoreResult<()> {
+        self.workers
+            .remove(id.as_bytes())
+            .map_err(backend("delete worker"))?;
+        Ok(())
+    }
+
+    async fn put_worker_token(&self, token: &WorkerTokenRecord) -> StoreResult<()> {
+        let key = format!("wtok:{}", token.id);
+        self.meta
+            .insert(key.as_bytes(), encode(token))
+            .map_err(backend("put token"))?;
+        Ok(())
+    }
+
+    async fn get_worker_token(&self, id: &str) -> StoreResult<Option<WorkerTokenRecord>> {
+        let key = format!("wtok:{id}");
+        match self
+            .meta
+            .get(key.as_bytes())
+            .map_err(backend("get token"))?
+        {
+            Some(v) => Ok(Some(decode(key.as_bytes(), &v)?)),
+            None => Ok(None),
+        }
+    }
+}
+
+fn abort(e: StoreError) -> ConflictableTransactionError<StoreError> {
+    ConflictableTransactionError::Abort(e)
+}
+
+fn tx_err(op: &'static str) -> impl FnOnce(TransactionError<StoreError>) -> StoreError {
+    move |e| match e {
+        TransactionError::Abort(e) => e,
+        TransactionError::Storage(e) => StoreError::Backend {
+            op,
+            message: e.to_string(),
+        },
+    }
+}

@@ -1,0 +1,455 @@
+//! The agent WebSocket session (`/ws/agent`): handshake, resume of held jobs, then one loop that
+//! handles each [`AgentMsg`] through one exhaustive `match`. Output acknowledgements go through a
+//! per-session acker task so that many chunks share one store flush.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cmdx_proto::PROTOCOL_VERSION;
+use cmdx_proto::agent::{
+    Abandon, AgentMsg, ErrorMsg, Finished, Hello, HubMsg, JobRef, OutputAck, OutputChunk, Resume,
+    Welcome,
+};
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+use crate::Hub;
+use crate::jobs::{self, FinishReport};
+use crate::store::{WorkerRecord, now_ms};
+use crate::ws::Socket;
+
+/// Outgoing queue per agent.
+const OUT_QUEUE: usize = 1024;
+/// Time allowed for `hello`.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn valid_worker_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
+}
+
+async fn send_close(ws: &mut Socket, code: CloseCode, reason: &str) {
+    let _ = ws
+        .send(Message::Close(Some(CloseFrame {
+            code,
+            reason: reason.to_string().into(),
+        })))
+        .await;
+}
+
+/// Runs one agent session on an upgraded socket authenticated with `token_id`.
+pub async fn session(hub: Arc<Hub>, mut ws: Socket, token_id: String) {
+    let _guard = hub.sessions.enter();
+    let hello = match tokio::time::timeout(HELLO_TIMEOUT, ws.next()).await {
+        Ok(Some(Ok(Message::Text(t)))) => serde_json::from_str::<AgentMsg>(&t),
+        _ => {
+            send_close(&mut ws, CloseCode::Policy, "expected hello").await;
+            return;
+        }
+    };
+    let hello = match hello {
+        Ok(AgentMsg::Hello(h)) => h,
+        _ => {
+            send_close(&mut ws, CloseCode::Policy, "expected hello").await;
+            return;
+        }
+    };
+    if hello.protocol_version != PROTOCOL_VERSION || !valid_worker_id(&hello.worker_id) {
+        let msg = HubMsg::Error(ErrorMsg {
+            code: "protocol_version".into(),
+            message: format!(
+                "hub speaks protocol {PROTOCOL_VERSION}, worker ids are [A-Za-z0-9._:-]{{1,128}}"
+            ),
+        });
+        let _ = ws
+            .send(Message::text(
+                serde_json::to_string(&msg).unwrap_or_default(),
+            ))
+            .await;
+        send_close(&mut ws, CloseCode::Protocol, "protocol version").await;
+        return;
+    }
+    let worker_id = hello.worker_id.clone();
+    let (tx, mut rx) = mpsc::channel::<HubMsg>(OUT_QUEUE);
+    let record = worker_record(&hello, &token_id);
+    if let Err(e) = hub.store.put_worker(&record).await {
+        tracing::error!(error = %e, "storing worker failed");
+    }
+    let held_before = hub.dispatch.held(&worker_id);
+    let kick = tokio_util::sync::CancellationToken::new();
+    let (generation, old) =
+        hub.dispatch
+            .connect(record, token_id.clone(), tx.clone(), kick.clone());
+    if let Some(old) = old {
+        old.kick.cancel();
+    }
+    tracing::info!(worker_id = %worker_id, generation, "agent connected");
+
+    let welcome = resume_held(&hub, &hello, &worker_id, &token_id, held_before).await;
+    let cancels: Vec<HubMsg> = welcome.1;
+    let first = HubMsg::Welcome(welcome.0);
+    if ws
+        .send(Message::text(
+            serde_json::to_string(&first).unwrap_or_default(),
+        ))
+        .await
+        .is_err()
+    {
+        end_session(&hub, &worker_id, generation);
+        return;
+    }
+    for c in cancels {
+        let _ = tx.send(c).await;
+    }
+    if let Some(v) = hub
+        .dispatch
+        .view(&worker_id, hub.config.legacy_offline_secs * 1000)
+    {
+        hub.emit(None, cmdx_proto::client::ServerMsg::Worker(v));
+    }
+
+    // Acker: collects (job, attempt, stored chunks), flushes once per batch, acknowledges.
+    let (ack_tx, mut ack_rx) = mpsc::channel::<(String, u32, u64)>(4096);
+    let ack_hub = hub.clone();
+    let ack_out = tx.clone();
+    let acker = tokio::spawn(async move {
+        while let Some(first) = ack_rx.recv().await {
+            let mut latest: HashMap<(String, u32), u64> = HashMap::new();
+            latest.insert((first.0, first.1), first.2);
+            while let Ok((j, a, n)) = ack_rx.try_recv() {
+                let e = latest.entry((j, a)).or_insert(0);
+                *e = (*e).max(n);
+            }
+            if ack_hub.store.sync().await.is_err() {
+                continue;
+            }
+            for ((job_id, attempt), stored_chunks) in latest {
+                let msg = HubMsg::OutputAck(OutputAck {
+                    job_id,
+                    attempt,
+                    stored_chunks,
+                });
+                if ack_out.send(msg).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+
+    let (mut sink, mut stream) = ws.split();
+    let mut stop = hub.stop.subscribe();
+    let idle = Duration::from_secs(hub.config.heartbeat_secs * 3 + 15);
+    let mut ping = tokio::time::interval(Duration::from_secs(15));
+    ping.tick().await;
+    let mut close_reason: Option<(CloseCode, &'static str)> = None;
+    loop {
+        tokio::select! {
+            out = rx.recv() => {
+                let Some(msg) = out else { break };
+                let text = serde_json::to_string(&msg).unwrap_or_default();
+                if sink.send(Message::text(text)).await.is_err() {
+                    break;
+                }
+            }
+            incoming = tokio::time::timeout(idle, stream.next()) => {
+                let msg = match incoming {
+                    Err(_) => { close_reason = Some((CloseCode::Away, "idle timeout")); break; }
+                    Ok(None) | Ok(Some(Err(_))) => break,
+                    Ok(Some(Ok(m))) => m,
+                };
+                match msg {
+                    Message::Text(t) => match serde_json::from_str::<AgentMsg>(&t) {
+                        Ok(m) => handle(&hub, &worker_id, &token_id, m, &tx, &ack_tx).await,
+                        Err(e) => {
+                            let _ = tx.send(HubMsg::Error(ErrorMsg {
+                                code: "bad_message".into(),
+                                message: format!("unreadable message: {e}"),
+                            })).await;
+                        }
+                    },
+                    Message::Binary(_) => {
+                        close_reason = Some((CloseCode::Unsupported, "binary frames are not used"));
+                        break;
+                    }
+                    Message::Close(_) => break,
+                    Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+                }
+            }
+            _ = ping.tick() => {
+                if sink.send(Message::Ping(Vec::new().into())).await.is_err() {
+                    break;
+                }
+            }
+            _ = kick.cancelled() => {
+                close_reason = Some((CloseCode::Policy, "replaced by a newer connection"));
+                break;
+            }
+            _ = stop.changed() => {
+                close_reason = Some((CloseCode::Away, "hub shutting down"));
+                break;
+            }
+        }
+    }
+    acker.abort();
+    if let Some((code, reason)) = close_reason {
+        let _ = sink
+            .send(Message::Close(Some(CloseFrame {
+                code,
+                reason: reason.into(),
+            })))
+            .await;
+    }
+    let _ = sink.close().await;
+    end_session(&hub, &worker_id, generation);
+}
+
+fn end_session(hub: &Arc<Hub>, worker_id: &str, generation: u64) {
+    if hub.dispatch.disconnect(worker_id, generation) {
+        tracing::info!(worker_id, "agent disconnected; reconnect grace started");
+        jobs::start_grace(
+            hub.clone(),
+            worker_id.to_string(),
+            hub.dispatch.generation(worker_id).unwrap_or(0),
+        );
+        if let Some(v) = hub
+            .dispatch
+            .view(worker_id, hub.config.legacy_offline_secs * 1000)
+        {
+            hub.emit(None, cmdx_proto::client::ServerMsg::Worker(v));
+        }
+    }
+}
+
+fn worker_record(hello: &Hello, token_id: &str) -> WorkerRecord {
+    WorkerRecord {
+        v: 1,
+        id: hello.worker_id.clone(),
+        kind: "agent".into(),
+        hostname: hello.hostname.chars().take(256).collect(),
+        os: hello.os.chars().take(256).collect(),
+        version: hello.version.chars().take(64).collect(),
+        cpu_count: hello.cpu_count,
+        total_memory_mb: hello.total_memory_mb,
+        tags: hello.tags.iter().take(64).cloned().collect(),
+        slots: hello.concurrency.clamp(1, 1024),
+        isolation_active: hello.isolation.active.clone(),
+        isolation_missing: hello.isolation.missing.clone(),
+        isolation_mode: hello.isolation.mode.clone(),
+        token_id: Some(token_id.to_string()),
+        last_seen_ms: now_ms(),
+    }
+}
+
+/// Decides, for each job the agent holds, resume or abandon; jobs the hub thinks the worker
+/// holds but the agent does not are lost attempts (the agent restarted). Also returns cancel
+/// requests to re-send for resumed jobs.
+async fn resume_held(
+    hub: &Arc<Hub>,
+    hello: &Hello,
+    worker_id: &str,
+    token_id: &str,
+    held_before: Vec<String>,
+) -> (Welcome, Vec<HubMsg>) {
+    let mut resume = Vec::new();
+    let mut abandon = Vec::new();
+    let mut cancels = Vec::new();
+    let mut held_ids = std::collections::HashSet::new();
+    for h in &hello.held {
+        held_ids.insert(h.job_id.clone());
+        let job = hub.store.get_job(&h.job_id).await.ok().flatten();
+        match job {
+            Some(job)
+                if job.is_current(worker_id, h.attempt)
+                    && job.token_id.as_deref() == Some(token_id) =>
+            {
+                hub.dispatch.hold(worker_id, &job.id);
+                let stored = {
+                    let live = hub.relay.live(&job.id);
+                    let mut st = live.state.lock().await;
+                    if !st.loaded || st.attempt != h.attempt {
+                        match crate::relay::load_state(
+                            hub.store.as_ref(),
+                            &job.id,
+                            h.attempt,
+                            (worker_id.to_string(), token_id.to_string()),
+                            job.output.first_index,
+                        )
+                        .await
+                        {
+                            Ok(s) => *st = s,
+                            Err(e) => tracing::error!(error = %e, "loading output state failed"),
+                        }
+                    }
+                    st.next_seq
+                };
+                if job.cancel_requested {
+                    cancels.push(HubMsg::Cancel(cmdx_proto::agent::Cancel {
+                        job_id: job.id.clone(),
+                        attempt: job.attempt,
+                        grace_secs: hub.config.cancel_grace_secs,
+                    }));
+                }
+                resume.push(Resume {
+                    job_id: job.id,
+                    attempt: h.attempt,
+                    stored_chunks: stored,
+                    finished: false,
+                });
+            }
+            Some(job)
+                if job.status.is_terminal()
+                    && job.attempt == h.attempt
+                    && job.worker_id.as_deref() == Some(worker_id)
+                    && job.outcome.is_some() =>
+            {
+                resume.push(Resume {
+                    job_id: job.id,
+                    attempt: h.attempt,
+                    stored_chunks: h.chunks,
+                    finished: true,
+                });
+            }
+            _ => abandon.push(JobRef {
+                job_id: h.job_id.clone(),
+                attempt: h.attempt,
+            }),
+        }
+    }
+    // Jobs assigned to this worker before it connected that it does not report: lost attempts.
+    for job_id in held_before {
+        if held_ids.contains(&job_id) {
+            continue;
+        }
+        if let Ok(Some(job)) = hub.store.get_job(&job_id).await
+            && job.worker_id.as_deref() == Some(worker_id)
+            && !job.status.is_terminal()
+        {
+            let _ = jobs::requeue_or_fail(hub, &job_id, worker_id, job.attempt, "agent restarted")
+                .await;
+            continue;
+        }
+        hub.dispatch.release(worker_id, &job_id);
+    }
+    (
+        Welcome {
+            protocol_version: PROTOCOL_VERSION,
+            worker_id: worker_id.to_string(),
+            heartbeat_secs: hub.config.heartbeat_secs,
+            resume,
+            abandon,
+        },
+        cancels,
+    )
+}
+
+async fn abandon(tx: &mpsc::Sender<HubMsg>, job_id: &str, attempt: u32, reason: &str) {
+    let _ = tx
+        .send(HubMsg::Abandon(Abandon {
+            job_id: job_id.to_string(),
+            attempt,
+            reason: reason.to_string(),
+        }))
+        .await;
+}
+
+/// One handler per message type.
+async fn handle(
+    hub: &Arc<Hub>,
+    worker_id: &str,
+    token_id: &str,
+    msg: AgentMsg,
+    tx: &mpsc::Sender<HubMsg>,
+    ack_tx: &mpsc::Sender<(String, u32, u64)>,
+) {
+    match msg {
+        AgentMsg::Hello(_) => {
+            let _ = tx
+                .send(HubMsg::Error(ErrorMsg {
+                    code: "bad_message".into(),
+                    message: "hello sent twice".into(),
+                }))
+                .await;
+        }
+        AgentMsg::Accept(r) => {
+            tracing::debug!(job_id = %r.job_id, attempt = r.attempt, "assignment accepted");
+        }
+        AgentMsg::Reject(r) => {
+            tracing::info!(job_id = %r.job_id, reason = %r.reason, "assignment rejected");
+            if let Err(e) =
+                jobs::requeue_or_fail(hub, &r.job_id, worker_id, r.attempt, "rejected by worker")
+                    .await
+            {
+                tracing::warn!(error = %e.message, "requeue after reject failed");
+            }
+        }
+        AgentMsg::Started(s) => {
+            if jobs::started(hub, worker_id, token_id, &s.job_id, s.attempt)
+                .await
+                .is_err()
+            {
+                abandon(tx, &s.job_id, s.attempt, "stale attempt").await;
+            }
+        }
+        AgentMsg::Output(OutputChunk {
+            job_id,
+            attempt,
+            seq,
+            stream,
+            data,
+        }) => {
+            match jobs::append_output(
+                hub,
+                worker_id,
+                token_id,
+                &job_id,
+                Some(attempt),
+                Some(seq),
+                stream,
+                data.0,
+            )
+            .await
+            {
+                Ok(stored) => {
+                    let _ = ack_tx.send((job_id, attempt, stored)).await;
+                }
+                Err(e) if e.code == "stale_attempt" || e.code == "not_found" => {
+                    abandon(tx, &job_id, attempt, "stale attempt").await;
+                }
+                Err(e) => tracing::warn!(job_id = %job_id, error = %e.message, "output rejected"),
+            }
+        }
+        AgentMsg::Finished(Finished {
+            job_id,
+            attempt,
+            chunks,
+            outcome,
+        }) => {
+            let report = FinishReport {
+                attempt: Some(attempt),
+                chunks: Some(chunks),
+                outcome,
+            };
+            match jobs::finish(hub, worker_id, token_id, &job_id, report).await {
+                Ok(_) => {
+                    let _ = tx
+                        .send(HubMsg::FinishedAck(JobRef { job_id, attempt }))
+                        .await;
+                }
+                Err(e) if e.code == "stale_attempt" || e.code == "not_found" => {
+                    abandon(tx, &job_id, attempt, "stale attempt").await;
+                }
+                Err(e) => tracing::warn!(job_id = %job_id, error = %e.message, "finish rejected"),
+            }
+        }
+        AgentMsg::Heartbeat(h) => {
+            hub.dispatch.heartbeat(worker_id, h.draining);
+        }
+    }
+}

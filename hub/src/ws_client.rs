@@ -1,0 +1,235 @@
+//! The browser/CLI WebSocket session (`/ws/client`): output subscriptions (replay from an offset,
+//! then live) and live job/worker events. One bounded outgoing queue per socket: a client that
+//! does not read stalls only its own subscriptions, which then resync from the store.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cmdx_proto::agent::ErrorMsg;
+use cmdx_proto::client::{ClientMsg, ServerMsg};
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::{broadcast, mpsc};
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+use crate::Hub;
+use crate::auth::Caller;
+use crate::relay::{self, SubEnd};
+use crate::ws::Socket;
+
+/// Outgoing messages queued per client socket.
+const OUT_QUEUE: usize = 16;
+/// Most output subscriptions per socket.
+const MAX_SUBS: usize = 64;
+
+fn error(code: &str, message: impl Into<String>) -> ServerMsg {
+    ServerMsg::Error(ErrorMsg {
+        code: code.into(),
+        message: message.into(),
+    })
+}
+
+/// Runs one client session for `caller`.
+pub async fn session(hub: Arc<Hub>, ws: Socket, caller: Caller) {
+    let _guard = hub.sessions.enter();
+    let (out_tx, mut out_rx) = mpsc::channel::<ServerMsg>(OUT_QUEUE);
+    let (mut sink, mut stream) = ws.split();
+    let mut subs: HashMap<String, JoinHandle<()>> = HashMap::new();
+    let mut feeds: Vec<JoinHandle<()>> = Vec::new();
+    let mut stop = hub.stop.subscribe();
+    let mut ping = tokio::time::interval(Duration::from_secs(20));
+    ping.tick().await;
+    let mut close: Option<(CloseCode, &'static str)> = None;
+    loop {
+        tokio::select! {
+            out = out_rx.recv() => {
+                let Some(msg) = out else { break };
+                let text = serde_json::to_string(&msg).unwrap_or_default();
+                if sink.send(Message::text(text)).await.is_err() {
+                    break;
+                }
+            }
+            incoming = stream.next() => {
+                let msg = match incoming {
+                    None => break,
+                    Some(Err(e)) => {
+                        if matches!(e, tokio_tungstenite::tungstenite::Error::Capacity(_)) {
+                            close = Some((CloseCode::Size, "message too large"));
+                        }
+                        break;
+                    }
+                    Some(Ok(m)) => m,
+                };
+                match msg {
+                    Message::Text(t) => match serde_json::from_str::<ClientMsg>(&t) {
+                        Ok(m) => handle(&hub, &caller, m, &out_tx, &mut subs, &mut feeds).await,
+                        Err(e) => {
+                            let _ = out_tx.send(error("bad_message", format!("unreadable message: {e}"))).await;
+                        }
+                    },
+                    Message::Close(_) => break,
+                    Message::Binary(_) => {
+                        close = Some((CloseCode::Unsupported, "binary frames are not used"));
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+            _ = ping.tick() => {
+                if sink.send(Message::Ping(Vec::new().into())).await.is_err() {
+                    break;
+                }
+            }
+            _ = stop.changed() => {
+                close = Some((CloseCode::Away, "hub shutting down"));
+                break;
+            }
+        }
+    }
+    for (_, h) in subs {
+        h.abort();
+    }
+    for h in feeds {
+        h.abort();
+    }
+    if let Some((code, reason)) = close {
+        let _ = sink
+            .send(Message::Close(Some(CloseFrame {
+                code,
+                reason: reason.into(),
+            })))
+            .await;
+    }
+    let _ = sink.close().await;
+}
+
+async fn handle(
+    hub: &Arc<Hub>,
+    caller: &Caller,
+    msg: ClientMsg,
+    out: &mpsc::Sender<ServerMsg>,
+    subs: &mut HashMap<String, JoinHandle<()>>,
+    feeds: &mut Vec<JoinHandle<()>>,
+) {
+    subs.retain(|_, h| !h.is_finished());
+    match msg {
+        ClientMsg::SubscribeOutput { job_id, offset } => {
+            let job = match crate::jobs::visible_job(hub, caller, &job_id).await {
+                Ok(j) => j,
+                Err(_) => {
+                    let _ = out
+                        .send(error("not_found", format!("job {job_id} not found")))
+                        .await;
+                    return;
+                }
+            };
+            if subs.len() >= MAX_SUBS {
+                let _ = out
+                    .send(error(
+                        "too_many_subscriptions",
+                        "unsubscribe from some jobs first",
+                    ))
+                    .await;
+                return;
+            }
+            if let Some(old) = subs.remove(&job.id) {
+                old.abort();
+            }
+            let hub2 = hub.clone();
+            let out2 = out.clone();
+            let id = job.id.clone();
+            let handle = tokio::spawn(async move {
+                let store = hub2.store.clone();
+                let jid = id.clone();
+                let is_terminal = || {
+                    let store = store.clone();
+                    let jid = jid.clone();
+                    async move {
+                        Ok(store
+                            .get_job(&jid)
+                            .await?
+                            .is_none_or(|j| j.status.is_terminal()))
+                    }
+                };
+                let res = relay::subscribe(
+                    hub2.store.as_ref(),
+                    &hub2.relay,
+                    &id,
+                    offset,
+                    &out2,
+                    is_terminal,
+                )
+                .await;
+                match res {
+                    Ok(SubEnd::Finished) => {
+                        if let Ok(Some(job)) = hub2.store.get_job(&id).await {
+                            let o = job.outcome.clone().unwrap_or_default();
+                            let _ = out2
+                                .send(ServerMsg::OutputEnd {
+                                    job_id: id.clone(),
+                                    offset: job.output.total_bytes,
+                                    status: job.status,
+                                    exit_code: o.exit_code,
+                                    signal: o.signal,
+                                    failure: job.failure,
+                                })
+                                .await;
+                        }
+                    }
+                    Ok(SubEnd::ClientGone) => {}
+                    Err(e) => {
+                        tracing::error!(job_id = %id, error = %e, "output subscription failed");
+                        let _ = out2.send(error("internal", "reading output failed")).await;
+                    }
+                }
+            });
+            subs.insert(job.id, handle);
+        }
+        ClientMsg::UnsubscribeOutput { job_id } => {
+            if let Some(h) = subs.remove(&job_id) {
+                h.abort();
+            }
+        }
+        ClientMsg::SubscribeJobs => {
+            feeds.push(spawn_feed(hub, caller.clone(), out.clone(), true));
+        }
+        ClientMsg::SubscribeWorkers => {
+            for v in hub.dispatch.views(hub.config.legacy_offline_secs * 1000) {
+                if out.send(ServerMsg::Worker(v)).await.is_err() {
+                    return;
+                }
+            }
+            feeds.push(spawn_feed(hub, caller.clone(), out.clone(), false));
+        }
+    }
+}
+
+/// Forwards events the caller may see: job events (`jobs`) or worker events.
+fn spawn_feed(
+    hub: &Arc<Hub>,
+    caller: Caller,
+    out: mpsc::Sender<ServerMsg>,
+    jobs: bool,
+) -> JoinHandle<()> {
+    let mut rx = hub.events.subscribe();
+    tokio::spawn(async move {
+        loop {
+            let ev = match rx.recv().await {
+                Ok(ev) => ev,
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => return,
+            };
+            let wanted = match &*ev.msg {
+                ServerMsg::Job(_) => jobs && ev.owner.as_deref().is_none_or(|o| caller.can_see(o)),
+                ServerMsg::Worker(_) => !jobs,
+                _ => false,
+            };
+            if wanted && out.send((*ev.msg).clone()).await.is_err() {
+                return;
+            }
+        }
+    })
+}

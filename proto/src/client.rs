@@ -1,0 +1,84 @@
+//! Messages on the browser/CLI WebSocket (`/ws/client`); see the crate docs for the exchange.
+
+use serde::{Deserialize, Serialize};
+
+use crate::Bytes64;
+use crate::agent::ErrorMsg;
+use crate::rest::{JobSummary, WorkerView};
+use crate::{FailureKind, JobStatus, StreamKind};
+
+/// Client -> hub.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase", deny_unknown_fields)]
+pub enum ClientMsg {
+    /// Stream a job's combined output from byte `offset` (0 = from the start), then live.
+    #[serde(rename_all = "camelCase")]
+    SubscribeOutput {
+        /// Job id.
+        job_id: String,
+        /// First byte wanted.
+        #[serde(default)]
+        offset: u64,
+    },
+    /// Stop streaming a job's output.
+    #[serde(rename_all = "camelCase")]
+    UnsubscribeOutput {
+        /// Job id.
+        job_id: String,
+    },
+    /// Receive `job` events for jobs the caller can see.
+    SubscribeJobs,
+    /// Receive `worker` events (any signed-in user).
+    SubscribeWorkers,
+}
+
+/// Hub -> client.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase")]
+pub enum ServerMsg {
+    /// Bytes of a job's combined output starting at `offset`.
+    #[serde(rename_all = "camelCase")]
+    Output {
+        /// Job id.
+        job_id: String,
+        /// Byte offset of `data[0]` in the combined log.
+        offset: u64,
+        /// Which pipe these bytes came from.
+        stream: StreamKind,
+        /// The bytes.
+        data: Bytes64,
+    },
+    /// The requested bytes were dropped by the output cap; the stream continues at `offset`.
+    #[serde(rename_all = "camelCase")]
+    OutputSkipped {
+        /// Job id.
+        job_id: String,
+        /// The first byte still stored.
+        offset: u64,
+    },
+    /// The job is terminal and every byte up to `offset` was sent.
+    #[serde(rename_all = "camelCase")]
+    OutputEnd {
+        /// Job id.
+        job_id: String,
+        /// Total bytes in the log.
+        offset: u64,
+        /// Final status.
+        status: JobStatus,
+        /// Exit code, if the command exited.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        exit_code: Option<i32>,
+        /// Signal, if the command was killed by one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        signal: Option<i32>,
+        /// Failure kind, for failed jobs.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        failure: Option<FailureKind>,
+    },
+    /// A job changed (created, assigned, started, finished).
+    Job(JobSummary),
+    /// A worker connected, changed load, or went offline.
+    Worker(WorkerView),
+    /// A request failed (unknown job: `not_found`; bad message: `bad_message`).
+    Error(ErrorMsg),
+}

@@ -1,0 +1,376 @@
+//! REST request and response bodies (`/api/...`), camelCase JSON.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::agent::Isolation;
+use crate::{FailureKind, JobStatus};
+
+/// Every error response: `{"error": "...", "code": "..."}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// Human-readable, lowercase, no trailing period.
+    pub error: String,
+    /// Machine-readable, e.g. `bad_request`, `unauthorized`, `not_found`, `stale_attempt`.
+    pub code: String,
+}
+
+/// `POST /api/auth/login`.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LoginRequest {
+    /// Account email.
+    pub email: String,
+    /// Password.
+    pub password: String,
+}
+
+impl std::fmt::Debug for LoginRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginRequest")
+            .field("email", &self.email)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Answer to a successful login (the same token is also set as the `auth_token` cookie).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LoginResponse {
+    /// Bearer JWT.
+    pub token: String,
+    /// Who signed in.
+    pub user: UserView,
+}
+
+/// A user as shown to clients.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UserView {
+    /// Stable id.
+    pub id: String,
+    /// Email (login name).
+    pub email: String,
+    /// `admin` or `user`.
+    pub role: String,
+    /// RFC 3339.
+    pub created_at: String,
+}
+
+/// `POST /api/auth/register` (admin only).
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RegisterRequest {
+    /// Email.
+    pub email: String,
+    /// Password (at least 8 characters).
+    pub password: String,
+    /// `admin` or `user` (default).
+    #[serde(default)]
+    pub role: Option<String>,
+}
+
+impl std::fmt::Debug for RegisterRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegisterRequest")
+            .field("email", &self.email)
+            .field("role", &self.role)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Answer to an upload, and one entry of `GET /api/files/list`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FileView {
+    /// Id to pass as `fileId` on submit.
+    pub file_id: String,
+    /// Download path on the hub.
+    pub file_url: String,
+    /// Name given at upload.
+    pub filename: String,
+    /// Bytes.
+    pub size: u64,
+    /// Hex sha256 of the content.
+    pub sha256: String,
+    /// RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<String>,
+}
+
+/// `GET /api/files/list`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FileList {
+    /// The caller's files, newest first.
+    pub files: Vec<FileView>,
+}
+
+/// `POST /api/jobs/submit`. Unknown fields are rejected (400) so that clients cannot set
+/// server-owned fields such as `status` or `workerId`.
+#[derive(Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SubmitRequest {
+    /// Shell command (`sh -c`).
+    pub command: String,
+    /// A file uploaded by the caller.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_id: Option<String>,
+    /// A hub file URL (`/api/files/download/ID`) of the caller's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_url: Option<String>,
+    /// Wall-clock timeout in seconds (default 600).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<u64>,
+    /// Only workers advertising all these tags may run the job.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    /// Extra environment for the job.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Attempts before `worker_lost` (default 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
+}
+
+impl std::fmt::Debug for SubmitRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SubmitRequest")
+            .field("command_len", &self.command.len())
+            .field("file_id", &self.file_id)
+            .field("file_url", &self.file_url)
+            .field("timeout", &self.timeout)
+            .field("tags", &self.tags)
+            .field("env_keys", &self.env.keys().collect::<Vec<_>>())
+            .field("max_attempts", &self.max_attempts)
+            .finish()
+    }
+}
+
+/// `201` answer to a submission.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SubmitResponse {
+    /// The new job's id.
+    pub job_id: String,
+}
+
+/// `POST /api/jobs/cancel`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CancelRequest {
+    /// Job to cancel.
+    pub job_id: String,
+}
+
+/// Summary of a finished job, for the original system's clients.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobResult {
+    /// `status == completed`.
+    pub success: bool,
+    /// Run time in milliseconds.
+    pub duration: u64,
+    /// Number of output lines.
+    pub lines: u64,
+}
+
+/// One attempt of a job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AttemptView {
+    /// Attempt number.
+    pub attempt: u32,
+    /// Worker that held it.
+    pub worker_id: String,
+    /// RFC 3339.
+    pub assigned_at: String,
+    /// RFC 3339, when it ended (finished, lost or cancelled).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<String>,
+    /// How it ended, e.g. `completed`, `failed`, `worker_lost`, `requeued`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end: Option<String>,
+}
+
+/// `GET /api/jobs/status?jobId=`: the whole job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobView {
+    /// Id.
+    pub job_id: String,
+    /// Shell command.
+    pub command: String,
+    /// Download path of the job's ZIP, if any.
+    pub file_url: Option<String>,
+    /// Lifecycle status.
+    pub status: JobStatus,
+    /// Worker holding (or that last held) the job.
+    pub worker_id: Option<String>,
+    /// Current attempt (0 while never assigned).
+    pub attempt: u32,
+    /// Attempts allowed.
+    pub max_attempts: u32,
+    /// Owner's user id.
+    pub owner: String,
+    /// Required worker tags.
+    pub tags: Vec<String>,
+    /// Names of the extra env variables (values are not echoed).
+    pub env_keys: Vec<String>,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339.
+    pub started_at: Option<String>,
+    /// RFC 3339.
+    pub completed_at: Option<String>,
+    /// Stdout bytes (lossy UTF-8), up to a response cap; the full log is at `/output`.
+    pub stdout: String,
+    /// Stderr bytes (lossy UTF-8), as `stdout`.
+    pub stderr: String,
+    /// Exit code.
+    pub exit_code: Option<i32>,
+    /// Signal that killed the command.
+    pub signal: Option<i32>,
+    /// Timeout in seconds.
+    pub timeout: u64,
+    /// Human-readable error.
+    pub error: Option<String>,
+    /// Failure kind.
+    pub failure: Option<FailureKind>,
+    /// Legacy summary, once terminal.
+    pub result: Option<JobResult>,
+    /// A cancel was requested.
+    pub cancel_requested: bool,
+    /// Total bytes of output ever produced.
+    pub output_bytes: u64,
+    /// The output cap dropped the head of the log.
+    pub output_truncated: bool,
+    /// Peak memory in bytes.
+    pub peak_memory_bytes: Option<u64>,
+    /// CPU time in milliseconds.
+    pub cpu_ms: Option<u64>,
+    /// Attempt history.
+    pub attempts: Vec<AttemptView>,
+}
+
+/// A job without its output, for lists and live events.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobSummary {
+    /// Id.
+    pub job_id: String,
+    /// Shell command.
+    pub command: String,
+    /// Lifecycle status.
+    pub status: JobStatus,
+    /// Worker holding (or that last held) the job.
+    pub worker_id: Option<String>,
+    /// Current attempt.
+    pub attempt: u32,
+    /// Owner's user id.
+    pub owner: String,
+    /// Required tags.
+    pub tags: Vec<String>,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339.
+    pub started_at: Option<String>,
+    /// RFC 3339.
+    pub completed_at: Option<String>,
+    /// Exit code.
+    pub exit_code: Option<i32>,
+    /// Failure kind.
+    pub failure: Option<FailureKind>,
+    /// Total output bytes so far.
+    pub output_bytes: u64,
+}
+
+/// `GET /api/jobs/list`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobList {
+    /// Newest first.
+    pub jobs: Vec<JobSummary>,
+    /// `jobs.len()`.
+    pub count: usize,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// A worker as shown to people (`GET /api/workers/list`, `worker` events).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerView {
+    /// Id.
+    pub worker_id: String,
+    /// `online`, `draining` or `offline`.
+    pub status: String,
+    /// `agent` (WebSocket) or `legacy` (REST polling).
+    pub kind: String,
+    /// Host name.
+    pub hostname: String,
+    /// OS description.
+    pub os: String,
+    /// Agent version.
+    pub version: String,
+    /// Logical CPUs.
+    pub cpu_count: u32,
+    /// Memory in MiB.
+    pub total_memory_mb: u64,
+    /// Tags served.
+    pub tags: Vec<String>,
+    /// Concurrency.
+    pub slots: u32,
+    /// Slots in use.
+    pub slots_used: u32,
+    /// Jobs held now.
+    pub current_jobs: Vec<String>,
+    /// Sandbox layers.
+    pub isolation: Isolation,
+    /// RFC 3339.
+    pub connected_at: Option<String>,
+    /// RFC 3339.
+    pub last_heartbeat: Option<String>,
+}
+
+/// `GET /api/workers/list`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerList {
+    /// Known workers, online first.
+    pub workers: Vec<WorkerView>,
+}
+
+/// `POST /api/workers/tokens` (admin).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MintTokenRequest {
+    /// Label for people.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Lifetime in seconds (default 30 days).
+    #[serde(default)]
+    pub ttl_secs: Option<u64>,
+}
+
+/// A freshly minted worker token (shown once).
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MintTokenResponse {
+    /// The token to give to `cmdx agent --token`.
+    pub token: String,
+    /// Token id (for revocation and audit).
+    pub token_id: String,
+    /// RFC 3339.
+    pub expires_at: String,
+}
+
+impl std::fmt::Debug for MintTokenResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MintTokenResponse")
+            .field("token_id", &self.token_id)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}

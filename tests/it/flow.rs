@@ -1,0 +1,159 @@
+//! A job submitted over REST runs on a WebSocket worker; its result comes back through
+//! `/api/jobs/status` and `/api/jobs/list`.
+
+use cmdx_e2e::{FakeAgent, HubProc};
+use cmdx_proto::agent::{AgentMsg, Finished, HubMsg, JobRef, OutputChunk, Started};
+use cmdx_proto::{Outcome, StreamKind};
+use serde_json::json;
+
+use crate::FAST;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_worker_runs_a_submitted_job() {
+    let hub = HubProc::start(FAST).await;
+    let admin = hub.admin().await;
+    let wt = hub.worker_token(&admin).await;
+    let user = hub.user(&admin, "alice@test.local").await;
+    let id = hub
+        .submit(&user, json!({"command": "echo hi; echo warn >&2"}))
+        .await;
+    let queued = hub.job(&user, &id).await;
+    assert_eq!(queued["status"], "queued");
+    assert!(queued["createdAt"].as_str().unwrap().ends_with('Z'));
+
+    let (mut a, welcome) = FakeAgent::connect(&hub, &wt, "w1", 2, vec![])
+        .await
+        .unwrap();
+    assert_eq!(welcome.worker_id, "w1");
+    let asg = a
+        .recv_until(|m| match m {
+            HubMsg::Assign(x) => Some(x),
+            _ => None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(asg.job_id, id);
+    assert_eq!(asg.attempt, 1);
+    assert_eq!(asg.command, "echo hi; echo warn >&2");
+    assert_eq!(hub.job(&user, &id).await["status"], "assigned");
+
+    let r = JobRef {
+        job_id: id.clone(),
+        attempt: 1,
+    };
+    a.send(&AgentMsg::Accept(r.clone())).await.unwrap();
+    a.send(&AgentMsg::Started(Started {
+        job_id: id.clone(),
+        attempt: 1,
+        isolation: vec![],
+    }))
+    .await
+    .unwrap();
+    hub.wait_status(&user, &id, "running").await;
+    for (seq, stream, data) in [
+        (0, StreamKind::Stdout, "hi\n"),
+        (1, StreamKind::Stderr, "warn\n"),
+    ] {
+        a.send(&AgentMsg::Output(OutputChunk {
+            job_id: id.clone(),
+            attempt: 1,
+            seq,
+            stream,
+            data: data.as_bytes().into(),
+        }))
+        .await
+        .unwrap();
+    }
+    let acked = a
+        .recv_until(|m| match m {
+            HubMsg::OutputAck(x) if x.stored_chunks == 2 => Some(x),
+            _ => None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(acked.job_id, id);
+    a.send(&AgentMsg::Finished(Finished {
+        job_id: id.clone(),
+        attempt: 1,
+        chunks: 2,
+        outcome: Outcome {
+            exit_code: Some(0),
+            duration_ms: 12,
+            ..Outcome::default()
+        },
+    }))
+    .await
+    .unwrap();
+    a.recv_until(|m| matches!(m, HubMsg::FinishedAck(ref x) if *x == r).then_some(()))
+        .await
+        .unwrap();
+
+    let done = hub.job(&user, &id).await;
+    assert_eq!(done["status"], "completed");
+    assert_eq!(done["stdout"], "hi\n");
+    assert_eq!(done["stderr"], "warn\n");
+    assert_eq!(done["exitCode"], 0);
+    assert_eq!(done["workerId"], "w1");
+    assert_eq!(done["attempt"], 1);
+    assert_eq!(done["result"]["success"], true);
+    assert_eq!(done["result"]["lines"], 2);
+    for k in ["createdAt", "startedAt", "completedAt"] {
+        assert!(done[k].is_string(), "{k} missing: {done}");
+    }
+    let (s, list) = hub.get(&user, "/api/jobs/list?status=completed").await;
+    assert_eq!(s, 200);
+    assert_eq!(list["count"], 1);
+    assert_eq!(list["jobs"][0]["jobId"], id.as_str());
+    assert_eq!(list["jobs"][0]["exitCode"], 0);
+
+    // The raw log keeps the interleaving.
+    let raw = hub
+        .http
+        .get(format!("{}/api/jobs/{id}/output?offset=0", hub.url))
+        .bearer_auth(&user)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(&raw[..], b"hi\nwarn\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_and_tagged_jobs_route_correctly() {
+    let hub = HubProc::start(FAST).await;
+    let admin = hub.admin().await;
+    let wt = hub.worker_token(&admin).await;
+    let tagged = hub
+        .submit(&admin, json!({"command": "make gpu", "tags": ["gpu"]}))
+        .await;
+    let plain = hub.submit(&admin, json!({"command": "exit 3"})).await;
+    // An untagged worker must get only the plain job, even though the tagged one is older.
+    let (mut a, _) = FakeAgent::connect(&hub, &wt, "plain-w", 4, vec![])
+        .await
+        .unwrap();
+    let asg = a
+        .recv_until(|m| match m {
+            HubMsg::Assign(x) => Some(x),
+            _ => None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(asg.job_id, plain);
+    a.send(&AgentMsg::Finished(Finished {
+        job_id: plain.clone(),
+        attempt: 1,
+        chunks: 0,
+        outcome: Outcome {
+            exit_code: Some(3),
+            ..Outcome::default()
+        },
+    }))
+    .await
+    .unwrap();
+    let v = hub.wait_status(&admin, &plain, "failed").await;
+    assert_eq!(v["failure"], "exit_code");
+    assert_eq!(v["exitCode"], 3);
+    assert_eq!(hub.job(&admin, &tagged).await["status"], "queued");
+}

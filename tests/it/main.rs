@@ -1,0 +1,18 @@
+//! End-to-end tests of the hub through real processes, sockets and sled on disk.
+
+mod bad_input;
+mod durability;
+mod fencing;
+mod flow;
+mod legacy;
+mod relay;
+
+/// Flags for a hub tuned for tests: short reconnect grace, no rate limits.
+pub const FAST: &[&str] = &[
+    "--reconnect-grace-secs",
+    "2",
+    "--rate-limit-per-min",
+    "0",
+    "--login-rate-limit-per-min",
+    "0",
+];

@@ -1,0 +1,405 @@
+//! Helpers for cmdx end-to-end tests: start a real `cmdx hub` process on a loopback port with a
+//! sled store in a temp folder, kill it with SIGKILL and restart it on the same data, sign in,
+//! mint worker tokens, speak the agent protocol as a scripted worker, and `wait_for` conditions
+//! with one global timeout (no bare sleeps).
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use cmdx_proto::agent::{AgentMsg, Hello, HubMsg, Isolation};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// Admin credentials every test hub is bootstrapped with.
+pub const ADMIN_EMAIL: &str = "admin@test.local";
+/// Admin password.
+pub const ADMIN_PASSWORD: &str = "admin-password-1";
+
+/// The global timeout for any awaited condition.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// Path of the `cmdx` binary (next to the test executable's `deps` folder, or `CMDX_BIN`).
+pub fn cmdx_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("CMDX_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = dir.join("cmdx");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first with `cargo build -p cmdx` (the README's test command does)",
+        bin.display()
+    );
+    bin
+}
+
+/// Polls `f` until it returns `Some`, or fails after [`WAIT`].
+pub async fn wait_for<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if start.elapsed() > WAIT {
+            panic!("timed out after {WAIT:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A running hub process.
+pub struct HubProc {
+    child: Option<Child>,
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    /// Data folder (kept across restarts).
+    pub data: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    extra: Vec<String>,
+    /// Port it listens on (kept across restarts).
+    pub port: u16,
+    /// HTTP client.
+    pub http: reqwest::Client,
+}
+
+impl HubProc {
+    /// Starts a hub on a fresh data folder with extra flags.
+    pub async fn start(extra: &[&str]) -> HubProc {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let data = tmp.path().join("data");
+        let mut h = HubProc {
+            child: None,
+            url: String::new(),
+            data,
+            _tmp: Some(tmp),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            port: 0,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .expect("client"),
+        };
+        h.spawn().await.expect("hub starts");
+        h
+    }
+
+    async fn spawn(&mut self) -> anyhow::Result<()> {
+        let mut cmd = Command::new(cmdx_bin());
+        cmd.arg("hub")
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{}", self.port))
+            .arg("--data")
+            .arg(&self.data)
+            .args(&self.extra)
+            .env("CMDX_ADMIN_EMAIL", ADMIN_EMAIL)
+            .env("CMDX_ADMIN_PASSWORD", ADMIN_PASSWORD)
+            .env(
+                "RUST_LOG",
+                std::env::var("CMDX_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().context("spawning cmdx hub")?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(WAIT, async {
+            while let Some(l) = lines.next_line().await? {
+                if let Some(url) = l.strip_prefix("cmdx hub listening on ") {
+                    return Ok::<_, anyhow::Error>(url.trim().to_string());
+                }
+            }
+            bail!("hub exited before listening")
+        })
+        .await
+        .context("hub did not start in time")??;
+        // Keep draining stdout so the hub never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        self.url = line;
+        self.port = self
+            .url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .context("port")?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// SIGKILL, no goodbye.
+    pub async fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.start_kill();
+            let _ = c.wait().await;
+        }
+    }
+
+    /// SIGTERM and wait for exit; returns the exit status code.
+    pub async fn terminate(&mut self) -> Option<i32> {
+        let mut c = self.child.take()?;
+        if let Some(pid) = c.id() {
+            // SAFETY: plain kill(2) on our own child's pid.
+            unsafe { libc_kill(pid as i32, 15) };
+        }
+        c.wait().await.ok().and_then(|s| s.code())
+    }
+
+    /// Starts the hub again on the same data folder and port.
+    pub async fn restart(&mut self) {
+        let mut tries = 0;
+        loop {
+            match self.spawn().await {
+                Ok(()) => return,
+                Err(e) if tries < 50 => {
+                    tries += 1;
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("hub restart failed: {e:#}"),
+            }
+        }
+    }
+
+    /// The hub's process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+
+    /// The hub's resident memory in KiB (from /proc).
+    pub fn rss_kb(&self) -> u64 {
+        let pid = self.pid().expect("hub running");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS")
+    }
+
+    /// `ws://` base URL.
+    pub fn ws_url(&self, path: &str) -> String {
+        format!("{}{}", self.url.replacen("http://", "ws://", 1), path)
+    }
+
+    /// Signs in; returns the bearer token.
+    pub async fn login(&self, email: &str, password: &str) -> String {
+        let r = self
+            .http
+            .post(format!("{}/api/auth/login", self.url))
+            .json(&json!({"email": email, "password": password}))
+            .send()
+            .await
+            .expect("login request");
+        assert_eq!(r.status(), 200, "login of {email} failed");
+        let v: Value = r.json().await.expect("login json");
+        v["token"].as_str().expect("token").to_string()
+    }
+
+    /// The admin's token.
+    pub async fn admin(&self) -> String {
+        self.login(ADMIN_EMAIL, ADMIN_PASSWORD).await
+    }
+
+    /// Creates a user (as admin) and returns their token.
+    pub async fn user(&self, admin: &str, email: &str) -> String {
+        let r = self
+            .http
+            .post(format!("{}/api/auth/register", self.url))
+            .bearer_auth(admin)
+            .json(&json!({"email": email, "password": "user-password-1"}))
+            .send()
+            .await
+            .expect("register");
+        assert_eq!(r.status(), 201, "register {email}");
+        self.login(email, "user-password-1").await
+    }
+
+    /// Mints a worker token (as admin).
+    pub async fn worker_token(&self, admin: &str) -> String {
+        let v = self
+            .post_json(admin, "/api/workers/tokens", json!({"name": "test"}))
+            .await;
+        v["token"].as_str().expect("worker token").to_string()
+    }
+
+    /// POST JSON with a bearer token; asserts 2xx and returns the body.
+    pub async fn post_json(&self, token: &str, path: &str, body: Value) -> Value {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.url))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .expect("request");
+        let status = r.status();
+        let text = r.text().await.unwrap_or_default();
+        assert!(status.is_success(), "POST {path} -> {status}: {text}");
+        serde_json::from_str(&text).expect("json body")
+    }
+
+    /// GET JSON with a bearer token; returns (status, body).
+    pub async fn get(&self, token: &str, path: &str) -> (u16, Value) {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("request");
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// Submits a job; returns its id.
+    pub async fn submit(&self, token: &str, body: Value) -> String {
+        let v = self.post_json(token, "/api/jobs/submit", body).await;
+        v["jobId"].as_str().expect("jobId").to_string()
+    }
+
+    /// The job's status document.
+    pub async fn job(&self, token: &str, id: &str) -> Value {
+        let (s, v) = self
+            .get(token, &format!("/api/jobs/status?jobId={id}"))
+            .await;
+        assert_eq!(s, 200, "status of {id}: {v}");
+        v
+    }
+
+    /// Waits until the job has `status`.
+    pub async fn wait_status(&self, token: &str, id: &str, status: &str) -> Value {
+        wait_for(&format!("job {id} to be {status}"), || async {
+            let v = self.job(token, id).await;
+            (v["status"] == status).then_some(v)
+        })
+        .await
+    }
+}
+
+impl Drop for HubProc {
+    fn drop(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.start_kill();
+        }
+    }
+}
+
+unsafe extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+/// A scripted worker speaking the agent protocol over a real WebSocket.
+pub struct FakeAgent {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    /// Worker id.
+    pub id: String,
+}
+
+impl FakeAgent {
+    /// Connects and completes the handshake; returns the agent and the welcome.
+    pub async fn connect(
+        hub: &HubProc,
+        token: &str,
+        id: &str,
+        concurrency: u32,
+        held: Vec<cmdx_proto::agent::HeldJob>,
+    ) -> anyhow::Result<(FakeAgent, cmdx_proto::agent::Welcome)> {
+        let mut req = hub.ws_url("/ws/agent").into_client_request()?;
+        req.headers_mut()
+            .insert("authorization", format!("Bearer {token}").parse()?);
+        let (ws, _) = tokio_tungstenite::connect_async(req).await?;
+        let mut a = FakeAgent {
+            ws,
+            id: id.to_string(),
+        };
+        a.send(&AgentMsg::Hello(Hello {
+            protocol_version: cmdx_proto::PROTOCOL_VERSION,
+            worker_id: id.to_string(),
+            hostname: "fake-host".into(),
+            os: "linux".into(),
+            version: "test".into(),
+            cpu_count: 2,
+            total_memory_mb: 1024,
+            tags: Vec::new(),
+            concurrency,
+            isolation: Isolation::default(),
+            held,
+        }))
+        .await?;
+        match a.recv().await? {
+            HubMsg::Welcome(w) => Ok((a, w)),
+            other => bail!("expected welcome, got {other:?}"),
+        }
+    }
+
+    /// Sends one message.
+    pub async fn send(&mut self, m: &AgentMsg) -> anyhow::Result<()> {
+        self.ws
+            .send(Message::text(serde_json::to_string(m)?))
+            .await?;
+        Ok(())
+    }
+
+    /// Receives the next hub message (skipping pings), within [`WAIT`].
+    pub async fn recv(&mut self) -> anyhow::Result<HubMsg> {
+        loop {
+            let m = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .context("timed out waiting for a hub message")?
+                .context("socket closed")??;
+            match m {
+                Message::Text(t) => return Ok(serde_json::from_str(&t)?),
+                Message::Close(f) => bail!("closed: {f:?}"),
+                _ => {}
+            }
+        }
+    }
+
+    /// Receives messages until one matches `pick`.
+    pub async fn recv_until<T>(
+        &mut self,
+        mut pick: impl FnMut(HubMsg) -> Option<T>,
+    ) -> anyhow::Result<T> {
+        loop {
+            if let Some(v) = pick(self.recv().await?) {
+                return Ok(v);
+            }
+        }
+    }
+
+    /// Closes the socket abruptly (no close frame).
+    pub fn drop_connection(self) {
+        drop(self.ws);
+    }
+}
+
+/// Builds a ZIP in memory from `(name, content)` pairs.
+pub fn zip_bytes(files: &[(&str, &[u8])]) -> Vec<u8> {
+    use std::io::Write;
+    let mut buf = std::io::Cursor::new(Vec::new());
+    {
+        let mut z = zip::ZipWriter::new(&mut buf);
+        let opts: zip::write::SimpleFileOptions = zip::write::SimpleFileOptions::default();
+        for (name, content) in files {
+            z.start_file(*name, opts).expect("zip entry");
+            z.write_all(content).expect("zip write");
+        }
+        z.finish().expect("zip finish");
+    }
+    buf.into_inner()
+}
