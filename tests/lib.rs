@@ -403,3 +403,128 @@ pub fn zip_bytes(files: &[(&str, &[u8])]) -> Vec<u8> {
     }
     buf.into_inner()
 }
+
+/// A world-traversable temp folder (jobs run as unprivileged uids and must reach their
+/// workspace through it).
+pub fn traversable_tempdir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let t = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    t
+}
+
+/// A running `cmdx agent` process.
+pub struct AgentProc {
+    child: Child,
+    /// Its work dir.
+    pub work_dir: PathBuf,
+}
+
+impl AgentProc {
+    /// Starts `cmdx agent` against `hub` with a worker token, in `work_dir`.
+    pub async fn start(
+        hub: &HubProc,
+        token: &str,
+        worker_id: &str,
+        work_dir: &Path,
+        uid_base: u32,
+    ) -> AgentProc {
+        let child = Command::new(cmdx_bin())
+            .arg("agent")
+            .arg("--hub")
+            .arg(&hub.url)
+            .arg("--work-dir")
+            .arg(work_dir)
+            .arg("--worker-id")
+            .arg(worker_id)
+            .arg("--uid-base")
+            .arg(uid_base.to_string())
+            .arg("--concurrency")
+            .arg("2")
+            .env("CMDX_AGENT_TOKEN", token)
+            .env(
+                "RUST_LOG",
+                std::env::var("CMDX_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn cmdx agent");
+        AgentProc {
+            child,
+            work_dir: work_dir.to_path_buf(),
+        }
+    }
+
+    /// SIGKILL.
+    pub async fn kill9(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+    }
+}
+
+/// A running `cmdx dev` (hub + local agents in one process).
+pub struct DevProc {
+    child: Child,
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    /// Data folder.
+    pub data: PathBuf,
+    _tmp: tempfile::TempDir,
+    /// HTTP client.
+    pub http: reqwest::Client,
+}
+
+impl DevProc {
+    /// Starts `cmdx dev --agents N` on a fresh, traversable data folder.
+    pub async fn start(agents: u32) -> DevProc {
+        let tmp = traversable_tempdir();
+        let data = tmp.path().join("data");
+        let mut child = Command::new(cmdx_bin())
+            .arg("dev")
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--data")
+            .arg(&data)
+            .arg("--agents")
+            .arg(agents.to_string())
+            .env("CMDX_ADMIN_EMAIL", ADMIN_EMAIL)
+            .env("CMDX_ADMIN_PASSWORD", ADMIN_PASSWORD)
+            .env(
+                "RUST_LOG",
+                std::env::var("CMDX_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn cmdx dev");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let url = tokio::time::timeout(WAIT, async {
+            while let Ok(Some(l)) = lines.next_line().await {
+                if let Some(rest) = l.strip_prefix("cmdx dev ready: ") {
+                    return rest.split_whitespace().next().map(str::to_string);
+                }
+            }
+            None
+        })
+        .await
+        .expect("cmdx dev ready in time")
+        .expect("cmdx dev printed its URL");
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        DevProc {
+            child,
+            url,
+            data,
+            _tmp: tmp,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+}

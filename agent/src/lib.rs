@@ -1,1 +1,243 @@
-//! Agent: takes jobs from a hub and runs them sandboxed (being built; see the agent and sandbox issue).
+//! The cmdx agent: connects to a hub, takes jobs, fetches and safely extracts their ZIPs,
+//! runs each command in the sandbox, streams its output, and reconnects and resumes.
+//!
+//! Entry point: [`run`] with an [`AgentConfig`] and a [`Control`] watch channel (the `cmdx
+//! agent` and `cmdx dev` commands drive it from signals).
+//!
+//! # Layout
+//! - `core`: the coordinator task (connection, held jobs, unacknowledged output, control);
+//! - `conn`: the WebSocket (`/ws/agent`, token in a header, bounded buffers);
+//! - `job`: one attempt from workspace to outcome; `runner`: the sandbox seam;
+//! - `output`: pipe pumping, batching (~20 ms or 32 KiB) and the back-pressure window;
+//! - `fetch`: hub URLs and the capped, hashed ZIP download; `extract`: safe extraction;
+//! - `host`: host facts and the persistent worker id; `config`, `error`.
+//!
+//! # Work directory
+//! `work_dir/worker-id` (the stable id), `work_dir/downloads/` (ZIPs being fetched, mode
+//! 0700) and `work_dir/jobs/<job>-<attempt>/` (one [`cmdx_sandbox::Workspace`] per job, with
+//! `job/` as the command's cwd and `tmp/` as its `TMPDIR`). Jobs can reach only their own
+//! workspace: the agent's files are outside every landlock rule.
+
+#![warn(missing_docs)]
+
+mod config;
+mod conn;
+mod core;
+mod error;
+mod extract;
+mod fetch;
+mod host;
+mod job;
+mod output;
+mod runner;
+
+use std::fs;
+use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+use std::path::Path;
+use std::sync::Arc;
+
+use cmdx_proto::agent::Isolation;
+use cmdx_sandbox::Mode;
+use tokio::sync::watch;
+use tracing::Instrument as _;
+
+pub use config::{AgentConfig, Control};
+pub use error::AgentError;
+
+/// Runs the agent until `control` asks it to drain (and the held jobs are done and
+/// acknowledged) or to abort (running jobs terminated and reported).
+///
+/// Fails early on a bad configuration, an unusable work directory, or `--sandbox strict` on a
+/// host missing isolation layers. Once running it never fails: a lost hub connection is
+/// retried forever with backoff while jobs keep running.
+pub async fn run(config: AgentConfig, control: watch::Receiver<Control>) -> Result<(), AgentError> {
+    if config.concurrency == 0 || config.concurrency > 1024 {
+        return Err(AgentError::Config(
+            "concurrency must be between 1 and 1024".into(),
+        ));
+    }
+    if config.output_window_bytes < 2 * output::BATCH_BYTES as u32 {
+        return Err(AgentError::Config(format!(
+            "output window must be at least {} bytes",
+            2 * output::BATCH_BYTES
+        )));
+    }
+    let urls = fetch::HubUrls::parse(&config.hub_url)?;
+    if urls.ws.starts_with("wss:") {
+        // Neither the WebSocket nor the HTTP client is built with TLS: say so now instead of
+        // failing every connection attempt.
+        return Err(AgentError::HubUrl {
+            url: config.hub_url.clone(),
+            reason: "this build has no TLS support; reach the hub over http:// (for example \
+                     through a TLS-terminating proxy on the same host)"
+                .into(),
+        });
+    }
+    if config.token.is_empty() || !config.token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(AgentError::Config(
+            "the worker token must be non-empty printable ASCII without spaces".into(),
+        ));
+    }
+    if let Some(id) = &config.worker_id
+        && !host::valid_id(id)
+    {
+        return Err(AgentError::Config(
+            "the worker id must be 1 to 128 characters from [A-Za-z0-9._:-]".into(),
+        ));
+    }
+
+    make_dir(&config.work_dir, 0o711)?;
+    let work_dir = &fs::canonicalize(&config.work_dir).map_err(|source| AgentError::WorkDir {
+        op: "resolve",
+        path: config.work_dir.clone(),
+        source,
+    })?;
+    let jobs_dir = work_dir.join("jobs");
+    make_dir(&jobs_dir, 0o711)?;
+    let downloads_dir = work_dir.join("downloads");
+    make_dir(&downloads_dir, 0o700)?;
+    remove_stale(&jobs_dir);
+    remove_stale(&downloads_dir);
+
+    let host = host::HostInfo::gather();
+    let worker_id = host::worker_id(config.worker_id.as_deref(), work_dir, &host.hostname)?;
+
+    let caps = cmdx_sandbox::probe();
+    let missing = caps.missing();
+    let mode_name = match config.sandbox_mode {
+        Mode::Strict => "strict",
+        Mode::BestEffort => "best-effort",
+    };
+    if !missing.is_empty() {
+        if config.sandbox_mode == Mode::Strict {
+            return Err(AgentError::SandboxUnavailable { missing });
+        }
+        tracing::warn!(
+            missing = %missing.join(", "),
+            "SANDBOX IS INCOMPLETE: jobs run with these isolation layers missing (best-effort mode)"
+        );
+    }
+    let isolation = Isolation {
+        active: caps.active_layers(),
+        missing,
+        mode: mode_name.to_owned(),
+    };
+    let root = host::effective_uid() == Some(0);
+    if root {
+        check_traversable(work_dir)?;
+    }
+    tracing::info!(
+        %worker_id,
+        hub = %urls.http_base,
+        concurrency = config.concurrency,
+        layers = ?isolation.active,
+        root,
+        "agent starting"
+    );
+
+    let fetcher = fetch::Fetcher::new(
+        urls.clone(),
+        config.token.clone(),
+        worker_id.clone(),
+        config.max_download_bytes,
+        config.connect_timeout,
+        config.download_timeout,
+    )?;
+    let job_settings = Arc::new(job::JobSettings {
+        fetcher,
+        jobs_dir,
+        downloads_dir,
+        limits: config.limits.clone(),
+        mode: config.sandbox_mode,
+        extract: extract::ExtractLimits {
+            max_entries: config.max_zip_entries,
+            max_bytes: config.max_extract_bytes,
+            max_ratio: config.max_compression_ratio,
+            ratio_floor: config.ratio_floor_bytes,
+        },
+        output_cap: (config.max_output_bytes > 0).then(|| output::OutputCap {
+            head: config
+                .max_output_bytes
+                .saturating_sub(u64::from(config.output_tail_bytes)),
+            tail: config.output_tail_bytes as usize,
+        }),
+        uid_base: root.then_some(config.uid_base),
+    });
+    let core = core::Core::new(
+        core::CoreSettings {
+            job: job_settings,
+            ws_url: urls.ws.clone(),
+            token: config.token.clone(),
+            worker_id,
+            host,
+            isolation,
+            tags: config.tags.clone(),
+            concurrency: config.concurrency,
+            output_window: config.output_window_bytes,
+            connect_timeout: config.connect_timeout,
+            max_backoff: config.max_backoff,
+            cancel_grace: config.cancel_grace,
+        },
+        control,
+    );
+    let span = tracing::info_span!("agent", worker_id = %core.worker_id());
+    core.run().instrument(span).await;
+    Ok(())
+}
+
+/// Jobs run as unprivileged uids: every ancestor of the work dir must let them through
+/// (`o+x`), or every job fails to enter its directory.
+fn check_traversable(work_dir: &Path) -> Result<(), AgentError> {
+    for dir in work_dir.ancestors() {
+        let meta = fs::metadata(dir).map_err(|source| AgentError::WorkDir {
+            op: "stat",
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        if meta.permissions().mode() & 0o001 == 0 {
+            return Err(AgentError::Config(format!(
+                "{} (mode {:o}) is not traversable by the unprivileged job users; \
+                 choose a work dir whose parents are all world-executable (e.g. under /var/lib)",
+                dir.display(),
+                meta.permissions().mode() & 0o7777
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn make_dir(path: &Path, mode: u32) -> Result<(), AgentError> {
+    let err = |op, source| AgentError::WorkDir {
+        op,
+        path: path.to_path_buf(),
+        source,
+    };
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(path)
+        .map_err(|e| err("create", e))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(|e| err("chmod", e))
+}
+
+/// Removes what a previous agent process left behind (it was killed mid-job). Best effort:
+/// a workspace whose tmpfs is still mounted is emptied but its mount point stays.
+fn remove_stale(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let r = match entry.file_type() {
+            Ok(ft) if ft.is_dir() => fs::remove_dir_all(&path),
+            Ok(_) => fs::remove_file(&path),
+            Err(e) => Err(e),
+        };
+        match r {
+            Ok(()) => {
+                tracing::info!(path = %path.display(), "removed leftover from a previous run")
+            }
+            Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot remove leftover"),
+        }
+    }
+}

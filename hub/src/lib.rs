@@ -109,6 +109,17 @@ pub async fn run(
     serve(hub, listener, shutdown).await
 }
 
+/// Mints a worker token on behalf of `created_by` (what `POST /api/workers/tokens` does; `cmdx
+/// dev` uses it for its local agents).
+pub async fn mint_worker_token(
+    hub: &Hub,
+    created_by: &str,
+    name: Option<String>,
+    ttl_secs: Option<u64>,
+) -> Result<cmdx_proto::rest::MintTokenResponse, ApiError> {
+    api::mint_worker_token(hub, created_by, name, ttl_secs).await
+}
+
 /// Opens the hub state without serving (tests and `cmdx dev` use it to mint tokens first).
 pub async fn open(config: HubConfig) -> Result<Arc<Hub>, HubError> {
     let data = config.data_dir.clone();

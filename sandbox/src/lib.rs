@@ -1,1 +1,198 @@
-//! Sandbox: one command under limits and isolation (being built; see the agent and sandbox issue).
+//! Launch one command under limits and isolation, and report how it ended.
+//!
+//! The sandbox knows nothing about jobs, hubs or networks: it takes a [`Spec`] (argv, cwd,
+//! environment, [`Limits`], filesystem policy, network on/off, uid/gid, [`Mode`]) and
+//! returns a [`Child`] with stdout/stderr pipes. [`Child::wait`] enforces the wall timeout,
+//! kills the *whole* job cgroup once the main process ends, reaps everything, and returns a
+//! [`Report`] (exit code or signal, OOM, timeout, wall and CPU time, peak memory, layers).
+//!
+//! # Layers, in the order they are applied in the child (between `fork` and `exec`)
+//! 1. join the job cgroup (memory, pids, cpu; v1 or v2) by writing `0` to `cgroup.procs`
+//!    files opened by the parent (so no fork can escape the limits);
+//! 2. `setsid` (new session, no controlling tty);
+//! 3. `unshare(CLONE_NEWNET)` when `spec.network` is false (only a down `lo` remains);
+//! 4. drop to `spec.run_as` (`setgroups`, `setresgid`, `setresuid`);
+//! 5. `PR_SET_PDEATHSIG(SIGKILL)` (after the uid drop, which clears it) plus a `getppid` check;
+//! 6. rlimits (core 0, file size, open files);
+//! 7. every inherited fd above 2 marked close-on-exec (`close_range`);
+//! 8. landlock (system paths read-only, job dir + tmp read-write, TCP denied without network,
+//!    abstract-unix-socket and signal scopes), which also sets `no_new_privs`;
+//! 9. seccomp-bpf deny list modelled on Docker's default profile, applied last.
+//!
+//! Everything the child needs is prepared in the parent: the closure run between `fork` and
+//! `exec` only makes raw system calls (no allocation, no locks).
+//!
+//! The disk cap is a [`Workspace`]: a size-limited tmpfs holding the job dir and its private
+//! tmp (tmpfs pages are also charged to the writer's memory cgroup).
+//!
+//! # Cgroups
+//! Job cgroups live under `cmdx/` of each v1 controller mount (memory, pids, cpu, cpuacct,
+//! freezer), or on v2 in a `cmdx` sibling of the caller's cgroup with memory, pids and cpu
+//! enabled in `subtree_control` (if the caller sits on that path, e.g. at the root of a
+//! container's cgroup namespace, it moves itself into a `cmdx-agent` leaf first);
+//! [`set_cgroup_parent`] overrides the location. When the main process ends (or the wall
+//! timeout expires) the whole cgroup is killed (v2 `cgroup.kill`; v1 freeze, SIGKILL every
+//! pid, thaw, repeated until empty) and every process is reaped: the first [`spawn`] makes
+//! this process a child subreaper, and orphans of a job are reaped by pid, never with
+//! `waitpid(-1)`, so other children of the caller are left alone.
+//!
+//! # What the caller must know
+//! - Read a [`Child`]'s pipes concurrently with [`Child::wait`].
+//! - Call [`spawn`] from a long-lived thread (a runtime worker): `PR_SET_PDEATHSIG` fires
+//!   when the spawning *thread* exits.
+//! - Give every concurrent job its own `run_as` uid; every ancestor of a workspace's parent
+//!   must be traversable (`o+x`) by that uid.
+//! - `/proc` is readable (read-only) by default: other processes' `environ` and `mem` are
+//!   not (different uid), but every process's command line is. Never put secrets in argv;
+//!   drop `/proc` from [`Spec::read_only_paths`] if the jobs can do without it.
+#![warn(missing_docs)]
+
+mod caps;
+mod cgroup;
+mod child;
+mod error;
+mod fs_policy;
+mod preexec;
+mod seccomp;
+mod workspace;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use caps::{Capabilities, CgroupVersion, probe, set_cgroup_parent};
+pub use child::{Child, Report, spawn};
+pub use error::{Error, Result};
+pub use workspace::Workspace;
+
+/// What to do when an isolation layer is not available on this host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// [`spawn`] fails with [`Error::MissingLayers`] if any layer the spec needs is missing.
+    #[default]
+    Strict,
+    /// Apply whatever is available; the missing layers are logged and absent from
+    /// [`Child::layers`].
+    BestEffort,
+}
+
+/// Resource limits of one job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Memory cgroup limit (RAM, plus tmpfs pages written by the job); swap is not allowed.
+    pub memory_bytes: u64,
+    /// Maximum number of processes and threads alive at once in the job cgroup.
+    pub pids: u64,
+    /// CPU share in millicores: 1000 = one full core, 500 = half a core.
+    pub cpu_millis: u32,
+    /// Wall-clock limit from spawn; [`Child::wait`] kills the job when it is exceeded.
+    pub wall_timeout: Duration,
+    /// `RLIMIT_FSIZE`: largest file the job may write (SIGXFSZ / EFBIG beyond).
+    pub file_size_bytes: u64,
+    /// `RLIMIT_NOFILE`: open file descriptors per process.
+    pub open_files: u64,
+    /// Size of the [`Workspace`] tmpfs (job dir + tmp together); used by the caller when it
+    /// creates the workspace.
+    pub disk_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            memory_bytes: 512 << 20,
+            pids: 256,
+            cpu_millis: 1000,
+            wall_timeout: Duration::from_secs(600),
+            file_size_bytes: 1 << 30,
+            open_files: 1024,
+            disk_bytes: 1 << 30,
+        }
+    }
+}
+
+/// Everything needed to start one sandboxed command.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Spec {
+    /// Absolute path of the program to execute (no `PATH` lookup), e.g. `/bin/sh`.
+    pub program: PathBuf,
+    /// Arguments after `argv[0]` (which is set to `program`), e.g. `["-c", cmd]`.
+    pub args: Vec<String>,
+    /// Working directory of the command (normally the workspace's job dir).
+    pub cwd: PathBuf,
+    /// The complete environment of the command; nothing is inherited from the caller.
+    pub env: Vec<(String, String)>,
+    /// Resource limits.
+    pub limits: Limits,
+    /// Paths the command may read and execute but not modify
+    /// (see [`Spec::system_read_only_paths`]). Paths that do not exist are skipped.
+    pub read_only_paths: Vec<PathBuf>,
+    /// Paths the command may read, write, create and delete in (job dir + private tmp).
+    /// `/dev/null`, `/dev/zero`, `/dev/full`, `/dev/random` and `/dev/urandom` are always
+    /// usable as files.
+    pub read_write_paths: Vec<PathBuf>,
+    /// `false` puts the command in its own empty network namespace (and denies TCP through
+    /// landlock as a second layer).
+    pub network: bool,
+    /// `(uid, gid)` to drop to (supplementary groups cleared). Required in
+    /// [`Mode::Strict`] when the caller is root. Give every concurrent job its own uid so
+    /// jobs cannot signal or trace each other.
+    pub run_as: Option<(u32, u32)>,
+    /// Whether a missing layer is an error.
+    pub mode: Mode,
+}
+
+impl std::fmt::Debug for Spec {
+    // Hand-written: the environment may hold secrets, only its variable names are shown.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Spec")
+            .field("program", &self.program)
+            .field("args", &self.args)
+            .field("cwd", &self.cwd)
+            .field(
+                "env_names",
+                &self.env.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+            )
+            .field("limits", &self.limits)
+            .field("read_only_paths", &self.read_only_paths)
+            .field("read_write_paths", &self.read_write_paths)
+            .field("network", &self.network)
+            .field("run_as", &self.run_as)
+            .field("mode", &self.mode)
+            .finish()
+    }
+}
+
+impl Spec {
+    /// A spec with the defaults: no network, system paths read-only, `cwd` read-write,
+    /// default limits, empty environment, no uid drop, [`Mode::Strict`].
+    pub fn new(program: impl Into<PathBuf>, args: Vec<String>, cwd: impl Into<PathBuf>) -> Self {
+        let cwd = cwd.into();
+        Self {
+            program: program.into(),
+            args,
+            read_write_paths: vec![cwd.clone()],
+            cwd,
+            env: Vec::new(),
+            limits: Limits::default(),
+            read_only_paths: Self::system_read_only_paths(),
+            network: false,
+            run_as: None,
+            mode: Mode::Strict,
+        }
+    }
+
+    /// System paths a shell and ordinary tools need to read: `/usr`, `/bin`, `/sbin`, `/lib*`,
+    /// `/etc` and `/proc`.
+    ///
+    /// `/etc` is readable as a whole (`sh` needs `/etc/passwd`, resolvers need `/etc/hosts`);
+    /// secrets such as `/etc/shadow` (mode 0640 root:shadow) are protected by the uid drop,
+    /// not by landlock. `/proc` is readable, but another uid's `/proc/<pid>/environ` or `mem`
+    /// is not.
+    pub fn system_read_only_paths() -> Vec<PathBuf> {
+        [
+            "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/proc",
+        ]
+        .iter()
+        .map(PathBuf::from)
+        .collect()
+    }
+}

@@ -157,3 +157,174 @@ async fn failed_and_tagged_jobs_route_correctly() {
     assert_eq!(v["exitCode"], 3);
     assert_eq!(hub.job(&admin, &tagged).await["status"], "queued");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_reaches_the_worker_and_queued_jobs_cancel_at_once() {
+    use cmdx_e2e::WAIT;
+    use cmdx_proto::client::{ClientMsg, ServerMsg};
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+    let hub = HubProc::start(FAST).await;
+    let admin = hub.admin().await;
+    let wt = hub.worker_token(&admin).await;
+    let user = hub.user(&admin, "canceller@test.local").await;
+    // Live job events for this user.
+    let mut req = hub.ws_url("/ws/client").into_client_request().unwrap();
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {user}").parse().unwrap());
+    let (mut events, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    events
+        .send(Message::text(
+            serde_json::to_string(&ClientMsg::SubscribeJobs).unwrap(),
+        ))
+        .await
+        .unwrap();
+
+    let running = hub.submit(&user, json!({"command": "sleep 100"})).await;
+    let (mut a, _) = FakeAgent::connect(&hub, &wt, "cw", 1, vec![])
+        .await
+        .unwrap();
+    a.recv_until(|m| matches!(m, HubMsg::Assign(_)).then_some(()))
+        .await
+        .unwrap();
+    a.send(&AgentMsg::Started(Started {
+        job_id: running.clone(),
+        attempt: 1,
+        isolation: vec![],
+    }))
+    .await
+    .unwrap();
+    hub.wait_status(&user, &running, "running").await;
+    // A second job waits in the queue (one slot); cancelling it is immediate.
+    let queued = hub.submit(&user, json!({"command": "true"})).await;
+    let v = hub
+        .post_json(&user, "/api/jobs/cancel", json!({"jobId": queued}))
+        .await;
+    assert_eq!(v["status"], "cancelled");
+    // Cancelling the running one goes to the worker, which stops it and reports.
+    let v = hub
+        .post_json(&user, "/api/jobs/cancel", json!({"jobId": running}))
+        .await;
+    assert_eq!(v["cancelRequested"], true);
+    let c = a
+        .recv_until(|m| match m {
+            HubMsg::Cancel(c) => Some(c),
+            _ => None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(c.job_id, running);
+    a.send(&AgentMsg::Finished(Finished {
+        job_id: running.clone(),
+        attempt: 1,
+        chunks: 0,
+        outcome: Outcome {
+            signal: Some(15),
+            cancelled: true,
+            ..Outcome::default()
+        },
+    }))
+    .await
+    .unwrap();
+    let v = hub.wait_status(&user, &running, "cancelled").await;
+    assert!(v["failure"].is_null());
+    // The event stream saw the running job go to cancelled without a reload.
+    let saw = tokio::time::timeout(WAIT, async {
+        while let Some(Ok(m)) = events.next().await {
+            if let Message::Text(t) = m
+                && let Ok(ServerMsg::Job(j)) = serde_json::from_str::<ServerMsg>(&t)
+                && j.job_id == running
+                && j.status == cmdx_proto::JobStatus::Cancelled
+            {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .unwrap_or(false);
+    assert!(saw, "no live 'cancelled' event for the job");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hub_restart_mid_job_resumes_without_gap_or_duplicate() {
+    let mut hub = HubProc::start(FAST).await;
+    let admin = hub.admin().await;
+    let wt = hub.worker_token(&admin).await;
+    let id = hub.submit(&admin, json!({"command": "long"})).await;
+    let (mut a, _) = FakeAgent::connect(&hub, &wt, "survivor", 1, vec![])
+        .await
+        .unwrap();
+    a.recv_until(|m| matches!(m, HubMsg::Assign(_)).then_some(()))
+        .await
+        .unwrap();
+    a.send(&AgentMsg::Started(Started {
+        job_id: id.clone(),
+        attempt: 1,
+        isolation: vec![],
+    }))
+    .await
+    .unwrap();
+    for seq in 0..3u64 {
+        a.send(&AgentMsg::Output(OutputChunk {
+            job_id: id.clone(),
+            attempt: 1,
+            seq,
+            stream: StreamKind::Stdout,
+            data: format!("{seq}\n").as_bytes().into(),
+        }))
+        .await
+        .unwrap();
+    }
+    let acked = a
+        .recv_until(|m| match m {
+            HubMsg::OutputAck(x) if x.stored_chunks == 3 => Some(x.stored_chunks),
+            _ => None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(acked, 3);
+    hub.kill9().await;
+    hub.restart().await;
+    // The agent comes back with the job and all 5 chunks it produced meanwhile.
+    let held = vec![cmdx_proto::agent::HeldJob {
+        job_id: id.clone(),
+        attempt: 1,
+        chunks: 5,
+        finished: None,
+    }];
+    let (mut a, welcome) = FakeAgent::connect(&hub, &wt, "survivor", 1, held)
+        .await
+        .unwrap();
+    assert_eq!(welcome.resume.len(), 1, "{welcome:?}");
+    let from = welcome.resume[0].stored_chunks;
+    assert_eq!(from, 3, "acknowledged chunks survive kill -9");
+    for seq in from..5 {
+        a.send(&AgentMsg::Output(OutputChunk {
+            job_id: id.clone(),
+            attempt: 1,
+            seq,
+            stream: StreamKind::Stdout,
+            data: format!("{seq}\n").as_bytes().into(),
+        }))
+        .await
+        .unwrap();
+    }
+    a.send(&AgentMsg::Finished(Finished {
+        job_id: id.clone(),
+        attempt: 1,
+        chunks: 5,
+        outcome: Outcome {
+            exit_code: Some(0),
+            ..Outcome::default()
+        },
+    }))
+    .await
+    .unwrap();
+    let admin = hub.admin().await;
+    let v = hub.wait_status(&admin, &id, "completed").await;
+    assert_eq!(v["stdout"], "0\n1\n2\n3\n4\n");
+    assert_eq!(v["attempt"], 1);
+}

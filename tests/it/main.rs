@@ -1,6 +1,8 @@
 //! End-to-end tests of the hub through real processes, sockets and sled on disk.
 
+mod agent_real;
 mod bad_input;
+mod dev;
 mod durability;
 mod fencing;
 mod flow;

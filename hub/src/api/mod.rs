@@ -219,6 +219,16 @@ async fn dispatch(hub: &Arc<Hub>, req: Req) -> ApiResult<Response> {
     }
 }
 
+/// Mints a worker token (see [`crate::mint_worker_token`]).
+pub async fn mint_worker_token(
+    hub: &Hub,
+    created_by: &str,
+    name: Option<String>,
+    ttl_secs: Option<u64>,
+) -> ApiResult<cmdx_proto::rest::MintTokenResponse> {
+    workers::mint(hub, created_by, name, ttl_secs).await
+}
+
 /// Route patterns (`*` matches one segment), for telling 405 from 404.
 const KNOWN_PATHS: &[&str] = &[
     "/healthz",

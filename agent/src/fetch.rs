@@ -1,0 +1,269 @@
+//! Hub URLs and the job ZIP download: streamed to a temp file, size capped, sha256 checked.
+//!
+//! The worker token is sent only to the hub's own origin: an assignment naming an absolute
+//! URL elsewhere is fetched without credentials, and redirects are never followed (a redirect
+//! could carry the `x-worker-token` header to another host).
+
+use std::path::Path;
+use std::time::Duration;
+
+use reqwest::Url;
+use sha2::{Digest as _, Sha256};
+use tokio::io::AsyncWriteExt as _;
+
+use crate::error::{AgentError, JobError};
+
+/// The hub addresses derived from the configured hub URL.
+#[derive(Debug, Clone)]
+pub(crate) struct HubUrls {
+    /// `http(s)://authority[/prefix]` without a trailing slash; hub paths are appended to it.
+    pub http_base: String,
+    /// `ws(s)://authority[/prefix]/ws/agent`.
+    pub ws: String,
+    /// `scheme://host:port` of the hub, to decide whether a URL may receive the token.
+    origin: (String, String, Option<u16>),
+}
+
+impl HubUrls {
+    /// Parses `http://host:port` (or `https`, `ws`, `wss`), with an optional path prefix.
+    pub fn parse(hub_url: &str) -> Result<Self, AgentError> {
+        let bad = |reason: &str| AgentError::HubUrl {
+            url: hub_url.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let url = Url::parse(hub_url.trim()).map_err(|e| bad(&e.to_string()))?;
+        let (http_scheme, ws_scheme) = match url.scheme() {
+            "http" | "ws" => ("http", "ws"),
+            "https" | "wss" => ("https", "wss"),
+            _ => return Err(bad("scheme must be http, https, ws or wss")),
+        };
+        let host = url.host_str().ok_or_else(|| bad("no host"))?;
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err(bad("no query or fragment allowed"));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(bad(
+                "credentials in the URL are not allowed; pass the token separately",
+            ));
+        }
+        let authority = match url.port() {
+            Some(p) => format!("{host}:{p}"),
+            None => host.to_owned(),
+        };
+        let prefix = url.path().trim_end_matches('/');
+        Ok(Self {
+            http_base: format!("{http_scheme}://{authority}{prefix}"),
+            ws: format!("{ws_scheme}://{authority}{prefix}/ws/agent"),
+            origin: (
+                http_scheme.to_owned(),
+                host.to_owned(),
+                url.port_or_known_default(),
+            ),
+        })
+    }
+
+    /// Resolves an assignment's `fileUrl`: a hub path (`/api/...`) or an absolute URL. Returns
+    /// the URL and whether it belongs to the hub (and may receive the worker token).
+    pub fn resolve(&self, file_url: &str) -> Result<(Url, bool), String> {
+        if file_url.starts_with('/') && !file_url.starts_with("//") {
+            let url = Url::parse(&format!("{}{file_url}", self.http_base))
+                .map_err(|e| format!("bad file url: {e}"))?;
+            return Ok((url, true));
+        }
+        let url = Url::parse(file_url).map_err(|e| format!("bad file url: {e}"))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(format!("unsupported file url scheme {:?}", url.scheme()));
+        }
+        let same = url.scheme() == self.origin.0
+            && url.host_str() == Some(self.origin.1.as_str())
+            && url.port_or_known_default() == self.origin.2;
+        Ok((url, same))
+    }
+}
+
+/// Downloads job files.
+#[derive(Clone)]
+pub(crate) struct Fetcher {
+    client: reqwest::Client,
+    urls: HubUrls,
+    token: String,
+    worker_id: String,
+    max_bytes: u64,
+    timeout: Duration,
+}
+
+impl Fetcher {
+    /// A fetcher for this hub and worker.
+    pub fn new(
+        urls: HubUrls,
+        token: String,
+        worker_id: String,
+        max_bytes: u64,
+        connect_timeout: Duration,
+        timeout: Duration,
+    ) -> Result<Self, AgentError> {
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .connect_timeout(connect_timeout)
+            .read_timeout(Duration::from_secs(60))
+            .build()
+            .map_err(AgentError::HttpClient)?;
+        Ok(Self {
+            client,
+            urls,
+            token,
+            worker_id,
+            max_bytes,
+            timeout,
+        })
+    }
+
+    /// Streams `file_url` into a new temp file in `dir`, enforcing the size cap and checking
+    /// the announced size and sha256. The file is deleted when the returned handle drops.
+    pub async fn download(
+        &self,
+        file_url: &str,
+        sha256: Option<&str>,
+        size: Option<u64>,
+        dir: &Path,
+    ) -> Result<tempfile::NamedTempFile, JobError> {
+        match tokio::time::timeout(
+            self.timeout,
+            self.download_inner(file_url, sha256, size, dir),
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(_) => Err(JobError::Download {
+                url: file_url.to_owned(),
+                reason: format!("timed out after {} s", self.timeout.as_secs()),
+            }),
+        }
+    }
+
+    async fn download_inner(
+        &self,
+        file_url: &str,
+        sha256: Option<&str>,
+        size: Option<u64>,
+        dir: &Path,
+    ) -> Result<tempfile::NamedTempFile, JobError> {
+        let failed = |reason: String| JobError::Download {
+            url: file_url.to_owned(),
+            reason,
+        };
+        let too_large = || JobError::DownloadTooLarge {
+            url: file_url.to_owned(),
+            limit: self.max_bytes,
+        };
+        if size.is_some_and(|s| s > self.max_bytes) {
+            return Err(too_large());
+        }
+        let (url, is_hub) = self.urls.resolve(file_url).map_err(failed)?;
+        let mut req = self.client.get(url);
+        if is_hub {
+            req = req
+                .bearer_auth(&self.token)
+                .header(cmdx_proto::WORKER_TOKEN_HEADER, &self.token)
+                .header(crate::conn::WORKER_ID_HEADER, &self.worker_id);
+        } else {
+            tracing::warn!(
+                file_url,
+                "file url is not on the hub: fetching without credentials"
+            );
+        }
+        let mut resp = req.send().await.map_err(|e| failed(error_chain(&e)))?;
+        if !resp.status().is_success() {
+            return Err(failed(format!("server answered {}", resp.status())));
+        }
+        if resp.content_length().is_some_and(|l| l > self.max_bytes) {
+            return Err(too_large());
+        }
+        let tmp = tempfile::Builder::new()
+            .prefix("job-")
+            .suffix(".zip.part")
+            .tempfile_in(dir)
+            .map_err(|e| JobError::io("create a temp file in", dir, e))?;
+        let mut file = tokio::fs::File::from_std(
+            tmp.reopen()
+                .map_err(|e| JobError::io("open", tmp.path(), e))?,
+        );
+        let mut hasher = Sha256::new();
+        let mut total: u64 = 0;
+        while let Some(chunk) = resp.chunk().await.map_err(|e| failed(error_chain(&e)))? {
+            total += chunk.len() as u64;
+            if total > self.max_bytes {
+                return Err(too_large());
+            }
+            hasher.update(&chunk);
+            file.write_all(&chunk)
+                .await
+                .map_err(|e| JobError::io("write", tmp.path(), e))?;
+        }
+        file.flush()
+            .await
+            .map_err(|e| JobError::io("write", tmp.path(), e))?;
+        if let Some(expected) = size
+            && expected != total
+        {
+            return Err(JobError::SizeMismatch {
+                url: file_url.to_owned(),
+                expected,
+                actual: total,
+            });
+        }
+        let actual = hex::encode(hasher.finalize());
+        if let Some(expected) = sha256
+            && !expected.trim().eq_ignore_ascii_case(&actual)
+        {
+            return Err(JobError::Sha256Mismatch {
+                url: file_url.to_owned(),
+                expected: expected.trim().to_owned(),
+                actual,
+            });
+        }
+        Ok(tmp)
+    }
+}
+
+/// An error with its sources, for one-line messages.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        cur = inner.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hub_urls_are_derived() {
+        let u = HubUrls::parse("http://127.0.0.1:8080/").unwrap();
+        assert_eq!(u.http_base, "http://127.0.0.1:8080");
+        assert_eq!(u.ws, "ws://127.0.0.1:8080/ws/agent");
+        let u = HubUrls::parse("https://hub.example/cmdx").unwrap();
+        assert_eq!(u.ws, "wss://hub.example/cmdx/ws/agent");
+        assert!(HubUrls::parse("ftp://x").is_err());
+        assert!(HubUrls::parse("http://user:pw@x").is_err());
+    }
+
+    #[test]
+    fn only_hub_urls_get_credentials() {
+        let u = HubUrls::parse("http://127.0.0.1:8080").unwrap();
+        let (url, hub) = u.resolve("/api/files/download/abc").unwrap();
+        assert_eq!(url.as_str(), "http://127.0.0.1:8080/api/files/download/abc");
+        assert!(hub);
+        assert!(u.resolve("http://127.0.0.1:8080/x").unwrap().1);
+        assert!(!u.resolve("http://127.0.0.1:9999/x").unwrap().1);
+        assert!(!u.resolve("http://evil.example/x").unwrap().1);
+        assert!(!u.resolve("//evil.example/x").is_ok_and(|(_, hub)| hub));
+        assert!(u.resolve("file:///etc/shadow").is_err());
+    }
+}

@@ -1,0 +1,306 @@
+//! One job attempt: workspace, download, safe extraction, sandboxed run, output, outcome.
+//!
+//! The task reports to the core through [`JobEvent`]s and always ends with exactly one
+//! [`JobEvent::Done`] that hands back the workspace (the core removes it once the hub has the
+//! result). Setup failures become a `finished` with failure `setup` (or `sandbox`) and a
+//! clear `error`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cmdx_proto::agent::{Assignment, JobRef};
+use cmdx_proto::{FailureKind, Outcome};
+use cmdx_sandbox::{Limits, Mode, Workspace};
+use tokio::sync::{Semaphore, mpsc, watch};
+use tracing::Instrument as _;
+
+use crate::core::JobEvent;
+use crate::error::JobError;
+use crate::extract::{self, ExtractLimits};
+use crate::fetch::Fetcher;
+use crate::output::OutputSink;
+use crate::runner;
+
+/// What the core asks of a running job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum JobCtl {
+    /// Keep going.
+    Run,
+    /// The hub cancelled the job: TERM, KILL after the grace; outcome `cancelled`.
+    Cancel(Duration),
+    /// The agent is aborting: TERM, KILL after the grace; outcome `failed/killed`.
+    Abort(Duration),
+    /// The attempt is stale: kill at once; nothing will be reported.
+    Kill,
+}
+
+/// Settings shared by all job tasks.
+pub(crate) struct JobSettings {
+    /// Downloads job files.
+    pub fetcher: Fetcher,
+    /// Parent of the job workspaces.
+    pub jobs_dir: PathBuf,
+    /// Where ZIPs are spooled (agent-private).
+    pub downloads_dir: PathBuf,
+    /// Default limits.
+    pub limits: Limits,
+    /// Sandbox strictness.
+    pub mode: Mode,
+    /// Extraction caps (the job's disk limit lowers `max_bytes`).
+    pub extract: ExtractLimits,
+    /// Output cap.
+    pub output_cap: Option<crate::output::OutputCap>,
+    /// `Some(base)` when jobs run as `base + slot`.
+    pub uid_base: Option<u32>,
+}
+
+/// Starts the task for one accepted assignment. A panic in the task still reports a result.
+pub(crate) fn spawn(
+    settings: Arc<JobSettings>,
+    assignment: Assignment,
+    slot: u32,
+    events: mpsc::Sender<JobEvent>,
+    window: Arc<Semaphore>,
+    ctl: watch::Receiver<JobCtl>,
+) {
+    let job = JobRef {
+        job_id: assignment.job_id.clone(),
+        attempt: assignment.attempt,
+    };
+    let span = tracing::info_span!("job", job_id = %job.job_id, attempt = job.attempt, slot);
+    let task =
+        tokio::spawn(run(settings, assignment, slot, events.clone(), window, ctl).instrument(span));
+    tokio::spawn(async move {
+        if let Err(e) = task.await {
+            tracing::error!(job_id = %job.job_id, error = %e, "job task failed");
+            let outcome = Outcome {
+                failure: Some(FailureKind::Sandbox),
+                error: Some("internal agent error while running the job".into()),
+                ..Outcome::default()
+            };
+            let _ = events
+                .send(JobEvent::Done {
+                    job,
+                    outcome,
+                    workspace: None,
+                })
+                .await;
+        }
+    });
+}
+
+async fn run(
+    settings: Arc<JobSettings>,
+    a: Assignment,
+    slot: u32,
+    events: mpsc::Sender<JobEvent>,
+    window: Arc<Semaphore>,
+    mut ctl: watch::Receiver<JobCtl>,
+) {
+    let job = JobRef {
+        job_id: a.job_id.clone(),
+        attempt: a.attempt,
+    };
+    let start = Instant::now();
+    let owner = settings.uid_base.map(|b| (b + slot, b + slot));
+    let mut workspace: Option<Workspace> = None;
+
+    let outcome = async {
+        // 1. Workspace (not cancellable: it is quick and must not leak a mount).
+        let name = workspace_name(&job);
+        let (parent, disk) = (settings.jobs_dir.clone(), settings.limits.disk_bytes);
+        let ws =
+            tokio::task::spawn_blocking(move || Workspace::create(&parent, &name, disk, owner))
+                .await
+                .expect("workspace creation does not panic")
+                .map_err(|e| JobError::Workspace(e.to_string()));
+        let ws = match ws {
+            Ok(ws) => workspace.insert(ws),
+            Err(e) => return setup_failed(e, start),
+        };
+
+        // 2. Files.
+        if let Some(url) = a.file_url.as_deref().filter(|u| !u.is_empty()) {
+            let fetch = settings.fetcher.download(
+                url,
+                a.file_sha256.as_deref(),
+                a.file_size,
+                &settings.downloads_dir,
+            );
+            let zip = tokio::select! {
+                r = fetch => r,
+                s = runner::stop_requested(&mut ctl) => return stopped_outcome(s, start),
+            };
+            let zip = match zip {
+                Ok(z) => z,
+                Err(e) => return setup_failed(e, start),
+            };
+            let mut limits = settings.extract;
+            if settings.limits.disk_bytes > 0 {
+                limits.max_bytes = limits.max_bytes.min(settings.limits.disk_bytes);
+            }
+            let dest = ws.dir.clone();
+            let extracted = tokio::task::spawn_blocking(move || {
+                let r = extract::extract_zip(zip.path(), &dest, limits, owner);
+                drop(zip);
+                r
+            })
+            .await
+            .expect("extraction does not panic");
+            match extracted {
+                Ok(done) => tracing::debug!(
+                    files = done.files,
+                    bytes = done.bytes,
+                    "extracted job files"
+                ),
+                Err(e) => return setup_failed(e, start),
+            }
+        }
+        let now = *ctl.borrow();
+        if now != JobCtl::Run {
+            return stopped_outcome(now, start);
+        }
+
+        // 3. Run.
+        let env = match job_env(ws, &a) {
+            Ok(env) => env,
+            Err(e) => return setup_failed(e, start),
+        };
+        let mut limits = settings.limits.clone();
+        if a.timeout_secs > 0 {
+            limits.wall_timeout = Duration::from_secs(a.timeout_secs);
+        }
+        let launch = runner::Launch {
+            command: a.command.clone(),
+            cwd: ws.dir.clone(),
+            rw_paths: vec![ws.dir.clone(), ws.tmp.clone()],
+            env,
+            limits,
+            run_as: owner,
+            mode: settings.mode,
+            output_cap: settings.output_cap,
+        };
+        let sink = OutputSink {
+            job: job.clone(),
+            window,
+            events: events.clone(),
+        };
+        runner::run(launch, sink, &mut ctl, start).await
+    }
+    .await;
+
+    let _ = events
+        .send(JobEvent::Done {
+            job,
+            outcome,
+            workspace,
+        })
+        .await;
+}
+
+/// `jobid-attempt`, restricted to file-name-safe characters (job ids come from the hub); an
+/// id that had to be changed gets a hash suffix so two ids never share a workspace.
+fn workspace_name(job: &JobRef) -> String {
+    let safe: String = job
+        .job_id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(96)
+        .collect();
+    if safe == job.job_id {
+        format!("{safe}-{}", job.attempt)
+    } else {
+        use sha2::Digest as _;
+        let hash = hex::encode(&sha2::Sha256::digest(job.job_id.as_bytes())[..6]);
+        format!("{safe}-{hash}-{}", job.attempt)
+    }
+}
+
+/// The job's complete environment: a fixed base plus the assignment's variables.
+fn job_env(ws: &Workspace, a: &Assignment) -> Result<Vec<(String, String)>, JobError> {
+    let mut env: Vec<(String, String)> = vec![
+        ("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()),
+        ("HOME".into(), ws.dir.display().to_string()),
+        ("TMPDIR".into(), ws.tmp.display().to_string()),
+        ("LANG".into(), "C.UTF-8".into()),
+    ];
+    for (k, v) in &a.env {
+        if k.is_empty() || k.contains('=') || k.contains('\0') {
+            return Err(JobError::Assignment(format!(
+                "invalid environment variable name {k:?}"
+            )));
+        }
+        if v.contains('\0') {
+            // The value is not echoed: it may be a secret.
+            return Err(JobError::Assignment(format!(
+                "environment variable {k} contains a NUL byte"
+            )));
+        }
+        match env.iter_mut().find(|(name, _)| name == k) {
+            Some(slot) => slot.1.clone_from(v),
+            None => env.push((k.clone(), v.clone())),
+        }
+    }
+    Ok(env)
+}
+
+fn setup_failed(e: JobError, start: Instant) -> Outcome {
+    tracing::warn!(error = %e, "job setup failed");
+    Outcome {
+        failure: Some(e.failure_kind()),
+        error: Some(e.to_string()),
+        duration_ms: millis(start.elapsed()),
+        ..Outcome::default()
+    }
+}
+
+fn stopped_outcome(s: JobCtl, start: Instant) -> Outcome {
+    let mut o = Outcome {
+        duration_ms: millis(start.elapsed()),
+        ..Outcome::default()
+    };
+    if let JobCtl::Cancel(_) = s {
+        o.cancelled = true;
+        o.error = Some("cancelled before the command started".into());
+    } else {
+        o.failure = Some(FailureKind::Killed);
+        o.error = Some("agent shut down before the command started".into());
+    }
+    o
+}
+
+/// Milliseconds, saturating.
+pub(crate) fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workspace_names_are_plain_file_names() {
+        let j = JobRef {
+            job_id: "../a/b c".into(),
+            attempt: 3,
+        };
+        let name = workspace_name(&j);
+        assert!(
+            name.starts_with("___a_b_c-") && name.ends_with("-3"),
+            "{name}"
+        );
+        assert_ne!(name, "___a_b_c-3");
+        let plain = JobRef {
+            job_id: "j-1_x".into(),
+            attempt: 1,
+        };
+        assert_eq!(workspace_name(&plain), "j-1_x-1");
+    }
+}

@@ -1,0 +1,305 @@
+//! The long-running commands: `cmdx hub`, `cmdx agent` and `cmdx dev`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::watch;
+
+#[derive(clap::Args)]
+pub struct HubArgs {
+    /// Address to listen on.
+    #[arg(long, env = "CMDX_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Data folder (store, blobs, secrets).
+    #[arg(long, env = "CMDX_DATA", default_value = "./cmdx-data")]
+    data: PathBuf,
+    /// Reconnect grace for disconnected workers, seconds.
+    #[arg(long, env = "CMDX_RECONNECT_GRACE_SECS")]
+    reconnect_grace_secs: Option<u64>,
+    /// Requests per minute per IP on user routes (0 disables).
+    #[arg(long, env = "CMDX_RATE_LIMIT_PER_MIN")]
+    rate_limit_per_min: Option<u32>,
+    /// Login attempts per minute per IP (0 disables).
+    #[arg(long, env = "CMDX_LOGIN_RATE_LIMIT_PER_MIN")]
+    login_rate_limit_per_min: Option<u32>,
+    /// Largest upload in bytes.
+    #[arg(long, env = "CMDX_MAX_UPLOAD_BYTES")]
+    max_upload_bytes: Option<u64>,
+    /// Output kept per job in bytes.
+    #[arg(long, env = "CMDX_OUTPUT_CAP_BYTES")]
+    output_cap_bytes: Option<u64>,
+    /// Largest WebSocket message in bytes.
+    #[arg(long, env = "CMDX_MAX_WS_MESSAGE_BYTES")]
+    max_ws_message_bytes: Option<usize>,
+    /// Shared secret of the original system's worker JWTs (enables them).
+    #[arg(long, env = "CMDX_LEGACY_WORKER_JWT_SECRET", hide_env_values = true)]
+    legacy_worker_jwt_secret: Option<String>,
+    /// Admit unauthenticated legacy workers from these CIDRs (comma-separated; off by default).
+    #[arg(long, env = "CMDX_LEGACY_OPEN_CIDRS", value_delimiter = ',')]
+    legacy_open_cidrs: Vec<String>,
+    /// Default attempts before worker_lost.
+    #[arg(long, env = "CMDX_MAX_ATTEMPTS")]
+    max_attempts: Option<u32>,
+    /// Extra origins allowed for browser WebSockets (comma-separated).
+    #[arg(long, env = "CMDX_ALLOWED_ORIGINS", value_delimiter = ',')]
+    allowed_origins: Vec<String>,
+}
+
+impl HubArgs {
+    pub fn config(&self) -> cmdx_hub::HubConfig {
+        let mut c = cmdx_hub::HubConfig {
+            data_dir: self.data.clone(),
+            ..Default::default()
+        };
+        if let Some(v) = self.reconnect_grace_secs {
+            c.reconnect_grace_secs = v;
+        }
+        if let Some(v) = self.rate_limit_per_min {
+            c.rate_limit_per_min = v;
+        }
+        if let Some(v) = self.login_rate_limit_per_min {
+            c.login_rate_limit_per_min = v;
+        }
+        if let Some(v) = self.max_upload_bytes {
+            c.max_upload_bytes = v;
+        }
+        if let Some(v) = self.output_cap_bytes {
+            c.output_cap_bytes = v;
+        }
+        if let Some(v) = self.max_ws_message_bytes {
+            c.max_ws_message_bytes = v;
+        }
+        if let Some(v) = self.max_attempts {
+            c.default_max_attempts = v;
+        }
+        c.legacy_worker_jwt_secret = self.legacy_worker_jwt_secret.clone();
+        c.legacy_open_cidrs = self.legacy_open_cidrs.clone();
+        c.allowed_origins = self.allowed_origins.clone();
+        c
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+pub async fn run_hub(args: HubArgs) -> anyhow::Result<()> {
+    let config = args.config();
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    let hub = cmdx_hub::open(config).await.context("opening the hub")?;
+    // Tests and scripts read this line to learn the port.
+    println!("cmdx hub listening on http://{addr}");
+    cmdx_hub::serve(hub, listener, shutdown_signal())
+        .await
+        .context("serving")?;
+    Ok(())
+}
+
+/// Sandbox strictness on the command line.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum SandboxMode {
+    /// Refuse to start unless every isolation layer is available.
+    Strict,
+    /// Start anyway and say loudly which layers are missing.
+    BestEffort,
+}
+
+impl From<SandboxMode> for cmdx_sandbox::Mode {
+    fn from(m: SandboxMode) -> Self {
+        match m {
+            SandboxMode::Strict => cmdx_sandbox::Mode::Strict,
+            SandboxMode::BestEffort => cmdx_sandbox::Mode::BestEffort,
+        }
+    }
+}
+
+/// `cmdx agent`.
+#[derive(clap::Args)]
+pub struct AgentArgs {
+    /// Hub base URL.
+    #[arg(long, env = "CMDX_HUB")]
+    hub: String,
+    /// Worker token (minted with `cmdx token worker` or `POST /api/workers/tokens`).
+    #[arg(long, env = "CMDX_AGENT_TOKEN", hide_env_values = true)]
+    token: String,
+    /// Jobs run at once.
+    #[arg(long, default_value_t = 2)]
+    concurrency: u32,
+    /// Tags this agent serves (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    tags: Vec<String>,
+    /// Agent state and job workspaces.
+    #[arg(long, default_value = "./cmdx-agent")]
+    work_dir: PathBuf,
+    /// Sandbox strictness.
+    #[arg(long, value_enum, default_value = "strict")]
+    sandbox: SandboxMode,
+    /// Fixed worker id (default: generated once and kept in the work dir).
+    #[arg(long)]
+    worker_id: Option<String>,
+    /// Jobs run as uid/gid `uid_base + slot` when the agent is root.
+    #[arg(long, default_value_t = 40_000)]
+    uid_base: u32,
+}
+
+/// `cmdx dev`.
+#[derive(clap::Args)]
+pub struct DevArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Data folder (store, blobs, secrets, agent work dirs).
+    #[arg(long, default_value = "./cmdx-data")]
+    data: PathBuf,
+    /// Local agents to start.
+    #[arg(long, default_value_t = 2)]
+    agents: u32,
+    /// Jobs each agent runs at once.
+    #[arg(long, default_value_t = 2)]
+    concurrency: u32,
+    /// Sandbox strictness of the local agents.
+    #[arg(long, value_enum, default_value = "best-effort")]
+    sandbox: SandboxMode,
+}
+
+/// Watches SIGTERM/SIGINT/SIGQUIT and turns them into agent controls: the first TERM or INT
+/// drains, a second one (or QUIT) aborts.
+fn control_from_signals() -> anyhow::Result<watch::Receiver<cmdx_agent::Control>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (tx, rx) = watch::channel(cmdx_agent::Control::Run);
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut quit = signal(SignalKind::quit())?;
+    tokio::spawn(async move {
+        let mut seen = 0;
+        loop {
+            tokio::select! {
+                _ = term.recv() => seen += 1,
+                _ = int.recv() => seen += 1,
+                _ = quit.recv() => seen += 2,
+            }
+            let next = if seen >= 2 {
+                cmdx_agent::Control::Abort
+            } else {
+                cmdx_agent::Control::Drain
+            };
+            eprintln!(
+                "cmdx: {}",
+                if next == cmdx_agent::Control::Abort {
+                    "stopping: cancelling running jobs"
+                } else {
+                    "draining: finishing running jobs (signal again to cancel them)"
+                }
+            );
+            let _ = tx.send(next);
+        }
+    });
+    Ok(rx)
+}
+
+/// `cmdx agent`: runs until drained or aborted; 0 on a clean exit.
+pub async fn run_agent(args: AgentArgs) -> anyhow::Result<i32> {
+    let mut config = cmdx_agent::AgentConfig::new(args.hub, args.token);
+    config.concurrency = args.concurrency.max(1);
+    config.tags = args.tags;
+    config.work_dir = args.work_dir;
+    config.sandbox_mode = args.sandbox.into();
+    config.worker_id = args.worker_id;
+    config.uid_base = args.uid_base;
+    let control = control_from_signals()?;
+    cmdx_agent::run(config, control).await.context("agent")?;
+    Ok(0)
+}
+
+/// `cmdx dev`: a hub plus `--agents` local sandboxed agents in one process tree.
+pub async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
+    let config = cmdx_hub::HubConfig {
+        data_dir: args.data.clone(),
+        ..Default::default()
+    };
+    let hub = cmdx_hub::open(config).await.context("opening the hub")?;
+    let admin = hub
+        .store
+        .list_users()
+        .await
+        .context("reading users")?
+        .into_iter()
+        .find(|u| u.role == "admin")
+        .context("no admin user")?;
+    let token = cmdx_hub::mint_worker_token(&hub, &admin.id, Some("cmdx dev".into()), None)
+        .await
+        .map_err(|e| anyhow::anyhow!("minting the local agents' token: {}", e.message))?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    let url = format!("http://{addr}");
+    let (stop_tx, mut stop_rx) = watch::channel(false);
+    let server = tokio::spawn(cmdx_hub::serve(hub, listener, async move {
+        let _ = stop_rx.wait_for(|s| *s).await;
+    }));
+
+    let control = control_from_signals()?;
+    let mut agents = tokio::task::JoinSet::new();
+    for i in 0..args.agents {
+        let mut c = cmdx_agent::AgentConfig::new(url.clone(), token.token.clone());
+        c.worker_id = Some(format!("dev-agent-{i}"));
+        c.work_dir = args.data.join("agents").join(format!("agent-{i}"));
+        c.concurrency = args.concurrency.max(1);
+        c.sandbox_mode = args.sandbox.into();
+        c.uid_base = 40_000 + i * 1_000;
+        let control = control.clone();
+        agents.spawn(async move { (i, cmdx_agent::run(c, control).await) });
+    }
+    let who = match std::env::var("CMDX_ADMIN_EMAIL") {
+        Ok(e) if !e.is_empty() => format!("sign in as {e}"),
+        _ => format!(
+            "admin credentials in {}",
+            args.data.join("admin-credentials").display()
+        ),
+    };
+    // Tests and scripts read this line to learn the URL.
+    println!("cmdx dev ready: {url} ({} agents; {who})", args.agents);
+
+    let mut failed = None;
+    while let Some(res) = agents.join_next().await {
+        match res {
+            Ok((_, Ok(()))) => {}
+            Ok((i, Err(e))) => {
+                eprintln!("cmdx: agent {i} stopped: {e}");
+                failed.get_or_insert(format!("agent {i}: {e}"));
+                // One agent failing to start (e.g. strict sandbox) stops the whole dev cluster.
+                agents.abort_all();
+            }
+            Err(e) if e.is_cancelled() => {}
+            Err(e) => {
+                failed.get_or_insert(format!("agent task: {e}"));
+            }
+        }
+    }
+    let _ = stop_tx.send(true);
+    match tokio::time::timeout(Duration::from_secs(15), server).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => return Err(e).context("hub"),
+        Ok(Err(e)) => anyhow::bail!("hub task: {e}"),
+        Err(_) => anyhow::bail!("hub did not stop within 15 s"),
+    }
+    match failed {
+        Some(f) => anyhow::bail!("{f}"),
+        None => Ok(()),
+    }
+}

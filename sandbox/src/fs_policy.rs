@@ -1,0 +1,56 @@
+//! The landlock ruleset of a job, built in the parent and enforced in the child.
+//!
+//! Handled (denied unless granted): every filesystem access right of the kernel's ABI, TCP
+//! bind/connect when the job has no network (ABI 4+), and the abstract-unix-socket and
+//! signal scopes (ABI 6+): the job cannot connect to a host abstract socket nor signal any
+//! process outside its own landlock domain.
+
+use landlock::{
+    ABI, Access, AccessFs, AccessNet, CompatLevel, Compatible, Ruleset, RulesetAttr,
+    RulesetCreated, RulesetCreatedAttr, Scope, path_beneath_rules,
+};
+
+use crate::Spec;
+use crate::error::Result;
+
+/// Device files every job may read and write (as files, not their directories).
+const DEVICES: [&str; 5] = [
+    "/dev/null",
+    "/dev/zero",
+    "/dev/full",
+    "/dev/random",
+    "/dev/urandom",
+];
+
+/// Build the ruleset for `spec` against the kernel ABI `abi`.
+///
+/// With `strict`, every requested right must be supported (`HardRequirement`), otherwise the
+/// build fails here in the parent instead of silently weakening in the child.
+pub(crate) fn build(abi: ABI, spec: &Spec, strict: bool) -> Result<RulesetCreated> {
+    let level = if strict {
+        CompatLevel::HardRequirement
+    } else {
+        CompatLevel::BestEffort
+    };
+    let mut rs = Ruleset::default()
+        .set_compatibility(level)
+        .handle_access(AccessFs::from_all(abi))?;
+    if !spec.network && abi >= ABI::V4 {
+        rs = rs.handle_access(AccessNet::from_all(abi))?;
+    }
+    if abi >= ABI::V6 {
+        rs = rs.scope(Scope::from_all(abi))?;
+    }
+    let created = rs
+        .create()?
+        .add_rules(path_beneath_rules(
+            &spec.read_only_paths,
+            AccessFs::from_read(abi),
+        ))?
+        .add_rules(path_beneath_rules(
+            &spec.read_write_paths,
+            AccessFs::from_all(abi),
+        ))?
+        .add_rules(path_beneath_rules(DEVICES, AccessFs::from_file(abi)))?;
+    Ok(created)
+}

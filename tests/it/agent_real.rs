@@ -1,0 +1,161 @@
+//! Real `cmdx agent` processes running real sandboxed jobs against a real hub: live output,
+//! cancel, agent loss (kill -9) and hub restart mid-job.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use cmdx_e2e::{AgentProc, HubProc, WAIT, traversable_tempdir, wait_for};
+use cmdx_proto::client::{ClientMsg, ServerMsg};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+use crate::FAST;
+
+fn now_ns() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_arrives_while_the_job_runs() {
+    let hub = HubProc::start(FAST).await;
+    let admin = hub.admin().await;
+    let wt = hub.worker_token(&admin).await;
+    let dir = traversable_tempdir();
+    let _agent = AgentProc::start(&hub, &wt, "live-agent", &dir.path().join("a"), 41_000).await;
+    let id = hub
+        .submit(
+            &admin,
+            json!({"command": "date +%s%N; sleep 2; echo second"}),
+        )
+        .await;
+    let mut req = hub.ws_url("/ws/client").into_client_request().unwrap();
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {admin}").parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    ws.send(Message::text(
+        serde_json::to_string(&ClientMsg::SubscribeOutput {
+            job_id: id.clone(),
+            offset: 0,
+        })
+        .unwrap(),
+    ))
+    .await
+    .unwrap();
+    let (written_ns, got_ns) = tokio::time::timeout(WAIT, async {
+        loop {
+            let Some(Ok(Message::Text(t))) = ws.next().await else {
+                continue;
+            };
+            if let Ok(ServerMsg::Output { data, .. }) = serde_json::from_str::<ServerMsg>(&t) {
+                let text = String::from_utf8_lossy(&data).to_string();
+                let ns: u128 = text.lines().next().unwrap().trim().parse().unwrap();
+                return (ns, now_ns());
+            }
+        }
+    })
+    .await
+    .expect("first output in time");
+    let latency_ms = (got_ns.saturating_sub(written_ns)) as f64 / 1e6;
+    eprintln!("first output byte reached a subscriber {latency_ms:.1} ms after it was written");
+    // The job sleeps 2 s after its first line: the line must arrive well before the end.
+    assert!(latency_ms < 1000.0, "first output took {latency_ms} ms");
+    assert_ne!(hub.job(&admin, &id).await["status"], "completed");
+    let v = hub.wait_status(&admin, &id, "completed").await;
+    assert!(v["stdout"].as_str().unwrap().ends_with("second\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_ends_a_running_job_within_the_grace() {
+    let hub = HubProc::start(FAST).await;
+    let admin = hub.admin().await;
+    let wt = hub.worker_token(&admin).await;
+    let dir = traversable_tempdir();
+    let _agent = AgentProc::start(&hub, &wt, "cancel-agent", &dir.path().join("a"), 42_000).await;
+    let id = hub
+        .submit(
+            &admin,
+            json!({"command": "trap '' TERM; echo started; sleep 1000"}),
+        )
+        .await;
+    wait_for("job output", || async {
+        let v = hub.job(&admin, &id).await;
+        (v["stdout"] == "started\n").then_some(())
+    })
+    .await;
+    let asked = std::time::Instant::now();
+    hub.post_json(&admin, "/api/jobs/cancel", json!({"jobId": id}))
+        .await;
+    let v = hub.wait_status(&admin, &id, "cancelled").await;
+    let took = asked.elapsed();
+    eprintln!("cancel of a TERM-ignoring job took {took:?} (grace 10 s)");
+    assert!(took < Duration::from_secs(20), "cancel took {took:?}");
+    assert!(v["failure"].is_null());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_agent_loses_its_job_to_another_agent() {
+    let hub = HubProc::start(FAST).await;
+    let admin = hub.admin().await;
+    let wt = hub.worker_token(&admin).await;
+    let dir = traversable_tempdir();
+    let mut a = AgentProc::start(&hub, &wt, "agent-a", &dir.path().join("a"), 43_000).await;
+    let id = hub
+        .submit(&admin, json!({"command": "echo begin; sleep 3; echo end"}))
+        .await;
+    wait_for("the job to run on agent-a", || async {
+        let v = hub.job(&admin, &id).await;
+        (v["status"] == "running" && v["workerId"] == "agent-a").then_some(())
+    })
+    .await;
+    let _b = AgentProc::start(&hub, &wt, "agent-b", &dir.path().join("b"), 44_000).await;
+    a.kill9().await;
+    let v = hub.wait_status(&admin, &id, "completed").await;
+    assert_eq!(v["workerId"], "agent-b");
+    assert_eq!(v["attempt"], 2);
+    assert_eq!(
+        v["stdout"], "begin\nend\n",
+        "the log is the final attempt's output"
+    );
+    let attempts = v["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2);
+    assert_eq!(attempts[0]["end"], "reconnect grace expired");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hub_restart_mid_job_keeps_the_output_whole() {
+    let mut hub = HubProc::start(FAST).await;
+    let admin = hub.admin().await;
+    let wt = hub.worker_token(&admin).await;
+    let dir = traversable_tempdir();
+    let _agent = AgentProc::start(&hub, &wt, "steady", &dir.path().join("a"), 45_000).await;
+    let id = hub
+        .submit(
+            &admin,
+            json!({"command": "for i in 1 2 3 4 5 6 7 8; do echo line-$i; sleep 0.4; done"}),
+        )
+        .await;
+    wait_for("the first lines", || async {
+        let v = hub.job(&admin, &id).await;
+        v["stdout"]
+            .as_str()
+            .unwrap_or("")
+            .contains("line-2")
+            .then_some(())
+    })
+    .await;
+    hub.kill9().await;
+    hub.restart().await;
+    let admin = hub.admin().await;
+    let v = hub.wait_status(&admin, &id, "completed").await;
+    let want: String = (1..=8).map(|i| format!("line-{i}\n")).collect();
+    assert_eq!(
+        v["stdout"],
+        want.as_str(),
+        "no gap and no duplicate across the restart"
+    );
+    assert_eq!(v["attempt"], 1);
+}
