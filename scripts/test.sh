@@ -19,3 +19,20 @@ cargo build -p cmdx
 
 step "rust tests"
 cargo test --workspace
+
+step "load test smoke: every scenario, tiny numbers"
+./scripts/loadtest-smoke.sh
+
+step "dashboard: install, type check, unit tests"
+(cd web && npm ci --no-audit --no-fund --loglevel=error && npm run typecheck && npm test)
+
+step "dashboard: end-to-end in headless Chromium against a real cmdx dev"
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "chromium is missing: install Debian's chromium package (apt-get install -y chromium)" >&2
+    exit 1
+  fi
+fi
+(cd web && CMDX_BIN="${CARGO_TARGET_DIR:-$PWD/../target}/debug/cmdx" CHROMIUM="$(command -v chromium)" npm run e2e)

@@ -96,6 +96,42 @@ impl HubProc {
         h
     }
 
+    /// Starts a hub on an existing data folder (e.g. a restored backup).
+    pub async fn start_on(data: PathBuf, extra: &[&str]) -> HubProc {
+        let mut h = HubProc {
+            child: None,
+            url: String::new(),
+            data,
+            _tmp: None,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            port: 0,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .expect("client"),
+        };
+        h.spawn().await.expect("hub starts");
+        h
+    }
+
+    /// Sends SIGTERM without waiting.
+    pub fn sigterm(&self) {
+        if let Some(pid) = self.pid() {
+            // SAFETY: plain kill(2) on our own child's pid.
+            unsafe { libc_kill(pid as i32, 15) };
+        }
+    }
+
+    /// Waits for the hub process to exit; returns its exit code.
+    pub async fn wait_exit(&mut self) -> Option<i32> {
+        let mut c = self.child.take()?;
+        tokio::time::timeout(WAIT, c.wait())
+            .await
+            .expect("hub exits in time")
+            .ok()
+            .and_then(|s| s.code())
+    }
+
     async fn spawn(&mut self) -> anyhow::Result<()> {
         let mut cmd = Command::new(cmdx_bin());
         cmd.arg("hub")
@@ -526,5 +562,108 @@ impl DevProc {
     /// The process id.
     pub fn pid(&self) -> Option<u32> {
         self.child.id()
+    }
+}
+
+impl AgentProc {
+    /// Starts `cmdx agent` with `concurrency` slots; `worker_id: None` lets the agent generate
+    /// its id and keep it in `work_dir/worker-id` (as a production agent does).
+    pub async fn start_with(
+        hub: &HubProc,
+        token: &str,
+        worker_id: Option<&str>,
+        work_dir: &Path,
+        uid_base: u32,
+        concurrency: u32,
+    ) -> AgentProc {
+        let mut cmd = Command::new(cmdx_bin());
+        cmd.arg("agent")
+            .arg("--hub")
+            .arg(&hub.url)
+            .arg("--work-dir")
+            .arg(work_dir)
+            .arg("--uid-base")
+            .arg(uid_base.to_string())
+            .arg("--concurrency")
+            .arg(concurrency.to_string());
+        if let Some(id) = worker_id {
+            cmd.arg("--worker-id").arg(id);
+        }
+        let child = cmd
+            .env("CMDX_AGENT_TOKEN", token)
+            .env(
+                "RUST_LOG",
+                std::env::var("CMDX_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn cmdx agent");
+        AgentProc {
+            child,
+            work_dir: work_dir.to_path_buf(),
+        }
+    }
+
+    /// The agent's process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// SIGTERM (drain: finish running jobs, then exit) and wait; returns the exit code.
+    pub async fn terminate(&mut self) -> Option<i32> {
+        if let Some(pid) = self.child.id() {
+            // SAFETY: plain kill(2) on our own child's pid.
+            unsafe { libc_kill(pid as i32, 15) };
+        }
+        self.wait_exit().await
+    }
+
+    /// Waits (at most [`WAIT`]) for the process to exit by itself; returns its exit code.
+    pub async fn wait_exit(&mut self) -> Option<i32> {
+        tokio::time::timeout(WAIT, self.child.wait())
+            .await
+            .expect("the agent to exit in time")
+            .ok()
+            .and_then(|s| s.code())
+    }
+
+    /// True while the process has not exited (not even as an unreaped zombie).
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl HubProc {
+    /// Uploads `zip` as a raw `application/zip` body; returns the file id.
+    pub async fn upload_zip(&self, token: &str, zip: Vec<u8>) -> String {
+        let r = self
+            .http
+            .post(format!("{}/api/files/upload", self.url))
+            .bearer_auth(token)
+            .header("content-type", "application/zip")
+            .body(zip)
+            .send()
+            .await
+            .expect("upload request");
+        let status = r.status();
+        let text = r.text().await.unwrap_or_default();
+        assert!(status.is_success(), "upload -> {status}: {text}");
+        let v: Value = serde_json::from_str(&text).expect("upload json");
+        v["fileId"].as_str().expect("fileId").to_string()
+    }
+
+    /// Waits until the job is `completed`, `failed` or `cancelled`; returns its document.
+    pub async fn wait_done(&self, token: &str, id: &str) -> Value {
+        wait_for(&format!("job {id} to end"), || async {
+            let v = self.job(token, id).await;
+            matches!(
+                v["status"].as_str(),
+                Some("completed" | "failed" | "cancelled")
+            )
+            .then_some(v)
+        })
+        .await
     }
 }

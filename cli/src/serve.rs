@@ -7,14 +7,9 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::sync::watch;
 
+/// Hub settings shared by `cmdx hub` and `cmdx dev` (each also readable from `CMDX_*` env).
 #[derive(clap::Args)]
-pub struct HubArgs {
-    /// Address to listen on.
-    #[arg(long, env = "CMDX_LISTEN", default_value = "127.0.0.1:8080")]
-    listen: SocketAddr,
-    /// Data folder (store, blobs, secrets).
-    #[arg(long, env = "CMDX_DATA", default_value = "./cmdx-data")]
-    data: PathBuf,
+pub struct HubSettings {
     /// Reconnect grace for disconnected workers, seconds.
     #[arg(long, env = "CMDX_RECONNECT_GRACE_SECS")]
     reconnect_grace_secs: Option<u64>,
@@ -42,17 +37,35 @@ pub struct HubArgs {
     /// Default attempts before worker_lost.
     #[arg(long, env = "CMDX_MAX_ATTEMPTS")]
     max_attempts: Option<u32>,
+    /// Seconds between SIGTERM and closing connections (readyz 503 meanwhile).
+    #[arg(long, env = "CMDX_DRAIN_DELAY_SECS")]
+    drain_delay_secs: Option<u64>,
+    /// Finished jobs are deleted this many seconds after they finished.
+    #[arg(long, env = "CMDX_JOB_RETENTION_SECS")]
+    job_retention_secs: Option<u64>,
+    /// Uploaded files unused for this many seconds are deleted.
+    #[arg(long, env = "CMDX_FILE_RETENTION_SECS")]
+    file_retention_secs: Option<u64>,
+    /// Seconds between janitor passes (0: only on demand).
+    #[arg(long, env = "CMDX_JANITOR_INTERVAL_SECS")]
+    janitor_interval_secs: Option<u64>,
+    /// Reverse proxies (CIDRs) whose X-Forwarded-For/-Proto are believed (comma-separated).
+    #[arg(long, env = "CMDX_TRUSTED_PROXIES", value_delimiter = ',')]
+    trusted_proxies: Vec<String>,
+    /// Public base URL of the hub (for absolute URLs handed to legacy workers).
+    #[arg(long, env = "CMDX_PUBLIC_URL")]
+    public_url: Option<String>,
+    /// Mark the session cookie Secure (the hub is reached over TLS).
+    #[arg(long, env = "CMDX_COOKIE_SECURE")]
+    cookie_secure: Option<bool>,
     /// Extra origins allowed for browser WebSockets (comma-separated).
     #[arg(long, env = "CMDX_ALLOWED_ORIGINS", value_delimiter = ',')]
     allowed_origins: Vec<String>,
 }
 
-impl HubArgs {
-    pub fn config(&self) -> cmdx_hub::HubConfig {
-        let mut c = cmdx_hub::HubConfig {
-            data_dir: self.data.clone(),
-            ..Default::default()
-        };
+impl HubSettings {
+    /// Applies the given settings over `c`.
+    pub fn apply(&self, c: &mut cmdx_hub::HubConfig) {
         if let Some(v) = self.reconnect_grace_secs {
             c.reconnect_grace_secs = v;
         }
@@ -74,10 +87,74 @@ impl HubArgs {
         if let Some(v) = self.max_attempts {
             c.default_max_attempts = v;
         }
-        c.legacy_worker_jwt_secret = self.legacy_worker_jwt_secret.clone();
-        c.legacy_open_cidrs = self.legacy_open_cidrs.clone();
-        c.allowed_origins = self.allowed_origins.clone();
-        c
+        if let Some(v) = self.drain_delay_secs {
+            c.drain_delay_secs = v;
+        }
+        if let Some(v) = self.job_retention_secs {
+            c.job_retention_secs = v;
+        }
+        if let Some(v) = self.file_retention_secs {
+            c.file_retention_secs = v;
+        }
+        if let Some(v) = self.janitor_interval_secs {
+            c.janitor_interval_secs = v;
+        }
+        if !self.trusted_proxies.is_empty() {
+            c.trusted_proxies = self.trusted_proxies.clone();
+        }
+        if self.public_url.is_some() {
+            c.public_url = self.public_url.clone();
+        }
+        if let Some(v) = self.cookie_secure {
+            c.cookie_secure = v;
+        }
+        if self.legacy_worker_jwt_secret.is_some() {
+            c.legacy_worker_jwt_secret = self.legacy_worker_jwt_secret.clone();
+        }
+        if !self.legacy_open_cidrs.is_empty() {
+            c.legacy_open_cidrs = self.legacy_open_cidrs.clone();
+        }
+        if !self.allowed_origins.is_empty() {
+            c.allowed_origins = self.allowed_origins.clone();
+        }
+    }
+}
+
+/// `cmdx hub`.
+#[derive(clap::Args)]
+pub struct HubArgs {
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long, env = "CMDX_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Data folder: store, blobs, secrets [default: ./cmdx-data].
+    #[arg(long, env = "CMDX_DATA")]
+    data: Option<PathBuf>,
+    /// TOML file with any hub setting (see `--print-config` for every key); precedence is
+    /// defaults < file < CMDX_* env < flags.
+    #[arg(long, env = "CMDX_CONFIG_FILE")]
+    config: Option<PathBuf>,
+    /// Print the effective configuration (secrets redacted) and exit.
+    #[arg(long)]
+    print_config: bool,
+    #[command(flatten)]
+    settings: HubSettings,
+}
+
+impl HubArgs {
+    /// The effective hub configuration: defaults < file < env < flags.
+    pub fn config(&self) -> anyhow::Result<cmdx_hub::HubConfig> {
+        let mut c = match &self.config {
+            Some(path) => cmdx_hub::HubConfig::from_toml_file(path)?,
+            None => cmdx_hub::HubConfig::default(),
+        };
+        if let Some(l) = self.listen {
+            c.listen = l.to_string();
+        }
+        if let Some(d) = &self.data {
+            c.data_dir = d.clone();
+        }
+        self.settings.apply(&mut c);
+        Ok(c)
     }
 }
 
@@ -94,11 +171,20 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// `cmdx hub`: serves until SIGTERM/SIGINT, then shuts down gracefully.
 pub async fn run_hub(args: HubArgs) -> anyhow::Result<()> {
-    let config = args.config();
-    let listener = tokio::net::TcpListener::bind(args.listen)
+    let config = args.config()?;
+    if args.print_config {
+        print!("{}", config.to_redacted_toml());
+        return Ok(());
+    }
+    let listen: SocketAddr = config
+        .listen
+        .parse()
+        .with_context(|| format!("listen address {:?}", config.listen))?;
+    let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
+        .with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
     let hub = cmdx_hub::open(config).await.context("opening the hub")?;
     // Tests and scripts read this line to learn the port.
@@ -174,18 +260,20 @@ pub struct DevArgs {
     /// Sandbox strictness of the local agents.
     #[arg(long, value_enum, default_value = "best-effort")]
     sandbox: SandboxMode,
+    #[command(flatten)]
+    settings: HubSettings,
 }
 
 /// Watches SIGTERM/SIGINT/SIGQUIT and turns them into agent controls: the first TERM or INT
-/// drains, a second one (or QUIT) aborts.
-fn control_from_signals() -> anyhow::Result<watch::Receiver<cmdx_agent::Control>> {
+/// drains (aborts when `abort_first`), a second one (or QUIT) aborts.
+fn control_from_signals(abort_first: bool) -> anyhow::Result<watch::Receiver<cmdx_agent::Control>> {
     use tokio::signal::unix::{SignalKind, signal};
     let (tx, rx) = watch::channel(cmdx_agent::Control::Run);
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut quit = signal(SignalKind::quit())?;
     tokio::spawn(async move {
-        let mut seen = 0;
+        let mut seen = u32::from(abort_first);
         loop {
             tokio::select! {
                 _ = term.recv() => seen += 1,
@@ -220,17 +308,18 @@ pub async fn run_agent(args: AgentArgs) -> anyhow::Result<i32> {
     config.sandbox_mode = args.sandbox.into();
     config.worker_id = args.worker_id;
     config.uid_base = args.uid_base;
-    let control = control_from_signals()?;
+    let control = control_from_signals(false)?;
     cmdx_agent::run(config, control).await.context("agent")?;
     Ok(0)
 }
 
 /// `cmdx dev`: a hub plus `--agents` local sandboxed agents in one process tree.
 pub async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
-    let config = cmdx_hub::HubConfig {
+    let mut config = cmdx_hub::HubConfig {
         data_dir: args.data.clone(),
         ..Default::default()
     };
+    args.settings.apply(&mut config);
     let hub = cmdx_hub::open(config).await.context("opening the hub")?;
     let admin = hub
         .store
@@ -253,7 +342,8 @@ pub async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
         let _ = stop_rx.wait_for(|s| *s).await;
     }));
 
-    let control = control_from_signals()?;
+    // A development cluster stops promptly: the first signal cancels running jobs.
+    let control = control_from_signals(true)?;
     let mut agents = tokio::task::JoinSet::new();
     for i in 0..args.agents {
         let mut c = cmdx_agent::AgentConfig::new(url.clone(), token.token.clone());
@@ -302,4 +392,82 @@ pub async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
         Some(f) => anyhow::bail!("{f}"),
         None => Ok(()),
     }
+}
+
+/// `cmdx backup`: downloads an online backup from a running hub (admin).
+#[derive(clap::Args)]
+pub struct BackupArgs {
+    /// Hub base URL.
+    #[arg(long, env = "CMDX_HUB", default_value = "http://127.0.0.1:8080")]
+    hub: String,
+    /// An admin's bearer token (`cmdx login` prints where it is saved; or CMDX_TOKEN).
+    #[arg(long, env = "CMDX_TOKEN", hide_env_values = true)]
+    token: String,
+    /// Where to write the archive.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+/// `cmdx restore`: writes a new data folder from a backup archive (no hub may run on it).
+#[derive(clap::Args)]
+pub struct RestoreArgs {
+    /// The archive written by `cmdx backup`.
+    #[arg(long)]
+    from: PathBuf,
+    /// The new data folder (must be empty or absent).
+    #[arg(long)]
+    data: PathBuf,
+}
+
+/// Streams `GET /api/admin/backup` to a file; the file appears only when complete.
+pub async fn run_backup(args: BackupArgs) -> anyhow::Result<i32> {
+    use futures_util::StreamExt;
+    use tokio::io::AsyncWriteExt;
+    let url = format!("{}/api/admin/backup", args.hub.trim_end_matches('/'));
+    let resp = reqwest::Client::new()
+        .get(&url)
+        .bearer_auth(&args.token)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the hub at {}", args.hub))?;
+    if !resp.status().is_success() {
+        let status = resp.status();
+        let body = resp.text().await.unwrap_or_default();
+        anyhow::bail!("backup refused ({status}): {body}");
+    }
+    let tmp = args.out.with_extension("partial");
+    let mut file = tokio::fs::File::create(&tmp)
+        .await
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    let mut stream = resp.bytes_stream();
+    let mut total = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.context("downloading the backup")?;
+        total += chunk.len() as u64;
+        file.write_all(&chunk).await.context("writing the backup")?;
+    }
+    file.sync_all().await.context("writing the backup")?;
+    tokio::fs::rename(&tmp, &args.out)
+        .await
+        .with_context(|| format!("moving the backup to {}", args.out.display()))?;
+    eprintln!(
+        "cmdx: backup of {total} bytes written to {}",
+        args.out.display()
+    );
+    Ok(0)
+}
+
+/// Restores an archive into a new data folder.
+pub async fn run_restore(args: RestoreArgs) -> anyhow::Result<i32> {
+    let records = tokio::task::spawn_blocking(move || {
+        cmdx_hub::backup::restore(&args.from, &args.data).map(|n| (n, args.data))
+    })
+    .await
+    .context("restore task")??;
+    eprintln!(
+        "cmdx: restored {} store records into {}; start a hub on it with --data",
+        records.0,
+        records.1.display()
+    );
+    Ok(0)
 }

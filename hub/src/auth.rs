@@ -107,9 +107,16 @@ pub struct Auth {
     worker_key: Vec<u8>,
     legacy: Option<(DecodingKey, Validation)>,
     open_cidrs: Vec<(IpAddr, u8)>,
+    proxies: Vec<(IpAddr, u8)>,
     dummy_hash: String,
     session_ttl_secs: u64,
+    /// Verified session tokens (verifying a JWT costs ~50k instructions; a busy client sends
+    /// the same token on every request). Bounded: cleared when full.
+    sessions: std::sync::Mutex<std::collections::HashMap<String, (Caller, u64)>>,
 }
+
+/// Most cached session verifications.
+const SESSION_CACHE: usize = 10_000;
 
 fn load_secret(dir: &Path, name: &str, given: &Option<String>) -> Result<Vec<u8>, HubError> {
     if let Some(s) = given {
@@ -202,6 +209,15 @@ impl Auth {
             path: dir.clone(),
             source,
         })?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).map_err(
+                |source| HubError::DataDir {
+                    path: dir.clone(),
+                    source,
+                },
+            )?;
+        }
         let jwt = load_secret(&dir, "jwt.key", &config.jwt_secret)?;
         let worker_key = load_secret(&dir, "worker.key", &config.worker_secret)?;
         let mut validation = Validation::new(Algorithm::HS256);
@@ -229,6 +245,10 @@ impl Auth {
                 "UNAUTHENTICATED legacy workers are admitted from these networks"
             );
         }
+        let mut proxies = Vec::new();
+        for c in &config.trusted_proxies {
+            proxies.push(parse_cidr(c)?);
+        }
         let dummy_hash = hash_password("cmdx-timing-equaliser")
             .map_err(|e| HubError::Config(format!("argon2: {e}")))?;
         Ok(Auth {
@@ -238,8 +258,10 @@ impl Auth {
             worker_key,
             legacy,
             open_cidrs,
+            proxies,
             dummy_hash,
             session_ttl_secs: config.session_ttl_secs,
+            sessions: std::sync::Mutex::new(std::collections::HashMap::new()),
         })
     }
 
@@ -265,13 +287,29 @@ impl Auth {
         if token.starts_with(WORKER_TOKEN_PREFIX) {
             return Err(ApiError::forbidden("worker tokens cannot call user apis"));
         }
+        let now = now_ms() / 1000;
+        if let Some((caller, exp)) = self
+            .sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(token)
+            && *exp > now
+        {
+            return Ok(caller.clone());
+        }
         let data = jsonwebtoken::decode::<Claims>(token, &self.dec, &self.validation)
             .map_err(|e| ApiError::unauthorized(format!("invalid session token: {e}")))?;
-        Ok(Caller {
+        let caller = Caller {
             user_id: data.claims.sub,
             email: data.claims.email,
             role: data.claims.role,
-        })
+        };
+        let mut cache = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= SESSION_CACHE {
+            cache.clear();
+        }
+        cache.insert(token.to_string(), (caller.clone(), data.claims.exp));
+        Ok(caller)
     }
 
     /// Mints a worker token with id `tid` expiring at `exp_ms`.
@@ -334,6 +372,33 @@ impl Auth {
             Some(ip) => self.open_cidrs.iter().any(|c| cidr_contains(*c, ip)),
             None => false,
         }
+    }
+
+    /// Whether `ip` is a configured reverse proxy.
+    pub fn is_trusted_proxy(&self, ip: IpAddr) -> bool {
+        self.proxies.iter().any(|c| cidr_contains(*c, ip))
+    }
+
+    /// The client's address: the peer, or behind trusted proxies the right-most
+    /// `X-Forwarded-For` hop that is not a trusted proxy.
+    pub fn client_ip(&self, peer: Option<IpAddr>, headers: &HeaderMap) -> Option<IpAddr> {
+        let peer = peer?;
+        if !self.is_trusted_proxy(peer) {
+            return Some(peer);
+        }
+        let hops: Vec<IpAddr> = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|h| h.trim().parse().ok())
+            .collect();
+        Some(
+            hops.into_iter()
+                .rev()
+                .find(|ip| !self.is_trusted_proxy(*ip))
+                .unwrap_or(peer),
+        )
     }
 
     /// Verifies a password against a stored hash; with `None` (unknown user) it still spends

@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(default, rename_all = "snake_case", deny_unknown_fields)]
 pub struct HubConfig {
+    /// Address `cmdx hub` listens on.
+    pub listen: String,
     /// Data folder: sled store, blobs, secrets.
     pub data_dir: PathBuf,
     /// JWT signing secret for user sessions; generated into `DATA/secrets` when absent.
@@ -54,6 +56,12 @@ pub struct HubConfig {
     pub login_rate_limit_per_min: u32,
     /// Origins allowed for browser WebSockets besides the hub's own host.
     pub allowed_origins: Vec<String>,
+    /// Reverse proxies (CIDRs) whose `X-Forwarded-For` / `X-Forwarded-Proto` are believed; the
+    /// client address for rate limits and CIDR checks is then the right-most untrusted hop.
+    pub trusted_proxies: Vec<String>,
+    /// The hub's public base URL (e.g. `https://cmdx.example.com`), used where the hub must
+    /// hand out absolute URLs (legacy workers' `fileUrl`).
+    pub public_url: Option<String>,
     /// Mark the session cookie `Secure` (behind TLS).
     pub cookie_secure: bool,
     /// sled page cache, bytes.
@@ -62,11 +70,27 @@ pub struct HubConfig {
     pub max_client_sockets: usize,
     /// Most concurrent agent WebSockets.
     pub max_agent_sockets: usize,
+    /// Most open TCP connections; further ones are closed at once.
+    pub max_connections: usize,
+    /// Time allowed for a request's headers to arrive, seconds (slowloris).
+    pub header_timeout_secs: u64,
+    /// Longest pause between two pieces of a request body, seconds (trickled bodies).
+    pub body_idle_timeout_secs: u64,
+    /// Finished jobs and their output are deleted this long after they finished, seconds.
+    pub job_retention_secs: u64,
+    /// Uploaded files not used by a job for this long are deleted, seconds.
+    pub file_retention_secs: u64,
+    /// How often the janitor runs, seconds (0: never; `POST /api/admin/janitor` runs it now).
+    pub janitor_interval_secs: u64,
+    /// On SIGTERM, seconds during which `/readyz` answers 503 and new work is refused while the
+    /// hub still serves (load balancers notice), before connections close.
+    pub drain_delay_secs: u64,
 }
 
 impl Default for HubConfig {
     fn default() -> Self {
         HubConfig {
+            listen: "127.0.0.1:8080".into(),
             data_dir: PathBuf::from("./cmdx-data"),
             jwt_secret: None,
             worker_secret: None,
@@ -90,11 +114,47 @@ impl Default for HubConfig {
             rate_limit_per_min: 100,
             login_rate_limit_per_min: 10,
             allowed_origins: Vec::new(),
+            trusted_proxies: Vec::new(),
+            public_url: None,
             cookie_secure: false,
             cache_bytes: 64 << 20,
             max_client_sockets: 10_000,
             max_agent_sockets: 20_000,
+            max_connections: 30_000,
+            header_timeout_secs: 10,
+            body_idle_timeout_secs: 30,
+            job_retention_secs: 30 * 24 * 3600,
+            file_retention_secs: 7 * 24 * 3600,
+            janitor_interval_secs: 3600,
+            drain_delay_secs: 2,
         }
+    }
+}
+
+impl HubConfig {
+    /// Reads a TOML file over the defaults (unknown keys are an error).
+    pub fn from_toml_file(path: &std::path::Path) -> Result<HubConfig, crate::HubError> {
+        let text = std::fs::read_to_string(path).map_err(|source| crate::HubError::DataDir {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        toml::from_str(&text)
+            .map_err(|e| crate::HubError::Config(format!("{}: {e}", path.display())))
+    }
+
+    /// The effective configuration as TOML, with secrets redacted.
+    pub fn to_redacted_toml(&self) -> String {
+        let mut c = self.clone();
+        for s in [
+            &mut c.jwt_secret,
+            &mut c.worker_secret,
+            &mut c.legacy_worker_jwt_secret,
+        ] {
+            if s.is_some() {
+                *s = Some("<redacted>".into());
+            }
+        }
+        toml::to_string_pretty(&c).unwrap_or_default()
     }
 }
 

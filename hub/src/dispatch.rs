@@ -407,7 +407,20 @@ impl Dispatch {
             .and_then(|w| w.conn.clone())
     }
 
-    /// Registers or refreshes a legacy worker.
+    /// Whether a legacy worker may speak as `worker_id` with `token_id`: not while a connected
+    /// agent holds that id, nor while another token's legacy worker of that id is online.
+    pub fn legacy_may_use(&self, worker_id: &str, token_id: &str, legacy_offline_ms: u64) -> bool {
+        match self.lock().workers.get(worker_id) {
+            None => true,
+            Some(w) => match w.kind {
+                WorkerKind::Agent => w.conn.is_none(),
+                WorkerKind::Legacy => w.token_id == token_id || !w.online(legacy_offline_ms),
+            },
+        }
+    }
+
+    /// Registers or refreshes a legacy worker (call [`Dispatch::legacy_may_use`] first).
+    /// Returns false for an unknown worker when no `info` is given.
     pub fn legacy_seen(&self, info: Option<WorkerRecord>, worker_id: &str, token_id: &str) -> bool {
         let mut st = self.lock();
         let now = now_ms();

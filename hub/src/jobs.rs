@@ -86,22 +86,42 @@ pub async fn recover(hub: &Arc<Hub>) -> Result<(), HubError> {
         };
         hub.dispatch.ensure_known(w, kind);
     }
-    let queued = hub.store.queued_jobs().await?;
-    let n_queued = queued.len();
-    for (seq, id) in queued {
-        if let Some(job) = hub.store.get_job(&id).await?
-            && job.status == JobStatus::Queued
-        {
-            hub.dispatch.enqueue(seq, &id, &job.tags);
-        }
-    }
-    let active = hub.store.active_jobs().await?;
-    let n_active = active.len();
+    // The jobs tree is the truth (the queue tree is an index that a backup taken under load
+    // may not match): every queued job goes back in the dispatch index, every assigned or
+    // running job back to its worker, which gets a reconnect grace.
+    let unfinished = hub.store.unfinished_jobs().await?;
+    let mut n_queued = 0;
+    let mut n_active = 0;
     let mut workers = std::collections::BTreeSet::new();
-    for job in active {
-        if let Some(w) = &job.worker_id {
-            hub.dispatch.hold(w, &job.id);
-            workers.insert(w.clone());
+    for job in unfinished {
+        match job.status {
+            JobStatus::Queued => {
+                let seq = match job.queue_seq {
+                    Some(seq) => {
+                        hub.store.note_seq(seq);
+                        seq
+                    }
+                    None => {
+                        let seq = hub.store.next_seq()?;
+                        hub.store
+                            .update_job(&job.id, &|j: &mut JobRecord| {
+                                j.queue_seq = Some(seq);
+                                Ok(())
+                            })
+                            .await?;
+                        seq
+                    }
+                };
+                hub.dispatch.enqueue(seq, &job.id, &job.tags);
+                n_queued += 1;
+            }
+            _ => {
+                if let Some(w) = &job.worker_id {
+                    hub.dispatch.hold(w, &job.id);
+                    workers.insert(w.clone());
+                }
+                n_active += 1;
+            }
         }
     }
     for w in workers {
@@ -179,12 +199,14 @@ pub async fn submit(
     };
     let file = match file_id {
         Some(id) => {
-            let f = hub
+            let mut f = hub
                 .store
                 .get_file(&id)
                 .await?
                 .filter(|f| caller.can_see(&f.owner))
                 .ok_or_else(|| ApiError::not_found("file not found"))?;
+            f.last_used_ms = Some(now_ms());
+            hub.store.put_file(&f).await?;
             Some(FileRef {
                 file_id: f.id,
                 sha256: f.sha256,
@@ -222,10 +244,12 @@ pub async fn submit(
         error: None,
         output: OutputMeta::default(),
         attempts: Vec::new(),
+        rejections: 0,
     };
     hub.store.insert_job(&job).await?;
     hub.store.sync().await?;
     hub.counters.submitted.fetch_add(1, Ordering::Relaxed);
+    metrics::counter!("cmdx_jobs_submitted_total").increment(1);
     hub.dispatch.enqueue(seq, &job.id, &tags);
     hub.emit(Some(job.owner.clone()), ServerMsg::Job(summary(&job)));
     tracing::info!(job_id = %job.id, owner = %job.owner, "job submitted");
@@ -264,6 +288,14 @@ pub async fn pump(hub: Arc<Hub>) {
                 continue;
             }
             for (p, job) in claimed {
+                if job.attempt == 1 {
+                    let waited = job
+                        .assigned_ms
+                        .unwrap_or(job.created_ms)
+                        .saturating_sub(job.created_ms);
+                    metrics::histogram!("cmdx_dispatch_latency_seconds")
+                        .record(waited as f64 / 1000.0);
+                }
                 let msg = HubMsg::Assign(assignment(&job));
                 if p.conn.tx.send(msg).await.is_err() {
                     // The connection died: the reconnect grace decides what happens.
@@ -336,7 +368,22 @@ pub async fn claim_legacy(hub: &Hub, worker: &str, token_id: &str) -> ApiResult<
     }
     while let Some((seq, job_id)) = hub.dispatch.take_for_legacy(worker) {
         match claim(hub, &job_id, seq, worker, token_id).await {
-            Ok(job) => {
+            Ok(mut job) => {
+                // A legacy worker starts the job as soon as it receives it.
+                let now = now_ms();
+                if let Ok(j) = hub
+                    .store
+                    .update_job(&job_id, &|j: &mut JobRecord| {
+                        if j.is_current(worker, j.attempt) && j.status == JobStatus::Assigned {
+                            j.status = JobStatus::Running;
+                            j.started_ms = Some(now);
+                        }
+                        Ok(())
+                    })
+                    .await
+                {
+                    job = j;
+                }
                 hub.store.sync().await?;
                 hub.emit(Some(job.owner.clone()), ServerMsg::Job(summary(&job)));
                 return Ok(Some(job));
@@ -464,6 +511,7 @@ pub async fn append_output(
     )
     .await?;
     hub.counters.output_bytes.fetch_add(len, Ordering::Relaxed);
+    metrics::counter!("cmdx_output_bytes_total").increment(len);
     Ok(n)
 }
 
@@ -486,6 +534,24 @@ pub async fn finish(
     job_id: &str,
     report: FinishReport,
 ) -> ApiResult<JobRecord> {
+    let (job, fresh) = record_finish(hub, worker, token_id, job_id, report).await?;
+    if fresh {
+        finished_cleanup(hub, &job, worker);
+    }
+    Ok(job)
+}
+
+/// The durable half of [`finish`]: returns the job and whether this call recorded the end
+/// (false for a repeated report). The caller must then run [`finished_cleanup`] when fresh:
+/// agents get their `finishedAck` first, so the freed slot is never offered to them before they
+/// know it is free.
+pub async fn record_finish(
+    hub: &Hub,
+    worker: &str,
+    token_id: &str,
+    job_id: &str,
+    report: FinishReport,
+) -> ApiResult<(JobRecord, bool)> {
     let live = hub.relay.live(job_id);
     let mut st = live.state.lock().await;
     if let Err(e) = fenced_state(hub, &mut st, job_id, worker, token_id, report.attempt).await {
@@ -498,7 +564,7 @@ pub async fn finish(
             if same {
                 drop(st);
                 hub.relay.forget_if_idle(job_id);
-                return Ok(job);
+                return Ok((job, false));
             }
         }
         return Err(e);
@@ -568,13 +634,22 @@ pub async fn finish(
     st.loaded = false;
     drop(st);
     hub.store.sync().await?;
-    finished_cleanup(hub, &job, worker);
-    Ok(job)
+    Ok((job, true))
 }
 
 /// After a job became terminal: free the slot, end the relay, publish.
-fn finished_cleanup(hub: &Hub, job: &JobRecord, worker: &str) {
+pub fn finished_cleanup(hub: &Hub, job: &JobRecord, worker: &str) {
     hub.counters.finished.fetch_add(1, Ordering::Relaxed);
+    metrics::counter!(
+        "cmdx_jobs_finished_total",
+        "status" => job.status.as_str(),
+        "failure" => job.failure.map(FailureKind::as_str).unwrap_or("none"),
+    )
+    .increment(1);
+    if let (Some(s), Some(c)) = (job.started_ms, job.completed_ms) {
+        metrics::histogram!("cmdx_job_duration_seconds")
+            .record(c.saturating_sub(s) as f64 / 1000.0);
+    }
     hub.dispatch.release(worker, &job.id);
     hub.relay.end(&job.id);
     hub.emit(Some(job.owner.clone()), ServerMsg::Job(summary(job)));
@@ -602,15 +677,16 @@ pub async fn requeue_or_fail(
                 a.ended_ms = Some(now);
                 a.end = Some(reason.to_string());
             }
+            let lost = job.attempt.saturating_sub(job.rejections);
             if job.cancel_requested {
                 job.status = JobStatus::Cancelled;
                 job.completed_ms = Some(now);
-            } else if job.attempt >= job.max_attempts {
+            } else if lost >= job.max_attempts {
                 job.status = JobStatus::Failed;
                 job.failure = Some(FailureKind::WorkerLost);
                 job.error = Some(format!(
-                    "worker lost ({reason}) on attempt {} of {}",
-                    job.attempt, job.max_attempts
+                    "worker lost ({reason}) on attempt {lost} of {}",
+                    job.max_attempts
                 ));
                 job.completed_ms = Some(now);
             } else {
@@ -647,6 +723,43 @@ pub async fn requeue_or_fail(
         hub.emit(Some(job.owner.clone()), ServerMsg::Job(summary(&job)));
     }
     Ok(())
+}
+
+/// Most refusals before a job fails: nobody wants it.
+const MAX_REJECTIONS: u32 = 100;
+
+/// A worker refused an assignment (no free slot, draining): requeue it without using up an
+/// attempt (after [`MAX_REJECTIONS`] refusals the job fails instead of bouncing forever).
+pub async fn requeue_rejected(
+    hub: &Hub,
+    job_id: &str,
+    worker: &str,
+    attempt: u32,
+    reason: &str,
+) -> ApiResult<()> {
+    let counted = hub
+        .store
+        .update_job(job_id, &|job: &mut JobRecord| {
+            if !job.is_current(worker, attempt) {
+                return Err(StoreError::Conflict("stale attempt".into()));
+            }
+            if job.rejections < MAX_REJECTIONS {
+                job.rejections += 1;
+            }
+            Ok(())
+        })
+        .await;
+    match counted {
+        Ok(job) if job.rejections >= MAX_REJECTIONS => {
+            requeue_or_fail(hub, job_id, worker, attempt, "rejected by every worker").await
+        }
+        Ok(_) => requeue_or_fail(hub, job_id, worker, attempt, reason).await,
+        Err(StoreError::Conflict(_)) => {
+            hub.dispatch.release(worker, job_id);
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Starts the reconnect grace of a worker that disconnected at `generation`: if it has not come
@@ -913,4 +1026,118 @@ pub async fn view(hub: &Hub, job: &JobRecord) -> ApiResult<JobView> {
             })
             .collect(),
     })
+}
+
+/// What one janitor pass removed.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JanitorReport {
+    /// Finished jobs deleted (with their output).
+    pub jobs_deleted: u64,
+    /// Output bytes freed.
+    pub output_bytes_freed: u64,
+    /// File records deleted.
+    pub files_deleted: u64,
+    /// Blob bytes freed (contents no file record refers to any more).
+    pub blob_bytes_freed: u64,
+}
+
+/// Deletes finished jobs older than the job retention and files unused for the file
+/// retention. Queued, assigned and running jobs are never touched, nor files they use.
+pub async fn janitor_pass(hub: &Hub) -> ApiResult<JanitorReport> {
+    let now = now_ms();
+    let job_cutoff = now.saturating_sub(hub.config.job_retention_secs * 1000);
+    let file_cutoff = now.saturating_sub(hub.config.file_retention_secs * 1000);
+    let mut report = JanitorReport::default();
+    loop {
+        let old = hub
+            .store
+            .list_jobs(crate::store::JobQuery {
+                owner: None,
+                before: None,
+                limit: 1000,
+                filter: &|j: &JobRecord| {
+                    j.status.is_terminal() && j.completed_ms.is_some_and(|c| c < job_cutoff)
+                },
+                max_scan: usize::MAX,
+            })
+            .await?;
+        if old.is_empty() {
+            break;
+        }
+        for j in &old {
+            report.output_bytes_freed += hub.store.delete_job(&j.id).await?;
+            report.jobs_deleted += 1;
+        }
+        if old.len() < 1000 {
+            break;
+        }
+    }
+    // Files used by jobs that are not finished stay, whatever their age.
+    let in_use: std::collections::HashSet<String> = hub
+        .store
+        .list_jobs(crate::store::JobQuery {
+            owner: None,
+            before: None,
+            limit: usize::MAX,
+            filter: &|j: &JobRecord| !j.status.is_terminal() && j.file.is_some(),
+            max_scan: usize::MAX,
+        })
+        .await?
+        .into_iter()
+        .filter_map(|j| j.file.map(|f| f.file_id))
+        .collect();
+    let files = hub.store.all_files().await?;
+    let mut kept_shas = std::collections::HashSet::new();
+    let mut doomed = Vec::new();
+    for f in files {
+        let last = f.last_used_ms.unwrap_or(0).max(f.created_ms);
+        if last < file_cutoff && !in_use.contains(&f.id) {
+            doomed.push(f);
+        } else {
+            kept_shas.insert(f.sha256.clone());
+        }
+    }
+    for f in doomed {
+        hub.store.delete_file(&f.id).await?;
+        report.files_deleted += 1;
+        if !kept_shas.contains(&f.sha256) {
+            let path = hub.blob_dir.join(&f.sha256);
+            if let Ok(m) = tokio::fs::metadata(&path).await
+                && tokio::fs::remove_file(&path).await.is_ok()
+            {
+                report.blob_bytes_freed += m.len();
+            }
+            kept_shas.insert(f.sha256.clone());
+        }
+    }
+    hub.store.sync().await?;
+    metrics::counter!("cmdx_janitor_jobs_deleted_total").increment(report.jobs_deleted);
+    metrics::counter!("cmdx_janitor_files_deleted_total").increment(report.files_deleted);
+    metrics::counter!("cmdx_janitor_bytes_freed_total")
+        .increment(report.output_bytes_freed + report.blob_bytes_freed);
+    if report.jobs_deleted + report.files_deleted > 0 {
+        tracing::info!(
+            jobs = report.jobs_deleted,
+            files = report.files_deleted,
+            bytes = report.output_bytes_freed + report.blob_bytes_freed,
+            "janitor freed space"
+        );
+    }
+    Ok(report)
+}
+
+/// Runs [`janitor_pass`] every `janitor_interval_secs`.
+pub async fn janitor(hub: Arc<Hub>) {
+    let every = hub.config.janitor_interval_secs;
+    if every == 0 {
+        return;
+    }
+    let mut tick = tokio::time::interval(Duration::from_secs(every));
+    loop {
+        tick.tick().await;
+        if let Err(e) = janitor_pass(&hub).await {
+            tracing::error!(error = %e.message, "janitor pass failed");
+        }
+    }
 }

@@ -9,14 +9,17 @@
 
 pub mod api;
 pub mod auth;
+pub mod backup;
 pub mod config;
 pub mod dispatch;
 pub mod error;
 pub mod jobs;
+pub mod metrics;
 pub mod ratelimit;
 pub mod relay;
 pub mod store;
 pub mod time;
+pub mod web;
 pub mod ws;
 pub mod ws_agent;
 pub mod ws_client;
@@ -120,6 +123,83 @@ pub async fn mint_worker_token(
     api::mint_worker_token(hub, created_by, name, ttl_secs).await
 }
 
+/// The peer address of a connection, put in each request's extensions by [`accept_loop`].
+#[derive(Clone, Copy, Debug)]
+pub struct PeerAddr(pub std::net::SocketAddr);
+
+/// Accepts connections until `shutdown`, serving each with hyper (HTTP/1.1 with upgrades) under
+/// a header-read timeout (slowloris) and a connection cap, then waits (bounded) for in-flight
+/// requests. Upgraded WebSockets are closed by their sessions when `Hub::stop` flips.
+async fn accept_loop<F>(
+    hub: Arc<Hub>,
+    listener: TcpListener,
+    routes: F,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) where
+    F: warp::Filter<Extract = (warp::reply::Response,), Error = warp::Rejection>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+{
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    let service = warp::service(routes);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(hub.config.max_connections));
+    let header_timeout = std::time::Duration::from_secs(hub.config.header_timeout_secs.max(1));
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "connection limit reached; closing");
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let svc = service.clone();
+        let hyper_svc =
+            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(PeerAddr(peer));
+                let mut svc = svc.clone();
+                tower_service::Service::call(&mut svc, req)
+            });
+        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_timeout)
+            .keep_alive(true);
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), hyper_svc)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(std::time::Duration::from_secs(10), graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("in-flight requests still running after 10 s; stopping anyway");
+    }
+}
+
 /// Opens the hub state without serving (tests and `cmdx dev` use it to mint tokens first).
 pub async fn open(config: HubConfig) -> Result<Arc<Hub>, HubError> {
     let data = config.data_dir.clone();
@@ -132,7 +212,15 @@ pub async fn open(config: HubConfig) -> Result<Arc<Hub>, HubError> {
         path: blob_dir.clone(),
         source,
     })?;
-    let store: Arc<dyn Store> = Arc::new(SledStore::open(&data.join("db"), config.cache_bytes)?);
+    metrics::install();
+    let observer: store::FlushObserver = Arc::new(|took, _waiters| {
+        ::metrics::histogram!("cmdx_store_flush_seconds").record(took.as_secs_f64());
+    });
+    let store: Arc<dyn Store> = Arc::new(SledStore::open_with(
+        &data.join("db"),
+        config.cache_bytes,
+        Some(observer),
+    )?);
     let auth = Auth::load(&config)?;
     let hub = Arc::new(Hub {
         relay: Relay::new(config.output_cap_bytes),
@@ -160,26 +248,43 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), HubError> {
     let pump = tokio::spawn(jobs::pump(hub.clone()));
-    let janitor = tokio::spawn(jobs::legacy_watchdog(hub.clone()));
+    let watchdog = tokio::spawn(jobs::legacy_watchdog(hub.clone()));
+    let janitor = tokio::spawn(jobs::janitor(hub.clone()));
+    let flusher_hub = hub.clone();
+    let flusher = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            if let Err(e) = flusher_hub.store.sync().await {
+                tracing::error!(error = %e, "periodic store flush failed");
+            }
+        }
+    });
     let routes = api::routes(hub.clone());
+    tracing::info!(addr = ?listener.local_addr().ok(), "hub listening");
     let stop_hub = hub.clone();
-    let graceful = async move {
+    let accept = accept_loop(hub.clone(), listener, routes, async move {
         shutdown.await;
         stop_hub.draining.store(true, Ordering::SeqCst);
-        let _ = stop_hub.stop.send(true);
-    };
-    tracing::info!(addr = ?listener.local_addr().ok(), "hub listening");
-    warp::serve(routes)
-        .incoming(listener)
-        .graceful(graceful)
-        .run()
+        tracing::info!(
+            secs = stop_hub.config.drain_delay_secs,
+            "draining: /readyz answers 503, new work refused"
+        );
+        tokio::time::sleep(std::time::Duration::from_secs(
+            stop_hub.config.drain_delay_secs,
+        ))
         .await;
+        let _ = stop_hub.stop.send(true);
+    });
+    accept.await;
     // Give WebSocket sessions a moment to send their close frames.
     hub.sessions
         .wait_idle(std::time::Duration::from_secs(5))
         .await;
     pump.abort();
     janitor.abort();
+    watchdog.abort();
+    flusher.abort();
     hub.store.sync().await?;
     tracing::info!("hub stopped");
     Ok(())

@@ -383,7 +383,7 @@ async fn handle(
         AgentMsg::Reject(r) => {
             tracing::info!(job_id = %r.job_id, reason = %r.reason, "assignment rejected");
             if let Err(e) =
-                jobs::requeue_or_fail(hub, &r.job_id, worker_id, r.attempt, "rejected by worker")
+                jobs::requeue_rejected(hub, &r.job_id, worker_id, r.attempt, "rejected by worker")
                     .await
             {
                 tracing::warn!(error = %e.message, "requeue after reject failed");
@@ -436,11 +436,16 @@ async fn handle(
                 chunks: Some(chunks),
                 outcome,
             };
-            match jobs::finish(hub, worker_id, token_id, &job_id, report).await {
-                Ok(_) => {
+            match jobs::record_finish(hub, worker_id, token_id, &job_id, report).await {
+                Ok((job, fresh)) => {
+                    // Ack before the slot is freed: an `assign` queued behind the ack then finds
+                    // the agent's slot free.
                     let _ = tx
                         .send(HubMsg::FinishedAck(JobRef { job_id, attempt }))
                         .await;
+                    if fresh {
+                        jobs::finished_cleanup(hub, &job, worker_id);
+                    }
                 }
                 Err(e) if e.code == "stale_attempt" || e.code == "not_found" => {
                     abandon(tx, &job_id, attempt, "stale attempt").await;

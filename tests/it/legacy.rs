@@ -221,7 +221,9 @@ async fn stale_legacy_result_is_rejected_with_409() {
     assert_eq!(s, 409, "{v}");
     assert_eq!(v["code"], "stale_attempt");
     let j = hub.job(&admin, &id).await;
-    assert_eq!(j["status"], "assigned");
+    // A legacy worker starts a job as soon as it receives it.
+    assert_eq!(j["status"], "running");
+    assert_eq!(j["workerId"], "l2");
     assert_eq!(j["stdout"], "");
     // The holder reports a failure with PUT.
     let (s, _) = chunked(

@@ -2,11 +2,13 @@
 
 mod agent_real;
 mod bad_input;
+mod cli;
 mod dev;
 mod durability;
 mod fencing;
 mod flow;
 mod legacy;
+mod ops;
 mod relay;
 
 /// Flags for a hub tuned for tests: short reconnect grace, no rate limits.

@@ -161,6 +161,7 @@ pub async fn receive(
         size,
         sha256,
         created_ms: now_ms(),
+        last_used_ms: None,
     };
     hub.store.put_file(&rec).await?;
     hub.store.sync().await?;

@@ -21,6 +21,21 @@ use crate::error::{ApiError, ApiResult};
 use crate::jobs::{self, FinishReport};
 use crate::store::{JobRecord, WorkerRecord, now_ms};
 
+/// Checks that a legacy worker's credential may register, poll or heartbeat as `worker_id`.
+fn claim_identity(hub: &Hub, cred: &WorkerCred, worker_id: &str) -> ApiResult<()> {
+    bind(cred, worker_id)?;
+    if !hub.dispatch.legacy_may_use(
+        worker_id,
+        &cred.token_id(),
+        hub.config.legacy_offline_secs * 1000,
+    ) {
+        return Err(ApiError::conflict(format!(
+            "worker id {worker_id} is in use by another connected worker"
+        )));
+    }
+    Ok(())
+}
+
 /// Checks that a legacy worker's credential may speak for `worker_id`.
 fn bind(cred: &WorkerCred, worker_id: &str) -> ApiResult<()> {
     if worker_id.is_empty() || worker_id.len() > 128 {
@@ -72,7 +87,7 @@ fn record(body: &LegacyRegister, token_id: &str) -> WorkerRecord {
 pub async fn register(hub: &Arc<Hub>, mut req: Req) -> ApiResult<Response> {
     let cred = worker(hub, &req).await?;
     let body: LegacyRegister = read_json(&mut req, hub.config.max_json_bytes).await?;
-    bind(&cred, &body.worker_id)?;
+    claim_identity(hub, &cred, &body.worker_id)?;
     let rec = record(&body, &cred.token_id());
     hub.store.put_worker(&rec).await?;
     hub.store.sync().await?;
@@ -95,7 +110,7 @@ pub async fn register(hub: &Arc<Hub>, mut req: Req) -> ApiResult<Response> {
 pub async fn heartbeat(hub: &Arc<Hub>, mut req: Req) -> ApiResult<Response> {
     let cred = worker(hub, &req).await?;
     let body: LegacyHeartbeat = read_json(&mut req, hub.config.max_json_bytes).await?;
-    bind(&cred, &body.worker_id)?;
+    claim_identity(hub, &cred, &body.worker_id)?;
     if !hub
         .dispatch
         .legacy_seen(None, &body.worker_id, &cred.token_id())
@@ -105,9 +120,22 @@ pub async fn heartbeat(hub: &Arc<Hub>, mut req: Req) -> ApiResult<Response> {
     Ok(json(&serde_json::json!({"success": true})))
 }
 
-fn absolute_url(req: &Req, path: &str) -> String {
+fn absolute_url(hub: &Hub, req: &Req, path: &str) -> String {
+    if let Some(base) = &hub.config.public_url {
+        return format!("{}{path}", base.trim_end_matches('/'));
+    }
+    // Behind a trusted proxy, believe the scheme it reports.
+    let peer_is_proxy = req.peer.is_some_and(|p| hub.auth.is_trusted_proxy(p));
+    let scheme = match req
+        .headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some("https") if peer_is_proxy => "https",
+        _ => "http",
+    };
     match req.headers.get("host").and_then(|h| h.to_str().ok()) {
-        Some(host) => format!("http://{host}{path}"),
+        Some(host) => format!("{scheme}://{host}{path}"),
         None => path.to_string(),
     }
 }
@@ -118,7 +146,7 @@ pub async fn get_job(hub: &Arc<Hub>, req: Req) -> ApiResult<Response> {
     let worker_id = req
         .param("workerId")
         .ok_or_else(|| ApiError::bad_request("workerId query parameter required"))?;
-    bind(&cred, &worker_id)?;
+    claim_identity(hub, &cred, &worker_id)?;
     if !hub.dispatch.legacy_seen(None, &worker_id, &cred.token_id()) {
         // Not registered (e.g. the hub restarted): register it with what we know.
         let body = LegacyRegister {
@@ -146,7 +174,7 @@ pub async fn get_job(hub: &Arc<Hub>, req: Req) -> ApiResult<Response> {
     let file_url = job
         .file
         .as_ref()
-        .map(|f| absolute_url(&req, &format!("/api/files/download/{}", f.file_id)));
+        .map(|f| absolute_url(hub, &req, &format!("/api/files/download/{}", f.file_id)));
     let timeout_ms = job.timeout_secs * 1000;
     Ok(json(&LegacyGetJob {
         success: true,
@@ -216,7 +244,13 @@ pub async fn check_cancel(hub: &Arc<Hub>, req: Req) -> ApiResult<Response> {
         .param("jobId")
         .ok_or_else(|| ApiError::bad_request("jobId query parameter required"))?;
     let worker_id = req.param("workerId");
-    let (job, _) = held_job(hub, &cred, &job_id, worker_id.as_deref()).await?;
+    let (job, worker) = held_job(hub, &cred, &job_id, worker_id.as_deref()).await?;
+    // Only the worker holding the job (with the token it claimed it with) may ask.
+    if job.worker_id.as_deref() != Some(worker.as_str())
+        || job.token_id.as_deref() != Some(cred.token_id().as_str())
+    {
+        return Err(ApiError::not_found("job not found"));
+    }
     Ok(json(&LegacyCheckCancel {
         success: true,
         cancel_requested: job.cancel_requested || job.status == cmdx_proto::JobStatus::Cancelled,
@@ -236,8 +270,10 @@ async fn reconcile_output(
 ) -> ApiResult<()> {
     let (got_out, got_err) =
         crate::relay::read_split(hub.store.as_ref(), &job.id, usize::MAX).await?;
-    let want_out = stdout.map(String::into_bytes);
-    let want_err = stderr.map(String::into_bytes);
+    // An empty field means "nothing beyond what was streamed" (the original agent sends empty
+    // strings when it streamed everything); only non-empty results are authoritative.
+    let want_out = stdout.filter(|s| !s.is_empty()).map(String::into_bytes);
+    let want_err = stderr.filter(|s| !s.is_empty()).map(String::into_bytes);
     let prefix_ok =
         |got: &[u8], want: &Option<Vec<u8>>| want.as_ref().is_none_or(|w| w.starts_with(got));
     if !(prefix_ok(&got_out, &want_out) && prefix_ok(&got_err, &want_err)) {

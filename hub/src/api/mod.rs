@@ -27,8 +27,33 @@ use crate::auth::{self, Caller, WorkerCred};
 use crate::error::{ApiError, ApiResult};
 use crate::ratelimit::Group;
 
-/// A request body as a stream of bytes.
-pub type BodyStream = Pin<Box<dyn Stream<Item = Result<Bytes, warp::Error>> + Send>>;
+/// A request body as a stream of bytes; a body that pauses longer than the idle timeout ends
+/// with a `TimedOut` error (trickled bodies must not hold a connection forever).
+pub type BodyStream = Pin<Box<dyn Stream<Item = Result<Bytes, std::io::Error>> + Send>>;
+
+fn with_idle_timeout<S>(body: S, idle: std::time::Duration) -> BodyStream
+where
+    S: Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
+{
+    let body = Box::pin(body);
+    Box::pin(futures_util::stream::unfold(
+        Some(body),
+        move |state| async move {
+            let mut body = state?;
+            match tokio::time::timeout(idle, body.next()).await {
+                Ok(Some(item)) => Some((item, Some(body))),
+                Ok(None) => None,
+                Err(_) => Some((
+                    Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("request body stalled for more than {} s", idle.as_secs()),
+                    )),
+                    None,
+                )),
+            }
+        },
+    ))
+}
 
 /// The parts of a request handlers use.
 pub struct Req {
@@ -40,8 +65,10 @@ pub struct Req {
     pub query: String,
     /// Headers.
     pub headers: HeaderMap,
-    /// Peer address.
+    /// Client address (the peer, or the forwarded client behind a trusted proxy).
     pub ip: Option<IpAddr>,
+    /// The TCP peer.
+    pub peer: Option<IpAddr>,
     /// Body (in a mutex only so that `&Req` is `Send` across awaits).
     pub body: std::sync::Mutex<Option<BodyStream>>,
     /// Pending upgrade (WebSocket routes).
@@ -98,7 +125,7 @@ pub fn routes(
         .and(warp::path::full())
         .and(query)
         .and(warp::header::headers_cloned())
-        .and(warp::addr::remote())
+        .and(warp::ext::optional::<crate::PeerAddr>())
         .and(warp::body::stream())
         .and(warp::ext::optional::<OnUpgrade>())
         .then(
@@ -106,25 +133,29 @@ pub fn routes(
                   path: warp::path::FullPath,
                   query: String,
                   headers: HeaderMap,
-                  addr: Option<std::net::SocketAddr>,
+                  addr: Option<crate::PeerAddr>,
                   body,
                   upgrade: Option<OnUpgrade>| {
                 let hub = hub.clone();
-                let body: BodyStream = Box::pin(futures_util::StreamExt::map(
-                    body,
-                    |r: Result<_, warp::Error>| {
+                let body = with_idle_timeout(
+                    futures_util::StreamExt::map(body, |r: Result<_, warp::Error>| {
                         r.map(|mut b| {
                             let n = Buf::remaining(&b);
                             Buf::copy_to_bytes(&mut b, n)
                         })
-                    },
-                ));
+                        .map_err(std::io::Error::other)
+                    }),
+                    std::time::Duration::from_secs(hub.config.body_idle_timeout_secs.max(1)),
+                );
+                let peer = addr.map(|a| a.0.ip());
+                let ip = hub.auth.client_ip(peer, &headers);
                 let req = Req {
                     method,
                     path: path.as_str().to_string(),
                     query,
                     headers,
-                    ip: addr.map(|a| a.ip()),
+                    ip,
+                    peer,
                     body: std::sync::Mutex::new(Some(body)),
                     upgrade,
                 };
@@ -139,10 +170,17 @@ pub fn routes(
                                 hub.counters
                                     .rate_limited
                                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                metrics::counter!("cmdx_rate_limited_total").increment(1);
                             }
                             e.into_response()
                         }
                     };
+                    metrics::counter!(
+                        "cmdx_http_requests_total",
+                        "route" => route_label(&path),
+                        "status" => resp.status().as_str().to_string(),
+                    )
+                    .increment(1);
                     tracing::debug!(%method, %path, status = resp.status().as_u16(),
                         ms = started.elapsed().as_millis() as u64, "request");
                     resp
@@ -154,11 +192,26 @@ pub fn routes(
 async fn dispatch(hub: &Arc<Hub>, req: Req) -> ApiResult<Response> {
     let path = req.path.trim_end_matches('/').to_string();
     let segs: Vec<&str> = path.split('/').skip(1).collect();
-    let m = req.method.clone();
+    // HEAD is GET without a body (hyper drops it); load balancers probe /healthz with it.
+    let m = if req.method == Method::HEAD {
+        Method::GET
+    } else {
+        req.method.clone()
+    };
     use Method as M;
     match (&m, segs.as_slice()) {
         (&M::GET, ["healthz"]) => Ok(json(&serde_json::json!({"status": "ok"}))),
         (&M::GET, ["readyz"]) => readyz(hub).await,
+        (&M::GET, ["api", "openapi.json"]) => Ok(openapi()),
+        (&M::GET, ["metrics"]) => {
+            let text = crate::metrics::render(hub).await;
+            let mut resp = Response::new(text.into());
+            resp.headers_mut().insert(
+                "content-type",
+                warp::http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            Ok(resp)
+        }
         (&M::GET, ["ws", "agent"]) => workers::agent_socket(hub, req).await,
         (&M::GET, ["ws", "client"]) => users::client_socket(hub, req).await,
         // auth and users
@@ -167,6 +220,14 @@ async fn dispatch(hub: &Arc<Hub>, req: Req) -> ApiResult<Response> {
         (&M::GET, ["api", "auth", "me"]) => users::me(hub, req).await,
         (&M::POST, ["api", "auth", "register"]) => users::register(hub, req).await,
         (&M::GET, ["api", "users", "list"]) => users::list(hub, req).await,
+        (&M::GET, ["api", "admin", "backup"]) => {
+            admin(hub, &req)?;
+            backup_response(hub).await
+        }
+        (&M::POST, ["api", "admin", "janitor"]) => {
+            admin(hub, &req)?;
+            Ok(json(&crate::jobs::janitor_pass(hub).await?))
+        }
         // files
         (&M::POST, ["api", "files", "upload"]) => files::upload(hub, req).await,
         (&M::GET, ["api", "files", "download", id]) => {
@@ -204,6 +265,10 @@ async fn dispatch(hub: &Arc<Hub>, req: Req) -> ApiResult<Response> {
             let id = id.to_string();
             workers::delete(hub, req, &id).await
         }
+        (&M::GET, []) => crate::web::serve("/").ok_or_else(|| ApiError::not_found("no dashboard")),
+        (&M::GET, _) if segs.first().is_some_and(|s| *s != "api" && *s != "ws") => {
+            crate::web::serve(&path).ok_or_else(|| ApiError::not_found(format!("no file {path}")))
+        }
         _ => {
             let known = KNOWN_PATHS.iter().any(|p| path_matches(p, &segs));
             if known {
@@ -219,6 +284,34 @@ async fn dispatch(hub: &Arc<Hub>, req: Req) -> ApiResult<Response> {
     }
 }
 
+/// `GET /api/admin/backup`: a tar archive of the store, blobs and secrets (see `backup`).
+async fn backup_response(hub: &Hub) -> ApiResult<Response> {
+    let path = crate::backup::write_backup(hub).await?;
+    let file = tokio::fs::File::open(&path)
+        .await
+        .map_err(ApiError::internal)?;
+    let len = file.metadata().await.map(|m| m.len()).ok();
+    // The file is unlinked now; the open handle keeps it readable until the stream ends.
+    let _ = tokio::fs::remove_file(&path).await;
+    let stream = tokio_util::io::ReaderStream::new(file);
+    let mut resp = warp::reply::Reply::into_response(warp::reply::stream(stream));
+    let h = resp.headers_mut();
+    h.insert(
+        "content-type",
+        warp::http::HeaderValue::from_static("application/x-tar"),
+    );
+    h.insert(
+        "content-disposition",
+        warp::http::HeaderValue::from_static("attachment; filename=\"cmdx-backup.tar\""),
+    );
+    if let Some(len) = len
+        && let Ok(v) = warp::http::HeaderValue::from_str(&len.to_string())
+    {
+        h.insert("content-length", v);
+    }
+    Ok(resp)
+}
+
 /// Mints a worker token (see [`crate::mint_worker_token`]).
 pub async fn mint_worker_token(
     hub: &Hub,
@@ -232,7 +325,9 @@ pub async fn mint_worker_token(
 /// Route patterns (`*` matches one segment), for telling 405 from 404.
 const KNOWN_PATHS: &[&str] = &[
     "/healthz",
+    "/metrics",
     "/readyz",
+    "/api/openapi.json",
     "/ws/agent",
     "/ws/client",
     "/api/auth/login",
@@ -240,6 +335,8 @@ const KNOWN_PATHS: &[&str] = &[
     "/api/auth/me",
     "/api/auth/register",
     "/api/users/list",
+    "/api/admin/janitor",
+    "/api/admin/backup",
     "/api/files/upload",
     "/api/files/download/*",
     "/api/files/list",
@@ -262,16 +359,47 @@ const KNOWN_PATHS: &[&str] = &[
     "/api/workers/*",
 ];
 
+/// The route pattern a path matches (a bounded label set for metrics).
+fn route_label(path: &str) -> &'static str {
+    let trimmed = path.trim_end_matches('/');
+    let segs: Vec<&str> = trimmed.split('/').skip(1).collect();
+    if let Some(p) = KNOWN_PATHS.iter().find(|p| path_matches(p, &segs)) {
+        return p;
+    }
+    if segs.first().is_none_or(|s| *s != "api" && *s != "ws") {
+        "dashboard"
+    } else {
+        "unmatched"
+    }
+}
+
 fn path_matches(pattern: &str, segs: &[&str]) -> bool {
     let p: Vec<&str> = pattern.split('/').skip(1).collect();
     p.len() == segs.len() && p.iter().zip(segs).all(|(a, b)| *a == "*" || a == b)
 }
 
+/// `GET /api/openapi.json`: the OpenAPI 3.1 document of every route (`hub/openapi.json`, kept
+/// in step with [`dispatch`] by the tests below).
+fn openapi() -> Response {
+    let mut resp = Response::new(OPENAPI.into());
+    resp.headers_mut().insert(
+        "content-type",
+        warp::http::HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// The OpenAPI document, embedded at build time.
+const OPENAPI: &str = include_str!("../../openapi.json");
+
 async fn readyz(hub: &Hub) -> ApiResult<Response> {
     if hub.draining.load(std::sync::atomic::Ordering::SeqCst) {
         return Err(ApiError::unavailable("draining"));
     }
-    hub.store.job_count().await?;
+    hub.store
+        .job_count()
+        .await
+        .map_err(|e| ApiError::unavailable(format!("store unavailable: {e}")))?;
     Ok(json(&serde_json::json!({"status": "ready"})))
 }
 
@@ -394,4 +522,337 @@ pub fn origin_allowed(hub: &Hub, headers: &HeaderMap) -> bool {
         .or_else(|| origin.strip_prefix("https://"))
         .unwrap_or("");
     !host.is_empty() && bare == host
+}
+
+#[cfg(test)]
+mod tests {
+    //! The OpenAPI document (`hub/openapi.json`) against the router, three ways: the
+    //! `(method, pattern)` arms of [`dispatch`] read from this file's source, [`KNOWN_PATHS`]
+    //! (which decides 405 versus 404), and what a real hub answers for every known path and
+    //! method. Plus the document's own consistency: every `$ref` resolves, every operation has
+    //! an id, a 2xx (or 101) response and its path parameters, every error response is
+    //! `ErrorBody`, and every 429 carries `Retry-After`.
+
+    use std::collections::BTreeSet;
+
+    use serde_json::Value;
+
+    use super::*;
+
+    const METHODS: [&str; 5] = ["GET", "POST", "PUT", "DELETE", "PATCH"];
+    const OPENAPI_METHODS: [&str; 8] = [
+        "get", "put", "post", "delete", "options", "head", "patch", "trace",
+    ];
+
+    type Routes = BTreeSet<(String, String)>;
+
+    fn doc() -> Value {
+        serde_json::from_str(OPENAPI).expect("hub/openapi.json is valid JSON")
+    }
+
+    /// `/api/jobs/{jobId}/output` -> `/api/jobs/*/output`.
+    fn pattern_of(openapi_path: &str) -> String {
+        openapi_path
+            .split('/')
+            .map(|s| {
+                if s.starts_with('{') && s.ends_with('}') {
+                    "*"
+                } else {
+                    s
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("/")
+    }
+
+    /// Every `(METHOD, pattern)` the document describes.
+    fn documented() -> Routes {
+        let doc = doc();
+        let paths = doc["paths"].as_object().expect("paths object");
+        let mut out = BTreeSet::new();
+        for (path, item) in paths {
+            for (method, _) in item.as_object().expect("path item object") {
+                if OPENAPI_METHODS.contains(&method.as_str()) {
+                    out.insert((method.to_uppercase(), pattern_of(path)));
+                }
+            }
+        }
+        out
+    }
+
+    /// Every `(METHOD, pattern)` arm of `dispatch`, read from the source: a string literal is a
+    /// literal segment, a binding (`id`) matches any one segment. The catch-all arms (`[]`,
+    /// `_`) serve the dashboard and are not API routes.
+    fn routed_in_source() -> Routes {
+        let src = include_str!("mod.rs");
+        let start = src
+            .find("match (&m, segs.as_slice()) {")
+            .expect("the dispatch match");
+        let body = &src[start..];
+        let end = body.find("\n        _ => {").expect("the fallback arm");
+        let mut out = BTreeSet::new();
+        for line in body[..end].lines() {
+            let line = line.trim();
+            let Some(rest) = line.strip_prefix("(&M::") else {
+                continue;
+            };
+            let Some((method, rest)) = rest.split_once(", [") else {
+                continue;
+            };
+            let Some((segs, _)) = rest.split_once("])") else {
+                continue;
+            };
+            if segs.trim().is_empty() {
+                continue;
+            }
+            let pattern: String = segs
+                .split(',')
+                .map(|s| {
+                    let s = s.trim();
+                    match s.strip_prefix('"').and_then(|s| s.strip_suffix('"')) {
+                        Some(lit) => format!("/{lit}"),
+                        None => "/*".to_string(),
+                    }
+                })
+                .collect();
+            out.insert((method.to_string(), pattern));
+        }
+        assert!(
+            out.len() > 20,
+            "parsed only {} routes from dispatch",
+            out.len()
+        );
+        out
+    }
+
+    fn diff(left: &Routes, right: &Routes) -> Vec<String> {
+        left.difference(right)
+            .map(|(m, p)| format!("{m} {p}"))
+            .collect()
+    }
+
+    #[test]
+    fn openapi_document_lists_exactly_the_routes_of_dispatch() {
+        let doc = documented();
+        let src = routed_in_source();
+        let undocumented = diff(&src, &doc);
+        let unrouted = diff(&doc, &src);
+        assert!(
+            undocumented.is_empty() && unrouted.is_empty(),
+            "hub/openapi.json and api::dispatch disagree\n  routed but not documented: \
+             {undocumented:?}\n  documented but not routed: {unrouted:?}"
+        );
+    }
+
+    #[test]
+    fn known_paths_are_exactly_the_routed_patterns() {
+        let routed: BTreeSet<String> = routed_in_source().into_iter().map(|(_, p)| p).collect();
+        let known: BTreeSet<String> = KNOWN_PATHS.iter().map(|p| p.to_string()).collect();
+        let missing: Vec<_> = routed.difference(&known).collect();
+        let extra: Vec<_> = known.difference(&routed).collect();
+        assert!(
+            missing.is_empty() && extra.is_empty(),
+            "KNOWN_PATHS (405 versus 404) disagrees with dispatch\n  routed, not in \
+             KNOWN_PATHS: {missing:?}\n  in KNOWN_PATHS, not routed: {extra:?}"
+        );
+    }
+
+    fn probe(method: &str, path: &str) -> Req {
+        Req {
+            method: Method::from_bytes(method.as_bytes()).expect("method"),
+            path: path.to_string(),
+            query: String::new(),
+            headers: HeaderMap::new(),
+            ip: None,
+            peer: None,
+            body: std::sync::Mutex::new(None),
+            upgrade: None,
+        }
+    }
+
+    /// Asks a real hub (no credentials, placeholder ids) every known path with every method.
+    /// Without credentials no handler answers 404 or 405, so those two statuses mean "not
+    /// routed"; everything else (200, 400, 401, ...) means a handler ran.
+    #[tokio::test]
+    async fn the_router_answers_every_documented_route_and_only_those() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let hub = crate::open(crate::HubConfig {
+            data_dir: dir.path().to_path_buf(),
+            ..Default::default()
+        })
+        .await
+        .expect("open hub");
+        let doc = documented();
+        let mut wrong = Vec::new();
+        for pattern in KNOWN_PATHS {
+            let path = pattern.replace('*', "x");
+            let segs: Vec<&str> = path.split('/').skip(1).collect();
+            for method in METHODS {
+                let resp = match dispatch(&hub, probe(method, &path)).await {
+                    Ok(r) => r,
+                    Err(e) => e.into_response(),
+                };
+                let status = resp.status();
+                let routed =
+                    status != StatusCode::NOT_FOUND && status != StatusCode::METHOD_NOT_ALLOWED;
+                let expected = doc
+                    .iter()
+                    .any(|(m, p)| m == method && path_matches(p, &segs));
+                if routed != expected {
+                    wrong.push(format!(
+                        "{method} {path}: answered {status}, documented: {expected}"
+                    ));
+                } else if !expected && status != StatusCode::METHOD_NOT_ALLOWED {
+                    wrong.push(format!("{method} {path}: answered {status}, expected 405"));
+                }
+            }
+        }
+        assert!(wrong.is_empty(), "router and document disagree: {wrong:#?}");
+    }
+
+    #[test]
+    fn openapi_document_serves_as_json() {
+        let resp = openapi();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(resp.headers()["content-type"], "application/json");
+    }
+
+    /// The JSON value at a local `$ref` (`#/components/...`).
+    fn resolve<'a>(doc: &'a Value, reference: &str) -> Option<&'a Value> {
+        let pointer = reference.strip_prefix('#')?;
+        doc.pointer(pointer)
+    }
+
+    fn collect_refs<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
+        match v {
+            Value::Object(map) => {
+                for (k, v) in map {
+                    match (k.as_str(), v) {
+                        ("$ref", Value::String(r)) => out.push(r),
+                        _ => collect_refs(v, out),
+                    }
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|v| collect_refs(v, out)),
+            _ => {}
+        }
+    }
+
+    /// Follows a `$ref` (if any) to the object it names.
+    fn deref<'a>(doc: &'a Value, v: &'a Value) -> &'a Value {
+        match v.get("$ref").and_then(Value::as_str) {
+            Some(r) => resolve(doc, r).unwrap_or(v),
+            None => v,
+        }
+    }
+
+    #[test]
+    fn openapi_document_is_well_formed() {
+        let doc = doc();
+        let mut problems = Vec::new();
+        assert!(
+            doc["openapi"]
+                .as_str()
+                .is_some_and(|v| v.starts_with("3.1.")),
+            "openapi must be 3.1.x"
+        );
+        for key in ["title", "version"] {
+            assert!(doc["info"][key].is_string(), "info.{key} is required");
+        }
+        // Every reference resolves.
+        let mut refs = Vec::new();
+        collect_refs(&doc, &mut refs);
+        for r in &refs {
+            if resolve(&doc, r).is_none() {
+                problems.push(format!("unresolved $ref {r}"));
+            }
+        }
+        // Every schema, response and security scheme is used.
+        let used: BTreeSet<&str> = refs.iter().copied().collect();
+        for kind in ["schemas", "responses"] {
+            for name in doc["components"][kind].as_object().expect(kind).keys() {
+                let r = format!("#/components/{kind}/{name}");
+                if !used.contains(r.as_str()) {
+                    problems.push(format!("unused {r}"));
+                }
+            }
+        }
+        let schemes = doc["components"]["securitySchemes"]
+            .as_object()
+            .expect("security schemes");
+        for name in ["bearerAuth", "cookieAuth", "workerBearer", "workerToken"] {
+            if !schemes.contains_key(name) {
+                problems.push(format!("missing security scheme {name}"));
+            }
+        }
+        let mut ids = BTreeSet::new();
+        for (path, item) in doc["paths"].as_object().expect("paths") {
+            let params_in_path: BTreeSet<&str> = path
+                .split('/')
+                .filter_map(|s| s.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+                .collect();
+            for (method, op) in item.as_object().expect("path item") {
+                let at = format!("{} {path}", method.to_uppercase());
+                if !OPENAPI_METHODS.contains(&method.as_str()) {
+                    continue;
+                }
+                match op["operationId"].as_str() {
+                    Some(id) if ids.insert(id.to_string()) => {}
+                    Some(id) => problems.push(format!("{at}: duplicate operationId {id}")),
+                    None => problems.push(format!("{at}: no operationId")),
+                }
+                // Security names exist.
+                for req in op["security"].as_array().into_iter().flatten() {
+                    for name in req.as_object().into_iter().flat_map(|o| o.keys()) {
+                        if !schemes.contains_key(name) {
+                            problems.push(format!("{at}: unknown security scheme {name}"));
+                        }
+                    }
+                }
+                // Path parameters are declared, and nothing else is declared in the path.
+                let declared: BTreeSet<&str> = op["parameters"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|p| deref(&doc, p))
+                    .filter(|p| p["in"] == "path")
+                    .filter_map(|p| p["name"].as_str())
+                    .collect();
+                if declared != params_in_path {
+                    problems.push(format!(
+                        "{at}: path parameters {declared:?}, path names {params_in_path:?}"
+                    ));
+                }
+                let Some(responses) = op["responses"].as_object().filter(|r| !r.is_empty()) else {
+                    problems.push(format!("{at}: no responses"));
+                    continue;
+                };
+                if !responses
+                    .keys()
+                    .any(|c| c.starts_with('2') || c.as_str() == "101")
+                {
+                    problems.push(format!("{at}: no success response"));
+                }
+                for (code, resp) in responses {
+                    let resp = deref(&doc, resp);
+                    if resp["description"].as_str().is_none_or(str::is_empty) {
+                        problems.push(format!("{at} {code}: no description"));
+                    }
+                    if code.starts_with('4') || code.starts_with('5') {
+                        let schema = &resp["content"]["application/json"]["schema"]["$ref"];
+                        if schema != "#/components/schemas/ErrorBody" {
+                            problems.push(format!("{at} {code}: error body is not ErrorBody"));
+                        }
+                    }
+                    if code == "429" && resp["headers"]["Retry-After"].is_null() {
+                        problems.push(format!("{at} 429: no Retry-After header"));
+                    }
+                }
+            }
+        }
+        assert!(
+            problems.is_empty(),
+            "hub/openapi.json problems: {problems:#?}"
+        );
+    }
 }

@@ -11,7 +11,7 @@ mod sled_store;
 use async_trait::async_trait;
 
 pub use records::*;
-pub use sled_store::SledStore;
+pub use sled_store::{FlushObserver, SledStore};
 
 /// Errors from the store.
 #[derive(Debug, thiserror::Error)]
@@ -66,8 +66,14 @@ pub struct JobQuery<'a> {
 pub trait Store: Send + Sync + 'static {
     /// Resolves once every write applied before the call is durable (group commit).
     async fn sync(&self) -> StoreResult<()>;
-    /// A monotonic number (queue order).
+    /// A monotonic number (queue order), never below a seq already in use.
     fn next_seq(&self) -> StoreResult<u64>;
+    /// Raises the floor of [`Store::next_seq`] (recovery passes every queue seq it finds).
+    fn note_seq(&self, seq: u64);
+    /// Writes every stored record to `out` as a backup stream (see `backup`); returns the number
+    /// of records. Concurrent writes may or may not be included; everything acknowledged before
+    /// the call is.
+    fn export_records(&self, out: &mut dyn std::io::Write) -> StoreResult<u64>;
 
     /// Inserts a new job (and its queue entry when `queue_seq` is set, and the owner index).
     async fn insert_job(&self, job: &JobRecord) -> StoreResult<()>;
@@ -77,8 +83,8 @@ pub trait Store: Send + Sync + 'static {
     async fn update_job(&self, id: &str, update: JobUpdate<'_>) -> StoreResult<JobRecord>;
     /// Every queued job as `(queue_seq, job id)`, in queue order (for recovery).
     async fn queued_jobs(&self) -> StoreResult<Vec<(u64, String)>>;
-    /// Every job in `assigned` or `running` (for recovery).
-    async fn active_jobs(&self) -> StoreResult<Vec<JobRecord>>;
+    /// Every job that is not terminal: queued, assigned or running (for recovery).
+    async fn unfinished_jobs(&self) -> StoreResult<Vec<JobRecord>>;
     /// Jobs newest first.
     async fn list_jobs(&self, query: JobQuery<'_>) -> StoreResult<Vec<JobRecord>>;
     /// Number of jobs stored.
@@ -115,6 +121,13 @@ pub trait Store: Send + Sync + 'static {
     async fn get_file(&self, id: &str) -> StoreResult<Option<FileRecord>>;
     /// Files of one owner, newest first.
     async fn list_files(&self, owner: &str) -> StoreResult<Vec<FileRecord>>;
+
+    /// Every file record.
+    async fn all_files(&self) -> StoreResult<Vec<FileRecord>>;
+    /// Deletes a file record (not its content).
+    async fn delete_file(&self, id: &str) -> StoreResult<()>;
+    /// Deletes a job, its owner index entry, queue entry and output; returns output bytes freed.
+    async fn delete_job(&self, id: &str) -> StoreResult<u64>;
 
     /// Stores a worker record.
     async fn put_worker(&self, worker: &WorkerRecord) -> StoreResult<()>;

@@ -85,6 +85,10 @@ pub struct JobRecord {
     /// Attempt history.
     #[serde(default)]
     pub attempts: Vec<AttemptRecord>,
+    /// Assignments the worker refused (no free slot, draining): they do not count against
+    /// `max_attempts`.
+    #[serde(default)]
+    pub rejections: u32,
 }
 
 impl JobRecord {
@@ -258,6 +262,9 @@ pub struct FileRecord {
     pub sha256: String,
     /// Uploaded (ms).
     pub created_ms: u64,
+    /// Last submitted with a job (ms); retention counts from the later of this and upload.
+    #[serde(default)]
+    pub last_used_ms: Option<u64>,
 }
 
 /// A worker known to the hub (kept across restarts so lists survive them).
@@ -319,4 +326,40 @@ pub struct WorkerTokenRecord {
     pub created_ms: u64,
     /// Expires (ms).
     pub expires_ms: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Records as the first release wrote them must keep loading (fields added since default).
+    #[test]
+    fn version_one_records_still_load() {
+        let job = r#"{"v":1,"id":"01a21ad6ea299f735076","owner":"u1","command":"echo hi",
+            "file":null,"timeout_secs":600,"tags":[],"env":{},"max_attempts":3,
+            "status":"completed","attempt":1,"queue_seq":null,"worker_id":"w1","token_id":"t1",
+            "legacy":false,"created_ms":1,"assigned_ms":2,"started_ms":3,"completed_ms":4,
+            "cancel_requested":false,"outcome":{"exitCode":0,"timedOut":false,"oomKilled":false,
+            "cancelled":false,"durationMs":1,"outputTruncated":false},"failure":null,"error":null,
+            "output":{"first_index":0,"first_offset":0,"truncated":false,"total_bytes":3,"lines":1},
+            "attempts":[{"attempt":1,"worker_id":"w1","assigned_ms":2,"ended_ms":4,
+            "end":"completed"}]}"#;
+        let j: JobRecord = serde_json::from_str(job).expect("v1 job loads");
+        assert_eq!(j.rejections, 0);
+        assert_eq!(j.status, cmdx_proto::JobStatus::Completed);
+        let file = r#"{"v":1,"id":"f1","owner":"u1","filename":"a.zip","size":3,
+            "sha256":"ab","created_ms":5}"#;
+        let f: FileRecord = serde_json::from_str(file).expect("v1 file loads");
+        assert_eq!(f.last_used_ms, None);
+        let chunk = ChunkRecord {
+            index: 7,
+            attempt: 2,
+            seq: 3,
+            offset: 100,
+            stream: cmdx_proto::StreamKind::Stderr,
+            time_ms: 9,
+            data: b"abc".to_vec(),
+        };
+        assert_eq!(ChunkRecord::decode(7, &chunk.encode()), Some(chunk));
+    }
 }

@@ -35,7 +35,22 @@ pub struct SledStore {
     meta: Tree,
     flush_tx: std_mpsc::Sender<Waiter>,
     flush_hist: Option<FlushObserver>,
+    /// `next_seq` never returns at or below this (sled's id generator restarts in a restored
+    /// store).
+    seq_floor: std::sync::atomic::AtomicU64,
 }
+
+/// Trees a backup carries, in the order they are written.
+pub const TREES: &[&str] = &[
+    "users",
+    "meta",
+    "workers",
+    "files",
+    "job_owner",
+    "output",
+    "queue",
+    "jobs",
+];
 
 /// Called with the duration of each group-commit flush (metrics).
 pub type FlushObserver = std::sync::Arc<dyn Fn(std::time::Duration, usize) + Send + Sync>;
@@ -107,7 +122,10 @@ impl SledStore {
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(cache_bytes)
-            .flush_every_ms(Some(500))
+            // No background flusher: the group-commit thread is the only one that flushes (a second
+            // flusher stalled it in measurements), and `serve` asks for a sync every second so
+            // that writes nobody waits for still reach the disk.
+            .flush_every_ms(None)
             .open()
             .map_err(backend("open"))?;
         let tree = |name: &str| db.open_tree(name).map_err(backend("open tree"));
@@ -130,9 +148,15 @@ impl SledStore {
             files: tree("files")?,
             workers: tree("workers")?,
             meta: tree("meta")?,
+            seq_floor: std::sync::atomic::AtomicU64::new(0),
             db,
             flush_tx,
             flush_hist: observer,
+        })
+        .inspect(|s| {
+            if let Some(Ok((k, _))) = s.queue.iter().next_back() {
+                s.note_seq(index_of(&k));
+            }
         })
     }
 
@@ -197,7 +221,48 @@ impl Store for SledStore {
     }
 
     fn next_seq(&self) -> StoreResult<u64> {
-        self.db.generate_id().map_err(backend("generate id"))
+        use std::sync::atomic::Ordering;
+        let generated = self.db.generate_id().map_err(backend("generate id"))?;
+        let mut floor = self.seq_floor.load(Ordering::SeqCst);
+        loop {
+            let candidate = generated.max(floor + 1);
+            match self.seq_floor.compare_exchange(
+                floor,
+                candidate,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            ) {
+                Ok(_) => return Ok(candidate),
+                Err(actual) => floor = actual,
+            }
+        }
+    }
+
+    fn note_seq(&self, seq: u64) {
+        self.seq_floor
+            .fetch_max(seq, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn export_records(&self, out: &mut dyn std::io::Write) -> StoreResult<u64> {
+        let io = |e: std::io::Error| StoreError::Backend {
+            op: "export",
+            message: e.to_string(),
+        };
+        let mut n = 0;
+        for name in TREES {
+            let tree = self.db.open_tree(name).map_err(backend("export"))?;
+            for item in tree.iter() {
+                let (k, v) = item.map_err(backend("export"))?;
+                out.write_all(&[name.len() as u8]).map_err(io)?;
+                out.write_all(name.as_bytes()).map_err(io)?;
+                out.write_all(&(k.len() as u32).to_be_bytes()).map_err(io)?;
+                out.write_all(&k).map_err(io)?;
+                out.write_all(&(v.len() as u32).to_be_bytes()).map_err(io)?;
+                out.write_all(&v).map_err(io)?;
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 
     async fn insert_job(&self, job: &JobRecord) -> StoreResult<()> {
@@ -255,15 +320,12 @@ impl Store for SledStore {
         Ok(out)
     }
 
-    async fn active_jobs(&self) -> StoreResult<Vec<JobRecord>> {
+    async fn unfinished_jobs(&self) -> StoreResult<Vec<JobRecord>> {
         let mut out = Vec::new();
         for item in self.jobs.iter() {
             let (k, v) = item.map_err(backend("scan jobs"))?;
             let job: JobRecord = decode(&k, &v)?;
-            if matches!(
-                job.status,
-                cmdx_proto::JobStatus::Assigned | cmdx_proto::JobStatus::Running
-            ) {
+            if !job.status.is_terminal() {
                 out.push(job);
             }
         }
@@ -494,6 +556,45 @@ impl Store for SledStore {
         Ok(all)
     }
 
+    async fn all_files(&self) -> StoreResult<Vec<FileRecord>> {
+        self.scan_json(&self.files)
+    }
+
+    async fn delete_file(&self, id: &str) -> StoreResult<()> {
+        self.files
+            .remove(id.as_bytes())
+            .map_err(backend("delete file"))?;
+        Ok(())
+    }
+
+    async fn delete_job(&self, id: &str) -> StoreResult<u64> {
+        let Some(job) = self.get_job(id).await? else {
+            return Ok(0);
+        };
+        let mut freed = 0u64;
+        let mut batch = sled::Batch::default();
+        for item in self.output.scan_prefix(output_prefix(id)) {
+            let (k, v) = item.map_err(backend("delete job output"))?;
+            freed += v.len() as u64;
+            batch.remove(k);
+        }
+        self.output
+            .apply_batch(batch)
+            .map_err(backend("delete job output"))?;
+        let okey = owner_key(&job.owner, id);
+        (&self.jobs, &self.queue, &self.job_owner)
+            .transaction(|(jobs, queue, owners)| {
+                jobs.remove(id.as_bytes())?;
+                if let Some(seq) = job.queue_seq {
+                    queue.remove(&seq.to_be_bytes())?;
+                }
+                owners.remove(okey.as_slice())?;
+                Ok::<_, ConflictableTransactionError<StoreError>>(())
+            })
+            .map_err(tx_err("delete job"))?;
+        Ok(freed)
+    }
+
     async fn put_worker(&self, worker: &WorkerRecord) -> StoreResult<()> {
         self.workers
             .insert(worker.id.as_bytes(), encode(worker))
@@ -544,5 +645,57 @@ fn tx_err(op: &'static str) -> impl FnOnce(TransactionError<StoreError>) -> Stor
             op,
             message: e.to_string(),
         },
+    }
+}
+
+impl SledStore {
+    /// Loads a record stream written by [`Store::export_records`] into a new store at `dir`
+    /// (which must not hold one); returns the number of records.
+    pub fn import_records(dir: &Path, input: &mut dyn std::io::Read) -> StoreResult<u64> {
+        let io = |e: std::io::Error| StoreError::Backend {
+            op: "import",
+            message: e.to_string(),
+        };
+        if dir.exists() && std::fs::read_dir(dir).map_err(io)?.next().is_some() {
+            return Err(StoreError::Conflict(format!(
+                "{} already holds a store",
+                dir.display()
+            )));
+        }
+        let db = sled::Config::new()
+            .path(dir)
+            .open()
+            .map_err(backend("import open"))?;
+        let mut n = 0;
+        loop {
+            let mut len = [0u8; 1];
+            match input.read_exact(&mut len) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+                Err(e) => return Err(io(e)),
+            }
+            let mut name = vec![0u8; len[0] as usize];
+            input.read_exact(&mut name).map_err(io)?;
+            let name = String::from_utf8(name).map_err(|e| corrupt(b"backup", e))?;
+            if !TREES.contains(&name.as_str()) {
+                return Err(corrupt(b"backup", format!("unknown tree {name}")));
+            }
+            let mut read_blob = || -> StoreResult<Vec<u8>> {
+                let mut l = [0u8; 4];
+                input.read_exact(&mut l).map_err(io)?;
+                let mut b = vec![0u8; u32::from_be_bytes(l) as usize];
+                input.read_exact(&mut b).map_err(io)?;
+                Ok(b)
+            };
+            let k = read_blob()?;
+            let v = read_blob()?;
+            db.open_tree(&name)
+                .map_err(backend("import"))?
+                .insert(k, v)
+                .map_err(backend("import"))?;
+            n += 1;
+        }
+        db.flush().map_err(backend("import flush"))?;
+        Ok(n)
     }
 }

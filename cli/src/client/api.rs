@@ -1,0 +1,207 @@
+//! A small REST client for the hub: bearer auth, JSON bodies, and one-line explanations of every
+//! failure (unreachable hub, 401, 403, 404, 413, 429, hub errors).
+
+use std::time::Duration;
+
+use anyhow::anyhow;
+use cmdx_proto::rest::ErrorBody;
+use reqwest::{RequestBuilder, Response, StatusCode};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::config::Conn;
+use super::detail;
+
+/// What a 401 on a user route means to a person.
+pub const SIGNED_OUT: &str = "not signed in or session expired: run cmdx login";
+
+/// A non-2xx answer from the hub, explained in one line by its `Display`.
+#[derive(Debug)]
+pub struct HubError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// The hub's human-readable error text (one line).
+    pub message: String,
+    /// What was asked, e.g. `job 0192…` or `upload`, for the explanation.
+    pub what: String,
+    /// `Retry-After` seconds of a 429.
+    pub retry_after: Option<u64>,
+}
+
+impl std::fmt::Display for HubError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.status {
+            StatusCode::UNAUTHORIZED => f.write_str(SIGNED_OUT),
+            StatusCode::FORBIDDEN => {
+                write!(f, "{}: permission denied ({})", self.what, self.message)
+            }
+            StatusCode::NOT_FOUND => write!(f, "{} not found", self.what),
+            StatusCode::PAYLOAD_TOO_LARGE => write!(f, "upload too large: {}", self.message),
+            StatusCode::TOO_MANY_REQUESTS => match self.retry_after {
+                Some(s) => write!(f, "the hub is rate limiting requests: retry in {s} s"),
+                None => f.write_str("the hub is rate limiting requests: retry later"),
+            },
+            s => write!(
+                f,
+                "{} failed: {} (HTTP {})",
+                self.what,
+                self.message,
+                s.as_u16()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for HubError {}
+
+/// One line: control characters (newlines) become spaces, long texts are cut.
+pub fn one_line(s: &str) -> String {
+    let mut out: String = s
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(300)
+        .collect();
+    if out.len() < s.len() && s.chars().count() > 300 {
+        out.push('…');
+    }
+    out.trim().to_string()
+}
+
+/// The hub's REST API as one signed-in (or not) caller.
+pub struct Api {
+    http: reqwest::Client,
+    /// Hub base URL.
+    pub hub: String,
+    token: Option<String>,
+}
+
+impl Api {
+    /// A client for `conn`.
+    pub fn new(conn: &Conn) -> anyhow::Result<Api> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .user_agent(concat!("cmdx/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| anyhow!("cannot build the HTTP client: {e}"))?;
+        Ok(Api {
+            http,
+            hub: conn.hub.clone(),
+            token: conn.token.clone(),
+        })
+    }
+
+    /// The bearer token, or the "run cmdx login" error.
+    pub fn token(&self) -> anyhow::Result<&str> {
+        self.token.as_deref().ok_or_else(|| anyhow!(SIGNED_OUT))
+    }
+
+    /// The full URL of a hub path.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.hub)
+    }
+
+    /// A request builder for `path`, with the bearer token when there is one.
+    pub fn request(&self, method: reqwest::Method, path: &str) -> RequestBuilder {
+        let rb = self.http.request(method, self.url(path));
+        match &self.token {
+            Some(t) => rb.bearer_auth(t),
+            None => rb,
+        }
+    }
+
+    /// Sends a request; any transport failure or non-2xx answer becomes a one-line error.
+    pub async fn send(&self, rb: RequestBuilder, what: &str) -> anyhow::Result<Response> {
+        let resp = rb.send().await.map_err(|e| self.transport_error(&e))?;
+        check(resp, what).await
+    }
+
+    /// Explains a transport failure (connection refused, timeout, reset) in one line.
+    pub fn transport_error(&self, e: &reqwest::Error) -> anyhow::Error {
+        detail(format_args!("transport error: {e:?}"));
+        let root = root_cause(e);
+        if e.is_connect() {
+            anyhow!("cannot reach the hub at {}: {root}", self.hub)
+        } else if e.is_timeout() {
+            anyhow!("the hub at {} did not answer in time", self.hub)
+        } else {
+            anyhow!("talking to the hub at {} failed: {root}", self.hub)
+        }
+    }
+
+    /// GET a JSON document.
+    pub async fn get_json<T: DeserializeOwned>(&self, path: &str, what: &str) -> anyhow::Result<T> {
+        let rb = self
+            .request(reqwest::Method::GET, path)
+            .timeout(Duration::from_secs(60));
+        decode(self.send(rb, what).await?, what).await
+    }
+
+    /// POST a JSON body and decode the JSON answer.
+    pub async fn post_json<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+        what: &str,
+    ) -> anyhow::Result<T> {
+        let rb = self
+            .request(reqwest::Method::POST, path)
+            .timeout(Duration::from_secs(60))
+            .json(body);
+        decode(self.send(rb, what).await?, what).await
+    }
+}
+
+/// The innermost error's text (e.g. "Connection refused (os error 111)").
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    one_line(&cur.to_string())
+}
+
+/// Turns a non-2xx response into a [`HubError`].
+pub async fn check(resp: Response, what: &str) -> anyhow::Result<Response> {
+    let status = resp.status();
+    if status.is_success() {
+        return Ok(resp);
+    }
+    let retry_after = resp
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok());
+    let text = resp.text().await.unwrap_or_default();
+    detail(format_args!("{what}: HTTP {status}: {}", one_line(&text)));
+    let message = match serde_json::from_str::<ErrorBody>(&text) {
+        Ok(b) => one_line(&b.error),
+        Err(_) if text.trim().is_empty() => {
+            status.canonical_reason().unwrap_or("error").to_lowercase()
+        }
+        Err(_) => one_line(&text),
+    };
+    Err(HubError {
+        status,
+        message,
+        what: what.to_string(),
+        retry_after,
+    }
+    .into())
+}
+
+/// Decodes a JSON answer.
+pub async fn decode<T: DeserializeOwned>(resp: Response, what: &str) -> anyhow::Result<T> {
+    let bytes = resp.bytes().await.map_err(|e| {
+        anyhow!(
+            "{what}: reading the hub's answer failed: {}",
+            root_cause(&e)
+        )
+    })?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| anyhow!("{what}: the hub's answer is not what this cmdx expects: {e}"))
+}
+
+/// The status of a [`HubError`] inside `e`, if it is one.
+pub fn hub_status(e: &anyhow::Error) -> Option<StatusCode> {
+    e.downcast_ref::<HubError>().map(|h| h.status)
+}

@@ -1,0 +1,131 @@
+//! `cmdx jobs`, `cmdx workers` and `cmdx cancel`: tables on a terminal, JSON lines for scripts.
+
+use std::io::IsTerminal;
+use std::time::SystemTime;
+
+use anyhow::Context;
+use cmdx_proto::rest::{CancelRequest, JobList, WorkerList};
+
+use super::api::Api;
+use super::table::{age, between, clip, render};
+use super::{CancelArgs, JobsArgs, WorkersArgs, config};
+
+/// Whether to print JSON lines: asked for, or stdout is not a terminal.
+fn json_lines(asked: bool) -> bool {
+    asked || !std::io::stdout().is_terminal()
+}
+
+/// Prints each value as one JSON line.
+fn print_lines<T: serde::Serialize>(items: &[T]) -> anyhow::Result<()> {
+    let mut text = String::new();
+    for item in items {
+        text.push_str(&serde_json::to_string(item).context("encoding JSON")?);
+        text.push('\n');
+    }
+    super::out(&text)
+}
+
+/// `cmdx jobs`.
+pub async fn jobs(args: JobsArgs) -> anyhow::Result<i32> {
+    let conn = config::resolve(&args.conn)?;
+    let api = Api::new(&conn)?;
+    api.token()?;
+    let mut path = format!("/api/jobs/list?limit={}", args.limit);
+    if let Some(s) = &args.status {
+        path.push_str(&format!("&status={s}"));
+    }
+    let list: JobList = api.get_json(&path, "listing jobs").await?;
+    if json_lines(args.json) {
+        print_lines(&list.jobs)?;
+        return Ok(0);
+    }
+    let now = SystemTime::now();
+    let rows: Vec<Vec<String>> = list
+        .jobs
+        .iter()
+        .map(|j| {
+            let status = match (j.failure, j.exit_code) {
+                (Some(f), _) => format!("{} ({})", j.status.as_str(), f.as_str()),
+                _ => j.status.as_str().to_string(),
+            };
+            vec![
+                j.job_id.clone(),
+                status,
+                j.worker_id.clone().unwrap_or_else(|| "-".into()),
+                age(Some(&j.created_at), now),
+                between(j.started_at.as_deref(), j.completed_at.as_deref(), now),
+                clip(&j.command, 60),
+            ]
+        })
+        .collect();
+    super::out(&render(
+        &["ID", "STATUS", "WORKER", "AGE", "DURATION", "COMMAND"],
+        &rows,
+    ))?;
+    if list.next_cursor.is_some() {
+        super::note(format_args!("(more jobs: raise --limit)"));
+    }
+    Ok(0)
+}
+
+/// `cmdx workers`.
+pub async fn workers(args: WorkersArgs) -> anyhow::Result<i32> {
+    let conn = config::resolve(&args.conn)?;
+    let api = Api::new(&conn)?;
+    api.token()?;
+    let list: WorkerList = api.get_json("/api/workers/list", "listing workers").await?;
+    if json_lines(args.json) {
+        print_lines(&list.workers)?;
+        return Ok(0);
+    }
+    let now = SystemTime::now();
+    let rows: Vec<Vec<String>> = list
+        .workers
+        .iter()
+        .map(|w| {
+            vec![
+                w.worker_id.clone(),
+                w.hostname.clone(),
+                w.status.clone(),
+                format!("{}/{}", w.slots_used, w.slots),
+                if w.current_jobs.is_empty() {
+                    "-".into()
+                } else {
+                    clip(&w.current_jobs.join(","), 60)
+                },
+                age(w.last_heartbeat.as_deref(), now),
+            ]
+        })
+        .collect();
+    super::out(&render(
+        &["ID", "HOSTNAME", "STATUS", "SLOTS", "JOBS", "HEARTBEAT"],
+        &rows,
+    ))?;
+    Ok(0)
+}
+
+/// `cmdx cancel`.
+pub async fn cancel(args: CancelArgs) -> anyhow::Result<i32> {
+    let conn = config::resolve(&args.conn)?;
+    let api = Api::new(&conn)?;
+    api.token()?;
+    let id = args.job.trim().to_string();
+    let v: serde_json::Value = api
+        .post_json(
+            "/api/jobs/cancel",
+            &CancelRequest { job_id: id.clone() },
+            &format!("job {id}"),
+        )
+        .await?;
+    let status = v["status"].as_str().unwrap_or("unknown");
+    match status {
+        "cancelled" => super::note(format_args!("job {id} cancelled")),
+        "completed" | "failed" => {
+            super::note(format_args!("job {id} had already ended ({status})"))
+        }
+        _ => super::note(format_args!(
+            "job {id}: cancel requested (the worker is stopping it)"
+        )),
+    }
+    Ok(0)
+}

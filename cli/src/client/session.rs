@@ -1,0 +1,180 @@
+//! `cmdx login`, `cmdx logout`, `cmdx token worker` and `cmdx user add`.
+
+use std::io::{BufRead, IsTerminal, Write};
+
+use anyhow::{Context, anyhow, bail};
+use cmdx_proto::rest::{
+    LoginRequest, LoginResponse, MintTokenRequest, MintTokenResponse, RegisterRequest, UserView,
+};
+use reqwest::StatusCode;
+
+use super::api::{Api, hub_status};
+use super::config::{self, ConfigFile};
+use super::{LoginArgs, LogoutArgs, TokenArgs, TokenCmd, UserArgs, UserCmd, detail};
+
+/// Reads the first line of stdin (without its line ending).
+fn read_stdin_line() -> anyhow::Result<String> {
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .context("cannot read stdin")?;
+    let line = line.trim_end_matches(['\n', '\r']).to_string();
+    if line.is_empty() {
+        bail!("no password on stdin");
+    }
+    Ok(line)
+}
+
+/// Prompts on the terminal (stderr) and reads a line.
+fn prompt(label: &str) -> anyhow::Result<String> {
+    let mut err = std::io::stderr().lock();
+    let _ = err.write_all(label.as_bytes()).and_then(|()| err.flush());
+    drop(err);
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .context("cannot read the answer")?;
+    Ok(line.trim().to_string())
+}
+
+/// A password: from stdin with `--password-stdin`, else prompted without echo on a terminal.
+fn password(from_stdin: bool, label: &str, confirm: bool) -> anyhow::Result<String> {
+    if from_stdin {
+        return read_stdin_line();
+    }
+    if !std::io::stdin().is_terminal() {
+        bail!("no terminal to ask for the password: pass --password-stdin");
+    }
+    let p = rpassword::prompt_password(label).context("cannot read the password")?;
+    if confirm {
+        let again = rpassword::prompt_password("again: ").context("cannot read the password")?;
+        if again != p {
+            bail!("the passwords differ");
+        }
+    }
+    if p.is_empty() {
+        bail!("empty password");
+    }
+    Ok(p)
+}
+
+/// `cmdx login`.
+pub async fn login(args: LoginArgs) -> anyhow::Result<i32> {
+    let mut conn = config::resolve(&args.conn)?;
+    conn.token = None;
+    let api = Api::new(&conn)?;
+    let email = match args.email {
+        Some(e) => e,
+        None if std::io::stdin().is_terminal() && !args.password_stdin => prompt("email: ")?,
+        None => bail!("pass --email (no terminal to ask for it)"),
+    };
+    if email.is_empty() {
+        bail!("empty email");
+    }
+    let password = password(args.password_stdin, "password: ", false)?;
+    let req = LoginRequest {
+        email: email.clone(),
+        password,
+    };
+    let resp: LoginResponse = match api.post_json("/api/auth/login", &req, "login").await {
+        Ok(r) => r,
+        Err(e) if hub_status(&e) == Some(StatusCode::UNAUTHORIZED) => {
+            bail!("wrong email or password for {email} at {}", api.hub)
+        }
+        Err(e) => return Err(e),
+    };
+    let mut file = config::load()?;
+    file.hub = Some(conn.hub.clone());
+    file.token = Some(resp.token);
+    file.email = Some(resp.user.email.clone());
+    let path = config::save(&file)?;
+    detail(format_args!("saved {}", path.display()));
+    super::note(format_args!(
+        "signed in to {} as {} ({})",
+        conn.hub, resp.user.email, resp.user.role
+    ));
+    Ok(0)
+}
+
+/// `cmdx logout`: tells the hub (best effort) and forgets the token.
+pub async fn logout(args: LogoutArgs) -> anyhow::Result<i32> {
+    let conn = config::resolve(&args.conn)?;
+    let api = Api::new(&conn)?;
+    if api.token().is_ok() {
+        let rb = api.request(reqwest::Method::POST, "/api/auth/logout");
+        if let Err(e) = api.send(rb, "logout").await {
+            detail(format_args!("the hub did not take the logout: {e:#}"));
+        }
+    }
+    let file = config::load()?;
+    if file.token.is_some() {
+        config::save(&ConfigFile {
+            token: None,
+            email: None,
+            ..file
+        })?;
+    }
+    super::note(format_args!("signed out"));
+    Ok(0)
+}
+
+/// `cmdx token worker`.
+pub async fn token(args: TokenArgs) -> anyhow::Result<i32> {
+    let conn = config::resolve(&args.conn)?;
+    let api = Api::new(&conn)?;
+    api.token()?;
+    match args.what {
+        TokenCmd::Worker { name, ttl } => {
+            let req = MintTokenRequest {
+                name,
+                ttl_secs: ttl.map(|d| d.as_secs().max(1)),
+            };
+            let resp: MintTokenResponse = api
+                .post_json("/api/workers/tokens", &req, "minting a worker token")
+                .await?;
+            super::out(&format!("{}\n", resp.token))?;
+            super::note(format_args!(
+                "worker token {} expires {}; start an agent with: cmdx agent --hub {} --token <TOKEN>",
+                resp.token_id, resp.expires_at, api.hub
+            ));
+            Ok(0)
+        }
+    }
+}
+
+/// `cmdx user add`.
+pub async fn user(args: UserArgs) -> anyhow::Result<i32> {
+    let conn = config::resolve(&args.conn)?;
+    let api = Api::new(&conn)?;
+    api.token()?;
+    match args.what {
+        UserCmd::Add {
+            email,
+            admin,
+            password_stdin,
+        } => {
+            let password = password(password_stdin, &format!("password for {email}: "), true)?;
+            let req = RegisterRequest {
+                email: email.clone(),
+                password,
+                role: Some(if admin { "admin" } else { "user" }.to_string()),
+            };
+            let r: anyhow::Result<UserView> = api
+                .post_json(
+                    "/api/auth/register",
+                    &req,
+                    &format!("creating user {email}"),
+                )
+                .await;
+            let user = r.map_err(|e| match hub_status(&e) {
+                Some(StatusCode::CONFLICT) => anyhow!("user {email} already exists"),
+                _ => e,
+            })?;
+            super::out(&format!("{}\n", user.id))?;
+            super::note(format_args!("created {} ({})", user.email, user.role));
+            Ok(0)
+        }
+    }
+}

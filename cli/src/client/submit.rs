@@ -1,0 +1,326 @@
+//! `cmdx submit` and `cmdx logs`: zip and upload (streamed, with a progress bar on a terminal),
+//! submit, follow the output, and exit with the job's code. Ctrl-C once cancels the remote job,
+//! twice detaches.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use cmdx_proto::rest::{CancelRequest, FileView, JobView, SubmitRequest, SubmitResponse};
+use cmdx_proto::{FailureKind, JobStatus};
+use futures_util::StreamExt;
+use tokio::signal::unix::{SignalKind, signal};
+
+use super::api::{Api, one_line};
+use super::follow::{End, Stop, follow};
+use super::{LogsArgs, SubmitArgs, config, detail};
+
+/// Exit code of a job stopped by its timeout (as `timeout(1)`).
+pub const EXIT_TIMEOUT: i32 = 124;
+/// Exit code of a cancelled job, or of a CLI that detached on a second Ctrl-C (128 + SIGINT).
+pub const EXIT_CANCELLED: i32 = 130;
+
+/// `cmdx submit`.
+pub async fn submit(args: SubmitArgs) -> anyhow::Result<i32> {
+    let conn = config::resolve(&args.conn)?;
+    let api = Api::new(&conn)?;
+    api.token()?;
+    let command = args.command.join(" ");
+    if command.trim().is_empty() {
+        bail!("the command is empty: put it after `--`, e.g. cmdx submit . -- make test");
+    }
+    let file = if let Some(dir) = &args.dir {
+        let dir = dir.clone();
+        let shown = dir.display().to_string();
+        let zipped = tokio::task::spawn_blocking(move || super::zipdir::zip_dir(&dir))
+            .await
+            .map_err(|e| anyhow!("zipping {shown} failed: {e}"))??;
+        detail(format_args!(
+            "zipped {} files ({} bytes) into {} bytes",
+            zipped.files, zipped.content_bytes, zipped.size
+        ));
+        let name = folder_name(args.dir.as_deref().unwrap_or(Path::new(".")));
+        Some(upload(&api, zipped.file.path(), zipped.size, &name).await?)
+    } else if let Some(zip) = &args.zip {
+        let size = tokio::fs::metadata(zip)
+            .await
+            .with_context(|| format!("cannot read {}", zip.display()))?
+            .len();
+        let name = zip
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("upload.zip")
+            .to_string();
+        Some(upload(&api, zip, size, &name).await?)
+    } else {
+        None
+    };
+    let req = SubmitRequest {
+        command,
+        file_id: file.map(|f| f.file_id),
+        timeout: args.timeout,
+        tags: args.tags.clone(),
+        env: args.env.iter().cloned().collect::<BTreeMap<_, _>>(),
+        ..Default::default()
+    };
+    let resp: SubmitResponse = api
+        .post_json("/api/jobs/submit", &req, "job submission")
+        .await?;
+    let id = resp.job_id;
+    if args.detach {
+        if args.json {
+            super::out(&format!("{}\n", serde_json::json!({ "jobId": id })))?;
+        } else {
+            super::out(&format!("{id}\n"))?;
+        }
+        return Ok(0);
+    }
+    detail(format_args!("job {id} submitted"));
+    if args.json {
+        let end = watch(&api, &id, None).await?;
+        let Some(end) = end else {
+            return Ok(EXIT_CANCELLED);
+        };
+        let view: JobView = api
+            .get_json(
+                &format!("/api/jobs/status?jobId={id}"),
+                &format!("job {id}"),
+            )
+            .await?;
+        super::out(&format!("{}\n", serde_json::to_string(&view)?))?;
+        return exit_code(&api, &id, &end).await;
+    }
+    match watch(&api, &id, Some(0)).await? {
+        Some(end) => exit_code(&api, &id, &end).await,
+        None => Ok(EXIT_CANCELLED),
+    }
+}
+
+/// Follows job `id` (streaming output from `offset`, or silently when `None`) until it ends,
+/// handling Ctrl-C: the first cancels the remote job, the second detaches (returns `None`).
+async fn watch(api: &Api, id: &str, offset: Option<u64>) -> anyhow::Result<Option<End>> {
+    let mut sigint = signal(SignalKind::interrupt()).context("cannot handle Ctrl-C")?;
+    let fut = async {
+        match offset {
+            Some(o) => follow(api, id, o, None).await,
+            None => wait_quietly(api, id).await,
+        }
+    };
+    tokio::pin!(fut);
+    let mut presses = 0;
+    loop {
+        tokio::select! {
+            r = &mut fut => {
+                return match r? {
+                    Stop::Ended(end) => Ok(Some(end)),
+                    Stop::Reached => Err(anyhow!("the output stream of job {id} ended early")),
+                };
+            }
+            _ = sigint.recv() => {
+                presses += 1;
+                if presses == 1 {
+                    super::note(format_args!("cmdx: cancelling job {id} (Ctrl-C again to detach)"));
+                    let r: anyhow::Result<serde_json::Value> = api
+                        .post_json(
+                            "/api/jobs/cancel",
+                            &CancelRequest { job_id: id.to_string() },
+                            &format!("job {id}"),
+                        )
+                        .await;
+                    if let Err(e) = r {
+                        super::note(format_args!("cmdx: cancelling job {id} failed: {e:#}"));
+                    }
+                } else {
+                    super::note(format_args!("cmdx: detached; job {id} goes on: cmdx logs -f {id}"));
+                    return Ok(None);
+                }
+            }
+        }
+    }
+}
+
+/// Waits for the end of job `id` without printing its output (`--json`).
+async fn wait_quietly(api: &Api, id: &str) -> anyhow::Result<Stop> {
+    loop {
+        let view: JobView = api
+            .get_json(
+                &format!("/api/jobs/status?jobId={id}"),
+                &format!("job {id}"),
+            )
+            .await?;
+        if view.status.is_terminal() {
+            return Ok(Stop::Ended(End {
+                status: view.status,
+                exit_code: view.exit_code,
+                signal: view.signal,
+                failure: view.failure,
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The process exit code for how job `id` ended, with a note on stderr when the job's own
+/// output would not say what happened. Setup, sandbox and lost-worker failures are errors (125)
+/// carrying the hub's `error` text.
+pub async fn exit_code(api: &Api, id: &str, end: &End) -> anyhow::Result<i32> {
+    match end.status {
+        JobStatus::Completed => Ok(0),
+        JobStatus::Cancelled => {
+            super::note(format_args!("cmdx: job {id} was cancelled"));
+            Ok(EXIT_CANCELLED)
+        }
+        _ => match end.failure {
+            Some(FailureKind::Timeout) => {
+                super::note(format_args!("cmdx: job {id} timed out"));
+                Ok(EXIT_TIMEOUT)
+            }
+            Some(FailureKind::Oom) => {
+                super::note(format_args!("cmdx: job {id} was killed: out of memory"));
+                Ok(128 + end.signal.unwrap_or(9))
+            }
+            Some(kind @ (FailureKind::Setup | FailureKind::Sandbox | FailureKind::WorkerLost)) => {
+                let error = api
+                    .get_json::<JobView>(
+                        &format!("/api/jobs/status?jobId={id}"),
+                        &format!("job {id}"),
+                    )
+                    .await
+                    .ok()
+                    .and_then(|v| v.error)
+                    .map(|e| one_line(&e))
+                    .unwrap_or_else(|| "no detail".into());
+                Err(anyhow!("job {id} failed ({}): {error}", kind.as_str()))
+            }
+            _ => Ok(match (end.signal, end.exit_code) {
+                (Some(sig), _) => {
+                    super::note(format_args!("cmdx: job {id} was killed by signal {sig}"));
+                    128 + sig
+                }
+                (None, Some(code)) => code,
+                (None, None) => 1,
+            }),
+        },
+    }
+}
+
+/// The archive name for a folder: its last component, `.zip` added.
+fn folder_name(dir: &Path) -> String {
+    let abs = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let base = abs
+        .file_name()
+        .and_then(|n| n.to_str())
+        .filter(|n| !n.is_empty())
+        .unwrap_or("upload");
+    format!("{base}.zip")
+}
+
+/// Streams `path` (a ZIP of `size` bytes) to the hub as a raw `application/zip` body with a
+/// known length, a progress bar on a terminal; returns the stored file.
+async fn upload(api: &Api, path: &Path, size: u64, name: &str) -> anyhow::Result<FileView> {
+    let file = tokio::fs::File::open(path)
+        .await
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    let bar = if std::io::stderr().is_terminal() {
+        let bar = indicatif::ProgressBar::new(size);
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "uploading {bar:30} {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec}",
+        ) {
+            bar.set_style(style);
+        }
+        Some(bar)
+    } else {
+        None
+    };
+    let counted = bar.clone();
+    let stream = tokio_util::io::ReaderStream::with_capacity(file, 64 * 1024).map(move |chunk| {
+        if let (Ok(c), Some(b)) = (&chunk, &counted) {
+            b.inc(c.len() as u64);
+        }
+        chunk
+    });
+    let query = format!("/api/files/upload?filename={}", encode_query(name));
+    let rb = api
+        .request(reqwest::Method::POST, &query)
+        .header("content-type", "application/zip")
+        .header("content-length", size)
+        .body(reqwest::Body::wrap_stream(stream));
+    let result = api.send(rb, "upload").await;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    let resp = match result {
+        Ok(r) => r,
+        Err(e) if super::api::hub_status(&e).is_none() => {
+            // A hub refusing a large body answers and closes while we still write: the answer
+            // is often lost to a broken pipe. Ask again with the headers alone to learn why.
+            return Err(probe_refusal(api, &query, size).await.unwrap_or(e));
+        }
+        Err(e) => return Err(e),
+    };
+    let view: FileView = super::api::decode(resp, "upload").await?;
+    detail(format_args!("uploaded {} as file {}", name, view.file_id));
+    Ok(view)
+}
+
+/// Sends the upload's headers (with its Content-Length) and no body: a hub that refuses the
+/// size outright answers at once (413 with its limit). `None` when it does not.
+async fn probe_refusal(api: &Api, path: &str, size: u64) -> Option<anyhow::Error> {
+    let never = futures_util::stream::pending::<Result<Vec<u8>, std::io::Error>>();
+    let rb = api
+        .request(reqwest::Method::POST, path)
+        .header("content-type", "application/zip")
+        .header("content-length", size)
+        .timeout(Duration::from_secs(5))
+        .body(reqwest::Body::wrap_stream(never));
+    let resp = rb.send().await.ok()?;
+    if resp.status().is_success() {
+        return None;
+    }
+    super::api::check(resp, "upload").await.err()
+}
+
+/// Percent-encodes a query value.
+fn encode_query(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// `cmdx logs`.
+pub async fn logs(args: LogsArgs) -> anyhow::Result<i32> {
+    let conn = config::resolve(&args.conn)?;
+    let api = Api::new(&conn)?;
+    api.token()?;
+    let id = args.job.trim().to_string();
+    let view: JobView = api
+        .get_json(
+            &format!("/api/jobs/status?jobId={}", encode_query(&id)),
+            &format!("job {id}"),
+        )
+        .await?;
+    if !args.follow {
+        // Everything stored now; a finished job's log is complete.
+        let stop_at = (!view.status.is_terminal()).then_some(view.output_bytes);
+        follow(&api, &id, 0, stop_at).await?;
+        return Ok(0);
+    }
+    // Ctrl-C here just stops watching (the default signal action): the job goes on.
+    let from = if args.from_start {
+        0
+    } else {
+        view.output_bytes
+    };
+    match follow(&api, &id, from, None).await? {
+        Stop::Ended(end) => exit_code(&api, &id, &end).await,
+        Stop::Reached => Err(anyhow!("the output stream of job {id} ended early")),
+    }
+}

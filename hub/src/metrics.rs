@@ -1,0 +1,115 @@
+//! Prometheus metrics (`GET /metrics`). Counters and histograms are recorded where things
+//! happen through the `metrics` facade; gauges that describe current state (queue depth,
+//! workers, slots, subscribers, disk use) are sampled when the endpoint is scraped.
+
+use std::path::Path;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::Hub;
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the process-wide recorder once (later calls reuse it). Returns `None` when another
+/// recorder was installed first.
+pub fn install() -> Option<&'static PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            let seconds = [
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0,
+            ];
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &seconds)
+                .ok()?
+                .build_recorder();
+            let handle = recorder.handle();
+            metrics::set_global_recorder(recorder).ok()?;
+            describe();
+            Some(handle)
+        })
+        .as_ref()
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_counter!("cmdx_jobs_submitted_total", "Jobs accepted (durable)");
+    describe_counter!(
+        "cmdx_jobs_finished_total",
+        "Jobs that reached a terminal state"
+    );
+    describe_gauge!("cmdx_queue_depth", "Jobs waiting for a worker");
+    describe_gauge!("cmdx_workers_connected", "Agents connected now");
+    describe_gauge!("cmdx_worker_slots", "Slots of connected agents by state");
+    describe_histogram!(
+        "cmdx_dispatch_latency_seconds",
+        "Submit to assigned (first attempt)"
+    );
+    describe_histogram!("cmdx_job_duration_seconds", "Started to finished");
+    describe_histogram!("cmdx_store_flush_seconds", "Group-commit flush duration");
+    describe_gauge!("cmdx_relay_subscribers", "Live output subscriptions");
+    describe_counter!("cmdx_output_bytes_total", "Output bytes stored");
+    describe_counter!(
+        "cmdx_http_requests_total",
+        "HTTP requests by route pattern and status"
+    );
+    describe_counter!("cmdx_rate_limited_total", "Requests refused with 429");
+    describe_gauge!("cmdx_data_dir_bytes", "Bytes used by the data folder");
+    describe_gauge!("cmdx_jobs_stored", "Jobs in the store");
+}
+
+/// Bytes under `dir` (not following symlinks).
+pub fn dir_size(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let Ok(m) = e.metadata() else { continue };
+            if m.is_dir() {
+                stack.push(e.path());
+            } else if m.is_file() {
+                total += m.len();
+            }
+        }
+    }
+    total
+}
+
+static DISK: std::sync::Mutex<Option<(Instant, u64)>> = std::sync::Mutex::new(None);
+
+/// Renders the Prometheus text, sampling the current-state gauges first.
+pub async fn render(hub: &Hub) -> String {
+    let Some(handle) = install() else {
+        return "# metrics recorder unavailable\n".into();
+    };
+    metrics::gauge!("cmdx_queue_depth").set(hub.dispatch.queue_depth() as f64);
+    let (connected, slots, used) = hub.dispatch.counts();
+    metrics::gauge!("cmdx_workers_connected").set(connected as f64);
+    metrics::gauge!("cmdx_worker_slots", "state" => "total").set(slots as f64);
+    metrics::gauge!("cmdx_worker_slots", "state" => "used").set(used as f64);
+    metrics::gauge!("cmdx_worker_slots", "state" => "free").set(slots.saturating_sub(used) as f64);
+    metrics::gauge!("cmdx_relay_subscribers").set(hub.relay.subscribers() as f64);
+    if let Ok(n) = hub.store.job_count().await {
+        metrics::gauge!("cmdx_jobs_stored").set(n as f64);
+    }
+    // Walking the data folder is not free: sample it at most every 30 s.
+    let cached = *DISK.lock().unwrap_or_else(|p| p.into_inner());
+    let bytes = match cached {
+        Some((at, b)) if at.elapsed() < Duration::from_secs(30) => b,
+        _ => {
+            let dir = hub.config.data_dir.clone();
+            let b = tokio::task::spawn_blocking(move || dir_size(&dir))
+                .await
+                .unwrap_or(0);
+            *DISK.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), b));
+            b
+        }
+    };
+    metrics::gauge!("cmdx_data_dir_bytes").set(bytes as f64);
+    handle.render()
+}

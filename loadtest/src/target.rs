@@ -1,0 +1,242 @@
+//! The hub under test: a fresh `cmdx hub` started next to the generator (temp data folder,
+//! loopback port, rate limits off) or an existing one given with `--hub`; plus the REST calls
+//! every scenario needs (sign in, mint a worker token, submit).
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::http::Conn;
+
+/// Admin e-mail used for a hub the generator starts (and the default for `--hub`).
+pub const ADMIN_EMAIL: &str = "loadtest@cmdx.local";
+/// Admin password used for a hub the generator starts.
+pub const ADMIN_PASSWORD: &str = "loadtest-password-1";
+
+/// A hub to load.
+pub struct Target {
+    /// `http://host:port`.
+    pub url: String,
+    /// `host:port`.
+    pub addr: String,
+    /// Hub process id, when known (for `/proc` samples).
+    pub pid: Option<u32>,
+    /// The admin's bearer token.
+    pub admin: String,
+    child: std::sync::Mutex<Option<Child>>,
+    _data: Option<tempfile::TempDir>,
+}
+
+/// The `cmdx` binary next to this executable.
+pub fn cmdx_bin() -> anyhow::Result<PathBuf> {
+    if let Ok(p) = std::env::var("CMDX_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe().context("locating the loadtest binary")?;
+    let bin = exe
+        .parent()
+        .context("loadtest binary has no folder")?
+        .join("cmdx");
+    if !bin.exists() {
+        bail!(
+            "{} is missing: build it with `cargo build [--release] -p cmdx -p cmdx-loadtest`",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+/// The admin credentials (`CMDX_ADMIN_EMAIL` / `CMDX_ADMIN_PASSWORD`, else the generator's own).
+fn admin_credentials() -> (String, String) {
+    let email = std::env::var("CMDX_ADMIN_EMAIL").unwrap_or_else(|_| ADMIN_EMAIL.to_string());
+    let password =
+        std::env::var("CMDX_ADMIN_PASSWORD").unwrap_or_else(|_| ADMIN_PASSWORD.to_string());
+    (email, password)
+}
+
+impl Target {
+    /// Starts a fresh hub on a temp data folder and a loopback port. It inherits the raised
+    /// open-file limit of the generator.
+    pub async fn start(extra: &[String]) -> anyhow::Result<Target> {
+        let data = tempfile::Builder::new()
+            .prefix("cmdx-loadtest-")
+            .tempdir()
+            .context("creating the hub's temp data folder")?;
+        let (email, password) = admin_credentials();
+        let mut child = Command::new(cmdx_bin()?)
+            .arg("hub")
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--data")
+            .arg(data.path().join("data"))
+            .arg("--rate-limit-per-min")
+            .arg("0")
+            .arg("--login-rate-limit-per-min")
+            .arg("0")
+            .args(extra)
+            .env("CMDX_ADMIN_EMAIL", &email)
+            .env("CMDX_ADMIN_PASSWORD", &password)
+            .env(
+                "RUST_LOG",
+                std::env::var("LOADTEST_HUB_LOG").unwrap_or_else(|_| "error".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .context("spawning cmdx hub")?;
+        let stdout = child.stdout.take().context("hub stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let url = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(l) = lines.next_line().await? {
+                if let Some(u) = l.strip_prefix("cmdx hub listening on ") {
+                    return Ok::<_, anyhow::Error>(u.trim().to_string());
+                }
+            }
+            bail!("cmdx hub exited before listening")
+        })
+        .await
+        .context("cmdx hub did not start within 30 s")??;
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let pid = child.id();
+        let mut t = Target::new(url, pid)?;
+        t.child = std::sync::Mutex::new(Some(child));
+        t._data = Some(data);
+        t.admin = t.login(&email, &password).await?;
+        Ok(t)
+    }
+
+    /// Uses a running hub at `url` (its `/proc` figures only when `pid` is given).
+    pub async fn attach(url: &str, pid: Option<u32>) -> anyhow::Result<Target> {
+        let mut t = Target::new(url.trim_end_matches('/').to_string(), pid)?;
+        let (email, password) = admin_credentials();
+        t.admin = t.login(&email, &password).await?;
+        Ok(t)
+    }
+
+    fn new(url: String, pid: Option<u32>) -> anyhow::Result<Target> {
+        let addr = url
+            .strip_prefix("http://")
+            .with_context(|| format!("{url}: only http:// loopback hubs are supported"))?
+            .trim_end_matches('/')
+            .to_string();
+        let host = addr.rsplit_once(':').map(|(h, _)| h).unwrap_or(&addr);
+        if !matches!(host, "127.0.0.1" | "localhost" | "[::1]") {
+            bail!("{url}: the load generator only sends traffic to loopback");
+        }
+        Ok(Target {
+            url,
+            addr,
+            pid,
+            admin: String::new(),
+            child: std::sync::Mutex::new(None),
+            _data: None,
+        })
+    }
+
+    /// `ws://host:port{path}`.
+    pub fn ws_url(&self, path: &str) -> String {
+        format!("ws://{}{path}", self.addr)
+    }
+
+    /// One request on a fresh connection, JSON in and out; fails unless 2xx.
+    pub async fn call(
+        &self,
+        method: http::Method,
+        path: &str,
+        bearer: Option<&str>,
+        body: Option<Value>,
+    ) -> anyhow::Result<Value> {
+        let mut c = Conn::open(&self.addr).await?;
+        let auth = bearer.map(|t| format!("Bearer {t}"));
+        let mut headers = Vec::new();
+        if let Some(a) = &auth {
+            headers.push(("authorization", a.as_str()));
+        }
+        let body = body.map(|b| Bytes::from(b.to_string()));
+        let r = c.request(method, &self.addr, path, &headers, body).await?;
+        if !(200..300).contains(&r.status) {
+            bail!(
+                "{path} answered {}: {}",
+                r.status,
+                String::from_utf8_lossy(&r.body)
+            );
+        }
+        serde_json::from_slice(&r.body).with_context(|| format!("{path}: JSON body"))
+    }
+
+    /// Signs in; returns the bearer token.
+    pub async fn login(&self, email: &str, password: &str) -> anyhow::Result<String> {
+        let v = self
+            .call(
+                http::Method::POST,
+                "/api/auth/login",
+                None,
+                Some(json!({"email": email, "password": password})),
+            )
+            .await
+            .context("signing in as the admin (set CMDX_ADMIN_EMAIL/CMDX_ADMIN_PASSWORD)")?;
+        v["token"]
+            .as_str()
+            .map(str::to_string)
+            .context("login answer has no token")
+    }
+
+    /// Mints a worker token as the admin.
+    pub async fn worker_token(&self) -> anyhow::Result<String> {
+        let v = self
+            .call(
+                http::Method::POST,
+                "/api/workers/tokens",
+                Some(&self.admin),
+                Some(json!({"name": "loadtest"})),
+            )
+            .await
+            .context("minting a worker token")?;
+        v["token"]
+            .as_str()
+            .map(str::to_string)
+            .context("token answer has no token")
+    }
+
+    /// Stops a hub this generator started (SIGTERM, then SIGKILL after 10 s).
+    pub async fn stop(&self) {
+        let taken = self.child.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let Some(mut c) = taken else {
+            return;
+        };
+        if let Some(pid) = c.id() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        if tokio::time::timeout(Duration::from_secs(10), c.wait())
+            .await
+            .is_err()
+        {
+            let _ = c.start_kill();
+            let _ = c.wait().await;
+        }
+    }
+}
+
+/// The body of a submission whose command carries its intended send time (`lt:<µs>`), so the
+/// worker that receives it can measure from when it *should* have been sent.
+pub fn submit_body(command: &str, intended_us: u64) -> Bytes {
+    Bytes::from(
+        json!({"command": format!("{command} # lt:{intended_us}"), "timeout": 600}).to_string(),
+    )
+}
+
+/// The intended send time stamped into a command by [`submit_body`].
+pub fn intended_of(command: &str) -> Option<u64> {
+    command.rsplit_once("# lt:")?.1.trim().parse().ok()
+}

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Short smoke of every loadtest scenario (a few seconds each, tiny numbers) so the harness
+# cannot rot. Fails when a scenario errors, reports errors > 0 or lost > 0. Full runs are
+# documented in the README's Performance section, not run here.
+# Uses target/release/loadtest when LOADTEST_PROFILE=release, else target/debug/loadtest
+# (the `cmdx` binary must sit next to it; this script builds both).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TERM_COLOR=never
+
+profile="${LOADTEST_PROFILE:-debug}"
+if [[ "$profile" == release ]]; then
+    cargo build --release -p cmdx -p cmdx-loadtest
+else
+    cargo build -p cmdx -p cmdx-loadtest
+fi
+lt="${CARGO_TARGET_DIR:-target}/$profile/loadtest"
+
+fail=0
+run() {
+    local name="$1"
+    shift
+    local out
+    printf '==> loadtest %s %s\n' "$name" "$*"
+    if ! out="$(timeout 300 "$lt" "$name" "$@" --json)"; then
+        echo "FAIL: loadtest $name exited with an error" >&2
+        fail=1
+        return
+    fi
+    echo "$out"
+    if ! grep -q '"errors":0,' <<<"$out" || ! grep -q '"lost":0[,}]' <<<"$out"; then
+        echo "FAIL: loadtest $name reported errors or lost work" >&2
+        fail=1
+    fi
+}
+
+run dispatch --workers 20 --rate 100 --duration 3
+run burst --workers 20 --jobs 500
+run connections --workers 300 --duration 2
+run relay --subscribers 10 --rate 200 --duration 3
+run poll --workers 5 --jobs 10 --duration 2
+run legacy --workers 20 --rate 5 --duration 3 --poll-interval-ms 200
+if [[ "$(id -u)" == 0 ]]; then
+    run sandbox --workers 1 --concurrency 2 --rate 10 --duration 3
+else
+    echo "==> loadtest sandbox skipped: it runs real sandboxed agents and needs root"
+fi
+
+exit "$fail"

@@ -1,0 +1,1073 @@
+//! The `cmdx` client commands, run as real processes against a real hub, with a scripted
+//! worker (`FakeAgent`) producing the jobs' output and exit codes: output is relayed byte for
+//! byte and live, exit codes map as documented, Ctrl-C cancels, `logs -f` misses nothing,
+//! uploads honour ignore files and stream with flat memory, and every failure is one line with
+//! exit code 125.
+
+use std::path::Path;
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use cmdx_e2e::{FakeAgent, HubProc, WAIT, cmdx_bin, wait_for};
+use cmdx_proto::agent::{AgentMsg, Assignment, Finished, HubMsg, JobRef, OutputChunk, Started};
+use cmdx_proto::{FailureKind, Outcome, StreamKind};
+use serde_json::{Value, json};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, Command};
+
+use crate::FAST;
+
+/// A `cmdx` command aimed at `hub` as the holder of `token`, with its own config file.
+struct CliEnv {
+    hub: String,
+    token: Option<String>,
+    config: tempfile::TempDir,
+}
+
+impl CliEnv {
+    fn new(hub: &HubProc, token: &str) -> CliEnv {
+        CliEnv {
+            hub: hub.url.clone(),
+            token: Some(token.to_string()),
+            config: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn config_path(&self) -> std::path::PathBuf {
+        self.config.path().join("cmdx").join("config.json")
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(cmdx_bin());
+        c.args(args)
+            .env_remove("CMDX_HUB")
+            .env_remove("CMDX_TOKEN")
+            .env("CMDX_CONFIG", self.config_path())
+            .env("RUST_LOG", "warn")
+            .env("RUST_BACKTRACE", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        c.env("CMDX_HUB", &self.hub);
+        if let Some(t) = &self.token {
+            c.env("CMDX_TOKEN", t);
+        }
+        c
+    }
+
+    fn spawn(&self, args: &[&str]) -> Child {
+        self.command(args).spawn().expect("spawn cmdx")
+    }
+
+    async fn run(&self, args: &[&str]) -> Out {
+        finish(self.spawn(args)).await
+    }
+
+    async fn run_stdin(&self, args: &[&str], input: &str) -> Out {
+        let mut c = self.command(args);
+        c.stdin(Stdio::piped());
+        let mut child = c.spawn().expect("spawn cmdx");
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(input.as_bytes()).await.unwrap();
+        drop(stdin);
+        finish(child).await
+    }
+}
+
+/// What a finished `cmdx` printed and how it exited.
+struct Out {
+    status: ExitStatus,
+    stdout: Vec<u8>,
+    stderr: String,
+}
+
+impl Out {
+    fn code(&self) -> i32 {
+        self.status.code().expect("exited, not killed")
+    }
+
+    /// Asserts a failure: exit 125 and exactly one line on stderr, `cmdx: ...` containing `want`.
+    fn assert_one_line_error(&self, want: &str) {
+        assert_eq!(self.code(), 125, "stderr: {}", self.stderr);
+        let lines: Vec<&str> = self.stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "not one line: {:?}", self.stderr);
+        assert!(lines[0].starts_with("cmdx: "), "{:?}", self.stderr);
+        assert!(lines[0].contains(want), "{:?} lacks {want:?}", self.stderr);
+        assert!(!self.stderr.contains("panicked"), "{}", self.stderr);
+    }
+}
+
+async fn read_all<R: AsyncRead + Unpin>(r: Option<R>) -> Vec<u8> {
+    let mut buf = Vec::new();
+    if let Some(mut r) = r {
+        r.read_to_end(&mut buf).await.unwrap();
+    }
+    buf
+}
+
+/// Waits for `child` to exit (within [`WAIT`]) and collects its output.
+async fn finish(mut child: Child) -> Out {
+    let out = tokio::spawn(read_all(child.stdout.take()));
+    let err = tokio::spawn(read_all(child.stderr.take()));
+    let status = tokio::time::timeout(WAIT, child.wait())
+        .await
+        .expect("cmdx exits in time")
+        .unwrap();
+    Out {
+        status,
+        stdout: out.await.unwrap(),
+        stderr: String::from_utf8_lossy(&err.await.unwrap()).into_owned(),
+    }
+}
+
+/// Reads from `r` until `want` has been read in full (or fails after [`WAIT`]).
+async fn read_until<R: AsyncRead + Unpin>(r: &mut R, got: &mut Vec<u8>, want: &[u8]) {
+    tokio::time::timeout(WAIT, async {
+        while !got.ends_with(want) {
+            let mut buf = [0u8; 4096];
+            let n = r.read(&mut buf).await.unwrap();
+            assert!(
+                n > 0,
+                "stream closed; got {:?}",
+                String::from_utf8_lossy(got)
+            );
+            got.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("timed out waiting for {want:?}; got {got:?}"));
+}
+
+/// One job run by the scripted worker.
+struct Run<'a> {
+    agent: &'a mut FakeAgent,
+    job_id: String,
+    attempt: u32,
+    seq: u64,
+}
+
+impl<'a> Run<'a> {
+    /// Takes the next assignment, accepts it and reports the child started.
+    async fn start(agent: &'a mut FakeAgent) -> (Run<'a>, Assignment) {
+        let asg = agent
+            .recv_until(|m| match m {
+                HubMsg::Assign(a) => Some(a),
+                _ => None,
+            })
+            .await
+            .unwrap();
+        let r = JobRef {
+            job_id: asg.job_id.clone(),
+            attempt: asg.attempt,
+        };
+        agent.send(&AgentMsg::Accept(r)).await.unwrap();
+        agent
+            .send(&AgentMsg::Started(Started {
+                job_id: asg.job_id.clone(),
+                attempt: asg.attempt,
+                isolation: vec![],
+            }))
+            .await
+            .unwrap();
+        (
+            Run {
+                agent,
+                job_id: asg.job_id.clone(),
+                attempt: asg.attempt,
+                seq: 0,
+            },
+            asg,
+        )
+    }
+
+    async fn out(&mut self, stream: StreamKind, data: &[u8]) {
+        self.agent
+            .send(&AgentMsg::Output(OutputChunk {
+                job_id: self.job_id.clone(),
+                attempt: self.attempt,
+                seq: self.seq,
+                stream,
+                data: data.into(),
+            }))
+            .await
+            .unwrap();
+        self.seq += 1;
+    }
+
+    async fn finish(self, outcome: Outcome) {
+        self.agent
+            .send(&AgentMsg::Finished(Finished {
+                job_id: self.job_id.clone(),
+                attempt: self.attempt,
+                chunks: self.seq,
+                outcome,
+            }))
+            .await
+            .unwrap();
+        let r = JobRef {
+            job_id: self.job_id.clone(),
+            attempt: self.attempt,
+        };
+        self.agent
+            .recv_until(|m| matches!(m, HubMsg::FinishedAck(ref x) if *x == r).then_some(()))
+            .await
+            .unwrap();
+    }
+}
+
+fn exited(code: i32) -> Outcome {
+    Outcome {
+        exit_code: Some(code),
+        duration_ms: 5,
+        ..Outcome::default()
+    }
+}
+
+/// A hub with a signed-in user and one scripted worker.
+async fn setup(email: &str) -> (HubProc, String, FakeAgent) {
+    let hub = HubProc::start(FAST).await;
+    let admin = hub.admin().await;
+    let wt = hub.worker_token(&admin).await;
+    let user = hub.user(&admin, email).await;
+    let (agent, _) = FakeAgent::connect(&hub, &wt, "cli-worker", 1, vec![])
+        .await
+        .unwrap();
+    (hub, user, agent)
+}
+
+/// Names inside the ZIP a job runs with, downloaded as its owner.
+async fn uploaded_names(hub: &HubProc, token: &str, job_id: &str) -> Vec<String> {
+    let job = hub.job(token, job_id).await;
+    let url = job["fileUrl"].as_str().expect("job has a file").to_string();
+    let resp = hub
+        .http
+        .get(format!("{}{url}", hub.url))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let bytes = resp.bytes().await.unwrap();
+    let mut z = zip::ZipArchive::new(std::io::Cursor::new(bytes.to_vec())).unwrap();
+    let mut names: Vec<String> = (0..z.len())
+        .map(|i| z.by_index(i).unwrap().name().unwrap().to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+fn write(dir: &Path, rel: &str, content: &[u8]) {
+    let p = dir.join(rel);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, content).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_relays_stdout_stderr_and_exit_code_byte_for_byte() {
+    let (hub, user, mut agent) = setup("relay@test.local").await;
+    let cli = CliEnv::new(&hub, &user);
+    let fixture = tempfile::tempdir().unwrap();
+    write(
+        fixture.path(),
+        "run.sh",
+        b"echo out; echo err >&2; exit 7\n",
+    );
+    let dir = fixture.path().to_str().unwrap();
+    let child = cli.spawn(&[
+        "submit",
+        dir,
+        "--env",
+        "GREETING=hi=there",
+        "--",
+        "echo out; echo err >&2; exit 7",
+    ]);
+    let (mut run, asg) = Run::start(&mut agent).await;
+    assert_eq!(asg.command, "echo out; echo err >&2; exit 7");
+    assert_eq!(
+        asg.env.get("GREETING").map(String::as_str),
+        Some("hi=there")
+    );
+    assert!(asg.file_url.is_some(), "the folder was uploaded");
+    assert_eq!(
+        uploaded_names(&hub, &user, &run.job_id).await,
+        vec!["run.sh".to_string()]
+    );
+    // Colours, carriage returns and invalid UTF-8 pass through unmodified.
+    let fancy: &[u8] = b"\x1b[31mred\x1b[0m\rover\xff\xfe\n";
+    run.out(StreamKind::Stdout, b"out\n").await;
+    run.out(StreamKind::Stderr, b"err\n").await;
+    run.out(StreamKind::Stdout, fancy).await;
+    run.finish(exited(7)).await;
+    let out = finish(child).await;
+    assert_eq!(out.code(), 7, "stderr: {}", out.stderr);
+    assert_eq!(out.stdout, [b"out\n".as_slice(), fancy].concat());
+    assert_eq!(out.stderr, "err\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exit_codes_follow_how_the_job_ended() {
+    let (hub, user, mut agent) = setup("codes@test.local").await;
+    let cli = CliEnv::new(&hub, &user);
+    let cases: Vec<(Outcome, i32, &str)> = vec![
+        (exited(0), 0, ""),
+        (
+            Outcome {
+                timed_out: true,
+                failure: Some(FailureKind::Timeout),
+                signal: Some(9),
+                ..Outcome::default()
+            },
+            124,
+            "timed out",
+        ),
+        (
+            Outcome {
+                signal: Some(15),
+                ..Outcome::default()
+            },
+            143,
+            "signal 15",
+        ),
+        (
+            Outcome {
+                oom_killed: true,
+                failure: Some(FailureKind::Oom),
+                signal: Some(9),
+                ..Outcome::default()
+            },
+            137,
+            "out of memory",
+        ),
+        (
+            Outcome {
+                failure: Some(FailureKind::Setup),
+                error: Some("zip entry escapes the job folder".into()),
+                ..Outcome::default()
+            },
+            125,
+            "zip entry escapes the job folder",
+        ),
+    ];
+    for (outcome, code, note) in cases {
+        let child = cli.spawn(&["submit", "--timeout", "5", "--", "sleep 100"]);
+        let (run, asg) = Run::start(&mut agent).await;
+        assert_eq!(asg.timeout_secs, 5);
+        assert!(asg.file_url.is_none(), "no folder, no upload");
+        run.finish(outcome).await;
+        let out = finish(child).await;
+        assert_eq!(out.code(), code, "stderr: {}", out.stderr);
+        assert!(out.stderr.contains(note), "{:?} lacks {note:?}", out.stderr);
+        assert!(out.stderr.lines().count() <= 1, "{:?}", out.stderr);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_output_appears_line_by_line() {
+    let (hub, user, mut agent) = setup("slow@test.local").await;
+    let cli = CliEnv::new(&hub, &user);
+    let mut child = cli.spawn(&["submit", "--", "for i in 1 2 3; do echo $i; sleep 1; done"]);
+    let mut stdout = child.stdout.take().unwrap();
+    let (mut run, _) = Run::start(&mut agent).await;
+    let mut got = Vec::new();
+    for line in ["1\n", "2\n", "3\n"] {
+        // The worker sends the next line only once the CLI printed the previous one.
+        run.out(StreamKind::Stdout, line.as_bytes()).await;
+        read_until(&mut stdout, &mut got, line.as_bytes()).await;
+    }
+    assert_eq!(got, b"1\n2\n3\n");
+    run.finish(exited(0)).await;
+    let out = finish(child).await;
+    assert_eq!(out.code(), 0, "stderr: {}", out.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_cancels_the_remote_job() {
+    let (hub, user, mut agent) = setup("sigint@test.local").await;
+    let cli = CliEnv::new(&hub, &user);
+    let mut child = cli.spawn(&["submit", "--", "sleep 600"]);
+    let mut stdout = child.stdout.take().unwrap();
+    let (mut run, _) = Run::start(&mut agent).await;
+    run.out(StreamKind::Stdout, b"working\n").await;
+    let mut got = Vec::new();
+    read_until(&mut stdout, &mut got, b"working\n").await;
+    let pid = child.id().unwrap().to_string();
+    let st = Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .await
+        .unwrap();
+    assert!(st.success());
+    let cancel = run
+        .agent
+        .recv_until(|m| match m {
+            HubMsg::Cancel(c) => Some(c),
+            _ => None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(cancel.job_id, run.job_id);
+    let id = run.job_id.clone();
+    run.finish(Outcome {
+        cancelled: true,
+        signal: Some(15),
+        ..Outcome::default()
+    })
+    .await;
+    let out = finish(child).await;
+    assert_eq!(out.code(), 130, "stderr: {}", out.stderr);
+    assert!(out.stderr.contains("cancelling job"), "{}", out.stderr);
+    assert_eq!(hub.job(&user, &id).await["status"], "cancelled");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_follow_attached_mid_run_prints_every_byte_once_in_order() {
+    let (hub, user, mut agent) = setup("logs@test.local").await;
+    let cli = CliEnv::new(&hub, &user);
+    let id = hub.submit(&user, json!({"command": "make noise"})).await;
+    let (mut run, _) = Run::start(&mut agent).await;
+    let (mut out_all, mut err_all) = (Vec::new(), Vec::new());
+    let line = |i: u32| format!("line {i:04} {}\n", "z".repeat((i % 40) as usize)).into_bytes();
+    for i in 0..300 {
+        let data = line(i);
+        if i % 5 == 0 {
+            run.out(StreamKind::Stderr, &data).await;
+            err_all.extend_from_slice(&data);
+        } else {
+            run.out(StreamKind::Stdout, &data).await;
+            out_all.extend_from_slice(&data);
+        }
+    }
+    let stored = out_all.len() + err_all.len();
+    wait_for("the first half to be stored", || async {
+        (hub.job(&user, &id).await["outputBytes"].as_u64() == Some(stored as u64)).then_some(())
+    })
+    .await;
+    let from_start = cli.spawn(&["logs", "-f", "--from-start", &id]);
+    let mut tail = cli.spawn(&["logs", "-f", &id]);
+    // The plain -f attaches at the end of the log as it is when it starts: send ticks until it
+    // prints one, so that it is surely following before the second half.
+    let mut tail_out = tail.stdout.take().unwrap();
+    let mut tail_got = Vec::new();
+    let mut tick = 0;
+    while tail_got.is_empty() {
+        assert!(tick < 500, "plain logs -f never printed anything");
+        let data = format!("tick {tick}\n").into_bytes();
+        run.out(StreamKind::Stdout, &data).await;
+        out_all.extend_from_slice(&data);
+        tick += 1;
+        let mut buf = [0u8; 4096];
+        if let Ok(n) =
+            tokio::time::timeout(Duration::from_millis(100), tail_out.read(&mut buf)).await
+        {
+            let n = n.unwrap();
+            assert!(n > 0, "plain logs -f exited early");
+            tail_got.extend_from_slice(&buf[..n]);
+        }
+    }
+    for i in 300..600 {
+        let data = line(i);
+        if i % 5 == 0 {
+            run.out(StreamKind::Stderr, &data).await;
+            err_all.extend_from_slice(&data);
+        } else {
+            run.out(StreamKind::Stdout, &data).await;
+            out_all.extend_from_slice(&data);
+        }
+    }
+    run.finish(exited(3)).await;
+    let full = finish(from_start).await;
+    assert_eq!(full.code(), 3, "stderr: {}", full.stderr);
+    assert!(full.stdout == out_all, "stdout differs");
+    assert_eq!(full.stderr.as_bytes(), &err_all[..]);
+    let rest = finish(tail).await;
+    assert_eq!(rest.code(), 3);
+    tail_out.read_to_end(&mut tail_got).await.unwrap();
+    assert!(
+        out_all.ends_with(&tail_got) && tail_got.starts_with(b"tick "),
+        "plain -f printed something other than the output after it attached: {:?}",
+        String::from_utf8_lossy(&tail_got[..tail_got.len().min(200)])
+    );
+    // Without -f: the stored log, exit 0.
+    let stored = cli.run(&["logs", &id]).await;
+    assert_eq!(stored.code(), 0);
+    assert!(stored.stdout == out_all);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ignored_files_are_not_uploaded() {
+    let hub = HubProc::start(FAST).await;
+    let admin = hub.admin().await;
+    let user = hub.user(&admin, "zip@test.local").await;
+    let cli = CliEnv::new(&hub, &user);
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    write(p, ".gitignore", b"target/\n*.log\n/secret.env\n");
+    write(p, ".cmdxignore", b"data/\n");
+    write(p, "src/main.rs", b"fn main() {}\n");
+    write(p, "src/nested/.gitignore", b"gen.txt\n");
+    write(p, "src/nested/gen.txt", b"generated\n");
+    write(p, "src/nested/keep.txt", b"keep\n");
+    write(p, "target/debug/app", b"binary");
+    write(p, "build.log", b"log");
+    write(p, "secret.env", b"TOKEN=x");
+    write(p, "data/big.csv", b"1,2,3");
+    write(p, ".git/HEAD", b"ref: refs/heads/main\n");
+    write(p, ".hidden", b"kept: dotfiles are not ignored by default");
+    let out = cli
+        .run(&["submit", p.to_str().unwrap(), "--detach", "--", "ls -R"])
+        .await;
+    assert_eq!(out.code(), 0, "stderr: {}", out.stderr);
+    let id = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(!id.is_empty());
+    assert_eq!(
+        uploaded_names(&hub, &user, &id).await,
+        vec![
+            ".cmdxignore",
+            ".gitignore",
+            ".hidden",
+            "src/",
+            "src/main.rs",
+            "src/nested/",
+            "src/nested/.gitignore",
+            "src/nested/keep.txt",
+        ]
+    );
+    // --zip uploads the archive as is.
+    let archive = cmdx_e2e::zip_bytes(&[("made/elsewhere.txt", b"zipped by hand")]);
+    let zip_path = d.path().join("target").join("prebuilt.zip");
+    std::fs::write(&zip_path, &archive).unwrap();
+    let out = cli
+        .run(&[
+            "submit",
+            "--zip",
+            zip_path.to_str().unwrap(),
+            "--detach",
+            "--",
+            "ls",
+        ])
+        .await;
+    assert_eq!(out.code(), 0, "stderr: {}", out.stderr);
+    let id = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let url = hub.job(&user, &id).await["fileUrl"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let got = hub
+        .http
+        .get(format!("{}{url}", hub.url))
+        .bearer_auth(&user)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert!(got[..] == archive[..], "the ZIP changed on the way");
+
+    // --detach --json prints the id as JSON.
+    let out = cli
+        .run(&["submit", "--detach", "--json", "--", "true"])
+        .await;
+    assert_eq!(out.code(), 0, "stderr: {}", out.stderr);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["jobId"].is_string());
+}
+
+/// `len` bytes of xorshift noise (incompressible).
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15 ^ seed;
+    let mut buf = Vec::with_capacity(len + 8);
+    while buf.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        buf.extend_from_slice(&x.to_le_bytes());
+    }
+    buf.truncate(len);
+    buf
+}
+
+/// Peak resident memory (VmHWM) of a running process in KiB; `None` once it exited.
+fn peak_kb(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_50_mb_folder_uploads_with_flat_memory() {
+    let hub = HubProc::start(FAST).await;
+    let admin = hub.admin().await;
+    let user = hub.user(&admin, "big@test.local").await;
+    let cli = CliEnv::new(&hub, &user);
+    let d = tempfile::tempdir().unwrap();
+    // 50 MiB that does not compress: five 10 MiB files of xorshift noise (one deflated, the
+    // others stored as already-compressed formats).
+    for (i, name) in ["a.bin", "b.gz", "c.gz", "d.zip", "e.png"]
+        .iter()
+        .enumerate()
+    {
+        std::fs::write(d.path().join(name), noise(10 << 20, i as u64 + 1)).unwrap();
+    }
+    let mut child = cli.spawn(&[
+        "submit",
+        d.path().to_str().unwrap(),
+        "--detach",
+        "--",
+        "true",
+    ]);
+    let pid = child.id().unwrap();
+    let out = tokio::spawn(read_all(child.stdout.take()));
+    let err = tokio::spawn(read_all(child.stderr.take()));
+    // VmHWM is a high-water mark: the last reading before exit covers the whole upload.
+    let mut peak = 0;
+    let status = loop {
+        if let Some(kb) = peak_kb(pid) {
+            peak = peak.max(kb);
+        }
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let stderr = String::from_utf8_lossy(&err.await.unwrap()).into_owned();
+    assert_eq!(status.code(), Some(0), "stderr: {stderr}");
+    let id = String::from_utf8(out.await.unwrap())
+        .unwrap()
+        .trim()
+        .to_string();
+    let job = hub.job(&user, &id).await;
+    let file_id = job["fileUrl"].as_str().unwrap().rsplit('/').next().unwrap();
+    let (s, files) = hub.get(&user, "/api/files/list").await;
+    assert_eq!(s, 200);
+    let size = files["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["fileId"] == file_id)
+        .and_then(|f| f["size"].as_u64())
+        .unwrap();
+    assert!(size > 50 << 20, "uploaded {size} bytes");
+    println!("cmdx submit of a 50 MiB folder: peak RSS {peak} KiB");
+    assert!(peak > 0, "never sampled the CLI's memory");
+    assert!(peak < 64 * 1024, "peak RSS {peak} KiB");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_are_one_line_with_exit_125() {
+    let hub = HubProc::start(&[
+        "--reconnect-grace-secs",
+        "2",
+        "--rate-limit-per-min",
+        "0",
+        "--login-rate-limit-per-min",
+        "0",
+        "--max-upload-bytes",
+        "4096",
+    ])
+    .await;
+    let admin = hub.admin().await;
+    let user = hub.user(&admin, "errors@test.local").await;
+    let cli = CliEnv::new(&hub, &user);
+
+    // Wrong password.
+    let out = cli
+        .run_stdin(
+            &["login", "--email", "errors@test.local", "--password-stdin"],
+            "not-the-password\n",
+        )
+        .await;
+    out.assert_one_line_error("wrong email or password");
+
+    // Unreachable hub (a port nobody listens on).
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let out = cli.run(&["jobs", "--hub", &dead]).await;
+    out.assert_one_line_error("cannot reach the hub");
+    let out = cli.run(&["submit", "--hub", &dead, "--", "true"]).await;
+    out.assert_one_line_error("cannot reach the hub");
+
+    // Unknown job id.
+    for args in [
+        vec!["logs", "no-such-job"],
+        vec!["logs", "-f", "no-such-job"],
+        vec!["cancel", "no-such-job"],
+    ] {
+        let out = cli.run(&args).await;
+        out.assert_one_line_error("job no-such-job not found");
+    }
+
+    // Not signed in, or a bad token.
+    let signed_out = CliEnv {
+        token: None,
+        ..CliEnv::new(&hub, "")
+    };
+    let out = signed_out.run(&["jobs"]).await;
+    out.assert_one_line_error("run cmdx login");
+    let bad = CliEnv::new(&hub, "not-a-token");
+    let out = bad.run(&["submit", "--", "true"]).await;
+    out.assert_one_line_error("not signed in or session expired: run cmdx login");
+
+    // Upload over the hub's limit: says so, with the limit. (Just over it: the hub reads the
+    // body and stops at the limit; far over it: the hub refuses on Content-Length alone.)
+    for size in [20_000, 400_000] {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("noise.bin"), noise(size, 7)).unwrap();
+        let out = cli
+            .run(&["submit", d.path().to_str().unwrap(), "--", "true"])
+            .await;
+        out.assert_one_line_error("upload too large");
+        assert!(out.stderr.contains("4096"), "{}", out.stderr);
+    }
+
+    // Admin-only commands as a plain user.
+    let out = cli.run(&["token", "worker"]).await;
+    out.assert_one_line_error("permission denied");
+
+    // A missing folder.
+    let out = cli.run(&["submit", "/no/such/folder", "--", "true"]).await;
+    out.assert_one_line_error("/no/such/folder");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_config_and_admin_commands() {
+    let hub = HubProc::start(FAST).await;
+    let admin_token = hub.admin().await;
+    let wt = hub.worker_token(&admin_token).await;
+    let (_agent, _) = FakeAgent::connect(&hub, &wt, "listed-worker", 3, vec![])
+        .await
+        .unwrap();
+    let cli = CliEnv {
+        token: None,
+        ..CliEnv::new(&hub, "")
+    };
+    let out = cli
+        .run_stdin(
+            &[
+                "login",
+                "--hub",
+                &hub.url,
+                "--email",
+                cmdx_e2e::ADMIN_EMAIL,
+                "--password-stdin",
+            ],
+            &format!("{}\n", cmdx_e2e::ADMIN_PASSWORD),
+        )
+        .await;
+    assert_eq!(out.code(), 0, "stderr: {}", out.stderr);
+    let cfg_path = cli.config_path();
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&cfg_path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let cfg: Value = serde_json::from_slice(&std::fs::read(&cfg_path).unwrap()).unwrap();
+    assert_eq!(cfg["hub"], hub.url.as_str());
+    assert!(cfg["token"].is_string());
+
+    // The config file alone is enough now (no CMDX_HUB / CMDX_TOKEN).
+    let from_file = |args: &[&str]| {
+        let mut c = cli.command(args);
+        c.env_remove("CMDX_HUB");
+        c
+    };
+    let out = finish(from_file(&["workers", "--json"]).spawn().unwrap()).await;
+    assert_eq!(out.code(), 0, "stderr: {}", out.stderr);
+    let w: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(w["workerId"], "listed-worker");
+    assert_eq!(w["slots"], 3);
+
+    // user add, then that user signs in.
+    let out = finish({
+        let mut c = from_file(&["user", "add", "bob@test.local", "--password-stdin"]);
+        c.stdin(Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"bob-password-1\n").await.unwrap();
+        drop(stdin);
+        child
+    })
+    .await;
+    assert_eq!(out.code(), 0, "stderr: {}", out.stderr);
+    hub.login("bob@test.local", "bob-password-1").await;
+
+    // token worker prints a token an agent can use.
+    let out = finish(
+        from_file(&["token", "worker", "--name", "ci", "--ttl", "2d"])
+            .spawn()
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(out.code(), 0, "stderr: {}", out.stderr);
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    FakeAgent::connect(&hub, &token, "minted", 1, vec![])
+        .await
+        .expect("the minted token admits a worker");
+
+    // jobs lists what was submitted, as JSON lines when piped.
+    // (Tagged so that no worker takes them.)
+    let a = hub
+        .submit(
+            &admin_token,
+            json!({"command": "first", "tags": ["nowhere"]}),
+        )
+        .await;
+    let b = hub
+        .submit(
+            &admin_token,
+            json!({"command": "second", "tags": ["nowhere"]}),
+        )
+        .await;
+    let out = finish(from_file(&["jobs", "--limit", "5"]).spawn().unwrap()).await;
+    assert_eq!(out.code(), 0, "stderr: {}", out.stderr);
+    let ids: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["jobId"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let mut both = ids.clone();
+    both.sort();
+    let mut want = vec![a.clone(), b.clone()];
+    want.sort();
+    assert_eq!(
+        both, want,
+        "(ids made in the same millisecond may come in any order)"
+    );
+
+    // cancel a queued job.
+    let out = finish(from_file(&["cancel", &a]).spawn().unwrap()).await;
+    assert_eq!(out.code(), 0, "stderr: {}", out.stderr);
+    assert_eq!(hub.job(&admin_token, &a).await["status"], "cancelled");
+
+    // The saved token is never sent to another hub.
+    let out = finish(
+        from_file(&["jobs", "--hub", "http://127.0.0.1:9"])
+            .spawn()
+            .unwrap(),
+    )
+    .await;
+    out.assert_one_line_error("run cmdx login");
+
+    // completions.
+    let out = cli.run(&["completions", "bash"]).await;
+    assert_eq!(out.code(), 0);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("submit"));
+
+    // logout forgets the token.
+    let out = finish(from_file(&["logout"]).spawn().unwrap()).await;
+    assert_eq!(out.code(), 0, "stderr: {}", out.stderr);
+    let out = finish(from_file(&["jobs"]).spawn().unwrap()).await;
+    out.assert_one_line_error("run cmdx login");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_twice_detaches_and_leaves_the_job_to_its_worker() {
+    let (hub, user, mut agent) = setup("detach@test.local").await;
+    let cli = CliEnv::new(&hub, &user);
+    let mut child = cli.spawn(&["submit", "--", "sleep 600"]);
+    let mut stdout = child.stdout.take().unwrap();
+    let (mut run, _) = Run::start(&mut agent).await;
+    run.out(StreamKind::Stdout, b"working\n").await;
+    read_until(&mut stdout, &mut Vec::new(), b"working\n").await;
+    let pid = child.id().unwrap().to_string();
+    let interrupt = || Command::new("kill").args(["-INT", &pid]).status();
+    assert!(interrupt().await.unwrap().success());
+    run.agent
+        .recv_until(|m| matches!(m, HubMsg::Cancel(_)).then_some(()))
+        .await
+        .unwrap();
+    assert!(interrupt().await.unwrap().success());
+    let out = finish(child).await;
+    assert_eq!(out.code(), 130, "stderr: {}", out.stderr);
+    assert!(out.stderr.contains("detached"), "{}", out.stderr);
+    // The job is the worker's to end; here it stops as asked.
+    let id = run.job_id.clone();
+    assert_eq!(hub.job(&user, &id).await["status"], "running");
+    run.finish(Outcome {
+        cancelled: true,
+        ..Outcome::default()
+    })
+    .await;
+    hub.wait_status(&user, &id, "cancelled").await;
+}
+
+/// A `cmdx dev` process (hub + real sandboxed agents) on a free loopback port.
+struct DevProc {
+    _child: Child,
+    url: String,
+    _data: tempfile::TempDir,
+}
+
+impl DevProc {
+    async fn start() -> DevProc {
+        use tokio::io::AsyncBufReadExt;
+        let data = tempfile::tempdir().unwrap();
+        let mut child = Command::new(cmdx_bin())
+            .args(["dev", "--listen", "127.0.0.1:0", "--agents", "1", "--data"])
+            .arg(data.path().join("data"))
+            .env("CMDX_ADMIN_EMAIL", cmdx_e2e::ADMIN_EMAIL)
+            .env("CMDX_ADMIN_PASSWORD", cmdx_e2e::ADMIN_PASSWORD)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn cmdx dev");
+        let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let url = tokio::time::timeout(WAIT, async {
+            while let Some(l) = lines.next_line().await.unwrap() {
+                if let Some(rest) = l.strip_prefix("cmdx dev ready: ") {
+                    return rest.split_whitespace().next().unwrap().to_string();
+                }
+            }
+            panic!("cmdx dev exited before it was ready");
+        })
+        .await
+        .expect("cmdx dev ready in time");
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        DevProc {
+            _child: child,
+            url,
+            _data: data,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_jobs_on_cmdx_dev() {
+    let dev = DevProc::start().await;
+    let cli = CliEnv {
+        hub: dev.url.clone(),
+        token: None,
+        config: tempfile::tempdir().unwrap(),
+    };
+    let out = cli
+        .run_stdin(
+            &[
+                "login",
+                "--email",
+                cmdx_e2e::ADMIN_EMAIL,
+                "--password-stdin",
+            ],
+            &format!("{}\n", cmdx_e2e::ADMIN_PASSWORD),
+        )
+        .await;
+    assert_eq!(out.code(), 0, "stderr: {}", out.stderr);
+    let workers = cli.run(&["workers", "--json"]).await;
+    assert_eq!(workers.code(), 0, "stderr: {}", workers.stderr);
+
+    // The fixture folder (with an ignored file) really runs.
+    let fixture = tempfile::tempdir().unwrap();
+    write(fixture.path(), "data.txt", b"from the folder\n");
+    write(fixture.path(), ".gitignore", b"junk.txt\n");
+    write(fixture.path(), "junk.txt", b"junk\n");
+    let dir = fixture.path().to_str().unwrap();
+    let out = cli
+        .run(&[
+            "submit",
+            dir,
+            "--",
+            "cat data.txt; test ! -e junk.txt; echo out; echo err >&2; exit 7",
+        ])
+        .await;
+    assert_eq!(out.code(), 7, "stderr: {}", out.stderr);
+    assert_eq!(out.stdout, b"from the folder\nout\n");
+    assert_eq!(out.stderr, "err\n");
+
+    // Timeout.
+    let out = cli
+        .run(&["submit", "--timeout", "1", "--", "sleep 30"])
+        .await;
+    assert_eq!(out.code(), 124, "stderr: {}", out.stderr);
+
+    // Lines arrive as the job prints them, a second apart, not all at the end.
+    let mut child = cli.spawn(&["submit", "--", "for i in 1 2 3; do echo $i; sleep 1; done"]);
+    let mut stdout = child.stdout.take().unwrap();
+    let mut got = Vec::new();
+    let mut seen = Vec::new();
+    for line in ["1\n", "2\n", "3\n"] {
+        read_until(&mut stdout, &mut got, line.as_bytes()).await;
+        seen.push(std::time::Instant::now());
+    }
+    assert_eq!(got, b"1\n2\n3\n");
+    let spread = seen[2] - seen[0];
+    assert!(
+        spread > Duration::from_millis(1500),
+        "lines came together ({spread:?})"
+    );
+    assert_eq!(finish(child).await.code(), 0);
+
+    // Ctrl-C cancels the real job.
+    let mut child = cli.spawn(&["submit", "--", "echo started; sleep 60"]);
+    let mut stdout = child.stdout.take().unwrap();
+    read_until(&mut stdout, &mut Vec::new(), b"started\n").await;
+    let pid = child.id().unwrap().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .await
+            .unwrap()
+            .success()
+    );
+    let out = finish(child).await;
+    assert_eq!(out.code(), 130, "stderr: {}", out.stderr);
+    let jobs = cli.run(&["jobs", "--json", "--limit", "1"]).await;
+    let last: Value = serde_json::from_slice(&jobs.stdout).unwrap();
+    assert_eq!(last["status"], "cancelled", "{last}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_keeps_following_across_a_hub_restart() {
+    let mut hub = HubProc::start(FAST).await;
+    let admin = hub.admin().await;
+    let wt = hub.worker_token(&admin).await;
+    let user = hub.user(&admin, "restart@test.local").await;
+    let (mut agent, _) = FakeAgent::connect(&hub, &wt, "sturdy", 1, vec![])
+        .await
+        .unwrap();
+    let cli = CliEnv::new(&hub, &user);
+    let mut child = cli.spawn(&["submit", "--", "long job"]);
+    let mut stdout = child.stdout.take().unwrap();
+    let (mut run, _) = Run::start(&mut agent).await;
+    run.out(StreamKind::Stdout, b"before\n").await;
+    run.agent
+        .recv_until(|m| matches!(m, HubMsg::OutputAck(ref a) if a.stored_chunks == 1).then_some(()))
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    read_until(&mut stdout, &mut got, b"before\n").await;
+    let id = run.job_id.clone();
+    hub.kill9().await;
+    hub.restart().await;
+    let held = cmdx_proto::agent::HeldJob {
+        job_id: id.clone(),
+        attempt: 1,
+        chunks: 1,
+        finished: None,
+    };
+    let (mut agent, welcome) = FakeAgent::connect(&hub, &wt, "sturdy", 1, vec![held])
+        .await
+        .unwrap();
+    assert_eq!(welcome.resume.len(), 1, "{welcome:?}");
+    let mut run = Run {
+        agent: &mut agent,
+        job_id: id,
+        attempt: 1,
+        seq: 1,
+    };
+    run.out(StreamKind::Stdout, b"after\n").await;
+    run.finish(exited(0)).await;
+    let out = finish(child).await;
+    stdout.read_to_end(&mut got).await.unwrap();
+    assert_eq!(out.code(), 0, "stderr: {}", out.stderr);
+    assert_eq!(got, b"before\nafter\n");
+}

@@ -1,0 +1,111 @@
+// xterm.js terminal for job output: ANSI colours, `\r` progress bars, bounded scrollback,
+// search, clickable links. It follows the tail unless the reader scrolled up.
+
+import { FitAddon } from '@xterm/addon-fit';
+import { SearchAddon } from '@xterm/addon-search';
+import { WebLinksAddon } from '@xterm/addon-web-links';
+import { Terminal as XTerm } from '@xterm/xterm';
+import '@xterm/xterm/css/xterm.css';
+import { useEffect, useRef } from 'preact/hooks';
+
+/** Lines kept in the terminal (about 12 bytes per cell); the full log is downloadable. */
+export const SCROLLBACK_LINES = 20_000;
+
+export interface TerminalHandle {
+  term: XTerm;
+  search: SearchAddon;
+}
+
+interface Props {
+  onReady: (h: TerminalHandle) => void;
+  onFollowChange: (following: boolean) => void;
+  label: string;
+}
+
+export function Terminal({ onReady, onFollowChange, label }: Props) {
+  const host = useRef<HTMLDivElement>(null);
+  useEffect(() => {
+    const el = host.current!;
+    const term = new XTerm({
+      convertEol: true,
+      disableStdin: true,
+      cursorBlink: false,
+      cursorInactiveStyle: 'none',
+      scrollback: SCROLLBACK_LINES,
+      fontSize: 13,
+      lineHeight: 1.15,
+      fontFamily: 'ui-monospace, "JetBrains Mono", "DejaVu Sans Mono", Menlo, Consolas, monospace',
+      allowProposedApi: false,
+      theme: {
+        background: '#0d1117',
+        foreground: '#d6dde6',
+        cursor: '#0d1117',
+        selectionBackground: '#3b5070',
+        black: '#1f2430',
+        red: '#ff6b6b',
+        green: '#4fd67a',
+        yellow: '#f5c451',
+        blue: '#5aa9ff',
+        magenta: '#d38cff',
+        cyan: '#4dd6d6',
+        white: '#d6dde6',
+        brightBlack: '#6b7686',
+        brightRed: '#ff8c8c',
+        brightGreen: '#7ff0a0',
+        brightYellow: '#ffd97a',
+        brightBlue: '#86c1ff',
+        brightMagenta: '#e3b0ff',
+        brightCyan: '#7ff0f0',
+        brightWhite: '#ffffff',
+      },
+    });
+    const fit = new FitAddon();
+    const search = new SearchAddon();
+    term.loadAddon(fit);
+    term.loadAddon(search);
+    term.loadAddon(new WebLinksAddon());
+    term.open(el);
+    term.textarea?.setAttribute('aria-label', label);
+    const refit = () => {
+      try {
+        fit.fit();
+      } catch {
+        // not laid out yet
+      }
+    };
+    refit();
+    const ro = new ResizeObserver(() => refit());
+    ro.observe(el);
+
+    // Follow state: at the bottom means new output keeps the view on the tail (xterm's own
+    // behaviour); scrolled up means the view stays put.
+    let following = true;
+    let pending = 0;
+    const check = () => {
+      pending = 0;
+      const b = term.buffer.active;
+      const now = b.viewportY >= b.baseY;
+      if (now !== following) {
+        following = now;
+        onFollowChange(now);
+      }
+    };
+    const schedule = () => {
+      if (!pending) pending = requestAnimationFrame(check);
+    };
+    const d1 = term.onScroll(schedule);
+    const d2 = term.onWriteParsed(schedule);
+    el.addEventListener('wheel', schedule, { passive: true });
+
+    onReady({ term, search });
+    return () => {
+      if (pending) cancelAnimationFrame(pending);
+      ro.disconnect();
+      d1.dispose();
+      d2.dispose();
+      el.removeEventListener('wheel', schedule);
+      term.dispose();
+    };
+  }, []);
+  return <div class="term-host" ref={host} role="log" aria-label={label} data-testid="terminal" />;
+}

@@ -1,0 +1,107 @@
+// Connects an OutputAssembler to a sink (the terminal), the WebSocket stream and the REST
+// refetch of holes. The policy lives here; the byte arithmetic is in outputStream.ts.
+
+import { OutputAssembler, decodeBase64, type Delivery } from './outputStream';
+import type { ServerMsg } from '../types';
+
+type OutputMsg = Extract<ServerMsg, { type: 'output' | 'outputSkipped' | 'outputEnd' }>;
+type EndMsg = Extract<ServerMsg, { type: 'outputEnd' }>;
+
+export interface FollowerDeps {
+  /** Writes contiguous bytes (and notices) to the terminal. */
+  write: (data: Uint8Array | string) => void;
+  /** Fetches the stored log from `offset` (REST `/output?offset=`); `offset` in the answer is
+   * where the bytes really start (later when the output cap dropped them). */
+  fetchFrom: (offset: number) => Promise<{ offset: number; bytes: Uint8Array }>;
+  /** Asks the hub to stream again from the current end (when a refetch brought nothing). */
+  resubscribe: () => void;
+  /** The job finished and its whole log was written. */
+  onComplete: (end: EndMsg) => void;
+  /** Delays a retry (tests pass an immediate one). */
+  later?: (f: () => void, ms: number) => void;
+}
+
+export class OutputFollower {
+  readonly asm = new OutputAssembler();
+  private fetching = false;
+  private endMsg: EndMsg | null = null;
+  private done = false;
+  private retries = 0;
+  private stopped = false;
+
+  constructor(private readonly deps: FollowerDeps) {}
+
+  /** Byte offset to (re)subscribe from. */
+  get offset(): number {
+    return this.asm.end;
+  }
+
+  stop(): void {
+    this.stopped = true;
+  }
+
+  handle(msg: OutputMsg): void {
+    if (this.stopped) return;
+    switch (msg.type) {
+      case 'output':
+        this.deliver(this.asm.push(msg.offset, decodeBase64(msg.data)));
+        break;
+      case 'outputSkipped':
+        this.deliver(this.asm.skip(msg.offset));
+        break;
+      case 'outputEnd':
+        this.endMsg = msg;
+        this.deliver(this.asm.finish(msg.offset));
+        break;
+    }
+  }
+
+  private deliver(d: Delivery): void {
+    if (d.skipped) {
+      const n = d.skipped.to - d.skipped.from;
+      this.deps.write(`\x1b[0m\r\n\x1b[33m[… ${n} bytes dropped by the output cap …]\x1b[0m\r\n`);
+    }
+    for (const chunk of d.write) this.deps.write(chunk);
+    if (d.complete && this.endMsg && !this.done) {
+      this.done = true;
+      this.deps.onComplete(this.endMsg);
+    }
+    if (d.gap && !this.fetching) void this.refill(d.gap.from);
+  }
+
+  private async refill(from: number): Promise<void> {
+    this.fetching = true;
+    let got = 0;
+    try {
+      const slice = await this.deps.fetchFrom(from);
+      got = slice.bytes.length;
+      if (this.stopped) return;
+      this.fetching = false;
+      if (slice.offset > from) {
+        // The head was dropped by the output cap: say so, then continue where the log starts.
+        this.deliver(this.asm.skip(slice.offset));
+      }
+      if (got > 0) this.deliver(this.asm.push(slice.offset, slice.bytes));
+    } catch {
+      // fall through to the retry below
+    } finally {
+      this.fetching = false;
+    }
+    if (this.stopped || got > 0) {
+      this.retries = 0;
+      return;
+    }
+    // Nothing came back: the bytes may not be stored yet. Retry, then re-stream.
+    this.retries++;
+    const later = this.deps.later ?? ((f, ms) => setTimeout(f, ms));
+    later(() => {
+      if (this.stopped) return;
+      const probe = this.asm.push(this.asm.end, new Uint8Array());
+      if (!probe.gap) return;
+      if (this.retries >= 3) {
+        this.retries = 0;
+        this.deps.resubscribe();
+      } else void this.refill(probe.gap.from);
+    }, 500 * this.retries);
+  }
+}

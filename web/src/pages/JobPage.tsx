@@ -1,0 +1,384 @@
+import { useEffect, useRef, useState } from 'preact/hooks';
+import { api, ApiError, fetchOutput, outputUrl } from '../api';
+import { EmptyState, ErrorBanner, PageHeader } from '../components/Layout';
+import { Link } from '../components/Link';
+import { StatusBadge } from '../components/StatusBadge';
+import { Terminal, SCROLLBACK_LINES, type TerminalHandle } from '../components/Terminal';
+import { useNow } from '../components/useNow';
+import {
+  failureLabel,
+  formatBytes,
+  formatDuration,
+  formatTime,
+  jobDurationMs,
+  shortId,
+} from '../lib/format';
+import { isNewer, isTerminal } from '../lib/jobs';
+import { OutputFollower } from '../lib/outputFollower';
+import { jobPath } from '../lib/routes';
+import { navigate } from '../state';
+import type { JobSummary, JobView, SubmitRequest } from '../types';
+import { hubSocket } from '../ws';
+
+type Load = { state: 'loading' } | { state: 'notFound' } | { state: 'error'; message: string } | { state: 'ok'; job: JobView };
+
+/** Applies a live summary to the full view, if it is not older than what we have. */
+function merge(job: JobView, s: JobSummary): JobView {
+  if (!isNewer({ ...s, status: job.status, attempt: job.attempt }, s)) return job;
+  return {
+    ...job,
+    status: s.status,
+    workerId: s.workerId,
+    attempt: s.attempt,
+    startedAt: s.startedAt,
+    completedAt: s.completedAt,
+    exitCode: s.exitCode,
+    failure: s.failure,
+    outputBytes: Math.max(job.outputBytes, s.outputBytes),
+  };
+}
+
+export function JobPage({ jobId }: { jobId: string }) {
+  const [load, setLoad] = useState<Load>({ state: 'loading' });
+  const [actionError, setActionError] = useState<string | null>(null);
+  const [busy, setBusy] = useState<'cancel' | 'rerun' | null>(null);
+  const [following, setFollowing] = useState(true);
+  const [query, setQuery] = useState('');
+  const [searchNote, setSearchNote] = useState<string | null>(null);
+  const [hasOutput, setHasOutput] = useState(false);
+  const term = useRef<TerminalHandle | null>(null);
+  const unsub = useRef<(() => void) | null>(null);
+  const restart = useRef<(() => void) | null>(null);
+  const attemptSeen = useRef(0);
+  const latest = useRef<JobSummary | null>(null);
+  const now = useNow(1000);
+
+  const refresh = async () => {
+    try {
+      let job = await api.job(jobId);
+      // An event may have arrived while this request was in flight, with a newer state than
+      // the snapshot: apply it on top.
+      if (latest.current) job = merge(job, latest.current);
+      attemptSeen.current = Math.max(attemptSeen.current, job.attempt);
+      setLoad((prev) => (prev.state === 'ok' && isTerminal(prev.job.status) && !isTerminal(job.status) ? prev : { state: 'ok', job }));
+    } catch (err) {
+      if (err instanceof ApiError && (err.status === 404 || err.status === 403)) setLoad({ state: 'notFound' });
+      else setLoad((prev) => (prev.state === 'ok' ? prev : { state: 'error', message: err instanceof Error ? err.message : 'Could not load the job' }));
+    }
+  };
+
+  // Safety net while the job is live: events can be dropped by a lagging hub feed.
+  const live = load.state === 'ok' && !isTerminal(load.job.status);
+  useEffect(() => {
+    if (!live) return;
+    const t = setInterval(() => void refresh(), 10_000);
+    return () => clearInterval(t);
+  }, [live, jobId]);
+
+  useEffect(() => {
+    setLoad({ state: 'loading' });
+    setActionError(null);
+    void refresh();
+    const offJob = hubSocket.onJob((s) => {
+      if (s.jobId !== jobId) return;
+      latest.current = s;
+      setLoad((prev) => (prev.state === 'ok' ? { state: 'ok', job: merge(prev.job, s) } : prev));
+      if (isTerminal(s.status)) void refresh();
+      // A requeued job (worker lost) starts a new attempt: replay its log from the start, so
+      // the page is right whether the hub appends the new attempt's output or restarts it.
+      if (s.attempt > attemptSeen.current && attemptSeen.current > 0 && !isTerminal(s.status)) {
+        attemptSeen.current = s.attempt;
+        restart.current?.();
+      } else {
+        attemptSeen.current = Math.max(attemptSeen.current, s.attempt);
+      }
+    });
+    const offOpen = hubSocket.onOpen(() => void refresh());
+    return () => {
+      offJob();
+      offOpen();
+      unsub.current?.();
+      unsub.current = null;
+      restart.current = null;
+    };
+  }, [jobId]);
+
+  // Once the terminal exists: replay the stored log from 0 and follow it live.
+  const onReady = (h: TerminalHandle) => {
+    term.current = h;
+    restart.current = () => {
+      unsub.current?.();
+      h.term.reset();
+      setHasOutput(false);
+      follow(h);
+    };
+    follow(h);
+  };
+
+  const follow = (h: TerminalHandle) => {
+    let seen = false;
+    const follower = new OutputFollower({
+      write: (d) => {
+        if (!seen && d.length > 0) {
+          seen = true;
+          setHasOutput(true);
+        }
+        h.term.write(d);
+      },
+      fetchFrom: (offset) => fetchOutput(jobId, offset),
+      resubscribe: () => hubSocket.resubscribeOutput(jobId),
+      onComplete: () => void refresh(),
+    });
+    const off = hubSocket.subscribeOutput(jobId, () => follower.offset, (m) => follower.handle(m));
+    unsub.current = () => {
+      follower.stop();
+      off();
+    };
+  };
+
+  if (load.state === 'loading') {
+    return <p class="muted" role="status">Loading job…</p>;
+  }
+  if (load.state === 'notFound') {
+    return (
+      <>
+        <PageHeader title="Job not found" />
+        <EmptyState title="There is no job with this id that you can see">
+          <p>
+            <code>{jobId}</code> does not exist or belongs to someone else. <Link href="/jobs">Back to jobs</Link>
+          </p>
+        </EmptyState>
+      </>
+    );
+  }
+  if (load.state === 'error') {
+    return (
+      <>
+        <PageHeader title="Job" />
+        <ErrorBanner error={load.message} />
+        <button type="button" class="btn" onClick={() => void refresh()}>
+          Retry
+        </button>
+      </>
+    );
+  }
+
+  const job = load.job;
+  const terminal = isTerminal(job.status);
+  const duration = job.startedAt
+    ? (terminal && job.result ? job.result.duration : jobDurationMs(job.startedAt, job.completedAt, now))
+    : null;
+
+  const cancel = async () => {
+    setBusy('cancel');
+    setActionError(null);
+    try {
+      await api.cancel(job.jobId);
+      setLoad((prev) => (prev.state === 'ok' ? { state: 'ok', job: { ...prev.job, cancelRequested: true } } : prev));
+      void refresh();
+    } catch (err) {
+      setActionError(err instanceof Error ? err.message : 'Could not cancel');
+    } finally {
+      setBusy(null);
+    }
+  };
+
+  const runAgain = async () => {
+    setBusy('rerun');
+    setActionError(null);
+    const req: SubmitRequest = { command: job.command, timeout: job.timeout };
+    if (job.fileUrl) req.fileUrl = job.fileUrl;
+    if (job.tags.length > 0) req.tags = job.tags;
+    if (job.maxAttempts) req.maxAttempts = job.maxAttempts;
+    try {
+      const res = await api.submit(req);
+      navigate(jobPath(res.jobId));
+    } catch (err) {
+      setActionError(err instanceof Error ? err.message : 'Could not submit');
+      setBusy(null);
+    }
+  };
+
+  const find = (forward: boolean) => {
+    const h = term.current;
+    if (!h || !query) return;
+    const found = forward ? h.search.findNext(query) : h.search.findPrevious(query);
+    setSearchNote(found ? null : 'No matches');
+  };
+
+  return (
+    <>
+      <PageHeader
+        title={
+          <span class="job-title">
+            Job <span class="mono">{shortId(job.jobId)}</span> <StatusBadge status={job.status} />
+          </span>
+        }
+      >
+        {!terminal && (
+          <button type="button" class="btn btn-danger" onClick={() => void cancel()} disabled={busy !== null || job.cancelRequested}>
+            {job.cancelRequested ? 'Cancelling…' : 'Cancel'}
+          </button>
+        )}
+        <button type="button" class="btn" onClick={() => void runAgain()} disabled={busy !== null}>
+          {busy === 'rerun' ? 'Starting…' : 'Run again'}
+        </button>
+        <Link href={`/jobs/new?from=${encodeURIComponent(job.jobId)}`} class="btn">
+          Edit and run
+        </Link>
+        <a class="btn" href={outputUrl(job.jobId)} download={`cmdx-${job.jobId}.log`}>
+          Download log
+        </a>
+      </PageHeader>
+      <ErrorBanner error={actionError} />
+      <section class="card job-summary" aria-label="Job details">
+        <pre class="command" aria-label="Command">
+          <code>{job.command}</code>
+        </pre>
+        <dl class="facts">
+          <Fact label="Status">
+            <StatusBadge status={job.status} />
+            {job.cancelRequested && !terminal && <span class="muted"> (cancel requested)</span>}
+          </Fact>
+          <Fact label="Exit code">
+            <span class="mono">{job.exitCode ?? '—'}</span>
+            {job.signal !== null && <span class="mono"> (signal {job.signal})</span>}
+          </Fact>
+          <Fact label="Failure">{job.failure ? failureLabel(job.failure) : '—'}</Fact>
+          <Fact label="Duration">{formatDuration(duration)}</Fact>
+          <Fact label="Worker">
+            <span class="mono">{job.workerId ?? '—'}</span>
+          </Fact>
+          <Fact label="Attempt">
+            {job.attempt} of {job.maxAttempts}
+          </Fact>
+          <Fact label="Peak memory">{formatBytes(job.peakMemoryBytes)}</Fact>
+          <Fact label="CPU time">{job.cpuMs === null ? '—' : formatDuration(job.cpuMs)}</Fact>
+          <Fact label="Timeout">{formatDuration(job.timeout * 1000)}</Fact>
+          <Fact label="Created">{formatTime(job.createdAt)}</Fact>
+          <Fact label="Started">{formatTime(job.startedAt)}</Fact>
+          <Fact label="Finished">{formatTime(job.completedAt)}</Fact>
+          <Fact label="Output">
+            {formatBytes(job.outputBytes)}
+            {job.outputTruncated && <span class="muted"> (head dropped by the cap)</span>}
+          </Fact>
+          <Fact label="Tags">{job.tags.length > 0 ? job.tags.join(', ') : '—'}</Fact>
+          {job.fileUrl && (
+            <Fact label="Files">
+              <a href={job.fileUrl} download>
+                Project ZIP
+              </a>
+            </Fact>
+          )}
+        </dl>
+        {job.error && (
+          <div class="alert alert-error" role="alert">
+            <strong>Error:</strong> {job.error}
+          </div>
+        )}
+      </section>
+
+      <section class="output" aria-label="Output">
+        <div class="output-toolbar">
+          <h2>Output</h2>
+          <div class="field field-inline output-search">
+            <label for="output-search">Search output</label>
+            <input
+              id="output-search"
+              type="search"
+              value={query}
+              onInput={(e) => {
+                setQuery(e.currentTarget.value);
+                setSearchNote(null);
+              }}
+              onKeyDown={(e) => {
+                if (e.key === 'Enter') {
+                  e.preventDefault();
+                  find(!e.shiftKey);
+                }
+              }}
+            />
+            <button type="button" class="btn btn-small" onClick={() => find(false)} disabled={!query}>
+              Previous
+            </button>
+            <button type="button" class="btn btn-small" onClick={() => find(true)} disabled={!query}>
+              Next
+            </button>
+            {searchNote && <span class="muted" role="status">{searchNote}</span>}
+          </div>
+          <div class="follow">
+            {following ? (
+              <span class="muted" title="New output scrolls into view">
+                {terminal ? 'At the end' : 'Following'}
+              </span>
+            ) : (
+              <button type="button" class="btn btn-small" onClick={() => term.current?.term.scrollToBottom()}>
+                Jump to end
+              </button>
+            )}
+          </div>
+        </div>
+        <div class="term-wrap">
+          <Terminal key={job.jobId} label="Job output" onReady={onReady} onFollowChange={setFollowing} />
+          {!hasOutput && (
+            <div class="term-empty" role="status">
+              {terminal
+                ? 'This job printed no output.'
+                : job.status === 'running'
+                  ? 'Running: waiting for output…'
+                  : 'Waiting for a worker…'}
+            </div>
+          )}
+        </div>
+        <p class="hint">
+          The terminal keeps the last {SCROLLBACK_LINES.toLocaleString('en')} lines; the full log is in{' '}
+          <a href={outputUrl(job.jobId)} download={`cmdx-${job.jobId}.log`}>
+            the download
+          </a>
+          .
+        </p>
+      </section>
+
+      <section class="card" aria-label="Attempts">
+        <h2>Attempts</h2>
+        {job.attempts.length === 0 ? (
+          <p class="muted">Not assigned to a worker yet.</p>
+        ) : (
+          <div class="table-wrap">
+            <table class="table">
+              <thead>
+                <tr>
+                  <th scope="col">Attempt</th>
+                  <th scope="col">Worker</th>
+                  <th scope="col">Assigned</th>
+                  <th scope="col">Ended</th>
+                  <th scope="col">Outcome</th>
+                </tr>
+              </thead>
+              <tbody>
+                {job.attempts.map((a) => (
+                  <tr key={a.attempt}>
+                    <td>{a.attempt}</td>
+                    <td class="mono">{a.workerId}</td>
+                    <td>{formatTime(a.assignedAt)}</td>
+                    <td>{formatTime(a.endedAt)}</td>
+                    <td>{a.end ? a.end.replace(/_/g, ' ') : terminal ? '—' : 'in progress'}</td>
+                  </tr>
+                ))}
+              </tbody>
+            </table>
+          </div>
+        )}
+      </section>
+    </>
+  );
+}
+
+function Fact({ label, children }: { label: string; children: preact.ComponentChildren }) {
+  return (
+    <div class="fact">
+      <dt>{label}</dt>
+      <dd>{children}</dd>
+    </div>
+  );
+}

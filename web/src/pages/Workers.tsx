@@ -1,0 +1,129 @@
+import { useEffect, useState } from 'preact/hooks';
+import { api } from '../api';
+import { EmptyState, ErrorBanner, PageHeader } from '../components/Layout';
+import { Link } from '../components/Link';
+import { useNow } from '../components/useNow';
+import { formatBytes, formatRelative, shortId } from '../lib/format';
+import { jobPath } from '../lib/routes';
+import { compareWorkers, upsertWorker } from '../lib/workers';
+import type { WorkerView } from '../types';
+import { hubSocket } from '../ws';
+
+export function Workers() {
+  const [workers, setWorkers] = useState<WorkerView[] | null>(null);
+  const [error, setError] = useState<string | null>(null);
+  const now = useNow(1000);
+
+  useEffect(() => {
+    const load = () =>
+      api.workers().then(
+        (r) => {
+          setWorkers(r.workers.slice().sort(compareWorkers));
+          setError(null);
+        },
+        (err: unknown) => setError(err instanceof Error ? err.message : 'Could not load workers'),
+      );
+    void load();
+    const offWorker = hubSocket.onWorker((w) => setWorkers((prev) => upsertWorker(prev ?? [], w)));
+    const offOpen = hubSocket.onOpen(() => void load());
+    return () => {
+      offWorker();
+      offOpen();
+    };
+  }, []);
+
+  const online = workers?.filter((w) => w.status === 'online').length ?? 0;
+  const slots = workers?.filter((w) => w.status === 'online').reduce((n, w) => n + w.slots, 0) ?? 0;
+  const used = workers?.filter((w) => w.status === 'online').reduce((n, w) => n + w.slotsUsed, 0) ?? 0;
+
+  return (
+    <>
+      <PageHeader title="Workers">
+        {workers && (
+          <span class="muted">
+            {online} online · {used} of {slots} slots busy
+          </span>
+        )}
+      </PageHeader>
+      <ErrorBanner error={error} />
+      {workers === null && !error && <p class="muted" role="status">Loading workers…</p>}
+      {workers !== null && workers.length === 0 && (
+        <EmptyState title="No workers connected">
+          Start one with <code>cmdx agent --hub URL --token TOKEN</code>; an admin mints tokens on the Admin
+          page.
+        </EmptyState>
+      )}
+      {workers !== null && workers.length > 0 && (
+        <div class="table-wrap">
+          <table class="table workers-table">
+            <thead>
+              <tr>
+                <th scope="col">Hostname</th>
+                <th scope="col">Status</th>
+                <th scope="col">Slots in use</th>
+                <th scope="col">Current jobs</th>
+                <th scope="col" class="hide-narrow">CPUs</th>
+                <th scope="col" class="hide-narrow">Memory</th>
+                <th scope="col" class="hide-narrow">Isolation</th>
+                <th scope="col">Last heartbeat</th>
+              </tr>
+            </thead>
+            <tbody>
+              {workers.map((w) => (
+                <tr key={w.workerId} data-worker-id={w.workerId}>
+                  <td>
+                    <div class="strong">{w.hostname || '—'}</div>
+                    <div class="muted small mono" title={w.workerId}>
+                      {w.workerId} · {w.kind} {w.version && `· v${w.version}`}
+                      {w.tags.length > 0 && ` · ${w.tags.join(', ')}`}
+                    </div>
+                  </td>
+                  <td>
+                    <span class={`badge badge-worker-${w.status}`}>{w.status}</span>
+                  </td>
+                  <td>
+                    <div class="slots" title={`${w.slotsUsed} of ${w.slots}`}>
+                      <span>
+                        {w.slotsUsed} / {w.slots}
+                      </span>
+                      <span class="meter" aria-hidden="true">
+                        <span style={{ width: `${w.slots ? Math.min(100, (w.slotsUsed / w.slots) * 100) : 0}%` }} />
+                      </span>
+                    </div>
+                  </td>
+                  <td>
+                    {w.currentJobs.length === 0 ? (
+                      <span class="muted">idle</span>
+                    ) : (
+                      w.currentJobs.map((id) => (
+                        <Link href={jobPath(id)} class="mono chip">
+                          {shortId(id)}
+                        </Link>
+                      ))
+                    )}
+                  </td>
+                  <td class="hide-narrow">{w.cpuCount}</td>
+                  <td class="hide-narrow">{formatBytes(w.totalMemoryMb * 1024 * 1024)}</td>
+                  <td class="hide-narrow">
+                    <div class="chips">
+                      {w.isolation.active.map((l) => (
+                        <span class="chip chip-ok">{l}</span>
+                      ))}
+                      {w.isolation.missing.map((l) => (
+                        <span class="chip chip-missing" title="not available on this host">
+                          no {l}
+                        </span>
+                      ))}
+                      {w.isolation.mode && <span class="muted small">{w.isolation.mode}</span>}
+                    </div>
+                  </td>
+                  <td title={w.lastHeartbeat ?? ''}>{formatRelative(w.lastHeartbeat, now)}</td>
+                </tr>
+              ))}
+            </tbody>
+          </table>
+        </div>
+      )}
+    </>
+  );
+}

@@ -1,0 +1,184 @@
+// Wire types of the hub's REST and /ws/client APIs, mirroring proto/src/{rest,client,job}.rs.
+// All JSON is camelCase; timestamps are RFC 3339 UTC strings.
+
+export type JobStatus = 'queued' | 'assigned' | 'running' | 'completed' | 'failed' | 'cancelled';
+
+export const JOB_STATUSES: readonly JobStatus[] = [
+  'queued',
+  'assigned',
+  'running',
+  'completed',
+  'failed',
+  'cancelled',
+];
+
+export type FailureKind =
+  | 'exit_code'
+  | 'timeout'
+  | 'oom'
+  | 'killed'
+  | 'setup'
+  | 'sandbox'
+  | 'worker_lost';
+
+export type StreamKind = 'stdout' | 'stderr';
+
+export interface ErrorBody {
+  error: string;
+  code: string;
+}
+
+export interface UserView {
+  id: string;
+  email: string;
+  role: 'admin' | 'user' | string;
+  createdAt: string;
+}
+
+export interface LoginResponse {
+  token: string;
+  user: UserView;
+}
+
+export interface FileView {
+  fileId: string;
+  fileUrl: string;
+  filename: string;
+  size: number;
+  sha256: string;
+  createdAt?: string;
+}
+
+export interface SubmitRequest {
+  command: string;
+  fileId?: string;
+  fileUrl?: string;
+  timeout?: number;
+  tags?: string[];
+  env?: Record<string, string>;
+  maxAttempts?: number;
+}
+
+export interface SubmitResponse {
+  jobId: string;
+}
+
+export interface JobResult {
+  success: boolean;
+  duration: number;
+  lines: number;
+}
+
+export interface AttemptView {
+  attempt: number;
+  workerId: string;
+  assignedAt: string;
+  endedAt?: string;
+  end?: string;
+}
+
+export interface JobView {
+  jobId: string;
+  command: string;
+  fileUrl: string | null;
+  status: JobStatus;
+  workerId: string | null;
+  attempt: number;
+  maxAttempts: number;
+  owner: string;
+  tags: string[];
+  envKeys: string[];
+  createdAt: string;
+  startedAt: string | null;
+  completedAt: string | null;
+  stdout: string;
+  stderr: string;
+  exitCode: number | null;
+  signal: number | null;
+  timeout: number;
+  error: string | null;
+  failure: FailureKind | null;
+  result: JobResult | null;
+  cancelRequested: boolean;
+  outputBytes: number;
+  outputTruncated: boolean;
+  peakMemoryBytes: number | null;
+  cpuMs: number | null;
+  attempts: AttemptView[];
+}
+
+export interface JobSummary {
+  jobId: string;
+  command: string;
+  status: JobStatus;
+  workerId: string | null;
+  attempt: number;
+  owner: string;
+  tags: string[];
+  createdAt: string;
+  startedAt: string | null;
+  completedAt: string | null;
+  exitCode: number | null;
+  failure: FailureKind | null;
+  outputBytes: number;
+}
+
+export interface JobList {
+  jobs: JobSummary[];
+  count: number;
+  nextCursor: string | null;
+}
+
+export interface Isolation {
+  active: string[];
+  missing: string[];
+  mode: string;
+}
+
+export interface WorkerView {
+  workerId: string;
+  status: 'online' | 'draining' | 'offline' | string;
+  kind: 'agent' | 'legacy' | string;
+  hostname: string;
+  os: string;
+  version: string;
+  cpuCount: number;
+  totalMemoryMb: number;
+  tags: string[];
+  slots: number;
+  slotsUsed: number;
+  currentJobs: string[];
+  isolation: Isolation;
+  connectedAt: string | null;
+  lastHeartbeat: string | null;
+}
+
+export interface MintTokenResponse {
+  token: string;
+  tokenId: string;
+  expiresAt: string;
+}
+
+/** Browser -> hub on /ws/client. */
+export type ClientMsg =
+  | { type: 'subscribeOutput'; jobId: string; offset: number }
+  | { type: 'unsubscribeOutput'; jobId: string }
+  | { type: 'subscribeJobs' }
+  | { type: 'subscribeWorkers' };
+
+/** Hub -> browser on /ws/client. */
+export type ServerMsg =
+  | { type: 'output'; jobId: string; offset: number; stream: StreamKind; data: string }
+  | { type: 'outputSkipped'; jobId: string; offset: number }
+  | {
+      type: 'outputEnd';
+      jobId: string;
+      offset: number;
+      status: JobStatus;
+      exitCode?: number;
+      signal?: number;
+      failure?: FailureKind;
+    }
+  | ({ type: 'job' } & JobSummary)
+  | ({ type: 'worker' } & WorkerView)
+  | { type: 'error'; code: string; message: string };
