@@ -19,7 +19,6 @@ fn main() {
         "package-lock.json",
         "vite.config.ts",
         "tsconfig.json",
-        "public",
     ] {
         println!("cargo:rerun-if-changed={}", web.join(p).display());
     }

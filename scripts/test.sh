@@ -23,6 +23,9 @@ cargo test --workspace
 step "load test smoke: every scenario, tiny numbers"
 ./scripts/loadtest-smoke.sh
 
+step "schema-driven API fuzzing (schemathesis against a real hub, bounded)"
+ST_MAX_EXAMPLES=10 ST_MAX_TIME=60 ./scripts/schemathesis.sh
+
 step "dashboard: install, type check, unit tests"
 (cd web && npm ci --no-audit --no-fund --loglevel=error && npm run typecheck && npm test)
 

@@ -202,12 +202,17 @@ impl Core {
         let initial = *self.control.borrow_and_update();
         self.on_control(initial);
         let mut delay = Duration::ZERO;
+        let mut connected_before = false;
         loop {
             if self.done() {
                 break;
             }
             match self.connect_phase(delay).await {
                 Some(ws) => {
+                    if connected_before {
+                        metrics::counter!(crate::telemetry::RECONNECTS_TOTAL).increment(1);
+                    }
+                    connected_before = true;
                     if let Phase::Exit = self.session(ws).await {
                         break;
                     }

@@ -53,6 +53,9 @@ pub(crate) struct JobSettings {
     pub output_cap: Option<crate::output::OutputCap>,
     /// `Some(base)` when jobs run as `base + slot`.
     pub uid_base: Option<u32>,
+    /// This agent's own cgroup group (`cmdx/<group>/<job>`), so a restarted agent can kill
+    /// what a crashed one left without touching other agents' jobs.
+    pub cgroup_group: String,
 }
 
 /// Starts the task for one accepted assignment. A panic in the task still reports a result.
@@ -180,6 +183,7 @@ async fn run(
             run_as: owner,
             mode: settings.mode,
             output_cap: settings.output_cap,
+            cgroup_group: settings.cgroup_group.clone(),
         };
         let sink = OutputSink {
             job: job.clone(),
@@ -190,6 +194,7 @@ async fn run(
     }
     .await;
 
+    crate::telemetry::record_job(&outcome);
     let _ = events
         .send(JobEvent::Done {
             job,

@@ -9,6 +9,7 @@
 //! - `conn`: the WebSocket (`/ws/agent`, token in a header, bounded buffers);
 //! - `job`: one attempt from workspace to outcome; `runner`: the sandbox seam;
 //! - `output`: pipe pumping, batching (~20 ms or 32 KiB) and the back-pressure window;
+//! - `telemetry`: the metrics the agent records (`metrics` facade);
 //! - `fetch`: hub URLs and the capped, hashed ZIP download; `extract`: safe extraction;
 //! - `host`: host facts and the persistent worker id; `config`, `error`.
 //!
@@ -16,7 +17,22 @@
 //! `work_dir/worker-id` (the stable id), `work_dir/downloads/` (ZIPs being fetched, mode
 //! 0700) and `work_dir/jobs/<job>-<attempt>/` (one [`cmdx_sandbox::Workspace`] per job, with
 //! `job/` as the command's cwd and `tmp/` as its `TMPDIR`). Jobs can reach only their own
-//! workspace: the agent's files are outside every landlock rule.
+//! workspace: the agent's files are outside every landlock rule. `work_dir/agent.lock` is
+//! held (`flock`) while the agent runs: a second agent on the same work dir refuses to start.
+//!
+//! # Crash recovery
+//! Job cgroups are grouped per agent (`cmdx/agent-<worker id>-<work dir hash>/<job>`, see
+//! [`cmdx_sandbox::Spec::cgroup_group`]). `PR_SET_PDEATHSIG` kills only a job's main process
+//! when the agent dies, so at start the agent kills every process left in its group's cgroups
+//! (a previous process on the same work dir was `kill -9`'d) and unmounts and removes the
+//! leftover workspaces ([`cmdx_sandbox::Workspace::remove_leftover`]); on a clean exit it
+//! removes its empty group.
+//!
+//! # Metrics
+//! Recorded through the `metrics` facade (no-ops until the binary installs a recorder):
+//! `cmdx_agent_sandbox_start_seconds`, `cmdx_agent_jobs_total{outcome}`,
+//! `cmdx_agent_kills_total{reason}`, `cmdx_agent_jobs_running`, `cmdx_agent_reconnects_total`
+//! (details in the `telemetry` module).
 
 #![warn(missing_docs)]
 
@@ -26,10 +42,12 @@ mod core;
 mod error;
 mod extract;
 mod fetch;
+pub mod fuzzing;
 mod host;
 mod job;
 mod output;
 mod runner;
+mod telemetry;
 
 use std::fs;
 use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
@@ -96,11 +114,27 @@ pub async fn run(config: AgentConfig, control: watch::Receiver<Control>) -> Resu
     make_dir(&jobs_dir, 0o711)?;
     let downloads_dir = work_dir.join("downloads");
     make_dir(&downloads_dir, 0o700)?;
-    remove_stale(&jobs_dir);
-    remove_stale(&downloads_dir);
+    // Held for the agent's lifetime: a second agent on this work dir would clean up (kill)
+    // the first one's jobs below.
+    let _lock = lock_work_dir(work_dir)?;
 
     let host = host::HostInfo::gather();
     let worker_id = host::worker_id(config.worker_id.as_deref(), work_dir, &host.hostname)?;
+    let cgroup_group = cgroup_group(&worker_id, work_dir);
+    // What a previous agent process on this work dir left (it was killed mid-job): processes
+    // of its jobs (PDEATHSIG reaches only each job's main process) and mounted workspaces.
+    let group = cgroup_group.clone();
+    match tokio::task::spawn_blocking(move || cmdx_sandbox::kill_cgroup_group(&group)).await {
+        Ok(Ok(0)) => {}
+        Ok(Ok(n)) => tracing::warn!(
+            cgroups = n,
+            "killed the jobs a previous agent process left running"
+        ),
+        Ok(Err(e)) => tracing::warn!(error = %e, "cannot clean up a previous agent's job cgroups"),
+        Err(e) => tracing::warn!(error = %e, "cgroup cleanup task failed"),
+    }
+    remove_stale(&jobs_dir);
+    remove_stale(&downloads_dir);
 
     let caps = cmdx_sandbox::probe();
     let missing = caps.missing();
@@ -162,6 +196,7 @@ pub async fn run(config: AgentConfig, control: watch::Receiver<Control>) -> Resu
             tail: config.output_tail_bytes as usize,
         }),
         uid_base: root.then_some(config.uid_base),
+        cgroup_group: cgroup_group.clone(),
     });
     let core = core::Core::new(
         core::CoreSettings {
@@ -182,6 +217,12 @@ pub async fn run(config: AgentConfig, control: watch::Receiver<Control>) -> Resu
     );
     let span = tracing::info_span!("agent", worker_id = %core.worker_id());
     core.run().instrument(span).await;
+    // Every job has ended: remove the (now empty) group of job cgroups.
+    if let Ok(Err(e)) =
+        tokio::task::spawn_blocking(move || cmdx_sandbox::kill_cgroup_group(&cgroup_group)).await
+    {
+        tracing::warn!(error = %e, "cannot remove the agent's cgroup group");
+    }
     Ok(())
 }
 
@@ -220,19 +261,53 @@ fn make_dir(path: &Path, mode: u32) -> Result<(), AgentError> {
     fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(|e| err("chmod", e))
 }
 
-/// Removes what a previous agent process left behind (it was killed mid-job). Best effort:
-/// a workspace whose tmpfs is still mounted is emptied but its mount point stays.
+/// Takes an exclusive `flock` on `work_dir/agent.lock` (released by the kernel when the
+/// process dies, even by `kill -9`); fails if another live agent holds it.
+fn lock_work_dir(work_dir: &Path) -> Result<fs::File, AgentError> {
+    use std::os::fd::AsRawFd as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let path = work_dir.join("agent.lock");
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+        .open(&path)
+        .map_err(|source| AgentError::WorkDir {
+            op: "open lock",
+            path: path.clone(),
+            source,
+        })?;
+    // SAFETY: flock(2) on a file descriptor owned by `file`, which outlives the call.
+    let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if r != 0 {
+        return Err(AgentError::Config(format!(
+            "another agent is using the work dir {} (it holds {})",
+            work_dir.display(),
+            path.display()
+        )));
+    }
+    Ok(file)
+}
+
+/// The agent's cgroup group: its worker id plus a hash of its work dir (two agents with one
+/// id but different work dirs never clean up each other's jobs).
+fn cgroup_group(worker_id: &str, work_dir: &Path) -> String {
+    use sha2::Digest as _;
+    let hash = sha2::Sha256::digest(work_dir.as_os_str().as_encoded_bytes());
+    format!("agent-{worker_id}-{}", hex::encode(&hash[..4]))
+}
+
+/// Removes what a previous agent process left behind (it was killed mid-job): workspaces
+/// (a still-mounted tmpfs is detached first, nothing inside is followed) and downloads.
 fn remove_stale(dir: &Path) {
     let Ok(entries) = fs::read_dir(dir) else {
         return;
     };
     for entry in entries.flatten() {
         let path = entry.path();
-        let r = match entry.file_type() {
-            Ok(ft) if ft.is_dir() => fs::remove_dir_all(&path),
-            Ok(_) => fs::remove_file(&path),
-            Err(e) => Err(e),
-        };
+        let r = cmdx_sandbox::Workspace::remove_leftover(&path);
         match r {
             Ok(()) => {
                 tracing::info!(path = %path.display(), "removed leftover from a previous run")

@@ -37,6 +37,8 @@ pub(crate) struct Launch {
     pub mode: Mode,
     /// Output cap.
     pub output_cap: Option<OutputCap>,
+    /// The agent's cgroup group.
+    pub cgroup_group: String,
 }
 
 /// Runs the command to its end and returns the outcome; output goes to `sink`.
@@ -60,7 +62,9 @@ pub(crate) async fn run(
         network: false,
         run_as: launch.run_as,
         mode: launch.mode,
+        cgroup_group: Some(launch.cgroup_group),
     };
+    let spawn_start = Instant::now();
     let mut child = match cmdx_sandbox::spawn(&spec) {
         Ok(c) => c,
         Err(e) => {
@@ -68,6 +72,10 @@ pub(crate) async fn run(
             return sandbox_failed(&e, start);
         }
     };
+    // `spawn` returns once `exec` succeeded: the command is running.
+    metrics::histogram!(crate::telemetry::SANDBOX_START_SECONDS)
+        .record(spawn_start.elapsed().as_secs_f64());
+    let running = crate::telemetry::RunningGuard::new();
     tracing::info!(pid = child.pid(), layers = ?child.layers(), "job started");
     let _ = sink
         .events
@@ -102,6 +110,7 @@ pub(crate) async fn run(
             }
         }
     };
+    drop(running);
     let _ = exited_tx.send(true);
     let stats = match stop {
         // An aborting agent may have no hub to acknowledge output: do not wait forever for
@@ -122,6 +131,7 @@ pub(crate) async fn run(
 
     match waited {
         Ok(report) => {
+            crate::telemetry::record_kills(&report, stop);
             let mut outcome = outcome_from(&report, stop, timeout, memory);
             outcome.output_truncated = stats.truncated;
             tracing::info!(
@@ -213,6 +223,7 @@ mod tests {
             exit_code: None,
             signal: Some(15),
             oom_killed: false,
+            pids_limit_hit: false,
             timed_out: false,
             terminated: true,
             wall: Duration::from_millis(1500),

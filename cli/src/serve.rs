@@ -240,6 +240,62 @@ pub struct AgentArgs {
     /// Jobs run as uid/gid `uid_base + slot` when the agent is root.
     #[arg(long, default_value_t = 40_000)]
     uid_base: u32,
+    /// Serve Prometheus metrics (`GET /metrics`) on this address, e.g. 127.0.0.1:9187.
+    #[arg(long, env = "CMDX_AGENT_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
+}
+
+/// Serves `GET /metrics` (Prometheus text of this process's recorder) on `listener`: a
+/// deliberately tiny HTTP/1.0-style responder (one request per connection, 8 KiB request cap,
+/// 5 s to send it).
+async fn serve_metrics(listener: tokio::net::TcpListener) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Some(handle) = cmdx_hub::metrics::install() else {
+        tracing::warn!("metrics recorder unavailable; --metrics-listen serves nothing");
+        return;
+    };
+    loop {
+        let Ok((mut sock, _)) = listener.accept().await else {
+            continue;
+        };
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 8192];
+            let mut n = 0;
+            let read = tokio::time::timeout(Duration::from_secs(5), async {
+                while n < buf.len() {
+                    let m = sock.read(&mut buf[n..]).await.ok()?;
+                    if m == 0 {
+                        break;
+                    }
+                    n += m;
+                    if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                        break;
+                    }
+                }
+                Some(())
+            })
+            .await;
+            if read.is_err() {
+                return;
+            }
+            let head = String::from_utf8_lossy(&buf[..n]);
+            let (status, body) = if head.starts_with("GET /metrics ") {
+                ("200 OK", handle.render())
+            } else {
+                (
+                    "404 Not Found",
+                    "only GET /metrics is served here\n".to_string(),
+                )
+            };
+            let resp = format!(
+                "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = sock.write_all(resp.as_bytes()).await;
+            let _ = sock.shutdown().await;
+        });
+    }
 }
 
 /// `cmdx dev`.
@@ -308,6 +364,12 @@ pub async fn run_agent(args: AgentArgs) -> anyhow::Result<i32> {
     config.sandbox_mode = args.sandbox.into();
     config.worker_id = args.worker_id;
     config.uid_base = args.uid_base;
+    if let Some(addr) = args.metrics_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} for metrics"))?;
+        tokio::spawn(serve_metrics(listener));
+    }
     let control = control_from_signals(false)?;
     cmdx_agent::run(config, control).await.context("agent")?;
     Ok(0)

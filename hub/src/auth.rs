@@ -347,7 +347,7 @@ impl Auth {
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .ok_or_else(bad)?;
-        if payload.exp * 1000 <= now_ms() {
+        if payload.exp.saturating_mul(1000) <= now_ms() {
             return Err(ApiError::unauthorized("worker token expired"));
         }
         Ok(payload.tid)
@@ -486,5 +486,25 @@ mod tests {
         let expired = auth.mint_worker_token("t2", now_ms() - 1000);
         assert!(auth.verify_worker_token(&expired).is_err());
         assert!(auth.verify_session(&tok).is_err());
+    }
+
+    #[test]
+    fn a_signed_worker_token_with_a_huge_expiry_does_not_overflow() {
+        // Found by the `tokens` fuzz target: `exp * 1000` overflowed (a panic in debug builds).
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = HubConfig {
+            data_dir: dir.path().to_path_buf(),
+            ..HubConfig::default()
+        };
+        let auth = Auth::load(&cfg).unwrap();
+        let body = format!(
+            "{WORKER_TOKEN_PREFIX}{}",
+            URL_SAFE_NO_PAD.encode(br#"{"tid":"t","exp":18446744073709551615}"#)
+        );
+        let token = format!(
+            "{body}.{}",
+            URL_SAFE_NO_PAD.encode(auth.sign(body.as_bytes()))
+        );
+        assert_eq!(auth.verify_worker_token(&token).unwrap(), "t");
     }
 }

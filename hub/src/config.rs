@@ -76,6 +76,9 @@ pub struct HubConfig {
     pub header_timeout_secs: u64,
     /// Longest pause between two pieces of a request body, seconds (trickled bodies).
     pub body_idle_timeout_secs: u64,
+    /// Longest time to receive a whole JSON body, seconds; uploads must instead keep an average
+    /// of at least 16 KiB/s after their first 30 s.
+    pub body_total_timeout_secs: u64,
     /// Finished jobs and their output are deleted this long after they finished, seconds.
     pub job_retention_secs: u64,
     /// Uploaded files not used by a job for this long are deleted, seconds.
@@ -123,6 +126,7 @@ impl Default for HubConfig {
             max_connections: 30_000,
             header_timeout_secs: 10,
             body_idle_timeout_secs: 30,
+            body_total_timeout_secs: 15,
             job_retention_secs: 30 * 24 * 3600,
             file_retention_secs: 7 * 24 * 3600,
             janitor_interval_secs: 3600,

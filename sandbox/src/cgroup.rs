@@ -1,11 +1,37 @@
 //! Job cgroups on v1 and v2: detect the hierarchy, create a cgroup with limits, let the child
 //! join it before `exec`, kill everything in it, account CPU / peak memory / OOM, remove it.
+//!
+//! # What goes through `cgroups-rs` and what does not
+//! Creating and removing each job directory, the limits (memory, swap, pids, CPU quota), the
+//! process list and the statistics (CPU usage, peak memory, v1 OOM kills, pids-limit events)
+//! use the crate's controllers (`cgroups_rs::fs::{memory, pid, cpu, cpuacct}`), built directly
+//! on the paths detected here. Four parts stay hand-written, each for a reason:
+//! - **Detection** ([`Hierarchy::detect`]): `hierarchies::auto()` only picks v2 when
+//!   `/sys/fs/cgroup` itself is cgroup2, so it misses the hybrid `unified` mount, and it has no
+//!   notion of a delegated subtree next to the caller's own cgroup.
+//! - **Enabling v2 controllers on the parent chain** ([`enable_v2_controllers`]): the crate's
+//!   `Cgroup::create` enables every supported controller from `/sys/fs/cgroup` down, which
+//!   fails (or is not allowed) in a delegated subtree, and it cannot move the caller into a
+//!   leaf when the no-internal-processes rule bites (EBUSY).
+//! - **Joining**: the child writes `0` to `cgroup.procs` files the parent opened, between
+//!   `fork` and `exec` (no allocation allowed there); the crate only adds tasks by pid after
+//!   they run, which races with forks.
+//! - **Killing** ([`JobCgroup::kill_pass`]): the crate's `Cgroup::kill` is v2-only and needs a
+//!   `Hierarchy`; v1 needs freeze, SIGKILL every pid, thaw, with the `FREEZING` state polled.
+//!   The v2 OOM counter (`oom_kill` in `memory.events`) is not read by the crate either.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use cgroups_rs::fs::Controller as _;
+use cgroups_rs::fs::MaxValue;
+use cgroups_rs::fs::cpu::CpuController;
+use cgroups_rs::fs::cpuacct::CpuAcctController;
+use cgroups_rs::fs::memory::MemController;
+use cgroups_rs::fs::pid::PidController;
 
 use crate::Limits;
 use crate::caps::{CgroupVersion, cgroup_parent_override};
@@ -135,6 +161,49 @@ impl Hierarchy {
         }
     }
 
+    /// The parent of job cgroups of `group` (see [`crate::Spec::cgroup_group`]), relative to
+    /// each mount.
+    fn group_rel(&self, group: Option<&str>) -> PathBuf {
+        let base = self.parent_rel();
+        match group {
+            Some(g) => base.join(g),
+            None => base,
+        }
+    }
+
+    /// The directories holding a group's job cgroups: one per distinct v1 controller mount,
+    /// or the one v2 directory.
+    fn group_dirs(&self, group: &str) -> Vec<PathBuf> {
+        let rel = self.group_rel(Some(group));
+        let dirs: Vec<PathBuf> = match self {
+            Hierarchy::V1 {
+                memory,
+                pids,
+                cpu,
+                cpuacct,
+                freezer,
+            } => [
+                Some(memory),
+                Some(pids),
+                Some(cpu),
+                cpuacct.as_ref(),
+                freezer.as_ref(),
+            ]
+            .into_iter()
+            .flatten()
+            .map(|m| m.join(&rel))
+            .collect(),
+            Hierarchy::V2 { mount, .. } => vec![mount.join(&rel)],
+        };
+        let mut uniq = Vec::new();
+        for d in dirs {
+            if !uniq.contains(&d) {
+                uniq.push(d);
+            }
+        }
+        uniq
+    }
+
     /// The parent of job cgroups, relative to each mount.
     fn parent_rel(&self) -> PathBuf {
         if let Some(p) = cgroup_parent_override() {
@@ -162,6 +231,8 @@ pub(crate) struct JobCgroup {
     dirs: Vec<PathBuf>,
     memory: PathBuf,
     pids: PathBuf,
+    /// The v1 cpu controller directory (the same directory as the others on v2).
+    cpu: PathBuf,
     cpuacct: Option<PathBuf>,
     freezer: Option<PathBuf>,
 }
@@ -171,6 +242,29 @@ fn cg_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Err
         op,
         path: path.to_path_buf(),
         source,
+    }
+}
+
+/// Maps an error of `cgroups-rs` to ours, keeping the OS error when there is one.
+fn crate_err<'a>(
+    op: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(cgroups_rs::fs::error::Error) -> Error + 'a {
+    move |e| {
+        use std::error::Error as _;
+        let os = e
+            .source()
+            .and_then(|s| s.downcast_ref::<io::Error>())
+            .and_then(io::Error::raw_os_error);
+        let source = match os {
+            Some(code) => io::Error::from_raw_os_error(code),
+            None => io::Error::other(e.to_string()),
+        };
+        Error::Cgroup {
+            op,
+            path: path.to_path_buf(),
+            source,
+        }
     }
 }
 
@@ -185,10 +279,10 @@ fn read_small(path: &Path) -> io::Result<String> {
 }
 
 impl JobCgroup {
-    /// Create the cgroup `name` under the configured parent and apply `limits`.
-    pub(crate) fn create(h: &Hierarchy, name: &str, limits: &Limits) -> Result<JobCgroup> {
-        let rel = h.parent_rel();
-        let mut cg = match h {
+    /// The paths of job cgroup `name` of `group` (nothing is created).
+    fn at(h: &Hierarchy, group: Option<&str>, name: &str) -> JobCgroup {
+        let rel = h.group_rel(group);
+        match h {
             Hierarchy::V1 {
                 memory,
                 pids,
@@ -202,11 +296,39 @@ impl JobCgroup {
                     dirs: Vec::new(),
                     memory: job(memory),
                     pids: job(pids),
+                    cpu: job(cpu),
                     cpuacct: cpuacct.as_deref().map(job),
                     freezer: freezer.as_deref().map(job),
                 }
-                .with_dirs(job(cpu))
+                .with_dirs()
             }
+            Hierarchy::V2 { mount, .. } => {
+                let dir = mount.join(&rel).join(name);
+                JobCgroup {
+                    version: CgroupVersion::V2,
+                    dirs: Vec::new(),
+                    memory: dir.clone(),
+                    pids: dir.clone(),
+                    cpu: dir.clone(),
+                    cpuacct: Some(dir.clone()),
+                    freezer: Some(dir),
+                }
+                .with_dirs()
+            }
+        }
+    }
+
+    /// Create the cgroup `name` under the configured parent (in `group` when given) and
+    /// apply `limits`.
+    pub(crate) fn create(
+        h: &Hierarchy,
+        group: Option<&str>,
+        name: &str,
+        limits: &Limits,
+    ) -> Result<JobCgroup> {
+        let rel = h.group_rel(group);
+        let mut cg = match h {
+            Hierarchy::V1 { .. } => JobCgroup::at(h, group, name),
             Hierarchy::V2 { mount, own } => {
                 let base = mount.join(&rel);
                 fs::create_dir_all(&base).map_err(cg_err("create", &base))?;
@@ -233,50 +355,43 @@ impl JobCgroup {
                     }
                     r => r?,
                 }
-                let dir = base.join(name);
-                JobCgroup {
-                    version: CgroupVersion::V2,
-                    dirs: Vec::new(),
-                    memory: dir.clone(),
-                    pids: dir.clone(),
-                    cpuacct: Some(dir.clone()),
-                    freezer: Some(dir),
-                }
-                .with_dirs(PathBuf::new())
+                JobCgroup::at(h, group, name)
             }
         };
         let mut created = Vec::new();
         for d in std::mem::take(&mut cg.dirs) {
-            if let Some(parent) = d.parent() {
-                fs::create_dir_all(parent).map_err(cg_err("create", parent))?;
-            }
-            match fs::create_dir(&d) {
+            // Job names are unique per process, so an existing directory is a leftover of
+            // another process with our pid: never adopt it (it could hold processes).
+            let ctl = PidController::new(d.clone(), PathBuf::new(), cg.v2());
+            let r = if ctl.exists() {
+                Err(Error::Cgroup {
+                    op: "create",
+                    path: d.clone(),
+                    source: io::Error::from_raw_os_error(libc::EEXIST),
+                })
+            } else {
+                ctl.create().map_err(crate_err("create", &d))
+            };
+            match r {
                 Ok(()) => created.push(d),
                 Err(e) => {
                     cg.dirs = created;
                     cg.remove_dirs();
-                    return Err(Error::Cgroup {
-                        op: "create",
-                        path: d,
-                        source: e,
-                    });
+                    return Err(e);
                 }
             }
         }
         cg.dirs = created;
-        if let Err(e) = cg.apply_limits(limits, h) {
+        if let Err(e) = cg.apply_limits(limits) {
             cg.remove_dirs();
             return Err(e);
         }
         Ok(cg)
     }
 
-    /// Fill `dirs` with the distinct directories (plus `extra`, the v1 cpu dir).
-    fn with_dirs(mut self, extra: PathBuf) -> Self {
-        let mut dirs = vec![self.memory.clone(), self.pids.clone()];
-        if !extra.as_os_str().is_empty() {
-            dirs.push(extra);
-        }
+    /// Fill `dirs` with the distinct directories.
+    fn with_dirs(mut self) -> Self {
+        let mut dirs = vec![self.memory.clone(), self.pids.clone(), self.cpu.clone()];
         dirs.extend(self.cpuacct.clone());
         dirs.extend(self.freezer.clone());
         let mut uniq: Vec<PathBuf> = Vec::new();
@@ -289,44 +404,56 @@ impl JobCgroup {
         self
     }
 
-    fn apply_limits(&self, limits: &Limits, h: &Hierarchy) -> Result<()> {
-        let quota = u64::from(limits.cpu_millis).max(1) * CPU_PERIOD_US / 1000;
-        match h {
-            Hierarchy::V1 { cpu, .. } => {
-                let cpu_dir = cpu
-                    .join(h.parent_rel())
-                    .join(self.pids.file_name().unwrap_or_default());
-                write_file(
-                    &self.memory.join("memory.limit_in_bytes"),
-                    &limits.memory_bytes.to_string(),
-                )?;
-                let memsw = self.memory.join("memory.memsw.limit_in_bytes");
-                if memsw.exists() {
-                    write_file(&memsw, &limits.memory_bytes.to_string())?;
-                }
-                let swappiness = self.memory.join("memory.swappiness");
-                if swappiness.exists() {
-                    // Not fatal: the root memory cgroup may refuse it on some kernels.
-                    let _ = fs::write(&swappiness, "0");
-                }
-                write_file(&self.pids.join("pids.max"), &limits.pids.to_string())?;
-                write_file(
-                    &cpu_dir.join("cpu.cfs_period_us"),
-                    &CPU_PERIOD_US.to_string(),
-                )?;
-                write_file(&cpu_dir.join("cpu.cfs_quota_us"), &quota.to_string())?;
+    fn v2(&self) -> bool {
+        self.version == CgroupVersion::V2
+    }
+
+    fn mem_ctl(&self) -> MemController {
+        MemController::new(self.memory.clone(), PathBuf::new(), self.v2())
+    }
+
+    fn pid_ctl(&self) -> PidController {
+        PidController::new(self.pids.clone(), PathBuf::new(), self.v2())
+    }
+
+    fn cpu_ctl(&self) -> CpuController {
+        CpuController::new(self.cpu.clone(), PathBuf::new(), self.v2())
+    }
+
+    fn apply_limits(&self, limits: &Limits) -> Result<()> {
+        // The kernel refuses CFS quotas below 1 ms.
+        let quota = (u64::from(limits.cpu_millis) * CPU_PERIOD_US / 1000).max(1000);
+        let memory = i64::try_from(limits.memory_bytes).unwrap_or(i64::MAX);
+        let mem = self.mem_ctl();
+        mem.set_limit(memory)
+            .map_err(crate_err("set memory limit", &self.memory))?;
+        if self.v2() {
+            // memory.swap.max: no swap at all.
+            if self.memory.join("memory.swap.max").exists() {
+                mem.set_memswap_limit(0)
+                    .map_err(crate_err("set swap limit", &self.memory))?;
             }
-            Hierarchy::V2 { .. } => {
-                let d = &self.memory;
-                write_file(&d.join("memory.max"), &limits.memory_bytes.to_string())?;
-                let swap = d.join("memory.swap.max");
-                if swap.exists() {
-                    write_file(&swap, "0")?;
-                }
-                write_file(&d.join("pids.max"), &limits.pids.to_string())?;
-                write_file(&d.join("cpu.max"), &format!("{quota} {CPU_PERIOD_US}"))?;
+        } else {
+            // memory.memsw.limit_in_bytes: RAM + swap, so no swap beyond the RAM limit.
+            if self.memory.join("memory.memsw.limit_in_bytes").exists() {
+                mem.set_memswap_limit(memory)
+                    .map_err(crate_err("set memory+swap limit", &self.memory))?;
+            }
+            if self.memory.join("memory.swappiness").exists() {
+                // Not fatal: the root memory cgroup may refuse it on some kernels.
+                let _ = mem.set_swappiness(0);
             }
         }
+        let pids = i64::try_from(limits.pids).unwrap_or(i64::MAX);
+        self.pid_ctl()
+            .set_pid_max(MaxValue::Value(pids))
+            .map_err(crate_err("set pids limit", &self.pids))?;
+        self.cpu_ctl()
+            .set_cfs_quota_and_period(
+                Some(i64::try_from(quota).unwrap_or(i64::MAX)),
+                Some(CPU_PERIOD_US),
+            )
+            .map_err(crate_err("set cpu quota", &self.cpu))?;
         Ok(())
     }
 
@@ -348,16 +475,17 @@ impl JobCgroup {
 
     /// Pids currently in the cgroup (zombies are not listed).
     pub(crate) fn procs(&self) -> Vec<i32> {
-        read_small(&self.pids.join("cgroup.procs"))
-            .map(|s| s.lines().filter_map(|l| l.trim().parse().ok()).collect())
-            .unwrap_or_default()
+        self.pid_ctl()
+            .procs()
+            .into_iter()
+            .filter_map(|p| i32::try_from(p.pid).ok())
+            .filter(|&p| p > 0)
+            .collect()
     }
 
     /// Tasks charged to the pids controller, zombies included (until reaped).
     pub(crate) fn pids_current(&self) -> Option<u64> {
-        read_small(&self.pids.join("pids.current"))
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
+        self.pid_ctl().get_pid_current().ok()
     }
 
     /// True when no process of the job is left, not even an unreaped zombie.
@@ -412,61 +540,76 @@ impl JobCgroup {
         procs
     }
 
-    /// CPU time used by the whole job.
+    /// CPU time used by the whole job (v1 `cpuacct.usage`, v2 `usage_usec` of `cpu.stat`).
     pub(crate) fn cpu_time(&self) -> Option<Duration> {
         let d = self.cpuacct.as_ref()?;
-        match self.version {
-            CgroupVersion::V2 => read_small(&d.join("cpu.stat")).ok().and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("usage_usec "))
-                    .and_then(|v| v.trim().parse().ok())
-                    .map(Duration::from_micros)
-            }),
-            _ => read_small(&d.join("cpuacct.usage"))
-                .ok()
-                .and_then(|s| s.trim().parse().ok())
-                .map(Duration::from_nanos),
+        if self.v2() {
+            self.cpu_ctl()
+                .cpu()
+                .stat
+                .lines()
+                .find_map(|l| l.strip_prefix("usage_usec "))
+                .and_then(|v| v.trim().parse().ok())
+                .map(Duration::from_micros)
+        } else {
+            // The crate reads a missing file as 0: check first so "unknown" stays `None`.
+            d.join("cpuacct.usage").exists().then(|| {
+                Duration::from_nanos(
+                    CpuAcctController::new(d.clone(), PathBuf::new())
+                        .cpuacct()
+                        .usage,
+                )
+            })
         }
     }
 
     /// Peak memory charged to the job (v1 `memory.max_usage_in_bytes`, v2 `memory.peak`).
     pub(crate) fn peak_memory(&self) -> Option<u64> {
-        let f = match self.version {
-            CgroupVersion::V2 => "memory.peak",
-            _ => "memory.max_usage_in_bytes",
+        let f = if self.v2() {
+            "memory.peak"
+        } else {
+            "memory.max_usage_in_bytes"
         };
-        read_small(&self.memory.join(f))
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
+        // The crate reads a missing file as 0: check first so "unknown" stays `None`.
+        self.memory
+            .join(f)
+            .exists()
+            .then(|| self.mem_ctl().memory_stat().max_usage_in_bytes)
     }
 
     /// Whether the kernel OOM killer killed a process of the job.
     pub(crate) fn oom_killed(&self) -> bool {
-        let f = match self.version {
-            CgroupVersion::V2 => "memory.events",
-            _ => "memory.oom_control",
-        };
-        read_small(&self.memory.join(f)).ok().is_some_and(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("oom_kill "))
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .is_some_and(|n| n > 0)
-        })
+        if self.v2() {
+            // Not read by cgroups-rs 0.5 (its v2 `oom_control` is always the default).
+            read_small(&self.memory.join("memory.events"))
+                .ok()
+                .is_some_and(|s| {
+                    s.lines()
+                        .find_map(|l| l.strip_prefix("oom_kill "))
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                        .is_some_and(|n| n > 0)
+                })
+        } else {
+            self.mem_ctl().memory_stat().oom_control.oom_kill > 0
+        }
     }
 
-    /// Remove the job's directories (fails with EBUSY while processes remain).
+    /// Whether a fork or clone of the job failed because the pids limit was reached
+    /// (`max` in `pids.events`, v1 and v2).
+    pub(crate) fn pids_limit_hit(&self) -> bool {
+        self.pid_ctl().get_pid_events().is_ok_and(|n| n > 0)
+    }
+
+    /// Remove the job's directories (fails with EBUSY while processes remain; the crate
+    /// retries a few times with short pauses, which only matters in that case).
     pub(crate) fn remove(&self) -> Result<()> {
         let mut first = None;
         for d in &self.dirs {
-            if let Err(e) = fs::remove_dir(d)
-                && e.kind() != io::ErrorKind::NotFound
+            let ctl = PidController::new(d.clone(), PathBuf::new(), self.v2());
+            if let Err(e) = ctl.delete()
                 && first.is_none()
             {
-                first = Some(Error::Cgroup {
-                    op: "remove",
-                    path: d.clone(),
-                    source: e,
-                });
+                first = Some(crate_err("remove", d)(e));
             }
         }
         first.map_or(Ok(()), Err)
@@ -474,7 +617,7 @@ impl JobCgroup {
 
     fn remove_dirs(&self) {
         for d in &self.dirs {
-            let _ = fs::remove_dir(d);
+            let _ = PidController::new(d.clone(), PathBuf::new(), self.v2()).delete();
         }
     }
 
@@ -482,6 +625,62 @@ impl JobCgroup {
     pub(crate) fn path(&self) -> &Path {
         &self.pids
     }
+}
+
+/// Kill every process in every job cgroup of `group` and remove those cgroups and the group
+/// itself (see [`crate::kill_cgroup_group`]). Returns how many job cgroups were removed.
+pub(crate) fn kill_group(h: &Hierarchy, group: &str, timeout: Duration) -> Result<usize> {
+    let mut names: Vec<String> = Vec::new();
+    for d in h.group_dirs(group) {
+        let Ok(entries) = fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir())
+                && let Some(n) = e.file_name().to_str()
+                && !names.iter().any(|x| x == n)
+            {
+                names.push(n.to_owned());
+            }
+        }
+    }
+    let start = std::time::Instant::now();
+    let mut removed = 0;
+    let mut first_err = None;
+    for name in &names {
+        let mut cg = JobCgroup::at(h, Some(group), name);
+        cg.dirs.retain(|d| d.is_dir());
+        // The processes are orphans of a dead agent (reparented to init or another
+        // subreaper): kill until the cgroup lists none; zombies are reaped by their new parent.
+        loop {
+            if cg.procs().is_empty() && cg.remove().is_ok() {
+                removed += 1;
+                break;
+            }
+            cg.kill_pass();
+            if start.elapsed() > timeout {
+                first_err.get_or_insert(Error::Cgroup {
+                    op: "kill leftover",
+                    path: cg.path().to_path_buf(),
+                    source: io::Error::from_raw_os_error(libc::EBUSY),
+                });
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    for d in h.group_dirs(group) {
+        if let Err(e) = fs::remove_dir(&d)
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            first_err.get_or_insert(Error::Cgroup {
+                op: "remove",
+                path: d,
+                source: e,
+            });
+        }
+    }
+    first_err.map_or(Ok(removed), Err)
 }
 
 /// Make memory, pids and cpu available to children of `base` (v2), enabling them on every
@@ -618,6 +817,7 @@ mod tests {
             dirs: vec![dir.clone()],
             memory: dir.clone(),
             pids: dir.clone(),
+            cpu: dir.clone(),
             cpuacct: Some(dir.clone()),
             freezer: Some(dir.clone()),
         };

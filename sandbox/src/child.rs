@@ -38,6 +38,8 @@ pub struct Report {
     pub signal: Option<i32>,
     /// The kernel OOM killer killed a process of the job (memory limit reached).
     pub oom_killed: bool,
+    /// A fork or clone of the job failed because the pids limit was reached.
+    pub pids_limit_hit: bool,
     /// The wall timeout expired and the job was killed.
     pub timed_out: bool,
     /// [`Child::terminate`] or [`Child::kill`] was called before the main process ended.
@@ -147,6 +149,13 @@ pub fn spawn(spec: &Spec) -> Result<Child> {
             "invalid environment variable name {k:?}"
         )));
     }
+    if let Some(g) = &spec.cgroup_group
+        && !crate::valid_cgroup_group(g)
+    {
+        return Err(Error::InvalidSpec(format!(
+            "cgroup group {g:?} is not a plain directory name"
+        )));
+    }
     if !spec.program.is_absolute() {
         return Err(Error::InvalidSpec(format!(
             "program {} is not an absolute path",
@@ -174,7 +183,7 @@ pub fn spawn(spec: &Spec) -> Result<Child> {
     );
     let mut layers = layers;
     let cgroup = match &c.hierarchy {
-        Some(h) => match JobCgroup::create(h, &name, &spec.limits) {
+        Some(h) => match JobCgroup::create(h, spec.cgroup_group.as_deref(), &name, &spec.limits) {
             Ok(cg) => Some(cg),
             Err(e) if strict => return Err(e),
             Err(e) => {
@@ -345,9 +354,14 @@ impl Child {
         let status = self
             .status
             .unwrap_or_else(|| ExitStatus::from_raw(libc::SIGKILL));
-        let (cpu, peak, oom) = match &self.cgroup {
-            Some(cg) => (cg.cpu_time(), cg.peak_memory(), cg.oom_killed()),
-            None => (None, None, false),
+        let (cpu, peak, oom, pids_hit) = match &self.cgroup {
+            Some(cg) => (
+                cg.cpu_time(),
+                cg.peak_memory(),
+                cg.oom_killed(),
+                cg.pids_limit_hit(),
+            ),
+            None => (None, None, false, false),
         };
         if let Some(cg) = self.cgroup.take()
             && let Err(e) = cg.remove()
@@ -358,6 +372,7 @@ impl Child {
             exit_code: status.code(),
             signal: status.signal(),
             oom_killed: oom,
+            pids_limit_hit: pids_hit,
             timed_out: self.timed_out,
             terminated: self.terminated,
             wall: self

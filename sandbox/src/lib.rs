@@ -30,7 +30,11 @@
 //! freezer), or on v2 in a `cmdx` sibling of the caller's cgroup with memory, pids and cpu
 //! enabled in `subtree_control` (if the caller sits on that path, e.g. at the root of a
 //! container's cgroup namespace, it moves itself into a `cmdx-agent` leaf first);
-//! [`set_cgroup_parent`] overrides the location. When the main process ends (or the wall
+//! [`set_cgroup_parent`] overrides the location (process-wide); [`Spec::cgroup_group`] puts
+//! a job one level deeper, in a group of its caller (`cmdx/<group>/<job>`), so a restarted
+//! caller can kill what its crashed predecessor left with [`kill_cgroup_group`]. Directories,
+//! limits and statistics go through `cgroups-rs`; detection, joining and killing are
+//! hand-written (the `cgroup` module says why). When the main process ends (or the wall
 //! timeout expires) the whole cgroup is killed (v2 `cgroup.kill`; v1 freeze, SIGKILL every
 //! pid, thaw, repeated until empty) and every process is reaped: the first [`spawn`] makes
 //! this process a child subreaper, and orphans of a job are reaped by pid, never with
@@ -63,6 +67,34 @@ pub use caps::{Capabilities, CgroupVersion, probe, set_cgroup_parent};
 pub use child::{Child, Report, spawn};
 pub use error::{Error, Result};
 pub use workspace::Workspace;
+
+/// Whether `group` can name a cgroup group ([`Spec::cgroup_group`]): 1 to 200 bytes, a plain
+/// directory name (no `/`, NUL, `.` or `..`).
+pub fn valid_cgroup_group(group: &str) -> bool {
+    !group.is_empty()
+        && group.len() <= 200
+        && group != "."
+        && group != ".."
+        && !group.contains('/')
+        && !group.contains('\0')
+}
+
+/// Kill every process left in the job cgroups of `group` (see [`Spec::cgroup_group`]) and
+/// remove those cgroups and the group itself: what a caller that crashed (`kill -9`) left
+/// behind, since `PR_SET_PDEATHSIG` reaches only each job's main process. Call it before
+/// spawning jobs in `group`, never while jobs of the group run. Returns how many job cgroups
+/// were removed (0 when there is no cgroup layer or nothing was left).
+pub fn kill_cgroup_group(group: &str) -> Result<usize> {
+    if !valid_cgroup_group(group) {
+        return Err(Error::InvalidSpec(format!(
+            "cgroup group {group:?} is not a plain directory name"
+        )));
+    }
+    match &caps::caps().hierarchy {
+        Some(h) => cgroup::kill_group(h, group, Duration::from_secs(10)),
+        None => Ok(0),
+    }
+}
 
 /// What to do when an isolation layer is not available on this host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -138,6 +170,12 @@ pub struct Spec {
     pub run_as: Option<(u32, u32)>,
     /// Whether a missing layer is an error.
     pub mode: Mode,
+    /// Sub-group of the job cgroup parent this job's cgroup is created in
+    /// (`<parent>/<group>/<job>`; a plain name, no `/`). One group per caller (e.g. per
+    /// agent) lets a restarted caller find and kill what its crashed predecessor left with
+    /// [`kill_cgroup_group`]; the parent itself ([`set_cgroup_parent`]) is process-global.
+    /// `None`: directly under the parent.
+    pub cgroup_group: Option<String>,
 }
 
 impl std::fmt::Debug for Spec {
@@ -157,6 +195,7 @@ impl std::fmt::Debug for Spec {
             .field("network", &self.network)
             .field("run_as", &self.run_as)
             .field("mode", &self.mode)
+            .field("cgroup_group", &self.cgroup_group)
             .finish()
     }
 }
@@ -177,6 +216,7 @@ impl Spec {
             network: false,
             run_as: None,
             mode: Mode::Strict,
+            cgroup_group: None,
         }
     }
 

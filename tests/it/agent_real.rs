@@ -159,3 +159,75 @@ async fn hub_restart_mid_job_keeps_the_output_whole() {
     );
     assert_eq!(v["attempt"], 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_flag_never_reaches_a_job_and_agent_metrics_are_served() {
+    let hub = HubProc::start(FAST).await;
+    let admin = hub.admin().await;
+    let wt = hub.worker_token(&admin).await;
+    let dir = traversable_tempdir();
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut agent = tokio::process::Command::new(cmdx_e2e::cmdx_bin())
+        .args([
+            "agent",
+            "--hub",
+            &hub.url,
+            "--token",
+            &wt,
+            "--worker-id",
+            "tokflag",
+        ])
+        .arg("--work-dir")
+        .arg(dir.path().join("a"))
+        .args(["--uid-base", "47000", "--metrics-listen"])
+        .arg(format!("127.0.0.1:{metrics_port}"))
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pid = agent.id().unwrap();
+    wait_for("the agent to connect", || async {
+        let (_, v) = hub.get(&admin, "/api/workers/list").await;
+        (v["workers"][0]["workerId"] == "tokflag" && v["workers"][0]["status"] == "online")
+            .then_some(())
+    })
+    .await;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+    assert!(
+        !cmdline.contains(&wt),
+        "the token is still in argv: {cmdline}"
+    );
+    assert!(
+        cmdline.contains("tokflag"),
+        "argv otherwise intact: {cmdline}"
+    );
+    // A job reading every command line on the host does not find it.
+    let id = hub
+        .submit(
+            &admin,
+            json!({"command": "cat /proc/[0-9]*/cmdline 2>/dev/null | tr '\\0' ' '; echo"}),
+        )
+        .await;
+    let v = hub.wait_status(&admin, &id, "completed").await;
+    let out = v["stdout"].as_str().unwrap();
+    assert!(!out.contains(&wt), "a job read the worker token");
+    assert!(
+        out.contains("tokflag"),
+        "the job did read command lines: {out}"
+    );
+    // The agent's own metrics endpoint counts the job.
+    let text = reqwest::get(format!("http://127.0.0.1:{metrics_port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("cmdx_agent_jobs_total"), "{text}");
+    let _ = agent.start_kill();
+    let _ = agent.wait().await;
+}

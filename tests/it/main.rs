@@ -1,6 +1,7 @@
 //! End-to-end tests of the hub through real processes, sockets and sled on disk.
 
 mod agent_real;
+mod attacks;
 mod bad_input;
 mod cli;
 mod dev;
@@ -10,6 +11,7 @@ mod flow;
 mod legacy;
 mod ops;
 mod relay;
+mod security;
 
 /// Flags for a hub tuned for tests: short reconnect grace, no rate limits.
 pub const FAST: &[&str] = &[

@@ -366,3 +366,38 @@ async fn backup_taken_under_load_restores_every_acknowledged_job() {
     let first = finish_one(&mut w, 0).await;
     assert!(seen.contains(&first));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cmdx_workers_drain_stops_new_work_for_that_worker() {
+    let hub = HubProc::start(FAST).await;
+    let admin = hub.admin().await;
+    let wt = hub.worker_token(&admin).await;
+    let (mut a, _) = FakeAgent::connect(&hub, &wt, "to-drain", 2, vec![])
+        .await
+        .unwrap();
+    let out = tokio::process::Command::new(cmdx_bin())
+        .args([
+            "workers", "drain", "to-drain", "--hub", &hub.url, "--token", &admin,
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    a.recv_until(|m| matches!(m, HubMsg::Drain).then_some(()))
+        .await
+        .unwrap();
+    let (_, list) = hub.get(&admin, "/api/workers/list").await;
+    assert_eq!(list["workers"][0]["status"], "draining", "{list}");
+    // New work goes to another worker, not the draining one.
+    let id = hub.submit(&admin, json!({"command": "true"})).await;
+    let (mut b, _) = FakeAgent::connect(&hub, &wt, "fresh", 1, vec![])
+        .await
+        .unwrap();
+    assert_eq!(finish_one(&mut b, 0).await, id);
+    hub.wait_status(&admin, &id, "completed").await;
+    assert_eq!(hub.job(&admin, &id).await["workerId"], "fresh");
+}

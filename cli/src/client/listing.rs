@@ -73,6 +73,19 @@ pub async fn workers(args: WorkersArgs) -> anyhow::Result<i32> {
     let conn = config::resolve(&args.conn)?;
     let api = Api::new(&conn)?;
     api.token()?;
+    if let Some(super::WorkersAction::Drain { id }) = &args.action {
+        let _: serde_json::Value = api
+            .post_json(
+                &format!("/api/workers/{id}/drain"),
+                &serde_json::json!({}),
+                &format!("worker {id}"),
+            )
+            .await?;
+        super::note(format_args!(
+            "worker {id} is draining: it takes no new jobs and finishes its running ones"
+        ));
+        return Ok(0);
+    }
     let list: WorkerList = api.get_json("/api/workers/list", "listing workers").await?;
     if json_lines(args.json) {
         print_lines(&list.workers)?;

@@ -178,6 +178,19 @@ pub struct WorkersArgs {
     /// JSON lines (the default when stdout is not a terminal).
     #[arg(long)]
     pub json: bool,
+    /// An action on one worker instead of the list.
+    #[command(subcommand)]
+    pub action: Option<WorkersAction>,
+}
+
+/// `cmdx workers <action>`.
+#[derive(clap::Subcommand)]
+pub enum WorkersAction {
+    /// Admin: the worker takes no new jobs and finishes its running ones.
+    Drain {
+        /// Worker id (see `cmdx workers`).
+        id: String,
+    },
 }
 
 /// `cmdx cancel`.

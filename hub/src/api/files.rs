@@ -46,6 +46,7 @@ struct Spool {
     hasher: Sha256,
     size: u64,
     limit: u64,
+    started: std::time::Instant,
 }
 
 impl Spool {
@@ -60,6 +61,7 @@ impl Spool {
             hasher: Sha256::new(),
             size: 0,
             limit: hub.config.max_upload_bytes,
+            started: std::time::Instant::now(),
         })
     }
 
@@ -69,6 +71,15 @@ impl Spool {
             return Err(ApiError::too_large(format!(
                 "upload exceeds the limit of {} bytes",
                 self.limit
+            )));
+        }
+        // After 30 s an upload must average at least 16 KiB/s (trickled uploads hold a
+        // connection and a temp file).
+        let secs = self.started.elapsed().as_secs();
+        if secs > 30 && self.size < secs * 16 * 1024 {
+            return Err(ApiError::too_slow(format!(
+                "upload too slow: {} bytes in {secs} s",
+                self.size
             )));
         }
         self.hasher.update(data);

@@ -73,6 +73,8 @@ pub struct Req {
     pub body: std::sync::Mutex<Option<BodyStream>>,
     /// Pending upgrade (WebSocket routes).
     pub upgrade: Option<OnUpgrade>,
+    /// Seconds allowed to receive a whole JSON body.
+    pub body_deadline_secs: u64,
 }
 
 impl Req {
@@ -158,6 +160,7 @@ pub fn routes(
                     peer,
                     body: std::sync::Mutex::new(Some(body)),
                     upgrade,
+                    body_deadline_secs: hub.config.body_total_timeout_secs,
                 };
                 async move {
                     let method = req.method.clone();
@@ -427,17 +430,33 @@ pub async fn read_body(req: &mut Req, limit: u64) -> ApiResult<Bytes> {
         )));
     }
     let mut body = req.take_body();
-    let mut buf = bytes::BytesMut::new();
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| ApiError::bad_request(format!("reading body: {e}")))?;
-        if buf.len() as u64 + chunk.len() as u64 > limit {
-            return Err(ApiError::too_large(format!(
-                "request body exceeds the limit of {limit} bytes"
-            )));
+    let total = std::time::Duration::from_secs(req.body_deadline_secs.max(1));
+    let read = async {
+        let mut buf = bytes::BytesMut::new();
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| {
+                if e.kind() == std::io::ErrorKind::TimedOut {
+                    ApiError::too_slow(e.to_string())
+                } else {
+                    ApiError::bad_request(format!("reading body: {e}"))
+                }
+            })?;
+            if buf.len() as u64 + chunk.len() as u64 > limit {
+                return Err(ApiError::too_large(format!(
+                    "request body exceeds the limit of {limit} bytes"
+                )));
+            }
+            buf.extend_from_slice(&chunk);
         }
-        buf.extend_from_slice(&chunk);
+        Ok(buf.freeze())
+    };
+    match tokio::time::timeout(total, read).await {
+        Ok(r) => r,
+        Err(_) => Err(ApiError::too_slow(format!(
+            "request body not received within {} s",
+            total.as_secs()
+        ))),
     }
-    Ok(buf.freeze())
 }
 
 /// Reads and parses a JSON body.
@@ -667,6 +686,7 @@ mod tests {
             peer: None,
             body: std::sync::Mutex::new(None),
             upgrade: None,
+            body_deadline_secs: 15,
         }
     }
 

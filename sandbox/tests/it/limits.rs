@@ -40,6 +40,7 @@ async fn fork_bomb_is_stopped_by_pids_limit() {
     child.kill();
     let o = finish(child).await;
     assert!(o.report.terminated, "{o:?}");
+    assert!(o.report.pids_limit_hit, "pids.events not reported: {o:?}");
     assert!(
         crate::procs_of_uid(f.uid).is_empty(),
         "bomb processes survived"

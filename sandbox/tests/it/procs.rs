@@ -397,3 +397,60 @@ async fn concurrent_jobs_with_orphans_are_all_reaped() {
         );
     }
 }
+
+/// What a crashed caller leaves (the `Child` is never waited for nor dropped) is found by its
+/// cgroup group and killed, and the group's cgroups are removed.
+#[tokio::test]
+async fn leftover_cgroup_group_is_killed_and_removed() {
+    if !require_root("leftover_cgroup_group_is_killed_and_removed") {
+        return;
+    }
+    let f = Fixture::new(1 << 20);
+    let group = format!("test-leftover-{}", std::process::id());
+    let mut spec = f.spec("sleep 1000 & echo $!; wait");
+    spec.cgroup_group = Some(group.clone());
+    let mut child = cmdx_sandbox::spawn(&spec).expect("spawn");
+    let cg = child.cgroup_path().expect("cgroup").to_path_buf();
+    assert_eq!(
+        cg.parent().and_then(|p| p.file_name()),
+        Some(std::ffi::OsStr::new(&group)),
+        "job cgroup {} is not in its group",
+        cg.display()
+    );
+    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+    let grandchild: i32 = out.next_line().await.unwrap().unwrap().parse().unwrap();
+    let main = child.pid() as i32;
+    // Simulate a crash of the caller: nobody waits for or kills the job.
+    std::mem::forget(child);
+    assert!(std::path::Path::new(&format!("/proc/{grandchild}")).exists());
+
+    let g = group.clone();
+    let removed = tokio::task::spawn_blocking(move || cmdx_sandbox::kill_cgroup_group(&g))
+        .await
+        .unwrap()
+        .expect("kill the leftover group");
+    assert_eq!(removed, 1);
+    assert!(!cg.exists(), "job cgroup {} left", cg.display());
+    assert!(!cg.parent().unwrap().exists(), "group dir left");
+    // Both were our children (we are their subreaper): reap them to prove they died.
+    for pid in [main, grandchild] {
+        let st = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None).expect("reap");
+        assert!(
+            matches!(
+                st,
+                nix::sys::wait::WaitStatus::Signaled(_, nix::sys::signal::SIGKILL, _)
+            ),
+            "{pid}: {st:?}"
+        );
+    }
+    assert!(procs_of_uid(f.uid).is_empty());
+    // Nothing left: a second call is a no-op.
+    assert_eq!(cmdx_sandbox::kill_cgroup_group(&group).expect("again"), 0);
+    assert!(cmdx_sandbox::kill_cgroup_group("../escape").is_err());
+    let mut bad = f.spec("true");
+    bad.cgroup_group = Some("a/b".into());
+    assert!(matches!(
+        cmdx_sandbox::spawn(&bad),
+        Err(cmdx_sandbox::Error::InvalidSpec(_))
+    ));
+}

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Bounded smoke run of every fuzz target in fuzz/ (cargo-fuzz + libFuzzer on the stable
+# toolchain through RUSTC_BOOTSTRAP=1): each target runs FUZZ_SECS seconds (default 20) from
+# its committed seed corpus (fuzz/corpus/TARGET, read-only here: new inputs go to a scratch
+# dir). Fails on any crash, panic, leak or timeout; the reproducer is left in
+# fuzz/artifacts/TARGET/. Installs cargo-fuzz when it is missing. Long runs: fuzz/README.md.
+set -euo pipefail
+cd "$(dirname "$0")/../fuzz"
+export CARGO_TERM_COLOR=never
+export RUSTC_BOOTSTRAP=1
+
+secs="${FUZZ_SECS:-20}"
+targets=(extract_zip agent_msg client_msg tokens multipart)
+if [[ $# -gt 0 ]]; then
+    targets=("$@")
+fi
+
+if ! cargo fuzz --version >/dev/null 2>&1; then
+    cargo install --locked cargo-fuzz
+fi
+
+# One build for all targets: release with debug assertions (overflow checks on).
+cargo fuzz build -O -a
+
+scratch="$(mktemp -d)"
+trap 'rm -rf "$scratch"' EXIT
+fail=0
+for t in "${targets[@]}"; do
+    mkdir -p "$scratch/$t" "artifacts/$t"
+    echo "==> fuzz $t for ${secs}s"
+    if ! cargo fuzz run -O -a "$t" "$scratch/$t" "corpus/$t" -- \
+        -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -max_len=65536 \
+        -print_final_stats=1 2>"$scratch/$t.log"; then
+        tail -n 40 "$scratch/$t.log" >&2
+        echo "FAIL: fuzz target $t found a crash (reproducer in fuzz/artifacts/$t/)" >&2
+        fail=1
+    else
+        grep -E '^(Done|stat::number_of_executed_units)' "$scratch/$t.log" || true
+    fi
+done
+if [[ $fail -ne 0 ]]; then
+    exit 1
+fi
+echo "fuzz smoke: ${#targets[@]} targets, ${secs}s each, no crash"
