@@ -457,7 +457,7 @@ pub struct AgentProc {
 }
 
 impl AgentProc {
-    /// Starts `cmdx agent` against `hub` with a worker token, in `work_dir`.
+    /// Starts `cmdx agent` against `hub` with a worker token, in `work_dir`, with 2 slots.
     pub async fn start(
         hub: &HubProc,
         token: &str,
@@ -465,32 +465,7 @@ impl AgentProc {
         work_dir: &Path,
         uid_base: u32,
     ) -> AgentProc {
-        let child = Command::new(cmdx_bin())
-            .arg("agent")
-            .arg("--hub")
-            .arg(&hub.url)
-            .arg("--work-dir")
-            .arg(work_dir)
-            .arg("--worker-id")
-            .arg(worker_id)
-            .arg("--uid-base")
-            .arg(uid_base.to_string())
-            .arg("--concurrency")
-            .arg("2")
-            .env("CMDX_AGENT_TOKEN", token)
-            .env(
-                "RUST_LOG",
-                std::env::var("CMDX_TEST_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn cmdx agent");
-        AgentProc {
-            child,
-            work_dir: work_dir.to_path_buf(),
-        }
+        Self::start_with(hub, token, Some(worker_id), work_dir, uid_base, 2).await
     }
 
     /// SIGKILL.
