@@ -46,6 +46,8 @@ pub fn queued_job(queue_seq: u64) -> JobRecord {
         output: OutputMeta::default(),
         attempts: Vec::new(),
         rejections: 0,
+        artifact_globs: Vec::new(),
+        artifacts: None,
     }
 }
 

@@ -43,7 +43,16 @@ pub fn cmdx_bin() -> PathBuf {
 }
 
 /// Polls `f` until it returns `Some`, or fails after [`WAIT`].
-pub async fn wait_for<T, F, Fut>(what: &str, mut f: F) -> T
+pub async fn wait_for<T, F, Fut>(what: &str, f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    wait_for_within(what, WAIT, f).await
+}
+
+/// Polls `f` until it returns `Some`, or fails after `limit` (for work known to be long).
+pub async fn wait_for_within<T, F, Fut>(what: &str, limit: Duration, mut f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
@@ -53,8 +62,8 @@ where
         if let Some(v) = f().await {
             return v;
         }
-        if start.elapsed() > WAIT {
-            panic!("timed out after {WAIT:?} waiting for {what}");
+        if start.elapsed() > limit {
+            panic!("timed out after {limit:?} waiting for {what}");
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -418,6 +427,40 @@ impl FakeAgent {
         }
     }
 
+    /// Waits for the next `assign`.
+    pub async fn next_assignment(&mut self) -> anyhow::Result<cmdx_proto::agent::Assignment> {
+        self.recv_until(|m| match m {
+            HubMsg::Assign(a) => Some(a),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Reports attempt `attempt` of `job_id` finished with `exit_code` after `chunks` output
+    /// chunks, and waits for its `finishedAck`.
+    pub async fn finish(
+        &mut self,
+        job_id: &str,
+        attempt: u32,
+        chunks: u64,
+        exit_code: i32,
+    ) -> anyhow::Result<()> {
+        self.send(&AgentMsg::Finished(cmdx_proto::agent::Finished {
+            job_id: job_id.to_string(),
+            attempt,
+            chunks,
+            outcome: cmdx_proto::Outcome {
+                exit_code: Some(exit_code),
+                ..cmdx_proto::Outcome::default()
+            },
+        }))
+        .await?;
+        self.recv_until(|m| {
+            matches!(m, HubMsg::FinishedAck(ref r) if r.job_id == job_id).then_some(())
+        })
+        .await
+    }
+
     /// Closes the socket abruptly (no close frame).
     pub fn drop_connection(self) {
         drop(self.ws);
@@ -551,6 +594,30 @@ impl AgentProc {
         uid_base: u32,
         concurrency: u32,
     ) -> AgentProc {
+        Self::spawn(hub, token, worker_id, work_dir, uid_base, concurrency, &[])
+    }
+
+    /// Starts `cmdx agent` with 2 slots and extra flags (e.g. `--disk-mb`).
+    pub async fn start_with_args(
+        hub: &HubProc,
+        token: &str,
+        worker_id: &str,
+        work_dir: &Path,
+        uid_base: u32,
+        extra: &[&str],
+    ) -> AgentProc {
+        Self::spawn(hub, token, Some(worker_id), work_dir, uid_base, 2, extra)
+    }
+
+    fn spawn(
+        hub: &HubProc,
+        token: &str,
+        worker_id: Option<&str>,
+        work_dir: &Path,
+        uid_base: u32,
+        concurrency: u32,
+        extra: &[&str],
+    ) -> AgentProc {
         let mut cmd = Command::new(cmdx_bin());
         cmd.arg("agent")
             .arg("--hub")
@@ -560,7 +627,8 @@ impl AgentProc {
             .arg("--uid-base")
             .arg(uid_base.to_string())
             .arg("--concurrency")
-            .arg(concurrency.to_string());
+            .arg(concurrency.to_string())
+            .args(extra);
         if let Some(id) = worker_id {
             cmd.arg("--worker-id").arg(id);
         }

@@ -1,4 +1,5 @@
-//! Hub URLs and the job ZIP download: streamed to a temp file, size capped, sha256 checked.
+//! Hub URLs, the job ZIP download (streamed to a temp file, size capped, sha256 checked) and
+//! the artifact upload (bound to the attempt).
 //!
 //! The worker token is sent only to the hub's own origin: an assignment naming an absolute
 //! URL elsewhere is fetched without credentials, and redirects are never followed (a redirect
@@ -224,6 +225,73 @@ impl Fetcher {
             });
         }
         Ok(tmp)
+    }
+}
+
+/// Why an artifact upload did not land.
+#[derive(Debug)]
+pub(crate) enum UploadError {
+    /// The hub no longer gives this attempt to this worker (409): nobody wants the files.
+    Stale(String),
+    /// The hub refused the upload for good (400, 404, 413, ...).
+    Rejected(String),
+    /// The hub was unreachable or failed (5xx): worth retrying.
+    Failed(String),
+}
+
+impl Fetcher {
+    /// `PUT /api/jobs/{id}/artifacts?attempt=N`: the ZIP at `zip` and the manifest, streamed.
+    /// Returns the number of files the hub stored.
+    pub async fn upload_artifacts(
+        &self,
+        job: &cmdx_proto::agent::JobRef,
+        zip: &Path,
+        manifest: &cmdx_proto::rest::ArtifactManifest,
+    ) -> Result<usize, UploadError> {
+        let failed = |e: &dyn std::error::Error| UploadError::Failed(error_chain(e));
+        let url = format!(
+            "{}/api/jobs/{}/artifacts?attempt={}",
+            self.urls.http_base, job.job_id, job.attempt
+        );
+        let file = tokio::fs::File::open(zip).await.map_err(|e| failed(&e))?;
+        let len = file.metadata().await.map_err(|e| failed(&e))?.len();
+        let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(file));
+        let part = reqwest::multipart::Part::stream_with_length(body, len)
+            .file_name("artifacts.zip")
+            .mime_str("application/zip")
+            .map_err(|e| failed(&e))?;
+        let manifest = serde_json::to_string(manifest).map_err(|e| failed(&e))?;
+        let form = reqwest::multipart::Form::new()
+            .text("manifest", manifest)
+            .part("file", part);
+        let resp = self
+            .client
+            .put(url)
+            .bearer_auth(&self.token)
+            .header(cmdx_proto::WORKER_TOKEN_HEADER, &self.token)
+            .header(crate::conn::WORKER_ID_HEADER, &self.worker_id)
+            .multipart(form)
+            .timeout(self.timeout)
+            .send()
+            .await
+            .map_err(|e| failed(&e))?;
+        let status = resp.status();
+        if status.is_success() {
+            let list: cmdx_proto::rest::ArtifactList = resp.json().await.map_err(|e| failed(&e))?;
+            return Ok(list.artifacts.len());
+        }
+        let text = resp.text().await.unwrap_or_default();
+        let why = serde_json::from_str::<cmdx_proto::rest::ErrorBody>(&text)
+            .map(|b| b.error)
+            .unwrap_or_else(|_| text.chars().take(200).collect());
+        let why = format!("hub answered {status}: {why}");
+        Err(if status == reqwest::StatusCode::CONFLICT {
+            UploadError::Stale(why)
+        } else if status.is_client_error() && status != reqwest::StatusCode::TOO_MANY_REQUESTS {
+            UploadError::Rejected(why)
+        } else {
+            UploadError::Failed(why)
+        })
     }
 }
 

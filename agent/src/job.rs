@@ -15,10 +15,11 @@ use cmdx_sandbox::{Limits, Mode, Workspace};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tracing::Instrument as _;
 
+use crate::collect;
 use crate::core::JobEvent;
 use crate::error::JobError;
 use crate::extract::{self, ExtractLimits};
-use crate::fetch::Fetcher;
+use crate::fetch::{Fetcher, UploadError};
 use crate::output::OutputSink;
 use crate::runner;
 
@@ -190,7 +191,13 @@ async fn run(
             window,
             events: events.clone(),
         };
-        runner::run(launch, sink, &mut ctl, start).await
+        let mut outcome = runner::run(launch, sink, &mut ctl, start).await;
+        if !a.artifacts.is_empty() {
+            let dir = ws.dir.clone();
+            outcome.artifacts_error =
+                artifacts(&settings, &a, &job, &dir, owner.map(|o| o.0), &mut ctl).await;
+        }
+        outcome
     }
     .await;
 
@@ -202,6 +209,102 @@ async fn run(
             workspace,
         })
         .await;
+}
+
+/// Most entries the artifact walk examines.
+const ARTIFACT_MAX_ENTRIES: u64 = 2_000_000;
+/// Longest artifact walk.
+const ARTIFACT_MAX_TIME: Duration = Duration::from_secs(120);
+/// How long an artifact upload is retried while the hub is unreachable.
+const ARTIFACT_UPLOAD_RETRY: Duration = Duration::from_secs(600);
+
+/// Collects the job's artifacts (the command has ended and its cgroup is empty) and uploads
+/// them, retrying while the hub is unreachable. Returns why there are none, if so.
+async fn artifacts(
+    settings: &JobSettings,
+    a: &Assignment,
+    job: &JobRef,
+    dir: &std::path::Path,
+    uid: Option<u32>,
+    ctl: &mut watch::Receiver<JobCtl>,
+) -> Option<String> {
+    match *ctl.borrow() {
+        JobCtl::Kill => return Some("attempt abandoned".into()),
+        JobCtl::Abort(_) => return Some("the agent shut down before collecting artifacts".into()),
+        JobCtl::Run | JobCtl::Cancel(_) => {}
+    }
+    let matcher = match collect::Matcher::new(&a.artifacts) {
+        Ok(m) => m,
+        Err(e) => return Some(e),
+    };
+    let limits = collect::CollectLimits {
+        max_bytes: a.artifact_max_bytes.unwrap_or(256 << 20),
+        max_files: a.artifact_max_files.unwrap_or(10_000),
+        max_entries: ARTIFACT_MAX_ENTRIES,
+        max_time: ARTIFACT_MAX_TIME,
+    };
+    let (dir, spool) = (dir.to_path_buf(), settings.downloads_dir.clone());
+    let started = Instant::now();
+    let collected =
+        tokio::task::spawn_blocking(move || collect::collect(&dir, &matcher, limits, uid, &spool))
+            .await
+            .expect("artifact collection does not panic");
+    let c = match collected {
+        Ok(c) => c,
+        Err(e) => return Some(format!("collecting artifacts failed: {e}")),
+    };
+    tracing::info!(
+        files = c.files,
+        bytes = c.bytes,
+        skipped = c.skipped_total,
+        ms = millis(started.elapsed()),
+        "artifacts collected"
+    );
+    let manifest = cmdx_proto::rest::ArtifactManifest {
+        skipped: c.skipped.clone(),
+        skipped_total: c.skipped_total,
+    };
+    let deadline = Instant::now() + ARTIFACT_UPLOAD_RETRY;
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        let err = match settings
+            .fetcher
+            .upload_artifacts(job, c.zip.path(), &manifest)
+            .await
+        {
+            Ok(n) => {
+                tracing::info!(files = n, "artifacts uploaded");
+                return None;
+            }
+            Err(UploadError::Stale(e)) => return Some(format!("artifacts not stored: {e}")),
+            Err(UploadError::Rejected(e)) => {
+                tracing::warn!(error = %e, "artifacts rejected");
+                return Some(format!("artifacts rejected: {e}"));
+            }
+            Err(UploadError::Failed(e)) => e,
+        };
+        if Instant::now() + backoff > deadline {
+            return Some(format!("artifact upload failed: {err}"));
+        }
+        tracing::warn!(error = %err, retry_in = ?backoff, "artifact upload failed; retrying");
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            () = killed(ctl) => return Some("attempt abandoned".into()),
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+}
+
+/// Resolves when the core kills the attempt (it became stale); never otherwise.
+async fn killed(ctl: &mut watch::Receiver<JobCtl>) {
+    loop {
+        if *ctl.borrow_and_update() == JobCtl::Kill {
+            return;
+        }
+        if ctl.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+    }
 }
 
 /// `jobid-attempt`, restricted to file-name-safe characters (job ids come from the hub); an

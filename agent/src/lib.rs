@@ -10,11 +10,12 @@
 //! - `job`: one attempt from workspace to outcome; `runner`: the sandbox seam;
 //! - `output`: pipe pumping, batching (~20 ms or 32 KiB) and the back-pressure window;
 //! - `telemetry`: the metrics the agent records (`metrics` facade);
-//! - `fetch`: hub URLs and the capped, hashed ZIP download; `extract`: safe extraction;
+//! - `fetch`: hub URLs, the capped, hashed ZIP download and the artifact upload; `extract`:
+//!   safe extraction; `collect`: safe artifact collection;
 //! - `host`: host facts and the persistent worker id; `config`, `error`.
 //!
 //! # Work directory
-//! `work_dir/worker-id` (the stable id), `work_dir/downloads/` (ZIPs being fetched, mode
+//! `work_dir/worker-id` (the stable id), `work_dir/downloads/` (ZIPs being fetched and artifact ZIPs being uploaded, mode
 //! 0700) and `work_dir/jobs/<job>-<attempt>/` (one [`cmdx_sandbox::Workspace`] per job, with
 //! `job/` as the command's cwd and `tmp/` as its `TMPDIR`). Jobs can reach only their own
 //! workspace: the agent's files are outside every landlock rule. `work_dir/agent.lock` is
@@ -36,6 +37,7 @@
 
 #![warn(missing_docs)]
 
+mod collect;
 mod config;
 mod conn;
 mod core;
@@ -117,6 +119,15 @@ pub async fn run(config: AgentConfig, control: watch::Receiver<Control>) -> Resu
     // Held for the agent's lifetime: a second agent on this work dir would clean up (kill)
     // the first one's jobs below.
     let _lock = lock_work_dir(work_dir)?;
+    // Partial downloads and artifact ZIPs a killed predecessor left (no one else uses them:
+    // the lock is ours).
+    if let Ok(entries) = std::fs::read_dir(&downloads_dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_file()) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
 
     let host = host::HostInfo::gather();
     let worker_id = host::worker_id(config.worker_id.as_deref(), work_dir, &host.hostname)?;

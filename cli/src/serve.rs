@@ -22,6 +22,12 @@ pub struct HubSettings {
     /// Largest upload in bytes.
     #[arg(long, env = "CMDX_MAX_UPLOAD_BYTES")]
     max_upload_bytes: Option<u64>,
+    /// Most artifact bytes (uncompressed) kept per job.
+    #[arg(long, env = "CMDX_MAX_ARTIFACT_BYTES")]
+    max_artifact_bytes: Option<u64>,
+    /// Most artifact files kept per job.
+    #[arg(long, env = "CMDX_MAX_ARTIFACT_FILES")]
+    max_artifact_files: Option<u32>,
     /// Output kept per job in bytes.
     #[arg(long, env = "CMDX_OUTPUT_CAP_BYTES")]
     output_cap_bytes: Option<u64>,
@@ -77,6 +83,12 @@ impl HubSettings {
         }
         if let Some(v) = self.max_upload_bytes {
             c.max_upload_bytes = v;
+        }
+        if let Some(v) = self.max_artifact_bytes {
+            c.max_artifact_bytes = v;
+        }
+        if let Some(v) = self.max_artifact_files {
+            c.max_artifact_files = v;
         }
         if let Some(v) = self.output_cap_bytes {
             c.output_cap_bytes = v;
@@ -240,6 +252,15 @@ pub struct AgentArgs {
     /// Jobs run as uid/gid `uid_base + slot` when the agent is root.
     #[arg(long, default_value_t = 40_000)]
     uid_base: u32,
+    /// Memory limit per job in MiB (RAM plus the tmpfs pages it writes).
+    #[arg(long, default_value_t = 512)]
+    memory_mb: u64,
+    /// Size of each job's workspace (job dir plus tmp) in MiB.
+    #[arg(long, default_value_t = 1024)]
+    disk_mb: u64,
+    /// Processes and threads per job.
+    #[arg(long, default_value_t = 256)]
+    pids: u64,
     /// Serve Prometheus metrics (`GET /metrics`) on this address, e.g. 127.0.0.1:9187.
     #[arg(long, env = "CMDX_AGENT_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
@@ -364,6 +385,9 @@ pub async fn run_agent(args: AgentArgs) -> anyhow::Result<i32> {
     config.sandbox_mode = args.sandbox.into();
     config.worker_id = args.worker_id;
     config.uid_base = args.uid_base;
+    config.limits.memory_bytes = args.memory_mb.max(16) << 20;
+    config.limits.disk_bytes = args.disk_mb.max(1) << 20;
+    config.limits.pids = args.pids.max(4);
     if let Some(addr) = args.metrics_listen {
         let listener = tokio::net::TcpListener::bind(addr)
             .await

@@ -44,6 +44,10 @@ pub struct HubConfig {
     pub max_upload_bytes: u64,
     /// Largest JSON body on ordinary routes.
     pub max_json_bytes: u64,
+    /// Most artifact bytes (uncompressed) kept per job.
+    pub max_artifact_bytes: u64,
+    /// Most artifact files kept per job.
+    pub max_artifact_files: u32,
     /// Largest legacy `submit-result` body (it carries whole outputs).
     pub max_legacy_result_bytes: u64,
     /// Largest WebSocket message.
@@ -111,6 +115,8 @@ impl Default for HubConfig {
             output_cap_bytes: 64 << 20,
             max_upload_bytes: 100 << 20,
             max_json_bytes: 1 << 20,
+            max_artifact_bytes: 256 << 20,
+            max_artifact_files: 10_000,
             max_legacy_result_bytes: 64 << 20,
             max_ws_message_bytes: 1 << 20,
             heartbeat_secs: 10,
@@ -177,6 +183,8 @@ impl std::fmt::Debug for HubConfig {
             .field("reconnect_grace_secs", &self.reconnect_grace_secs)
             .field("output_cap_bytes", &self.output_cap_bytes)
             .field("max_upload_bytes", &self.max_upload_bytes)
+            .field("max_artifact_bytes", &self.max_artifact_bytes)
+            .field("max_artifact_files", &self.max_artifact_files)
             .field("rate_limit_per_min", &self.rate_limit_per_min)
             .finish_non_exhaustive()
     }

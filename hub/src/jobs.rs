@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use cmdx_proto::agent::{Assignment, Cancel, HubMsg};
 use cmdx_proto::client::ServerMsg;
-use cmdx_proto::rest::{AttemptView, JobResult, JobSummary, JobView, SubmitRequest};
+use cmdx_proto::rest::{
+    ArtifactSkip, ArtifactView, AttemptView, JobResult, JobSummary, JobView, SubmitRequest,
+};
 use cmdx_proto::{FailureKind, JobStatus, Outcome, StreamKind};
 
 use crate::auth::{Caller, hash_password, write_private};
@@ -190,6 +192,8 @@ pub async fn submit(
             "env: at most 128 variables, names without '=' or NUL",
         ));
     }
+    let artifact_globs =
+        crate::artifacts::validate_globs(&req.artifacts).map_err(ApiError::bad_request)?;
     let file_id = match (&req.file_id, &req.file_url) {
         (Some(id), _) => Some(id.clone()),
         (None, Some(url)) => Some(file_id_from_url(url).ok_or_else(|| {
@@ -245,6 +249,8 @@ pub async fn submit(
         output: OutputMeta::default(),
         attempts: Vec::new(),
         rejections: 0,
+        artifact_globs,
+        artifacts: None,
     };
     hub.store.insert_job(&job).await?;
     hub.store.sync().await?;
@@ -296,7 +302,7 @@ pub async fn pump(hub: Arc<Hub>) {
                     metrics::histogram!("cmdx_dispatch_latency_seconds")
                         .record(waited as f64 / 1000.0);
                 }
-                let msg = HubMsg::Assign(assignment(&job));
+                let msg = HubMsg::Assign(assignment(&job, &hub.config));
                 if p.conn.tx.send(msg).await.is_err() {
                     // The connection died: the reconnect grace decides what happens.
                     tracing::debug!(job_id = %job.id, "assignment not delivered");
@@ -308,7 +314,8 @@ pub async fn pump(hub: Arc<Hub>) {
 }
 
 /// The assignment message for a claimed job.
-pub fn assignment(job: &JobRecord) -> Assignment {
+pub fn assignment(job: &JobRecord, config: &crate::config::HubConfig) -> Assignment {
+    let wants_artifacts = !job.artifact_globs.is_empty();
     Assignment {
         job_id: job.id.clone(),
         attempt: job.attempt,
@@ -321,6 +328,9 @@ pub fn assignment(job: &JobRecord) -> Assignment {
         file_size: job.file.as_ref().map(|f| f.size),
         timeout_secs: job.timeout_secs,
         env: job.env.clone(),
+        artifacts: job.artifact_globs.clone(),
+        artifact_max_bytes: wants_artifacts.then_some(config.max_artifact_bytes),
+        artifact_max_files: wants_artifacts.then_some(config.max_artifact_files),
     }
 }
 
@@ -394,7 +404,12 @@ pub async fn claim_legacy(hub: &Hub, worker: &str, token_id: &str) -> ApiResult<
     Ok(None)
 }
 
-fn check_current(job: &JobRecord, worker: &str, token_id: &str, attempt: u32) -> ApiResult<()> {
+pub(crate) fn check_current(
+    job: &JobRecord,
+    worker: &str,
+    token_id: &str,
+    attempt: u32,
+) -> ApiResult<()> {
     if !job.is_current(worker, attempt) || job.token_id.as_deref() != Some(token_id) {
         return Err(ApiError::stale(format!(
             "attempt {attempt} of job {} is not held by this worker",
@@ -1025,6 +1040,37 @@ pub async fn view(hub: &Hub, job: &JobRecord) -> ApiResult<JobView> {
                 end: a.end.clone(),
             })
             .collect(),
+        artifact_patterns: job.artifact_globs.clone(),
+        artifacts: job
+            .current_artifacts()
+            .map(|a| {
+                a.files
+                    .iter()
+                    .map(|f| ArtifactView {
+                        path: f.path.clone(),
+                        size: f.size,
+                        sha256: f.sha256.clone(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        artifacts_url: job
+            .current_artifacts()
+            .map(|_| format!("/api/jobs/{}/artifacts", job.id)),
+        artifacts_skipped: job
+            .current_artifacts()
+            .map(|a| {
+                a.skipped
+                    .iter()
+                    .map(|(path, reason)| ArtifactSkip {
+                        path: path.clone(),
+                        reason: reason.clone(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        artifacts_skipped_total: job.current_artifacts().map_or(0, |a| a.skipped_total),
+        artifacts_error: outcome.artifacts_error.clone(),
     })
 }
 
@@ -1091,8 +1137,23 @@ pub async fn janitor_pass(hub: &Hub) -> ApiResult<JanitorReport> {
     let mut kept_shas = std::collections::HashSet::new();
     let mut doomed = Vec::new();
     for f in files {
-        let last = f.last_used_ms.unwrap_or(0).max(f.created_ms);
-        if last < file_cutoff && !in_use.contains(&f.id) {
+        let doomed_now = match &f.artifacts_of {
+            // A job's artifact ZIP lives as long as the job points at it. An unbound one (its
+            // upload lost the fencing race, or a later attempt replaced it) goes after an hour,
+            // so an upload between storing the file and binding it is never collected.
+            Some(job_id) => match hub.store.get_job(job_id).await? {
+                None => true,
+                Some(j) => {
+                    j.artifacts.as_ref().is_none_or(|a| a.file_id != f.id)
+                        && f.created_ms < now.saturating_sub(3600 * 1000)
+                }
+            },
+            None => {
+                let last = f.last_used_ms.unwrap_or(0).max(f.created_ms);
+                last < file_cutoff && !in_use.contains(&f.id)
+            }
+        };
+        if doomed_now {
             doomed.push(f);
         } else {
             kept_shas.insert(f.sha256.clone());

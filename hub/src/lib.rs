@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod artifacts;
 pub mod auth;
 pub mod backup;
 pub mod config;

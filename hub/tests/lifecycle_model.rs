@@ -409,6 +409,7 @@ impl StateMachineTest for LifecycleTest {
                     tags: Vec::new(),
                     env: Default::default(),
                     max_attempts: Some(max_attempts),
+                    artifacts: Vec::new(),
                 };
                 let id = sut
                     .block(jobs::submit(sut.hub(), &caller(), req, false))

@@ -246,6 +246,16 @@ pub struct Assignment {
     /// Extra environment for the job (on top of the sandbox's allow-list).
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Globs (relative to the job dir) of files to collect after the command ends and upload
+    /// with `PUT /api/jobs/{jobId}/artifacts?attempt=N`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub artifacts: Vec<String>,
+    /// The hub's cap on artifact bytes (uncompressed) for this job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact_max_bytes: Option<u64>,
+    /// The hub's cap on the number of artifact files for this job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact_max_files: Option<u32>,
 }
 
 impl std::fmt::Debug for Assignment {
@@ -258,6 +268,7 @@ impl std::fmt::Debug for Assignment {
             .field("file_url", &self.file_url)
             .field("timeout_secs", &self.timeout_secs)
             .field("env_keys", &self.env.keys().collect::<Vec<_>>())
+            .field("artifacts", &self.artifacts)
             .finish()
     }
 }

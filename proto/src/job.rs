@@ -135,6 +135,10 @@ pub struct Outcome {
     /// The agent's output cap was hit; the stored log keeps the tail.
     #[serde(default)]
     pub output_truncated: bool,
+    /// The job asked for artifacts but none could be collected or uploaded (why). Files
+    /// skipped one by one are listed with the artifacts instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifacts_error: Option<String>,
 }
 
 impl Outcome {

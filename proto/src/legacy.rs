@@ -107,6 +107,12 @@ pub struct LegacySubmitResult {
     /// Exit code.
     #[serde(default)]
     pub exit_code: Option<i32>,
+    /// The original agent's ZIP of the job folder, base64; kept as the job's artifacts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result_zip_base64: Option<String>,
+    /// Name of that ZIP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result_zip_name: Option<String>,
 }
 
 /// `PUT /api/jobs/submit-result`: the worker could not run the job.

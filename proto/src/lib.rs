@@ -24,15 +24,20 @@
 //!    (older ones are duplicates and ignored) and answers `outputAck` with the highest contiguous
 //!    durable `seq`. The agent keeps unacknowledged chunks and resends them after a reconnect:
 //!    no gaps, no duplicates.
-//! 4. **Finish.** `finished` carries the outcome (exit code or signal, OOM, timeout, cancel,
+//! 4. **Artifacts.** When the assignment names `artifacts` globs, the agent collects the matching
+//!    files after the command ended (whatever the outcome) and uploads them as one ZIP with
+//!    `PUT /api/jobs/{jobId}/artifacts?attempt=N` (REST, worker token, fenced like every
+//!    message) *before* `finished`, so a terminal job already lists its artifacts. An upload
+//!    that cannot land sets the outcome's `artifactsError`.
+//! 5. **Finish.** `finished` carries the outcome (exit code or signal, OOM, timeout, cancel,
 //!    durations, peak memory) and `chunks`, the number of output chunks sent. The hub records it
 //!    once every chunk is stored and answers `finishedAck`; until then the agent resends it
 //!    after each reconnect.
-//! 5. **Control.** `cancel` asks the agent to stop a job (TERM, then KILL after `graceSecs`);
+//! 6. **Control.** `cancel` asks the agent to stop a job (TERM, then KILL after `graceSecs`);
 //!    `abandon` tells it an attempt is stale (fencing); `drain` asks it to take no more work.
 //!    Every agent message names `(jobId, attempt)`; the hub ignores and answers `abandon` to any
 //!    attempt that is not the job's current one.
-//! 6. **Liveness.** WebSocket ping/pong from the hub plus an app-level `heartbeat` listing the
+//! 7. **Liveness.** WebSocket ping/pong from the hub plus an app-level `heartbeat` listing the
 //!    held jobs and free slots.
 //!
 //! # Client protocol (`/ws/client`)

@@ -132,6 +132,10 @@ pub struct SubmitRequest {
     /// Attempts before `worker_lost` (default 3).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_attempts: Option<u32>,
+    /// Globs of result files to keep, relative to the job dir (`dist/**`, `reports/*.xml`):
+    /// `*` stays within one path component, `**` crosses them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub artifacts: Vec<String>,
 }
 
 impl std::fmt::Debug for SubmitRequest {
@@ -144,6 +148,7 @@ impl std::fmt::Debug for SubmitRequest {
             .field("tags", &self.tags)
             .field("env_keys", &self.env.keys().collect::<Vec<_>>())
             .field("max_attempts", &self.max_attempts)
+            .field("artifacts", &self.artifacts)
             .finish()
     }
 }
@@ -252,6 +257,60 @@ pub struct JobView {
     pub cpu_ms: Option<u64>,
     /// Attempt history.
     pub attempts: Vec<AttemptView>,
+    /// The artifact globs asked for at submission.
+    pub artifact_patterns: Vec<String>,
+    /// Collected artifact files of the current attempt (`[]` until uploaded).
+    pub artifacts: Vec<ArtifactView>,
+    /// Download path of all artifacts as one ZIP, once there are any.
+    pub artifacts_url: Option<String>,
+    /// Matching paths the agent did not collect, and why (at most 100 listed).
+    pub artifacts_skipped: Vec<ArtifactSkip>,
+    /// How many matching paths were skipped in all (may exceed the list).
+    pub artifacts_skipped_total: u64,
+    /// Why no artifacts could be collected or stored, if so.
+    pub artifacts_error: Option<String>,
+}
+
+/// One collected artifact file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ArtifactView {
+    /// Path relative to the job dir, `/`-separated.
+    pub path: String,
+    /// Bytes.
+    pub size: u64,
+    /// Hex sha256 of the content.
+    pub sha256: String,
+}
+
+/// A path that matched an artifact glob but was not collected.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ArtifactSkip {
+    /// Path relative to the job dir (or a glob, for limits that stopped the walk).
+    pub path: String,
+    /// Why, e.g. `symlink`, `not a regular file`, `over the byte cap`.
+    pub reason: String,
+}
+
+/// The `manifest` part of an agent's artifact upload (`PUT /api/jobs/{jobId}/artifacts`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ArtifactManifest {
+    /// Paths skipped (at most 100).
+    #[serde(default)]
+    pub skipped: Vec<ArtifactSkip>,
+    /// All skipped paths, counted.
+    #[serde(default)]
+    pub skipped_total: u64,
+}
+
+/// Answer to an artifact upload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ArtifactList {
+    /// The stored files.
+    pub artifacts: Vec<ArtifactView>,
 }
 
 /// A job without its output, for lists and live events.

@@ -37,21 +37,24 @@ fn outcome() -> impl Strategy<Value = Outcome> {
         any::<(bool, bool, bool, bool)>(),
         any::<u64>(),
         prop::option::of(any::<u64>()),
-        prop::option::of(any::<u64>()),
+        (prop::option::of(any::<u64>()), prop::option::of(".{0,20}")),
     )
         .prop_map(
-            |(exit_code, signal, failure, error, (t, o, c, tr), d, cpu, mem)| Outcome {
-                exit_code,
-                signal,
-                failure,
-                error,
-                timed_out: t,
-                oom_killed: o,
-                cancelled: c,
-                duration_ms: d,
-                cpu_ms: cpu,
-                peak_memory_bytes: mem,
-                output_truncated: tr,
+            |(exit_code, signal, failure, error, (t, o, c, tr), d, cpu, (mem, artifacts_error))| {
+                Outcome {
+                    exit_code,
+                    signal,
+                    failure,
+                    error,
+                    timed_out: t,
+                    oom_killed: o,
+                    cancelled: c,
+                    duration_ms: d,
+                    cpu_ms: cpu,
+                    peak_memory_bytes: mem,
+                    output_truncated: tr,
+                    artifacts_error,
+                }
             },
         )
 }
@@ -173,19 +176,25 @@ fn hub_msg() -> impl Strategy<Value = HubMsg> {
             ".{0,50}",
             prop::option::of(id()),
             any::<u64>(),
-            prop::collection::btree_map("[A-Z]{1,5}", ".{0,10}", 0..3)
+            prop::collection::btree_map("[A-Z]{1,5}", ".{0,10}", 0..3),
+            prop::collection::vec("[a-z*/]{1,12}", 0..3),
         )
             .prop_map(
-                |(job_id, attempt, command, f, timeout_secs, env)| HubMsg::Assign(Assignment {
-                    job_id,
-                    attempt,
-                    command,
-                    file_url: f.clone().map(|f| format!("/api/files/download/{f}")),
-                    file_sha256: f,
-                    file_size: None,
-                    timeout_secs,
-                    env: env.into_iter().collect::<BTreeMap<_, _>>(),
-                })
+                |(job_id, attempt, command, f, timeout_secs, env, artifacts)| HubMsg::Assign(
+                    Assignment {
+                        job_id,
+                        attempt,
+                        command,
+                        file_url: f.clone().map(|f| format!("/api/files/download/{f}")),
+                        file_sha256: f,
+                        file_size: None,
+                        timeout_secs,
+                        env: env.into_iter().collect::<BTreeMap<_, _>>(),
+                        artifact_max_bytes: (!artifacts.is_empty()).then_some(1 << 20),
+                        artifact_max_files: (!artifacts.is_empty()).then_some(100),
+                        artifacts,
+                    }
+                )
             ),
         (id(), any::<u32>(), any::<u64>()).prop_map(|(job_id, attempt, stored_chunks)| {
             HubMsg::OutputAck(OutputAck {

@@ -1,6 +1,7 @@
 //! End-to-end tests of the hub through real processes, sockets and sled on disk.
 
 mod agent_real;
+mod artifacts;
 mod attacks;
 mod bad_input;
 mod cli;

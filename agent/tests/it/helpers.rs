@@ -411,6 +411,9 @@ pub fn assignment(job_id: &str, command: &str) -> Assignment {
         file_size: None,
         timeout_secs: 60,
         env: Default::default(),
+        artifacts: Vec::new(),
+        artifact_max_bytes: None,
+        artifact_max_files: None,
     }
 }
 

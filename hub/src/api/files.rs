@@ -40,7 +40,7 @@ fn clean_name(name: &str) -> String {
 }
 
 /// Writes a byte stream to a temp file under the blob folder, hashing and counting.
-struct Spool {
+pub(super) struct Spool {
     path: PathBuf,
     file: tokio::fs::File,
     hasher: Sha256,
@@ -50,7 +50,7 @@ struct Spool {
 }
 
 impl Spool {
-    async fn new(hub: &Hub) -> ApiResult<Spool> {
+    pub(super) async fn new(hub: &Hub, limit: u64) -> ApiResult<Spool> {
         let path = hub.blob_dir.join("tmp").join(new_id());
         let file = tokio::fs::File::create(&path)
             .await
@@ -60,12 +60,12 @@ impl Spool {
             file,
             hasher: Sha256::new(),
             size: 0,
-            limit: hub.config.max_upload_bytes,
+            limit,
             started: std::time::Instant::now(),
         })
     }
 
-    async fn write(&mut self, data: &[u8]) -> ApiResult<()> {
+    pub(super) async fn write(&mut self, data: &[u8]) -> ApiResult<()> {
         self.size += data.len() as u64;
         if self.size > self.limit {
             return Err(ApiError::too_large(format!(
@@ -86,10 +86,20 @@ impl Spool {
         self.file.write_all(data).await.map_err(ApiError::internal)
     }
 
-    /// Moves the content to its content-addressed place; returns (sha256, size).
-    async fn finish(mut self, hub: &Hub) -> ApiResult<(String, u64)> {
+    /// The temp file (complete once [`Spool::flush`] returned).
+    pub(super) fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    /// Makes everything written durable in the temp file.
+    pub(super) async fn flush(&mut self) -> ApiResult<()> {
         self.file.flush().await.map_err(ApiError::internal)?;
-        self.file.sync_all().await.map_err(ApiError::internal)?;
+        self.file.sync_all().await.map_err(ApiError::internal)
+    }
+
+    /// Moves the content to its content-addressed place; returns (sha256, size).
+    pub(super) async fn finish(mut self, hub: &Hub) -> ApiResult<(String, u64)> {
+        self.flush().await?;
         let sha = hex::encode(self.hasher.finalize_reset());
         let dest = hub.blob_dir.join(&sha);
         if tokio::fs::metadata(&dest).await.is_ok() {
@@ -102,7 +112,7 @@ impl Spool {
         Ok((sha, self.size))
     }
 
-    async fn discard(self) {
+    pub(super) async fn discard(self) {
         let _ = tokio::fs::remove_file(&self.path).await;
     }
 }
@@ -121,7 +131,31 @@ pub async fn receive(
     req: &mut Req,
     owner: &str,
 ) -> ApiResult<(FileRecord, HashMap<String, String>)> {
-    let limit = hub.config.max_upload_bytes;
+    let (spool, filename, fields) = receive_spool(hub, req, hub.config.max_upload_bytes).await?;
+    let (sha256, size) = spool.finish(hub).await?;
+    let rec = FileRecord {
+        v: 1,
+        id: new_id(),
+        owner: owner.to_string(),
+        filename,
+        size,
+        sha256,
+        created_ms: now_ms(),
+        last_used_ms: None,
+        artifacts_of: None,
+    };
+    hub.store.put_file(&rec).await?;
+    hub.store.sync().await?;
+    Ok((rec, fields))
+}
+
+/// Receives a multipart (`file` plus text fields) or raw ZIP body of at most `limit` bytes into
+/// a spool; returns it with the file name and the text fields.
+pub(super) async fn receive_spool(
+    hub: &Hub,
+    req: &mut Req,
+    limit: u64,
+) -> ApiResult<(Spool, String, HashMap<String, String>)> {
     if let Some(len) = req
         .headers
         .get("content-length")
@@ -141,7 +175,7 @@ pub async fn receive(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string();
-    let mut spool = Spool::new(hub).await?;
+    let mut spool = Spool::new(hub, limit).await?;
     let mut fields = HashMap::new();
     let result = if ctype.starts_with("multipart/form-data") {
         receive_multipart(req, &ctype, &mut spool, &mut fields).await
@@ -163,20 +197,7 @@ pub async fn receive(
             return Err(e);
         }
     };
-    let (sha256, size) = spool.finish(hub).await?;
-    let rec = FileRecord {
-        v: 1,
-        id: new_id(),
-        owner: owner.to_string(),
-        filename,
-        size,
-        sha256,
-        created_ms: now_ms(),
-        last_used_ms: None,
-    };
-    hub.store.put_file(&rec).await?;
-    hub.store.sync().await?;
-    Ok((rec, fields))
+    Ok((spool, filename, fields))
 }
 
 async fn receive_raw(req: &mut Req, spool: &mut Spool) -> ApiResult<()> {
@@ -244,16 +265,7 @@ pub async fn download(hub: &Arc<Hub>, req: Req, id: &str) -> ApiResult<Response>
         || req.headers.contains_key("x-worker-id");
     let file = if is_worker {
         let cred = super::worker(hub, &req).await?;
-        let worker_id = req
-            .headers
-            .get("x-worker-id")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-            .or(match &cred {
-                crate::auth::WorkerCred::LegacyJwt(w) => Some(w.clone()),
-                _ => None,
-            })
-            .or_else(|| req.param("workerId"));
+        let worker_id = super::worker_id(&req, &cred);
         let file = file.ok_or_else(|| ApiError::not_found("file not found"))?;
         let allowed = match worker_id {
             Some(w) => worker_holds_file(hub, &w, &cred.token_id(), &file.id).await?,
@@ -313,6 +325,11 @@ pub async fn list(hub: &Arc<Hub>, req: Req) -> ApiResult<Response> {
     let caller = user(hub, &req)?;
     let files = hub.store.list_files(&caller.user_id).await?;
     Ok(json(&FileList {
-        files: files.iter().map(view).collect(),
+        // A job's artifact ZIP is listed with its job, not among uploads.
+        files: files
+            .iter()
+            .filter(|f| f.artifacts_of.is_none())
+            .map(view)
+            .collect(),
     }))
 }

@@ -340,12 +340,22 @@ pub async fn submit_result(hub: &Arc<Hub>, mut req: Req) -> ApiResult<Response> 
     let body: LegacySubmitResult = read_json(&mut req, hub.config.max_legacy_result_bytes).await?;
     let (job, worker_id) = held_job(hub, &cred, &body.job_id, body.worker_id.as_deref()).await?;
     let token_id = cred.token_id();
+    let mut artifacts_error = None;
     if job.is_current(&worker_id, job.attempt) && job.token_id.as_deref() == Some(token_id.as_str())
     {
         reconcile_output(hub, &worker_id, &token_id, &job, body.stdout, body.stderr).await?;
+        if let Some(zip) = body.result_zip_base64.as_deref().filter(|z| !z.is_empty()) {
+            let stored =
+                super::artifacts::store_legacy_zip(hub, &job, &worker_id, &token_id, zip).await;
+            if let Err(e) = stored {
+                tracing::warn!(job_id = %job.id, error = %e, "legacy result ZIP not kept");
+                artifacts_error = Some(e);
+            }
+        }
     }
     let exit = body.exit_code.unwrap_or(-1);
     let outcome = Outcome {
+        artifacts_error,
         exit_code: Some(exit),
         cancelled: job.cancel_requested,
         duration_ms: job

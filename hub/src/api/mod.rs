@@ -3,6 +3,7 @@
 //! `ApiResult<Response>`; every error becomes `{"error","code"}` with its status. Bodies are read
 //! through [`read_body`] with an explicit limit (chunked bodies without Content-Length included).
 
+mod artifacts;
 mod files;
 mod jobs_api;
 mod legacy;
@@ -251,6 +252,19 @@ async fn dispatch(hub: &Arc<Hub>, req: Req) -> ApiResult<Response> {
         (&M::PUT, ["api", "jobs", "submit-result"]) => legacy::submit_error(hub, req).await,
         (&M::POST, ["api", "jobs", "create"]) => legacy::create(hub, req).await,
         (&M::POST, ["api", "execute"]) => legacy::execute(hub, req).await,
+        (&M::GET, ["api", "jobs", id, "artifacts"]) => {
+            let id = id.to_string();
+            artifacts::download_zip(hub, req, &id).await
+        }
+        (&M::PUT, ["api", "jobs", id, "artifacts"]) => {
+            let id = id.to_string();
+            artifacts::upload(hub, req, &id).await
+        }
+        (&M::GET, ["api", "jobs", id, "artifacts", rest @ ..]) if !rest.is_empty() => {
+            let id = id.to_string();
+            let file = percent_decode_path(&rest.join("/"));
+            artifacts::download_file(hub, req, &id, &file).await
+        }
         (&M::GET, ["api", "jobs", id, "output"]) => {
             let id = id.to_string();
             jobs_api::output(hub, req, &id).await
@@ -354,6 +368,8 @@ const KNOWN_PATHS: &[&str] = &[
     "/api/jobs/create",
     "/api/execute",
     "/api/jobs/*/output",
+    "/api/jobs/*/artifacts",
+    "/api/jobs/*/artifacts/**",
     "/api/workers/register",
     "/api/workers/heartbeat",
     "/api/workers/list",
@@ -376,9 +392,19 @@ fn route_label(path: &str) -> &'static str {
     }
 }
 
+/// `*` matches one segment; a final `**` matches one or more.
 fn path_matches(pattern: &str, segs: &[&str]) -> bool {
     let p: Vec<&str> = pattern.split('/').skip(1).collect();
+    if p.last() == Some(&"**") {
+        let head = &p[..p.len() - 1];
+        return segs.len() > head.len() && head.iter().zip(segs).all(|(a, b)| *a == "*" || a == b);
+    }
     p.len() == segs.len() && p.iter().zip(segs).all(|(a, b)| *a == "*" || a == b)
+}
+
+/// Percent-decodes a path (`+` stays a plus, unlike in a query).
+fn percent_decode_path(s: &str) -> String {
+    percent_decode(&s.replace('+', "%2B"))
 }
 
 /// `GET /api/openapi.json`: the OpenAPI 3.1 document of every route (`hub/openapi.json`, kept
@@ -486,6 +512,20 @@ pub fn admin(hub: &Hub, req: &Req) -> ApiResult<Caller> {
         return Err(ApiError::forbidden("admin only"));
     }
     Ok(c)
+}
+
+/// The worker id a worker request speaks for: the `x-worker-id` header, a legacy JWT's
+/// subject, or the `workerId` query parameter.
+pub fn worker_id(req: &Req, cred: &WorkerCred) -> Option<String> {
+    req.headers
+        .get("x-worker-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or(match cred {
+            WorkerCred::LegacyJwt(w) => Some(w.clone()),
+            _ => None,
+        })
+        .or_else(|| req.param("workerId"))
 }
 
 /// A worker credential: a minted worker token (not revoked), a legacy worker JWT, or an
@@ -666,7 +706,14 @@ mod tests {
     #[test]
     fn known_paths_are_exactly_the_routed_patterns() {
         let routed: BTreeSet<String> = routed_in_source().into_iter().map(|(_, p)| p).collect();
-        let known: BTreeSet<String> = KNOWN_PATHS.iter().map(|p| p.to_string()).collect();
+        // A final `**` (one or more segments) is routed as a rest binding, read as `*`.
+        let known: BTreeSet<String> = KNOWN_PATHS
+            .iter()
+            .map(|p| {
+                p.strip_suffix("/**")
+                    .map_or(p.to_string(), |h| format!("{h}/*"))
+            })
+            .collect();
         let missing: Vec<_> = routed.difference(&known).collect();
         let extra: Vec<_> = known.difference(&routed).collect();
         assert!(

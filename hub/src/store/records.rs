@@ -89,15 +89,60 @@ pub struct JobRecord {
     /// `max_attempts`.
     #[serde(default)]
     pub rejections: u32,
+    /// Artifact globs asked for at submission.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub artifact_globs: Vec<String>,
+    /// The artifacts stored for an attempt (only the current attempt's are shown).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifacts: Option<ArtifactsRecord>,
 }
 
 impl JobRecord {
+    /// The artifacts of the current attempt, if it uploaded any.
+    pub fn current_artifacts(&self) -> Option<&ArtifactsRecord> {
+        self.artifacts
+            .as_ref()
+            .filter(|a| a.attempt == self.attempt)
+    }
+
     /// True when `(worker, attempt)` is the job's current, live assignment.
     pub fn is_current(&self, worker_id: &str, attempt: u32) -> bool {
         self.attempt == attempt
             && self.worker_id.as_deref() == Some(worker_id)
             && matches!(self.status, JobStatus::Assigned | JobStatus::Running)
     }
+}
+
+/// A job's stored artifacts: one ZIP (a [`FileRecord`] with `artifacts_of`) and its listing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArtifactsRecord {
+    /// Attempt that uploaded them.
+    pub attempt: u32,
+    /// The ZIP's file record.
+    pub file_id: String,
+    /// The ZIP's sha256 (its blob).
+    pub sha256: String,
+    /// The ZIP's size.
+    pub size: u64,
+    /// Regular files in the ZIP, in ZIP order.
+    pub files: Vec<ArtifactFile>,
+    /// Matching paths not collected (at most 100).
+    #[serde(default)]
+    pub skipped: Vec<(String, String)>,
+    /// All skipped paths, counted.
+    #[serde(default)]
+    pub skipped_total: u64,
+}
+
+/// One file inside a job's artifact ZIP.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArtifactFile {
+    /// Path in the ZIP (relative, `/`-separated, normalised).
+    pub path: String,
+    /// Uncompressed bytes.
+    pub size: u64,
+    /// Hex sha256 of the content.
+    pub sha256: String,
 }
 
 /// Reference from a job to its uploaded file.
@@ -265,6 +310,9 @@ pub struct FileRecord {
     /// Last submitted with a job (ms); retention counts from the later of this and upload.
     #[serde(default)]
     pub last_used_ms: Option<u64>,
+    /// Set for a job's artifact ZIP: the file lives as long as that job references it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifacts_of: Option<String>,
 }
 
 /// A worker known to the hub (kept across restarts so lists survive them).
