@@ -297,7 +297,7 @@ pub async fn pump(hub: Arc<Hub>) {
                         .record(waited as f64 / 1000.0);
                 }
                 let msg = HubMsg::Assign(assignment(&job));
-                if p.conn.tx.send(msg).await.is_err() {
+                if p.conn.send(msg).await.is_err() {
                     // The connection died: the reconnect grace decides what happens.
                     tracing::debug!(job_id = %job.id, "assignment not delivered");
                 }
@@ -856,7 +856,6 @@ pub async fn cancel(hub: &Arc<Hub>, caller: &Caller, job_id: &str) -> ApiResult<
             match hub.dispatch.conn(&worker) {
                 Some(conn) => {
                     let _ = conn
-                        .tx
                         .send(HubMsg::Cancel(Cancel {
                             job_id: job.id.clone(),
                             attempt: job.attempt,
@@ -883,7 +882,6 @@ pub async fn cancel(hub: &Arc<Hub>, caller: &Caller, job_id: &str) -> ApiResult<
                     let w = j.worker_id.clone().unwrap_or_default();
                     if let Some(conn) = hub2.dispatch.conn(&w) {
                         let _ = conn
-                            .tx
                             .send(HubMsg::Abandon(cmdx_proto::agent::Abandon {
                                 job_id: id.clone(),
                                 attempt,
