@@ -253,11 +253,16 @@ pub async fn submit(
         artifacts: None,
     };
     hub.store.insert_job(&job).await?;
+    // The dispatcher may take the job before this submission's flush: its claim is a later write
+    // and it pushes the assignment only after a flush that started after the claim, which covers
+    // this insert as well. So the job is durable before any worker hears of it, while the
+    // submission and the claim share one flush instead of waiting for two in a row. (The event
+    // goes out first so that watchers never see `queued` after `assigned`.)
+    hub.emit(Some(job.owner.clone()), ServerMsg::Job(summary(&job)));
+    hub.dispatch.enqueue(seq, &job.id, &tags);
     hub.store.sync().await?;
     hub.counters.submitted.fetch_add(1, Ordering::Relaxed);
     metrics::counter!("cmdx_jobs_submitted_total").increment(1);
-    hub.dispatch.enqueue(seq, &job.id, &tags);
-    hub.emit(Some(job.owner.clone()), ServerMsg::Job(summary(&job)));
     tracing::info!(job_id = %job.id, owner = %job.owner, "job submitted");
     Ok(job.id)
 }
@@ -279,9 +284,21 @@ pub async fn pump(hub: Arc<Hub>) {
             if planned.is_empty() {
                 break;
             }
+            let results = {
+                let reqs: Vec<ClaimReq<'_>> = planned
+                    .iter()
+                    .map(|p| ClaimReq {
+                        job_id: &p.job_id,
+                        queue_seq: p.queue_seq,
+                        worker: &p.worker_id,
+                        token_id: &p.token_id,
+                    })
+                    .collect();
+                claim_all(&hub, &reqs).await
+            };
             let mut claimed = Vec::with_capacity(planned.len());
-            for p in planned {
-                match claim(&hub, &p.job_id, p.queue_seq, &p.worker_id, &p.token_id).await {
+            for (p, res) in planned.into_iter().zip(results) {
+                match res {
                     Ok(job) => claimed.push((p, job)),
                     Err(e) => {
                         tracing::debug!(job_id = %p.job_id, error = %e, "claim failed");
@@ -303,7 +320,7 @@ pub async fn pump(hub: Arc<Hub>) {
                         .record(waited as f64 / 1000.0);
                 }
                 let msg = HubMsg::Assign(assignment(&job, &hub.config));
-                if p.conn.tx.send(msg).await.is_err() {
+                if p.conn.send(msg).await.is_err() {
                     // The connection died: the reconnect grace decides what happens.
                     tracing::debug!(job_id = %job.id, "assignment not delivered");
                 }
@@ -334,41 +351,63 @@ pub fn assignment(job: &JobRecord, config: &crate::config::HubConfig) -> Assignm
     }
 }
 
-/// Moves a queued job to `assigned` for `worker` (a new attempt), durably applied (not synced).
-async fn claim(
-    hub: &Hub,
-    job_id: &str,
+/// One claim of a dispatcher batch: `job_id` (queued under `queue_seq`) for `worker`.
+struct ClaimReq<'a> {
+    job_id: &'a str,
     queue_seq: u64,
-    worker: &str,
-    token_id: &str,
-) -> Result<JobRecord, StoreError> {
+    worker: &'a str,
+    token_id: &'a str,
+}
+
+/// Moves queued jobs to `assigned` (a new attempt each) in one store transaction, applied but
+/// not synced; one result per request.
+async fn claim_all(hub: &Hub, reqs: &[ClaimReq<'_>]) -> Vec<Result<JobRecord, StoreError>> {
     let now = now_ms();
-    let job = hub
-        .store
-        .update_job(job_id, &|job: &mut JobRecord| {
-            if job.status != JobStatus::Queued || job.queue_seq != Some(queue_seq) {
-                return Err(StoreError::Conflict("job is not queued".into()));
-            }
-            job.status = JobStatus::Assigned;
-            job.queue_seq = None;
-            job.attempt += 1;
-            job.worker_id = Some(worker.to_string());
-            job.token_id = Some(token_id.to_string());
-            job.assigned_ms = Some(now);
-            job.started_ms = None;
-            job.attempts.push(AttemptRecord {
-                attempt: job.attempt,
-                worker_id: worker.to_string(),
-                assigned_ms: now,
-                ended_ms: None,
-                end: None,
-            });
-            Ok(())
-        })
-        .await?;
-    // A new attempt: the relay reloads its state (and drops the old attempt's log) on first use.
-    hub.relay.live(job_id).state.lock().await.loaded = false;
-    Ok(job)
+    let ids: Vec<String> = reqs.iter().map(|r| r.job_id.to_string()).collect();
+    let update = |i: usize, job: &mut JobRecord| {
+        let r = &reqs[i];
+        if job.status != JobStatus::Queued || job.queue_seq != Some(r.queue_seq) {
+            return Err(StoreError::Conflict("job is not queued".into()));
+        }
+        job.status = JobStatus::Assigned;
+        job.queue_seq = None;
+        job.attempt += 1;
+        job.worker_id = Some(r.worker.to_string());
+        job.token_id = Some(r.token_id.to_string());
+        job.assigned_ms = Some(now);
+        job.started_ms = None;
+        job.attempts.push(AttemptRecord {
+            attempt: job.attempt,
+            worker_id: r.worker.to_string(),
+            assigned_ms: now,
+            ended_ms: None,
+            end: None,
+        });
+        Ok(())
+    };
+    let results = match hub.store.update_jobs(&ids, &update).await {
+        Ok(results) => results,
+        Err(e) => {
+            let message = e.to_string();
+            return reqs
+                .iter()
+                .map(|_| {
+                    Err(StoreError::Backend {
+                        op: "claim",
+                        message: message.clone(),
+                    })
+                })
+                .collect();
+        }
+    };
+    for (r, res) in reqs.iter().zip(&results) {
+        if res.is_ok() {
+            // A new attempt: the relay reloads its state (and drops the old attempt's log) on
+            // first use.
+            hub.relay.live(r.job_id).state.lock().await.loaded = false;
+        }
+    }
+    results
 }
 
 /// A legacy worker asks for work: claims the oldest tagless job, durably.
@@ -377,7 +416,14 @@ pub async fn claim_legacy(hub: &Hub, worker: &str, token_id: &str) -> ApiResult<
         return Ok(None);
     }
     while let Some((seq, job_id)) = hub.dispatch.take_for_legacy(worker) {
-        match claim(hub, &job_id, seq, worker, token_id).await {
+        let req = ClaimReq {
+            job_id: &job_id,
+            queue_seq: seq,
+            worker,
+            token_id,
+        };
+        let claimed = claim_all(hub, &[req]).await.pop();
+        match claimed.unwrap_or_else(|| Err(StoreError::NotFound(job_id.clone()))) {
             Ok(mut job) => {
                 // A legacy worker starts the job as soon as it receives it.
                 let now = now_ms();
@@ -871,7 +917,6 @@ pub async fn cancel(hub: &Arc<Hub>, caller: &Caller, job_id: &str) -> ApiResult<
             match hub.dispatch.conn(&worker) {
                 Some(conn) => {
                     let _ = conn
-                        .tx
                         .send(HubMsg::Cancel(Cancel {
                             job_id: job.id.clone(),
                             attempt: job.attempt,
@@ -898,7 +943,6 @@ pub async fn cancel(hub: &Arc<Hub>, caller: &Caller, job_id: &str) -> ApiResult<
                     let w = j.worker_id.clone().unwrap_or_default();
                     if let Some(conn) = hub2.dispatch.conn(&w) {
                         let _ = conn
-                            .tx
                             .send(HubMsg::Abandon(cmdx_proto::agent::Abandon {
                                 job_id: id.clone(),
                                 attempt,

@@ -7,13 +7,18 @@
 //! no gap and no duplicate at the seam. A subscriber that lags (the broadcast ring overwrote
 //! chunks it had not read) rereads the store from where it was: it never slows the agent or
 //! other subscribers, and its memory is bounded by its outgoing queue.
+//!
+//! Subscribers queue messages already encoded ([`Encoded`]). A live chunk is encoded as an
+//! `output` message once, by the first subscriber that sends it whole, and every other
+//! subscriber queues the same shared bytes.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use cmdx_proto::client::ServerMsg;
 use cmdx_proto::{Bytes64, StreamKind};
 use tokio::sync::{broadcast, mpsc};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::store::{ChunkRecord, Store, StoreResult};
 
@@ -22,11 +27,52 @@ const RING: usize = 128;
 /// Bytes read from the store per page when replaying.
 const PAGE_BYTES: usize = 256 * 1024;
 
+/// A JSON-encoded [`ServerMsg`] queued for a client socket; clones share the bytes.
+pub type Encoded = Utf8Bytes;
+
+/// Encodes one message for a client socket.
+pub fn encode(msg: &ServerMsg) -> Encoded {
+    Utf8Bytes::from(serde_json::to_string(msg).unwrap_or_default())
+}
+
+/// A stored chunk on the live channel, with its `output` message encoded on first use.
+#[derive(Debug)]
+pub struct LiveChunk {
+    /// The stored chunk.
+    pub record: ChunkRecord,
+    /// The whole chunk as an `output` message (from the chunk's own offset).
+    encoded: OnceLock<Encoded>,
+}
+
+impl LiveChunk {
+    /// A stored chunk, not yet encoded.
+    pub fn new(record: ChunkRecord) -> LiveChunk {
+        LiveChunk {
+            record,
+            encoded: OnceLock::new(),
+        }
+    }
+
+    /// The whole chunk as an `output` message of `job_id`, encoded once for all subscribers.
+    pub fn encoded(&self, job_id: &str) -> Encoded {
+        self.encoded
+            .get_or_init(|| {
+                encode(&ServerMsg::Output {
+                    job_id: job_id.to_string(),
+                    offset: self.record.offset,
+                    stream: self.record.stream,
+                    data: Bytes64(self.record.data.clone()),
+                })
+            })
+            .clone()
+    }
+}
+
 /// What the live channel carries.
 #[derive(Clone, Debug)]
 pub enum RelayItem {
     /// A chunk, already stored.
-    Chunk(Arc<ChunkRecord>),
+    Chunk(Arc<LiveChunk>),
     /// The job is terminal; the store holds the whole log.
     End,
 }
@@ -215,7 +261,13 @@ pub async fn append(
     st.next_index += 1;
     st.end_offset = chunk.end();
     st.lines += chunk.data.iter().filter(|b| **b == b'\n').count() as u64;
-    let _ = live.tx.send(RelayItem::Chunk(Arc::new(chunk)));
+    // Without receivers `send` would drop the item anyway; a subscriber that attaches later
+    // replays this chunk from the store.
+    if live.tx.receiver_count() > 0 {
+        let _ = live
+            .tx
+            .send(RelayItem::Chunk(Arc::new(LiveChunk::new(chunk))));
+    }
     // Keep the tail: drop whole chunks from the head once over the cap (with some slack so
     // that trimming is not per chunk).
     let retained = st.end_offset - st.first_offset;
@@ -266,7 +318,7 @@ pub async fn subscribe<F, Fut>(
     relay: &Relay,
     job_id: &str,
     mut offset: u64,
-    out: &mpsc::Sender<ServerMsg>,
+    out: &mpsc::Sender<Encoded>,
     is_terminal: F,
 ) -> StoreResult<SubEnd>
 where
@@ -290,7 +342,8 @@ where
     }
     loop {
         match rx.recv().await {
-            Ok(RelayItem::Chunk(c)) => {
+            Ok(RelayItem::Chunk(live)) => {
+                let c = &live.record;
                 if c.end() <= offset {
                     continue;
                 }
@@ -301,12 +354,16 @@ where
                     }
                     continue;
                 }
-                let skip = (offset - c.offset) as usize;
-                let msg = ServerMsg::Output {
-                    job_id: job_id.to_string(),
-                    offset,
-                    stream: c.stream,
-                    data: Bytes64(c.data[skip..].to_vec()),
+                let msg = if c.offset == offset {
+                    live.encoded(job_id)
+                } else {
+                    let skip = (offset - c.offset) as usize;
+                    encode(&ServerMsg::Output {
+                        job_id: job_id.to_string(),
+                        offset,
+                        stream: c.stream,
+                        data: Bytes64(c.data[skip..].to_vec()),
+                    })
                 };
                 if out.send(msg).await.is_err() {
                     return Ok(SubEnd::ClientGone);
@@ -339,7 +396,7 @@ async fn replay(
     store: &dyn Store,
     job_id: &str,
     offset: &mut u64,
-    out: &mpsc::Sender<ServerMsg>,
+    out: &mpsc::Sender<Encoded>,
 ) -> StoreResult<bool> {
     let Some(mut idx) = store.chunk_index_at(job_id, *offset).await? else {
         return Ok(true);
@@ -360,7 +417,7 @@ async fn replay(
                     job_id: job_id.to_string(),
                     offset: c.offset,
                 };
-                if out.send(msg).await.is_err() {
+                if out.send(encode(&msg)).await.is_err() {
                     return Ok(false);
                 }
                 *offset = c.offset;
@@ -377,7 +434,7 @@ async fn replay(
                 stream: c.stream,
                 data: Bytes64(data),
             };
-            if out.send(msg).await.is_err() {
+            if out.send(encode(&msg)).await.is_err() {
                 return Ok(false);
             }
             *offset = end;
@@ -452,4 +509,79 @@ pub async fn read_raw(
         }
     }
     Ok((start.unwrap_or(offset), out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::SledStore;
+
+    fn output(text: &Encoded) -> (u64, Vec<u8>) {
+        match serde_json::from_str::<ServerMsg>(text.as_str()) {
+            Ok(ServerMsg::Output { offset, data, .. }) => (offset, data.0),
+            other => panic!("expected an output message, got {other:?}"),
+        }
+    }
+
+    async fn attach(
+        store: &Arc<SledStore>,
+        relay: &Arc<Relay>,
+        offset: u64,
+    ) -> mpsc::Receiver<Encoded> {
+        let (tx, rx) = mpsc::channel(16);
+        let (store, relay2) = (store.clone(), relay.clone());
+        let before = relay.live("job").tx.receiver_count();
+        tokio::spawn(async move {
+            let _ = subscribe(store.as_ref(), &relay2, "job", offset, &tx, || async {
+                Ok(false)
+            })
+            .await;
+        });
+        while relay.live("job").tx.receiver_count() == before {
+            tokio::task::yield_now().await;
+        }
+        rx
+    }
+
+    #[tokio::test]
+    async fn live_chunks_are_encoded_once_and_shared_by_subscribers() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(SledStore::open(dir.path(), 8 << 20).expect("store"));
+        let relay = Arc::new(Relay::new(64 << 20));
+        let mut st = load_state(store.as_ref(), "job", 1, ("w".into(), "t".into()), 0)
+            .await
+            .expect("state");
+        let mut a = attach(&store, &relay, 0).await;
+        let mut b = attach(&store, &relay, 0).await;
+        // Attached past the end of the log: the first live chunk starts before its offset.
+        let mut c = attach(&store, &relay, 3).await;
+        let live = relay.live("job");
+        for data in [b"hello\n".to_vec(), b"world\n".to_vec()] {
+            append(
+                store.as_ref(),
+                &live,
+                &mut st,
+                "job",
+                64 << 20,
+                StreamKind::Stdout,
+                data,
+            )
+            .await
+            .expect("append");
+        }
+        for want in [(0, b"hello\n".to_vec()), (6, b"world\n".to_vec())] {
+            let (x, y) = (a.recv().await.expect("a"), b.recv().await.expect("b"));
+            assert_eq!(output(&x), want);
+            assert_eq!(
+                x.as_str().as_ptr(),
+                y.as_str().as_ptr(),
+                "one shared encoding"
+            );
+        }
+        assert_eq!(output(&c.recv().await.expect("c")), (3, b"lo\n".to_vec()));
+        assert_eq!(
+            output(&c.recv().await.expect("c")),
+            (6, b"world\n".to_vec())
+        );
+    }
 }

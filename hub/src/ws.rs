@@ -12,6 +12,7 @@ use tokio::sync::Notify;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use warp::http::{HeaderMap, Response, StatusCode};
 use warp::hyper::upgrade::{OnUpgrade, Upgraded};
 
@@ -69,16 +70,49 @@ pub fn handshake(headers: &HeaderMap) -> Result<warp::reply::Response, ApiError>
         .map_err(ApiError::internal)
 }
 
-/// Completes the upgrade (call from a spawned task, after the 101 went out).
-pub async fn accept(on_upgrade: OnUpgrade, max_message: usize) -> Option<Socket> {
+/// Completes the upgrade (call from a spawned task, after the 101 went out). Frames are
+/// buffered up to `write_buffer` bytes and written when it fills or the session flushes (the
+/// sessions flush once per batch of queued messages); the buffer grows only as far as it is
+/// used, so an idle socket does not pay for it.
+pub async fn accept(
+    on_upgrade: OnUpgrade,
+    max_message: usize,
+    write_buffer: usize,
+) -> Option<Socket> {
     let upgraded = on_upgrade.await.ok()?;
     let config = WebSocketConfig::default()
         .read_buffer_size(4096)
-        .write_buffer_size(0)
+        .write_buffer_size(write_buffer)
         .max_write_buffer_size(max_message * 2 + 65536)
         .max_message_size(Some(max_message))
         .max_frame_size(Some(max_message));
     Some(WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await)
+}
+
+/// Most queued messages written before one flush.
+pub const WRITE_BATCH: usize = 64;
+
+/// Writes `first` and whatever else is already queued in `rx` (up to [`WRITE_BATCH`] in all) as
+/// text frames, then flushes once: a burst costs one `write` instead of one per message (with
+/// the socket's write buffer; see [`accept`]).
+pub async fn send_batch<S, T>(
+    sink: &mut S,
+    rx: &mut tokio::sync::mpsc::Receiver<T>,
+    first: T,
+    text: impl Fn(T) -> Utf8Bytes,
+) -> Result<(), S::Error>
+where
+    S: futures_util::Sink<Message> + Unpin,
+{
+    use futures_util::SinkExt as _;
+    sink.feed(Message::Text(text(first))).await?;
+    for _ in 1..WRITE_BATCH {
+        match rx.try_recv() {
+            Ok(next) => sink.feed(Message::Text(text(next))).await?,
+            Err(_) => break,
+        }
+    }
+    sink.flush().await
 }
 
 /// Counts open sessions.
@@ -123,5 +157,32 @@ impl Drop for SessionGuard<'_> {
         if self.0.open.fetch_sub(1, Ordering::SeqCst) == 1 {
             self.0.idle.notify_waiters();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn send_batch_writes_what_is_queued_in_order_up_to_the_batch() {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Utf8Bytes>(WRITE_BATCH + 8);
+        for i in 0..WRITE_BATCH + 5 {
+            tx.send(Utf8Bytes::from(format!("m{i}")))
+                .await
+                .expect("queued");
+        }
+        let mut sink: Vec<Message> = Vec::new();
+        let first = rx.recv().await.expect("first");
+        send_batch(&mut sink, &mut rx, first, |t| t)
+            .await
+            .expect("written");
+        let texts: Vec<String> = sink
+            .iter()
+            .map(|m| m.to_text().expect("text").to_string())
+            .collect();
+        let want: Vec<String> = (0..WRITE_BATCH).map(|i| format!("m{i}")).collect();
+        assert_eq!(texts, want);
+        assert_eq!(rx.len(), 5, "the rest waits for the next batch");
     }
 }

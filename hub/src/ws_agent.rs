@@ -1,6 +1,7 @@
 //! The agent WebSocket session (`/ws/agent`): handshake, resume of held jobs, then one loop that
 //! handles each [`AgentMsg`] through one exhaustive `match`. Output acknowledgements go through a
-//! per-session acker task so that many chunks share one store flush.
+//! per-session acker task (started with the first chunk) so that many chunks share one store
+//! flush. Outgoing messages queue boxed and go out in batches with one flush each.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,14 +14,15 @@ use cmdx_proto::agent::{
 };
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use crate::Hub;
+use crate::dispatch::AgentTx;
 use crate::jobs::{self, FinishReport};
 use crate::store::{WorkerRecord, now_ms};
-use crate::ws::Socket;
+use crate::ws::{Socket, send_batch};
 
 /// Outgoing queue per agent.
 const OUT_QUEUE: usize = 1024;
@@ -77,7 +79,7 @@ pub async fn session(hub: Arc<Hub>, mut ws: Socket, token_id: String) {
         return;
     }
     let worker_id = hello.worker_id.clone();
-    let (tx, mut rx) = mpsc::channel::<HubMsg>(OUT_QUEUE);
+    let (tx, mut rx) = mpsc::channel::<Box<HubMsg>>(OUT_QUEUE);
     let record = worker_record(&hello, &token_id);
     if let Err(e) = hub.store.put_worker(&record).await {
         tracing::error!(error = %e, "storing worker failed");
@@ -92,7 +94,15 @@ pub async fn session(hub: Arc<Hub>, mut ws: Socket, token_id: String) {
     }
     tracing::info!(worker_id = %worker_id, generation, "agent connected");
 
-    let welcome = resume_held(&hub, &hello, &worker_id, &token_id, held_before).await;
+    // Boxed: the resume path's state would otherwise be part of every idle session's task.
+    let welcome = Box::pin(resume_held(
+        &hub,
+        &hello,
+        &worker_id,
+        &token_id,
+        held_before,
+    ))
+    .await;
     let cancels: Vec<HubMsg> = welcome.1;
     let first = HubMsg::Welcome(welcome.0);
     if ws
@@ -106,7 +116,7 @@ pub async fn session(hub: Arc<Hub>, mut ws: Socket, token_id: String) {
         return;
     }
     for c in cancels {
-        let _ = tx.send(c).await;
+        let _ = tx.send(Box::new(c)).await;
     }
     if let Some(v) = hub
         .dispatch
@@ -115,33 +125,7 @@ pub async fn session(hub: Arc<Hub>, mut ws: Socket, token_id: String) {
         hub.emit(None, cmdx_proto::client::ServerMsg::Worker(v));
     }
 
-    // Acker: collects (job, attempt, stored chunks), flushes once per batch, acknowledges.
-    let (ack_tx, mut ack_rx) = mpsc::channel::<(String, u32, u64)>(4096);
-    let ack_hub = hub.clone();
-    let ack_out = tx.clone();
-    let acker = tokio::spawn(async move {
-        while let Some(first) = ack_rx.recv().await {
-            let mut latest: HashMap<(String, u32), u64> = HashMap::new();
-            latest.insert((first.0, first.1), first.2);
-            while let Ok((j, a, n)) = ack_rx.try_recv() {
-                let e = latest.entry((j, a)).or_insert(0);
-                *e = (*e).max(n);
-            }
-            if ack_hub.store.sync().await.is_err() {
-                continue;
-            }
-            for ((job_id, attempt), stored_chunks) in latest {
-                let msg = HubMsg::OutputAck(OutputAck {
-                    job_id,
-                    attempt,
-                    stored_chunks,
-                });
-                if ack_out.send(msg).await.is_err() {
-                    return;
-                }
-            }
-        }
-    });
+    let mut acker = Acker::new(hub.clone(), tx.clone());
 
     let (mut sink, mut stream) = ws.split();
     let mut stop = hub.stop.subscribe();
@@ -153,8 +137,7 @@ pub async fn session(hub: Arc<Hub>, mut ws: Socket, token_id: String) {
         tokio::select! {
             out = rx.recv() => {
                 let Some(msg) = out else { break };
-                let text = serde_json::to_string(&msg).unwrap_or_default();
-                if sink.send(Message::text(text)).await.is_err() {
+                if send_batch(&mut sink, &mut rx, msg, encode).await.is_err() {
                     break;
                 }
             }
@@ -166,12 +149,15 @@ pub async fn session(hub: Arc<Hub>, mut ws: Socket, token_id: String) {
                 };
                 match msg {
                     Message::Text(t) => match serde_json::from_str::<AgentMsg>(&t) {
-                        Ok(m) => handle(&hub, &worker_id, &token_id, m, &tx, &ack_tx).await,
+                        // Boxed: keeps the handlers' state out of the idle session's task.
+                        Ok(m) => {
+                            Box::pin(handle(&hub, &worker_id, &token_id, m, &tx, &mut acker)).await
+                        }
                         Err(e) => {
-                            let _ = tx.send(HubMsg::Error(ErrorMsg {
+                            let _ = tx.send(Box::new(HubMsg::Error(ErrorMsg {
                                 code: "bad_message".into(),
                                 message: format!("unreadable message: {e}"),
-                            })).await;
+                            }))).await;
                         }
                     },
                     Message::Binary(_) => {
@@ -197,7 +183,7 @@ pub async fn session(hub: Arc<Hub>, mut ws: Socket, token_id: String) {
             }
         }
     }
-    acker.abort();
+    acker.stop();
     if let Some((code, reason)) = close_reason {
         let _ = sink
             .send(Message::Close(Some(CloseFrame {
@@ -349,14 +335,77 @@ async fn resume_held(
     )
 }
 
-async fn abandon(tx: &mpsc::Sender<HubMsg>, job_id: &str, attempt: u32, reason: &str) {
+fn encode(msg: Box<HubMsg>) -> Utf8Bytes {
+    Utf8Bytes::from(serde_json::to_string(&msg).unwrap_or_default())
+}
+
+async fn abandon(tx: &AgentTx, job_id: &str, attempt: u32, reason: &str) {
     let _ = tx
-        .send(HubMsg::Abandon(Abandon {
+        .send(Box::new(HubMsg::Abandon(Abandon {
             job_id: job_id.to_string(),
             attempt,
             reason: reason.to_string(),
-        }))
+        })))
         .await;
+}
+
+/// `(job id, attempt, stored chunks)` waiting for a flush.
+type AckItem = (String, u32, u64);
+
+struct Acker {
+    hub: Arc<Hub>,
+    out: AgentTx,
+    running: Option<(mpsc::Sender<AckItem>, tokio::task::JoinHandle<()>)>,
+}
+
+impl Acker {
+    fn new(hub: Arc<Hub>, out: AgentTx) -> Acker {
+        Acker {
+            hub,
+            out,
+            running: None,
+        }
+    }
+
+    /// Queues an acknowledgement, to be sent once the store flush covers it.
+    async fn ack(&mut self, job_id: String, attempt: u32, stored: u64) {
+        let (tx, _) = self.running.get_or_insert_with(|| {
+            let (tx, rx) = mpsc::channel(4096);
+            let task = tokio::spawn(run_acker(self.hub.clone(), self.out.clone(), rx));
+            (tx, task)
+        });
+        let _ = tx.send((job_id, attempt, stored)).await;
+    }
+
+    fn stop(&mut self) {
+        if let Some((_, task)) = self.running.take() {
+            task.abort();
+        }
+    }
+}
+
+async fn run_acker(hub: Arc<Hub>, out: AgentTx, mut rx: mpsc::Receiver<AckItem>) {
+    while let Some(first) = rx.recv().await {
+        let mut latest: HashMap<(String, u32), u64> = HashMap::new();
+        latest.insert((first.0, first.1), first.2);
+        while let Ok((j, a, n)) = rx.try_recv() {
+            let e = latest.entry((j, a)).or_insert(0);
+            *e = (*e).max(n);
+        }
+        if hub.store.sync().await.is_err() {
+            continue;
+        }
+        for ((job_id, attempt), stored_chunks) in latest {
+            let msg = HubMsg::OutputAck(OutputAck {
+                job_id,
+                attempt,
+                stored_chunks,
+            });
+            if out.send(Box::new(msg)).await.is_err() {
+                return;
+            }
+        }
+    }
 }
 
 /// One handler per message type.
@@ -365,16 +414,16 @@ async fn handle(
     worker_id: &str,
     token_id: &str,
     msg: AgentMsg,
-    tx: &mpsc::Sender<HubMsg>,
-    ack_tx: &mpsc::Sender<(String, u32, u64)>,
+    tx: &AgentTx,
+    acker: &mut Acker,
 ) {
     match msg {
         AgentMsg::Hello(_) => {
             let _ = tx
-                .send(HubMsg::Error(ErrorMsg {
+                .send(Box::new(HubMsg::Error(ErrorMsg {
                     code: "bad_message".into(),
                     message: "hello sent twice".into(),
-                }))
+                })))
                 .await;
         }
         AgentMsg::Accept(r) => {
@@ -416,9 +465,7 @@ async fn handle(
             )
             .await
             {
-                Ok(stored) => {
-                    let _ = ack_tx.send((job_id, attempt, stored)).await;
-                }
+                Ok(stored) => acker.ack(job_id, attempt, stored).await,
                 Err(e) if e.code == "stale_attempt" || e.code == "not_found" => {
                     abandon(tx, &job_id, attempt, "stale attempt").await;
                 }
@@ -441,7 +488,7 @@ async fn handle(
                     // Ack before the slot is freed: an `assign` queued behind the ack then finds
                     // the agent's slot free.
                     let _ = tx
-                        .send(HubMsg::FinishedAck(JobRef { job_id, attempt }))
+                        .send(Box::new(HubMsg::FinishedAck(JobRef { job_id, attempt })))
                         .await;
                     if fresh {
                         jobs::finished_cleanup(hub, &job, worker_id);

@@ -1,6 +1,8 @@
 //! The browser/CLI WebSocket session (`/ws/client`): output subscriptions (replay from an offset,
 //! then live) and live job/worker events. One bounded outgoing queue per socket: a client that
-//! does not read stalls only its own subscriptions, which then resync from the store.
+//! does not read stalls only its own subscriptions, which then resync from the store. The queue
+//! holds encoded messages (a live chunk's encoding is shared by all its subscribers); the session
+//! writes whatever is queued and flushes once per batch.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,25 +19,25 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::Hub;
 use crate::auth::Caller;
-use crate::relay::{self, SubEnd};
-use crate::ws::Socket;
+use crate::relay::{self, Encoded, SubEnd, encode};
+use crate::ws::{Socket, send_batch};
 
 /// Outgoing messages queued per client socket.
 const OUT_QUEUE: usize = 16;
 /// Most output subscriptions per socket.
 const MAX_SUBS: usize = 64;
 
-fn error(code: &str, message: impl Into<String>) -> ServerMsg {
-    ServerMsg::Error(ErrorMsg {
+fn error(code: &str, message: impl Into<String>) -> Encoded {
+    encode(&ServerMsg::Error(ErrorMsg {
         code: code.into(),
         message: message.into(),
-    })
+    }))
 }
 
 /// Runs one client session for `caller`.
 pub async fn session(hub: Arc<Hub>, ws: Socket, caller: Caller) {
     let _guard = hub.sessions.enter();
-    let (out_tx, mut out_rx) = mpsc::channel::<ServerMsg>(OUT_QUEUE);
+    let (out_tx, mut out_rx) = mpsc::channel::<Encoded>(OUT_QUEUE);
     let (mut sink, mut stream) = ws.split();
     let mut subs: HashMap<String, JoinHandle<()>> = HashMap::new();
     let mut feeds: Vec<JoinHandle<()>> = Vec::new();
@@ -46,9 +48,8 @@ pub async fn session(hub: Arc<Hub>, ws: Socket, caller: Caller) {
     loop {
         tokio::select! {
             out = out_rx.recv() => {
-                let Some(msg) = out else { break };
-                let text = serde_json::to_string(&msg).unwrap_or_default();
-                if sink.send(Message::text(text)).await.is_err() {
+                let Some(text) = out else { break };
+                if send_batch(&mut sink, &mut out_rx, text, |t| t).await.is_err() {
                     break;
                 }
             }
@@ -65,7 +66,7 @@ pub async fn session(hub: Arc<Hub>, ws: Socket, caller: Caller) {
                 };
                 match msg {
                     Message::Text(t) => match serde_json::from_str::<ClientMsg>(&t) {
-                        Ok(m) => handle(&hub, &caller, m, &out_tx, &mut subs, &mut feeds).await,
+                        Ok(m) => Box::pin(handle(&hub, &caller, m, &out_tx, &mut subs, &mut feeds)).await,
                         Err(e) => {
                             let _ = out_tx.send(error("bad_message", format!("unreadable message: {e}"))).await;
                         }
@@ -110,7 +111,7 @@ async fn handle(
     hub: &Arc<Hub>,
     caller: &Caller,
     msg: ClientMsg,
-    out: &mpsc::Sender<ServerMsg>,
+    out: &mpsc::Sender<Encoded>,
     subs: &mut HashMap<String, JoinHandle<()>>,
     feeds: &mut Vec<JoinHandle<()>>,
 ) {
@@ -167,16 +168,15 @@ async fn handle(
                     Ok(SubEnd::Finished) => {
                         if let Ok(Some(job)) = hub2.store.get_job(&id).await {
                             let o = job.outcome.clone().unwrap_or_default();
-                            let _ = out2
-                                .send(ServerMsg::OutputEnd {
-                                    job_id: id.clone(),
-                                    offset: job.output.total_bytes,
-                                    status: job.status,
-                                    exit_code: o.exit_code,
-                                    signal: o.signal,
-                                    failure: job.failure,
-                                })
-                                .await;
+                            let end = ServerMsg::OutputEnd {
+                                job_id: id.clone(),
+                                offset: job.output.total_bytes,
+                                status: job.status,
+                                exit_code: o.exit_code,
+                                signal: o.signal,
+                                failure: job.failure,
+                            };
+                            let _ = out2.send(encode(&end)).await;
                         }
                     }
                     Ok(SubEnd::ClientGone) => {}
@@ -198,7 +198,7 @@ async fn handle(
         }
         ClientMsg::SubscribeWorkers => {
             for v in hub.dispatch.views(hub.config.legacy_offline_secs * 1000) {
-                if out.send(ServerMsg::Worker(v)).await.is_err() {
+                if out.send(encode(&ServerMsg::Worker(v))).await.is_err() {
                     return;
                 }
             }
@@ -211,7 +211,7 @@ async fn handle(
 fn spawn_feed(
     hub: &Arc<Hub>,
     caller: Caller,
-    out: mpsc::Sender<ServerMsg>,
+    out: mpsc::Sender<Encoded>,
     jobs: bool,
 ) -> JoinHandle<()> {
     let mut rx = hub.events.subscribe();
@@ -227,7 +227,7 @@ fn spawn_feed(
                 ServerMsg::Worker(_) => !jobs,
                 _ => false,
             };
-            if wanted && out.send((*ev.msg).clone()).await.is_err() {
+            if wanted && out.send(encode(&ev.msg)).await.is_err() {
                 return;
             }
         }

@@ -78,7 +78,15 @@ async fn metrics_move_when_jobs_run() {
         .unwrap();
     let id = finish_one(&mut a, 0).await;
     hub.wait_status(&admin, &id, "completed").await;
-    let m = metrics(&hub).await;
+    // The status reads `completed` as soon as the record is written; the counter moves once the
+    // write is flushed and acknowledged.
+    let m = wait_for("the finished counter to move", || async {
+        let m = metrics(&hub).await;
+        metric(&m, "cmdx_jobs_finished_total", "status=\"completed\"")
+            .is_some()
+            .then_some(m)
+    })
+    .await;
     assert_eq!(
         metric(&m, "cmdx_jobs_finished_total", "status=\"completed\""),
         Some(1.0),

@@ -919,9 +919,10 @@ async fn ten_thousand_idle_client_sockets_stay_small() {
         "{} idle /ws/client sockets: +{grown} KiB RSS, {per_socket:.0} bytes per socket",
         TOTAL - WARM
     );
+    // About 8.5 KB measured (issue #6; 17.3 KB before the socket queue held encoded messages).
     assert!(
-        per_socket < 24.0 * 1024.0,
-        "idle sockets cost {per_socket:.0} bytes each (bound 24 KiB)"
+        per_socket < 12.0 * 1024.0,
+        "idle sockets cost {per_socket:.0} bytes each (bound 12 KiB)"
     );
     drop(warm);
     drop(rest);

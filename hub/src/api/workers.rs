@@ -34,7 +34,7 @@ pub async fn agent_socket(hub: &Arc<Hub>, mut req: Req) -> ApiResult<Response> {
     let hub2 = hub.clone();
     let max = hub.config.max_ws_message_bytes;
     tokio::spawn(async move {
-        if let Some(ws) = crate::ws::accept(on_upgrade, max).await {
+        if let Some(ws) = crate::ws::accept(on_upgrade, max, 8 * 1024).await {
             crate::ws_agent::session(hub2, ws, token_id).await;
         }
     });
@@ -103,7 +103,7 @@ pub async fn drain(hub: &Arc<Hub>, req: Req, id: &str) -> ApiResult<Response> {
         return Err(ApiError::not_found("worker not found"));
     }
     if let Some(conn) = hub.dispatch.conn(id) {
-        let _ = conn.tx.send(HubMsg::Drain).await;
+        let _ = conn.send(HubMsg::Drain).await;
     }
     Ok(json(&serde_json::json!({"success": true, "workerId": id})))
 }

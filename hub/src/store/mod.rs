@@ -47,6 +47,9 @@ pub type StoreResult<T> = Result<T, StoreError>;
 /// not have side effects.
 pub type JobUpdate<'a> = &'a (dyn Fn(&mut JobRecord) -> StoreResult<()> + Send + Sync);
 
+/// [`JobUpdate`] for the `i`th job of a batch ([`Store::update_jobs`]).
+pub type BatchUpdate<'a> = &'a (dyn Fn(usize, &mut JobRecord) -> StoreResult<()> + Send + Sync);
+
 /// Which jobs a listing wants.
 pub struct JobQuery<'a> {
     /// Only this owner's jobs (`None` = all, for admins).
@@ -81,6 +84,21 @@ pub trait Store: Send + Sync + 'static {
     async fn get_job(&self, id: &str) -> StoreResult<Option<JobRecord>>;
     /// Atomically applies `update` to a job, keeping the queue tree in step with `queue_seq`.
     async fn update_job(&self, id: &str, update: JobUpdate<'_>) -> StoreResult<JobRecord>;
+    /// Applies `update(i, job)` to job `ids[i]` for every `i`, all in one atomic step (one
+    /// transaction instead of one per job: what the dispatcher does with a batch of claims).
+    /// Each job's result is its record after the update, or the update's error, which leaves
+    /// that job unchanged and does not stop the others.
+    async fn update_jobs(
+        &self,
+        ids: &[String],
+        update: BatchUpdate<'_>,
+    ) -> StoreResult<Vec<StoreResult<JobRecord>>> {
+        let mut out = Vec::with_capacity(ids.len());
+        for (i, id) in ids.iter().enumerate() {
+            out.push(self.update_job(id, &|job| update(i, job)).await);
+        }
+        Ok(out)
+    }
     /// Every queued job as `(queue_seq, job id)`, in queue order (for recovery).
     async fn queued_jobs(&self) -> StoreResult<Vec<(u64, String)>>;
     /// Every job that is not terminal: queued, assigned or running (for recovery).
