@@ -710,3 +710,56 @@ impl HubProc {
         .await
     }
 }
+
+impl HubProc {
+    /// Runs a job of `owner` through a legacy REST worker `worker_id` (registered here with
+    /// `worker_token`) that answers with exit code 0 and `zip` as its `resultZipBase64`, which
+    /// the hub keeps as the job's artifacts as it came. Returns the job id once completed.
+    pub async fn legacy_job_with_result_zip(
+        &self,
+        worker_token: &str,
+        worker_id: &str,
+        owner: &str,
+        zip: &[u8],
+    ) -> String {
+        use base64::Engine as _;
+        let r = self
+            .http
+            .post(format!("{}/api/workers/register", self.url))
+            .header("x-worker-token", worker_token)
+            .json(&json!({"workerId": worker_id, "hostname": "h", "os": "linux"}))
+            .send()
+            .await
+            .expect("register");
+        assert_eq!(r.status().as_u16(), 200, "legacy register");
+        let id = self.submit(owner, json!({"command": "make"})).await;
+        wait_for("the legacy worker to get the job", || async {
+            let r = self
+                .http
+                .get(format!(
+                    "{}/api/jobs/get-job?workerId={worker_id}",
+                    self.url
+                ))
+                .bearer_auth(worker_token)
+                .send()
+                .await
+                .expect("get-job");
+            (r.status().as_u16() == 200).then_some(())
+        })
+        .await;
+        let r = self
+            .http
+            .post(format!("{}/api/jobs/submit-result", self.url))
+            .header("x-worker-token", worker_token)
+            .json(&json!({
+                "jobId": id, "workerId": worker_id, "stdout": "ok\n", "exitCode": 0,
+                "resultZipBase64": base64::engine::general_purpose::STANDARD.encode(zip),
+            }))
+            .send()
+            .await
+            .expect("submit-result");
+        assert_eq!(r.status().as_u16(), 200, "legacy submit-result");
+        self.wait_status(owner, &id, "completed").await;
+        id
+    }
+}

@@ -47,6 +47,8 @@ enum Cmd {
     Workers(client::WorkersArgs),
     /// Cancel a job.
     Cancel(client::CancelArgs),
+    /// List a job's artifacts, or download them (--out DIR unpacks, --zip FILE saves the ZIP).
+    Artifacts(client::ArtifactsArgs),
     /// Mint tokens (admin).
     Token(client::TokenArgs),
     /// Manage users (admin).
@@ -132,6 +134,7 @@ fn main() {
             Cmd::Jobs(a) => client::run(cli.verbose, client::listing::jobs(a)).await,
             Cmd::Workers(a) => client::run(cli.verbose, client::listing::workers(a)).await,
             Cmd::Cancel(a) => client::run(cli.verbose, client::listing::cancel(a)).await,
+            Cmd::Artifacts(a) => client::run(cli.verbose, client::artifacts::artifacts(a)).await,
             Cmd::Token(a) => client::run(cli.verbose, client::session::token(a)).await,
             Cmd::User(a) => client::run(cli.verbose, client::session::user(a)).await,
             Cmd::Completions(a) => client::completions::<Cli>(a),

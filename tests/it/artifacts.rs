@@ -570,53 +570,19 @@ async fn artifacts_are_deleted_with_their_job_and_shared_content_stays() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_legacy_result_zip_becomes_the_jobs_artifacts() {
-    use base64::Engine as _;
     let hub = HubProc::start(FAST).await;
     let admin = hub.admin().await;
     let wt = hub.worker_token(&admin).await;
-    let r = hub
-        .http
-        .post(format!("{}/api/workers/register", hub.url))
-        .header("x-worker-token", &wt)
-        .json(&json!({"workerId": "old-art", "hostname": "h", "os": "linux"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200);
-    let id = hub.submit(&admin, json!({"command": "make"})).await;
-    let got: Value = wait_for("the legacy worker to get the job", || async {
-        let r = hub
-            .http
-            .get(format!("{}/api/jobs/get-job?workerId=old-art", hub.url))
-            .bearer_auth(&wt)
-            .send()
-            .await
-            .unwrap();
-        (r.status().as_u16() == 200).then_some(())?;
-        r.json::<Value>().await.ok()
-    })
-    .await;
-    assert_eq!(got["jobId"], id);
     // The original agent zipped the whole job folder: directories, and worse, come along.
     let zip = zip_bytes(&[
         ("out/app.bin", b"\x00\x01binary"),
         ("../../etc/evil", b"x"),
         ("log.txt", b"done"),
     ]);
-    let r = hub
-        .http
-        .post(format!("{}/api/jobs/submit-result", hub.url))
-        .header("x-worker-token", &wt)
-        .json(&json!({
-            "jobId": id, "workerId": "old-art", "stdout": "ok\n", "exitCode": 0,
-            "resultZipBase64": base64::engine::general_purpose::STANDARD.encode(&zip),
-            "resultZipName": "result.zip",
-        }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200);
-    let job = hub.wait_status(&admin, &id, "completed").await;
+    let id = hub
+        .legacy_job_with_result_zip(&wt, "old-art", &admin, &zip)
+        .await;
+    let job = hub.job(&admin, &id).await;
     let mut paths: Vec<String> = listed(&job).into_iter().map(|(p, _, _)| p).collect();
     paths.sort();
     assert_eq!(paths, ["log.txt", "out/app.bin"]);
@@ -634,28 +600,10 @@ async fn a_legacy_result_zip_becomes_the_jobs_artifacts() {
     .await;
     assert_eq!((s, one.as_slice()), (200, b"\x00\x01binary".as_slice()));
     // A result ZIP that is not one is reported, and the result still lands.
-    let id2 = hub.submit(&admin, json!({"command": "make"})).await;
-    wait_for("the second job", || async {
-        let r = hub
-            .http
-            .get(format!("{}/api/jobs/get-job?workerId=old-art", hub.url))
-            .bearer_auth(&wt)
-            .send()
-            .await
-            .unwrap();
-        (r.status().as_u16() == 200).then_some(())
-    })
-    .await;
-    let r = hub
-        .http
-        .post(format!("{}/api/jobs/submit-result", hub.url))
-        .header("x-worker-token", &wt)
-        .json(&json!({"jobId": id2, "workerId": "old-art", "exitCode": 0, "resultZipBase64": "bm90IGEgemlw"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200);
-    let job = hub.wait_status(&admin, &id2, "completed").await;
+    let id2 = hub
+        .legacy_job_with_result_zip(&wt, "old-art", &admin, b"not a zip")
+        .await;
+    let job = hub.job(&admin, &id2).await;
     assert!(job["artifacts"].as_array().unwrap().is_empty());
     assert!(
         job["artifactsError"]

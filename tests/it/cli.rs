@@ -1071,3 +1071,305 @@ async fn submit_keeps_following_across_a_hub_restart() {
     assert_eq!(out.code(), 0, "stderr: {}", out.stderr);
     assert_eq!(got, b"before\nafter\n");
 }
+
+/// Hex sha256 of a file's content.
+fn sha_of(path: &Path) -> String {
+    use sha2::Digest;
+    let data = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    hex::encode(sha2::Sha256::digest(data))
+}
+
+/// Every path under `root`, relative and sorted; symlinks are listed, not followed.
+fn tree(root: &Path) -> Vec<String> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            out.push(p.strip_prefix(root).unwrap().display().to_string());
+            if std::fs::symlink_metadata(&p).unwrap().is_dir() {
+                walk(root, &p, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    if root.exists() {
+        walk(root, root, &mut out);
+    }
+    out.sort();
+    out
+}
+
+/// `(path, sha256)` pairs from `sha256sum` output, as printed by a job.
+fn sums(stdout: &[u8]) -> Vec<(String, String)> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .map(|l| {
+            let (sha, path) = l.split_once("  ").expect("a sha256sum line");
+            (path.to_string(), sha.to_string())
+        })
+        .collect()
+}
+
+/// Asserts `dir` holds exactly the files in `want` (and their folders), each with the hash the
+/// job computed inside its sandbox.
+fn assert_unpacked(dir: &Path, want: &[(String, String)], folders: &[&str]) {
+    let mut expected: Vec<String> = want.iter().map(|(p, _)| p.clone()).collect();
+    expected.extend(folders.iter().map(|f| f.to_string()));
+    expected.sort();
+    assert_eq!(tree(dir), expected, "in {}", dir.display());
+    for (path, sha) in want {
+        assert_eq!(
+            &sha_of(&dir.join(path)),
+            sha,
+            "{path} differs from the job's"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn artifacts_of_a_real_job_are_downloaded_and_unpacked_byte_for_byte() {
+    let hub = HubProc::start(FAST).await;
+    let admin = hub.admin().await;
+    let wt = hub.worker_token(&admin).await;
+    let alice = hub.user(&admin, "alice-cli-art@test.local").await;
+    let bob = hub.user(&admin, "bob-cli-art@test.local").await;
+    let work = cmdx_e2e::traversable_tempdir();
+    let _agent =
+        cmdx_e2e::AgentProc::start(&hub, &wt, "cli-art", &work.path().join("a"), 52_000).await;
+    let cli = CliEnv::new(&hub, &alice);
+    let out_root = tempfile::tempdir().unwrap();
+    let dl = out_root.path().join("dl");
+    let out = cli
+        .run(&[
+            "submit",
+            "--artifacts",
+            "dist/**",
+            "reports/*.xml",
+            "--download",
+            dl.to_str().unwrap(),
+            "--",
+            "mkdir -p dist/sub reports && echo built > dist/app.txt \
+             && head -c 200000 /dev/urandom > dist/sub/blob.bin \
+             && echo '<r/>' > reports/r.xml && echo no > reports/notes.txt \
+             && ln -s /etc/passwd dist/link \
+             && sha256sum dist/app.txt dist/sub/blob.bin reports/r.xml",
+        ])
+        .await;
+    assert_eq!(out.code(), 0, "stderr: {}", out.stderr);
+    let want = sums(&out.stdout);
+    assert_eq!(want.len(), 3, "{:?}", String::from_utf8_lossy(&out.stdout));
+    let folders = ["dist", "dist/sub", "reports"];
+    assert_unpacked(&dl, &want, &folders);
+    // What was written and what the job skipped are on stderr; stdout stays the job's.
+    for (path, _) in &want {
+        assert!(
+            out.stderr
+                .contains(&format!("wrote {}", dl.join(path).display())),
+            "{}",
+            out.stderr
+        );
+    }
+    assert!(
+        out.stderr.contains("not collected: dist/link: symlink"),
+        "{}",
+        out.stderr
+    );
+    let (_, list) = hub.get(&alice, "/api/jobs/list?limit=1").await;
+    let id = list["jobs"][0]["jobId"].as_str().unwrap().to_string();
+
+    // `cmdx artifacts`: the listing, as JSON and as a table.
+    let out = cli.run(&["artifacts", &id, "--json"]).await;
+    assert_eq!(out.code(), 0, "stderr: {}", out.stderr);
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut listed: Vec<(String, String)> = doc["artifacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["path"].as_str().unwrap().to_string(),
+                a["sha256"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    listed.sort();
+    let mut sorted = want.clone();
+    sorted.sort();
+    assert_eq!(listed, sorted);
+    assert_eq!(doc["artifactPatterns"], json!(["dist/**", "reports/*.xml"]));
+    assert_eq!(doc["artifactsSkipped"][0]["path"], "dist/link");
+
+    // `--out` unpacks the same bytes and prints the paths written; `--zip` keeps the ZIP.
+    let again = out_root.path().join("again");
+    let zip_file = out_root.path().join("all.zip");
+    let out = cli
+        .run(&[
+            "artifacts",
+            &id,
+            "--out",
+            again.to_str().unwrap(),
+            "--zip",
+            zip_file.to_str().unwrap(),
+        ])
+        .await;
+    assert_eq!(out.code(), 0, "stderr: {}", out.stderr);
+    assert_unpacked(&again, &want, &folders);
+    let mut printed: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    printed.sort();
+    let mut expected: Vec<String> = want
+        .iter()
+        .map(|(p, _)| again.join(p).display().to_string())
+        .collect();
+    expected.sort();
+    assert_eq!(printed, expected);
+    let mut z = zip::ZipArchive::new(std::fs::File::open(&zip_file).unwrap()).unwrap();
+    assert_eq!(z.len(), 3);
+    let mut blob = Vec::new();
+    std::io::Read::read_to_end(&mut z.by_name("dist/sub/blob.bin").unwrap(), &mut blob).unwrap();
+    assert_eq!(blob.len(), 200_000);
+    assert_eq!(
+        tree(out_root.path())
+            .iter()
+            .filter(|p| p.contains(".cmdx-"))
+            .count(),
+        0,
+        "temp files left"
+    );
+
+    // Someone else's job does not exist for them, and nothing is written.
+    let bob_cli = CliEnv::new(&hub, &bob);
+    let denied = out_root.path().join("bob");
+    for args in [
+        vec!["artifacts", id.as_str()],
+        vec!["artifacts", id.as_str(), "--out", denied.to_str().unwrap()],
+    ] {
+        bob_cli
+            .run(&args)
+            .await
+            .assert_one_line_error(&format!("job {id} not found"));
+    }
+    assert!(!denied.exists());
+
+    // Any outcome: a failing job's artifacts are downloaded and its exit code kept.
+    let failed = out_root.path().join("failed");
+    let out = cli
+        .run(&[
+            "submit",
+            "--artifacts",
+            "*.log",
+            "--download",
+            failed.to_str().unwrap(),
+            "--",
+            "echo partial > out.log; exit 3",
+        ])
+        .await;
+    assert_eq!(out.code(), 3, "stderr: {}", out.stderr);
+    assert_eq!(std::fs::read(failed.join("out.log")).unwrap(), b"partial\n");
+
+    // A download that cannot complete (the file is already there, and is not overwritten):
+    // a completed job exits 125 (a CLI error) with the reason; a failed one keeps its own code.
+    for (command, code) in [
+        ("echo new > out.log", 125),
+        ("echo new > out.log; exit 4", 4),
+    ] {
+        let out = cli
+            .run(&[
+                "submit",
+                "--artifacts",
+                "out.log",
+                "--download",
+                failed.to_str().unwrap(),
+                "--",
+                command,
+            ])
+            .await;
+        assert_eq!(out.code(), code, "stderr: {}", out.stderr);
+        assert!(out.stderr.contains("already exists"), "{}", out.stderr);
+        assert_eq!(std::fs::read(failed.join("out.log")).unwrap(), b"partial\n");
+    }
+}
+
+/// Builds a ZIP with regular files and symlink entries (`(name, target)`).
+fn hostile_zip(files: &[(&str, &[u8])], links: &[(&str, &str)]) -> Vec<u8> {
+    use std::io::Write;
+    let mut buf = std::io::Cursor::new(Vec::new());
+    let mut z = zip::ZipWriter::new(&mut buf);
+    let opts = zip::write::SimpleFileOptions::default();
+    for (name, data) in files {
+        z.start_file(*name, opts).unwrap();
+        z.write_all(data).unwrap();
+    }
+    for (name, target) in links {
+        z.add_symlink(*name, *target, opts).unwrap();
+    }
+    z.finish().unwrap();
+    buf.into_inner()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_artifact_zip_writes_nothing_outside_the_folder() {
+    let hub = HubProc::start(FAST).await;
+    let admin = hub.admin().await;
+    let wt = hub.worker_token(&admin).await;
+    let user = hub.user(&admin, "hostile-zip@test.local").await;
+    let zip = hostile_zip(
+        &[
+            ("out/app.bin", b"\x00\x01binary"),
+            ("../../escape", b"x"),
+            ("/abs", b"x"),
+            ("..\\..\\win", b"x"),
+            ("ok.txt", b"fine"),
+        ],
+        &[("link", "/etc/passwd"), ("out/up", "../../..")],
+    );
+    // The legacy worker's `resultZipBase64` is kept as the job's artifacts as it came, with
+    // only its safe regular files listed: the CLI downloads that ZIP whole.
+    let id = hub
+        .legacy_job_with_result_zip(&wt, "old-cli", &user, &zip)
+        .await;
+
+    let cli = CliEnv::new(&hub, &user);
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("a/b/out");
+    let out = cli
+        .run(&["artifacts", &id, "--out", dir.to_str().unwrap()])
+        .await;
+    assert_eq!(out.code(), 0, "stderr: {}", out.stderr);
+    assert_eq!(
+        tree(root.path()),
+        [
+            "a",
+            "a/b",
+            "a/b/out",
+            "a/b/out/ok.txt",
+            "a/b/out/out",
+            "a/b/out/out/app.bin"
+        ]
+    );
+    assert_eq!(
+        std::fs::read(dir.join("out/app.bin")).unwrap(),
+        b"\x00\x01binary"
+    );
+    for bad in ["../../escape", "link", "out/up"] {
+        assert!(
+            out.stderr.contains(&format!("not collected: {bad}: ")),
+            "{bad} not reported: {}",
+            out.stderr
+        );
+    }
+
+    // A symlink planted in the folder is not written through.
+    let outside = root.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    let planted = root.path().join("planted");
+    std::fs::create_dir(&planted).unwrap();
+    std::os::unix::fs::symlink(&outside, planted.join("out")).unwrap();
+    let out = cli
+        .run(&["artifacts", &id, "--out", planted.to_str().unwrap()])
+        .await;
+    out.assert_one_line_error("is a symlink: not followed");
+    assert!(tree(&outside).is_empty(), "wrote through the symlink");
+    assert_eq!(tree(&planted), ["out"], "not all or nothing");
+}

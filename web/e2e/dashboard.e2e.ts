@@ -1,7 +1,7 @@
 // End-to-end: a real `cmdx dev` with one sandboxed agent, driven through headless Chromium.
 // Covers the dashboard's "Must show" list; screenshots land in e2e/artifacts/.
 
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Browser, Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -29,6 +29,7 @@ let browser: Browser;
 let page: Page;
 let errors: string[];
 let firstJobUrl = '';
+let artifactUrl = '';
 
 async function badge(p: Page): Promise<string> {
   return (await p.locator('.page-header .badge').first().getAttribute('data-status')) ?? '';
@@ -173,6 +174,62 @@ describe('dashboard against cmdx dev', () => {
     await screenshot(page, '07-job-cancelled');
   });
 
+  it('lists a job’s artifacts and downloads them', async () => {
+    // Through the API (the page's cookie authenticates): two files kept, a symlink skipped.
+    const jobId = await page.evaluate(async () => {
+      const r = await fetch('/api/jobs/submit', {
+        method: 'POST',
+        headers: { 'Content-Type': 'application/json' },
+        body: JSON.stringify({
+          command:
+            "mkdir -p dist reports && printf 'built\\n' > dist/app.txt && printf '\\000\\001\\377' > dist/bin.dat" +
+            " && echo '<r/>' > reports/r.xml && ln -s /etc/passwd dist/passwd && sleep 3",
+          artifacts: ['dist/**', 'reports/*.xml'],
+        }),
+      });
+      return ((await r.json()) as { jobId: string }).jobId;
+    });
+    await page.goto(`/jobs/${encodeURIComponent(jobId)}`);
+    const card = page.getByRole('region', { name: 'Artifacts' });
+    // The patterns show while the job runs, then the files once it has ended.
+    await card.getByText('are collected when the job ends.').waitFor();
+    await card.getByText('dist/**', { exact: true }).waitFor();
+    await page.locator('.page-header .badge[data-status="completed"]').waitFor({ timeout: 60_000 });
+    const rows = card.locator('.artifacts-table tbody tr');
+    await expect.poll(async () => rows.count(), { timeout: 10_000 }).toBe(3);
+    expect(await rows.evaluateAll((trs) => trs.map((tr) => tr.getAttribute('data-path')))).toEqual([
+      'dist/app.txt',
+      'dist/bin.dat',
+      'reports/r.xml',
+    ]);
+    const app = card.locator('tr[data-path="dist/app.txt"]');
+    expect(await app.locator('td').nth(1).innerText()).toBe('6 B');
+    // sha256 of "built\n", shortened.
+    expect(await app.locator('td').nth(2).innerText()).toBe('56f6e6304d02');
+    await card.getByText('Skipped: 1 path').waitFor();
+    await card.getByText('dist/passwd', { exact: true }).waitFor();
+    await card.scrollIntoViewIfNeeded();
+    await screenshot(page, '07b-job-artifacts');
+
+    // A click on a file's link downloads exactly what the job wrote.
+    const link = card.getByRole('link', { name: 'Download dist/bin.dat' });
+    artifactUrl = (await link.getAttribute('href'))!;
+    const [download] = await Promise.all([page.waitForEvent('download'), link.click()]);
+    expect(download.suggestedFilename()).toBe('bin.dat');
+    expect([...readFileSync((await download.path())!)]).toEqual([0, 1, 255]);
+    // The whole ZIP holds the three files.
+    const zipHref = await card.getByRole('link', { name: 'Download all (ZIP)' }).getAttribute('href');
+    const zip = await page.evaluate(async (u) => {
+      const r = await fetch(u!);
+      return { status: r.status, type: r.headers.get('content-type'), text: new TextDecoder('latin1').decode(await r.arrayBuffer()) };
+    }, zipHref);
+    expect(zip.status).toBe(200);
+    expect(zip.type).toBe('application/zip');
+    expect(zip.text.startsWith('PK')).toBe(true);
+    for (const name of ['dist/app.txt', 'dist/bin.dat', 'reports/r.xml']) expect(zip.text).toContain(name);
+    expect(zip.text).not.toContain('dist/passwd');
+  });
+
   it('adds a user and mints a worker token shown once', async () => {
     await page.getByRole('link', { name: 'Admin' }).click();
     await page.getByRole('heading', { name: 'Admin' }).waitFor();
@@ -199,6 +256,9 @@ describe('dashboard against cmdx dev', () => {
       await second.page.goto(firstJobUrl);
       await second.page.getByRole('heading', { name: 'Job not found' }).waitFor();
       expect(await second.page.locator('.term-host').count()).toBe(0);
+      // Nor the first user's artifacts.
+      const status = await second.page.evaluate(async (u) => (await fetch(u)).status, artifactUrl);
+      expect(status).toBe(404);
       await screenshot(second.page, '09-second-user-not-found');
       expect(second.errors).toEqual([]);
     } finally {

@@ -57,6 +57,8 @@ export interface SubmitRequest {
   tags?: string[];
   env?: Record<string, string>;
   maxAttempts?: number;
+  /** Globs of result files to keep, relative to the job dir (`dist/**`, `reports/*.xml`). */
+  artifacts?: string[];
 }
 
 export interface SubmitResponse {
@@ -105,6 +107,33 @@ export interface JobView {
   peakMemoryBytes: number | null;
   cpuMs: number | null;
   attempts: AttemptView[];
+  /** Artifact globs asked for at submission. */
+  artifactPatterns: string[];
+  /** Collected files of the current attempt (empty until uploaded, which is before the end). */
+  artifacts: ArtifactView[];
+  /** `/api/jobs/{id}/artifacts` (all files as one ZIP) once there are any. */
+  artifactsUrl: string | null;
+  /** Matching paths not collected, with why (at most 100 listed). */
+  artifactsSkipped: ArtifactSkip[];
+  /** All skipped paths, counted (may exceed the list). */
+  artifactsSkippedTotal: number;
+  /** Why no artifacts could be collected or stored, if so. */
+  artifactsError: string | null;
+}
+
+/** One collected artifact file. */
+export interface ArtifactView {
+  /** Relative to the job dir, `/`-separated. */
+  path: string;
+  size: number;
+  /** Hex sha256 of the content. */
+  sha256: string;
+}
+
+/** A path that matched an artifact glob but was not collected. */
+export interface ArtifactSkip {
+  path: string;
+  reason: string;
 }
 
 export interface JobSummary {

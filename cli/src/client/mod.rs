@@ -1,6 +1,6 @@
 //! The client commands of `cmdx` (`login`, `submit`, `logs`, `jobs`, `workers`, `cancel`,
-//! `token`, `user`, `completions`): a thin layer of flags over the hub's REST and `/ws/client`
-//! APIs.
+//! `artifacts`, `token`, `user`, `completions`): a thin layer of flags over the hub's REST and
+//! `/ws/client` APIs.
 //!
 //! Every command resolves its hub URL and token with the precedence flags > `CMDX_HUB` /
 //! `CMDX_TOKEN` > the config file written by `cmdx login` ([`config`]). Every failure becomes one
@@ -9,15 +9,19 @@
 //! Exit codes of the commands that wait for a job (`submit`, `logs -f`): the job's own exit
 //! code; 128+N when a signal N killed it (OOM kills count as SIGKILL, 137); 124 when its timeout
 //! fired; 130 when it was cancelled (or the CLI detached on a second Ctrl-C); 125 for a hub or
-//! CLI error, including `setup`, `sandbox` and `worker_lost` failures.
+//! CLI error, including `setup`, `sandbox` and `worker_lost` failures, and a `submit --download`
+//! that could not download or unpack the artifacts of a job that succeeded (a job that failed
+//! keeps its own code; the download error is printed either way).
 
 pub mod api;
+pub mod artifacts;
 pub mod config;
 pub mod follow;
 pub mod listing;
 pub mod session;
 pub mod submit;
 pub mod table;
+pub mod unzip;
 pub mod zipdir;
 
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -97,6 +101,7 @@ pub struct LogoutArgs {
 
 /// `cmdx submit`.
 #[derive(Args)]
+#[command(after_help = SUBMIT_EXIT_CODES)]
 pub struct SubmitArgs {
     /// Connection flags.
     #[command(flatten)]
@@ -124,10 +129,37 @@ pub struct SubmitArgs {
     /// the final job document as one JSON line.
     #[arg(long)]
     pub json: bool,
+    /// Keep the files matching these globs as the job's artifacts, collected when the command
+    /// ends whatever its outcome. Relative to the job folder: `*` stays within one folder, `**`
+    /// crosses folders (`dist/**`, `reports/*.xml`). Takes several values, and repeats; put DIR
+    /// before it.
+    #[arg(long = "artifacts", value_name = "GLOB", num_args = 1..)]
+    pub artifacts: Vec<String>,
+    /// When the job has ended, download its artifacts and unpack them into this folder
+    /// (created if missing; existing files are never overwritten). What was written, and what
+    /// the job skipped, go to stderr.
+    #[arg(
+        long,
+        value_name = "DIR",
+        requires = "artifacts",
+        conflicts_with = "detach"
+    )]
+    pub download: Option<std::path::PathBuf>,
     /// The shell command (after `--`), run as `sh -c` in the job folder.
     #[arg(last = true, required = true, value_name = "COMMAND")]
     pub command: Vec<String>,
 }
+
+/// The exit codes of `cmdx submit`, shown under its `--help`.
+const SUBMIT_EXIT_CODES: &str = "\
+Exit codes:
+  the job's own exit code when it ran to the end (0 when it completed)
+  128+N  the job was killed by signal N (137 when out of memory)
+  124    the job's timeout fired
+  130    the job was cancelled, or the CLI detached on a second Ctrl-C
+  125    a hub or CLI error (also setup, sandbox and lost-worker failures, and a failed
+         --download after a job that completed; a failed job keeps its own code and the
+         download error is printed either way)";
 
 fn parse_env(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
@@ -201,6 +233,28 @@ pub struct CancelArgs {
     pub conn: ConnArgs,
     /// Job id.
     pub job: String,
+}
+
+/// `cmdx artifacts`.
+#[derive(Args)]
+pub struct ArtifactsArgs {
+    /// Connection flags.
+    #[command(flatten)]
+    pub conn: ConnArgs,
+    /// Job id.
+    pub job: String,
+    /// Download the artifacts and unpack them into this folder (created if missing; nothing
+    /// outside it is written, existing files are never overwritten, symlinks never followed).
+    /// Prints the paths written.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<std::path::PathBuf>,
+    /// Save the artifacts as one ZIP file, as stored on the hub.
+    #[arg(long, value_name = "FILE")]
+    pub zip: Option<std::path::PathBuf>,
+    /// Without --out/--zip: one JSON line with the listing (the default when stdout is not a
+    /// terminal).
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `cmdx token`.

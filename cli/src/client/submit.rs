@@ -21,6 +21,9 @@ use super::{LogsArgs, SubmitArgs, config, detail};
 pub const EXIT_TIMEOUT: i32 = 124;
 /// Exit code of a cancelled job, or of a CLI that detached on a second Ctrl-C (128 + SIGINT).
 pub const EXIT_CANCELLED: i32 = 130;
+/// Exit code of `submit --download` when the job completed but its artifacts could not be
+/// downloaded or unpacked: a CLI error, as the CLI contract has it.
+pub const EXIT_ARTIFACTS: i32 = 125;
 
 /// `cmdx submit`.
 pub async fn submit(args: SubmitArgs) -> anyhow::Result<i32> {
@@ -63,6 +66,7 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<i32> {
         timeout: args.timeout,
         tags: args.tags.clone(),
         env: args.env.iter().cloned().collect::<BTreeMap<_, _>>(),
+        artifacts: args.artifacts.clone(),
         ..Default::default()
     };
     let resp: SubmitResponse = api
@@ -90,11 +94,30 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<i32> {
             )
             .await?;
         super::out(&format!("{}\n", serde_json::to_string(&view)?))?;
-        return exit_code(&api, &id, &end).await;
+        return ended(&api, &id, &end, args.download.as_deref()).await;
     }
     match watch(&api, &id, Some(0)).await? {
-        Some(end) => exit_code(&api, &id, &end).await,
+        Some(end) => ended(&api, &id, &end, args.download.as_deref()).await,
         None => Ok(EXIT_CANCELLED),
+    }
+}
+
+/// The exit code for how job `id` ended, after downloading its artifacts into `download` when
+/// asked. A failed download turns success into [`EXIT_ARTIFACTS`]; any other code stays.
+async fn ended(api: &Api, id: &str, end: &End, download: Option<&Path>) -> anyhow::Result<i32> {
+    let code = exit_code(api, id, end).await;
+    let Some(dir) = download else {
+        return code;
+    };
+    match super::artifacts::after_job(api, id, dir).await {
+        Ok(()) => code,
+        Err(e) => {
+            super::note(format_args!("cmdx: {e:#}"));
+            match code {
+                Ok(0) => Ok(EXIT_ARTIFACTS),
+                other => other,
+            }
+        }
     }
 }
 
@@ -282,8 +305,8 @@ async fn probe_refusal(api: &Api, path: &str, size: u64) -> Option<anyhow::Error
     super::api::check(resp, "upload").await.err()
 }
 
-/// Percent-encodes a query value.
-fn encode_query(s: &str) -> String {
+/// Percent-encodes a query value or a path segment.
+pub fn encode_query(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {

@@ -69,6 +69,26 @@ pub fn between(from: Option<&str>, to: Option<&str>, now: SystemTime) -> String 
         .unwrap_or_else(|_| "0s".into())
 }
 
+/// A byte count for people: `512 B`, `1.5 KiB`, `12 MiB`.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64;
+    let mut unit = 0;
+    v /= 1024.0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if v < 10.0 {
+        format!("{v:.1} {}", UNITS[unit])
+    } else {
+        format!("{v:.0} {}", UNITS[unit])
+    }
+}
+
 /// Shortens `s` to `max` characters with an ellipsis; control characters become spaces.
 pub fn clip(s: &str, max: usize) -> String {
     let flat: String = s
@@ -124,5 +144,15 @@ mod tests {
             "9s"
         );
         assert_eq!(clip("abcdef", 4), "abc…");
+    }
+
+    #[test]
+    fn byte_counts_for_people() {
+        assert_eq!(bytes(0), "0 B");
+        assert_eq!(bytes(1023), "1023 B");
+        assert_eq!(bytes(1536), "1.5 KiB");
+        assert_eq!(bytes(300_000), "293 KiB");
+        assert_eq!(bytes(256 << 20), "256 MiB");
+        assert_eq!(bytes(5 << 40), "5.0 TiB");
     }
 }

@@ -1,5 +1,6 @@
 import { useEffect, useRef, useState } from 'preact/hooks';
 import { api, ApiError, fetchOutput, outputUrl } from '../api';
+import { Artifacts } from '../components/Artifacts';
 import { EmptyState, ErrorBanner, PageHeader } from '../components/Layout';
 import { Link } from '../components/Link';
 import { StatusBadge } from '../components/StatusBadge';
@@ -190,6 +191,7 @@ export function JobPage({ jobId }: { jobId: string }) {
     if (job.fileUrl) req.fileUrl = job.fileUrl;
     if (job.tags.length > 0) req.tags = job.tags;
     if (job.maxAttempts) req.maxAttempts = job.maxAttempts;
+    if (job.artifactPatterns.length > 0) req.artifacts = job.artifactPatterns;
     try {
       const res = await api.submit(req);
       navigate(jobPath(res.jobId));
@@ -338,6 +340,8 @@ export function JobPage({ jobId }: { jobId: string }) {
           .
         </p>
       </section>
+
+      <Artifacts job={job} />
 
       <section class="card" aria-label="Attempts">
         <h2>Attempts</h2>

@@ -1,6 +1,7 @@
 import { useEffect, useRef, useState } from 'preact/hooks';
 import { api, ApiError, uploadFile, type UploadHandle } from '../api';
 import { ErrorBanner, PageHeader } from '../components/Layout';
+import { parseGlobs } from '../lib/artifacts';
 import { formatBytes, parseTags, parseTimeout, shortId } from '../lib/format';
 import { jobPath } from '../lib/routes';
 import { location$, navigate } from '../state';
@@ -16,6 +17,7 @@ export function NewJob() {
   const [command, setCommand] = useState('');
   const [timeout, setTimeoutText] = useState('');
   const [tags, setTags] = useState('');
+  const [globs, setGlobs] = useState('');
   const [upload, setUpload] = useState<Upload>({ state: 'none' });
   const [reuse, setReuse] = useState<{ fileUrl: string; jobId: string } | null>(null);
   const [dragging, setDragging] = useState(false);
@@ -35,6 +37,7 @@ export function NewJob() {
         setCommand(job.command);
         setTimeoutText(String(job.timeout));
         setTags(job.tags.join(', '));
+        setGlobs(job.artifactPatterns.join(' '));
         if (job.fileUrl) setReuse({ fileUrl: job.fileUrl, jobId: job.jobId });
       })
       .catch(() => setError('Could not load the job to copy'));
@@ -97,6 +100,8 @@ export function NewJob() {
     if ('value' in t && t.value !== null) req.timeout = t.value;
     const tagList = parseTags(tags);
     if (tagList.length > 0) req.tags = tagList;
+    const globList = parseGlobs(globs);
+    if (globList.length > 0) req.artifacts = globList;
     setBusy(true);
     try {
       const res = await api.submit(req);
@@ -238,6 +243,19 @@ export function NewJob() {
             />
             <span class="hint">Only workers with all these tags run the job.</span>
           </div>
+        </div>
+        <div class="field">
+          <label for="job-artifacts">Artifacts</label>
+          <input
+            id="job-artifacts"
+            placeholder="dist/** reports/*.xml"
+            value={globs}
+            onInput={(e) => setGlobs(e.currentTarget.value)}
+          />
+          <span class="hint">
+            Files to keep when the job ends, as globs relative to its folder, separated by spaces: <code>*</code>{' '}
+            stays in one folder, <code>**</code> crosses folders.
+          </span>
         </div>
         <ErrorBanner error={error} />
         <div class="form-actions">
