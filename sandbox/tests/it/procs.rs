@@ -234,12 +234,15 @@ async fn inherited_fd_is_not_present_in_the_child() {
     }
     let f = Fixture::new(1 << 20);
     // SAFETY: open(2) with a valid NUL-terminated path; deliberately without O_CLOEXEC.
-    let fd = unsafe { libc::open(c"/etc/hostname".as_ptr(), libc::O_RDONLY) };
-    assert!(fd > 2);
-    assert!(
-        fd > 3,
-        "test needs the leaked fd above ls's own directory fd 3"
-    );
+    let opened = unsafe { libc::open(c"/etc/hostname".as_ptr(), libc::O_RDONLY) };
+    assert!(opened > 2);
+    // Move it well above ls's own directory fd (3): which number open(2) returns depends on
+    // what else the test process has open. F_DUPFD does not set close-on-exec either.
+    // SAFETY: fcntl/close on the fd just opened.
+    let fd = unsafe { libc::fcntl(opened, libc::F_DUPFD, 100) };
+    // SAFETY: as above.
+    unsafe { libc::close(opened) };
+    assert!(fd >= 100, "F_DUPFD failed");
     let mut spec = f.spec("");
     spec.program = "/bin/ls".into();
     spec.args = vec!["/proc/self/fd".into()];
