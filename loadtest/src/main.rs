@@ -3,7 +3,8 @@
 //! `loadtest SCENARIO [--workers N] [--rate R] [--duration SECS] [--subscribers K] [--hub URL]
 //! [--json]`. Without `--hub` it starts a fresh `cmdx hub` (the binary next to this one) on a
 //! temp data folder and a loopback port with rate limits off, and stops it at the end. Every run
-//! is bounded in count and time and sends traffic only to loopback.
+//! is bounded in count and time and sends traffic only to loopback (`chaos`: or to the private
+//! network namespace it creates; it exits 1 when it finds lost, duplicated or stuck jobs).
 //!
 //! Submitters are open-loop (latency from the *intended* send time, so a stalled hub cannot hide
 //! its delay); connections are opened at a measured pace; a warm-up is excluded; HDR histograms

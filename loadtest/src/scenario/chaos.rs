@@ -706,7 +706,8 @@ async fn drive(
             if n.down || n.degraded {
                 n.heal()?;
                 next_link = Instant::now() + rng.secs(2.0, 5.0);
-            } else if rng.below(3) == 0 {
+            } else if faults.cuts > 0 && rng.below(3) == 0 {
+                // The first link fault is always a cut, so even a short run has one.
                 n.set_degraded(true)?;
                 faults.degradations += 1;
                 next_link = Instant::now() + rng.secs(2.0, 5.0);
