@@ -4,12 +4,24 @@
 # its committed seed corpus (fuzz/corpus/TARGET, read-only here: new inputs go to a scratch
 # dir). Fails on any crash, panic, leak or timeout; the reproducer is left in
 # fuzz/artifacts/TARGET/. Installs cargo-fuzz when it is missing. Long runs: fuzz/README.md.
+# FUZZ_SANITIZER (default address) picks cargo-fuzz's sanitizer: CI uses `none` (coverage-guided
+# libFuzzer, panics and aborts still caught, no ASan) because the ASan build costs minutes.
 set -euo pipefail
-cd "$(dirname "$0")/../fuzz"
+cd "$(dirname "$0")/.."
+root="$PWD"
+cd fuzz
 export CARGO_TERM_COLOR=never
 export RUSTC_BOOTSTRAP=1
 
 secs="${FUZZ_SECS:-20}"
+san="${FUZZ_SANITIZER:-address}"
+# Its own target dir (beside CARGO_TARGET_DIR when that is set): the fuzz build's coverage flags
+# would otherwise invalidate the main build's artifacts, and the other way round.
+tdir="$root/fuzz/target"
+if [[ -n "${CARGO_TARGET_DIR:-}" ]]; then
+    tdir="$CARGO_TARGET_DIR/fuzz"
+fi
+opts=(-O -a -s "$san" --target-dir "$tdir")
 targets=(extract_zip agent_msg client_msg tokens multipart)
 if [[ $# -gt 0 ]]; then
     targets=("$@")
@@ -20,7 +32,7 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
 fi
 
 # One build for all targets: release with debug assertions (overflow checks on).
-cargo fuzz build -O -a
+cargo fuzz build "${opts[@]}"
 
 scratch="$(mktemp -d)"
 trap 'rm -rf "$scratch"' EXIT
@@ -28,7 +40,7 @@ fail=0
 for t in "${targets[@]}"; do
     mkdir -p "$scratch/$t" "artifacts/$t"
     echo "==> fuzz $t for ${secs}s"
-    if ! cargo fuzz run -O -a "$t" "$scratch/$t" "corpus/$t" -- \
+    if ! cargo fuzz run "${opts[@]}" "$t" "$scratch/$t" "corpus/$t" -- \
         -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -max_len=65536 \
         -print_final_stats=1 2>"$scratch/$t.log"; then
         tail -n 40 "$scratch/$t.log" >&2
@@ -41,4 +53,4 @@ done
 if [[ $fail -ne 0 ]]; then
     exit 1
 fi
-echo "fuzz smoke: ${#targets[@]} targets, ${secs}s each, no crash"
+echo "fuzz smoke: ${#targets[@]} targets, ${secs}s each (sanitizer: $san), no crash"

@@ -17,13 +17,14 @@ fi
 lt="${CARGO_TARGET_DIR:-target}/$profile/loadtest"
 
 fail=0
+out=""
 run() {
     local name="$1"
     shift
-    local out
     printf '==> loadtest %s %s\n' "$name" "$*"
     if ! out="$(timeout 300 "$lt" "$name" "$@" --json)"; then
-        echo "FAIL: loadtest $name exited with an error" >&2
+        echo "$out"
+        echo "FAIL: loadtest $name exited with an error or a finding" >&2
         fail=1
         return
     fi
@@ -42,8 +43,19 @@ run poll --workers 5 --jobs 10 --duration 2
 run legacy --workers 20 --rate 5 --duration 3 --poll-interval-ms 200
 if [[ "$(id -u)" == 0 ]]; then
     run sandbox --workers 1 --concurrency 2 --rate 10 --duration 3
+    # Chaos: hub and agent kill -9s, link cuts in a private network namespace; exits 1 on any
+    # lost, duplicated, stuck or failed job. Needs ip/tc (iproute2) and nft (nftables).
+    if ! command -v nft >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nftables >/dev/null
+    fi
+    run chaos --workers 4 --rate 10 --duration 25
+    if ! grep -Eq '"kills":[1-9][0-9]*,' <<<"$out" || ! grep -Eq '"cuts":[1-9][0-9]*,' <<<"$out" \
+        || ! grep -q '"duplicated":0,' <<<"$out" || ! grep -q '"stuck":0,' <<<"$out"; then
+        echo "FAIL: loadtest chaos made no hub kill or no cut, or found duplicated or stuck jobs" >&2
+        fail=1
+    fi
 else
-    echo "==> loadtest sandbox skipped: it runs real sandboxed agents and needs root"
+    echo "==> loadtest sandbox and chaos skipped: they run real sandboxed agents and need root"
 fi
 
 exit "$fail"

@@ -118,7 +118,7 @@ pub async fn run(config: AgentConfig, control: watch::Receiver<Control>) -> Resu
     make_dir(&downloads_dir, 0o700)?;
     // Held for the agent's lifetime: a second agent on this work dir would clean up (kill)
     // the first one's jobs below.
-    let _lock = lock_work_dir(work_dir)?;
+    let _lock = lock_work_dir(work_dir, LOCK_WAIT).await?;
     // Partial downloads and artifact ZIPs a killed predecessor left (no one else uses them:
     // the lock is ours).
     if let Ok(entries) = std::fs::read_dir(&downloads_dir) {
@@ -272,9 +272,16 @@ fn make_dir(path: &Path, mode: u32) -> Result<(), AgentError> {
     fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(|e| err("chmod", e))
 }
 
+/// How long a starting agent waits for `agent.lock`. A predecessor killed a moment ago (`kill
+/// -9`, then an immediate restart) can still have its lock shared by a job child it was forking:
+/// the copy closes only at that child's exec or exit, a few milliseconds later. Found by
+/// `loadtest chaos`: the restarted agent refused to start and the slot stayed dead.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Takes an exclusive `flock` on `work_dir/agent.lock` (released by the kernel when the
-/// process dies, even by `kill -9`); fails if another live agent holds it.
-fn lock_work_dir(work_dir: &Path) -> Result<fs::File, AgentError> {
+/// process dies, even by `kill -9`, and every child sharing it has exec'd or exited); fails if
+/// another agent still holds it after `wait`.
+async fn lock_work_dir(work_dir: &Path, wait: std::time::Duration) -> Result<fs::File, AgentError> {
     use std::os::fd::AsRawFd as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     let path = work_dir.join("agent.lock");
@@ -290,16 +297,22 @@ fn lock_work_dir(work_dir: &Path) -> Result<fs::File, AgentError> {
             path: path.clone(),
             source,
         })?;
-    // SAFETY: flock(2) on a file descriptor owned by `file`, which outlives the call.
-    let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if r != 0 {
-        return Err(AgentError::Config(format!(
-            "another agent is using the work dir {} (it holds {})",
-            work_dir.display(),
-            path.display()
-        )));
+    let until = tokio::time::Instant::now() + wait;
+    loop {
+        // SAFETY: flock(2) on a file descriptor owned by `file`, which outlives the call.
+        let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if r == 0 {
+            return Ok(file);
+        }
+        if tokio::time::Instant::now() >= until {
+            return Err(AgentError::Config(format!(
+                "another agent is using the work dir {} (it holds {})",
+                work_dir.display(),
+                path.display()
+            )));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    Ok(file)
 }
 
 /// The agent's cgroup group: its worker id plus a hash of its work dir (two agents with one
@@ -325,5 +338,48 @@ fn remove_stale(dir: &Path) {
             }
             Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot remove leftover"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::lock_work_dir;
+
+    /// Regression (found by `loadtest chaos`): an agent restarted right after `kill -9` of its
+    /// predecessor met the lock still held by a child that predecessor was forking, and exited.
+    /// A holder that lets go within the wait is waited for.
+    #[tokio::test]
+    async fn a_lock_released_a_moment_later_is_waited_for() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let held = lock_work_dir(dir.path(), Duration::ZERO)
+            .await
+            .expect("first lock");
+        let release = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            drop(held);
+        });
+        lock_work_dir(dir.path(), Duration::from_secs(5))
+            .await
+            .expect("the lock once the dying holder let go");
+        release.await.expect("release task");
+    }
+
+    /// A live agent's lock is still a refusal, once the wait is over.
+    #[tokio::test]
+    async fn a_lock_held_past_the_wait_is_refused() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let _held = lock_work_dir(dir.path(), Duration::ZERO)
+            .await
+            .expect("first lock");
+        let e = lock_work_dir(dir.path(), Duration::from_millis(200))
+            .await
+            .expect_err("a second lock while the first is held");
+        assert!(
+            e.to_string()
+                .contains("another agent is using the work dir"),
+            "{e}"
+        );
     }
 }

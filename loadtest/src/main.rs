@@ -3,7 +3,8 @@
 //! `loadtest SCENARIO [--workers N] [--rate R] [--duration SECS] [--subscribers K] [--hub URL]
 //! [--json]`. Without `--hub` it starts a fresh `cmdx hub` (the binary next to this one) on a
 //! temp data folder and a loopback port with rate limits off, and stops it at the end. Every run
-//! is bounded in count and time and sends traffic only to loopback.
+//! is bounded in count and time and sends traffic only to loopback (`chaos`: or to the private
+//! network namespace it creates; it exits 1 when it finds lost, duplicated or stuck jobs).
 //!
 //! Submitters are open-loop (latency from the *intended* send time, so a stalled hub cannot hide
 //! its delay); connections are opened at a measured pace; a warm-up is excluded; HDR histograms
@@ -37,6 +38,9 @@ pub enum Scenario {
     Legacy,
     /// Real `cmdx agent` processes running `true` through the real sandbox (needs root).
     Sandbox,
+    /// Real agents under steady submissions while the hub and agents are `kill -9`ed and the
+    /// agent<->hub link is cut and degraded; scores every acknowledged job (needs root).
+    Chaos,
 }
 
 impl Scenario {
@@ -49,6 +53,7 @@ impl Scenario {
             Scenario::Poll => "poll",
             Scenario::Legacy => "legacy",
             Scenario::Sandbox => "sandbox",
+            Scenario::Chaos => "chaos",
         }
     }
 }
@@ -61,10 +66,10 @@ pub struct Cli {
     #[arg(value_enum)]
     pub scenario: Scenario,
     /// Workers (dispatch 1000, burst 1000, connections 10000, legacy 1000, sandbox 2 agent
-    /// processes) or concurrent pollers (poll 50).
+    /// processes, chaos 4 agent processes) or concurrent pollers (poll 50).
     #[arg(long)]
     pub workers: Option<usize>,
-    /// Offered rate: jobs/s (dispatch 1000, legacy 10, sandbox 400) or output chunks/s (relay
+    /// Offered rate: jobs/s (dispatch 1000, legacy 10, sandbox 400, chaos 20) or output chunks/s (relay
     /// 2500).
     #[arg(long)]
     pub rate: Option<f64>,
@@ -102,6 +107,13 @@ pub struct Cli {
     /// Legacy poll interval, milliseconds (the original agent's is 5000).
     #[arg(long, default_value_t = 5000)]
     pub poll_interval_ms: u64,
+    /// Chaos: run every agent on loopback, without the private network namespace (no link
+    /// cuts: for machines without netns, `ip`, `tc` or `nft`).
+    #[arg(long)]
+    pub no_netns: bool,
+    /// Chaos: seed of the fault schedule (default: from the clock; printed in the report).
+    #[arg(long)]
+    pub seed: Option<u64>,
     /// Warm-up excluded from the figures, seconds (default 10% of the duration, 0.5..5 s).
     #[arg(long)]
     pub warmup: Option<f64>,
@@ -147,6 +159,10 @@ fn main() -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         print!("{}", report.table());
+    }
+    if report.has_findings() {
+        // The chaos verdict: lost, duplicated or stuck jobs, or failed ones.
+        std::process::exit(1);
     }
     Ok(())
 }

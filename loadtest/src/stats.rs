@@ -142,6 +142,9 @@ pub struct Report {
     /// Hub RSS growth per connected worker, KiB.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hub_rss_per_worker_kb: Option<f64>,
+    /// The chaos scenario's fault counts and verdicts.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub chaos: Option<ChaosFigures>,
     /// Generator-side figures for the human table only (not part of the JSON contract).
     #[serde(skip)]
     pub notes: Vec<(String, String)>,
@@ -151,6 +154,44 @@ pub struct Report {
     /// Generator RSS at the end of the window, MB (human table only).
     #[serde(skip)]
     pub gen_rss_mb: Option<f64>,
+}
+
+/// What the chaos scenario did and found (`lost` is the report's own field).
+#[derive(Debug, Default, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChaosFigures {
+    /// `kill -9`s of the hub (each followed by a restart on the same data and port).
+    pub kills: u64,
+    /// `kill -9`s of an agent (each followed by a new agent process on its work dir).
+    pub agent_kills: u64,
+    /// Agent<->hub link cuts (`ip link set down`, later `up`).
+    pub cuts: u64,
+    /// Periods of a degraded link (random loss and a throttled rate).
+    pub degradations: u64,
+    /// Submissions the hub acknowledged (201).
+    pub acknowledged: u64,
+    /// Submissions refused or unanswered (mostly while the hub was down): not acknowledged,
+    /// so owed nothing.
+    pub unacknowledged: u64,
+    /// Acknowledged jobs finished by more than one attempt, or whose output shows their
+    /// marker more than once.
+    pub duplicated: u64,
+    /// Acknowledged jobs not terminal after quiescence.
+    pub stuck: u64,
+    /// Acknowledged jobs that completed after losing at least one attempt.
+    pub recovered: u64,
+    /// Acknowledged jobs that ended `failed` (each also counted in `errors`).
+    pub failed: u64,
+    /// Job workspaces still mounted after every agent stopped (nothing of a job may outlive
+    /// it).
+    pub leaked: u64,
+    /// Agents that exited on their own during the run (crashed, or refused to start); each was
+    /// started again.
+    pub agent_exits: u64,
+    /// Agents that did not stop within 15 s of SIGTERM at the end and were killed.
+    pub forced_stops: u64,
+    /// Seed of the fault schedule (`--seed` replays the same choices).
+    pub seed: u64,
 }
 
 /// The original design's figure and issue 6's target for a row of the table.
@@ -169,6 +210,11 @@ fn targets(scenario: &str, figure: &str) -> (&'static str, &'static str) {
         ("poll", "poll latency") => ("5 ms typ", "p99 <= 2 ms"),
         ("legacy", "poll latency") => ("5 ms typ", "-"),
         ("sandbox", "jobs/s") => ("-", ">= 400"),
+        ("chaos", "hub kills") => ("-", ">= 20 in 120 s"),
+        ("chaos", "duplicated")
+        | ("chaos", "stuck")
+        | ("chaos", "leaked workspaces")
+        | ("chaos", "agents exited on their own") => ("-", "0"),
         (_, "errors") | (_, "lost") => ("-", "0"),
         _ => ("-", "-"),
     }
@@ -182,6 +228,20 @@ fn fmt_pct(p: &Percentiles) -> String {
 }
 
 impl Report {
+    /// Whether a chaos run found lost, duplicated, stuck or failed jobs, leaked workspaces or
+    /// agents that exited on their own (other scenarios report
+    /// figures, not verdicts).
+    pub fn has_findings(&self) -> bool {
+        self.chaos.as_ref().is_some_and(|c| {
+            self.lost > 0
+                || self.errors > 0
+                || c.duplicated > 0
+                || c.stuck > 0
+                || c.leaked > 0
+                || c.agent_exits > 0
+        })
+    }
+
     /// The human table: figure, measured, original design, target.
     pub fn table(&self) -> String {
         let mut rows: Vec<(String, String)> = Vec::new();
@@ -229,6 +289,22 @@ impl Report {
         if let Some(v) = self.gen_rss_mb {
             push("generator RSS", format!("{v:.1} MB"));
         }
+        if let Some(c) = &self.chaos {
+            push("hub kills", c.kills.to_string());
+            push("agent kills", c.agent_kills.to_string());
+            push("link cuts", c.cuts.to_string());
+            push("link degradations", c.degradations.to_string());
+            push("acknowledged", c.acknowledged.to_string());
+            push("unacknowledged", c.unacknowledged.to_string());
+            push("duplicated", c.duplicated.to_string());
+            push("stuck", c.stuck.to_string());
+            push("recovered", c.recovered.to_string());
+            push("failed", c.failed.to_string());
+            push("leaked workspaces", c.leaked.to_string());
+            push("agents exited on their own", c.agent_exits.to_string());
+            push("agents killed at the end", c.forced_stops.to_string());
+            push("seed", c.seed.to_string());
+        }
         for (k, v) in &self.notes {
             push(k, v.clone());
         }
@@ -242,6 +318,12 @@ impl Report {
         for (f, v) in rows {
             let (orig, target) = targets(&self.scenario, &f);
             out += &format!("{f:<w0$}  {v:<w1$}  {orig:<22}  {target}\n");
+        }
+        if let Some(c) = &self.chaos {
+            out += &format!(
+                "{} hub kills, {} agent kills, {} link cuts, {} acknowledged: lost {}, duplicated {}, stuck {}\n",
+                c.kills, c.agent_kills, c.cuts, c.acknowledged, self.lost, c.duplicated, c.stuck
+            );
         }
         out
     }

@@ -19,6 +19,78 @@ pub const ADMIN_EMAIL: &str = "loadtest@cmdx.local";
 /// Admin password used for a hub the generator starts.
 pub const ADMIN_PASSWORD: &str = "loadtest-password-1";
 
+/// The private subnet (`10.231.0.0/16`) of the chaos scenario's network namespaces: the only
+/// addresses besides loopback the generator sends traffic to. They exist only on this machine.
+pub const PRIVATE_PREFIX: &str = "10.231.";
+
+/// Spawns `cmdx hub` on `listen` with its store in `data` (rate limits off, the generator's
+/// admin) and waits until it listens; returns the process and its URL. Its stderr goes to
+/// `stderr`.
+pub async fn spawn_hub(
+    listen: &str,
+    data: &std::path::Path,
+    extra: &[String],
+    stderr: Stdio,
+) -> anyhow::Result<(Child, String)> {
+    let (email, password) = admin_credentials();
+    let mut cmd = Command::new(cmdx_bin()?);
+    cmd.arg("hub")
+        .arg("--listen")
+        .arg(listen)
+        .arg("--data")
+        .arg(data)
+        .arg("--rate-limit-per-min")
+        .arg("0")
+        .arg("--login-rate-limit-per-min")
+        .arg("0")
+        .args(extra)
+        .env("CMDX_ADMIN_EMAIL", &email)
+        .env("CMDX_ADMIN_PASSWORD", &password);
+    owned_child(&mut cmd, Stdio::piped(), stderr);
+    let mut child = cmd.spawn().context("spawning cmdx hub")?;
+    let stdout = child.stdout.take().context("hub stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let url = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(l) = lines.next_line().await? {
+            if let Some(u) = l.strip_prefix("cmdx hub listening on ") {
+                return Ok::<_, anyhow::Error>(u.trim().to_string());
+            }
+        }
+        bail!("cmdx hub exited before listening")
+    })
+    .await
+    .context("cmdx hub did not start within 30 s")??;
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Ok((child, url))
+}
+
+/// Settings of every `cmdx` process the generator runs: log level from `LOADTEST_HUB_LOG`
+/// (default `error`), no stdin, the given stdout and stderr, killed when dropped or when the
+/// generator dies.
+pub fn owned_child(cmd: &mut Command, stdout: Stdio, stderr: Stdio) {
+    cmd.env(
+        "RUST_LOG",
+        std::env::var("LOADTEST_HUB_LOG").unwrap_or_else(|_| "error".into()),
+    )
+    .stdin(Stdio::null())
+    .stdout(stdout)
+    .stderr(stderr)
+    .kill_on_drop(true);
+    die_with_parent(cmd);
+}
+
+/// Makes the child get SIGKILL when this generator dies, even by `kill -9`, so a crashed run
+/// leaves no hub or agent behind.
+fn die_with_parent(cmd: &mut Command) {
+    // SAFETY: the closure only calls prctl(2) and getppid(2), both async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
+            Ok(())
+        });
+    }
+}
+
 /// A hub to load.
 pub struct Target {
     /// `http://host:port`.
@@ -68,47 +140,27 @@ impl Target {
             .prefix("cmdx-loadtest-")
             .tempdir()
             .context("creating the hub's temp data folder")?;
-        let (email, password) = admin_credentials();
-        let mut child = Command::new(cmdx_bin()?)
-            .arg("hub")
-            .arg("--listen")
-            .arg("127.0.0.1:0")
-            .arg("--data")
-            .arg(data.path().join("data"))
-            .arg("--rate-limit-per-min")
-            .arg("0")
-            .arg("--login-rate-limit-per-min")
-            .arg("0")
-            .args(extra)
-            .env("CMDX_ADMIN_EMAIL", &email)
-            .env("CMDX_ADMIN_PASSWORD", &password)
-            .env(
-                "RUST_LOG",
-                std::env::var("LOADTEST_HUB_LOG").unwrap_or_else(|_| "error".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .context("spawning cmdx hub")?;
-        let stdout = child.stdout.take().context("hub stdout")?;
-        let mut lines = BufReader::new(stdout).lines();
-        let url = tokio::time::timeout(Duration::from_secs(30), async {
-            while let Some(l) = lines.next_line().await? {
-                if let Some(u) = l.strip_prefix("cmdx hub listening on ") {
-                    return Ok::<_, anyhow::Error>(u.trim().to_string());
-                }
-            }
-            bail!("cmdx hub exited before listening")
-        })
-        .await
-        .context("cmdx hub did not start within 30 s")??;
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let (child, url) = spawn_hub(
+            "127.0.0.1:0",
+            &data.path().join("data"),
+            extra,
+            Stdio::inherit(),
+        )
+        .await?;
         let pid = child.id();
         let mut t = Target::new(url, pid)?;
         t.child = std::sync::Mutex::new(Some(child));
         t._data = Some(data);
+        let (email, password) = admin_credentials();
+        t.admin = t.login(&email, &password).await?;
+        Ok(t)
+    }
+
+    /// A hub the chaos scenario runs and restarts itself on `url` (loopback or its private
+    /// network namespace subnet, see `PRIVATE_PREFIX`); signs in as the admin.
+    pub async fn private(url: &str) -> anyhow::Result<Target> {
+        let mut t = Target::new(url.to_string(), None)?;
+        let (email, password) = admin_credentials();
         t.admin = t.login(&email, &password).await?;
         Ok(t)
     }
@@ -128,7 +180,8 @@ impl Target {
             .trim_end_matches('/')
             .to_string();
         let host = addr.rsplit_once(':').map(|(h, _)| h).unwrap_or(&addr);
-        if !matches!(host, "127.0.0.1" | "localhost" | "[::1]") {
+        if !matches!(host, "127.0.0.1" | "localhost" | "[::1]") && !host.starts_with(PRIVATE_PREFIX)
+        {
             bail!("{url}: the load generator only sends traffic to loopback");
         }
         Ok(Target {

@@ -37,7 +37,7 @@ pub async fn run(cli: &Cli, target: &Arc<Target>) -> anyhow::Result<Report> {
     let sub = open_loop(
         target,
         &pool,
-        "true",
+        &|_| "true".to_string(),
         offered,
         start_us,
         secs,

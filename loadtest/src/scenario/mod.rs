@@ -1,6 +1,7 @@
 //! The scenarios, and the pieces they share: the open-loop submitter and worker fleets.
 
 mod burst;
+mod chaos;
 mod connections;
 mod dispatch;
 mod legacy;
@@ -24,6 +25,15 @@ use crate::{Cli, Scenario};
 
 /// Runs the chosen scenario against a fresh or given hub.
 pub async fn run(cli: &Cli, nofile: u64) -> anyhow::Result<Report> {
+    if cli.scenario == Scenario::Chaos {
+        // Runs (and kills, and restarts) its own hub.
+        if cli.hub.is_some() {
+            anyhow::bail!(
+                "the chaos scenario kills and restarts its own hub: --hub cannot be used"
+            );
+        }
+        return chaos::run(cli).await;
+    }
     let target_arc = Arc::new(match &cli.hub {
         Some(url) => Target::attach(url, cli.hub_pid).await?,
         None => Target::start(&[]).await?,
@@ -36,6 +46,7 @@ pub async fn run(cli: &Cli, nofile: u64) -> anyhow::Result<Report> {
         Scenario::Poll => poll::run(cli, &target_arc).await,
         Scenario::Legacy => legacy::run(cli, &target_arc).await,
         Scenario::Sandbox => sandbox::run(cli, &target_arc).await,
+        Scenario::Chaos => unreachable!("handled above"),
     };
     target_arc.stop().await;
     let mut r = result?;
@@ -57,10 +68,13 @@ pub struct Submitted {
     pub latency: Mutex<Hist>,
 }
 
+/// The command of each submission, from its intended send time (run-clock µs).
+pub type CommandFor = dyn Fn(u64) -> String + Send + Sync;
+
 /// Submits `rate` jobs/s for `secs` seconds from `start_us` (run clock), open-loop: each request
 /// is due at its intended time whatever happened to the earlier ones; at most `pool` are in
-/// flight (a late one still counts from its intended time). `on_ack(job id, intended)` runs for
-/// each acknowledged job. Latencies are recorded for intended times in `[warm_us, end_us)`.
+/// flight (a late one still counts from its intended time). `command(intended)` gives each
+/// job's command; `on_ack(job id, intended)` runs for each acknowledged job. Latencies are recorded for intended times in `[warm_us, end_us)`.
 #[expect(
     clippy::too_many_arguments,
     reason = "the submitter's shape: rate, window, command, callback"
@@ -68,7 +82,7 @@ pub struct Submitted {
 pub async fn open_loop(
     target: &Arc<Target>,
     pool: &Arc<Pool>,
-    command: &str,
+    command: &CommandFor,
     rate: f64,
     start_us: u64,
     secs: f64,
@@ -87,7 +101,7 @@ pub async fn open_loop(
         let auth = auth.clone();
         let out = out.clone();
         let on_ack = on_ack.clone();
-        let body = submit_body(command, intended);
+        let body = submit_body(&command(intended), intended);
         tasks.spawn(async move {
             let r = pool
                 .request(

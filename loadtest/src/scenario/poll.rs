@@ -34,7 +34,7 @@ pub async fn run(cli: &Cli, target: &Arc<Target>) -> anyhow::Result<Report> {
     let sub = open_loop(
         target,
         &pool,
-        "echo poll",
+        &|_| "echo poll".to_string(),
         1e9,
         now_us(),
         jobs as f64 / 1e9,

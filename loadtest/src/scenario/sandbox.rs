@@ -4,6 +4,7 @@
 //! event, errors (failed jobs) and lost jobs.
 
 use std::collections::HashMap;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,7 +23,7 @@ use super::{duration, note, open_loop, sample_window, setup, us};
 use crate::Cli;
 use crate::http::Pool;
 use crate::stats::{Hist, Report, cpu_pct, now_us, rate, sample};
-use crate::target::{Target, cmdx_bin};
+use crate::target::{Target, cmdx_bin, owned_child};
 use crate::worker;
 
 #[derive(Default)]
@@ -31,7 +32,97 @@ struct Seen {
     ended: HashMap<String, (JobStatus, u64)>,
 }
 
-fn stop_agents(agents: &mut [Child]) {
+/// How to start one real `cmdx agent`.
+pub struct AgentSpec<'a> {
+    /// Hub base URL.
+    pub hub: &'a str,
+    /// Worker token.
+    pub token: &'a str,
+    /// Work dir (its worker id is kept there unless `worker_id` is given).
+    pub work_dir: &'a std::path::Path,
+    /// Fixed worker id.
+    pub worker_id: Option<String>,
+    /// First uid of its jobs (each agent needs its own range).
+    pub uid_base: u32,
+    /// Slots.
+    pub concurrency: u32,
+    /// A network namespace (an open `/run/netns/NAME`) to run the agent in.
+    pub netns: Option<&'a std::fs::File>,
+}
+
+/// Starts one real `cmdx agent` (killed when this generator dies); its stderr goes to `stderr`.
+pub fn spawn_agent(spec: &AgentSpec<'_>, stderr: Stdio) -> anyhow::Result<Child> {
+    let mut cmd = Command::new(cmdx_bin()?);
+    cmd.arg("agent")
+        .arg("--hub")
+        .arg(spec.hub)
+        .arg("--work-dir")
+        .arg(spec.work_dir)
+        .arg("--uid-base")
+        .arg(spec.uid_base.to_string())
+        .arg("--concurrency")
+        .arg(spec.concurrency.to_string())
+        .env("CMDX_AGENT_TOKEN", spec.token);
+    if let Some(id) = &spec.worker_id {
+        cmd.arg("--worker-id").arg(id);
+    }
+    owned_child(&mut cmd, Stdio::null(), stderr);
+    if let Some(ns) = spec.netns {
+        let fd = ns.as_raw_fd();
+        // SAFETY: setns(2) is async-signal-safe; `ns` stays open until spawn returns.
+        unsafe {
+            cmd.pre_exec(move || {
+                let ns = std::os::fd::BorrowedFd::borrow_raw(fd);
+                nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)?;
+                Ok(())
+            });
+        }
+    }
+    cmd.spawn().context("spawning cmdx agent")
+}
+
+/// A temp folder for agent work dirs. Jobs run as unprivileged uids: their work dirs must be
+/// reachable through the parents, so it is 0755.
+pub fn agents_dir(prefix: &str) -> anyhow::Result<tempfile::TempDir> {
+    let tmp = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .context("agent temp folder")?;
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755))
+        .context("chmod agent temp folder")?;
+    Ok(tmp)
+}
+
+/// Waits until at least `n` workers are online, for at most `limit`.
+pub async fn wait_online(target: &Target, n: usize, limit: Duration) -> anyhow::Result<()> {
+    let online_by = Instant::now() + limit;
+    loop {
+        let v = target
+            .call(
+                http::Method::GET,
+                "/api/workers/list",
+                Some(&target.admin),
+                None,
+            )
+            .await?;
+        let online = v["workers"]
+            .as_array()
+            .map(|a| a.iter().filter(|w| w["status"] == "online").count())
+            .unwrap_or(0);
+        if online >= n {
+            return Ok(());
+        }
+        if Instant::now() > online_by {
+            bail!("setup: only {online} of {n} agents came online within {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Stops every agent: SIGTERM, then SIGKILL for any still running after 15 s. Returns how
+/// many needed the SIGKILL.
+pub async fn shutdown_agents(agents: &mut [Child]) -> usize {
+    let mut killed = 0;
     for a in agents.iter() {
         if let Some(pid) = a.id() {
             let _ = nix::sys::signal::kill(
@@ -40,6 +131,17 @@ fn stop_agents(agents: &mut [Child]) {
             );
         }
     }
+    for a in agents.iter_mut() {
+        if tokio::time::timeout(Duration::from_secs(15), a.wait())
+            .await
+            .is_err()
+        {
+            let _ = a.start_kill();
+            let _ = a.wait().await;
+            killed += 1;
+        }
+    }
+    killed
 }
 
 /// Runs the scenario.
@@ -54,52 +156,26 @@ pub async fn run(cli: &Cli, target: &Arc<Target>) -> anyhow::Result<Report> {
     let warm = cli.warmup_for(secs);
     let token = setup(target.worker_token().await, "worker token")?;
 
-    // Jobs run as unprivileged uids: their work dirs must be reachable through the parents.
-    let tmp = tempfile::Builder::new()
-        .prefix("cmdx-loadtest-agents-")
-        .tempdir()
-        .context("agent temp folder")?;
-    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755))
-        .context("chmod agent temp folder")?;
+    let tmp = agents_dir("cmdx-loadtest-agents-")?;
     let mut agents = Vec::with_capacity(n);
     for i in 0..n {
         let dir = tmp.path().join(format!("agent-{i}"));
-        let child = Command::new(cmdx_bin()?)
-            .arg("agent")
-            .arg("--hub")
-            .arg(&target.url)
-            .arg("--work-dir")
-            .arg(&dir)
-            .arg("--worker-id")
-            .arg(format!("sandbox-{i}"))
-            .arg("--uid-base")
-            .arg((200_000 + i * 10_000).to_string())
-            .arg("--concurrency")
-            .arg(conc.to_string())
-            .env("CMDX_AGENT_TOKEN", &token)
-            .env(
-                "RUST_LOG",
-                std::env::var("LOADTEST_HUB_LOG").unwrap_or_else(|_| "error".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .context("spawning cmdx agent")?;
+        let child = spawn_agent(
+            &AgentSpec {
+                hub: &target.url,
+                token: &token,
+                work_dir: &dir,
+                worker_id: Some(format!("sandbox-{i}")),
+                uid_base: 200_000 + i as u32 * 10_000,
+                concurrency: conc,
+                netns: None,
+            },
+            Stdio::inherit(),
+        )?;
         agents.push(child);
     }
     let result = measure(cli, target, &agents, n, conc, offered, secs, warm).await;
-    stop_agents(&mut agents);
-    for a in agents.iter_mut() {
-        if tokio::time::timeout(Duration::from_secs(15), a.wait())
-            .await
-            .is_err()
-        {
-            let _ = a.start_kill();
-            let _ = a.wait().await;
-        }
-    }
+    shutdown_agents(&mut agents).await;
     result
 }
 
@@ -117,29 +193,7 @@ async fn measure(
     secs: f64,
     warm: f64,
 ) -> anyhow::Result<Report> {
-    // Wait for every agent to be online.
-    let online_by = Instant::now() + Duration::from_secs(60);
-    loop {
-        let v = target
-            .call(
-                http::Method::GET,
-                "/api/workers/list",
-                Some(&target.admin),
-                None,
-            )
-            .await?;
-        let online = v["workers"]
-            .as_array()
-            .map(|a| a.iter().filter(|w| w["status"] == "online").count())
-            .unwrap_or(0);
-        if online >= n {
-            break;
-        }
-        if Instant::now() > online_by {
-            bail!("setup: only {online} of {n} agents came online within 60 s");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_online(target, n, Duration::from_secs(60)).await?;
 
     // Job events.
     let mut ws = setup(
@@ -188,7 +242,7 @@ async fn measure(
     let sub = open_loop(
         target,
         &pool,
-        "true",
+        &|_| "true".to_string(),
         offered,
         start_us,
         secs,
