@@ -150,13 +150,7 @@ struct Run<'a> {
 impl<'a> Run<'a> {
     /// Takes the next assignment, accepts it and reports the child started.
     async fn start(agent: &'a mut FakeAgent) -> (Run<'a>, Assignment) {
-        let asg = agent
-            .recv_until(|m| match m {
-                HubMsg::Assign(a) => Some(a),
-                _ => None,
-            })
-            .await
-            .unwrap();
+        let asg = agent.next_assignment().await.unwrap();
         let r = JobRef {
             job_id: asg.job_id.clone(),
             attempt: asg.attempt,

@@ -8,13 +8,6 @@ use serde_json::json;
 
 use crate::FAST;
 
-fn assign(m: HubMsg) -> Option<cmdx_proto::agent::Assignment> {
-    match m {
-        HubMsg::Assign(a) => Some(a),
-        _ => None,
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_workers_race_and_exactly_one_wins() {
     let hub = HubProc::start(FAST).await;
@@ -28,14 +21,14 @@ async fn two_workers_race_and_exactly_one_wins() {
         .unwrap();
     let id = hub.submit(&admin, json!({"command": "true"})).await;
     let got = tokio::select! {
-        x = a.recv_until(assign) => ("race-a", x.unwrap()),
-        x = b.recv_until(assign) => ("race-b", x.unwrap()),
+        x = a.next_assignment() => ("race-a", x.unwrap()),
+        x = b.next_assignment() => ("race-b", x.unwrap()),
     };
     assert_eq!(got.1.job_id, id);
     // The other one gets nothing for this job: a second job goes to it, proving it was free.
     let id2 = hub.submit(&admin, json!({"command": "true"})).await;
     let other = if got.0 == "race-a" { &mut b } else { &mut a };
-    let second = other.recv_until(assign).await.unwrap();
+    let second = other.next_assignment().await.unwrap();
     assert_eq!(
         second.job_id, id2,
         "the loser must not have received the first job"
@@ -54,7 +47,7 @@ async fn reconnect_within_grace_resumes_and_after_grace_requeues() {
     let (mut a, _) = FakeAgent::connect(&hub, &wt, "resumer", 1, vec![])
         .await
         .unwrap();
-    let asg = a.recv_until(assign).await.unwrap();
+    let asg = a.next_assignment().await.unwrap();
     a.send(&AgentMsg::Started(Started {
         job_id: id.clone(),
         attempt: 1,
@@ -117,7 +110,7 @@ async fn reconnect_within_grace_resumes_and_after_grace_requeues() {
 
     // A second job: the worker vanishes past the grace; the job is requeued (attempt 2 elsewhere).
     let id2 = hub.submit(&admin, json!({"command": "true"})).await;
-    let first = a.recv_until(assign).await.unwrap();
+    let first = a.next_assignment().await.unwrap();
     assert_eq!(first.job_id, id2);
     a.drop_connection();
     wait_for("requeue after the grace", || async {
@@ -127,7 +120,7 @@ async fn reconnect_within_grace_resumes_and_after_grace_requeues() {
     let (mut b, _) = FakeAgent::connect(&hub, &wt, "other", 1, vec![])
         .await
         .unwrap();
-    let again = b.recv_until(assign).await.unwrap();
+    let again = b.next_assignment().await.unwrap();
     assert_eq!(again.job_id, id2);
     assert_eq!(again.attempt, 2);
 
@@ -175,7 +168,7 @@ async fn out_of_attempts_fails_as_worker_lost() {
     let (mut a, _) = FakeAgent::connect(&hub, &wt, "doomed", 1, vec![])
         .await
         .unwrap();
-    a.recv_until(assign).await.unwrap();
+    a.next_assignment().await.unwrap();
     a.drop_connection();
     let v = hub.wait_status(&admin, &id, "failed").await;
     assert_eq!(v["failure"], "worker_lost");

@@ -31,13 +31,7 @@ fn metric(text: &str, name: &str, labels: &str) -> Option<f64> {
 }
 
 async fn finish_one(agent: &mut FakeAgent, exit: i32) -> String {
-    let asg = agent
-        .recv_until(|m| match m {
-            HubMsg::Assign(a) => Some(a),
-            _ => None,
-        })
-        .await
-        .unwrap();
+    let asg = agent.next_assignment().await.unwrap();
     agent
         .send(&AgentMsg::Finished(Finished {
             job_id: asg.job_id.clone(),

@@ -71,13 +71,6 @@ fn chunk(id: &str, seq: u64) -> (AgentMsg, Vec<u8>) {
     )
 }
 
-fn assign(m: HubMsg) -> Option<cmdx_proto::agent::Assignment> {
-    match m {
-        HubMsg::Assign(a) => Some(a),
-        _ => None,
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscriber_joining_mid_stream_sees_every_byte_once() {
     let hub = HubProc::start(FAST).await;
@@ -88,7 +81,7 @@ async fn subscriber_joining_mid_stream_sees_every_byte_once() {
     let (mut a, _) = FakeAgent::connect(&hub, &wt, "streamer", 1, vec![])
         .await
         .unwrap();
-    a.recv_until(assign).await.unwrap();
+    a.next_assignment().await.unwrap();
     let mut expected = Vec::new();
     const N: u64 = 3000;
     let mut early = client(&hub, &user).await;
@@ -194,7 +187,7 @@ async fn flood_with_stalled(stalled_n: usize) -> u64 {
     let (mut a, _) = FakeAgent::connect(&hub, &wt, "flooder", 1, vec![])
         .await
         .unwrap();
-    a.recv_until(assign).await.unwrap();
+    a.next_assignment().await.unwrap();
     let mut stalled = Vec::new();
     for _ in 0..stalled_n {
         let mut ws = client(&hub, &admin).await;

@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use cmdx_e2e::{FakeAgent, HubProc, WAIT, wait_for, zip_bytes};
-use cmdx_proto::agent::{AgentMsg, Assignment, Finished, HubMsg, JobRef, OutputChunk, Started};
+use cmdx_proto::agent::{AgentMsg, Finished, HubMsg, JobRef, OutputChunk, Started};
 use cmdx_proto::client::{ClientMsg, ServerMsg};
 use cmdx_proto::{Outcome, StreamKind};
 use futures_util::{SinkExt, StreamExt};
@@ -22,13 +22,6 @@ use crate::FAST;
 
 type ClientWs =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-fn assign(m: HubMsg) -> Option<Assignment> {
-    match m {
-        HubMsg::Assign(a) => Some(a),
-        _ => None,
-    }
-}
 
 /// Opens `/ws/client` with a bearer token.
 async fn client_ws(hub: &HubProc, token: &str) -> ClientWs {
@@ -81,7 +74,7 @@ async fn call(
 
 /// Runs one job to completion on a fake agent, with `output` as its stdout.
 async fn run_on(agent: &mut FakeAgent, id: &str, output: &[u8]) {
-    let a = agent.recv_until(assign).await.unwrap();
+    let a = agent.next_assignment().await.unwrap();
     assert_eq!(a.job_id, id);
     agent
         .send(&AgentMsg::Started(Started {
@@ -489,7 +482,7 @@ async fn a_websocket_worker_cannot_report_for_another_workers_job() {
         .await
         .unwrap();
     let id = hub.submit(&admin, json!({"command": "true"})).await;
-    let asg = wa.recv_until(assign).await.unwrap();
+    let asg = wa.next_assignment().await.unwrap();
     wa.send(&AgentMsg::Started(Started {
         job_id: id.clone(),
         attempt: asg.attempt,
@@ -766,7 +759,7 @@ async fn a_subscriber_that_never_reads_costs_bounded_memory() {
     // Pushes a job's output and measures the hub's RSS growth; every chunk must be acknowledged
     // (a stalled subscriber never slows the agent).
     let mut push = async |id: &str| {
-        let a = agent.recv_until(assign).await.unwrap();
+        let a = agent.next_assignment().await.unwrap();
         assert_eq!(a.job_id, id);
         let before = hub.rss_kb();
         for seq in 0..CHUNKS {
