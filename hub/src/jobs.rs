@@ -474,25 +474,40 @@ pub async fn started(
     attempt: u32,
 ) -> ApiResult<()> {
     let now = now_ms();
-    let job = hub
-        .store
+    let job = update_held(hub, job_id, worker, token_id, attempt, &|job| {
+        if job.status == JobStatus::Assigned {
+            job.status = JobStatus::Running;
+            job.started_ms = Some(now);
+        }
+    })
+    .await?;
+    hub.emit(Some(job.owner.clone()), ServerMsg::Job(summary(&job)));
+    Ok(())
+}
+
+/// Applies `change` to the job while `(worker, token_id)` still holds `attempt` of it; a stale
+/// attempt changes nothing and gets 409 `stale_attempt`. Not synced.
+pub(crate) async fn update_held(
+    hub: &Hub,
+    job_id: &str,
+    worker: &str,
+    token_id: &str,
+    attempt: u32,
+    change: &(dyn Fn(&mut JobRecord) + Sync),
+) -> ApiResult<JobRecord> {
+    hub.store
         .update_job(job_id, &|job: &mut JobRecord| {
             if !job.is_current(worker, attempt) || job.token_id.as_deref() != Some(token_id) {
                 return Err(StoreError::Conflict("stale attempt".into()));
             }
-            if job.status == JobStatus::Assigned {
-                job.status = JobStatus::Running;
-                job.started_ms = Some(now);
-            }
+            change(job);
             Ok(())
         })
         .await
         .map_err(|e| match e {
             StoreError::Conflict(_) => ApiError::stale("stale attempt"),
             other => other.into(),
-        })?;
-    hub.emit(Some(job.owner.clone()), ServerMsg::Job(summary(&job)));
-    Ok(())
+        })
 }
 
 /// Loads (or checks) the relay state of the attempt `(worker, attempt)` holds.

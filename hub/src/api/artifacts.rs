@@ -13,7 +13,7 @@ use crate::Hub;
 use crate::artifacts::{Inspection, MAX_SKIPPED_LISTED, inspect_zip};
 use crate::error::{ApiError, ApiResult};
 use crate::jobs;
-use crate::store::{ArtifactsRecord, FileRecord, JobRecord, StoreError, new_id, now_ms};
+use crate::store::{ArtifactsRecord, FileRecord, JobRecord, new_id, now_ms};
 
 /// ZIP framing allowed on top of the artifact byte cap: local and central headers and names.
 fn zip_overhead(max_files: u32) -> u64 {
@@ -54,13 +54,12 @@ pub async fn upload(hub: &Arc<Hub>, mut req: Req, job_id: &str) -> ApiResult<Res
         None => ArtifactManifest::default(),
     };
     let (spool, found) = inspected(spool, max_bytes, max_files, true).await?;
-    let mut skipped: Vec<(String, String)> = manifest
+    let skipped: Vec<(String, String)> = manifest
         .skipped
         .into_iter()
         .take(MAX_SKIPPED_LISTED)
         .map(|s| (clip(&s.path, 512), clip(&s.reason, 256)))
         .collect();
-    skipped.truncate(MAX_SKIPPED_LISTED);
     let skipped_total = manifest.skipped_total.max(skipped.len() as u64);
     let job = store(
         hub,
@@ -174,20 +173,10 @@ async fn store(
         skipped_total,
     };
     // An unbound file record left by a stale upload is removed by the janitor.
-    let job = hub
-        .store
-        .update_job(&job.id, &|j: &mut JobRecord| {
-            if !j.is_current(worker_id, attempt) || j.token_id.as_deref() != Some(token_id) {
-                return Err(StoreError::Conflict("stale attempt".into()));
-            }
-            j.artifacts = Some(record.clone());
-            Ok(())
-        })
-        .await
-        .map_err(|e| match e {
-            StoreError::Conflict(_) => ApiError::stale("stale attempt"),
-            other => other.into(),
-        })?;
+    let job = jobs::update_held(hub, &job.id, worker_id, token_id, attempt, &|j| {
+        j.artifacts = Some(record.clone());
+    })
+    .await?;
     hub.store.sync().await?;
     let a = job.artifacts.as_ref().map_or(0, |a| a.files.len());
     tracing::info!(job_id = %job.id, attempt, files = a, bytes = size, "artifacts stored");
