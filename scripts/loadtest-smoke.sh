@@ -45,8 +45,11 @@ if [[ "$(id -u)" == 0 ]]; then
     run sandbox --workers 1 --concurrency 2 --rate 10 --duration 3
     # Chaos: hub and agent kill -9s, link cuts in a private network namespace; exits 1 on any
     # lost, duplicated, stuck or failed job. Needs ip/tc (iproute2) and nft (nftables).
-    if ! command -v nft >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
-        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nftables >/dev/null
+    missing=()
+    command -v nft >/dev/null 2>&1 || missing+=(nftables)
+    { command -v ip && command -v tc; } >/dev/null 2>&1 || missing+=(iproute2)
+    if [[ ${#missing[@]} -gt 0 ]] && command -v apt-get >/dev/null 2>&1; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
     fi
     run chaos --workers 4 --rate 10 --duration 25
     if ! grep -Eq '"kills":[1-9][0-9]*,' <<<"$out" || ! grep -Eq '"cuts":[1-9][0-9]*,' <<<"$out" \
