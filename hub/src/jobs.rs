@@ -1,5 +1,5 @@
 //! The job lifecycle: submit, claim (push and pull), start, output, finish, cancel, requeue after
-//! a lost worker, and recovery at start. Every transition is a store transaction that checks the
+//! a lost worker, and recovery at start. Every transition is an atomic store update that checks the
 //! job's current `(worker, attempt, token)` (fencing); acknowledgements wait for `sync`.
 
 use std::sync::Arc;
@@ -359,7 +359,7 @@ struct ClaimReq<'a> {
     token_id: &'a str,
 }
 
-/// Moves queued jobs to `assigned` (a new attempt each) in one store transaction, applied but
+/// Moves queued jobs to `assigned` (a new attempt each, one compare-and-swap each), applied but
 /// not synced; one result per request.
 async fn claim_all(hub: &Hub, reqs: &[ClaimReq<'_>]) -> Vec<Result<JobRecord, StoreError>> {
     let now = now_ms();

@@ -43,7 +43,7 @@ pub enum StoreError {
 /// Result alias for store calls.
 pub type StoreResult<T> = Result<T, StoreError>;
 
-/// A read-modify-write step on a job; may run more than once (transaction retries), so it must
+/// A read-modify-write step on a job; may run more than once (compare-and-swap retries), so it must
 /// not have side effects.
 pub type JobUpdate<'a> = &'a (dyn Fn(&mut JobRecord) -> StoreResult<()> + Send + Sync);
 
@@ -82,12 +82,13 @@ pub trait Store: Send + Sync + 'static {
     async fn insert_job(&self, job: &JobRecord) -> StoreResult<()>;
     /// Reads a job.
     async fn get_job(&self, id: &str) -> StoreResult<Option<JobRecord>>;
-    /// Atomically applies `update` to a job, keeping the queue tree in step with `queue_seq`.
+    /// Atomically applies `update` to a job (a compare-and-swap on its record, retried while the
+    /// record changes underneath).
     async fn update_job(&self, id: &str, update: JobUpdate<'_>) -> StoreResult<JobRecord>;
-    /// Applies `update(i, job)` to job `ids[i]` for every `i`, all in one atomic step (one
-    /// transaction instead of one per job: what the dispatcher does with a batch of claims).
-    /// Each job's result is its record after the update, or the update's error, which leaves
-    /// that job unchanged and does not stop the others.
+    /// Applies `update(i, job)` to job `ids[i]` for every `i` (what the dispatcher does with a
+    /// batch of claims), each atomic on its own. Each job's result is its record after the
+    /// update, or the update's error, which leaves that job unchanged and does not stop the
+    /// others.
     async fn update_jobs(
         &self,
         ids: &[String],
@@ -99,8 +100,6 @@ pub trait Store: Send + Sync + 'static {
         }
         Ok(out)
     }
-    /// Every queued job as `(queue_seq, job id)`, in queue order (for recovery).
-    async fn queued_jobs(&self) -> StoreResult<Vec<(u64, String)>>;
     /// Every job that is not terminal: queued, assigned or running (for recovery).
     async fn unfinished_jobs(&self) -> StoreResult<Vec<JobRecord>>;
     /// Jobs newest first.

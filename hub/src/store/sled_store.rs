@@ -1,9 +1,18 @@
 //! The sled backend.
 //!
 //! Trees (a small fixed set; sled amplifies space with many trees): `jobs` (id -> JSON
-//! [`JobRecord`]), `queue` (big-endian queue seq -> job id), `job_owner` (owner \0 job id -> ()),
-//! `output` (job id \0 big-endian index -> binary [`ChunkRecord`]), `users` (email -> JSON),
-//! `files`, `workers`, `meta` (worker tokens).
+//! [`JobRecord`]), `job_owner` (owner \0 job id -> ()), `output` (job id \0 big-endian index ->
+//! binary [`ChunkRecord`]), `users` (email -> JSON), `files`, `workers`, `meta` (worker tokens).
+//!
+//! No job write is a sled transaction. A transaction (or `apply_batch`) takes sled's global
+//! write lock, which stalls every other reader and writer, and seals the log buffer twice, each
+//! seal waking every thread of sled's IO pool; with one per submission that was the hub's
+//! throughput ceiling. So the `jobs` record is the only truth and every job write is one key:
+//! an insert, a compare-and-swap or a remove. The queue has no tree (recovery rebuilds it from
+//! the `queued` records, which carry their `queue_seq`); the owner index is written before the
+//! record it points to and removed after it, so an interrupted write leaves at most an entry
+//! that points at nothing, which listing skips. sled recovers a prefix of its log, so a record
+//! is never durable without the index entry written before it.
 //!
 //! Group commit: one thread owns `Db::flush()`. [`Store::sync`] enqueues a waiter; the thread
 //! takes every waiter queued so far, flushes once, and wakes them all. A waiter queued during a
@@ -14,8 +23,7 @@ use std::path::Path;
 use std::sync::mpsc as std_mpsc;
 
 use async_trait::async_trait;
-use sled::transaction::{ConflictableTransactionError, TransactionError};
-use sled::{Transactional, Tree};
+use sled::Tree;
 use tokio::sync::oneshot;
 
 use super::*;
@@ -26,7 +34,6 @@ type Waiter = oneshot::Sender<StoreResult<()>>;
 pub struct SledStore {
     db: sled::Db,
     jobs: Tree,
-    queue: Tree,
     job_owner: Tree,
     output: Tree,
     users: Tree,
@@ -48,9 +55,11 @@ pub const TREES: &[&str] = &[
     "files",
     "job_owner",
     "output",
-    "queue",
     "jobs",
 ];
+
+/// Trees older versions kept and backups may still carry; import accepts and drops them.
+const RETIRED_TREES: &[&str] = &["queue"];
 
 /// Called with the duration of each group-commit flush (metrics).
 pub type FlushObserver = std::sync::Arc<dyn Fn(std::time::Duration, usize) + Send + Sync>;
@@ -128,6 +137,9 @@ impl SledStore {
             .flush_every_ms(None)
             .open()
             .map_err(backend("open"))?;
+        for name in RETIRED_TREES {
+            db.drop_tree(name).map_err(backend("drop retired tree"))?;
+        }
         let tree = |name: &str| db.open_tree(name).map_err(backend("open tree"));
         let (flush_tx, flush_rx) = std_mpsc::channel::<Waiter>();
         let flusher_db = db.clone();
@@ -141,7 +153,6 @@ impl SledStore {
             })?;
         Ok(SledStore {
             jobs: tree("jobs")?,
-            queue: tree("queue")?,
             job_owner: tree("job_owner")?,
             output: tree("output")?,
             users: tree("users")?,
@@ -153,59 +164,11 @@ impl SledStore {
             flush_tx,
             flush_hist: observer,
         })
-        .inspect(|s| {
-            if let Some(Ok((k, _))) = s.queue.iter().next_back() {
-                s.note_seq(index_of(&k));
-            }
-        })
     }
 
     /// Bytes sled reports on disk.
     pub fn size_on_disk(&self) -> u64 {
         self.db.size_on_disk().unwrap_or(0)
-    }
-
-    /// Updates jobs in one transaction over the jobs and queue trees, keeping the queue tree in
-    /// step with each job's `queue_seq` (see [`Store::update_jobs`]).
-    fn update_in_transaction(
-        &self,
-        ids: &[String],
-        update: BatchUpdate<'_>,
-    ) -> StoreResult<Vec<StoreResult<JobRecord>>> {
-        (&self.jobs, &self.queue)
-            .transaction(|(jobs, queue)| {
-                let mut out = Vec::with_capacity(ids.len());
-                for (i, id) in ids.iter().enumerate() {
-                    let Some(raw) = jobs.get(id.as_bytes())? else {
-                        out.push(Err(StoreError::NotFound(id.to_string())));
-                        continue;
-                    };
-                    let mut job: JobRecord = match decode(id.as_bytes(), &raw) {
-                        Ok(job) => job,
-                        Err(e) => {
-                            out.push(Err(e));
-                            continue;
-                        }
-                    };
-                    let old_seq = job.queue_seq;
-                    if let Err(e) = update(i, &mut job) {
-                        out.push(Err(e));
-                        continue;
-                    }
-                    if old_seq != job.queue_seq {
-                        if let Some(s) = old_seq {
-                            queue.remove(&s.to_be_bytes())?;
-                        }
-                        if let Some(s) = job.queue_seq {
-                            queue.insert(&s.to_be_bytes(), id.as_bytes())?;
-                        }
-                    }
-                    jobs.insert(id.as_bytes(), encode(&job))?;
-                    out.push(Ok(job));
-                }
-                Ok(out)
-            })
-            .map_err(tx_err("update jobs"))
     }
 
     fn scan_json<T: serde::de::DeserializeOwned>(&self, tree: &Tree) -> StoreResult<Vec<T>> {
@@ -309,18 +272,14 @@ impl Store for SledStore {
     }
 
     async fn insert_job(&self, job: &JobRecord) -> StoreResult<()> {
-        let value = encode(job);
-        let okey = owner_key(&job.owner, &job.id);
-        (&self.jobs, &self.queue, &self.job_owner)
-            .transaction(|(jobs, queue, owners)| {
-                jobs.insert(job.id.as_bytes(), value.as_slice())?;
-                if let Some(seq) = job.queue_seq {
-                    queue.insert(&seq.to_be_bytes(), job.id.as_bytes())?;
-                }
-                owners.insert(okey.as_slice(), &[] as &[u8])?;
-                Ok::<_, ConflictableTransactionError<StoreError>>(())
-            })
-            .map_err(tx_err("insert job"))
+        // Index entry first: see the module doc.
+        self.job_owner
+            .insert(owner_key(&job.owner, &job.id), &[] as &[u8])
+            .map_err(backend("insert job"))?;
+        self.jobs
+            .insert(job.id.as_bytes(), encode(job))
+            .map_err(backend("insert job"))?;
+        Ok(())
     }
 
     async fn get_job(&self, id: &str) -> StoreResult<Option<JobRecord>> {
@@ -331,12 +290,7 @@ impl Store for SledStore {
     }
 
     async fn update_job(&self, id: &str, update: JobUpdate<'_>) -> StoreResult<JobRecord> {
-        // Most updates (start, finish, cancel of a running job) touch only the job's own key:
-        // read, update, compare-and-swap, and run the update again if the record changed in
-        // between. Only an update that moves the job in or out of the queue index needs a
-        // transaction over both trees. (A sled transaction takes sled's global write lock and
-        // seals the log buffer twice, each seal waking every thread of sled's IO pool: about
-        // 56 context switches per job when every update went through one.)
+        // Read, update, compare-and-swap; run the update again if the record changed between.
         loop {
             let raw = self
                 .jobs
@@ -344,15 +298,7 @@ impl Store for SledStore {
                 .map_err(backend("get job"))?
                 .ok_or_else(|| StoreError::NotFound(id.to_string()))?;
             let mut job: JobRecord = decode(id.as_bytes(), &raw)?;
-            let old_seq = job.queue_seq;
             update(&mut job)?;
-            if job.queue_seq != old_seq {
-                let ids = [id.to_string()];
-                let mut one = self.update_in_transaction(&ids, &|_, job| update(job))?;
-                return one
-                    .pop()
-                    .unwrap_or_else(|| Err(StoreError::NotFound(id.to_string())));
-            }
             let swapped = self
                 .jobs
                 .compare_and_swap(id.as_bytes(), Some(raw), Some(encode(&job)))
@@ -361,24 +307,6 @@ impl Store for SledStore {
                 return Ok(job);
             }
         }
-    }
-
-    async fn update_jobs(
-        &self,
-        ids: &[String],
-        update: BatchUpdate<'_>,
-    ) -> StoreResult<Vec<StoreResult<JobRecord>>> {
-        self.update_in_transaction(ids, update)
-    }
-
-    async fn queued_jobs(&self) -> StoreResult<Vec<(u64, String)>> {
-        let mut out = Vec::new();
-        for item in self.queue.iter() {
-            let (k, v) = item.map_err(backend("scan queue"))?;
-            let seq = u64::from_be_bytes(k.as_ref().try_into().map_err(|e| corrupt(&k, e))?);
-            out.push((seq, String::from_utf8_lossy(&v).into_owned()));
-        }
-        Ok(out)
     }
 
     async fn unfinished_jobs(&self) -> StoreResult<Vec<JobRecord>> {
@@ -642,17 +570,13 @@ impl Store for SledStore {
         self.output
             .apply_batch(batch)
             .map_err(backend("delete job output"))?;
-        let okey = owner_key(&job.owner, id);
-        (&self.jobs, &self.queue, &self.job_owner)
-            .transaction(|(jobs, queue, owners)| {
-                jobs.remove(id.as_bytes())?;
-                if let Some(seq) = job.queue_seq {
-                    queue.remove(&seq.to_be_bytes())?;
-                }
-                owners.remove(okey.as_slice())?;
-                Ok::<_, ConflictableTransactionError<StoreError>>(())
-            })
-            .map_err(tx_err("delete job"))?;
+        // Record first, index entry after: see the module doc.
+        self.jobs
+            .remove(id.as_bytes())
+            .map_err(backend("delete job"))?;
+        self.job_owner
+            .remove(owner_key(&job.owner, id))
+            .map_err(backend("delete job"))?;
         Ok(freed)
     }
 
@@ -695,16 +619,6 @@ impl Store for SledStore {
     }
 }
 
-fn tx_err(op: &'static str) -> impl FnOnce(TransactionError<StoreError>) -> StoreError {
-    move |e| match e {
-        TransactionError::Abort(e) => e,
-        TransactionError::Storage(e) => StoreError::Backend {
-            op,
-            message: e.to_string(),
-        },
-    }
-}
-
 impl SledStore {
     /// Loads a record stream written by [`Store::export_records`] into a new store at `dir`
     /// (which must not hold one); returns the number of records.
@@ -734,7 +648,8 @@ impl SledStore {
             let mut name = vec![0u8; len[0] as usize];
             input.read_exact(&mut name).map_err(io)?;
             let name = String::from_utf8(name).map_err(|e| corrupt(b"backup", e))?;
-            if !TREES.contains(&name.as_str()) {
+            let retired = RETIRED_TREES.contains(&name.as_str());
+            if !retired && !TREES.contains(&name.as_str()) {
                 return Err(corrupt(b"backup", format!("unknown tree {name}")));
             }
             let mut read_blob = || -> StoreResult<Vec<u8>> {
@@ -746,6 +661,9 @@ impl SledStore {
             };
             let k = read_blob()?;
             let v = read_blob()?;
+            if retired {
+                continue;
+            }
             db.open_tree(&name)
                 .map_err(backend("import"))?
                 .insert(k, v)
@@ -773,8 +691,22 @@ mod tests {
         serde_json::from_str(&raw).expect("job record")
     }
 
+    /// `(queue_seq, id)` of every queued job, in queue order: what recovery rebuilds.
+    async fn queued(store: &SledStore) -> Vec<(u64, String)> {
+        let mut out: Vec<(u64, String)> = store
+            .unfinished_jobs()
+            .await
+            .expect("scan")
+            .into_iter()
+            .filter(|j| j.status == cmdx_proto::JobStatus::Queued)
+            .filter_map(|j| j.queue_seq.map(|s| (s, j.id)))
+            .collect();
+        out.sort();
+        out
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn concurrent_updates_are_not_lost_and_queue_moves_stay_indexed() {
+    async fn concurrent_updates_are_not_lost_and_queue_moves_stay_in_the_record() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = std::sync::Arc::new(SledStore::open(dir.path(), 8 << 20).expect("store"));
         store
@@ -802,10 +734,7 @@ mod tests {
         }
         let job = store.get_job("j1").await.expect("get").expect("job");
         assert_eq!(job.rejections, 400, "no update lost");
-        assert_eq!(
-            store.queued_jobs().await.expect("queue"),
-            vec![(5, "j1".into())]
-        );
+        assert_eq!(queued(&store).await, vec![(5, "j1".into())]);
         // A failed update changes nothing.
         let failed = store
             .update_job("j1", &|j: &mut JobRecord| {
@@ -823,7 +752,7 @@ mod tests {
             })
             .await
             .expect("claim");
-        assert!(store.queued_jobs().await.expect("queue").is_empty());
+        assert!(queued(&store).await.is_empty());
         store
             .update_job("j1", &|j: &mut JobRecord| {
                 j.queue_seq = Some(9);
@@ -832,10 +761,7 @@ mod tests {
             })
             .await
             .expect("requeue");
-        assert_eq!(
-            store.queued_jobs().await.expect("queue"),
-            vec![(9, "j1".into())]
-        );
+        assert_eq!(queued(&store).await, vec![(9, "j1".into())]);
         let job = store.get_job("j1").await.expect("get").expect("job");
         assert_eq!((job.rejections, job.queue_seq), (400, Some(9)));
         assert!(matches!(
@@ -845,7 +771,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_batch_applies_each_update_in_one_step_and_reports_each_refusal() {
+    async fn a_batch_applies_each_update_and_reports_each_refusal() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = SledStore::open(dir.path(), 8 << 20).expect("store");
         store.insert_job(&queued_job("a", 1)).await.expect("a");
@@ -865,10 +791,7 @@ mod tests {
         assert!(matches!(&results[0], Ok(j) if j.attempt == 1 && j.queue_seq.is_none()));
         assert!(matches!(&results[1], Err(StoreError::Conflict(_))));
         assert!(matches!(&results[2], Err(StoreError::NotFound(_))));
-        assert_eq!(
-            store.queued_jobs().await.expect("queue"),
-            vec![(2, "b".into())]
-        );
+        assert_eq!(queued(&store).await, vec![(2, "b".into())]);
         let b = store.get_job("b").await.expect("get").expect("b");
         assert_eq!(
             (b.attempt, b.queue_seq),
