@@ -274,9 +274,11 @@ pub fn file_id_from_url(url: &str) -> Option<String> {
     (!id.is_empty()).then(|| id.to_string())
 }
 
-/// The dispatcher: plans assignments for free agent slots, claims them durably (one flush per
-/// batch) and pushes them.
+/// The dispatcher: plans assignments for free agent slots, claims them and hands each claimed
+/// batch to the announcer, which pushes it once it is durable.
 pub async fn pump(hub: Arc<Hub>) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(announce(hub.clone(), rx));
     loop {
         hub.dispatch.wake.notified().await;
         loop {
@@ -306,27 +308,50 @@ pub async fn pump(hub: Arc<Hub>) {
                     }
                 }
             }
-            if let Err(e) = hub.store.sync().await {
-                tracing::error!(error = %e, "store flush failed; assignments not sent");
-                continue;
-            }
-            for (p, job) in claimed {
-                if job.attempt == 1 {
-                    let waited = job
-                        .assigned_ms
-                        .unwrap_or(job.created_ms)
-                        .saturating_sub(job.created_ms);
-                    metrics::histogram!("cmdx_dispatch_latency_seconds")
-                        .record(waited as f64 / 1000.0);
-                }
-                let msg = HubMsg::Assign(assignment(&job, &hub.config));
-                if p.conn.send(msg).await.is_err() {
-                    // The connection died: the reconnect grace decides what happens.
-                    tracing::debug!(job_id = %job.id, "assignment not delivered");
-                }
-                hub.emit(Some(job.owner.clone()), ServerMsg::Job(summary(&job)));
+            // The next batch is claimed while this one's flush runs (the dispatcher used to
+            // idle through every fsync).
+            if !claimed.is_empty() && tx.send(claimed).is_err() {
+                return;
             }
         }
+    }
+}
+
+/// Claimed batches, in claim order.
+type Claimed = Vec<(crate::dispatch::Planned, JobRecord)>;
+
+/// Pushes claimed batches in claim order, each once it is durable: takes every batch claimed so
+/// far, waits for one flush that covers them all (group commit), sends them, repeats.
+async fn announce(hub: Arc<Hub>, mut rx: tokio::sync::mpsc::UnboundedReceiver<Claimed>) {
+    let mut batches = Vec::new();
+    while rx.recv_many(&mut batches, usize::MAX).await > 0 {
+        if let Err(e) = hub.store.sync().await {
+            tracing::error!(error = %e, "store flush failed; assignments not sent");
+            batches.clear();
+            continue;
+        }
+        for batch in batches.drain(..) {
+            send_assignments(&hub, batch).await;
+        }
+    }
+}
+
+/// Sends one durable batch's assignments and job events.
+async fn send_assignments(hub: &Hub, claimed: Claimed) {
+    for (p, job) in claimed {
+        if job.attempt == 1 {
+            let waited = job
+                .assigned_ms
+                .unwrap_or(job.created_ms)
+                .saturating_sub(job.created_ms);
+            metrics::histogram!("cmdx_dispatch_latency_seconds").record(waited as f64 / 1000.0);
+        }
+        let msg = HubMsg::Assign(assignment(&job, &hub.config));
+        if p.conn.send(msg).await.is_err() {
+            // The connection died: the reconnect grace decides what happens.
+            tracing::debug!(job_id = %job.id, "assignment not delivered");
+        }
+        hub.emit(Some(job.owner.clone()), ServerMsg::Job(summary(&job)));
     }
 }
 

@@ -5,6 +5,7 @@
 //! it is on disk only after a later [`Store::sync`] resolves. Callers acknowledge to clients
 //! after `sync`; concurrent callers share one flush (group commit, see `sled_store`).
 
+mod cache;
 pub mod records;
 mod sled_store;
 

@@ -42,6 +42,8 @@ pub struct SledStore {
     meta: Tree,
     flush_tx: std_mpsc::Sender<Waiter>,
     flush_hist: Option<FlushObserver>,
+    /// Decoded job records (see `cache.rs`).
+    records: super::cache::RecordCache,
     /// `next_seq` never returns at or below this (sled's id generator restarts in a restored
     /// store).
     seq_floor: std::sync::atomic::AtomicU64,
@@ -57,6 +59,10 @@ pub const TREES: &[&str] = &[
     "output",
     "jobs",
 ];
+
+/// Decoded job records kept (about 2 KiB each): enough for every job in flight at 5,000 jobs/s
+/// plus a dashboard's worth of polled ones.
+const RECORD_CACHE: usize = 8192;
 
 /// Trees older versions kept and backups may still carry; import accepts and drops them.
 const RETIRED_TREES: &[&str] = &["queue"];
@@ -163,12 +169,23 @@ impl SledStore {
             db,
             flush_tx,
             flush_hist: observer,
+            records: super::cache::RecordCache::new(RECORD_CACHE),
         })
     }
 
     /// Bytes sled reports on disk.
     pub fn size_on_disk(&self) -> u64 {
         self.db.size_on_disk().unwrap_or(0)
+    }
+
+    /// The job stored as `raw`: from the record cache when it holds exactly these bytes.
+    fn decode_job(&self, id: &str, raw: sled::IVec) -> StoreResult<JobRecord> {
+        if let Some(job) = self.records.get(id, &raw) {
+            return Ok(job);
+        }
+        let job: JobRecord = decode(id.as_bytes(), &raw)?;
+        self.records.put(id, raw, job.clone());
+        Ok(job)
     }
 
     fn scan_json<T: serde::de::DeserializeOwned>(&self, tree: &Tree) -> StoreResult<Vec<T>> {
@@ -276,15 +293,17 @@ impl Store for SledStore {
         self.job_owner
             .insert(owner_key(&job.owner, &job.id), &[] as &[u8])
             .map_err(backend("insert job"))?;
+        let raw = sled::IVec::from(encode(job));
         self.jobs
-            .insert(job.id.as_bytes(), encode(job))
+            .insert(job.id.as_bytes(), raw.clone())
             .map_err(backend("insert job"))?;
+        self.records.put(&job.id, raw, job.clone());
         Ok(())
     }
 
     async fn get_job(&self, id: &str) -> StoreResult<Option<JobRecord>> {
         match self.jobs.get(id.as_bytes()).map_err(backend("get job"))? {
-            Some(v) => Ok(Some(decode(id.as_bytes(), &v)?)),
+            Some(raw) => Ok(Some(self.decode_job(id, raw)?)),
             None => Ok(None),
         }
     }
@@ -297,13 +316,15 @@ impl Store for SledStore {
                 .get(id.as_bytes())
                 .map_err(backend("get job"))?
                 .ok_or_else(|| StoreError::NotFound(id.to_string()))?;
-            let mut job: JobRecord = decode(id.as_bytes(), &raw)?;
+            let mut job = self.decode_job(id, raw.clone())?;
             update(&mut job)?;
+            let new = sled::IVec::from(encode(&job));
             let swapped = self
                 .jobs
-                .compare_and_swap(id.as_bytes(), Some(raw), Some(encode(&job)))
+                .compare_and_swap(id.as_bytes(), Some(raw), Some(new.clone()))
                 .map_err(backend("update job"))?;
             if swapped.is_ok() {
+                self.records.put(id, new, job.clone());
                 return Ok(job);
             }
         }
@@ -574,6 +595,7 @@ impl Store for SledStore {
         self.jobs
             .remove(id.as_bytes())
             .map_err(backend("delete job"))?;
+        self.records.remove(id);
         self.job_owner
             .remove(owner_key(&job.owner, id))
             .map_err(backend("delete job"))?;
