@@ -793,6 +793,50 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_backup_from_before_the_queue_tree_was_retired_still_imports() {
+        let src = tempfile::tempdir().expect("tempdir");
+        let store = SledStore::open(src.path(), 8 << 20).expect("store");
+        store
+            .insert_job(&queued_job("q1", 7))
+            .await
+            .expect("insert");
+        let mut stream = Vec::new();
+        let n = store.export_records(&mut stream).expect("export");
+        drop(store);
+        // What an older hub also wrote: the queue index entry of that job.
+        let (name, k, v) = ("queue", 7u64.to_be_bytes(), b"q1");
+        stream.push(name.len() as u8);
+        stream.extend_from_slice(name.as_bytes());
+        stream.extend_from_slice(&(k.len() as u32).to_be_bytes());
+        stream.extend_from_slice(&k);
+        stream.extend_from_slice(&(v.len() as u32).to_be_bytes());
+        stream.extend_from_slice(v);
+        let dst = tempfile::tempdir().expect("tempdir");
+        let imported = SledStore::import_records(&dst.path().join("db"), &mut stream.as_slice())
+            .expect("import");
+        assert_eq!(imported, n, "the retired tree's record is read and dropped");
+        // A data folder an older hub left behind still has the tree: opening drops it.
+        {
+            let raw = sled::open(dst.path().join("db")).expect("raw open");
+            let queue = raw.open_tree("queue").expect("queue tree");
+            queue
+                .insert(7u64.to_be_bytes(), &b"q1"[..])
+                .expect("queue entry");
+            raw.flush().expect("flush");
+        }
+        let restored = SledStore::open(&dst.path().join("db"), 8 << 20).expect("open");
+        assert_eq!(queued(&restored).await, vec![(7, "q1".into())]);
+        assert!(
+            !restored
+                .db
+                .tree_names()
+                .iter()
+                .any(|t| t.as_ref() == b"queue"),
+            "no queue tree after open"
+        );
+    }
+
+    #[tokio::test]
     async fn a_batch_applies_each_update_and_reports_each_refusal() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = SledStore::open(dir.path(), 8 << 20).expect("store");
