@@ -56,6 +56,7 @@ mod cgroup;
 mod child;
 mod error;
 mod fs_policy;
+mod launch;
 mod preexec;
 mod seccomp;
 mod workspace;
