@@ -14,8 +14,8 @@ use crate::caps::{caps, landlock_crate_abi};
 use crate::cgroup::JobCgroup;
 use crate::error::{Error, Result};
 use crate::launch::{MainProcess, Prepared};
-use crate::preexec::{ChildSetup, LandlockOutcome, SharedStep};
-use crate::{CgroupVersion, Mode, Spec, fs_policy, seccomp};
+use crate::preexec::{ChildSetup, LandlockOutcome, NetSetup, SharedStep};
+use crate::{CgroupVersion, Mode, Spec, fs_policy, netns, seccomp};
 
 /// How long [`Child::wait`] keeps killing and reaping before it gives up on a cgroup.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -81,6 +81,9 @@ pub struct Child {
     terminated: bool,
     seen: HashSet<i32>,
     report: Option<Report>,
+    /// The job's private network namespace, returned to the pool (see the `netns` module)
+    /// once the job's cgroup is drained empty; `None` when it is not to be reused.
+    netns: Option<std::os::fd::OwnedFd>,
 }
 
 /// Work out which layers this spec gets on this host, and which are missing.
@@ -196,7 +199,7 @@ pub fn spawn(spec: &Spec) -> Result<Child> {
         None => None,
     };
     let result = spawn_in(spec, c, strict, cgroup.as_ref(), &mut layers);
-    let (inner, stdout, stderr) = match result {
+    let (inner, stdout, stderr, job_netns) = match result {
         Ok(x) => x,
         Err(e) => {
             if let Some(cg) = &cgroup {
@@ -228,6 +231,7 @@ pub fn spawn(spec: &Spec) -> Result<Child> {
         terminated: false,
         seen: HashSet::new(),
         report: None,
+        netns: job_netns,
     })
 }
 
@@ -237,7 +241,12 @@ fn spawn_in(
     strict: bool,
     cgroup: Option<&JobCgroup>,
     layers: &mut Vec<String>,
-) -> Result<(MainProcess, ChildStdout, ChildStderr)> {
+) -> Result<(
+    MainProcess,
+    ChildStdout,
+    ChildStderr,
+    Option<std::os::fd::OwnedFd>,
+)> {
     let abi = c.landlock_abi.unwrap_or(0);
     let landlock_planned = abi >= 1;
     let landlock = if landlock_planned {
@@ -254,9 +263,19 @@ fn spawn_in(
         Some(cg) => cg.open_procs_files()?,
         None => Vec::new(),
     };
+    // Namespaces are reused only where the `netns` module says it is safe: landlock's
+    // abstract-unix-socket scope required (strict mode, ABI 6+) and a cgroup to prove the
+    // previous job is gone.
+    let reuse_netns = !spec.network && c.netns && strict && abi >= 6 && cgroup.is_some();
+    let pooled = if reuse_netns { netns::take() } else { None };
+    let net = match &pooled {
+        _ if spec.network || !c.netns => NetSetup::Host,
+        Some(fd) => NetSetup::Join(fd.as_raw_fd()),
+        None => NetSetup::New,
+    };
     let setup = ChildSetup {
         cgroup_fds: procs_files.iter().map(AsRawFd::as_raw_fd).collect(),
-        new_netns: !spec.network && c.netns,
+        netns: net,
         run_as: spec.run_as.filter(|_| c.uid_drop),
         parent_pid: std::process::id() as libc::pid_t,
         rlimits: [
@@ -289,6 +308,11 @@ fn spawn_in(
     pids.get_or_insert_with(HashSet::new).insert(child.pid());
     drop(pids);
     drop(procs_files);
+    let job_netns = match (pooled, net) {
+        (Some(fd), _) => Some(fd),
+        (None, NetSetup::New) if reuse_netns => netns::of_child(child.pid()),
+        _ => None,
+    };
     let step = &setup.step;
     // exec succeeded, so the child's landlock report is complete: trust it, not the plan.
     let outcome = step.landlock();
@@ -299,7 +323,7 @@ fn spawn_in(
             layers.push("landlock-partial".to_owned());
         }
     }
-    Ok((child, stdout, stderr))
+    Ok((child, stdout, stderr, job_netns))
 }
 
 impl Child {
@@ -342,7 +366,12 @@ impl Child {
             };
             self.main_exited(st);
         }
-        self.drain().await;
+        let drained = self.drain().await;
+        if let Some(ns) = self.netns.take()
+            && drained
+        {
+            netns::give_back(ns);
+        }
         let status = self
             .status
             .unwrap_or_else(|| ExitStatus::from_raw(libc::SIGKILL));
@@ -446,8 +475,9 @@ impl Child {
         }
     }
 
-    /// Kill and reap until the cgroup is empty (zombies included).
-    async fn drain(&mut self) {
+    /// Kill and reap until the cgroup is empty (zombies included). True when the cgroup was
+    /// seen empty (false without a cgroup, or when it never emptied).
+    async fn drain(&mut self) -> bool {
         let Some(cg) = &self.cgroup else {
             // No cgroup (best-effort mode): kill and reap what is left of the job's session.
             // A process that left the session with setsid is out of reach: that is what the
@@ -459,14 +489,14 @@ impl Child {
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
             reap_orphans(self.run_uid, &self.seen, self.pid as i32, false);
-            return;
+            return false;
         };
         let start = Instant::now();
         let mut pause = Duration::from_micros(500);
         loop {
-            // Fast path: the main process was the last one (tokio reaped it).
+            // Fast path: the main process was the last one (already reaped).
             if cg.is_empty() {
-                return;
+                return true;
             }
             if !cg.procs().is_empty() {
                 self.seen.extend(cg.kill_pass());
@@ -475,11 +505,11 @@ impl Child {
             // pids controller keeps counting them.
             reap_orphans(self.run_uid, &self.seen, self.pid as i32, false);
             if cg.is_empty() {
-                return;
+                return true;
             }
             if start.elapsed() > DRAIN_TIMEOUT {
                 tracing::warn!(cgroup = %cg.path().display(), "job cgroup still not empty after kill");
-                return;
+                return false;
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_millis(20));

@@ -131,12 +131,23 @@ pub(crate) enum LandlockOutcome {
     NotEnforced = 3,
 }
 
+/// The network namespace of the job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NetSetup {
+    /// The caller's (the spec allows network).
+    Host,
+    /// A new, empty one (`unshare`).
+    New,
+    /// An idle one from the pool (see the `netns` module), joined with `setns`.
+    Join(RawFd),
+}
+
 /// Everything the child needs, prepared by the parent.
 pub(crate) struct ChildSetup {
     /// `cgroup.procs` files (kept open by the parent until `spawn` returns).
     pub(crate) cgroup_fds: Vec<RawFd>,
-    /// Create a private network namespace.
-    pub(crate) new_netns: bool,
+    /// Which network namespace the job gets.
+    pub(crate) netns: NetSetup,
     /// Drop to this uid/gid.
     pub(crate) run_as: Option<(u32, u32)>,
     /// The spawning process, for the `getppid` check after PDEATHSIG.
@@ -178,10 +189,18 @@ impl ChildSetup {
         // SAFETY: setsid has no memory arguments.
         check(unsafe { libc::setsid() }.into())?;
 
-        if self.new_netns {
-            self.step.set(Step::UnshareNet);
-            // SAFETY: unshare has no memory arguments.
-            check(unsafe { libc::unshare(libc::CLONE_NEWNET) }.into())?;
+        match self.netns {
+            NetSetup::Host => {}
+            NetSetup::New => {
+                self.step.set(Step::UnshareNet);
+                // SAFETY: unshare has no memory arguments.
+                check(unsafe { libc::unshare(libc::CLONE_NEWNET) }.into())?;
+            }
+            NetSetup::Join(fd) => {
+                self.step.set(Step::UnshareNet);
+                // SAFETY: fd is a network namespace fd kept open by the parent.
+                check(unsafe { libc::setns(fd, libc::CLONE_NEWNET) }.into())?;
+            }
         }
 
         if let Some((uid, gid)) = self.run_as {
