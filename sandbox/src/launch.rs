@@ -230,7 +230,7 @@ fn child_setup(ctx: &ChildCtx<'_>) -> io::Result<()> {
     unsafe {
         // No parent handler may run in the child: caught signals go back to their default
         // (ignored ones stay ignored, except SIGPIPE, as std's spawn does).
-        for sig in 1..libc::SIGRTMAX() {
+        for sig in 1..=libc::SIGRTMAX() {
             if sig == libc::SIGKILL || sig == libc::SIGSTOP {
                 continue;
             }
