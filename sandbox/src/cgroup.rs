@@ -3,9 +3,9 @@
 //!
 //! # What goes through `cgroups-rs` and what does not
 //! Creating and removing each job directory, the limits (memory, swap, pids, CPU quota), the
-//! process list and the statistics (CPU usage, peak memory, v1 OOM kills, pids-limit events)
-//! use the crate's controllers (`cgroups_rs::fs::{memory, pid, cpu, cpuacct}`), built directly
-//! on the paths detected here. Four parts stay hand-written, each for a reason:
+//! process list and the pids-limit events use the crate's controllers
+//! (`cgroups_rs::fs::{memory, pid, cpu}`), built directly on the paths detected here. Five
+//! parts stay hand-written, each for a reason:
 //! - **Detection** ([`Hierarchy::detect`]): `hierarchies::auto()` only picks v2 when
 //!   `/sys/fs/cgroup` itself is cgroup2, so it misses the hybrid `unified` mount, and it has no
 //!   notion of a delegated subtree next to the caller's own cgroup.
@@ -19,6 +19,10 @@
 //! - **Killing** ([`JobCgroup::kill_pass`]): the crate's `Cgroup::kill` is v2-only and needs a
 //!   `Hierarchy`; v1 needs freeze, SIGKILL every pid, thaw, with the `FREEZING` state polled.
 //!   The v2 OOM counter (`oom_kill` in `memory.events`) is not read by the crate either.
+//! - **The end-of-job statistics** (CPU time, peak memory, OOM kills): one small file each.
+//!   The crate only offers whole-controller snapshots: `memory_stat()` reads eleven files
+//!   (`memory.stat` and `memory.numa_stat` among them) and `cpuacct()` seven (per-CPU ones
+//!   too), which made them a visible part of every job's cost.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
@@ -29,7 +33,6 @@ use std::time::Duration;
 use cgroups_rs::fs::Controller as _;
 use cgroups_rs::fs::MaxValue;
 use cgroups_rs::fs::cpu::CpuController;
-use cgroups_rs::fs::cpuacct::CpuAcctController;
 use cgroups_rs::fs::memory::MemController;
 use cgroups_rs::fs::pid::PidController;
 
@@ -270,6 +273,20 @@ fn crate_err<'a>(
 
 fn write_file(path: &Path, value: &str) -> Result<()> {
     fs::write(path, value).map_err(cg_err("write", path))
+}
+
+/// A file holding one number; `None` when it is missing or unreadable ("unknown").
+fn read_u64(path: &Path) -> Option<u64> {
+    read_small(path).ok()?.trim().parse().ok()
+}
+
+/// The value of `key` in a flat-keyed file (`key value` lines: `cpu.stat`, `memory.events`,
+/// `memory.oom_control`).
+fn keyed_u64(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once(' ')?;
+        (k == key).then(|| v.trim().parse().ok()).flatten()
+    })
 }
 
 fn read_small(path: &Path) -> io::Result<String> {
@@ -544,22 +561,10 @@ impl JobCgroup {
     pub(crate) fn cpu_time(&self) -> Option<Duration> {
         let d = self.cpuacct.as_ref()?;
         if self.v2() {
-            self.cpu_ctl()
-                .cpu()
-                .stat
-                .lines()
-                .find_map(|l| l.strip_prefix("usage_usec "))
-                .and_then(|v| v.trim().parse().ok())
+            keyed_u64(&read_small(&d.join("cpu.stat")).ok()?, "usage_usec")
                 .map(Duration::from_micros)
         } else {
-            // The crate reads a missing file as 0: check first so "unknown" stays `None`.
-            d.join("cpuacct.usage").exists().then(|| {
-                Duration::from_nanos(
-                    CpuAcctController::new(d.clone(), PathBuf::new())
-                        .cpuacct()
-                        .usage,
-                )
-            })
+            read_u64(&d.join("cpuacct.usage")).map(Duration::from_nanos)
         }
     }
 
@@ -570,28 +575,21 @@ impl JobCgroup {
         } else {
             "memory.max_usage_in_bytes"
         };
-        // The crate reads a missing file as 0: check first so "unknown" stays `None`.
-        self.memory
-            .join(f)
-            .exists()
-            .then(|| self.mem_ctl().memory_stat().max_usage_in_bytes)
+        read_u64(&self.memory.join(f))
     }
 
-    /// Whether the kernel OOM killer killed a process of the job.
+    /// Whether the kernel OOM killer killed a process of the job (`oom_kill` in v2
+    /// `memory.events`, v1 `memory.oom_control`).
     pub(crate) fn oom_killed(&self) -> bool {
-        if self.v2() {
-            // Not read by cgroups-rs 0.5 (its v2 `oom_control` is always the default).
-            read_small(&self.memory.join("memory.events"))
-                .ok()
-                .is_some_and(|s| {
-                    s.lines()
-                        .find_map(|l| l.strip_prefix("oom_kill "))
-                        .and_then(|v| v.trim().parse::<u64>().ok())
-                        .is_some_and(|n| n > 0)
-                })
+        let f = if self.v2() {
+            "memory.events"
         } else {
-            self.mem_ctl().memory_stat().oom_control.oom_kill > 0
-        }
+            "memory.oom_control"
+        };
+        read_small(&self.memory.join(f))
+            .ok()
+            .and_then(|s| keyed_u64(&s, "oom_kill"))
+            .is_some_and(|n| n > 0)
     }
 
     /// Whether a fork or clone of the job failed because the pids limit was reached

@@ -3,9 +3,9 @@
 use std::collections::HashSet;
 use std::os::fd::AsRawFd;
 use std::os::unix::process::ExitStatusExt;
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Once};
+use std::sync::{Mutex, Once};
 use std::time::{Duration, Instant};
 
 use tokio::process::{ChildStderr, ChildStdout};
@@ -13,8 +13,9 @@ use tokio::process::{ChildStderr, ChildStdout};
 use crate::caps::{caps, landlock_crate_abi};
 use crate::cgroup::JobCgroup;
 use crate::error::{Error, Result};
-use crate::preexec::{ChildSetup, LandlockOutcome, SharedStep};
-use crate::{CgroupVersion, Mode, Spec, fs_policy, seccomp};
+use crate::launch::{MainProcess, Prepared};
+use crate::preexec::{ChildSetup, LandlockOutcome, NetSetup, SharedStep};
+use crate::{CgroupVersion, Mode, Spec, fs_policy, netns, seccomp};
 
 /// How long [`Child::wait`] keeps killing and reaping before it gives up on a cgroup.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -67,7 +68,7 @@ pub struct Child {
     pub stdout: Option<ChildStdout>,
     /// The command's standard error.
     pub stderr: Option<ChildStderr>,
-    inner: tokio::process::Child,
+    inner: Option<MainProcess>,
     pid: u32,
     run_uid: Option<u32>,
     cgroup: Option<JobCgroup>,
@@ -80,6 +81,9 @@ pub struct Child {
     terminated: bool,
     seen: HashSet<i32>,
     report: Option<Report>,
+    /// The job's private network namespace, returned to the pool (see the `netns` module)
+    /// once the job's cgroup is drained empty; `None` when it is not to be reused.
+    netns: Option<std::os::fd::OwnedFd>,
 }
 
 /// Work out which layers this spec gets on this host, and which are missing.
@@ -195,7 +199,7 @@ pub fn spawn(spec: &Spec) -> Result<Child> {
         None => None,
     };
     let result = spawn_in(spec, c, strict, cgroup.as_ref(), &mut layers);
-    let (inner, pid) = match result {
+    let (inner, stdout, stderr, job_netns) = match result {
         Ok(x) => x,
         Err(e) => {
             if let Some(cg) = &cgroup {
@@ -204,12 +208,12 @@ pub fn spawn(spec: &Spec) -> Result<Child> {
             return Err(e);
         }
     };
-    let mut inner = inner;
     let started = Instant::now();
+    let pid = u32::try_from(inner.pid()).unwrap_or(0);
     Ok(Child {
-        stdout: inner.stdout.take(),
-        stderr: inner.stderr.take(),
-        inner,
+        stdout: Some(stdout),
+        stderr: Some(stderr),
+        inner: Some(inner),
         pid,
         // Orphans are recognised by uid only when the job has a uid of its own; a job running
         // as our own uid would make every zombie child of ours look like one of its orphans.
@@ -227,6 +231,7 @@ pub fn spawn(spec: &Spec) -> Result<Child> {
         terminated: false,
         seen: HashSet::new(),
         report: None,
+        netns: job_netns,
     })
 }
 
@@ -236,7 +241,12 @@ fn spawn_in(
     strict: bool,
     cgroup: Option<&JobCgroup>,
     layers: &mut Vec<String>,
-) -> Result<(tokio::process::Child, u32)> {
+) -> Result<(
+    MainProcess,
+    ChildStdout,
+    ChildStderr,
+    Option<std::os::fd::OwnedFd>,
+)> {
     let abi = c.landlock_abi.unwrap_or(0);
     let landlock_planned = abi >= 1;
     let landlock = if landlock_planned {
@@ -253,14 +263,19 @@ fn spawn_in(
         Some(cg) => cg.open_procs_files()?,
         None => Vec::new(),
     };
-    let step = Arc::new(SharedStep::new().map_err(|source| Error::Spawn {
-        program: spec.program.clone(),
-        step: "map step marker",
-        source,
-    })?);
-    let mut setup = ChildSetup {
+    // Namespaces are reused only where the `netns` module says it is safe: landlock's
+    // abstract-unix-socket scope required (strict mode, ABI 6+) and a cgroup to prove the
+    // previous job is gone.
+    let reuse_netns = !spec.network && c.netns && strict && abi >= 6 && cgroup.is_some();
+    let pooled = if reuse_netns { netns::take() } else { None };
+    let net = match &pooled {
+        _ if spec.network || !c.netns => NetSetup::Host,
+        Some(fd) => NetSetup::Join(fd.as_raw_fd()),
+        None => NetSetup::New,
+    };
+    let setup = ChildSetup {
         cgroup_fds: procs_files.iter().map(AsRawFd::as_raw_fd).collect(),
-        new_netns: !spec.network && c.netns,
+        netns: net,
         run_as: spec.run_as.filter(|_| c.uid_drop),
         parent_pid: std::process::id() as libc::pid_t,
         rlimits: [
@@ -271,32 +286,34 @@ fn spawn_in(
         landlock,
         strict,
         seccomp: filters,
-        step: Arc::clone(&step),
+        step: SharedStep::default(),
     };
-    let mut cmd = tokio::process::Command::new(&spec.program);
-    cmd.args(&spec.args)
-        .env_clear()
-        .envs(spec.env.iter().map(|(k, v)| (k, v)))
-        .current_dir(&spec.cwd)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(false);
-    // SAFETY: the closure only makes raw system calls on data prepared above (see
-    // preexec.rs); it allocates nothing and takes no locks.
-    unsafe {
-        cmd.pre_exec(move || setup.run());
-    }
+    let prepared =
+        Prepared::new(&spec.program, &spec.args, &spec.env, &spec.cwd).map_err(|source| {
+            Error::Spawn {
+                program: spec.program.clone(),
+                step: "prepare arguments",
+                source,
+            }
+        })?;
+    // Held across the clone so the new main process is registered before anyone can look for
+    // orphans.
     let mut pids = main_pids();
-    let child = cmd.spawn().map_err(|source| Error::Spawn {
-        program: spec.program.clone(),
-        step: step.get().name(),
-        source,
-    })?;
-    let pid = child.id().unwrap_or(0);
-    pids.get_or_insert_with(HashSet::new).insert(pid as i32);
+    let (child, stdout, stderr) =
+        crate::launch::spawn(&prepared, &setup).map_err(|(step, source)| Error::Spawn {
+            program: spec.program.clone(),
+            step: step.name(),
+            source,
+        })?;
+    pids.get_or_insert_with(HashSet::new).insert(child.pid());
     drop(pids);
     drop(procs_files);
+    let job_netns = match (pooled, net) {
+        (Some(fd), _) => Some(fd),
+        (None, NetSetup::New) if reuse_netns => netns::of_child(child.pid()),
+        _ => None,
+    };
+    let step = &setup.step;
     // exec succeeded, so the child's landlock report is complete: trust it, not the plan.
     let outcome = step.landlock();
     if landlock_planned && outcome != LandlockOutcome::Full {
@@ -306,7 +323,7 @@ fn spawn_in(
             layers.push("landlock-partial".to_owned());
         }
     }
-    Ok((child, pid))
+    Ok((child, stdout, stderr, job_netns))
 }
 
 impl Child {
@@ -334,23 +351,27 @@ impl Child {
         }
         if self.status.is_none() {
             let deadline = tokio::time::Instant::from_std(self.deadline);
-            let st = match tokio::time::timeout_at(deadline, self.inner.wait()).await {
-                Ok(r) => r.map_err(|source| Error::Wait {
-                    pid: self.pid,
-                    source,
-                })?,
+            let pid = self.pid;
+            let main = self.inner.as_mut().expect("main process held until reaped");
+            let st = match tokio::time::timeout_at(deadline, main.wait()).await {
+                Ok(r) => r.map_err(|source| Error::Wait { pid, source })?,
                 Err(_) => {
                     self.timed_out = true;
                     self.kill_now();
-                    self.inner.wait().await.map_err(|source| Error::Wait {
-                        pid: self.pid,
-                        source,
-                    })?
+                    let main = self.inner.as_mut().expect("main process held until reaped");
+                    main.wait()
+                        .await
+                        .map_err(|source| Error::Wait { pid, source })?
                 }
             };
             self.main_exited(st);
         }
-        self.drain().await;
+        let drained = self.drain().await;
+        if let Some(ns) = self.netns.take()
+            && drained
+        {
+            netns::give_back(ns);
+        }
         let status = self
             .status
             .unwrap_or_else(|| ExitStatus::from_raw(libc::SIGKILL));
@@ -412,7 +433,8 @@ impl Child {
             None => self.signal_group(libc::SIGTERM),
         }
         if self.status.is_none() {
-            if let Ok(Ok(st)) = tokio::time::timeout(grace, self.inner.wait()).await {
+            let main = self.inner.as_mut().expect("main process held until reaped");
+            if let Ok(Ok(st)) = tokio::time::timeout(grace, main.wait()).await {
                 self.main_exited(st);
             }
         } else if let Some(cg) = &self.cgroup {
@@ -453,8 +475,9 @@ impl Child {
         }
     }
 
-    /// Kill and reap until the cgroup is empty (zombies included).
-    async fn drain(&mut self) {
+    /// Kill and reap until the cgroup is empty (zombies included). True when the cgroup was
+    /// seen empty (false without a cgroup, or when it never emptied).
+    async fn drain(&mut self) -> bool {
         let Some(cg) = &self.cgroup else {
             // No cgroup (best-effort mode): kill and reap what is left of the job's session.
             // A process that left the session with setsid is out of reach: that is what the
@@ -466,14 +489,14 @@ impl Child {
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
             reap_orphans(self.run_uid, &self.seen, self.pid as i32, false);
-            return;
+            return false;
         };
         let start = Instant::now();
         let mut pause = Duration::from_micros(500);
         loop {
-            // Fast path: the main process was the last one (tokio reaped it).
+            // Fast path: the main process was the last one (already reaped).
             if cg.is_empty() {
-                return;
+                return true;
             }
             if !cg.procs().is_empty() {
                 self.seen.extend(cg.kill_pass());
@@ -482,11 +505,11 @@ impl Child {
             // pids controller keeps counting them.
             reap_orphans(self.run_uid, &self.seen, self.pid as i32, false);
             if cg.is_empty() {
-                return;
+                return true;
             }
             if start.elapsed() > DRAIN_TIMEOUT {
                 tracing::warn!(cgroup = %cg.path().display(), "job cgroup still not empty after kill");
-                return;
+                return false;
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_millis(20));
@@ -513,12 +536,18 @@ impl Drop for Child {
             // thread reap it like any other process of the job.
             set.remove(&(self.pid as i32));
         }
+        let main = self.inner.take();
         // Kill, reap and remove the cgroup off the caller's thread.
         let _ = std::thread::Builder::new()
             .name("cmdx-sandbox-reap".into())
             .spawn(move || {
                 let start = Instant::now();
-                if let Some(cg) = cg {
+                if cg.is_none()
+                    && let Some(mut main) = main
+                {
+                    // No cgroup: the main process got SIGKILL from kill_now.
+                    main.wait_blocking();
+                } else if let Some(cg) = cg {
                     let mut seen = seen;
                     while start.elapsed() < DRAIN_TIMEOUT {
                         seen.extend(cg.kill_pass());

@@ -6,11 +6,14 @@
 //! kills the *whole* job cgroup once the main process ends, reaps everything, and returns a
 //! [`Report`] (exit code or signal, OOM, timeout, wall and CPU time, peak memory, layers).
 //!
-//! # Layers, in the order they are applied in the child (between `fork` and `exec`)
+//! # Layers, in the order they are applied in the child (between `clone` and `exec`)
 //! 1. join the job cgroup (memory, pids, cpu; v1 or v2) by writing `0` to `cgroup.procs`
 //!    files opened by the parent (so no fork can escape the limits);
 //! 2. `setsid` (new session, no controlling tty);
-//! 3. `unshare(CLONE_NEWNET)` when `spec.network` is false (only a down `lo` remains);
+//! 3. a private network namespace when `spec.network` is false (only a down `lo`):
+//!    `unshare(CLONE_NEWNET)`, or `setns` into an idle one an earlier job left once its
+//!    cgroup was empty (strict mode with landlock scopes only; the `netns` module says why
+//!    that is safe);
 //! 4. drop to `spec.run_as` (`setgroups`, `setresgid`, `setresuid`);
 //! 5. `PR_SET_PDEATHSIG(SIGKILL)` (after the uid drop, which clears it) plus a `getppid` check;
 //! 6. rlimits (core 0, file size, open files);
@@ -19,8 +22,9 @@
 //!    abstract-unix-socket and signal scopes), which also sets `no_new_privs`;
 //! 9. seccomp-bpf deny list modelled on Docker's default profile, applied last.
 //!
-//! Everything the child needs is prepared in the parent: the closure run between `fork` and
-//! `exec` only makes raw system calls (no allocation, no locks).
+//! Everything the child needs is prepared in the parent: the child, started with
+//! `clone(CLONE_VM | CLONE_VFORK)` on the parent's memory (the `launch` module), only makes
+//! raw system calls until `exec` (no allocation, no locks, no glibc setxid wrappers).
 //!
 //! The disk cap is a [`Workspace`]: a size-limited tmpfs holding the job dir and its private
 //! tmp (tmpfs pages are also charged to the writer's memory cgroup).
@@ -56,6 +60,8 @@ mod cgroup;
 mod child;
 mod error;
 mod fs_policy;
+mod launch;
+mod netns;
 mod preexec;
 mod seccomp;
 mod workspace;

@@ -1,13 +1,13 @@
-//! The code run in the child between `fork` and `exec`.
+//! The code run in the child between `clone` and `exec`.
 //!
-//! Everything here must be async-signal-safe: the parent may have other threads (tokio), so
-//! the child may only make raw system calls on data prepared before the fork. No allocation,
-//! no locks, no logging. Which step is running is recorded in a shared anonymous page so the
-//! parent can name the failing step in its error.
+//! Everything here must be async-signal-safe, and more: the child shares the parent's memory
+//! while the parent's other threads (tokio) keep running (see the `launch` module), so it may
+//! only make raw system calls on data prepared before the clone. No allocation, no locks, no
+//! logging, no writes but the step marker. Which step is running is recorded in the marker
+//! so the parent can name the failing step in its error.
 
 use std::io;
 use std::os::fd::RawFd;
-use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use landlock::{RulesetCreated, RulesetStatus};
@@ -67,55 +67,42 @@ impl Step {
     }
 }
 
-/// One `u32` in a `MAP_SHARED` anonymous page, written by the child, read by the parent.
-/// The second `u32` holds the landlock outcome ([`LandlockOutcome`]).
-pub(crate) struct SharedStep(NonNull<[AtomicU32; 2]>);
-
-// SAFETY: the pointer targets a private mapping owned by this value; it is only accessed
-// through an AtomicU32, which is safe to share between threads and (being MAP_SHARED) with
-// the forked child.
-unsafe impl Send for SharedStep {}
-// SAFETY: see above: all access goes through atomic operations.
-unsafe impl Sync for SharedStep {}
+/// Progress marker written by the child, read by the parent: the step that is running, the
+/// landlock outcome ([`LandlockOutcome`]) and the errno of a failed step or `exec`. The child
+/// shares the parent's memory (see the `launch` module), so plain atomics suffice.
+#[derive(Debug, Default)]
+pub(crate) struct SharedStep {
+    step: AtomicU32,
+    landlock: AtomicU32,
+    errno: AtomicU32,
+}
 
 impl SharedStep {
-    /// Map one shared page.
-    pub(crate) fn new() -> io::Result<Self> {
-        // SAFETY: anonymous shared mapping of one page, no file, no fixed address.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                4096,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let p = NonNull::new(p.cast::<[AtomicU32; 2]>()).ok_or_else(io::Error::last_os_error)?;
-        Ok(Self(p))
-    }
-
-    fn atomic(&self) -> &[AtomicU32; 2] {
-        // SAFETY: the page is mapped for the lifetime of self, zero-initialised (a valid
-        // AtomicU32 pair), page-aligned.
-        unsafe { self.0.as_ref() }
-    }
-
     fn set(&self, s: Step) {
-        self.atomic()[0].store(s as u32, Ordering::SeqCst);
+        self.step.store(s as u32, Ordering::SeqCst);
     }
 
     fn set_landlock(&self, o: LandlockOutcome) {
-        self.atomic()[1].store(o as u32, Ordering::SeqCst);
+        self.landlock.store(o as u32, Ordering::SeqCst);
+    }
+
+    /// Records why the child gives up (a positive errno).
+    pub(crate) fn set_errno(&self, errno: i32) {
+        self.errno
+            .store(u32::try_from(errno).unwrap_or(0), Ordering::SeqCst);
+    }
+
+    /// The errno the child failed with, if it failed.
+    pub(crate) fn errno(&self) -> Option<i32> {
+        match self.errno.load(Ordering::SeqCst) {
+            0 => None,
+            n => i32::try_from(n).ok(),
+        }
     }
 
     /// What the child reported about landlock (valid once `exec` succeeded).
     pub(crate) fn landlock(&self) -> LandlockOutcome {
-        match self.atomic()[1].load(Ordering::SeqCst) {
+        match self.landlock.load(Ordering::SeqCst) {
             1 => LandlockOutcome::Full,
             2 => LandlockOutcome::Partial,
             3 => LandlockOutcome::NotEnforced,
@@ -125,15 +112,8 @@ impl SharedStep {
 
     /// The last step the child started.
     pub(crate) fn get(&self) -> Step {
-        let v = self.atomic()[0].load(Ordering::SeqCst) as usize;
+        let v = self.step.load(Ordering::SeqCst) as usize;
         Step::ALL.get(v).copied().unwrap_or(Step::Fork)
-    }
-}
-
-impl Drop for SharedStep {
-    fn drop(&mut self) {
-        // SAFETY: unmaps exactly the page mapped in new(); no reference outlives self.
-        unsafe { libc::munmap(self.0.as_ptr().cast(), 4096) };
     }
 }
 
@@ -151,12 +131,23 @@ pub(crate) enum LandlockOutcome {
     NotEnforced = 3,
 }
 
+/// The network namespace of the job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NetSetup {
+    /// The caller's (the spec allows network).
+    Host,
+    /// A new, empty one (`unshare`).
+    New,
+    /// An idle one from the pool (see the `netns` module), joined with `setns`.
+    Join(RawFd),
+}
+
 /// Everything the child needs, prepared by the parent.
 pub(crate) struct ChildSetup {
     /// `cgroup.procs` files (kept open by the parent until `spawn` returns).
     pub(crate) cgroup_fds: Vec<RawFd>,
-    /// Create a private network namespace.
-    pub(crate) new_netns: bool,
+    /// Which network namespace the job gets.
+    pub(crate) netns: NetSetup,
     /// Drop to this uid/gid.
     pub(crate) run_as: Option<(u32, u32)>,
     /// The spawning process, for the `getppid` check after PDEATHSIG.
@@ -170,7 +161,7 @@ pub(crate) struct ChildSetup {
     /// The seccomp programs.
     pub(crate) seccomp: Option<&'static Filters>,
     /// Progress marker shared with the parent.
-    pub(crate) step: std::sync::Arc<SharedStep>,
+    pub(crate) step: SharedStep,
 }
 
 fn check(rc: libc::c_long) -> io::Result<()> {
@@ -182,8 +173,9 @@ fn check(rc: libc::c_long) -> io::Result<()> {
 }
 
 impl ChildSetup {
-    /// Apply every layer, in order. Runs in the forked child: raw syscalls only.
-    pub(crate) fn run(&mut self) -> io::Result<()> {
+    /// Apply every layer, in order. Runs in the cloned child, on the parent's memory: raw
+    /// system calls only, nothing written but the step marker (see the `launch` module).
+    pub(crate) fn run(&self) -> io::Result<()> {
         self.step.set(Step::JoinCgroup);
         for &fd in &self.cgroup_fds {
             // SAFETY: fd is an open cgroup.procs file; the buffer is a 1-byte static.
@@ -197,20 +189,34 @@ impl ChildSetup {
         // SAFETY: setsid has no memory arguments.
         check(unsafe { libc::setsid() }.into())?;
 
-        if self.new_netns {
-            self.step.set(Step::UnshareNet);
-            // SAFETY: unshare has no memory arguments.
-            check(unsafe { libc::unshare(libc::CLONE_NEWNET) }.into())?;
+        match self.netns {
+            NetSetup::Host => {}
+            NetSetup::New => {
+                self.step.set(Step::UnshareNet);
+                // SAFETY: unshare has no memory arguments.
+                check(unsafe { libc::unshare(libc::CLONE_NEWNET) }.into())?;
+            }
+            NetSetup::Join(fd) => {
+                self.step.set(Step::UnshareNet);
+                // SAFETY: fd is a network namespace fd kept open by the parent.
+                check(unsafe { libc::setns(fd, libc::CLONE_NEWNET) }.into())?;
+            }
         }
 
         if let Some((uid, gid)) = self.run_as {
             self.step.set(Step::DropUid);
+            // Raw system calls: glibc's wrappers would apply the change to every thread of
+            // the parent too (setxid broadcast), since the child shares its memory.
             // SAFETY: a zero-length group list with a null pointer clears supplementary groups;
             // setresgid/setresuid take plain integers.
             unsafe {
-                check(libc::setgroups(0, std::ptr::null()).into())?;
-                check(libc::setresgid(gid, gid, gid).into())?;
-                check(libc::setresuid(uid, uid, uid).into())?;
+                check(libc::syscall(
+                    libc::SYS_setgroups,
+                    0,
+                    std::ptr::null::<libc::gid_t>(),
+                ))?;
+                check(libc::syscall(libc::SYS_setresgid, gid, gid, gid))?;
+                check(libc::syscall(libc::SYS_setresuid, uid, uid, uid))?;
             }
         }
 
@@ -253,8 +259,12 @@ impl ChildSetup {
             )
         })?;
 
-        if let Some(ruleset) = self.landlock.take() {
+        if let Some(ruleset) = &self.landlock {
             self.step.set(Step::Landlock);
+            // SAFETY: a bitwise copy the child consumes: `RulesetCreated` owns no heap memory,
+            // only the ruleset fd, and the copy's drop closes the *child's* entry for it (the
+            // fd table is not shared); the parent's value stays intact and is dropped there.
+            let ruleset = unsafe { std::ptr::read(ruleset) };
             match ruleset.restrict_self() {
                 Ok(st) => {
                     let outcome = match st.ruleset {

@@ -89,3 +89,63 @@ async fn abstract_unix_socket_of_the_host_unreachable() {
         "network on: {o:?}"
     );
 }
+
+/// Private network namespaces are reused by later jobs once a job's cgroup is empty (see the
+/// sandbox's `netns` module): a later job in the same namespace must find nothing of the
+/// earlier one, not its abstract unix socket (which a forked sleeper kept open until the
+/// cgroup kill), nor its UDP port (TCP bind is denied by landlock anyway).
+#[tokio::test]
+async fn reused_network_namespace_holds_nothing_of_the_previous_job() {
+    if !require_root("reused_network_namespace_holds_nothing_of_the_previous_job") {
+        return;
+    }
+    let f = Fixture::new(1 << 20);
+    let name = format!("cmdx-netns-reuse-{}", f.uid);
+    let first = format!(
+        "import os, socket, time\n\
+         print(os.readlink('/proc/self/ns/net'))\n\
+         a = socket.socket(socket.AF_UNIX); a.bind('\\0{name}'); a.listen()\n\
+         u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(('0.0.0.0', 47002))\n\
+         if os.fork() == 0:\n\
+         \x20   os.setsid(); time.sleep(100)\n\
+         print('BOUND')\n"
+    );
+    let second = format!(
+        "import os, socket\n\
+         print(os.readlink('/proc/self/ns/net'))\n\
+         c = socket.socket(socket.AF_UNIX)\n\
+         try:\n\
+         \x20   c.connect('\\0{name}'); print('CONNECTED')\n\
+         except OSError as e: print('connect failed', e)\n\
+         a = socket.socket(socket.AF_UNIX); a.bind('\\0{name}')\n\
+         u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(('0.0.0.0', 47002))\n\
+         print('REBOUND')\n"
+    );
+    std::fs::write(f.ws().dir.join("first.py"), first).unwrap();
+    std::fs::write(f.ws().dir.join("second.py"), second).unwrap();
+    let host = std::fs::read_link("/proc/self/ns/net").expect("host netns");
+    let o = run(&f.spec(&format!("exec {PY} first.py"))).await;
+    assert!(o.stdout.contains("BOUND"), "{o:?}");
+    let ns = o.stdout.lines().next().expect("netns").to_owned();
+    assert_ne!(
+        std::path::Path::new(&ns),
+        host,
+        "the job ran in the host's namespace"
+    );
+    // Other tests of this binary take namespaces from the same pool: try a few times.
+    let mut reused = false;
+    for _ in 0..20 {
+        let o = run(&f.spec(&format!("exec {PY} second.py"))).await;
+        assert!(
+            o.stdout.contains("connect failed")
+                && !o.stdout.contains("CONNECTED")
+                && o.stdout.contains("REBOUND"),
+            "{o:?}"
+        );
+        if o.stdout.lines().next() == Some(ns.as_str()) {
+            reused = true;
+            break;
+        }
+    }
+    assert!(reused, "no later job got the namespace of the first one");
+}

@@ -457,3 +457,53 @@ async fn leftover_cgroup_group_is_killed_and_removed() {
         Err(cmdx_sandbox::Error::InvalidSpec(_))
     ));
 }
+
+/// The job's main process is started with `clone(CLONE_VM | CLONE_VFORK)` on the caller's
+/// memory: the caller must keep its own credentials on every thread (a glibc `setresuid` in
+/// the child would have changed them all), and the job must start with no signal blocked and
+/// SIGPIPE at its default (the Rust runtime ignores it in the caller).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spawning_leaves_the_caller_alone_and_the_job_signals_default() {
+    if !require_root("spawning_leaves_the_caller_alone_and_the_job_signals_default") {
+        return;
+    }
+    let f = Fixture::new(1 << 20);
+    for _ in 0..5 {
+        let o = run(&f.spec("cat /proc/self/status")).await;
+        assert_eq!(o.report.exit_code, Some(0), "{o:?}");
+        let field = |name: &str| {
+            o.stdout
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| v.trim().to_owned())
+        };
+        assert_eq!(field("SigBlk:").as_deref(), Some("0000000000000000"));
+        // What the caller ignores stays ignored (as with std's spawn), but never SIGPIPE.
+        let ign = u64::from_str_radix(&field("SigIgn:").expect("SigIgn"), 16).expect("hex");
+        assert_eq!(
+            ign & (1 << (libc::SIGPIPE - 1)),
+            0,
+            "SIGPIPE ignored: {ign:x}"
+        );
+        let uid = f.uid.to_string();
+        assert_eq!(
+            field("Uid:").map(|u| u.split_whitespace().all(|x| x == uid)),
+            Some(true),
+            "{o:?}"
+        );
+    }
+    for t in std::fs::read_dir("/proc/self/task")
+        .expect("tasks")
+        .flatten()
+    {
+        let st = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+        for name in ["Uid:", "Gid:"] {
+            let ids = st.lines().find_map(|l| l.strip_prefix(name)).unwrap_or("");
+            assert!(
+                ids.split_whitespace().all(|x| x == "0"),
+                "thread {:?} {name} {ids}",
+                t.file_name()
+            );
+        }
+    }
+}
