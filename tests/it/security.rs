@@ -824,10 +824,12 @@ async fn a_subscriber_that_never_reads_costs_bounded_memory() {
     eprintln!(
         "never-reading subscribers: baseline growth {baseline} KiB, watched growth {watched} KiB, extra {extra_kb} KiB for 20 subscribers"
     );
-    // Each subscriber may hold its 16-message queue (32 KiB chunks) plus socket buffers: 1 MiB
-    // each is the bound; 16 MiB of output must not be buffered per subscriber.
+    // Each subscriber may hold its 16-message queue (32 KiB chunks) plus socket buffers: about
+    // 1 MiB each by design; buffering the job's output per subscriber would be 16 MiB each (320
+    // MiB here). The bound, 64 MiB (3.2 MiB each), sits between: the hub's allocator (mimalloc)
+    // returns freed pages lazily, so RSS growth of the same run swings by +-25 MiB.
     assert!(
-        extra_kb < 20 * 1024,
+        extra_kb < 64 * 1024,
         "20 stalled subscribers grew the hub by {extra_kb} KiB beyond the baseline"
     );
     hub.wait_status(&admin, &loud, "completed").await;
