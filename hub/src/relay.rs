@@ -456,6 +456,9 @@ pub async fn read_split(
         let page = store.read_chunks(job_id, idx, PAGE_BYTES).await?;
         let Some(tail) = page.last() else { break };
         idx = tail.index + 1;
+        // A page short of PAGE_BYTES is the whole rest of the log: no second read for a status
+        // poll of a job with little output.
+        let last_page = page.iter().map(|c| c.data.len()).sum::<usize>() < PAGE_BYTES;
         for c in page {
             let buf = match c.stream {
                 StreamKind::Stdout => &mut stdout,
@@ -464,7 +467,7 @@ pub async fn read_split(
             let room = cap_each.saturating_sub(buf.len());
             buf.extend_from_slice(&c.data[..c.data.len().min(room)]);
         }
-        if stdout.len() >= cap_each && stderr.len() >= cap_each {
+        if last_page || (stdout.len() >= cap_each && stderr.len() >= cap_each) {
             break;
         }
     }
@@ -489,6 +492,9 @@ pub async fn read_raw(
         let page = store.read_chunks(job_id, idx, PAGE_BYTES).await?;
         let Some(tail) = page.last() else { break };
         idx = tail.index + 1;
+        // A page short of PAGE_BYTES is the whole rest of the log: no second read for a status
+        // poll of a job with little output.
+        let last_page = page.iter().map(|c| c.data.len()).sum::<usize>() < PAGE_BYTES;
         for c in page {
             if c.end() <= pos {
                 continue;

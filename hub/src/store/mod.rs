@@ -110,7 +110,8 @@ pub trait Store: Send + Sync + 'static {
 
     /// Stores one output chunk under `(job id, chunk.index)`.
     async fn append_chunk(&self, job_id: &str, chunk: &ChunkRecord) -> StoreResult<()>;
-    /// Chunks from `from_index` on, up to about `max_bytes` of data (at least one chunk).
+    /// Chunks from `from_index` on, in order, until their data reaches `max_bytes` (so fewer bytes
+    /// than `max_bytes` means the log ended) or the log ends.
     async fn read_chunks(
         &self,
         job_id: &str,
