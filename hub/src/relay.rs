@@ -492,8 +492,7 @@ pub async fn read_raw(
         let page = store.read_chunks(job_id, idx, PAGE_BYTES).await?;
         let Some(tail) = page.last() else { break };
         idx = tail.index + 1;
-        // A page short of PAGE_BYTES is the whole rest of the log: no second read for a status
-        // poll of a job with little output.
+        // As in `read_split`: a short page is the rest of the log.
         let last_page = page.iter().map(|c| c.data.len()).sum::<usize>() < PAGE_BYTES;
         for c in page {
             if c.end() <= pos {
@@ -512,6 +511,9 @@ pub async fn read_raw(
             if out.len() >= max {
                 break;
             }
+        }
+        if last_page {
+            break;
         }
     }
     Ok((start.unwrap_or(offset), out))
