@@ -483,6 +483,14 @@ pub fn zip_bytes(files: &[(&str, &[u8])]) -> Vec<u8> {
     buf.into_inner()
 }
 
+/// Whether some mount point is at or below `path` (from /proc/self/mountinfo).
+pub fn mounted_under(path: &Path) -> bool {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    info.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .any(|m| Path::new(m).starts_with(path))
+}
+
 /// A world-traversable temp folder (jobs run as unprivileged uids and must reach their
 /// workspace through it).
 pub fn traversable_tempdir() -> tempfile::TempDir {

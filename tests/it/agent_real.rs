@@ -3,7 +3,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use cmdx_e2e::{AgentProc, HubProc, WAIT, traversable_tempdir, wait_for};
+use cmdx_e2e::{AgentProc, HubProc, WAIT, mounted_under, traversable_tempdir, wait_for};
 use cmdx_proto::client::{ClientMsg, ServerMsg};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
@@ -123,6 +123,22 @@ async fn killed_agent_loses_its_job_to_another_agent() {
     let attempts = v["attempts"].as_array().unwrap();
     assert_eq!(attempts.len(), 2);
     assert_eq!(attempts[0]["end"], "reconnect grace expired");
+    // The killed agent left its job's workspace mount and cgroup behind (PDEATHSIG ends the job's
+    // process, not the mount): an agent started on the same work dir clears them, as in
+    // production, instead of leaving one mount per test run on the machine.
+    drop(a);
+    let work = dir.path().join("a");
+    let _a2 = AgentProc::start(&hub, &wt, "agent-a", &work, 43_000).await;
+    wait_for(
+        "the restarted agent-a to clear the dead one's workspace",
+        || async {
+            let jobs_left = std::fs::read_dir(work.join("jobs"))
+                .map(|d| d.count())
+                .unwrap_or(0);
+            (!mounted_under(&work) && jobs_left == 0).then_some(())
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

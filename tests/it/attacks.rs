@@ -11,7 +11,9 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use cmdx_e2e::{AgentProc, HubProc, cmdx_bin, traversable_tempdir, wait_for, zip_bytes};
+use cmdx_e2e::{
+    AgentProc, HubProc, cmdx_bin, mounted_under, traversable_tempdir, wait_for, zip_bytes,
+};
 use futures_util::future::join_all;
 use serde_json::{Value, json};
 
@@ -226,14 +228,6 @@ fn avail_kib(path: &Path) -> u64 {
         .nth(1)
         .and_then(|l| l.trim().parse().ok())
         .expect("df output")
-}
-
-/// Whether some mount point is at or below `path` (from /proc/self/mountinfo).
-fn mounted_under(path: &Path) -> bool {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
-    info.lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .any(|m| Path::new(m).starts_with(path))
 }
 
 fn s<'a>(v: &'a Value, k: &str) -> &'a str {
