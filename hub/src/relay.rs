@@ -442,6 +442,13 @@ async fn replay(
     }
 }
 
+/// Whether a page from `read_chunks(.., PAGE_BYTES)` is the rest of the log: the store stops a
+/// page only once it holds `PAGE_BYTES`, so a shorter one ran out of chunks (no second read for
+/// a status poll of a job with little output).
+fn is_last_page(page: &[ChunkRecord]) -> bool {
+    page.iter().map(|c| c.data.len()).sum::<usize>() < PAGE_BYTES
+}
+
 /// Reads the whole stored log as (stdout, stderr, total stored bytes), each stream capped at
 /// `cap_each` bytes (the head is kept).
 pub async fn read_split(
@@ -456,9 +463,7 @@ pub async fn read_split(
         let page = store.read_chunks(job_id, idx, PAGE_BYTES).await?;
         let Some(tail) = page.last() else { break };
         idx = tail.index + 1;
-        // A page short of PAGE_BYTES is the whole rest of the log: no second read for a status
-        // poll of a job with little output.
-        let last_page = page.iter().map(|c| c.data.len()).sum::<usize>() < PAGE_BYTES;
+        let last_page = is_last_page(&page);
         for c in page {
             let buf = match c.stream {
                 StreamKind::Stdout => &mut stdout,
@@ -492,8 +497,7 @@ pub async fn read_raw(
         let page = store.read_chunks(job_id, idx, PAGE_BYTES).await?;
         let Some(tail) = page.last() else { break };
         idx = tail.index + 1;
-        // As in `read_split`: a short page is the rest of the log.
-        let last_page = page.iter().map(|c| c.data.len()).sum::<usize>() < PAGE_BYTES;
+        let last_page = is_last_page(&page);
         for c in page {
             if c.end() <= pos {
                 continue;
