@@ -78,6 +78,8 @@ pub struct HubProc {
     pub data: PathBuf,
     _tmp: Option<tempfile::TempDir>,
     extra: Vec<String>,
+    /// The umask the hub process starts with (the test runner's when `None`).
+    umask: Option<u32>,
     /// Port it listens on (kept across restarts).
     pub port: u16,
     /// HTTP client.
@@ -95,6 +97,28 @@ impl HubProc {
             data,
             _tmp: Some(tmp),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            umask: None,
+            port: 0,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .expect("client"),
+        };
+        h.spawn().await.expect("hub starts");
+        h
+    }
+
+    /// Starts a hub on a fresh data folder, as a process whose umask is `umask` (a hand-run hub
+    /// inherits the shell's; systemd's `UMask=` is not there to help).
+    pub async fn start_with_umask(extra: &[&str], umask: u32) -> HubProc {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut h = HubProc {
+            child: None,
+            url: String::new(),
+            data: tmp.path().join("data"),
+            _tmp: Some(tmp),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            umask: Some(umask),
             port: 0,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(60))
@@ -113,6 +137,7 @@ impl HubProc {
             data,
             _tmp: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            umask: None,
             port: 0,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(60))
@@ -158,6 +183,15 @@ impl HubProc {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true);
+        if let Some(mask) = self.umask {
+            // SAFETY: umask(2) is async-signal-safe and touches nothing of the parent.
+            unsafe {
+                cmd.pre_exec(move || {
+                    libc_umask(mask);
+                    Ok(())
+                });
+            }
+        }
         let mut child = cmd.spawn().context("spawning cmdx hub")?;
         let stdout = child.stdout.take().context("stdout")?;
         let mut lines = BufReader::new(stdout).lines();
@@ -346,6 +380,8 @@ impl Drop for HubProc {
 unsafe extern "C" {
     #[link_name = "kill"]
     fn libc_kill(pid: i32, sig: i32) -> i32;
+    #[link_name = "umask"]
+    fn libc_umask(mask: u32) -> u32;
 }
 
 /// A scripted worker speaking the agent protocol over a real WebSocket.
@@ -543,12 +579,28 @@ impl DevProc {
     pub async fn start(agents: u32) -> DevProc {
         let tmp = traversable_tempdir();
         let data = tmp.path().join("data");
-        let mut child = Command::new(cmdx_bin())
-            .arg("dev")
+        let mut cmd = Command::new(cmdx_bin());
+        cmd.arg("dev").arg("--data").arg(&data);
+        Self::spawn(cmd, agents, data, tmp).await
+    }
+
+    /// Starts `cmdx dev --agents N` as a newcomer does: from the folder `cwd` (inside `tmp`),
+    /// with no `--data` (so `./cmdx-data`).
+    pub async fn start_in(cwd: &Path, tmp: tempfile::TempDir, agents: u32) -> DevProc {
+        let mut cmd = Command::new(cmdx_bin());
+        cmd.arg("dev").current_dir(cwd);
+        Self::spawn(cmd, agents, cwd.join("cmdx-data"), tmp).await
+    }
+
+    async fn spawn(
+        mut cmd: Command,
+        agents: u32,
+        data: PathBuf,
+        tmp: tempfile::TempDir,
+    ) -> DevProc {
+        let mut child = cmd
             .arg("--listen")
             .arg("127.0.0.1:0")
-            .arg("--data")
-            .arg(&data)
             .arg("--agents")
             .arg(agents.to_string())
             .env("CMDX_ADMIN_EMAIL", ADMIN_EMAIL)
@@ -588,6 +640,19 @@ impl DevProc {
     /// The process id.
     pub fn pid(&self) -> Option<u32> {
         self.child.id()
+    }
+
+    /// SIGTERM and wait (at most [`WAIT`]); returns the exit code.
+    pub async fn terminate(&mut self) -> Option<i32> {
+        if let Some(pid) = self.child.id() {
+            // SAFETY: plain kill(2) on our own child's pid.
+            unsafe { libc_kill(pid as i32, 15) };
+        }
+        tokio::time::timeout(WAIT, self.child.wait())
+            .await
+            .expect("cmdx dev to exit in time")
+            .ok()
+            .and_then(|s| s.code())
     }
 }
 

@@ -214,6 +214,16 @@ impl Walk<'_> {
                 continue;
             };
             let path = join(rel, name_str);
+            if !cmdx_proto::rest::is_clean_artifact_path(&path) {
+                // The hub refuses a ZIP holding such a name: leave the file out, not the ZIP.
+                if whole || self.matcher.matches(&path) || self.matcher.may_descend(&path) {
+                    self.skip(
+                        &path,
+                        "not a clean path (control character, backslash or too long)",
+                    );
+                }
+                continue;
+            }
             let st = match fstatat(dir.as_fd(), name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
                 Ok(st) => st,
                 Err(_) => continue, // gone since the listing

@@ -238,8 +238,9 @@ pub async fn run(config: AgentConfig, control: watch::Receiver<Control>) -> Resu
 }
 
 /// Jobs run as unprivileged uids: every ancestor of the work dir must let them through
-/// (`o+x`), or every job fails to enter its directory.
-fn check_traversable(work_dir: &Path) -> Result<(), AgentError> {
+/// (`o+x`), or every job fails to enter its directory. `cmdx dev` asks this before it picks
+/// where its local agents live.
+pub fn check_traversable(work_dir: &Path) -> Result<(), AgentError> {
     for dir in work_dir.ancestors() {
         let meta = fs::metadata(dir).map_err(|source| AgentError::WorkDir {
             op: "stat",

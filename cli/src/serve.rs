@@ -399,6 +399,52 @@ pub async fn run_agent(args: AgentArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
+/// Where host-wide work dirs of `cmdx dev` agents go when the data folder is not traversable.
+const DEV_AGENTS_FALLBACK: &str = "/var/lib/cmdx/dev";
+
+/// Where `cmdx dev` puts its agents' work dirs: `DATA/agents`, unless the agents run jobs as
+/// unprivileged uids (root) and some parent of the data folder is closed to them (root's home is
+/// 0700 on Debian): then a folder of their own under [`DEV_AGENTS_FALLBACK`], one per data
+/// folder (named by a hash of its absolute path, so two dev clusters never share agents).
+fn dev_agents_dir(data: &std::path::Path) -> anyhow::Result<PathBuf> {
+    use sha2::Digest as _;
+    let inside = data.join("agents");
+    let root = nix::unistd::geteuid().is_root();
+    if !root {
+        return Ok(inside);
+    }
+    std::fs::create_dir_all(&inside).with_context(|| format!("creating {}", inside.display()))?;
+    let Err(why) = cmdx_agent::check_traversable(&inside) else {
+        return Ok(inside);
+    };
+    let data =
+        std::fs::canonicalize(data).with_context(|| format!("resolving {}", data.display()))?;
+    let hash = hex::encode(&sha2::Sha256::digest(data.as_os_str().as_encoded_bytes())[..8]);
+    let dir = PathBuf::from(DEV_AGENTS_FALLBACK).join(hash);
+    create_traversable(&dir)?;
+    cmdx_agent::check_traversable(&dir).with_context(|| {
+        format!(
+            "no traversable home for the local agents at {}",
+            dir.display()
+        )
+    })?;
+    eprintln!(
+        "cmdx dev: {why}; the local agents work in {} instead",
+        dir.display()
+    );
+    Ok(dir)
+}
+
+/// Creates `dir` and its missing parents as mode 0711 (jobs' uids may pass through, not list).
+fn create_traversable(dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o711)
+        .create(dir)
+        .with_context(|| format!("creating {}", dir.display()))
+}
+
 /// `cmdx dev`: a hub plus `--agents` local sandboxed agents in one process tree.
 pub async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
     let mut config = cmdx_hub::HubConfig {
@@ -428,13 +474,14 @@ pub async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
         let _ = stop_rx.wait_for(|s| *s).await;
     }));
 
+    let agents_dir = dev_agents_dir(&args.data)?;
     // A development cluster stops promptly: the first signal cancels running jobs.
     let control = control_from_signals(true)?;
     let mut agents = tokio::task::JoinSet::new();
     for i in 0..args.agents {
         let mut c = cmdx_agent::AgentConfig::new(url.clone(), token.token.clone());
         c.worker_id = Some(format!("dev-agent-{i}"));
-        c.work_dir = args.data.join("agents").join(format!("agent-{i}"));
+        c.work_dir = agents_dir.join(format!("agent-{i}"));
         c.concurrency = args.concurrency.max(1);
         c.sandbox_mode = args.sandbox.into();
         c.uid_base = 40_000 + i * 1_000;
@@ -474,9 +521,28 @@ pub async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
         Ok(Err(e)) => anyhow::bail!("hub task: {e}"),
         Err(_) => anyhow::bail!("hub did not stop within 15 s"),
     }
+    if agents_dir != args.data.join("agents") {
+        remove_dev_agents_home(&agents_dir);
+    }
     match failed {
         Some(f) => anyhow::bail!("{f}"),
         None => Ok(()),
+    }
+}
+
+/// Removes a fallback agents' home once every local agent has stopped, unless something is
+/// still mounted below it (a job workspace a crashed agent left: the next run's agents clean
+/// those up first, and deleting through a mount would reach into it).
+fn remove_dev_agents_home(dir: &std::path::Path) {
+    let mounted = std::fs::read_to_string("/proc/self/mountinfo").map(|info| {
+        info.lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .any(|m| std::path::Path::new(m).starts_with(dir))
+    });
+    if let Ok(false) = mounted
+        && let Err(e) = std::fs::remove_dir_all(dir)
+    {
+        eprintln!("cmdx dev: cannot remove {}: {e}", dir.display());
     }
 }
 
@@ -522,7 +588,8 @@ pub async fn run_backup(args: BackupArgs) -> anyhow::Result<i32> {
         anyhow::bail!("backup refused ({status}): {body}");
     }
     let tmp = args.out.with_extension("partial");
-    let mut file = tokio::fs::File::create(&tmp)
+    // The archive holds the hub's signing keys: owner-only whatever the umask.
+    let mut file = cmdx_hub::private::create_file_async(&tmp)
         .await
         .with_context(|| format!("creating {}", tmp.display()))?;
     let mut stream = resp.bytes_stream();

@@ -53,17 +53,8 @@ pub fn validate_globs(globs: &[String]) -> Result<Vec<String>, String> {
     Ok(out)
 }
 
-/// True for a ZIP entry name we list and serve: relative, `/`-separated, no empty, `.` or `..`
-/// components, no NUL, backslash or control characters.
-pub fn is_clean_path(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 4096
-        && !name.starts_with('/')
-        && !name.chars().any(|c| c.is_control() || c == '\\')
-        && name
-            .split('/')
-            .all(|c| !c.is_empty() && c != "." && c != "..")
-}
+/// True for a ZIP entry name we list and serve (the rule the agent collects by).
+pub use cmdx_proto::rest::is_clean_artifact_path as is_clean_path;
 
 /// What an inspection found.
 #[derive(Debug, Default)]

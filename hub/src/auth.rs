@@ -64,12 +64,24 @@ pub enum WorkerCred {
 }
 
 impl WorkerCred {
-    /// The id assignments are bound to (with the worker id).
+    /// The id assignments are bound to (with the worker id). Both legacy credentials share one
+    /// id: the original worker polls through an admitted CIDR and downloads with its JWT, as one
+    /// worker. A JWT still speaks only for the worker id it names (see [`WorkerCred::speaks_for`]).
     pub fn token_id(&self) -> String {
         match self {
             WorkerCred::Token(t) => t.clone(),
-            WorkerCred::LegacyJwt(w) => format!("legacy-jwt:{w}"),
-            WorkerCred::OpenCidr => "open-cidr".to_string(),
+            WorkerCred::LegacyJwt(_) | WorkerCred::OpenCidr => {
+                crate::store::LEGACY_CREDENTIAL.to_string()
+            }
+        }
+    }
+
+    /// Whether this credential may speak for `worker_id`: a legacy JWT only for the worker it
+    /// names; a minted token or an admitted CIDR for any (minted tokens enrol many workers).
+    pub fn speaks_for(&self, worker_id: &str) -> bool {
+        match self {
+            WorkerCred::LegacyJwt(w) => w == worker_id,
+            WorkerCred::Token(_) | WorkerCred::OpenCidr => true,
         }
     }
 }
@@ -139,14 +151,8 @@ fn load_secret(dir: &Path, name: &str, given: &Option<String>) -> Result<Vec<u8>
 /// Writes a file readable only by its owner.
 pub fn write_private(path: &Path, content: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
+    let mut f = crate::private::create_file(&tmp)?;
     f.write_all(content)?;
     f.sync_all()?;
     std::fs::rename(&tmp, path)
@@ -205,19 +211,12 @@ impl Auth {
     /// Loads or generates the secrets and prepares keys.
     pub fn load(config: &HubConfig) -> Result<Auth, HubError> {
         let dir = config.data_dir.join("secrets");
-        std::fs::create_dir_all(&dir).map_err(|source| HubError::DataDir {
-            path: dir.clone(),
-            source,
+        crate::private::dir(&dir, crate::private::DIR_MODE).map_err(|source| {
+            HubError::DataDir {
+                path: dir.clone(),
+                source,
+            }
         })?;
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).map_err(
-                |source| HubError::DataDir {
-                    path: dir.clone(),
-                    source,
-                },
-            )?;
-        }
         let jwt = load_secret(&dir, "jwt.key", &config.jwt_secret)?;
         let worker_key = load_secret(&dir, "worker.key", &config.worker_secret)?;
         let mut validation = Validation::new(Algorithm::HS256);

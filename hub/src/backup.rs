@@ -23,9 +23,7 @@ pub async fn write_backup(hub: &Hub) -> ApiResult<PathBuf> {
     // Everything acknowledged so far is on disk and will be read below.
     hub.store.sync().await?;
     let dir = hub.config.data_dir.join("backup-tmp");
-    tokio::fs::create_dir_all(&dir)
-        .await
-        .map_err(ApiError::internal)?;
+    crate::private::dir(&dir, crate::private::DIR_MODE).map_err(ApiError::internal)?;
     let id = new_id();
     let tar_path = dir.join(format!("{id}.tar"));
     let rec_path = dir.join(format!("{id}.records"));
@@ -35,13 +33,13 @@ pub async fn write_backup(hub: &Hub) -> ApiResult<PathBuf> {
     let out = tar_path.clone();
     let result = tokio::task::spawn_blocking(move || -> Result<u64, String> {
         let records = {
-            let f = std::fs::File::create(&rec_path).map_err(|e| e.to_string())?;
+            let f = crate::private::create_file(&rec_path).map_err(|e| e.to_string())?;
             let mut w = BufWriter::new(f);
             let n = store.export_records(&mut w).map_err(|e| e.to_string())?;
             w.flush().map_err(|e| e.to_string())?;
             n
         };
-        let f = std::fs::File::create(&out).map_err(|e| e.to_string())?;
+        let f = crate::private::create_file(&out).map_err(|e| e.to_string())?;
         let mut tar = tar::Builder::new(BufWriter::new(f));
         tar.follow_symlinks(false);
         let manifest = serde_json::json!({
@@ -117,13 +115,15 @@ pub fn restore(archive: &Path, data_dir: &Path) -> Result<u64, HubError> {
             data_dir.display()
         )));
     }
-    std::fs::create_dir_all(data_dir.join("blobs").join("tmp")).map_err(io(data_dir))?;
+    use crate::private::{DATA_DIR_MODE, DIR_MODE};
     let secrets = data_dir.join("secrets");
-    std::fs::create_dir_all(&secrets).map_err(io(&secrets))?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&secrets, std::fs::Permissions::from_mode(0o700))
-            .map_err(io(&secrets))?;
+    for (dir, mode) in [
+        (data_dir.to_path_buf(), DATA_DIR_MODE),
+        (data_dir.join("blobs"), DIR_MODE),
+        (data_dir.join("blobs").join("tmp"), DIR_MODE),
+        (secrets.clone(), DIR_MODE),
+    ] {
+        crate::private::dir(&dir, mode).map_err(io(&dir))?;
     }
     let file = std::fs::File::open(archive).map_err(io(archive))?;
     let mut tar = tar::Archive::new(file);
@@ -164,18 +164,12 @@ pub fn restore(archive: &Path, data_dir: &Path) -> Result<u64, HubError> {
                     continue;
                 }
                 let dest = data_dir.join(folder).join(leaf);
-                let mut out = std::fs::OpenOptions::new()
-                    .write(true)
+                let mut out = crate::private::file_options()
                     .create_new(true)
                     .open(&dest)
                     .map_err(io(&dest))?;
                 std::io::copy(&mut entry, &mut out).map_err(io(&dest))?;
                 out.sync_all().map_err(io(&dest))?;
-                if folder == "secrets" {
-                    use std::os::unix::fs::PermissionsExt;
-                    std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o600))
-                        .map_err(io(&dest))?;
-                }
             }
         }
     }

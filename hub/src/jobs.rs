@@ -481,7 +481,7 @@ pub(crate) fn check_current(
     token_id: &str,
     attempt: u32,
 ) -> ApiResult<()> {
-    if !job.is_current(worker, attempt) || job.token_id.as_deref() != Some(token_id) {
+    if !job.held_by(worker, attempt, token_id) {
         return Err(ApiError::stale(format!(
             "attempt {attempt} of job {} is not held by this worker",
             job.id
@@ -522,7 +522,7 @@ pub(crate) async fn update_held(
 ) -> ApiResult<JobRecord> {
     hub.store
         .update_job(job_id, &|job: &mut JobRecord| {
-            if !job.is_current(worker, attempt) || job.token_id.as_deref() != Some(token_id) {
+            if !job.held_by(worker, attempt, token_id) {
                 return Err(StoreError::Conflict("stale attempt".into()));
             }
             change(job);

@@ -16,6 +16,7 @@ pub mod dispatch;
 pub mod error;
 pub mod jobs;
 pub mod metrics;
+pub mod private;
 pub mod ratelimit;
 pub mod relay;
 pub mod store;
@@ -204,15 +205,18 @@ async fn accept_loop<F>(
 /// Opens the hub state without serving (tests and `cmdx dev` use it to mint tokens first).
 pub async fn open(config: HubConfig) -> Result<Arc<Hub>, HubError> {
     let data = config.data_dir.clone();
-    std::fs::create_dir_all(&data).map_err(|source| HubError::DataDir {
-        path: data.clone(),
-        source,
-    })?;
     let blob_dir = data.join("blobs");
-    std::fs::create_dir_all(blob_dir.join("tmp")).map_err(|source| HubError::DataDir {
-        path: blob_dir.clone(),
-        source,
-    })?;
+    for (dir, mode) in [
+        (&data, private::DATA_DIR_MODE),
+        (&blob_dir, private::DIR_MODE),
+        (&blob_dir.join("tmp"), private::DIR_MODE),
+        (&data.join("db"), private::DIR_MODE),
+    ] {
+        private::dir(dir, mode).map_err(|source| HubError::DataDir {
+            path: dir.clone(),
+            source,
+        })?;
+    }
     metrics::install();
     let observer: store::FlushObserver = Arc::new(|took, _waiters| {
         ::metrics::histogram!("cmdx_store_flush_seconds").record(took.as_secs_f64());

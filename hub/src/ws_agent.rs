@@ -251,10 +251,7 @@ async fn resume_held(
         held_ids.insert(h.job_id.clone());
         let job = hub.store.get_job(&h.job_id).await.ok().flatten();
         match job {
-            Some(job)
-                if job.is_current(worker_id, h.attempt)
-                    && job.token_id.as_deref() == Some(token_id) =>
-            {
+            Some(job) if job.held_by(worker_id, h.attempt, token_id) => {
                 hub.dispatch.hold(worker_id, &job.id);
                 let stored = {
                     let live = hub.relay.live(&job.id);

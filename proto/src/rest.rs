@@ -293,6 +293,20 @@ pub struct ArtifactSkip {
     pub reason: String,
 }
 
+/// True for an artifact path both sides accept (a ZIP entry name the hub lists and serves, and
+/// the agent collects): relative, `/`-separated, at most 4,096 bytes, no empty, `.` or `..`
+/// components, no NUL, backslash or control characters. The agent skips (and reports) any
+/// other name, so one odd file name never costs a job its whole artifact ZIP.
+pub fn is_clean_artifact_path(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 4096
+        && !name.starts_with('/')
+        && !name.chars().any(|c| c.is_control() || c == '\\')
+        && name
+            .split('/')
+            .all(|c| !c.is_empty() && c != "." && c != "..")
+}
+
 /// The `manifest` part of an agent's artifact upload (`PUT /api/jobs/{jobId}/artifacts`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

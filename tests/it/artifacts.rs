@@ -613,3 +613,47 @@ async fn a_legacy_result_zip_becomes_the_jobs_artifacts() {
         "{job}"
     );
 }
+
+/// A job whose artifact folder holds names the hub does not serve (a newline, a backslash, a
+/// control character) keeps its other artifacts: the agent leaves those names out and says so,
+/// instead of uploading a ZIP the hub refuses whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn odd_file_names_cost_only_themselves() {
+    let hub = HubProc::start(FAST).await;
+    let admin = hub.admin().await;
+    let wt = hub.worker_token(&admin).await;
+    let dir = traversable_tempdir();
+    let _agent = AgentProc::start(&hub, &wt, "art-agent-odd", &dir.path().join("a"), 47_000).await;
+    let id = hub
+        .submit(
+            &admin,
+            json!({
+                "command": "mkdir -p dist && echo ok > dist/ok.txt && echo n > \"$(printf 'dist/new\\nline')\" \
+                            && echo b > 'dist/back\\slash' && echo e > \"$(printf 'dist/esc\\033x')\" \
+                            && mkdir \"$(printf 'dist/dir\\tname')\" && echo d > \"$(printf 'dist/dir\\tname/in.txt')\"",
+                "artifacts": ["dist/**"],
+            }),
+        )
+        .await;
+    let job = hub.wait_done(&admin, &id).await;
+    assert_eq!(job["status"], "completed", "{job}");
+    assert!(job["artifactsError"].is_null(), "{job}");
+    let got = listed(&job);
+    let paths: Vec<&str> = got.iter().map(|(p, _, _)| p.as_str()).collect();
+    assert_eq!(paths, ["dist/ok.txt"], "{job}");
+    let why = skipped(&job);
+    // The hub shows skipped names with their control characters removed.
+    for odd in [
+        "dist/newline",
+        "dist/back\\slash",
+        "dist/escx",
+        "dist/dirname",
+    ] {
+        assert!(
+            why.iter()
+                .any(|(p, r)| p == odd && r.contains("not a clean path")),
+            "{odd:?} not reported: {why:?}"
+        );
+    }
+    assert_eq!(why.len(), 4, "{why:?}");
+}

@@ -7,46 +7,7 @@ use serde_json::{Value, json};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn newcomer_runs_echo_hi_through_cmdx_dev() {
     let dev = DevProc::start(1).await;
-    let login: Value = dev
-        .http
-        .post(format!("{}/api/auth/login", dev.url))
-        .json(&json!({"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = login["token"].as_str().unwrap().to_string();
-    let r: Value = dev
-        .http
-        .post(format!("{}/api/jobs/submit", dev.url))
-        .bearer_auth(&token)
-        .json(&json!({"command": "echo hi"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = r["jobId"].as_str().unwrap().to_string();
-    let job = wait_for("echo hi to complete", || async {
-        let v: Value = dev
-            .http
-            .get(format!("{}/api/jobs/status?jobId={id}", dev.url))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
-        v["status"]
-            .as_str()
-            .filter(|s| *s == "completed" || *s == "failed")?;
-        Some(v)
-    })
-    .await;
+    let (token, job) = run_on_dev(&dev, "echo hi").await;
     assert_eq!(job["status"], "completed", "{job}");
     assert_eq!(job["stdout"], "hi\n");
     assert_eq!(job["exitCode"], 0);
@@ -80,4 +41,116 @@ async fn newcomer_runs_echo_hi_through_cmdx_dev() {
             .any(|l| l.as_str().unwrap().starts_with("landlock"))
     );
     let _ = dev.pid();
+}
+
+/// Signs in as the bootstrap admin of a `cmdx dev`, submits `command` and waits for its end;
+/// returns the admin's token and the finished job.
+async fn run_on_dev(dev: &DevProc, command: &str) -> (String, Value) {
+    let login: Value = dev
+        .http
+        .post(format!("{}/api/auth/login", dev.url))
+        .json(&json!({"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = login["token"].as_str().unwrap().to_string();
+    let r: Value = dev
+        .http
+        .post(format!("{}/api/jobs/submit", dev.url))
+        .bearer_auth(&token)
+        .json(&json!({ "command": command }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = r["jobId"].as_str().expect("a job id").to_string();
+    let job = wait_for("the job to end", || async {
+        let v: Value = dev
+            .http
+            .get(format!("{}/api/jobs/status?jobId={id}", dev.url))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        v["status"]
+            .as_str()
+            .filter(|s| *s == "completed" || *s == "failed")?;
+        Some(v)
+    })
+    .await;
+    (token, job)
+}
+
+/// Root's home is 0700 on Debian, and so is every new home: a newcomer who clones there and
+/// runs the README's first command must get a working cluster. The test plays that newcomer:
+/// `cmdx dev` with no `--data`, from a project folder inside a 0700 folder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn newcomer_runs_cmdx_dev_from_a_private_home() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let home = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let project = home.path().join("cmdx");
+    std::fs::create_dir(&project).unwrap();
+    let mut dev = DevProc::start_in(&project, home, 1).await;
+    let (_, job) = run_on_dev(&dev, "echo hi; pwd").await;
+    assert_eq!(job["status"], "completed", "{job}");
+    let out = job["stdout"].as_str().unwrap();
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), Some("hi"), "{out}");
+    let cwd = std::path::PathBuf::from(lines.next().expect("pwd's line"));
+    // The job ran outside the private folder (its uid could not have entered it).
+    assert!(
+        !cwd.starts_with(&dev.data),
+        "the job ran under the 0700 data folder: {}",
+        cwd.display()
+    );
+    assert_eq!(dev.data, project.join("cmdx-data"));
+    assert!(dev.data.is_dir());
+    // The agents' home of its own is removed when the cluster stops.
+    let agents_home = cwd
+        .ancestors()
+        .find(|p| p.parent() == Some(std::path::Path::new("/var/lib/cmdx/dev")))
+        .unwrap_or_else(|| panic!("{} is not under /var/lib/cmdx/dev", cwd.display()))
+        .to_path_buf();
+    assert!(agents_home.is_dir());
+    assert_eq!(dev.terminate().await, Some(0));
+    assert!(
+        !agents_home.exists(),
+        "{} left behind",
+        agents_home.display()
+    );
+}
+
+/// `cmdx agent` itself does not move: an operator's `--work-dir` the job users cannot reach is
+/// refused at start with a message that says why and what to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_with_an_untraversable_work_dir_says_why() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let private = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(private.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let out = tokio::time::timeout(
+        cmdx_e2e::WAIT,
+        tokio::process::Command::new(cmdx_e2e::cmdx_bin())
+            .args(["agent", "--hub", "http://127.0.0.1:9", "--work-dir"])
+            .arg(private.path().join("agent"))
+            .env("CMDX_AGENT_TOKEN", "cmdxw_unused")
+            .output(),
+    )
+    .await
+    .expect("the agent to refuse in time")
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{stderr}");
+    assert!(
+        stderr.contains("is not traversable by the unprivileged job users"),
+        "{stderr}"
+    );
 }

@@ -9,8 +9,10 @@ mod dev;
 mod durability;
 mod fencing;
 mod flow;
+mod hardening;
 mod legacy;
 mod ops;
+mod original_worker;
 mod relay;
 mod security;
 

@@ -52,7 +52,7 @@ pub(super) struct Spool {
 impl Spool {
     pub(super) async fn new(hub: &Hub, limit: u64) -> ApiResult<Spool> {
         let path = hub.blob_dir.join("tmp").join(new_id());
-        let file = tokio::fs::File::create(&path)
+        let file = crate::private::create_file_async(&path)
             .await
             .map_err(ApiError::internal)?;
         Ok(Spool {
@@ -310,8 +310,7 @@ pub async fn download(hub: &Arc<Hub>, req: Req, id: &str) -> ApiResult<Response>
 async fn worker_holds_file(hub: &Hub, w: &str, token_id: &str, file_id: &str) -> ApiResult<bool> {
     for job_id in hub.dispatch.held(w) {
         if let Some(job) = hub.store.get_job(&job_id).await?
-            && job.is_current(w, job.attempt)
-            && job.token_id.as_deref() == Some(token_id)
+            && job.held_by(w, job.attempt, token_id)
             && job.file.as_ref().is_some_and(|f| f.file_id == file_id)
         {
             return Ok(true);

@@ -43,12 +43,12 @@ fn bind(cred: &WorkerCred, worker_id: &str) -> ApiResult<()> {
             "workerId required (at most 128 bytes)",
         ));
     }
-    match cred {
-        WorkerCred::LegacyJwt(w) if w != worker_id => Err(ApiError::forbidden(
+    if !cred.speaks_for(worker_id) {
+        return Err(ApiError::forbidden(
             "worker token was issued to another worker",
-        )),
-        _ => Ok(()),
+        ));
     }
+    Ok(())
 }
 
 fn record(body: &LegacyRegister, token_id: &str) -> WorkerRecord {
@@ -171,10 +171,16 @@ pub async fn get_job(hub: &Arc<Hub>, req: Req) -> ApiResult<Response> {
             StatusCode::ACCEPTED,
         ));
     };
-    let file_url = job
-        .file
-        .as_ref()
-        .map(|f| absolute_url(hub, &req, &format!("/api/files/download/{}", f.file_id)));
+    // The worker id travels in the URL: a worker admitted by CIDR alone downloads with no
+    // credential that names it, and a JWT-carrying one is checked against it.
+    let file_url = job.file.as_ref().map(|f| {
+        let worker: String = form_urlencoded::byte_serialize(worker_id.as_bytes()).collect();
+        absolute_url(
+            hub,
+            &req,
+            &format!("/api/files/download/{}?workerId={worker}", f.file_id),
+        )
+    });
     let timeout_ms = job.timeout_secs * 1000;
     Ok(json(&LegacyGetJob {
         success: true,
@@ -246,9 +252,7 @@ pub async fn check_cancel(hub: &Arc<Hub>, req: Req) -> ApiResult<Response> {
     let worker_id = req.param("workerId");
     let (job, worker) = held_job(hub, &cred, &job_id, worker_id.as_deref()).await?;
     // Only the worker holding the job (with the token it claimed it with) may ask.
-    if job.worker_id.as_deref() != Some(worker.as_str())
-        || job.token_id.as_deref() != Some(cred.token_id().as_str())
-    {
+    if !job.held_by(&worker, job.attempt, &cred.token_id()) {
         return Err(ApiError::not_found("job not found"));
     }
     Ok(json(&LegacyCheckCancel {
@@ -341,8 +345,7 @@ pub async fn submit_result(hub: &Arc<Hub>, mut req: Req) -> ApiResult<Response> 
     let (job, worker_id) = held_job(hub, &cred, &body.job_id, body.worker_id.as_deref()).await?;
     let token_id = cred.token_id();
     let mut artifacts_error = None;
-    if job.is_current(&worker_id, job.attempt) && job.token_id.as_deref() == Some(token_id.as_str())
-    {
+    if job.held_by(&worker_id, job.attempt, &token_id) {
         reconcile_output(hub, &worker_id, &token_id, &job, body.stdout, body.stderr).await?;
         if let Some(zip) = body.result_zip_base64.as_deref().filter(|z| !z.is_empty()) {
             let stored =

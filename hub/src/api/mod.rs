@@ -194,6 +194,7 @@ pub fn routes(
 }
 
 async fn dispatch(hub: &Arc<Hub>, req: Req) -> ApiResult<Response> {
+    cookie_write_guard(hub, &req)?;
     let path = req.path.trim_end_matches('/').to_string();
     let segs: Vec<&str> = path.split('/').skip(1).collect();
     // HEAD is GET without a body (hyper drops it); load balancers probe /healthz with it.
@@ -514,18 +515,21 @@ pub fn admin(hub: &Hub, req: &Req) -> ApiResult<Caller> {
     Ok(c)
 }
 
-/// The worker id a worker request speaks for: the `x-worker-id` header, a legacy JWT's
-/// subject, or the `workerId` query parameter.
+/// The worker id a worker request speaks for: the `x-worker-id` header or the `workerId` query
+/// parameter; a legacy JWT's subject when neither is given. `None` when none is named, or when
+/// the named id is not one the credential may speak for (a JWT names exactly one worker).
 pub fn worker_id(req: &Req, cred: &WorkerCred) -> Option<String> {
-    req.headers
+    let named = req
+        .headers
         .get("x-worker-id")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string)
-        .or(match cred {
-            WorkerCred::LegacyJwt(w) => Some(w.clone()),
-            _ => None,
-        })
-        .or_else(|| req.param("workerId"))
+        .or_else(|| req.param("workerId"));
+    match (named, cred) {
+        (None, WorkerCred::LegacyJwt(w)) => Some(w.clone()),
+        (Some(w), cred) if cred.speaks_for(&w) => Some(w),
+        _ => None,
+    }
 }
 
 /// A worker credential: a minted worker token (not revoked), a legacy worker JWT, or an
@@ -560,6 +564,69 @@ pub async fn worker(hub: &Hub, req: &Req) -> ApiResult<WorkerCred> {
         },
         None if hub.auth.open_cidr_allows(req.ip) => Ok(WorkerCred::OpenCidr),
         None => Err(ApiError::unauthorized("worker token required")),
+    }
+}
+
+/// Cookie-authenticated writes come from the hub's own pages only. A browser attaches the
+/// session cookie to any request a page sends, whichever site the page is on (`SameSite=Strict`
+/// stops that on current browsers, not on every browser or proxy setup); a cross-site form
+/// or `fetch` in `no-cors` mode may post `text/plain` and read nothing back, which is all a forged
+/// submission needs. So a state change authenticated by the cookie must: (1) come from the same
+/// origin (`Sec-Fetch-Site: same-origin`, or an `Origin` that is the hub's own or a configured
+/// one; a request with neither is refused: browsers always send one on writes), and (2) carry
+/// JSON, multipart or a ZIP (types a cross-site page cannot send without a CORS preflight, which
+/// the hub never grants), or no body at all. Bearer-token clients (CLI, scripts, workers) are
+/// not affected: a page cannot make a browser attach a bearer token.
+fn cookie_write_guard(hub: &Hub, req: &Req) -> ApiResult<()> {
+    if matches!(req.method, Method::GET | Method::HEAD | Method::OPTIONS)
+        || auth::bearer(&req.headers).is_some()
+        || req.headers.contains_key(cmdx_proto::WORKER_TOKEN_HEADER)
+        || auth::cookie(&req.headers, auth::COOKIE).is_none()
+    {
+        return Ok(());
+    }
+    let header = |name: &str| req.headers.get(name).and_then(|v| v.to_str().ok());
+    let site = header("sec-fetch-site");
+    if let Some(site) = site
+        && site != "same-origin"
+        && site != "none"
+    {
+        return Err(ApiError::forbidden(format!(
+            "cross-site request refused (Sec-Fetch-Site: {site}): a signed-in browser may change \
+             state only from the hub's own pages"
+        )));
+    }
+    match header("origin") {
+        Some(origin) if !origin_allowed(hub, &req.headers) => {
+            return Err(ApiError::forbidden(format!(
+                "request from origin {origin} refused: a signed-in browser may change state only \
+                 from the hub's own pages (or an origin in allowed_origins)"
+            )));
+        }
+        None if site.is_none() => {
+            return Err(ApiError::forbidden(
+                "cookie-authenticated writes need an Origin header; scripts should send a bearer \
+                 token instead of the session cookie",
+            ));
+        }
+        _ => {}
+    }
+    let has_body = header("content-length").is_some_and(|l| l.trim() != "0")
+        || req.headers.contains_key("transfer-encoding");
+    let media = header("content-type")
+        .and_then(|t| t.split(';').next())
+        .map(|t| t.trim().to_ascii_lowercase());
+    match media.as_deref() {
+        Some("application/json" | "multipart/form-data" | "application/zip") => Ok(()),
+        None if !has_body => Ok(()),
+        other => Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!(
+                "a signed-in browser must send JSON, multipart or a ZIP, not {}",
+                other.unwrap_or("a body without Content-Type")
+            ),
+        )),
     }
 }
 

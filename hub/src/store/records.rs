@@ -111,6 +111,32 @@ impl JobRecord {
             && self.worker_id.as_deref() == Some(worker_id)
             && matches!(self.status, JobStatus::Assigned | JobStatus::Running)
     }
+
+    /// True when `(worker, attempt)` is the current assignment and it was claimed with the
+    /// credential `token_id` (fencing: output, results and downloads from any other pair are
+    /// refused).
+    pub fn held_by(&self, worker_id: &str, attempt: u32, token_id: &str) -> bool {
+        self.is_current(worker_id, attempt)
+            && self
+                .token_id
+                .as_deref()
+                .is_some_and(|t| same_credential(t, token_id))
+    }
+}
+
+/// The credential id every legacy worker credential shares (an admitted CIDR, a legacy JWT):
+/// the original worker sends no credentials on its JSON calls and a JWT on its download, and
+/// both must be the same worker. The worker id itself is checked separately (a JWT names one).
+pub const LEGACY_CREDENTIAL: &str = "legacy";
+
+/// Whether a stored claim's credential id and a presented one are the same credential.
+/// Assignments stored before legacy credentials were merged name `open-cidr` or
+/// `legacy-jwt:<worker>`: they count as [`LEGACY_CREDENTIAL`], so a legacy job in flight across
+/// an upgrade is not fenced off.
+fn same_credential(stored: &str, presented: &str) -> bool {
+    let legacy =
+        |t: &str| t == LEGACY_CREDENTIAL || t == "open-cidr" || t.starts_with("legacy-jwt:");
+    stored == presented || (legacy(stored) && legacy(presented))
 }
 
 /// A job's stored artifacts: one ZIP (a [`FileRecord`] with `artifacts_of`) and its listing.
