@@ -30,7 +30,7 @@ case "$profile" in
     *) echo "FUZZ_PROFILE must be release or dev, not $profile" >&2; exit 2 ;;
 esac
 opts=("${build[@]}" -a -s "$san" --target-dir "$tdir")
-targets=(extract_zip agent_msg client_msg tokens multipart)
+targets=(extract_zip agent_msg client_msg tokens multipart request_decode)
 if [[ $# -gt 0 ]]; then
     targets=("$@")
 fi

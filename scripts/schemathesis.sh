@@ -35,7 +35,7 @@ admin_email="admin@schemathesis.local"
 admin_password="schemathesis-admin-1"
 CMDX_ADMIN_EMAIL="$admin_email" CMDX_ADMIN_PASSWORD="$admin_password" RUST_LOG="${RUST_LOG:-warn}" \
     "$bin" hub --listen 127.0.0.1:0 --data "$work/data" \
-    --rate-limit-per-min 0 --login-rate-limit-per-min 0 \
+    --rate-limit-per-min 0 --read-rate-limit-per-sec 0 --login-rate-limit-per-min 0 \
     >"$work/hub.out" 2>"$work/hub.err" &
 hub_pid=$!
 

@@ -14,11 +14,14 @@ cargo fmt --all --check
 step "clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 
+step "docs build without warnings"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
+
 step "build the cmdx binary (end-to-end tests run it)"
 cargo build -p cmdx
 
 step "rust tests"
-cargo test --workspace
+cargo test --workspace --no-fail-fast
 
 step "load test smoke: every scenario, tiny numbers"
 ./scripts/loadtest-smoke.sh

@@ -400,6 +400,18 @@ impl FakeAgent {
         concurrency: u32,
         held: Vec<cmdx_proto::agent::HeldJob>,
     ) -> anyhow::Result<(FakeAgent, cmdx_proto::agent::Welcome)> {
+        Self::connect_tagged(hub, token, id, concurrency, held, Vec::new()).await
+    }
+
+    /// [`FakeAgent::connect`] advertising `tags`.
+    pub async fn connect_tagged(
+        hub: &HubProc,
+        token: &str,
+        id: &str,
+        concurrency: u32,
+        held: Vec<cmdx_proto::agent::HeldJob>,
+        tags: Vec<String>,
+    ) -> anyhow::Result<(FakeAgent, cmdx_proto::agent::Welcome)> {
         let mut req = hub.ws_url("/ws/agent").into_client_request()?;
         req.headers_mut()
             .insert("authorization", format!("Bearer {token}").parse()?);
@@ -416,7 +428,7 @@ impl FakeAgent {
             version: "test".into(),
             cpu_count: 2,
             total_memory_mb: 1024,
-            tags: Vec::new(),
+            tags,
             concurrency,
             isolation: Isolation::default(),
             held,

@@ -55,7 +55,7 @@ enum Cmd {
     Cancel(client::CancelArgs),
     /// List a job's artifacts, or download them (--out DIR unpacks, --zip FILE saves the ZIP).
     Artifacts(client::ArtifactsArgs),
-    /// Mint tokens (admin).
+    /// Mint, list and revoke worker tokens (admin).
     Token(client::TokenArgs),
     /// Manage users (admin).
     User(client::UserArgs),
@@ -64,25 +64,71 @@ enum Cmd {
     // --- end client commands ---
 }
 
-/// `cmdx agent --token T`: a job can read every process's command line through /proc, so the
-/// token moves into the environment (readable only by the agent's own uid) and the agent
-/// re-executes itself without it in argv.
-fn hide_agent_token() {
+/// A token given as `--token T` (or `--token=T`) is visible to every process on the host through
+/// `/proc/PID/cmdline`, and a job is such a process. So wherever the flag stands (after global
+/// flags such as `-v` or `--log-format json` too), it moves into the environment variable the
+/// subcommand reads (`CMDX_AGENT_TOKEN` for `cmdx agent`, `CMDX_TOKEN` for the client and backup
+/// commands; the environment is readable only by the process's own uid) and the process
+/// re-executes itself without it in argv. Arguments after `--` (a submitted command) are left as
+/// they are. The documented way is the environment variable or `cmdx agent --token-file`.
+fn hide_token_args() {
     use std::os::unix::process::CommandExt;
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    if args.get(1).is_none_or(|a| a != "agent") {
+    let Some((kept, token)) = strip_token(&args) else {
         return;
+    };
+    let var = match subcommand(&args) {
+        Some("agent") => "CMDX_AGENT_TOKEN",
+        _ => "CMDX_TOKEN",
+    };
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("cmdx: cannot find my own executable to hide the token: {e}");
+            std::process::exit(125);
+        }
+    };
+    let err = std::process::Command::new(exe)
+        .args(&kept[1..])
+        .env(var, token)
+        .exec();
+    eprintln!("cmdx: re-executing without the token in argv failed: {err}");
+    std::process::exit(125);
+}
+
+/// The subcommand: the first argument that is not a global flag (`-v`, `-vv`, `--verbose`,
+/// `--log-format X`, `--log-format=X`) or a token flag.
+fn subcommand(args: &[std::ffi::OsString]) -> Option<&str> {
+    let mut it = args.iter().skip(1).filter_map(|a| a.to_str());
+    while let Some(a) = it.next() {
+        match a {
+            "--verbose" => {}
+            "--log-format" | "--token" => {
+                it.next();
+            }
+            _ if a.starts_with("--log-format=") || a.starts_with("--token=") => {}
+            _ if a.len() > 1 && a.starts_with('-') && a[1..].bytes().all(|b| b == b'v') => {}
+            _ => return Some(a),
+        }
     }
+    None
+}
+
+/// `args` without any `--token V` / `--token=V` before `--`, and the (last) token; `None` when
+/// there is none.
+fn strip_token(
+    args: &[std::ffi::OsString],
+) -> Option<(Vec<std::ffi::OsString>, std::ffi::OsString)> {
     let mut kept = Vec::with_capacity(args.len());
     let mut token = None;
-    let mut i = 1;
+    let mut i = 0;
     while i < args.len() {
         let a = &args[i];
-        if a == "--" {
+        if i > 0 && a == "--" {
             kept.extend(args[i..].iter().cloned());
             break;
         }
-        if a == "--token" {
+        if i > 0 && a == "--token" {
             token = args.get(i + 1).cloned();
             i += 2;
             continue;
@@ -95,24 +141,11 @@ fn hide_agent_token() {
         kept.push(a.clone());
         i += 1;
     }
-    let Some(token) = token else { return };
-    let exe = match std::env::current_exe() {
-        Ok(e) => e,
-        Err(e) => {
-            eprintln!("cmdx: cannot find my own executable to hide the token: {e}");
-            std::process::exit(125);
-        }
-    };
-    let err = std::process::Command::new(exe)
-        .args(kept)
-        .env("CMDX_AGENT_TOKEN", token)
-        .exec();
-    eprintln!("cmdx: re-executing without the token in argv failed: {err}");
-    std::process::exit(125);
+    token.map(|t| (kept, t))
 }
 
 fn main() {
-    hide_agent_token();
+    hide_token_args();
     let cli = Cli::parse();
     logging::install(cli.verbose, &cli.log_format);
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -153,5 +186,59 @@ fn main() {
             eprintln!("cmdx: {e:#}");
             std::process::exit(125);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn os(v: &[&str]) -> Vec<std::ffi::OsString> {
+        v.iter().map(Into::into).collect()
+    }
+
+    #[test]
+    fn the_token_is_found_after_global_flags_and_before_the_command() {
+        for (argv, sub) in [
+            (
+                &["cmdx", "agent", "--token", "T", "--hub", "h"][..],
+                "agent",
+            ),
+            (
+                &["cmdx", "-v", "agent", "--hub", "h", "--token", "T"],
+                "agent",
+            ),
+            (
+                &["cmdx", "-vv", "--log-format", "json", "agent", "--token=T"],
+                "agent",
+            ),
+            (
+                &[
+                    "cmdx",
+                    "--log-format=json",
+                    "--verbose",
+                    "agent",
+                    "--token=T",
+                ],
+                "agent",
+            ),
+            (&["cmdx", "--token", "T", "jobs"], "jobs"),
+            (&["cmdx", "backup", "--token", "T", "--out", "f"], "backup"),
+        ] {
+            let args = os(argv);
+            let (kept, token) = strip_token(&args).expect("a token");
+            assert_eq!(token, "T", "{argv:?}");
+            assert!(
+                !kept.iter().any(|a| a.to_string_lossy().contains('T')),
+                "{kept:?}"
+            );
+            assert_eq!(subcommand(&args), Some(sub), "{argv:?}");
+        }
+        let args = os(&["cmdx", "submit", ".", "--", "echo", "--token", "T"]);
+        assert!(
+            strip_token(&args).is_none(),
+            "a submitted command is left alone"
+        );
+        assert!(strip_token(&os(&["cmdx", "agent", "--hub", "h"])).is_none());
     }
 }

@@ -1,7 +1,7 @@
 //! The long-running commands: `cmdx hub`, `cmdx agent` and `cmdx dev`.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -13,12 +13,24 @@ pub struct HubSettings {
     /// Reconnect grace for disconnected workers, seconds.
     #[arg(long, env = "CMDX_RECONNECT_GRACE_SECS")]
     reconnect_grace_secs: Option<u64>,
-    /// Requests per minute per IP on user routes (0 disables).
+    /// Writes per minute per user (per address when anonymous): submit, execute, upload,
+    /// cancel, user and token admin; also the burst (0 disables).
     #[arg(long, env = "CMDX_RATE_LIMIT_PER_MIN")]
     rate_limit_per_min: Option<u32>,
-    /// Login attempts per minute per IP (0 disables).
+    /// Reads and polls per second per user (per address when anonymous): status, output,
+    /// lists, workers, me (0 disables).
+    #[arg(long, env = "CMDX_READ_RATE_LIMIT_PER_SEC")]
+    read_rate_limit_per_sec: Option<u32>,
+    /// Reads allowed at once per user (the read bucket's size).
+    #[arg(long, env = "CMDX_READ_RATE_LIMIT_BURST")]
+    read_rate_limit_burst: Option<u32>,
+    /// Login attempts per minute per client address (0 disables).
     #[arg(long, env = "CMDX_LOGIN_RATE_LIMIT_PER_MIN")]
     login_rate_limit_per_min: Option<u32>,
+    /// Password hashes or verifications (argon2, ~19 MiB each) run at once; more wait up to
+    /// 5 s, then answer 503.
+    #[arg(long, env = "CMDX_PASSWORD_HASH_CONCURRENCY")]
+    password_hash_concurrency: Option<u32>,
     /// Largest upload in bytes.
     #[arg(long, env = "CMDX_MAX_UPLOAD_BYTES")]
     max_upload_bytes: Option<u64>,
@@ -78,8 +90,17 @@ impl HubSettings {
         if let Some(v) = self.rate_limit_per_min {
             c.rate_limit_per_min = v;
         }
+        if let Some(v) = self.read_rate_limit_per_sec {
+            c.read_rate_limit_per_sec = v;
+        }
+        if let Some(v) = self.read_rate_limit_burst {
+            c.read_rate_limit_burst = v;
+        }
         if let Some(v) = self.login_rate_limit_per_min {
             c.login_rate_limit_per_min = v;
+        }
+        if let Some(v) = self.password_hash_concurrency {
+            c.password_hash_concurrency = v;
         }
         if let Some(v) = self.max_upload_bytes {
             c.max_upload_bytes = v;
@@ -231,9 +252,19 @@ pub struct AgentArgs {
     /// Hub base URL.
     #[arg(long, env = "CMDX_HUB")]
     hub: String,
-    /// Worker token (minted with `cmdx token worker` or `POST /api/workers/tokens`).
-    #[arg(long, env = "CMDX_AGENT_TOKEN", hide_env_values = true)]
-    token: String,
+    /// Worker token (minted with `cmdx token worker` or `POST /api/workers/tokens`). Set the
+    /// environment variable or use --token-file: a token on the command line is moved out of
+    /// argv at start, but a process listing taken before that moment still shows it.
+    #[arg(
+        long,
+        env = "CMDX_AGENT_TOKEN",
+        hide_env_values = true,
+        required_unless_present = "token_file"
+    )]
+    token: Option<String>,
+    /// A file holding the worker token (only its owner may read it: mode 0600 or 0400).
+    #[arg(long, env = "CMDX_AGENT_TOKEN_FILE", value_name = "FILE")]
+    token_file: Option<PathBuf>,
     /// Jobs run at once.
     #[arg(long, default_value_t = 2)]
     concurrency: u32,
@@ -376,9 +407,47 @@ fn control_from_signals(abort_first: bool) -> anyhow::Result<watch::Receiver<cmd
     Ok(rx)
 }
 
+/// The worker token from `--token`/`CMDX_AGENT_TOKEN` or from `--token-file` (exactly one),
+/// refusing a token file that other users may read.
+fn agent_token(token: Option<String>, file: Option<&Path>) -> anyhow::Result<String> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let token = match (token, file) {
+        (Some(t), None) => t,
+        (None, Some(path)) => {
+            let mode = std::fs::metadata(path)
+                .map_err(|e| anyhow::anyhow!("token file {}: {e}", path.display()))?
+                .permissions()
+                .mode();
+            if mode & 0o077 != 0 {
+                anyhow::bail!(
+                    "token file {} has mode {:o}: other users could read the worker token; \
+                     chmod 600 it",
+                    path.display(),
+                    mode & 0o777
+                );
+            }
+            std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("token file {}: {e}", path.display()))?
+        }
+        (Some(_), Some(_)) => anyhow::bail!(
+            "give the worker token once: --token / CMDX_AGENT_TOKEN, or --token-file / \
+             CMDX_AGENT_TOKEN_FILE"
+        ),
+        (None, None) => {
+            anyhow::bail!("a worker token is required (--token-file or CMDX_AGENT_TOKEN)")
+        }
+    };
+    let token = token.trim().to_string();
+    if token.is_empty() {
+        anyhow::bail!("the worker token is empty");
+    }
+    Ok(token)
+}
+
 /// `cmdx agent`: runs until drained or aborted; 0 on a clean exit.
 pub async fn run_agent(args: AgentArgs) -> anyhow::Result<i32> {
-    let mut config = cmdx_agent::AgentConfig::new(args.hub, args.token);
+    let token = agent_token(args.token, args.token_file.as_deref())?;
+    let mut config = cmdx_agent::AgentConfig::new(args.hub, token);
     config.concurrency = args.concurrency.max(1);
     config.tags = args.tags;
     config.work_dir = args.work_dir;

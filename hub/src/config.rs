@@ -54,10 +54,19 @@ pub struct HubConfig {
     pub max_ws_message_bytes: usize,
     /// Agent heartbeat period announced in `welcome`, seconds.
     pub heartbeat_secs: u64,
-    /// Requests per minute per IP and route group; 0 disables.
+    /// Writes (user routes other than `GET`/`HEAD`) per minute per user (per client address when
+    /// anonymous), also the burst; 0 disables.
     pub rate_limit_per_min: u32,
-    /// Login attempts per minute per IP; 0 disables.
+    /// Reads and polls (`GET`/`HEAD` user routes) per second per user (per client address when
+    /// anonymous); 0 disables.
+    pub read_rate_limit_per_sec: u32,
+    /// Reads allowed at once (the read bucket's size).
+    pub read_rate_limit_burst: u32,
+    /// Login attempts per minute per client address; 0 disables.
     pub login_rate_limit_per_min: u32,
+    /// Password hashes or verifications (argon2, about 19 MiB each) run at once; more wait up to
+    /// 5 s, then answer 503.
+    pub password_hash_concurrency: u32,
     /// Origins allowed for browser WebSockets besides the hub's own host.
     pub allowed_origins: Vec<String>,
     /// Reverse proxies (CIDRs) whose `X-Forwarded-For` / `X-Forwarded-Proto` are believed; the
@@ -121,7 +130,10 @@ impl Default for HubConfig {
             max_ws_message_bytes: 1 << 20,
             heartbeat_secs: 10,
             rate_limit_per_min: 100,
+            read_rate_limit_per_sec: 20,
+            read_rate_limit_burst: 40,
             login_rate_limit_per_min: 10,
+            password_hash_concurrency: 2,
             allowed_origins: Vec::new(),
             trusted_proxies: Vec::new(),
             public_url: None,
@@ -186,6 +198,8 @@ impl std::fmt::Debug for HubConfig {
             .field("max_artifact_bytes", &self.max_artifact_bytes)
             .field("max_artifact_files", &self.max_artifact_files)
             .field("rate_limit_per_min", &self.rate_limit_per_min)
+            .field("read_rate_limit_per_sec", &self.read_rate_limit_per_sec)
+            .field("read_rate_limit_burst", &self.read_rate_limit_burst)
             .finish_non_exhaustive()
     }
 }

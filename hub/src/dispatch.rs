@@ -419,6 +419,28 @@ impl Dispatch {
             .and_then(|w| w.conn.clone())
     }
 
+    /// The token a worker id was last enrolled with (`None` for an unknown id).
+    pub fn bound_token(&self, worker_id: &str) -> Option<String> {
+        self.lock()
+            .workers
+            .get(worker_id)
+            .map(|w| w.token_id.clone())
+            .filter(|t| !t.is_empty())
+    }
+
+    /// Worker ids enrolled with `token_id`, each with its live connection (agents) if any.
+    pub fn by_token(&self, token_id: &str) -> Vec<(String, Option<Conn>)> {
+        let st = self.lock();
+        let mut out: Vec<_> = st
+            .workers
+            .iter()
+            .filter(|(_, w)| w.token_id == token_id)
+            .map(|(id, w)| (id.clone(), w.conn.clone()))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
     /// Whether a legacy worker may speak as `worker_id` with `token_id`: not while a connected
     /// agent holds that id, nor while another token's legacy worker of that id is online.
     pub fn legacy_may_use(&self, worker_id: &str, token_id: &str, legacy_offline_ms: u64) -> bool {

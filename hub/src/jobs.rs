@@ -830,7 +830,7 @@ pub async fn requeue_or_fail(
 const MAX_REJECTIONS: u32 = 100;
 
 /// A worker refused an assignment (no free slot, draining): requeue it without using up an
-/// attempt (after [`MAX_REJECTIONS`] refusals the job fails instead of bouncing forever).
+/// attempt (after `MAX_REJECTIONS` refusals the job fails instead of bouncing forever).
 pub async fn requeue_rejected(
     hub: &Hub,
     job_id: &str,
@@ -1040,6 +1040,26 @@ pub async fn visible_job(hub: &Hub, caller: &Caller, job_id: &str) -> ApiResult<
         .ok_or_else(|| ApiError::not_found("job not found"))
 }
 
+/// A worker as `caller` may see it: its `currentJobs` lists only the jobs the caller may see
+/// (admins: all; users: their own), so job ids never reach other tenants.
+pub async fn worker_view_for(
+    hub: &Hub,
+    caller: &Caller,
+    mut view: cmdx_proto::rest::WorkerView,
+) -> cmdx_proto::rest::WorkerView {
+    if caller.is_admin() || view.current_jobs.is_empty() {
+        return view;
+    }
+    let mut mine = Vec::new();
+    for id in view.current_jobs {
+        if visible_job(hub, caller, &id).await.is_ok() {
+            mine.push(id);
+        }
+    }
+    view.current_jobs = mine;
+    view
+}
+
 /// List entry / event of a job.
 pub fn summary(job: &JobRecord) -> JobSummary {
     JobSummary {
@@ -1170,6 +1190,8 @@ pub struct JanitorReport {
     pub files_deleted: u64,
     /// Blob bytes freed (contents no file record refers to any more).
     pub blob_bytes_freed: u64,
+    /// Expired worker token records dropped.
+    pub tokens_deleted: u64,
 }
 
 /// Deletes finished jobs older than the job retention and files unused for the file
@@ -1254,6 +1276,12 @@ pub async fn janitor_pass(hub: &Hub) -> ApiResult<JanitorReport> {
                 report.blob_bytes_freed += m.len();
             }
             kept_shas.insert(f.sha256.clone());
+        }
+    }
+    // An expired token no longer verifies; its record only lists it among the live ones.
+    for t in hub.store.list_worker_tokens().await? {
+        if t.expires_ms <= now && hub.store.delete_worker_token(&t.id).await? {
+            report.tokens_deleted += 1;
         }
     }
     hub.store.sync().await?;

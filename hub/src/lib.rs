@@ -12,6 +12,7 @@ pub mod artifacts;
 pub mod auth;
 pub mod backup;
 pub mod config;
+pub mod decode;
 pub mod dispatch;
 pub mod error;
 pub mod jobs;
@@ -68,8 +69,10 @@ pub struct Hub {
     pub relay: Relay,
     /// Job and worker events.
     pub events: broadcast::Sender<Event>,
-    /// Per-IP rate limits.
+    /// Rate limits per user (per client address when anonymous) and route group.
     pub limiter: RateLimiter,
+    /// Permits for argon2 work (each verification holds about 19 MiB for its duration).
+    pub password_hashing: tokio::sync::Semaphore,
     /// True while shutting down (`/readyz` answers 503, no new work).
     pub draining: AtomicBool,
     /// Flips to true when the hub stops: sessions close.
@@ -79,6 +82,9 @@ pub struct Hub {
     /// Counters for `/metrics`.
     pub counters: Counters,
 }
+
+/// The longest a sign-in waits for an argon2 permit before it answers 503.
+pub const PASSWORD_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Plain counters (Prometheus text is rendered from them).
 #[derive(Default)]
@@ -94,6 +100,33 @@ pub struct Counters {
 }
 
 impl Hub {
+    /// Runs argon2 work (hashing or verifying a password) on the blocking pool, at most
+    /// `password_hash_concurrency` at once: a login storm from many addresses (each within its
+    /// own login budget) costs the hub that many argon2 buffers, not one per request. A call that
+    /// waits longer than [`PASSWORD_WAIT`] answers 503 with `Retry-After`.
+    pub async fn password_work<T, F>(&self, f: F) -> Result<T, ApiError>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> T + Send + 'static,
+    {
+        let permit =
+            match tokio::time::timeout(PASSWORD_WAIT, self.password_hashing.acquire()).await {
+                Ok(p) => p.map_err(ApiError::internal)?,
+                Err(_) => {
+                    ::metrics::counter!("cmdx_password_work_refused_total").increment(1);
+                    return Err(ApiError {
+                        retry_after: Some(2),
+                        ..ApiError::unavailable("too many sign-ins at once; retry in a few seconds")
+                    });
+                }
+            };
+        let out = tokio::task::spawn_blocking(f)
+            .await
+            .map_err(ApiError::internal)?;
+        drop(permit);
+        Ok(out)
+    }
+
     /// Publishes a dashboard event (lossy for slow listeners).
     pub fn emit(&self, owner: Option<String>, msg: ServerMsg) {
         let _ = self.events.send(Event {
@@ -125,7 +158,7 @@ pub async fn mint_worker_token(
     api::mint_worker_token(hub, created_by, name, ttl_secs).await
 }
 
-/// The peer address of a connection, put in each request's extensions by [`accept_loop`].
+/// The peer address of a connection, put in each request's extensions by `accept_loop`.
 #[derive(Clone, Copy, Debug)]
 pub struct PeerAddr(pub std::net::SocketAddr);
 
@@ -229,7 +262,15 @@ pub async fn open(config: HubConfig) -> Result<Arc<Hub>, HubError> {
     let auth = Auth::load(&config)?;
     let hub = Arc::new(Hub {
         relay: Relay::new(config.output_cap_bytes),
-        limiter: RateLimiter::new(config.rate_limit_per_min, config.login_rate_limit_per_min),
+        password_hashing: tokio::sync::Semaphore::new(
+            config.password_hash_concurrency.max(1) as usize
+        ),
+        limiter: RateLimiter::new(crate::ratelimit::Budgets {
+            write_per_min: config.rate_limit_per_min,
+            read_per_sec: config.read_rate_limit_per_sec,
+            read_burst: config.read_rate_limit_burst,
+            login_per_min: config.login_rate_limit_per_min,
+        }),
         config,
         store,
         auth,

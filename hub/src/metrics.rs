@@ -55,7 +55,14 @@ fn describe() {
         "cmdx_http_requests_total",
         "HTTP requests by route pattern and status"
     );
-    describe_counter!("cmdx_rate_limited_total", "Requests refused with 429");
+    describe_counter!(
+        "cmdx_rate_limited_total",
+        "Requests refused with 429, by group (read, write, login)"
+    );
+    describe_counter!(
+        "cmdx_password_work_refused_total",
+        "Sign-ins refused with 503 after waiting 5 s for an argon2 permit"
+    );
     describe_gauge!("cmdx_data_dir_bytes", "Bytes used by the data folder");
     describe_gauge!("cmdx_jobs_stored", "Jobs in the store");
 }

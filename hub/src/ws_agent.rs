@@ -78,6 +78,21 @@ pub async fn session(hub: Arc<Hub>, mut ws: Socket, token_id: String) {
         send_close(&mut ws, CloseCode::Protocol, "protocol version").await;
         return;
     }
+    if let Err((code, message)) = admit(&hub, &hello, &token_id).await {
+        tracing::warn!(worker_id = %hello.worker_id, token_id = %token_id, code, %message,
+            "agent refused");
+        let msg = HubMsg::Error(ErrorMsg {
+            code: code.into(),
+            message,
+        });
+        let _ = ws
+            .send(Message::text(
+                serde_json::to_string(&msg).unwrap_or_default(),
+            ))
+            .await;
+        send_close(&mut ws, CloseCode::Policy, code).await;
+        return;
+    }
     let worker_id = hello.worker_id.clone();
     let (tx, mut rx) = mpsc::channel::<Box<HubMsg>>(OUT_QUEUE);
     let record = worker_record(&hello, &token_id);
@@ -174,7 +189,13 @@ pub async fn session(hub: Arc<Hub>, mut ws: Socket, token_id: String) {
                 }
             }
             _ = kick.cancelled() => {
-                close_reason = Some((CloseCode::Policy, "replaced by a newer connection"));
+                // Kicked: replaced by a newer connection, removed by an admin, or its token
+                // was revoked.
+                let revoked = matches!(hub.store.get_worker_token(&token_id).await, Ok(None));
+                close_reason = Some((
+                    CloseCode::Policy,
+                    if revoked { "worker token revoked" } else { "replaced by a newer connection" },
+                ));
                 break;
             }
             _ = stop.changed() => {
@@ -210,6 +231,58 @@ fn end_session(hub: &Arc<Hub>, worker_id: &str, generation: u64) {
         {
             hub.emit(None, cmdx_proto::client::ServerMsg::Worker(v));
         }
+    }
+}
+
+/// Whether `hello` may enrol with `token_id`: the token still exists, its tag scope (if any)
+/// covers every tag the agent advertises, and the worker id is not enrolled with another live
+/// token. A worker id belongs to the token that enrolled it until an admin removes the worker
+/// (`DELETE /api/workers/{id}`) or that token is revoked or expires; so another token cannot
+/// take over an agent's id, its jobs and their secrets. `Err((code, message))` otherwise.
+async fn admit(hub: &Hub, hello: &Hello, token_id: &str) -> Result<(), (&'static str, String)> {
+    let token = match hub.store.get_worker_token(token_id).await {
+        Ok(Some(t)) => t,
+        Ok(None) => return Err(("token_revoked", "worker token revoked".into())),
+        Err(e) => return Err(("unavailable", format!("store unavailable: {e}"))),
+    };
+    if let Some(scope) = &token.tags
+        && let Some(bad) = hello.tags.iter().find(|t| !scope.contains(t))
+    {
+        return Err((
+            "tags_out_of_scope",
+            format!(
+                "tag {bad} is outside this worker token's scope [{}]; mint a token for it \
+                 (cmdx token worker --tags ...)",
+                scope.join(", ")
+            ),
+        ));
+    }
+    if id_taken_by_another_token(hub, &hello.worker_id, token_id).await {
+        return Err((
+            "worker_id_taken",
+            format!(
+                "worker id {} is enrolled with another worker token; an admin frees it by \
+                 removing the worker (DELETE /api/workers/{}) or revoking that token",
+                hello.worker_id, hello.worker_id
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Whether `worker_id` is enrolled with a minted token other than `token_id` that is still
+/// live (not revoked, not expired). The shared legacy credential binds nothing.
+pub(crate) async fn id_taken_by_another_token(hub: &Hub, worker_id: &str, token_id: &str) -> bool {
+    let Some(bound) = hub.dispatch.bound_token(worker_id) else {
+        return false;
+    };
+    if bound == token_id {
+        return false;
+    }
+    match hub.store.get_worker_token(&bound).await {
+        Ok(Some(t)) => t.expires_ms > now_ms(),
+        Ok(None) => false,
+        Err(_) => true,
     }
 }
 

@@ -40,7 +40,7 @@ pub async fn session(hub: Arc<Hub>, ws: Socket, caller: Caller) {
     let (out_tx, mut out_rx) = mpsc::channel::<Encoded>(OUT_QUEUE);
     let (mut sink, mut stream) = ws.split();
     let mut subs: HashMap<String, JoinHandle<()>> = HashMap::new();
-    let mut feeds: Vec<JoinHandle<()>> = Vec::new();
+    let mut feeds = Feeds::default();
     let mut stop = hub.stop.subscribe();
     let mut ping = tokio::time::interval(Duration::from_secs(20));
     ping.tick().await;
@@ -93,7 +93,7 @@ pub async fn session(hub: Arc<Hub>, ws: Socket, caller: Caller) {
     for (_, h) in subs {
         h.abort();
     }
-    for h in feeds {
+    for h in [feeds.jobs, feeds.workers].into_iter().flatten() {
         h.abort();
     }
     if let Some((code, reason)) = close {
@@ -113,7 +113,7 @@ async fn handle(
     msg: ClientMsg,
     out: &mpsc::Sender<Encoded>,
     subs: &mut HashMap<String, JoinHandle<()>>,
-    feeds: &mut Vec<JoinHandle<()>>,
+    feeds: &mut Feeds,
 ) {
     subs.retain(|_, h| !h.is_finished());
     match msg {
@@ -193,18 +193,34 @@ async fn handle(
                 h.abort();
             }
         }
+        // One feed of each kind per socket: a repeat is a no-op (a client that resubscribes
+        // after a reconnect opens a new socket anyway), so a flood of subscribe messages costs a
+        // lookup each, not a task and a broadcast receiver each.
         ClientMsg::SubscribeJobs => {
-            feeds.push(spawn_feed(hub, caller.clone(), out.clone(), true));
+            if feeds.jobs.is_none() {
+                feeds.jobs = Some(spawn_feed(hub, caller.clone(), out.clone(), true));
+            }
         }
         ClientMsg::SubscribeWorkers => {
+            if feeds.workers.is_some() {
+                return;
+            }
             for v in hub.dispatch.views(hub.config.legacy_offline_secs * 1000) {
+                let v = crate::jobs::worker_view_for(hub, caller, v).await;
                 if out.send(encode(&ServerMsg::Worker(v))).await.is_err() {
                     return;
                 }
             }
-            feeds.push(spawn_feed(hub, caller.clone(), out.clone(), false));
+            feeds.workers = Some(spawn_feed(hub, caller.clone(), out.clone(), false));
         }
     }
+}
+
+/// A socket's event feeds, at most one of each kind.
+#[derive(Default)]
+struct Feeds {
+    jobs: Option<JoinHandle<()>>,
+    workers: Option<JoinHandle<()>>,
 }
 
 /// Forwards events the caller may see: job events (`jobs`) or worker events.
@@ -215,6 +231,7 @@ fn spawn_feed(
     jobs: bool,
 ) -> JoinHandle<()> {
     let mut rx = hub.events.subscribe();
+    let hub = hub.clone();
     tokio::spawn(async move {
         loop {
             let ev = match rx.recv().await {
@@ -222,12 +239,23 @@ fn spawn_feed(
                 Err(broadcast::error::RecvError::Lagged(_)) => continue,
                 Err(broadcast::error::RecvError::Closed) => return,
             };
-            let wanted = match &*ev.msg {
-                ServerMsg::Job(_) => jobs && ev.owner.as_deref().is_none_or(|o| caller.can_see(o)),
-                ServerMsg::Worker(_) => !jobs,
-                _ => false,
+            let encoded = match &*ev.msg {
+                ServerMsg::Job(_)
+                    if jobs && ev.owner.as_deref().is_none_or(|o| caller.can_see(o)) =>
+                {
+                    encode(&ev.msg)
+                }
+                // Other tenants' job ids are taken out of a worker's `currentJobs`.
+                ServerMsg::Worker(v)
+                    if !jobs && !caller.is_admin() && !v.current_jobs.is_empty() =>
+                {
+                    let v = crate::jobs::worker_view_for(&hub, &caller, v.clone()).await;
+                    encode(&ServerMsg::Worker(v))
+                }
+                ServerMsg::Worker(_) if !jobs => encode(&ev.msg),
+                _ => continue,
             };
-            if wanted && out.send(encode(&ev.msg)).await.is_err() {
+            if out.send(encoded).await.is_err() {
                 return;
             }
         }

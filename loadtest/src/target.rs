@@ -41,6 +41,8 @@ pub async fn spawn_hub(
         .arg(data)
         .arg("--rate-limit-per-min")
         .arg("0")
+        .arg("--read-rate-limit-per-sec")
+        .arg("0")
         .arg("--login-rate-limit-per-min")
         .arg("0")
         .args(extra)

@@ -425,6 +425,10 @@ pub struct MintTokenRequest {
     /// Lifetime in seconds (default 30 days).
     #[serde(default)]
     pub ttl_secs: Option<u64>,
+    /// Scope: agents enrolled with this token may advertise only these tags (so they can only
+    /// receive jobs that ask for these tags, or no tag). `None`: any tags.
+    #[serde(default)]
+    pub tags: Option<Vec<String>>,
 }
 
 /// A freshly minted worker token (shown once).
@@ -437,6 +441,34 @@ pub struct MintTokenResponse {
     pub token_id: String,
     /// RFC 3339.
     pub expires_at: String,
+}
+
+/// One minted worker token, as admins see it (`GET /api/workers/tokens`); never the secret.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerTokenView {
+    /// Token id.
+    pub token_id: String,
+    /// Label for people.
+    pub name: Option<String>,
+    /// Admin (user id) who minted it.
+    pub created_by: String,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339.
+    pub expires_at: String,
+    /// Tag scope (`None`: any tags).
+    pub tags: Option<Vec<String>>,
+    /// Worker ids enrolled with it.
+    pub workers: Vec<String>,
+}
+
+/// `GET /api/workers/tokens` (admin): live tokens, newest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerTokenList {
+    /// Tokens.
+    pub tokens: Vec<WorkerTokenView>,
 }
 
 impl std::fmt::Debug for MintTokenResponse {

@@ -205,15 +205,7 @@ async fn token_flag_never_reaches_a_job_and_agent_metrics_are_served() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let pid = agent.id().unwrap();
-    wait_for("the agent to connect", || async {
-        let (_, v) = hub.get(&admin, "/api/workers/list").await;
-        (v["workers"][0]["workerId"] == "tokflag" && v["workers"][0]["status"] == "online")
-            .then_some(())
-    })
-    .await;
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
-    let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+    let cmdline = argv_once_online(&hub, &admin, "tokflag", agent.id().unwrap()).await;
     assert!(
         !cmdline.contains(&wt),
         "the token is still in argv: {cmdline}"
@@ -246,4 +238,82 @@ async fn token_flag_never_reaches_a_job_and_agent_metrics_are_served() {
     assert!(text.contains("cmdx_agent_jobs_total"), "{text}");
     let _ = agent.start_kill();
     let _ = agent.wait().await;
+}
+
+/// The command line of process `pid` (an agent), read once the agent `id` is online.
+async fn argv_once_online(hub: &HubProc, admin: &str, id: &str, pid: u32) -> String {
+    wait_for("the agent to connect", || async {
+        let (_, v) = hub.get(admin, "/api/workers/list").await;
+        v["workers"]
+            .as_array()?
+            .iter()
+            .any(|w| w["workerId"] == id && w["status"] == "online")
+            .then_some(())
+    })
+    .await;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    String::from_utf8_lossy(&cmdline).replace('\0', " ")
+}
+
+/// The worker token leaves argv whatever stands before the subcommand (`cmdx -v agent --token T`
+/// once kept it there, and a job printed it from /proc), and `--token-file` keeps it off the
+/// command line altogether; a token file that other users may read is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_leaves_argv_whatever_the_flag_order() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let hub = HubProc::start(FAST).await;
+    let admin = hub.admin().await;
+    let wt = hub.worker_token(&admin).await;
+    let dir = traversable_tempdir();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, format!("{wt}\n")).unwrap();
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let file = token_file.to_str().unwrap().to_string();
+    let token_eq = format!("--token={wt}");
+    let layouts: [(&str, Vec<&str>); 3] = [
+        ("argv-v", vec!["-v", "agent", "--token", &wt]),
+        (
+            "argv-json",
+            vec!["--log-format", "json", "agent", &token_eq],
+        ),
+        ("argv-file", vec!["agent", "--token-file", &file]),
+    ];
+    for (i, (id, argv)) in layouts.into_iter().enumerate() {
+        let mut agent = tokio::process::Command::new(cmdx_e2e::cmdx_bin())
+            .args(&argv)
+            .args(["--hub", &hub.url, "--worker-id", id, "--uid-base"])
+            .arg((48_000 + i * 100).to_string())
+            .arg("--work-dir")
+            .arg(dir.path().join(id))
+            .env_remove("CMDX_AGENT_TOKEN")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let cmdline = argv_once_online(&hub, &admin, id, agent.id().unwrap()).await;
+        assert!(
+            !cmdline.contains(&wt),
+            "{id}: the token is in argv: {cmdline}"
+        );
+        assert!(
+            cmdline.contains(id),
+            "{id}: argv otherwise intact: {cmdline}"
+        );
+        let _ = agent.start_kill();
+        let _ = agent.wait().await;
+    }
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = tokio::process::Command::new(cmdx_e2e::cmdx_bin())
+        .args(["agent", "--hub", &hub.url, "--token-file", &file])
+        .env_remove("CMDX_AGENT_TOKEN")
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("other users could read the worker token"),
+        "{stderr}"
+    );
 }

@@ -343,12 +343,13 @@ async fn limits_answer_413_429_and_close_oversize_sockets() {
         assert_eq!(code, 1009, "close code for an oversize message");
     }
 
-    // Rate limit: 20 per minute on user routes, then 429 with Retry-After.
+    // Rate limit: 20 writes per minute per user, then 429 with Retry-After.
     let mut limited = None;
     for _ in 0..30 {
         let r = hub
             .http
-            .get(format!("{}/api/jobs/list", hub.url))
+            .post(format!("{}/api/jobs/cancel", hub.url))
+            .json(&json!({"jobId": "nope"}))
             .bearer_auth(&admin)
             .send()
             .await

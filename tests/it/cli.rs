@@ -657,6 +657,8 @@ async fn failures_are_one_line_with_exit_125() {
         "2",
         "--rate-limit-per-min",
         "0",
+        "--read-rate-limit-per-sec",
+        "0",
         "--login-rate-limit-per-min",
         "0",
         "--max-upload-bytes",

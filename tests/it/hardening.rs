@@ -213,3 +213,44 @@ async fn a_cross_site_page_cannot_post_with_the_session_cookie() {
         .unwrap();
     assert_eq!(r.status(), 201);
 }
+
+/// A request whose path or query has a `%` before a multi-byte character (the two "hex digits"
+/// cut a UTF-8 sequence) once panicked the hub's decoder on an unauthenticated route; the hub
+/// survived only because the panic unwound. Each now gets an ordinary answer on a connection that
+/// stays usable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_percent_escapes_get_an_answer_not_a_panic() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let hub = HubProc::start(FAST).await;
+    let addr = hub.url.trim_start_matches("http://").to_string();
+    for target in [
+        &b"/api/jobs/x/artifacts/%a\xc3\xa9"[..],
+        b"/api/jobs/status?jobId=%a\xc3\xa9",
+        b"/api/files/download/%\xe2\x82\xac?workerId=%\xc3",
+        b"/api/jobs/%\xc3\xa9/output?offset=%",
+    ] {
+        let mut sock = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let mut req = b"GET ".to_vec();
+        req.extend_from_slice(target);
+        req.extend_from_slice(b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        sock.write_all(&req).await.unwrap();
+        let mut resp = Vec::new();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            sock.read_to_end(&mut resp),
+        )
+        .await
+        .expect("an answer in time")
+        .unwrap();
+        let head = String::from_utf8_lossy(&resp[..resp.len().min(12)]).to_string();
+        assert!(
+            ["HTTP/1.1 400", "HTTP/1.1 401", "HTTP/1.1 404"]
+                .iter()
+                .any(|s| head.starts_with(s)),
+            "{} answered {head:?}",
+            String::from_utf8_lossy(target)
+        );
+    }
+    let (s, _) = hub.get("none", "/api/jobs/list").await;
+    assert_eq!(s, 401, "the hub still answers");
+}

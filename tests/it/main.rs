@@ -13,14 +13,18 @@ mod hardening;
 mod legacy;
 mod ops;
 mod original_worker;
+mod ratelimit;
 mod relay;
 mod security;
+mod worker_identity;
 
 /// Flags for a hub tuned for tests: short reconnect grace, no rate limits.
 pub const FAST: &[&str] = &[
     "--reconnect-grace-secs",
     "2",
     "--rate-limit-per-min",
+    "0",
+    "--read-rate-limit-per-sec",
     "0",
     "--login-rate-limit-per-min",
     "0",

@@ -99,6 +99,8 @@ async fn readyz_answers_503_while_draining() {
         "3",
         "--rate-limit-per-min",
         "0",
+        "--read-rate-limit-per-sec",
+        "0",
         "--login-rate-limit-per-min",
         "0",
     ])
@@ -144,6 +146,8 @@ async fn sigterm_during_a_running_job_then_restart_completes_it() {
         "30",
         "--rate-limit-per-min",
         "0",
+        "--read-rate-limit-per-sec",
+        "0",
         "--login-rate-limit-per-min",
         "0",
     ])
@@ -181,6 +185,8 @@ async fn janitor_deletes_only_what_is_old() {
         "--janitor-interval-secs",
         "0",
         "--rate-limit-per-min",
+        "0",
+        "--read-rate-limit-per-sec",
         "0",
         "--login-rate-limit-per-min",
         "0",

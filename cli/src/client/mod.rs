@@ -263,15 +263,16 @@ pub struct TokenArgs {
     /// Connection flags.
     #[command(flatten)]
     pub conn: ConnArgs,
-    /// What to mint.
+    /// What to do.
     #[command(subcommand)]
     pub what: TokenCmd,
 }
 
-/// Token kinds.
+/// Worker token administration (admin).
 #[derive(Subcommand)]
 pub enum TokenCmd {
-    /// Mint a worker token (admin) and print it; give it to `cmdx agent --token`.
+    /// Mint a worker token and print it; give it to `cmdx agent` as CMDX_AGENT_TOKEN or in a
+    /// --token-file.
     Worker {
         /// Label for people.
         #[arg(long)]
@@ -279,6 +280,21 @@ pub enum TokenCmd {
         /// Lifetime, e.g. `30d`, `12h` (the hub's default, 30 days, when absent).
         #[arg(long, value_parser = humantime::parse_duration)]
         ttl: Option<std::time::Duration>,
+        /// Scope the token to these tags (comma-separated): agents using it may advertise only
+        /// these, so they receive only jobs that ask for them (or for no tag).
+        #[arg(long, value_delimiter = ',')]
+        tags: Option<Vec<String>>,
+    },
+    /// List live worker tokens (id, label, expiry, scope, enrolled workers); never the secret.
+    List {
+        /// One JSON document instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a worker token: it stops working at once and its agents' sessions are closed.
+    Revoke {
+        /// Token id (from `cmdx token list`).
+        token_id: String,
     },
 }
 

@@ -1,10 +1,11 @@
-//! `cmdx login`, `cmdx logout`, `cmdx token worker` and `cmdx user add`.
+//! `cmdx login`, `cmdx logout`, `cmdx token worker|list|revoke` and `cmdx user add`.
 
 use std::io::{BufRead, IsTerminal, Write};
 
 use anyhow::{Context, anyhow, bail};
 use cmdx_proto::rest::{
     LoginRequest, LoginResponse, MintTokenRequest, MintTokenResponse, RegisterRequest, UserView,
+    WorkerTokenList,
 };
 use reqwest::StatusCode;
 
@@ -120,24 +121,69 @@ pub async fn logout(args: LogoutArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-/// `cmdx token worker`.
+/// `cmdx token worker|list|revoke`.
 pub async fn token(args: TokenArgs) -> anyhow::Result<i32> {
     let conn = config::resolve(&args.conn)?;
     let api = Api::new(&conn)?;
     api.token()?;
     match args.what {
-        TokenCmd::Worker { name, ttl } => {
+        TokenCmd::Worker { name, ttl, tags } => {
             let req = MintTokenRequest {
                 name,
                 ttl_secs: ttl.map(|d| d.as_secs().max(1)),
+                tags,
             };
             let resp: MintTokenResponse = api
                 .post_json("/api/workers/tokens", &req, "minting a worker token")
                 .await?;
             super::out(&format!("{}\n", resp.token))?;
             super::note(format_args!(
-                "worker token {} expires {}; start an agent with: cmdx agent --hub {} --token <TOKEN>",
+                "worker token {} expires {}; start an agent with: CMDX_AGENT_TOKEN=<TOKEN> cmdx \
+                 agent --hub {} (or --token-file FILE)",
                 resp.token_id, resp.expires_at, api.hub
+            ));
+            Ok(0)
+        }
+        TokenCmd::List { json } => {
+            let list: WorkerTokenList = api
+                .get_json("/api/workers/tokens", "listing worker tokens")
+                .await?;
+            if json {
+                super::out(&format!("{}\n", serde_json::to_string(&list)?))?;
+                return Ok(0);
+            }
+            let mut text = String::from("TOKEN ID\tNAME\tEXPIRES\tTAGS\tWORKERS\n");
+            for t in &list.tokens {
+                text.push_str(&format!(
+                    "{}\t{}\t{}\t{}\t{}\n",
+                    t.token_id,
+                    t.name.as_deref().unwrap_or("-"),
+                    t.expires_at,
+                    t.tags.as_ref().map_or("any".to_string(), |t| t.join(",")),
+                    if t.workers.is_empty() {
+                        "-".to_string()
+                    } else {
+                        t.workers.join(",")
+                    },
+                ));
+            }
+            super::out(&text)?;
+            Ok(0)
+        }
+        TokenCmd::Revoke { token_id } => {
+            let path = format!("/api/workers/tokens/{token_id}");
+            let rb = api.request(reqwest::Method::DELETE, &path);
+            let resp = api
+                .send(rb, &format!("revoking worker token {token_id}"))
+                .await;
+            let resp = resp.map_err(|e| match hub_status(&e) {
+                Some(StatusCode::NOT_FOUND) => anyhow!("no worker token {token_id}"),
+                _ => e,
+            })?;
+            let v: serde_json::Value = super::api::decode(resp, "revoking a worker token").await?;
+            let closed = v["closedSessions"].as_array().map_or(0, Vec::len);
+            super::note(format_args!(
+                "worker token {token_id} revoked; {closed} agent session(s) closed"
             ));
             Ok(0)
         }

@@ -22,8 +22,15 @@ use crate::jobs::{self, FinishReport};
 use crate::store::{JobRecord, WorkerRecord, now_ms};
 
 /// Checks that a legacy worker's credential may register, poll or heartbeat as `worker_id`.
-fn claim_identity(hub: &Hub, cred: &WorkerCred, worker_id: &str) -> ApiResult<()> {
+async fn claim_identity(hub: &Hub, cred: &WorkerCred, worker_id: &str) -> ApiResult<()> {
     bind(cred, worker_id)?;
+    if let WorkerCred::Token(tid) = cred
+        && crate::ws_agent::id_taken_by_another_token(hub, worker_id, tid).await
+    {
+        return Err(ApiError::forbidden(format!(
+            "worker id {worker_id} is enrolled with another worker token"
+        )));
+    }
     if !hub.dispatch.legacy_may_use(
         worker_id,
         &cred.token_id(),
@@ -87,7 +94,7 @@ fn record(body: &LegacyRegister, token_id: &str) -> WorkerRecord {
 pub async fn register(hub: &Arc<Hub>, mut req: Req) -> ApiResult<Response> {
     let cred = worker(hub, &req).await?;
     let body: LegacyRegister = read_json(&mut req, hub.config.max_json_bytes).await?;
-    claim_identity(hub, &cred, &body.worker_id)?;
+    claim_identity(hub, &cred, &body.worker_id).await?;
     let rec = record(&body, &cred.token_id());
     hub.store.put_worker(&rec).await?;
     hub.store.sync().await?;
@@ -110,7 +117,7 @@ pub async fn register(hub: &Arc<Hub>, mut req: Req) -> ApiResult<Response> {
 pub async fn heartbeat(hub: &Arc<Hub>, mut req: Req) -> ApiResult<Response> {
     let cred = worker(hub, &req).await?;
     let body: LegacyHeartbeat = read_json(&mut req, hub.config.max_json_bytes).await?;
-    claim_identity(hub, &cred, &body.worker_id)?;
+    claim_identity(hub, &cred, &body.worker_id).await?;
     if !hub
         .dispatch
         .legacy_seen(None, &body.worker_id, &cred.token_id())
@@ -146,7 +153,7 @@ pub async fn get_job(hub: &Arc<Hub>, req: Req) -> ApiResult<Response> {
     let worker_id = req
         .param("workerId")
         .ok_or_else(|| ApiError::bad_request("workerId query parameter required"))?;
-    claim_identity(hub, &cred, &worker_id)?;
+    claim_identity(hub, &cred, &worker_id).await?;
     if !hub.dispatch.legacy_seen(None, &worker_id, &cred.token_id()) {
         // Not registered (e.g. the hub restarted): register it with what we know.
         let body = LegacyRegister {

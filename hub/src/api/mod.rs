@@ -1,4 +1,4 @@
-//! HTTP routes. One warp filter extracts the request parts ([`Req`]); [`dispatch`] matches
+//! HTTP routes. One warp filter extracts the request parts ([`Req`]); `dispatch` matches
 //! `(method, path)` exhaustively and calls one handler per route. Handlers return
 //! `ApiResult<Response>`; every error becomes `{"error","code"}` with its status. Bodies are read
 //! through [`read_body`] with an explicit limit (chunked bodies without Content-Length included).
@@ -26,7 +26,7 @@ use warp::reply::Response;
 use crate::Hub;
 use crate::auth::{self, Caller, WorkerCred};
 use crate::error::{ApiError, ApiResult};
-use crate::ratelimit::Group;
+use crate::ratelimit::{Group, Principal, Verdict};
 
 /// A request body as a stream of bytes; a body that pauses longer than the idle timeout ends
 /// with a `TimedOut` error (trickled bodies must not hold a connection forever).
@@ -76,16 +76,14 @@ pub struct Req {
     pub upgrade: Option<OnUpgrade>,
     /// Seconds allowed to receive a whole JSON body.
     pub body_deadline_secs: u64,
+    /// The rate limiter's verdict on this call (its `RateLimit` headers go on the response).
+    pub rate: Arc<std::sync::Mutex<Option<Verdict>>>,
 }
 
 impl Req {
     /// A query parameter.
     pub fn param(&self, name: &str) -> Option<String> {
-        self.query
-            .split('&')
-            .filter_map(|kv| kv.split_once('=').or(Some((kv, ""))))
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| percent_decode(v))
+        crate::decode::query_param(&self.query, name)
     }
 
     /// Takes the body.
@@ -96,27 +94,6 @@ impl Req {
             .take()
             .unwrap_or_else(|| Box::pin(futures_util::stream::empty()))
     }
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => match u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                Ok(b) => {
-                    out.push(b);
-                    i += 2;
-                }
-                Err(_) => out.push(b'%'),
-            },
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// All routes of the hub.
@@ -152,6 +129,7 @@ pub fn routes(
                 );
                 let peer = addr.map(|a| a.0.ip());
                 let ip = hub.auth.client_ip(peer, &headers);
+                let rate = Arc::new(std::sync::Mutex::new(None));
                 let req = Req {
                     method,
                     path: path.as_str().to_string(),
@@ -162,23 +140,27 @@ pub fn routes(
                     body: std::sync::Mutex::new(Some(body)),
                     upgrade,
                     body_deadline_secs: hub.config.body_total_timeout_secs,
+                    rate: rate.clone(),
                 };
                 async move {
                     let method = req.method.clone();
                     let path = req.path.clone();
                     let started = std::time::Instant::now();
-                    let resp = match dispatch(&hub, req).await {
+                    let mut resp = match dispatch(&hub, req).await {
                         Ok(r) => r,
                         Err(e) => {
                             if e.status == StatusCode::TOO_MANY_REQUESTS {
                                 hub.counters
                                     .rate_limited
                                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                                metrics::counter!("cmdx_rate_limited_total").increment(1);
                             }
                             e.into_response()
                         }
                     };
+                    let verdict = *rate.lock().unwrap_or_else(|p| p.into_inner());
+                    if let Some(v) = verdict {
+                        v.write_headers(resp.headers_mut());
+                    }
                     metrics::counter!(
                         "cmdx_http_requests_total",
                         "route" => route_label(&path),
@@ -263,7 +245,7 @@ async fn dispatch(hub: &Arc<Hub>, req: Req) -> ApiResult<Response> {
         }
         (&M::GET, ["api", "jobs", id, "artifacts", rest @ ..]) if !rest.is_empty() => {
             let id = id.to_string();
-            let file = percent_decode_path(&rest.join("/"));
+            let file = crate::decode::path(&rest.join("/"));
             artifacts::download_file(hub, req, &id, &file).await
         }
         (&M::GET, ["api", "jobs", id, "output"]) => {
@@ -275,6 +257,11 @@ async fn dispatch(hub: &Arc<Hub>, req: Req) -> ApiResult<Response> {
         (&M::POST, ["api", "workers", "heartbeat"]) => legacy::heartbeat(hub, req).await,
         (&M::GET, ["api", "workers", "list"]) => workers::list(hub, req).await,
         (&M::POST, ["api", "workers", "tokens"]) => workers::mint_token(hub, req).await,
+        (&M::GET, ["api", "workers", "tokens"]) => workers::list_tokens(hub, req).await,
+        (&M::DELETE, ["api", "workers", "tokens", id]) => {
+            let id = id.to_string();
+            workers::revoke_token(hub, req, &id).await
+        }
         (&M::POST, ["api", "workers", id, "drain"]) => {
             let id = id.to_string();
             workers::drain(hub, req, &id).await
@@ -337,7 +324,7 @@ pub async fn mint_worker_token(
     name: Option<String>,
     ttl_secs: Option<u64>,
 ) -> ApiResult<cmdx_proto::rest::MintTokenResponse> {
-    workers::mint(hub, created_by, name, ttl_secs).await
+    workers::mint(hub, created_by, name, ttl_secs, None).await
 }
 
 /// Route patterns (`*` matches one segment), for telling 405 from 404.
@@ -375,6 +362,7 @@ const KNOWN_PATHS: &[&str] = &[
     "/api/workers/heartbeat",
     "/api/workers/list",
     "/api/workers/tokens",
+    "/api/workers/tokens/*",
     "/api/workers/*/drain",
     "/api/workers/*",
 ];
@@ -401,11 +389,6 @@ fn path_matches(pattern: &str, segs: &[&str]) -> bool {
         return segs.len() > head.len() && head.iter().zip(segs).all(|(a, b)| *a == "*" || a == b);
     }
     p.len() == segs.len() && p.iter().zip(segs).all(|(a, b)| *a == "*" || a == b)
-}
-
-/// Percent-decodes a path (`+` stays a plus, unlike in a query).
-fn percent_decode_path(s: &str) -> String {
-    percent_decode(&s.replace('+', "%2B"))
 }
 
 /// `GET /api/openapi.json`: the OpenAPI 3.1 document of every route (`hub/openapi.json`, kept
@@ -495,15 +478,39 @@ pub async fn read_json<T: DeserializeOwned>(req: &mut Req, limit: u64) -> ApiRes
     serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid json: {e}")))
 }
 
-/// The signed-in user (bearer token or session cookie), after the per-IP rate limit.
+/// The signed-in user (bearer token or session cookie), charged one call of the route's group
+/// ([`Group::of`]): to the user, or to the client address when no session verifies (so a flood of
+/// bad tokens is throttled too, and still answers 401 while within budget).
 pub fn user(hub: &Hub, req: &Req) -> ApiResult<Caller> {
-    hub.limiter.check(req.ip, Group::Api)?;
-    let token = auth::bearer(&req.headers)
+    let group = Group::of(&req.method, &req.path);
+    let verified = auth::bearer(&req.headers)
         .or_else(|| auth::cookie(&req.headers, auth::COOKIE))
         .ok_or_else(|| {
             ApiError::unauthorized("sign in first (missing bearer token or session cookie)")
-        })?;
-    hub.auth.verify_session(token)
+        })
+        .and_then(|token| hub.auth.verify_session(token));
+    match verified {
+        Ok(caller) => {
+            charge(hub, req, Principal::User(caller.user_id.clone()), group)?;
+            Ok(caller)
+        }
+        Err(e) => {
+            if let Some(ip) = req.ip {
+                charge(hub, req, Principal::Addr(ip), group)?;
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Charges one call of `group` to `who`, keeping the verdict for the response headers.
+pub fn charge(hub: &Hub, req: &Req, who: Principal, group: Group) -> ApiResult<()> {
+    let (verdict, result) = match hub.limiter.check(&who, group) {
+        Ok(v) => (v, Ok(())),
+        Err((e, v)) => (Some(v), Err(e)),
+    };
+    *req.rate.lock().unwrap_or_else(|p| p.into_inner()) = verdict;
+    result
 }
 
 /// An admin, or 403.
@@ -801,6 +808,7 @@ mod tests {
             body: std::sync::Mutex::new(None),
             upgrade: None,
             body_deadline_secs: 15,
+            rate: Arc::default(),
         }
     }
 

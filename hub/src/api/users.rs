@@ -6,11 +6,11 @@ use cmdx_proto::rest::{LoginRequest, LoginResponse, RegisterRequest, UserView};
 use warp::http::StatusCode;
 use warp::reply::Response;
 
-use super::{Req, admin, json, json_status, origin_allowed, read_json, user};
+use super::{Req, admin, charge, json, json_status, origin_allowed, read_json, user};
 use crate::Hub;
 use crate::auth::{COOKIE, hash_password};
 use crate::error::{ApiError, ApiResult};
-use crate::ratelimit::Group;
+use crate::ratelimit::{Group, Principal};
 use crate::store::{UserRecord, new_id, now_ms};
 use crate::time::rfc3339;
 
@@ -35,18 +35,19 @@ fn set_cookie(resp: &mut Response, value: &str, max_age: u64, secure: bool) {
 
 /// `POST /api/auth/login`.
 pub async fn login(hub: &Arc<Hub>, mut req: Req) -> ApiResult<Response> {
-    hub.limiter.check(req.ip, Group::Login)?;
+    if let Some(ip) = req.ip {
+        charge(hub, &req, Principal::Addr(ip), Group::Login)?;
+    }
     let body: LoginRequest = read_json(&mut req, hub.config.max_json_bytes).await?;
     let email = body.email.trim().to_lowercase();
     let user = hub.store.get_user_by_email(&email).await?;
     let hash = user.as_ref().map(|u| u.password_hash.clone());
     let hub2 = hub.clone();
     let password = body.password;
-    // argon2 is deliberately slow: keep it off the async workers.
-    let ok =
-        tokio::task::spawn_blocking(move || hub2.auth.verify_password(hash.as_deref(), &password))
-            .await
-            .map_err(ApiError::internal)?;
+    // argon2 is deliberately slow and memory-hard: off the async workers, a few at a time.
+    let ok = hub
+        .password_work(move || hub2.auth.verify_password(hash.as_deref(), &password))
+        .await?;
     let user = match (ok, user) {
         (true, Some(u)) => u,
         _ => return Err(ApiError::unauthorized("wrong email or password")),
@@ -98,9 +99,9 @@ pub async fn register(hub: &Arc<Hub>, mut req: Req) -> ApiResult<Response> {
         return Err(ApiError::bad_request("role must be user or admin"));
     }
     let password = body.password;
-    let hash = tokio::task::spawn_blocking(move || hash_password(&password))
-        .await
-        .map_err(ApiError::internal)?
+    let hash = hub
+        .password_work(move || hash_password(&password))
+        .await?
         .map_err(ApiError::internal)?;
     let u = UserRecord {
         v: 1,

@@ -3,7 +3,9 @@
 use std::sync::Arc;
 
 use cmdx_proto::agent::HubMsg;
-use cmdx_proto::rest::{MintTokenRequest, MintTokenResponse, WorkerList};
+use cmdx_proto::rest::{
+    MintTokenRequest, MintTokenResponse, WorkerList, WorkerTokenList, WorkerTokenView,
+};
 use warp::http::StatusCode;
 use warp::reply::Response;
 
@@ -41,12 +43,14 @@ pub async fn agent_socket(hub: &Arc<Hub>, mut req: Req) -> ApiResult<Response> {
     Ok(resp)
 }
 
-/// `GET /api/workers/list`: any signed-in user.
+/// `GET /api/workers/list`: any signed-in user; job ids only for admins and the jobs' owners.
 pub async fn list(hub: &Arc<Hub>, req: Req) -> ApiResult<Response> {
-    user(hub, &req)?;
-    Ok(json(&WorkerList {
-        workers: hub.dispatch.views(hub.config.legacy_offline_secs * 1000),
-    }))
+    let caller = user(hub, &req)?;
+    let mut workers = Vec::new();
+    for v in hub.dispatch.views(hub.config.legacy_offline_secs * 1000) {
+        workers.push(crate::jobs::worker_view_for(hub, &caller, v).await);
+    }
+    Ok(json(&WorkerList { workers }))
 }
 
 /// Mints a worker token (used by the route and by `cmdx dev`).
@@ -55,11 +59,24 @@ pub async fn mint(
     created_by: &str,
     name: Option<String>,
     ttl_secs: Option<u64>,
+    tags: Option<Vec<String>>,
 ) -> ApiResult<MintTokenResponse> {
     let ttl = ttl_secs.unwrap_or(hub.config.worker_token_ttl_secs);
     if ttl == 0 || ttl > 10 * 365 * 24 * 3600 {
         return Err(ApiError::bad_request(
             "ttlSecs must be between 1 and ten years",
+        ));
+    }
+    if let Some(tags) = &tags
+        && (tags.len() > 64
+            || tags.iter().any(|t| {
+                t.is_empty()
+                    || t.len() > 128
+                    || t.chars().any(|c| c.is_whitespace() || c.is_control())
+            }))
+    {
+        return Err(ApiError::bad_request(
+            "tags: at most 64, each 1 to 128 bytes without spaces or control characters",
         ));
     }
     let now = now_ms();
@@ -70,6 +87,7 @@ pub async fn mint(
         created_by: created_by.to_string(),
         created_ms: now,
         expires_ms: now + ttl * 1000,
+        tags,
     };
     hub.store.put_worker_token(&rec).await?;
     hub.store.sync().await?;
@@ -92,8 +110,60 @@ pub async fn mint_token(hub: &Arc<Hub>, mut req: Req) -> ApiResult<Response> {
     } else {
         read_json(&mut req, hub.config.max_json_bytes).await?
     };
-    let resp = mint(hub, &caller.user_id, body.name, body.ttl_secs).await?;
+    let resp = mint(hub, &caller.user_id, body.name, body.ttl_secs, body.tags).await?;
     Ok(json_status(&resp, StatusCode::CREATED))
+}
+
+/// `GET /api/workers/tokens` (admin): the live (unexpired, unrevoked) worker tokens, newest
+/// first, with the workers enrolled with each. Never the token itself.
+pub async fn list_tokens(hub: &Arc<Hub>, req: Req) -> ApiResult<Response> {
+    admin(hub, &req)?;
+    let now = now_ms();
+    let mut records = hub.store.list_worker_tokens().await?;
+    records.retain(|t| t.expires_ms > now);
+    records.sort_by(|a, b| b.created_ms.cmp(&a.created_ms).then(b.id.cmp(&a.id)));
+    let tokens = records
+        .into_iter()
+        .map(|t| WorkerTokenView {
+            workers: hub
+                .dispatch
+                .by_token(&t.id)
+                .into_iter()
+                .map(|(w, _)| w)
+                .collect(),
+            token_id: t.id,
+            name: t.name,
+            created_by: t.created_by,
+            created_at: rfc3339(t.created_ms),
+            expires_at: rfc3339(t.expires_ms),
+            tags: t.tags,
+        })
+        .collect();
+    Ok(json(&WorkerTokenList { tokens }))
+}
+
+/// `DELETE /api/workers/tokens/{id}` (admin): revokes a worker token. Its record goes (so every
+/// later call or reconnect with it answers 401), and every live agent session enrolled with it
+/// is closed now; their jobs are requeued once the reconnect grace passes without them.
+pub async fn revoke_token(hub: &Arc<Hub>, req: Req, id: &str) -> ApiResult<Response> {
+    let caller = admin(hub, &req)?;
+    if !hub.store.delete_worker_token(id).await? {
+        return Err(ApiError::not_found("worker token not found"));
+    }
+    hub.store.sync().await?;
+    let mut closed = Vec::new();
+    for (worker_id, conn) in hub.dispatch.by_token(id) {
+        if let Some(conn) = conn {
+            conn.kick.cancel();
+            closed.push(worker_id);
+        }
+    }
+    tracing::warn!(token_id = %id, by = %caller.email, sessions = closed.len(), "worker token revoked");
+    Ok(json(&serde_json::json!({
+        "success": true,
+        "tokenId": id,
+        "closedSessions": closed,
+    })))
 }
 
 /// `POST /api/workers/{id}/drain` (admin): the worker takes no new jobs.

@@ -159,6 +159,10 @@ pub trait Store: Send + Sync + 'static {
     async fn put_worker_token(&self, token: &WorkerTokenRecord) -> StoreResult<()>;
     /// Reads a worker token by id.
     async fn get_worker_token(&self, id: &str) -> StoreResult<Option<WorkerTokenRecord>>;
+    /// Every worker token record.
+    async fn list_worker_tokens(&self) -> StoreResult<Vec<WorkerTokenRecord>>;
+    /// Deletes a worker token record (revokes the token); true when it existed.
+    async fn delete_worker_token(&self, id: &str) -> StoreResult<bool>;
 }
 
 /// Milliseconds since the Unix epoch.

@@ -400,6 +400,9 @@ pub struct WorkerTokenRecord {
     pub created_ms: u64,
     /// Expires (ms).
     pub expires_ms: u64,
+    /// Tag scope: agents using it may advertise only these tags (`None`: any).
+    #[serde(default)]
+    pub tags: Option<Vec<String>>,
 }
 
 #[cfg(test)]

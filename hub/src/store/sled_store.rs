@@ -628,6 +628,24 @@ impl Store for SledStore {
         Ok(())
     }
 
+    async fn list_worker_tokens(&self) -> StoreResult<Vec<WorkerTokenRecord>> {
+        let mut out = Vec::new();
+        for item in self.meta.scan_prefix(b"wtok:") {
+            let (k, v) = item.map_err(backend("list tokens"))?;
+            out.push(decode(&k, &v)?);
+        }
+        Ok(out)
+    }
+
+    async fn delete_worker_token(&self, id: &str) -> StoreResult<bool> {
+        let key = format!("wtok:{id}");
+        Ok(self
+            .meta
+            .remove(key.as_bytes())
+            .map_err(backend("delete token"))?
+            .is_some())
+    }
+
     async fn get_worker_token(&self, id: &str) -> StoreResult<Option<WorkerTokenRecord>> {
         let key = format!("wtok:{id}");
         match self
