@@ -88,6 +88,7 @@ pub fn dir_size(dir: &Path) -> u64 {
 }
 
 static DISK: std::sync::Mutex<Option<(Instant, u64)>> = std::sync::Mutex::new(None);
+static WALKING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Renders the Prometheus text, sampling the current-state gauges first.
 pub async fn render(hub: &Hub) -> String {
@@ -104,16 +105,21 @@ pub async fn render(hub: &Hub) -> String {
     if let Ok(n) = hub.store.job_count().await {
         metrics::gauge!("cmdx_jobs_stored").set(n as f64);
     }
-    // Walking the data folder is not free: sample it at most every 30 s.
+    // Walking the data folder is not free: sample it at most every 30 s, one walk at a time
+    // (scrapes during a walk report the previous figure).
     let cached = *DISK.lock().unwrap_or_else(|p| p.into_inner());
     let bytes = match cached {
         Some((at, b)) if at.elapsed() < Duration::from_secs(30) => b,
+        stale if WALKING.swap(true, std::sync::atomic::Ordering::AcqRel) => {
+            stale.map_or(0, |(_, b)| b)
+        }
         _ => {
             let dir = hub.config.data_dir.clone();
             let b = tokio::task::spawn_blocking(move || dir_size(&dir))
                 .await
                 .unwrap_or(0);
             *DISK.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), b));
+            WALKING.store(false, std::sync::atomic::Ordering::Release);
             b
         }
     };

@@ -62,6 +62,11 @@ async fn metrics_move_when_jobs_run() {
         "{m}"
     );
     assert_eq!(metric(&m, "cmdx_queue_depth", ""), Some(3.0));
+    assert_eq!(
+        metric(&m, "cmdx_jobs_stored", ""),
+        Some(3.0),
+        "a kept count, not a scan"
+    );
     assert_eq!(metric(&m, "cmdx_workers_connected", ""), Some(0.0));
     assert!(
         metric(&m, "cmdx_http_requests_total", "route=\"/api/jobs/submit\"")

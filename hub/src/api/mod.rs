@@ -410,7 +410,7 @@ async fn readyz(hub: &Hub) -> ApiResult<Response> {
         return Err(ApiError::unavailable("draining"));
     }
     hub.store
-        .job_count()
+        .ping()
         .await
         .map_err(|e| ApiError::unavailable(format!("store unavailable: {e}")))?;
     Ok(json(&serde_json::json!({"status": "ready"})))

@@ -105,8 +105,10 @@ pub trait Store: Send + Sync + 'static {
     async fn unfinished_jobs(&self) -> StoreResult<Vec<JobRecord>>;
     /// Jobs newest first.
     async fn list_jobs(&self, query: JobQuery<'_>) -> StoreResult<Vec<JobRecord>>;
-    /// Number of jobs stored.
+    /// Number of jobs stored (a counter: O(1)).
     async fn job_count(&self) -> StoreResult<u64>;
+    /// One cheap read: the store answers (`/readyz`).
+    async fn ping(&self) -> StoreResult<()>;
 
     /// Stores one output chunk under `(job id, chunk.index)`.
     async fn append_chunk(&self, job_id: &str, chunk: &ChunkRecord) -> StoreResult<()>;

@@ -47,6 +47,9 @@ pub struct SledStore {
     /// `next_seq` never returns at or below this (sled's id generator restarts in a restored
     /// store).
     seq_floor: std::sync::atomic::AtomicU64,
+    /// Job records stored: counted once at open (sled's `len` walks the whole tree), then kept
+    /// by `insert_job` and `delete_job`, so `/metrics` never costs O(jobs).
+    job_total: std::sync::atomic::AtomicU64,
 }
 
 /// Trees a backup carries, in the order they are written.
@@ -157,8 +160,11 @@ impl SledStore {
                 op: "spawn flusher",
                 message: e.to_string(),
             })?;
+        let jobs = tree("jobs")?;
+        let job_total = std::sync::atomic::AtomicU64::new(jobs.len() as u64);
         Ok(SledStore {
-            jobs: tree("jobs")?,
+            jobs,
+            job_total,
             job_owner: tree("job_owner")?,
             output: tree("output")?,
             users: tree("users")?,
@@ -294,9 +300,14 @@ impl Store for SledStore {
             .insert(owner_key(&job.owner, &job.id), &[] as &[u8])
             .map_err(backend("insert job"))?;
         let raw = sled::IVec::from(encode(job));
-        self.jobs
+        let old = self
+            .jobs
             .insert(job.id.as_bytes(), raw.clone())
             .map_err(backend("insert job"))?;
+        if old.is_none() {
+            self.job_total
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         self.records.put(&job.id, raw, job.clone());
         Ok(())
     }
@@ -390,7 +401,12 @@ impl Store for SledStore {
     }
 
     async fn job_count(&self) -> StoreResult<u64> {
-        Ok(self.jobs.len() as u64)
+        Ok(self.job_total.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        self.meta.get(b"ping").map_err(backend("ping"))?;
+        Ok(())
     }
 
     async fn append_chunk(&self, job_id: &str, chunk: &ChunkRecord) -> StoreResult<()> {
@@ -592,9 +608,17 @@ impl Store for SledStore {
             .apply_batch(batch)
             .map_err(backend("delete job output"))?;
         // Record first, index entry after: see the module doc.
-        self.jobs
+        let removed = self
+            .jobs
             .remove(id.as_bytes())
             .map_err(backend("delete job"))?;
+        if removed.is_some() {
+            let _ = self.job_total.fetch_update(
+                std::sync::atomic::Ordering::Relaxed,
+                std::sync::atomic::Ordering::Relaxed,
+                |n| n.checked_sub(1),
+            );
+        }
         self.records.remove(id);
         self.job_owner
             .remove(owner_key(&job.owner, id))
@@ -745,6 +769,30 @@ mod tests {
         out
     }
 
+    /// `job_count` is a counter (a scrape of `/metrics` must not walk the jobs tree): it follows
+    /// inserts, re-inserts, deletes and deletes of missing ids (the count at open is checked by
+    /// the import test below).
+    #[tokio::test]
+    async fn the_job_count_is_kept_not_scanned() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SledStore::open(dir.path(), 8 << 20).expect("store");
+        for (i, id) in ["a", "b", "c"].iter().enumerate() {
+            store
+                .insert_job(&queued_job(id, i as u64))
+                .await
+                .expect("insert");
+        }
+        store
+            .insert_job(&queued_job("a", 9))
+            .await
+            .expect("re-insert");
+        assert_eq!(store.job_count().await.unwrap(), 3);
+        store.delete_job("b").await.expect("delete");
+        store.delete_job("missing").await.expect("delete missing");
+        assert_eq!(store.job_count().await.unwrap(), 2);
+        store.ping().await.expect("ping");
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn concurrent_updates_are_not_lost_and_queue_moves_stay_in_the_record() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -844,6 +892,7 @@ mod tests {
         }
         let restored = SledStore::open(&dst.path().join("db"), 8 << 20).expect("open");
         assert_eq!(queued(&restored).await, vec![(7, "q1".into())]);
+        assert_eq!(restored.job_count().await.unwrap(), 1, "counted at open");
         assert!(
             !restored
                 .db
