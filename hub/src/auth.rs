@@ -38,6 +38,11 @@ pub struct Caller {
     pub email: String,
     /// `admin` or `user`.
     pub role: String,
+    /// The session's id (`jti`): logout revokes it. Empty for tokens issued before sessions had
+    /// ids (they can only expire).
+    pub session_id: String,
+    /// When the session expires (seconds since the epoch).
+    pub expires_s: u64,
 }
 
 impl Caller {
@@ -95,6 +100,8 @@ struct Claims {
     aud: String,
     exp: u64,
     iat: u64,
+    #[serde(default)]
+    jti: String,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -125,6 +132,10 @@ pub struct Auth {
     /// Verified session tokens (verifying a JWT costs ~50k instructions; a busy client sends
     /// the same token on every request). Bounded: cleared when full.
     sessions: std::sync::Mutex<std::collections::HashMap<String, (Caller, u64)>>,
+    /// Revoked session ids (logout) with their expiry (seconds); loaded from the store at start.
+    revoked: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+    /// Bumped on every revocation: open client sockets check whether theirs was revoked.
+    revocations: tokio::sync::watch::Sender<u64>,
 }
 
 /// Most cached session verifications.
@@ -261,6 +272,8 @@ impl Auth {
             dummy_hash,
             session_ttl_secs: config.session_ttl_secs,
             sessions: std::sync::Mutex::new(std::collections::HashMap::new()),
+            revoked: std::sync::Mutex::new(std::collections::HashMap::new()),
+            revocations: tokio::sync::watch::Sender::new(0),
         })
     }
 
@@ -275,6 +288,7 @@ impl Auth {
             aud: AUDIENCE.to_string(),
             exp: now + self.session_ttl_secs,
             iat: now,
+            jti: crate::store::new_id(),
         };
         let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.enc)
             .unwrap_or_default();
@@ -294,7 +308,8 @@ impl Auth {
             .get(token)
             && *exp > now
         {
-            return Ok(caller.clone());
+            let caller = caller.clone();
+            return self.not_revoked(caller);
         }
         let data = jsonwebtoken::decode::<Claims>(token, &self.dec, &self.validation)
             .map_err(|e| ApiError::unauthorized(format!("invalid session token: {e}")))?;
@@ -302,13 +317,65 @@ impl Auth {
             user_id: data.claims.sub,
             email: data.claims.email,
             role: data.claims.role,
+            session_id: data.claims.jti,
+            expires_s: data.claims.exp,
         };
+        let caller = self.not_revoked(caller)?;
         let mut cache = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() >= SESSION_CACHE {
             cache.clear();
         }
         cache.insert(token.to_string(), (caller.clone(), data.claims.exp));
         Ok(caller)
+    }
+
+    fn not_revoked(&self, caller: Caller) -> Result<Caller, ApiError> {
+        if self.is_revoked(&caller.session_id) {
+            return Err(ApiError::unauthorized(
+                "this session was signed out; sign in again",
+            ));
+        }
+        Ok(caller)
+    }
+
+    /// Whether session `sid` was revoked (signed out).
+    pub fn is_revoked(&self, sid: &str) -> bool {
+        !sid.is_empty()
+            && self
+                .revoked
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains_key(sid)
+    }
+
+    /// Revokes session `sid` (valid until `exp_s`): every later request with it answers 401,
+    /// and client sockets opened with it close.
+    pub fn revoke_session(&self, sid: &str, exp_s: u64) {
+        if sid.is_empty() {
+            return;
+        }
+        self.revoked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(sid.to_string(), exp_s);
+        self.sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, (c, _)| c.session_id != sid);
+        self.revocations.send_modify(|n| *n += 1);
+    }
+
+    /// Forgets revocations of sessions that have expired anyway (the janitor).
+    pub fn forget_expired_revocations(&self, now_s: u64) {
+        self.revoked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, exp| *exp > now_s);
+    }
+
+    /// A receiver that changes on every revocation.
+    pub fn revocations(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.revocations.subscribe()
     }
 
     /// Mints a worker token with id `tid` expiring at `exp_ms`.

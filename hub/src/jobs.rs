@@ -1278,6 +1278,14 @@ pub async fn janitor_pass(hub: &Hub) -> ApiResult<JanitorReport> {
             kept_shas.insert(f.sha256.clone());
         }
     }
+    // Revoked sessions that have expired anyway need no record.
+    let now_s = now / 1000;
+    for (sid, exp) in hub.store.revoked_sessions().await? {
+        if exp <= now_s {
+            hub.store.delete_revoked_session(&sid).await?;
+        }
+    }
+    hub.auth.forget_expired_revocations(now_s);
     // An expired token no longer verifies; its record only lists it among the live ones.
     for t in hub.store.list_worker_tokens().await? {
         if t.expires_ms <= now && hub.store.delete_worker_token(&t.id).await? {

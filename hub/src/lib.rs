@@ -260,6 +260,13 @@ pub async fn open(config: HubConfig) -> Result<Arc<Hub>, HubError> {
         Some(observer),
     )?);
     let auth = Auth::load(&config)?;
+    // Sessions signed out before a restart stay signed out.
+    let now_s = store::now_ms() / 1000;
+    for (sid, exp) in store.revoked_sessions().await? {
+        if exp > now_s {
+            auth.revoke_session(&sid, exp);
+        }
+    }
     let hub = Arc::new(Hub {
         relay: Relay::new(config.output_cap_bytes),
         password_hashing: tokio::sync::Semaphore::new(

@@ -45,8 +45,26 @@ pub async fn session(hub: Arc<Hub>, ws: Socket, caller: Caller) {
     let mut ping = tokio::time::interval(Duration::from_secs(20));
     ping.tick().await;
     let mut close: Option<(CloseCode, &'static str)> = None;
+    // The socket lives no longer than its session: it closes when the token expires or is
+    // signed out.
+    let left = caller
+        .expires_s
+        .saturating_sub(crate::store::now_ms() / 1000);
+    let expiry = tokio::time::sleep(Duration::from_secs(left));
+    tokio::pin!(expiry);
+    let mut revocations = hub.auth.revocations();
     loop {
         tokio::select! {
+            _ = &mut expiry => {
+                close = Some((CloseCode::Policy, "session expired; sign in again"));
+                break;
+            }
+            Ok(()) = revocations.changed() => {
+                if hub.auth.is_revoked(&caller.session_id) {
+                    close = Some((CloseCode::Policy, "signed out"));
+                    break;
+                }
+            }
             out = out_rx.recv() => {
                 let Some(text) = out else { break };
                 if send_batch(&mut sink, &mut out_rx, text, |t| t).await.is_err() {

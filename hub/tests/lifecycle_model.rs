@@ -263,6 +263,8 @@ fn caller() -> Caller {
         user_id: "model-user".into(),
         email: "model@test.local".into(),
         role: "user".into(),
+        session_id: String::new(),
+        expires_s: u64::MAX,
     }
 }
 

@@ -16,6 +16,7 @@ mod original_worker;
 mod ratelimit;
 mod relay;
 mod security;
+mod sessions;
 mod worker_identity;
 
 /// Flags for a hub tuned for tests: short reconnect grace, no rate limits.

@@ -208,11 +208,11 @@ async fn dispatch(hub: &Arc<Hub>, req: Req) -> ApiResult<Response> {
         (&M::POST, ["api", "auth", "register"]) => users::register(hub, req).await,
         (&M::GET, ["api", "users", "list"]) => users::list(hub, req).await,
         (&M::GET, ["api", "admin", "backup"]) => {
-            admin(hub, &req)?;
+            admin(hub, &req).await?;
             backup_response(hub).await
         }
         (&M::POST, ["api", "admin", "janitor"]) => {
-            admin(hub, &req)?;
+            admin(hub, &req).await?;
             Ok(json(&crate::jobs::janitor_pass(hub).await?))
         }
         // files
@@ -513,13 +513,20 @@ pub fn charge(hub: &Hub, req: &Req, who: Principal, group: Group) -> ApiResult<(
     result
 }
 
-/// An admin, or 403.
-pub fn admin(hub: &Hub, req: &Req) -> ApiResult<Caller> {
+/// An admin, or 403. The role in a session token is the role at sign-in: admin routes check
+/// the account as it is now (a demoted or deleted admin's token stops working here at once).
+pub async fn admin(hub: &Hub, req: &Req) -> ApiResult<Caller> {
     let c = user(hub, req)?;
     if !c.is_admin() {
         return Err(ApiError::forbidden("admin only"));
     }
-    Ok(c)
+    match hub.store.get_user(&c.user_id).await? {
+        Some(u) if u.role == "admin" => Ok(c),
+        Some(_) => Err(ApiError::forbidden(
+            "admin only (the account is no longer an admin)",
+        )),
+        None => Err(ApiError::unauthorized("the account no longer exists")),
+    }
 }
 
 /// The worker id a worker request speaks for: the `x-worker-id` header or the `workerId` query

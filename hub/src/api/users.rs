@@ -62,8 +62,24 @@ pub async fn login(hub: &Arc<Hub>, mut req: Req) -> ApiResult<Response> {
     Ok(resp)
 }
 
-/// `POST /api/auth/logout`: clears the cookie.
-pub async fn logout(hub: &Arc<Hub>, _req: Req) -> ApiResult<Response> {
+/// `POST /api/auth/logout`: ends the session the request carries (bearer token or cookie): the
+/// token answers 401 from now on, here and after a restart, and its client sockets close. The
+/// cookie is cleared. A missing or already invalid token still gets 200 (signing out twice is
+/// not an error).
+pub async fn logout(hub: &Arc<Hub>, req: Req) -> ApiResult<Response> {
+    let token =
+        crate::auth::bearer(&req.headers).or_else(|| crate::auth::cookie(&req.headers, COOKIE));
+    if let Some(caller) = token.and_then(|t| hub.auth.verify_session(t).ok())
+        && !caller.session_id.is_empty()
+    {
+        hub.store
+            .put_revoked_session(&caller.session_id, caller.expires_s)
+            .await?;
+        hub.store.sync().await?;
+        hub.auth
+            .revoke_session(&caller.session_id, caller.expires_s);
+        tracing::info!(user = %caller.email, "signed out");
+    }
     let mut resp = json(&serde_json::json!({"success": true}));
     set_cookie(&mut resp, "", 0, hub.config.cookie_secure);
     Ok(resp)
@@ -83,7 +99,7 @@ pub async fn me(hub: &Arc<Hub>, req: Req) -> ApiResult<Response> {
 
 /// `POST /api/auth/register` (admin).
 pub async fn register(hub: &Arc<Hub>, mut req: Req) -> ApiResult<Response> {
-    admin(hub, &req)?;
+    admin(hub, &req).await?;
     let body: RegisterRequest = read_json(&mut req, hub.config.max_json_bytes).await?;
     let email = body.email.trim().to_lowercase();
     if !email.contains('@') || email.len() > 254 || email.chars().any(char::is_whitespace) {
@@ -118,7 +134,7 @@ pub async fn register(hub: &Arc<Hub>, mut req: Req) -> ApiResult<Response> {
 
 /// `GET /api/users/list` (admin).
 pub async fn list(hub: &Arc<Hub>, req: Req) -> ApiResult<Response> {
-    admin(hub, &req)?;
+    admin(hub, &req).await?;
     let users: Vec<UserView> = hub.store.list_users().await?.iter().map(view).collect();
     Ok(json(&serde_json::json!({ "users": users })))
 }

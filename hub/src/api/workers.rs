@@ -100,7 +100,7 @@ pub async fn mint(
 
 /// `POST /api/workers/tokens` (admin).
 pub async fn mint_token(hub: &Arc<Hub>, mut req: Req) -> ApiResult<Response> {
-    let caller = admin(hub, &req)?;
+    let caller = admin(hub, &req).await?;
     let body: MintTokenRequest = if req
         .headers
         .get("content-length")
@@ -117,7 +117,7 @@ pub async fn mint_token(hub: &Arc<Hub>, mut req: Req) -> ApiResult<Response> {
 /// `GET /api/workers/tokens` (admin): the live (unexpired, unrevoked) worker tokens, newest
 /// first, with the workers enrolled with each. Never the token itself.
 pub async fn list_tokens(hub: &Arc<Hub>, req: Req) -> ApiResult<Response> {
-    admin(hub, &req)?;
+    admin(hub, &req).await?;
     let now = now_ms();
     let mut records = hub.store.list_worker_tokens().await?;
     records.retain(|t| t.expires_ms > now);
@@ -146,7 +146,7 @@ pub async fn list_tokens(hub: &Arc<Hub>, req: Req) -> ApiResult<Response> {
 /// later call or reconnect with it answers 401), and every live agent session enrolled with it
 /// is closed now; their jobs are requeued once the reconnect grace passes without them.
 pub async fn revoke_token(hub: &Arc<Hub>, req: Req, id: &str) -> ApiResult<Response> {
-    let caller = admin(hub, &req)?;
+    let caller = admin(hub, &req).await?;
     if !hub.store.delete_worker_token(id).await? {
         return Err(ApiError::not_found("worker token not found"));
     }
@@ -168,7 +168,7 @@ pub async fn revoke_token(hub: &Arc<Hub>, req: Req, id: &str) -> ApiResult<Respo
 
 /// `POST /api/workers/{id}/drain` (admin): the worker takes no new jobs.
 pub async fn drain(hub: &Arc<Hub>, req: Req, id: &str) -> ApiResult<Response> {
-    admin(hub, &req)?;
+    admin(hub, &req).await?;
     if !hub.dispatch.set_draining(id) {
         return Err(ApiError::not_found("worker not found"));
     }
@@ -180,7 +180,7 @@ pub async fn drain(hub: &Arc<Hub>, req: Req, id: &str) -> ApiResult<Response> {
 
 /// `DELETE /api/workers/{id}` (admin): forgets a worker; its jobs are requeued.
 pub async fn delete(hub: &Arc<Hub>, req: Req, id: &str) -> ApiResult<Response> {
-    admin(hub, &req)?;
+    admin(hub, &req).await?;
     crate::jobs::expire_worker_jobs(hub, id, "worker deleted").await;
     if let Some(conn) = hub.dispatch.conn(id) {
         conn.kick.cancel();

@@ -161,6 +161,12 @@ pub trait Store: Send + Sync + 'static {
     async fn put_worker_token(&self, token: &WorkerTokenRecord) -> StoreResult<()>;
     /// Reads a worker token by id.
     async fn get_worker_token(&self, id: &str) -> StoreResult<Option<WorkerTokenRecord>>;
+    /// Records a signed-out session id until `exp_s` (seconds since the epoch).
+    async fn put_revoked_session(&self, sid: &str, exp_s: u64) -> StoreResult<()>;
+    /// Every revoked session id with its expiry.
+    async fn revoked_sessions(&self) -> StoreResult<Vec<(String, u64)>>;
+    /// Forgets a revoked session id (once it has expired anyway).
+    async fn delete_revoked_session(&self, sid: &str) -> StoreResult<()>;
     /// Every worker token record.
     async fn list_worker_tokens(&self) -> StoreResult<Vec<WorkerTokenRecord>>;
     /// Deletes a worker token record (revokes the token); true when it existed.

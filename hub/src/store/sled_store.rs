@@ -652,6 +652,33 @@ impl Store for SledStore {
         Ok(())
     }
 
+    async fn put_revoked_session(&self, sid: &str, exp_s: u64) -> StoreResult<()> {
+        self.meta
+            .insert(format!("rsess:{sid}").as_bytes(), &exp_s.to_be_bytes())
+            .map_err(backend("revoke session"))?;
+        Ok(())
+    }
+
+    async fn revoked_sessions(&self) -> StoreResult<Vec<(String, u64)>> {
+        let mut out = Vec::new();
+        for item in self.meta.scan_prefix(b"rsess:") {
+            let (k, v) = item.map_err(backend("list revoked sessions"))?;
+            let sid = String::from_utf8_lossy(&k[b"rsess:".len()..]).into_owned();
+            let exp = <[u8; 8]>::try_from(v.as_ref())
+                .map(u64::from_be_bytes)
+                .map_err(|_| corrupt(&k, "revoked session expiry is not 8 bytes"))?;
+            out.push((sid, exp));
+        }
+        Ok(out)
+    }
+
+    async fn delete_revoked_session(&self, sid: &str) -> StoreResult<()> {
+        self.meta
+            .remove(format!("rsess:{sid}").as_bytes())
+            .map_err(backend("forget revoked session"))?;
+        Ok(())
+    }
+
     async fn list_worker_tokens(&self) -> StoreResult<Vec<WorkerTokenRecord>> {
         let mut out = Vec::new();
         for item in self.meta.scan_prefix(b"wtok:") {
