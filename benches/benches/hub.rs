@@ -221,10 +221,11 @@ fn relay_bench(c: &mut Criterion) {
                 let live = relay.live(&job);
                 let mut readers = Vec::with_capacity(SUBS);
                 for _ in 0..SUBS {
-                    let (tx, mut rx) = mpsc::channel::<relay::Encoded>(16);
+                    let (tx, mut rx) = mpsc::channel::<relay::Queued>(16);
+                    let out = relay::Outbox::new(tx, 512 * 1024);
                     let (store, relay, job) = (store.clone(), relay.clone(), job.clone());
                     tokio::spawn(async move {
-                        let _ = relay::subscribe(store.as_ref(), &relay, &job, 0, &tx, || async {
+                        let _ = relay::subscribe(store.as_ref(), &relay, &job, 0, &out, || async {
                             Ok(false)
                         })
                         .await;
@@ -233,8 +234,8 @@ fn relay_bench(c: &mut Criterion) {
                         let mut got = 0usize;
                         while got < CHUNKS {
                             match rx.recv().await {
-                                Some(text) if text.starts_with(r#"{"type":"output""#) => {
-                                    std::hint::black_box(text);
+                                Some(q) if q.msg.starts_with(r#"{"type":"output""#) => {
+                                    std::hint::black_box(q);
                                     got += 1;
                                 }
                                 Some(_) => {}

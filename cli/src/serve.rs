@@ -31,6 +31,10 @@ pub struct HubSettings {
     /// 5 s, then answer 503.
     #[arg(long, env = "CMDX_PASSWORD_HASH_CONCURRENCY")]
     password_hash_concurrency: Option<u32>,
+    /// Most live WebSockets (browser tabs, `cmdx logs -f`) one user may hold open; more answer
+    /// 429 too_many_sockets.
+    #[arg(long, env = "CMDX_MAX_CLIENT_SOCKETS_PER_USER")]
+    max_client_sockets_per_user: Option<usize>,
     /// Largest upload in bytes.
     #[arg(long, env = "CMDX_MAX_UPLOAD_BYTES")]
     max_upload_bytes: Option<u64>,
@@ -101,6 +105,9 @@ impl HubSettings {
         }
         if let Some(v) = self.password_hash_concurrency {
             c.password_hash_concurrency = v;
+        }
+        if let Some(v) = self.max_client_sockets_per_user {
+            c.max_client_sockets_per_user = v;
         }
         if let Some(v) = self.max_upload_bytes {
             c.max_upload_bytes = v;

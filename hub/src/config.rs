@@ -81,7 +81,12 @@ pub struct HubConfig {
     pub cache_bytes: u64,
     /// Most concurrent client (browser/CLI) WebSockets.
     pub max_client_sockets: usize,
-    /// Most concurrent agent WebSockets.
+    /// Most concurrent client WebSockets of one user.
+    pub max_client_sockets_per_user: usize,
+    /// Bytes of output one client socket may hold in flight (read from the store or queued for
+    /// the socket, over all its subscriptions); a subscription waits for room.
+    pub client_socket_buffer_bytes: usize,
+    /// Most concurrent agent WebSockets (a budget of their own: client sockets cannot use it).
     pub max_agent_sockets: usize,
     /// Most open TCP connections; further ones are closed at once.
     pub max_connections: usize,
@@ -141,6 +146,8 @@ impl Default for HubConfig {
             cache_bytes: 64 << 20,
             max_client_sockets: 10_000,
             max_agent_sockets: 20_000,
+            max_client_sockets_per_user: 64,
+            client_socket_buffer_bytes: 512 * 1024,
             max_connections: 30_000,
             header_timeout_secs: 10,
             body_idle_timeout_secs: 30,

@@ -35,6 +35,70 @@ pub fn encode(msg: &ServerMsg) -> Encoded {
     Utf8Bytes::from(serde_json::to_string(msg).unwrap_or_default())
 }
 
+/// A message queued for one client socket, holding its share of the socket's byte budget until
+/// the socket writes it.
+pub struct Queued {
+    /// The encoded message.
+    pub msg: Encoded,
+    _held: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+/// What one client socket's subscriptions and feeds send through: a bounded queue, plus a byte
+/// budget shared by everything the socket has in flight (output pages read from the store and
+/// output messages queued). Output waits for room in the budget, so a client that stops reading
+/// costs the hub at most the budget (plus a page being read) however many subscriptions it has.
+#[derive(Clone)]
+pub struct Outbox {
+    tx: mpsc::Sender<Queued>,
+    budget: Arc<tokio::sync::Semaphore>,
+    cap: u32,
+}
+
+impl Outbox {
+    /// An outbox over `tx` with a budget of `budget_bytes` (at least 64 KiB).
+    pub fn new(tx: mpsc::Sender<Queued>, budget_bytes: usize) -> Outbox {
+        let cap = budget_bytes.clamp(64 * 1024, u32::MAX as usize >> 1);
+        Outbox {
+            tx,
+            budget: Arc::new(tokio::sync::Semaphore::new(cap)),
+            cap: cap as u32,
+        }
+    }
+
+    /// Queues a small control message (errors, job and worker events) outside the budget: the
+    /// queue's length bounds those. False when the socket is gone.
+    pub async fn send(&self, msg: Encoded) -> bool {
+        self.tx.send(Queued { msg, _held: None }).await.is_ok()
+    }
+
+    /// Queues an output message once the budget has room for it. False when the socket is gone.
+    pub async fn send_output(&self, msg: Encoded) -> bool {
+        let want = (msg.len() as u32).clamp(1, self.cap);
+        let Ok(held) = self.budget.clone().acquire_many_owned(want).await else {
+            return false;
+        };
+        self.send_held(msg, Some(held)).await
+    }
+
+    async fn send_held(
+        &self,
+        msg: Encoded,
+        held: Option<tokio::sync::OwnedSemaphorePermit>,
+    ) -> bool {
+        self.tx.send(Queued { msg, _held: held }).await.is_ok()
+    }
+
+    /// Takes room for one replay page before it is read.
+    async fn page_room(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let want = (REPLAY_PAGE as u32 * 3 / 2).min(self.cap);
+        self.budget.clone().acquire_many_owned(want).await.ok()
+    }
+}
+
+/// Bytes a subscription reads from the store at a time when replaying (its encoding is about 4/3
+/// of it, and it is taken from the socket's budget before the read).
+const REPLAY_PAGE: usize = 64 * 1024;
+
 /// A stored chunk on the live channel, with its `output` message encoded on first use.
 #[derive(Debug)]
 pub struct LiveChunk {
@@ -318,7 +382,7 @@ pub async fn subscribe<F, Fut>(
     relay: &Relay,
     job_id: &str,
     mut offset: u64,
-    out: &mpsc::Sender<Encoded>,
+    out: &Outbox,
     is_terminal: F,
 ) -> StoreResult<SubEnd>
 where
@@ -365,7 +429,7 @@ where
                         data: Bytes64(c.data[skip..].to_vec()),
                     })
                 };
-                if out.send(msg).await.is_err() {
+                if !out.send_output(msg).await {
                     return Ok(SubEnd::ClientGone);
                 }
                 offset = c.end();
@@ -392,17 +456,22 @@ where
 }
 
 /// Sends stored bytes from `offset` to the store's current end; false when the client is gone.
+/// Each page's room in the socket's budget is taken before the page is read, then handed to its
+/// messages, so a stalled client's subscriptions wait without holding pages.
 async fn replay(
     store: &dyn Store,
     job_id: &str,
     offset: &mut u64,
-    out: &mpsc::Sender<Encoded>,
+    out: &Outbox,
 ) -> StoreResult<bool> {
     let Some(mut idx) = store.chunk_index_at(job_id, *offset).await? else {
         return Ok(true);
     };
     loop {
-        let page = store.read_chunks(job_id, idx, PAGE_BYTES).await?;
+        let Some(mut room) = out.page_room().await else {
+            return Ok(false);
+        };
+        let page = store.read_chunks(job_id, idx, REPLAY_PAGE).await?;
         let Some(tail) = page.last() else {
             return Ok(true);
         };
@@ -417,7 +486,7 @@ async fn replay(
                     job_id: job_id.to_string(),
                     offset: c.offset,
                 };
-                if out.send(encode(&msg)).await.is_err() {
+                if !out.send(encode(&msg)).await {
                     return Ok(false);
                 }
                 *offset = c.offset;
@@ -428,13 +497,16 @@ async fn replay(
             if skip > 0 {
                 data.drain(..skip);
             }
-            let msg = ServerMsg::Output {
+            let msg = encode(&ServerMsg::Output {
                 job_id: job_id.to_string(),
                 offset: *offset,
                 stream: c.stream,
                 data: Bytes64(data),
-            };
-            if out.send(encode(&msg)).await.is_err() {
+            });
+            // The message takes its share of the page's room; a chunk larger than what is left
+            // takes the rest (a chunk is bounded by the agent message limit).
+            let share = room.split(msg.len().min(room.num_permits()));
+            if !out.send_held(msg, share).await {
                 return Ok(false);
             }
             *offset = end;
@@ -479,48 +551,98 @@ pub async fn read_split(
     Ok((stdout, stderr))
 }
 
-/// Reads raw combined bytes from `offset`, at most `max` bytes; returns the bytes and the offset
-/// they start at (later than `offset` when the head was dropped).
-pub async fn read_raw(
+/// Where a raw read from `offset` of at most `max` bytes starts and ends in the stored log:
+/// `(start, end, first chunk index)`. `start` is later than `offset` when the cap dropped the
+/// head; `end` is at most the end of what is stored now. `None` index: nothing to read.
+pub async fn raw_bounds(
     store: &dyn Store,
     job_id: &str,
     offset: u64,
-    max: usize,
-) -> StoreResult<(u64, Vec<u8>)> {
-    let Some(mut idx) = store.chunk_index_at(job_id, offset).await? else {
-        return Ok((offset, Vec::new()));
+    max: u64,
+) -> StoreResult<(u64, u64, Option<u64>)> {
+    let Some(idx) = store.chunk_index_at(job_id, offset).await? else {
+        return Ok((offset, offset, None));
     };
-    let mut out = Vec::new();
-    let mut start = None;
-    let mut pos = offset;
-    while out.len() < max {
-        let page = store.read_chunks(job_id, idx, PAGE_BYTES).await?;
-        let Some(tail) = page.last() else { break };
-        idx = tail.index + 1;
-        let last_page = is_last_page(&page);
-        for c in page {
-            if c.end() <= pos {
-                continue;
-            }
-            if c.offset > pos {
-                pos = c.offset;
-            }
-            let s = start.get_or_insert(pos);
-            let _ = s;
-            let skip = (pos - c.offset) as usize;
-            let room = max - out.len();
-            let take = (c.data.len() - skip).min(room);
-            out.extend_from_slice(&c.data[skip..skip + take]);
-            pos += take as u64;
-            if out.len() >= max {
-                break;
+    let (Some(first), Some(last)) = (
+        store.read_chunks(job_id, idx, 1).await?.into_iter().next(),
+        store.last_chunk(job_id).await?,
+    ) else {
+        return Ok((offset, offset, None));
+    };
+    let start = offset.max(first.offset);
+    let end = start.saturating_add(max).min(last.end()).max(start);
+    Ok((start, end, Some(idx)))
+}
+
+/// The stored log's bytes `[start, end)` from chunk `idx` on, one store page (256 KiB) at a time
+/// as the reader takes them (a task reads the next page once the last is taken): a client that
+/// reads slowly, or not at all, holds about two pages of hub memory, not the whole range. Ends
+/// with an error if the range is no longer all stored (the cap dropped it meanwhile), so a
+/// `Content-Length` reader sees a short body, never a gap.
+pub fn raw_stream(
+    store: Arc<dyn Store>,
+    job_id: String,
+    idx: u64,
+    start: u64,
+    end: u64,
+) -> tokio_stream::wrappers::ReceiverStream<Result<bytes::Bytes, std::io::Error>> {
+    let (tx, rx) = mpsc::channel(1);
+    tokio::spawn(async move {
+        let (mut idx, mut pos) = (idx, start);
+        while pos < end {
+            let page = match raw_page(store.as_ref(), &job_id, idx, pos, end).await {
+                Ok((page, next, at)) => {
+                    (idx, pos) = (next, at);
+                    Ok(page)
+                }
+                Err(e) => Err(e),
+            };
+            let failed = page.is_err();
+            if tx.send(page).await.is_err() || failed {
+                return;
             }
         }
-        if last_page {
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+/// One page of [`raw_stream`]: the bytes from `pos` (before `end`) in the page starting at chunk
+/// `idx`, the next chunk index, and the offset reached.
+async fn raw_page(
+    store: &dyn Store,
+    job_id: &str,
+    idx: u64,
+    pos: u64,
+    end: u64,
+) -> Result<(bytes::Bytes, u64, u64), std::io::Error> {
+    let page = store
+        .read_chunks(job_id, idx, PAGE_BYTES)
+        .await
+        .map_err(std::io::Error::other)?;
+    let Some(tail) = page.last() else {
+        return Err(std::io::Error::other("the output ended early"));
+    };
+    let next = tail.index + 1;
+    let mut out = Vec::with_capacity(PAGE_BYTES.min((end - pos) as usize));
+    let mut at = pos;
+    for c in &page {
+        if c.end() <= at {
+            continue;
+        }
+        if c.offset > at {
+            return Err(std::io::Error::other(
+                "the output cap dropped bytes while they were read",
+            ));
+        }
+        let skip = (at - c.offset) as usize;
+        let take = (c.data.len() - skip).min((end - at) as usize);
+        out.extend_from_slice(&c.data[skip..skip + take]);
+        at += take as u64;
+        if at >= end {
             break;
         }
     }
-    Ok((start.unwrap_or(offset), out))
+    Ok((bytes::Bytes::from(out), next, at))
 }
 
 #[cfg(test)]
@@ -540,11 +662,20 @@ mod tests {
         relay: &Arc<Relay>,
         offset: u64,
     ) -> mpsc::Receiver<Encoded> {
-        let (tx, rx) = mpsc::channel(16);
+        let (tx, mut queued) = mpsc::channel::<Queued>(16);
+        let out = Outbox::new(tx, 1 << 20);
+        let (fwd, rx) = mpsc::channel(16);
+        tokio::spawn(async move {
+            while let Some(q) = queued.recv().await {
+                if fwd.send(q.msg).await.is_err() {
+                    return;
+                }
+            }
+        });
         let (store, relay2) = (store.clone(), relay.clone());
         let before = relay.live("job").tx.receiver_count();
         tokio::spawn(async move {
-            let _ = subscribe(store.as_ref(), &relay2, "job", offset, &tx, || async {
+            let _ = subscribe(store.as_ref(), &relay2, "job", offset, &out, || async {
                 Ok(false)
             })
             .await;
@@ -594,6 +725,75 @@ mod tests {
         assert_eq!(
             output(&c.recv().await.expect("c")),
             (6, b"world\n".to_vec())
+        );
+    }
+
+    /// A raw read streams page by page within the bounds it announced: from an offset inside a
+    /// chunk, across page boundaries, clipped to `max` and to what is stored; past the end there
+    /// is nothing to read.
+    #[tokio::test]
+    async fn raw_reads_stream_exactly_the_announced_range() {
+        use futures_util::TryStreamExt as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(SledStore::open(dir.path(), 8 << 20).expect("store"));
+        let relay = Relay::new(64 << 20);
+        let mut st = load_state(store.as_ref(), "job", 1, ("w".into(), "t".into()), 0)
+            .await
+            .expect("state");
+        let live = relay.live("job");
+        let mut all = Vec::new();
+        // 40 chunks of 16 KiB: 640 KiB, so a full read spans three 256 KiB pages.
+        for i in 0..40u8 {
+            let data = vec![b'a' + (i % 26); 16 * 1024];
+            all.extend_from_slice(&data);
+            append(
+                store.as_ref(),
+                &live,
+                &mut st,
+                "job",
+                64 << 20,
+                StreamKind::Stdout,
+                data,
+            )
+            .await
+            .expect("append");
+        }
+        let dyn_store: Arc<dyn Store> = store.clone();
+        for (offset, max) in [
+            (0u64, u64::MAX),
+            (5, 300_000),
+            (16_000, 600_000),
+            (600_000, 10),
+        ] {
+            let (start, end, idx) = raw_bounds(store.as_ref(), "job", offset, max)
+                .await
+                .expect("bounds");
+            assert_eq!(start, offset);
+            assert_eq!(end, (offset.saturating_add(max)).min(all.len() as u64));
+            let pages: Vec<bytes::Bytes> = raw_stream(
+                dyn_store.clone(),
+                "job".into(),
+                idx.expect("idx"),
+                start,
+                end,
+            )
+            .try_collect()
+            .await
+            .expect("stream");
+            assert!(pages.iter().all(|p| p.len() <= PAGE_BYTES));
+            let got: Vec<u8> = pages.concat();
+            assert_eq!(
+                got,
+                all[start as usize..end as usize],
+                "offset {offset} max {max}"
+            );
+        }
+        let (start, end, idx) = raw_bounds(store.as_ref(), "job", all.len() as u64, 100)
+            .await
+            .expect("bounds");
+        assert_eq!(
+            (start, end, idx),
+            (all.len() as u64, all.len() as u64, None)
         );
     }
 }

@@ -115,11 +115,59 @@ where
     sink.flush().await
 }
 
-/// Counts open sessions.
+/// Counts open sessions: all of them (shutdown waits for none), and client sockets in total and
+/// per user (so users cannot take the sockets agents need, nor one user all of them).
 #[derive(Default)]
 pub struct Sessions {
     open: AtomicUsize,
     idle: Notify,
+    agents: AtomicUsize,
+    clients: std::sync::Mutex<ClientCounts>,
+}
+
+#[derive(Default)]
+struct ClientCounts {
+    total: usize,
+    per_user: std::collections::HashMap<String, usize>,
+}
+
+/// Why a socket was refused a slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotRefused {
+    /// The hub holds its most sockets of this kind.
+    Full,
+    /// This user holds their most client sockets.
+    UserFull,
+}
+
+/// A reserved agent socket slot, released on drop.
+pub struct AgentSlot(std::sync::Arc<crate::Hub>);
+
+impl Drop for AgentSlot {
+    fn drop(&mut self) {
+        self.0.sessions.agents.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A reserved client socket slot of one user, released on drop.
+pub struct ClientSlot(std::sync::Arc<crate::Hub>, String);
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut c = self
+            .0
+            .sessions
+            .clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        c.total = c.total.saturating_sub(1);
+        if let Some(n) = c.per_user.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                c.per_user.remove(&self.1);
+            }
+        }
+    }
 }
 
 /// Held by a session task; dropping it counts the session closed.
@@ -135,6 +183,41 @@ impl Sessions {
     /// Open sessions now.
     pub fn count(&self) -> usize {
         self.open.load(Ordering::SeqCst)
+    }
+
+    /// Reserves one of `hub.config.max_agent_sockets` agent slots.
+    pub fn reserve_agent(hub: &std::sync::Arc<crate::Hub>) -> Result<AgentSlot, SlotRefused> {
+        let max = hub.config.max_agent_sockets;
+        hub.sessions
+            .agents
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .map_err(|_| SlotRefused::Full)?;
+        Ok(AgentSlot(hub.clone()))
+    }
+
+    /// Reserves a client slot for `user`: within `max_client_sockets` in all and
+    /// `max_client_sockets_per_user` for that user.
+    pub fn reserve_client(
+        hub: &std::sync::Arc<crate::Hub>,
+        user: &str,
+    ) -> Result<ClientSlot, SlotRefused> {
+        let mut c = hub
+            .sessions
+            .clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if c.total >= hub.config.max_client_sockets {
+            return Err(SlotRefused::Full);
+        }
+        let mine = c.per_user.get(user).copied().unwrap_or(0);
+        if mine >= hub.config.max_client_sockets_per_user {
+            return Err(SlotRefused::UserFull);
+        }
+        c.total += 1;
+        c.per_user.insert(user.to_string(), mine + 1);
+        Ok(ClientSlot(hub.clone(), user.to_string()))
     }
 
     /// Waits until no session is open, or `limit`.

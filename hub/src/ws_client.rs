@@ -19,7 +19,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::Hub;
 use crate::auth::Caller;
-use crate::relay::{self, Encoded, SubEnd, encode};
+use crate::relay::{self, Encoded, Outbox, Queued, SubEnd, encode};
 use crate::ws::{Socket, send_batch};
 
 /// Outgoing messages queued per client socket.
@@ -37,7 +37,8 @@ fn error(code: &str, message: impl Into<String>) -> Encoded {
 /// Runs one client session for `caller`.
 pub async fn session(hub: Arc<Hub>, ws: Socket, caller: Caller) {
     let _guard = hub.sessions.enter();
-    let (out_tx, mut out_rx) = mpsc::channel::<Encoded>(OUT_QUEUE);
+    let (out_tx, mut out_rx) = mpsc::channel::<Queued>(OUT_QUEUE);
+    let out_tx = Outbox::new(out_tx, hub.config.client_socket_buffer_bytes);
     let (mut sink, mut stream) = ws.split();
     let mut subs: HashMap<String, JoinHandle<()>> = HashMap::new();
     let mut feeds = Feeds::default();
@@ -67,7 +68,7 @@ pub async fn session(hub: Arc<Hub>, ws: Socket, caller: Caller) {
             }
             out = out_rx.recv() => {
                 let Some(text) = out else { break };
-                if send_batch(&mut sink, &mut out_rx, text, |t| t).await.is_err() {
+                if send_batch(&mut sink, &mut out_rx, text, |q| q.msg).await.is_err() {
                     break;
                 }
             }
@@ -86,7 +87,7 @@ pub async fn session(hub: Arc<Hub>, ws: Socket, caller: Caller) {
                     Message::Text(t) => match serde_json::from_str::<ClientMsg>(&t) {
                         Ok(m) => Box::pin(handle(&hub, &caller, m, &out_tx, &mut subs, &mut feeds)).await,
                         Err(e) => {
-                            let _ = out_tx.send(error("bad_message", format!("unreadable message: {e}"))).await;
+                            out_tx.send(error("bad_message", format!("unreadable message: {e}"))).await;
                         }
                     },
                     Message::Close(_) => break,
@@ -129,7 +130,7 @@ async fn handle(
     hub: &Arc<Hub>,
     caller: &Caller,
     msg: ClientMsg,
-    out: &mpsc::Sender<Encoded>,
+    out: &Outbox,
     subs: &mut HashMap<String, JoinHandle<()>>,
     feeds: &mut Feeds,
 ) {
@@ -139,19 +140,17 @@ async fn handle(
             let job = match crate::jobs::visible_job(hub, caller, &job_id).await {
                 Ok(j) => j,
                 Err(_) => {
-                    let _ = out
-                        .send(error("not_found", format!("job {job_id} not found")))
+                    out.send(error("not_found", format!("job {job_id} not found")))
                         .await;
                     return;
                 }
             };
             if subs.len() >= MAX_SUBS {
-                let _ = out
-                    .send(error(
-                        "too_many_subscriptions",
-                        "unsubscribe from some jobs first",
-                    ))
-                    .await;
+                out.send(error(
+                    "too_many_subscriptions",
+                    "unsubscribe from some jobs first",
+                ))
+                .await;
                 return;
             }
             if let Some(old) = subs.remove(&job.id) {
@@ -194,13 +193,13 @@ async fn handle(
                                 signal: o.signal,
                                 failure: job.failure,
                             };
-                            let _ = out2.send(encode(&end)).await;
+                            out2.send(encode(&end)).await;
                         }
                     }
                     Ok(SubEnd::ClientGone) => {}
                     Err(e) => {
                         tracing::error!(job_id = %id, error = %e, "output subscription failed");
-                        let _ = out2.send(error("internal", "reading output failed")).await;
+                        out2.send(error("internal", "reading output failed")).await;
                     }
                 }
             });
@@ -225,7 +224,7 @@ async fn handle(
             }
             for v in hub.dispatch.views(hub.config.legacy_offline_secs * 1000) {
                 let v = crate::jobs::worker_view_for(hub, caller, v).await;
-                if out.send(encode(&ServerMsg::Worker(v))).await.is_err() {
+                if !out.send(encode(&ServerMsg::Worker(v))).await {
                     return;
                 }
             }
@@ -242,12 +241,7 @@ struct Feeds {
 }
 
 /// Forwards events the caller may see: job events (`jobs`) or worker events.
-fn spawn_feed(
-    hub: &Arc<Hub>,
-    caller: Caller,
-    out: mpsc::Sender<Encoded>,
-    jobs: bool,
-) -> JoinHandle<()> {
+fn spawn_feed(hub: &Arc<Hub>, caller: Caller, out: Outbox, jobs: bool) -> JoinHandle<()> {
     let mut rx = hub.events.subscribe();
     let hub = hub.clone();
     tokio::spawn(async move {
@@ -273,7 +267,7 @@ fn spawn_feed(
                 ServerMsg::Worker(_) if !jobs => encode(&ev.msg),
                 _ => continue,
             };
-            if out.send(encoded).await.is_err() {
+            if !out.send(encoded).await {
                 return;
             }
         }

@@ -45,6 +45,9 @@ pub async fn spawn_hub(
         .arg("0")
         .arg("--login-rate-limit-per-min")
         .arg("0")
+        // The relay scenario's subscribers are all the generator's admin.
+        .arg("--max-client-sockets-per-user")
+        .arg("1000000")
         .args(extra)
         .env("CMDX_ADMIN_EMAIL", &email)
         .env("CMDX_ADMIN_PASSWORD", &password);

@@ -892,7 +892,10 @@ async fn ten_thousand_idle_client_sockets_stay_small() {
         limit as usize > TOTAL + 500,
         "RLIMIT_NOFILE hard limit {limit} is too low for {TOTAL} sockets"
     );
-    let hub = HubProc::start(FAST).await;
+    let mut flags = FAST.to_vec();
+    // One user holds them all here: the per-user cap (64) has its own test.
+    flags.extend(["--max-client-sockets-per-user", "20000"]);
+    let hub = HubProc::start(&flags).await;
     let admin = hub.admin().await;
     let open = async |n: usize| {
         let mut all = Vec::with_capacity(n);
@@ -1029,4 +1032,141 @@ async fn repeated_feed_subscriptions_are_one_feed() {
         }
     }
     assert_eq!(seen, 1, "one job event per feed, and one feed per socket");
+}
+
+/// A masked client text frame (mask key 0, which leaves the payload as it is).
+fn ws_text_frame(payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![0x81u8];
+    match payload.len() {
+        n if n < 126 => f.push(0x80 | n as u8),
+        n => {
+            f.push(0x80 | 126);
+            f.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+    }
+    f.extend_from_slice(&[0, 0, 0, 0]);
+    f.extend_from_slice(payload);
+    f
+}
+
+/// Pushes `chunks` chunks of 32 KiB as the next assignment's output and finishes it.
+async fn push_output(agent: &mut FakeAgent, chunks: u64) -> String {
+    let a = agent.next_assignment().await.unwrap();
+    let chunk = vec![b'z'; 32 * 1024];
+    for seq in 0..chunks {
+        agent
+            .send(&AgentMsg::Output(OutputChunk {
+                job_id: a.job_id.clone(),
+                attempt: a.attempt,
+                seq,
+                stream: StreamKind::Stdout,
+                data: chunk.clone().into(),
+            }))
+            .await
+            .unwrap();
+        if seq % 32 == 31 {
+            agent
+                .recv_until(|m| match m {
+                    HubMsg::OutputAck(k) if k.stored_chunks > seq => Some(()),
+                    _ => None,
+                })
+                .await
+                .unwrap();
+        }
+    }
+    agent.finish(&a.job_id, a.attempt, chunks, 0).await.unwrap();
+    a.job_id
+}
+
+/// Clients that stop reading: 24 sockets each subscribed to 8 finished jobs' output (2 MiB each),
+/// and 8 `GET /api/jobs/{id}/output` reads of a 24 MiB log, none of them reading a byte. Before,
+/// each subscription held a 256 KiB page and its socket 16 queued messages (about 65 MiB here),
+/// and each raw read collected the whole log in memory (192 MiB). Now a socket holds at most its
+/// 512 KiB budget whatever its subscriptions, a raw read streams a page at a time: the hub grows
+/// by well under 80 MiB (allocator noise is about +-25 MiB). A 65th socket of one user is refused
+/// with 429, and sockets of other users and agents are not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_readers_cost_bounded_memory() {
+    let hub = HubProc::start(FAST).await;
+    let admin = hub.admin().await;
+    let wt = hub.worker_token(&admin).await;
+    let (mut agent, _) = FakeAgent::connect(&hub, &wt, "stall-src", 1, vec![])
+        .await
+        .unwrap();
+    let mut small = Vec::new();
+    for _ in 0..8 {
+        hub.submit(&admin, json!({"command": "yes"})).await;
+        small.push(push_output(&mut agent, 64).await);
+    }
+    hub.submit(&admin, json!({"command": "yes"})).await;
+    let big = push_output(&mut agent, 768).await;
+    hub.wait_status(&admin, &big, "completed").await;
+    let before = hub.rss_kb();
+
+    let mut stalled = Vec::new();
+    for _ in 0..24 {
+        let mut s = raw_client_socket(hub.port, &admin).await;
+        for id in &small {
+            let msg = serde_json::to_vec(&ClientMsg::SubscribeOutput {
+                job_id: id.clone(),
+                offset: 0,
+            })
+            .unwrap();
+            s.write_all(&ws_text_frame(&msg)).await.unwrap();
+        }
+        stalled.push(s);
+    }
+    for _ in 0..8 {
+        let mut s = TcpStream::connect(("127.0.0.1", hub.port)).await.unwrap();
+        let req = format!(
+            "GET /api/jobs/{big}/output HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {admin}\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        stalled.push(s);
+    }
+    // Let the hub fill every buffer it is willing to fill.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let grown_mib = hub.rss_kb().saturating_sub(before) / 1024;
+    eprintln!("stalled readers: hub grew by {grown_mib} MiB");
+    assert!(
+        grown_mib < 80,
+        "192 stalled subscriptions and 8 stalled output reads grew the hub by {grown_mib} MiB"
+    );
+
+    // The per-user cap: 24 sockets are open; 40 more fit, the 65th does not.
+    let mut more = Vec::new();
+    for _ in 0..40 {
+        more.push(client_ws(&hub, &admin).await);
+    }
+    let mut req = hub.ws_url("/ws/client").into_client_request().unwrap();
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {admin}").parse().unwrap());
+    match tokio_tungstenite::connect_async(req).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => {
+            assert_eq!(r.status(), 429);
+            let body: Value = serde_json::from_slice(r.body().as_deref().unwrap_or(b"{}")).unwrap();
+            assert_eq!(body["code"], "too_many_sockets");
+        }
+        other => panic!("a 65th socket of one user: {other:?}"),
+    }
+    // Another user, and an agent, still get theirs.
+    let other = hub.user(&admin, "other-socket@test.local").await;
+    let _theirs = client_ws(&hub, &other).await;
+    FakeAgent::connect(&hub, &wt, "still-room", 1, vec![])
+        .await
+        .expect("agents have sockets of their own");
+    // Every stalled read is still served in full once read: the big log streams completely.
+    let r = hub
+        .http
+        .get(format!("{}/api/jobs/{big}/output", hub.url))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.headers()["x-output-end"],
+        (768u64 * 32 * 1024).to_string()
+    );
+    assert_eq!(r.bytes().await.unwrap().len(), 768 * 32 * 1024);
+    drop(stalled);
 }

@@ -99,7 +99,8 @@ pub async fn cancel(hub: &Arc<Hub>, mut req: Req) -> ApiResult<Response> {
 
 /// `GET /api/jobs/{id}/output?offset=N&limit=M`: raw bytes of the combined log. The
 /// `x-output-offset` header says where the bytes start (later than asked when the cap dropped
-/// the head), `x-output-end` where the stored log ends now.
+/// the head), `x-output-end` where they end (at most where the stored log ends now). The body
+/// streams from the store a page at a time as the client reads it, with its `Content-Length`.
 pub async fn output(hub: &Arc<Hub>, req: Req, id: &str) -> ApiResult<Response> {
     let caller = user(hub, &req)?;
     let job = jobs::visible_job(hub, &caller, id).await?;
@@ -116,15 +117,21 @@ pub async fn output(hub: &Arc<Hub>, req: Req, id: &str) -> ApiResult<Response> {
         None => hub.config.output_cap_bytes as usize,
     }
     .min(hub.config.output_cap_bytes as usize + (1 << 20));
-    let (start, bytes) = crate::relay::read_raw(hub.store.as_ref(), &job.id, offset, limit).await?;
-    let end = start + bytes.len() as u64;
-    let mut resp = Response::new(bytes.into());
+    let (start, end, idx) =
+        crate::relay::raw_bounds(hub.store.as_ref(), &job.id, offset, limit as u64).await?;
+    let mut resp = match idx {
+        Some(idx) => warp::reply::Reply::into_response(warp::reply::stream(
+            crate::relay::raw_stream(hub.store.clone(), job.id.clone(), idx, start, end),
+        )),
+        None => Response::new(Vec::<u8>::new().into()),
+    };
     let h = resp.headers_mut();
     h.insert(
         "content-type",
         warp::http::HeaderValue::from_static("application/octet-stream"),
     );
     for (k, v) in [
+        ("content-length", (end - start).to_string()),
         ("x-output-offset", start.to_string()),
         ("x-output-end", end.to_string()),
         ("x-job-status", job.status.as_str().to_string()),

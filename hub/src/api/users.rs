@@ -145,9 +145,18 @@ pub async fn client_socket(hub: &Arc<Hub>, mut req: Req) -> ApiResult<Response> 
         return Err(ApiError::forbidden("websocket origin not allowed"));
     }
     let caller = user(hub, &req)?;
-    if hub.sessions.count() >= hub.config.max_client_sockets + hub.config.max_agent_sockets {
-        return Err(ApiError::unavailable("too many open sockets"));
-    }
+    let slot = crate::ws::Sessions::reserve_client(hub, &caller.user_id).map_err(|e| match e {
+        crate::ws::SlotRefused::UserFull => ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_sockets",
+            format!(
+                "this account already has {} live sockets open; close some (each browser tab \
+                 and `cmdx logs -f` holds one)",
+                hub.config.max_client_sockets_per_user
+            ),
+        ),
+        crate::ws::SlotRefused::Full => ApiError::unavailable("too many open client sockets"),
+    })?;
     let resp = crate::ws::handshake(&req.headers)?;
     let on_upgrade = req
         .upgrade
@@ -159,6 +168,7 @@ pub async fn client_socket(hub: &Arc<Hub>, mut req: Req) -> ApiResult<Response> 
         if let Some(ws) = crate::ws::accept(on_upgrade, max, 32 * 1024).await {
             crate::ws_client::session(hub2, ws, caller).await;
         }
+        drop(slot);
     });
     Ok(resp)
 }

@@ -25,9 +25,8 @@ pub async fn agent_socket(hub: &Arc<Hub>, mut req: Req) -> ApiResult<Response> {
     if hub.draining.load(std::sync::atomic::Ordering::SeqCst) {
         return Err(ApiError::unavailable("hub is shutting down"));
     }
-    if hub.sessions.count() >= hub.config.max_agent_sockets + hub.config.max_client_sockets {
-        return Err(ApiError::unavailable("too many open sockets"));
-    }
+    let slot = crate::ws::Sessions::reserve_agent(hub)
+        .map_err(|_| ApiError::unavailable("too many open agent sockets"))?;
     let resp = crate::ws::handshake(&req.headers)?;
     let on_upgrade = req
         .upgrade
@@ -39,6 +38,7 @@ pub async fn agent_socket(hub: &Arc<Hub>, mut req: Req) -> ApiResult<Response> {
         if let Some(ws) = crate::ws::accept(on_upgrade, max, 8 * 1024).await {
             crate::ws_agent::session(hub2, ws, token_id).await;
         }
+        drop(slot);
     });
     Ok(resp)
 }
