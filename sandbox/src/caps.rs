@@ -27,6 +27,10 @@ pub struct Capabilities {
     pub landlock_abi: Option<i32>,
     /// `CAP_SYS_ADMIN`: a private, empty network namespace can be created per job.
     pub netns: bool,
+    /// `CAP_SYS_ADMIN`: private IPC and UTS namespaces per job (SysV shared memory, message
+    /// queues and semaphores die with the job and are invisible to other jobs; the host name
+    /// is the job's own).
+    pub ipcns: bool,
     /// `CAP_SETUID` + `CAP_SETGID`: the job can be dropped to an unprivileged uid/gid.
     pub uid_drop: bool,
     /// seccomp-bpf filters are supported.
@@ -71,6 +75,7 @@ impl Capabilities {
             },
             ("session".to_owned(), true),
             ("netns".to_owned(), self.netns),
+            ("ipcns".to_owned(), self.ipcns),
             ("uid".to_owned(), self.uid_drop),
             ("no_new_privs".to_owned(), true),
             ("pdeathsig".to_owned(), true),
@@ -142,6 +147,9 @@ fn probe_uncached() -> Capabilities {
             .map_or(CgroupVersion::None, Hierarchy::version),
         landlock_abi: landlock_abi(),
         netns: sys_admin && Path::new("/proc/self/ns/net").exists(),
+        ipcns: sys_admin
+            && Path::new("/proc/self/ns/ipc").exists()
+            && Path::new("/proc/self/ns/uts").exists(),
         uid_drop: setuid && setgid,
         seccomp,
         disk_tmpfs: sys_admin && tmpfs,

@@ -101,6 +101,7 @@ fn plan(spec: &Spec) -> (Vec<String>, Vec<String>) {
     if !spec.network {
         put("netns".into(), c.netns);
     }
+    put("ipcns".into(), c.ipcns);
     put("uid".into(), c.uid_drop && spec.run_as.is_some());
     put("pdeathsig".into(), true);
     put("rlimits".into(), true);
@@ -276,6 +277,7 @@ fn spawn_in(
     let setup = ChildSetup {
         cgroup_fds: procs_files.iter().map(AsRawFd::as_raw_fd).collect(),
         netns: net,
+        ipc_uts: c.ipcns,
         run_as: spec.run_as.filter(|_| c.uid_drop),
         parent_pid: std::process::id() as libc::pid_t,
         rlimits: [

@@ -22,6 +22,7 @@ pub(crate) enum Step {
     JoinCgroup,
     Setsid,
     UnshareNet,
+    UnshareIpc,
     DropUid,
     Pdeathsig,
     Rlimits,
@@ -33,11 +34,12 @@ pub(crate) enum Step {
 }
 
 impl Step {
-    const ALL: [Step; 12] = [
+    const ALL: [Step; 13] = [
         Step::Fork,
         Step::JoinCgroup,
         Step::Setsid,
         Step::UnshareNet,
+        Step::UnshareIpc,
         Step::DropUid,
         Step::Pdeathsig,
         Step::Rlimits,
@@ -55,6 +57,7 @@ impl Step {
             Step::JoinCgroup => "join cgroup",
             Step::Setsid => "setsid",
             Step::UnshareNet => "unshare network namespace",
+            Step::UnshareIpc => "unshare IPC and UTS namespaces",
             Step::DropUid => "drop uid/gid",
             Step::Pdeathsig => "parent death signal",
             Step::Rlimits => "rlimits",
@@ -148,6 +151,8 @@ pub(crate) struct ChildSetup {
     pub(crate) cgroup_fds: Vec<RawFd>,
     /// Which network namespace the job gets.
     pub(crate) netns: NetSetup,
+    /// New IPC and UTS namespaces for the job.
+    pub(crate) ipc_uts: bool,
     /// Drop to this uid/gid.
     pub(crate) run_as: Option<(u32, u32)>,
     /// The spawning process, for the `getppid` check after PDEATHSIG.
@@ -201,6 +206,12 @@ impl ChildSetup {
                 // SAFETY: fd is a network namespace fd kept open by the parent.
                 check(unsafe { libc::setns(fd, libc::CLONE_NEWNET) }.into())?;
             }
+        }
+
+        if self.ipc_uts {
+            self.step.set(Step::UnshareIpc);
+            // SAFETY: unshare has no memory arguments.
+            check(unsafe { libc::unshare(libc::CLONE_NEWIPC | libc::CLONE_NEWUTS) }.into())?;
         }
 
         if let Some((uid, gid)) = self.run_as {

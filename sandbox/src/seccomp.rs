@@ -6,7 +6,11 @@
 //!   `clone` with any namespace flag, tracing and cross-process memory access (`ptrace`,
 //!   `process_vm_readv/writev`, `kcmp`, `pidfd_getfd`), kexec, module loading,
 //!   `open_by_handle_at` / `name_to_handle_at`, reboot, swap, accounting, quotas, clock
-//!   setting, `syslog`, `ioctl(TIOCSTI)` and `ioctl(TIOCLINUX)`;
+//!   setting, `syslog`, `ioctl(TIOCSTI)` and `ioctl(TIOCLINUX)`, `socket(AF_VSOCK)` (host and
+//!   VM sockets that the network namespace does not cover), and `personality` with any persona
+//!   but the ones Docker's profile allows (Linux, its 32-bit variant, `UNAME26`, and the query
+//!   `0xffffffff`): other personas change how the kernel treats the process (e.g.
+//!   `READ_IMPLIES_EXEC`, `ADDR_NO_RANDOMIZE`);
 //! - `ENOSYS` for `clone3` (its flags live in memory a filter cannot inspect; libc falls
 //!   back to `clone`, whose flags are checked);
 //! - on x86_64, `ENOSYS` for the x32 syscall range, and a foreign architecture kills the
@@ -89,6 +93,10 @@ fn denied() -> Vec<libc::c_long> {
     v
 }
 
+/// `personality` values a job may set or query (Docker's default profile): `PER_LINUX`,
+/// `PER_LINUX32`, `UNAME26`, `PER_LINUX32 | UNAME26`, and `0xffffffff` (query only).
+const ALLOWED_PERSONAS: [u64; 5] = [0x0, 0x8, 0x20000, 0x20008, 0xffff_ffff];
+
 /// Namespace flags refused in `clone`'s flags argument.
 const NS_FLAGS: [libc::c_int; 7] = [
     libc::CLONE_NEWNS,
@@ -153,6 +161,21 @@ fn build() -> Result<Filters> {
         })
         .collect::<Result<Vec<_>>>()?;
     rules.insert(libc::SYS_ioctl, ioctl_rules);
+    rules.insert(
+        libc::SYS_socket,
+        vec![rule(vec![cond(
+            0,
+            SeccompCmpArgLen::Dword,
+            SeccompCmpOp::Eq,
+            libc::AF_VSOCK as u64,
+        )?])?],
+    );
+    // One rule, its conditions ANDed: the persona is none of the allowed ones.
+    let persona_rule = ALLOWED_PERSONAS
+        .iter()
+        .map(|&p| cond(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Ne, p))
+        .collect::<Result<Vec<_>>>()?;
+    rules.insert(libc::SYS_personality, vec![rule(persona_rule)?]);
     let filter = SeccompFilter::new(
         rules,
         SeccompAction::Allow,

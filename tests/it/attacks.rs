@@ -1179,3 +1179,84 @@ async fn a_second_agent_on_the_same_work_dir_is_refused() {
     assert_eq!(v["workerId"], wid("attack-lock").as_str());
     rig.finish().await;
 }
+
+/// Objects the kernel keeps outside the filesystem, as a security review found them: a job's
+/// SysV shared memory and message queues outlived it and were readable by the next job on the
+/// same slot uid (three finished jobs left 900 MiB of shared memory outside any limit);
+/// `AF_VSOCK` sockets could be created with no network; `personality()` took any persona. Now
+/// each job has its own IPC (and UTS) namespace, so its IPC objects die with it and no other
+/// job sees them, and seccomp refuses `AF_VSOCK` and personas outside Docker's list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipc_objects_vsock_and_personas_stay_inside_the_job() {
+    require_root("ipc_objects_vsock_and_personas_stay_inside_the_job");
+    // One slot: both jobs run as the same uid, the case the review exploited.
+    let rig = Rig::start(&[], Some(&wid("attack-ipc")), 50_900, 1).await;
+    let host_ns = |kind: &str| {
+        std::fs::read_link(format!("/proc/self/ns/{kind}"))
+            .unwrap()
+            .to_string_lossy()
+            .into_owned()
+    };
+    let a = rig
+        .run(
+            "ipcmk -M 1048576 && ipcmk -Q && ipcs -m | grep -c 1048576; \
+             readlink /proc/self/ns/ipc /proc/self/ns/uts",
+            30,
+        )
+        .await;
+    assert_end("ipc-a", &a, "completed", None);
+    let out = s(&a, "stdout");
+    assert!(out.contains("Shared memory id"), "{a:#}");
+    for kind in ["ipc", "uts"] {
+        assert!(out.contains(&format!("{kind}:[")), "{out}");
+        assert!(
+            !out.contains(&host_ns(kind)),
+            "the job ran in the host's {kind} namespace: {out}"
+        );
+    }
+    // Nothing of the job's is left in the host's IPC namespace.
+    let uid = rig.uid_base.to_string();
+    for flag in ["-m", "-q"] {
+        let host = std::process::Command::new("ipcs")
+            .args([flag, "-c"])
+            .output()
+            .unwrap();
+        let listing = String::from_utf8_lossy(&host.stdout);
+        assert!(
+            !listing
+                .lines()
+                .any(|l| l.split_whitespace().any(|w| w == uid)),
+            "job {flag} objects outlived the job in the host namespace:\n{listing}"
+        );
+    }
+    // The next job on the same uid sees no IPC object at all.
+    let b = rig
+        .run(
+            "ipcs -m | grep -c 1048576; ipcs -q | grep -c '^0x'; true",
+            30,
+        )
+        .await;
+    assert_end("ipc-b", &b, "completed", None);
+    assert_eq!(s(&b, "stdout"), "0\n0\n", "{b:#}");
+
+    let py = "python3 - <<'EOF'\n\
+        import ctypes, socket\n\
+        try:\n\
+        \x20   socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)\n\
+        \x20   print('vsock created')\n\
+        except OSError as e:\n\
+        \x20   print('vsock', e.errno)\n\
+        libc = ctypes.CDLL(None, use_errno=True)\n\
+        r = libc.personality(0x0400000)\n\
+        print('read-implies-exec', r, ctypes.get_errno())\n\
+        print('query', libc.personality(0xffffffff) >= 0)\n\
+        EOF\n";
+    let v = rig.run(py, 30).await;
+    assert_end("vsock-persona", &v, "completed", None);
+    assert_eq!(
+        s(&v, "stdout"),
+        "vsock 1\nread-implies-exec -1 1\nquery True\n",
+        "{v:#}"
+    );
+    rig.finish().await;
+}
