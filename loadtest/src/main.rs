@@ -2,7 +2,10 @@
 //!
 //! `loadtest SCENARIO [--workers N] [--rate R] [--duration SECS] [--subscribers K] [--hub URL]
 //! [--json]`. Without `--hub` it starts a fresh `cmdx hub` (the binary next to this one) on a
-//! temp data folder and a loopback port with rate limits off, and stops it at the end. Every run
+//! temp data folder and a loopback port with rate limits and the per-user socket cap off, and
+//! stops it at the end (a hub given with `--hub` needs the same: `--rate-limit-per-min 0
+//! --read-rate-limit-per-sec 0 --login-rate-limit-per-min 0 --max-client-sockets-per-user N`
+//! with N above the relay scenario's `--subscribers`, all of whom are the admin). Every run
 //! is bounded in count and time and sends traffic only to loopback (`chaos`: or to the private
 //! network namespace it creates; it exits 1 when it finds lost, duplicated or stuck jobs).
 //!

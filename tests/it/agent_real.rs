@@ -240,6 +240,18 @@ async fn token_flag_never_reaches_a_job_and_agent_metrics_are_served() {
     let _ = agent.wait().await;
 }
 
+/// Removes worker `id` (admin).
+async fn delete_worker(hub: &HubProc, admin: &str, id: &str) -> (u16, String) {
+    let r = hub
+        .http
+        .delete(format!("{}/api/workers/{id}", hub.url))
+        .bearer_auth(admin)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.text().await.unwrap_or_default())
+}
+
 /// The command line of process `pid` (an agent), read once the agent `id` is online.
 async fn argv_once_online(hub: &HubProc, admin: &str, id: &str, pid: u32) -> String {
     wait_for("the agent to connect", || async {
@@ -300,8 +312,25 @@ async fn the_token_leaves_argv_whatever_the_flag_order() {
             cmdline.contains(id),
             "{id}: argv otherwise intact: {cmdline}"
         );
+        // The attack itself: a job on that agent reads every command line on the host.
+        let job = hub
+            .submit(
+                &admin,
+                json!({"command": "cat /proc/[0-9]*/cmdline 2>/dev/null | tr '\\0' ' '; echo"}),
+            )
+            .await;
+        let v = hub.wait_status(&admin, &job, "completed").await;
+        let out = v["stdout"].as_str().unwrap();
+        assert_eq!(v["workerId"], id);
+        assert!(!out.contains(&wt), "{id}: a job read the worker token");
+        assert!(
+            out.contains(id),
+            "{id}: the job did read command lines: {out}"
+        );
         let _ = agent.start_kill();
         let _ = agent.wait().await;
+        // The next layout's agent must get the next job.
+        let (_, _) = delete_worker(&hub, &admin, id).await;
     }
     std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o644)).unwrap();
     let out = tokio::process::Command::new(cmdx_e2e::cmdx_bin())

@@ -977,6 +977,7 @@ async fn a_login_storm_from_many_addresses_costs_bounded_memory() {
         *counts.entry(status).or_insert(0) += 1;
     }
     let grown_mib = peak_rss_kb(&hub).saturating_sub(before) / 1024;
+    eprintln!("login storm: peak grew by {grown_mib} MiB; answers {counts:?}");
     assert!(
         grown_mib < 160,
         "100 concurrent sign-ins grew the hub's peak memory by {grown_mib} MiB ({counts:?})"

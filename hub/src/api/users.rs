@@ -146,15 +146,18 @@ pub async fn client_socket(hub: &Arc<Hub>, mut req: Req) -> ApiResult<Response> 
     }
     let caller = user(hub, &req)?;
     let slot = crate::ws::Sessions::reserve_client(hub, &caller.user_id).map_err(|e| match e {
-        crate::ws::SlotRefused::UserFull => ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too_many_sockets",
-            format!(
-                "this account already has {} live sockets open; close some (each browser tab \
-                 and `cmdx logs -f` holds one)",
-                hub.config.max_client_sockets_per_user
-            ),
-        ),
+        crate::ws::SlotRefused::UserFull => ApiError {
+            retry_after: Some(5),
+            ..ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_sockets",
+                format!(
+                    "this account already has {} live sockets open; close some (each browser \
+                     tab and `cmdx logs -f` holds one)",
+                    hub.config.max_client_sockets_per_user
+                ),
+            )
+        },
         crate::ws::SlotRefused::Full => ApiError::unavailable("too many open client sockets"),
     })?;
     let resp = crate::ws::handshake(&req.headers)?;
