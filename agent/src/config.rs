@@ -54,9 +54,15 @@ pub struct AgentConfig {
     /// Bytes kept from the end of a capped job's output.
     pub output_tail_bytes: u32,
     /// Jobs run as `uid_base + slot` (uid and gid) when the agent runs as root. Agents on
-    /// one host (e.g. the N agents of `cmdx dev`) need disjoint ranges, or jobs of two agents
-    /// would share a uid and could signal each other.
+    /// one host never share a job uid: each claims its range host-wide (see the `uids`
+    /// module).
     pub uid_base: u32,
+    /// Take the first free range at or above `uid_base` (in steps of 1,000) instead of exactly
+    /// `uid_base` (which refuses to start when another agent on the host holds an overlapping
+    /// range).
+    pub uid_base_auto: bool,
+    /// Where uid range claims are kept (host-wide; `/run/cmdx/uid-ranges`).
+    pub uid_claims_dir: PathBuf,
     /// Longest time a connection attempt (TCP + WebSocket handshake) and the wait for
     /// `welcome` may take.
     pub connect_timeout: Duration,
@@ -91,6 +97,8 @@ impl AgentConfig {
             max_output_bytes: 64 << 20,
             output_tail_bytes: 1 << 20,
             uid_base: 40_000,
+            uid_base_auto: true,
+            uid_claims_dir: PathBuf::from(crate::uids::CLAIMS_DIR),
             connect_timeout: Duration::from_secs(10),
             max_backoff: Duration::from_secs(5),
             download_timeout: Duration::from_secs(600),
@@ -127,6 +135,7 @@ impl fmt::Debug for AgentConfig {
             .field("max_output_bytes", &self.max_output_bytes)
             .field("output_tail_bytes", &self.output_tail_bytes)
             .field("uid_base", &self.uid_base)
+            .field("uid_base_auto", &self.uid_base_auto)
             .field("connect_timeout", &self.connect_timeout)
             .field("max_backoff", &self.max_backoff)
             .field("download_timeout", &self.download_timeout)

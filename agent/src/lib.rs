@@ -50,6 +50,7 @@ mod job;
 mod output;
 mod runner;
 mod telemetry;
+mod uids;
 
 use std::fs;
 use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
@@ -171,6 +172,19 @@ pub async fn run(config: AgentConfig, control: watch::Receiver<Control>) -> Resu
     if root {
         check_traversable(work_dir)?;
     }
+    // Held for the agent's lifetime: no other agent on this host runs jobs as these uids.
+    let uid_claim = if root {
+        let c = uids::claim(
+            &config.uid_claims_dir,
+            config.uid_base,
+            config.concurrency,
+            config.uid_base_auto,
+        )?;
+        tracing::info!(first = c.base, end = c.end, "job uids claimed");
+        Some(c)
+    } else {
+        None
+    };
     tracing::info!(
         %worker_id,
         hub = %urls.http_base,
@@ -206,7 +220,7 @@ pub async fn run(config: AgentConfig, control: watch::Receiver<Control>) -> Resu
                 .saturating_sub(u64::from(config.output_tail_bytes)),
             tail: config.output_tail_bytes as usize,
         }),
-        uid_base: root.then_some(config.uid_base),
+        uid_base: uid_claim.as_ref().map(|c| c.base),
         cgroup_group: cgroup_group.clone(),
     });
     let core = core::Core::new(

@@ -287,9 +287,11 @@ pub struct AgentArgs {
     /// Fixed worker id (default: generated once and kept in the work dir).
     #[arg(long)]
     worker_id: Option<String>,
-    /// Jobs run as uid/gid `uid_base + slot` when the agent is root.
-    #[arg(long, default_value_t = 40_000)]
-    uid_base: u32,
+    /// Jobs run as uid/gid `uid_base + slot` when the agent is root. Given: exactly this range,
+    /// or refuse to start if another agent on the host holds an overlapping one. Absent: the
+    /// first free range from 40000 up, in steps of 1000 (claims live in /run/cmdx/uid-ranges).
+    #[arg(long)]
+    uid_base: Option<u32>,
     /// Memory limit per job in MiB (RAM plus the tmpfs pages it writes).
     #[arg(long, default_value_t = 512)]
     memory_mb: u64,
@@ -460,7 +462,10 @@ pub async fn run_agent(args: AgentArgs) -> anyhow::Result<i32> {
     config.work_dir = args.work_dir;
     config.sandbox_mode = args.sandbox.into();
     config.worker_id = args.worker_id;
-    config.uid_base = args.uid_base;
+    if let Some(base) = args.uid_base {
+        config.uid_base = base;
+        config.uid_base_auto = false;
+    }
     config.limits.memory_bytes = args.memory_mb.max(16) << 20;
     config.limits.disk_bytes = args.disk_mb.max(1) << 20;
     config.limits.pids = args.pids.max(4);

@@ -346,3 +346,55 @@ async fn the_token_leaves_argv_whatever_the_flag_order() {
         "{stderr}"
     );
 }
+
+/// Two agents on one host never run jobs as the same uid (both once defaulted to 40000): an
+/// explicit `--uid-base` that overlaps a running agent's range is refused, naming it; an agent
+/// without one takes a free range.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_on_one_host_never_share_job_uids() {
+    let hub = HubProc::start(FAST).await;
+    let admin = hub.admin().await;
+    let wt = hub.worker_token(&admin).await;
+    let dir = traversable_tempdir();
+    let _a = AgentProc::start(&hub, &wt, "uid-a", &dir.path().join("a"), 55_000).await;
+    let out = tokio::time::timeout(
+        WAIT,
+        tokio::process::Command::new(cmdx_e2e::cmdx_bin())
+            .args(["agent", "--hub", &hub.url, "--worker-id", "uid-b"])
+            .args(["--uid-base", "55001", "--work-dir"])
+            .arg(dir.path().join("b"))
+            .env("CMDX_AGENT_TOKEN", &wt)
+            .output(),
+    )
+    .await
+    .expect("the overlapping agent to refuse in time")
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("overlap the range 55000..55002"),
+        "{stderr}"
+    );
+
+    let mut c = tokio::process::Command::new(cmdx_e2e::cmdx_bin())
+        .args(["agent", "--hub", &hub.url, "--worker-id", "uid-c"])
+        .args(["--tags", "uid-c", "--work-dir"])
+        .arg(dir.path().join("c"))
+        .env("CMDX_AGENT_TOKEN", &wt)
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    argv_once_online(&hub, &admin, "uid-c", c.id().unwrap()).await;
+    let job = hub
+        .submit(&admin, json!({"command": "id -u", "tags": ["uid-c"]}))
+        .await;
+    let v = hub.wait_status(&admin, &job, "completed").await;
+    let uid: u32 = v["stdout"].as_str().unwrap().trim().parse().unwrap();
+    assert!(
+        uid >= 40_000 && !(55_000..55_002).contains(&uid),
+        "the automatic range gave uid {uid}"
+    );
+    let _ = c.start_kill();
+    let _ = c.wait().await;
+}

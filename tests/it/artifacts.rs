@@ -84,7 +84,7 @@ async fn a_jobs_files_are_collected_listed_and_downloadable_by_its_owner_only() 
     let alice = hub.user(&admin, "alice-art@test.local").await;
     let bob = hub.user(&admin, "bob-art@test.local").await;
     let dir = traversable_tempdir();
-    let _agent = AgentProc::start(&hub, &wt, "art-agent", &dir.path().join("a"), 43_000).await;
+    let _agent = AgentProc::start(&hub, &wt, "art-agent", &dir.path().join("a"), 54_000).await;
     let id = hub
         .submit(
             &alice,
@@ -187,7 +187,7 @@ async fn artifacts_are_collected_after_failure_timeout_and_cancel() {
     let admin = hub.admin().await;
     let wt = hub.worker_token(&admin).await;
     let dir = traversable_tempdir();
-    let _agent = AgentProc::start(&hub, &wt, "art-agent-2", &dir.path().join("a"), 44_000).await;
+    let _agent = AgentProc::start(&hub, &wt, "art-agent-2", &dir.path().join("a"), 54_100).await;
     let failed = hub
         .submit(
             &admin,
@@ -243,7 +243,7 @@ async fn hostile_jobs_gain_nothing_and_are_told_what_was_skipped() {
         &wt,
         "hostile-agent",
         &dir.path().join("a"),
-        45_000,
+        54_200,
         &["--disk-mb", "6000", "--memory-mb", "3000"],
     )
     .await;
@@ -623,7 +623,7 @@ async fn odd_file_names_cost_only_themselves() {
     let admin = hub.admin().await;
     let wt = hub.worker_token(&admin).await;
     let dir = traversable_tempdir();
-    let _agent = AgentProc::start(&hub, &wt, "art-agent-odd", &dir.path().join("a"), 47_000).await;
+    let _agent = AgentProc::start(&hub, &wt, "art-agent-odd", &dir.path().join("a"), 54_300).await;
     let id = hub
         .submit(
             &admin,
