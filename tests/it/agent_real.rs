@@ -356,7 +356,9 @@ async fn agents_on_one_host_never_share_job_uids() {
     let admin = hub.admin().await;
     let wt = hub.worker_token(&admin).await;
     let dir = traversable_tempdir();
-    let _a = AgentProc::start(&hub, &wt, "uid-a", &dir.path().join("a"), 55_000).await;
+    let a = AgentProc::start(&hub, &wt, "uid-a", &dir.path().join("a"), 55_000).await;
+    // Online means it has claimed its range (the claim comes before it connects).
+    argv_once_online(&hub, &admin, "uid-a", a.pid().unwrap()).await;
     let out = tokio::time::timeout(
         WAIT,
         tokio::process::Command::new(cmdx_e2e::cmdx_bin())
