@@ -166,8 +166,9 @@ async fn run(
             return stopped_outcome(now, start);
         }
 
-        // 3. Run.
-        let env = match job_env(ws, &a) {
+        // 3. Run, in the job's private root when the host can build one.
+        let private = cmdx_sandbox::probe().private_root;
+        let env = match job_env(ws, &a, private) {
             Ok(env) => env,
             Err(e) => return setup_failed(e, start),
         };
@@ -177,8 +178,13 @@ async fn run(
         }
         let launch = runner::Launch {
             command: a.command.clone(),
-            cwd: ws.dir.clone(),
+            cwd: if private {
+                PathBuf::from(WORKSPACE)
+            } else {
+                ws.dir.clone()
+            },
             rw_paths: vec![ws.dir.clone(), ws.tmp.clone()],
+            root: private.then(|| ws.private_root()),
             env,
             limits,
             run_as: owner,
@@ -331,12 +337,26 @@ fn workspace_name(job: &JobRef) -> String {
     }
 }
 
-/// The job's complete environment: a fixed base plus the assignment's variables.
-fn job_env(ws: &Workspace, a: &Assignment) -> Result<Vec<(String, String)>, JobError> {
+/// Where the job's workspace is in its private root (its cwd and `HOME`).
+const WORKSPACE: &str = "/workspace";
+
+/// The job's complete environment: a fixed base plus the assignment's variables. In the
+/// private root `HOME` is `/workspace` and `TMPDIR` `/tmp` (both in the workspace's size
+/// cap); without one, their host paths.
+fn job_env(
+    ws: &Workspace,
+    a: &Assignment,
+    private: bool,
+) -> Result<Vec<(String, String)>, JobError> {
+    let (home, tmp) = if private {
+        (WORKSPACE.to_owned(), "/tmp".to_owned())
+    } else {
+        (ws.dir.display().to_string(), ws.tmp.display().to_string())
+    };
     let mut env: Vec<(String, String)> = vec![
         ("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()),
-        ("HOME".into(), ws.dir.display().to_string()),
-        ("TMPDIR".into(), ws.tmp.display().to_string()),
+        ("HOME".into(), home),
+        ("TMPDIR".into(), tmp),
         ("LANG".into(), "C.UTF-8".into()),
     ];
     for (k, v) in &a.env {

@@ -17,14 +17,17 @@
 //! # Work directory
 //! `work_dir/worker-id` (the stable id), `work_dir/downloads/` (ZIPs being fetched and artifact ZIPs being uploaded, mode
 //! 0700) and `work_dir/jobs/<job>-<attempt>/` (one [`cmdx_sandbox::Workspace`] per job, with
-//! `job/` as the command's cwd and `tmp/` as its `TMPDIR`). Jobs can reach only their own
-//! workspace: the agent's files are outside every landlock rule. `work_dir/agent.lock` is
+//! `job/`, `tmp/` and `shm/` bound at `/workspace` (cwd and `HOME`), `/tmp` (`TMPDIR`) and
+//! `/dev/shm` of the job's private root; on a host without one, `job/` and `tmp/` by their host
+//! paths). Jobs can reach only their own workspace: the agent's files are outside the private
+//! root and every landlock rule. `work_dir/agent.lock` is
 //! held (`flock`) while the agent runs: a second agent on the same work dir refuses to start.
 //!
 //! # Crash recovery
 //! Job cgroups are grouped per agent (`cmdx/agent-<worker id>-<work dir hash>/<job>`, see
-//! [`cmdx_sandbox::Spec::cgroup_group`]). `PR_SET_PDEATHSIG` kills only a job's main process
-//! when the agent dies, so at start the agent kills every process left in its group's cgroups
+//! [`cmdx_sandbox::Spec::cgroup_group`]). `PR_SET_PDEATHSIG` kills a job's main process when
+//! the agent dies (in a private root that is the job's init, and with it the whole job; without
+//! one only the main process), so at start the agent kills every process left in its group's cgroups
 //! (a previous process on the same work dir was `kill -9`'d) and unmounts and removes the
 //! leftover workspaces ([`cmdx_sandbox::Workspace::remove_leftover`]); on a clean exit it
 //! removes its empty group.
@@ -169,7 +172,9 @@ pub async fn run(config: AgentConfig, control: watch::Receiver<Control>) -> Resu
         mode: mode_name.to_owned(),
     };
     let root = host::effective_uid() == Some(0);
-    if root {
+    // In a private root the job's workspace is bind-mounted by the agent: the job's uid never
+    // walks the host path, so the work dir's parents may be closed to it.
+    if root && !caps.private_root {
         check_traversable(work_dir)?;
     }
     // Held for the agent's lifetime: no other agent on this host runs jobs as these uids.
@@ -251,9 +256,10 @@ pub async fn run(config: AgentConfig, control: watch::Receiver<Control>) -> Resu
     Ok(())
 }
 
-/// Jobs run as unprivileged uids: every ancestor of the work dir must let them through
-/// (`o+x`), or every job fails to enter its directory. `cmdx dev` asks this before it picks
-/// where its local agents live.
+/// Without a private root ([`cmdx_sandbox::Capabilities::private_root`]) jobs reach their
+/// directory by its host path as unprivileged uids: every ancestor of the work dir must let
+/// them through (`o+x`), or every job fails to enter its directory. `cmdx dev` asks this
+/// before it picks where its local agents live.
 pub fn check_traversable(work_dir: &Path) -> Result<(), AgentError> {
     for dir in work_dir.ancestors() {
         let meta = fs::metadata(dir).map_err(|source| AgentError::WorkDir {

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use cmdx_proto::{FailureKind, Outcome};
-use cmdx_sandbox::{Limits, Mode, Report, Spec};
+use cmdx_sandbox::{Limits, Mode, Report, Root, Spec};
 use tokio::sync::watch;
 
 use crate::core::JobEvent;
@@ -23,10 +23,12 @@ const ABORT_OUTPUT_WAIT: Duration = Duration::from_secs(5);
 pub(crate) struct Launch {
     /// The shell command.
     pub command: String,
-    /// Working directory (the job dir).
+    /// Working directory (`/workspace` in the private root, else the job dir's host path).
     pub cwd: PathBuf,
-    /// Read-write paths (job dir and private tmp).
+    /// Read-write paths without a private root (job dir and private tmp).
     pub rw_paths: Vec<PathBuf>,
+    /// The job's private root, when the host supports one.
+    pub root: Option<Root>,
     /// Complete environment.
     pub env: Vec<(String, String)>,
     /// Limits, with the job's timeout.
@@ -63,6 +65,7 @@ pub(crate) async fn run(
         run_as: launch.run_as,
         mode: launch.mode,
         cgroup_group: Some(launch.cgroup_group),
+        root: launch.root,
     };
     let spawn_start = Instant::now();
     let mut child = match cmdx_sandbox::spawn(&spec) {

@@ -484,14 +484,15 @@ pub async fn run_agent(args: AgentArgs) -> anyhow::Result<i32> {
 const DEV_AGENTS_FALLBACK: &str = "/var/lib/cmdx/dev";
 
 /// Where `cmdx dev` puts its agents' work dirs: `DATA/agents`, unless the agents run jobs as
-/// unprivileged uids (root) and some parent of the data folder is closed to them (root's home is
-/// 0700 on Debian): then a folder of their own under [`DEV_AGENTS_FALLBACK`], one per data
+/// unprivileged uids (root) without a private root (an old kernel) and some parent of the data
+/// folder is closed to them (root's home is 0700 on Debian): then a folder of their own under [`DEV_AGENTS_FALLBACK`], one per data
 /// folder (named by a hash of its absolute path, so two dev clusters never share agents).
 fn dev_agents_dir(data: &std::path::Path) -> anyhow::Result<PathBuf> {
     use sha2::Digest as _;
     let inside = data.join("agents");
     let root = nix::unistd::geteuid().is_root();
-    if !root {
+    // Jobs in a private root never walk the host path of their workspace.
+    if !root || cmdx_sandbox::probe().private_root {
         return Ok(inside);
     }
     std::fs::create_dir_all(&inside).with_context(|| format!("creating {}", inside.display()))?;

@@ -31,6 +31,9 @@ pub struct Capabilities {
     /// queues and semaphores die with the job and are invisible to other jobs; the host name
     /// is the job's own).
     pub ipcns: bool,
+    /// `CAP_SYS_ADMIN`, PID and mount namespaces and the new mount API (Linux 5.12+): a
+    /// job can get its own root ([`crate::Root`]) and PID namespace.
+    pub private_root: bool,
     /// `CAP_SETUID` + `CAP_SETGID`: the job can be dropped to an unprivileged uid/gid.
     pub uid_drop: bool,
     /// seccomp-bpf filters are supported.
@@ -76,6 +79,8 @@ impl Capabilities {
             ("session".to_owned(), true),
             ("netns".to_owned(), self.netns),
             ("ipcns".to_owned(), self.ipcns),
+            ("pidns".to_owned(), self.private_root),
+            ("private-root".to_owned(), self.private_root),
             ("uid".to_owned(), self.uid_drop),
             ("no_new_privs".to_owned(), true),
             ("pdeathsig".to_owned(), true),
@@ -150,11 +155,32 @@ fn probe_uncached() -> Capabilities {
         ipcns: sys_admin
             && Path::new("/proc/self/ns/ipc").exists()
             && Path::new("/proc/self/ns/uts").exists(),
+        private_root: sys_admin
+            && Path::new("/proc/self/ns/pid").exists()
+            && Path::new("/proc/self/ns/mnt").exists()
+            && has_mount_setattr(),
         uid_drop: setuid && setgid,
         seccomp,
         disk_tmpfs: sys_admin && tmpfs,
         hierarchy,
     }
+}
+
+/// Whether the kernel has `mount_setattr` (5.12, the newest call the private root uses):
+/// with a bad descriptor it fails with `EBADF`, or `ENOSYS` when it does not exist.
+fn has_mount_setattr() -> bool {
+    // SAFETY: the kernel rejects descriptor -1 before it reads the (null) attribute pointer.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            -1,
+            c"".as_ptr(),
+            0,
+            std::ptr::null::<libc::c_void>(),
+            0usize,
+        )
+    };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ENOSYS)
 }
 
 /// `CapEff` of this process from `/proc/self/status`.

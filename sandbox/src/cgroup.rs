@@ -510,9 +510,10 @@ impl JobCgroup {
         self.procs().is_empty() && self.pids_current().is_none_or(|n| n == 0)
     }
 
-    /// Send `sig` to every process in the cgroup (no freezing: used for the polite TERM).
-    pub(crate) fn signal_all(&self, sig: libc::c_int) {
-        for pid in self.procs() {
+    /// Send `sig` to every process in the cgroup but `skip` (no freezing: used for the
+    /// polite TERM).
+    pub(crate) fn signal_all(&self, sig: libc::c_int, skip: Option<i32>) {
+        for pid in self.procs().into_iter().filter(|&p| Some(p) != skip) {
             // SAFETY: kill(2) with a pid read from the job's cgroup and a valid signal number.
             unsafe { libc::kill(pid, sig) };
         }
@@ -531,7 +532,7 @@ impl JobCgroup {
                 let f = self.memory.join("cgroup.freeze");
                 let _ = fs::write(&f, "1");
                 procs = self.procs();
-                self.signal_all(libc::SIGKILL);
+                self.signal_all(libc::SIGKILL, None);
                 let _ = fs::write(&f, "0");
             }
             (_, Some(fz)) => {
@@ -546,12 +547,12 @@ impl JobCgroup {
                     }
                 }
                 procs = self.procs();
-                self.signal_all(libc::SIGKILL);
+                self.signal_all(libc::SIGKILL, None);
                 let _ = fs::write(&state, "THAWED");
             }
             (_, None) => {
                 procs = self.procs();
-                self.signal_all(libc::SIGKILL);
+                self.signal_all(libc::SIGKILL, None);
             }
         }
         procs

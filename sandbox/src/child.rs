@@ -13,9 +13,12 @@ use tokio::process::{ChildStderr, ChildStdout};
 use crate::caps::{caps, landlock_crate_abi};
 use crate::cgroup::JobCgroup;
 use crate::error::{Error, Result};
-use crate::launch::{MainProcess, Prepared};
-use crate::preexec::{ChildSetup, LandlockOutcome, NetSetup, SharedStep};
-use crate::{CgroupVersion, Mode, Spec, fs_policy, netns, seccomp};
+use crate::launch::{InitLaunch, MainProcess, Prepared};
+use crate::preexec::{ChildSetup, LandlockOutcome, MountSetup, NetSetup, ParentCheck, SharedStep};
+use crate::{CgroupVersion, Mode, Spec, fs_policy, netns, root, seccomp};
+
+/// How long [`Child::wait`] lets a job's init exit on its own before the kill passes.
+const INIT_EXIT_WAIT: Duration = Duration::from_millis(100);
 
 /// How long [`Child::wait`] keeps killing and reaping before it gives up on a cgroup.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -81,6 +84,12 @@ pub struct Child {
     terminated: bool,
     seen: HashSet<i32>,
     report: Option<Report>,
+    /// The main process is the job's init (PID 1 of its PID namespace): it forwards
+    /// signals to the program, so the polite TERM skips it.
+    init: bool,
+    /// The job's mount namespace, held so that it is torn down off the report's path (see
+    /// `root::release`).
+    mntns: Option<std::os::fd::OwnedFd>,
     /// The job's private network namespace, returned to the pool (see the `netns` module)
     /// once the job's cgroup is drained empty; `None` when it is not to be reused.
     netns: Option<std::os::fd::OwnedFd>,
@@ -102,6 +111,10 @@ fn plan(spec: &Spec) -> (Vec<String>, Vec<String>) {
         put("netns".into(), c.netns);
     }
     put("ipcns".into(), c.ipcns);
+    if spec.root.is_some() {
+        put("pidns".into(), c.private_root);
+        put("private-root".into(), c.private_root);
+    }
     put("uid".into(), c.uid_drop && spec.run_as.is_some());
     put("pdeathsig".into(), true);
     put("rlimits".into(), true);
@@ -161,6 +174,15 @@ pub fn spawn(spec: &Spec) -> Result<Child> {
             "cgroup group {g:?} is not a plain directory name"
         )));
     }
+    if let Some(r) = &spec.root {
+        r.validate()?;
+        if !spec.cwd.is_absolute() {
+            return Err(Error::InvalidSpec(format!(
+                "cwd {} is not an absolute path in the job's root",
+                spec.cwd.display()
+            )));
+        }
+    }
     if !spec.program.is_absolute() {
         return Err(Error::InvalidSpec(format!(
             "program {} is not an absolute path",
@@ -168,7 +190,9 @@ pub fn spawn(spec: &Spec) -> Result<Child> {
         )));
     }
     let (layers, missing) = plan(spec);
-    if spec.mode == Mode::Strict && !missing.is_empty() {
+    // A private root cannot be approximated: its paths exist nowhere else.
+    let root_missing = spec.root.is_some() && !caps().private_root;
+    if (spec.mode == Mode::Strict || root_missing) && !missing.is_empty() {
         return Err(Error::MissingLayers { missing });
     }
     if !missing.is_empty() {
@@ -187,8 +211,13 @@ pub fn spawn(spec: &Spec) -> Result<Child> {
         SEQ.fetch_add(1, Ordering::Relaxed)
     );
     let mut layers = layers;
+    // The init is one more process of the job: the program keeps the pids it was given.
+    let mut limits = spec.limits.clone();
+    if spec.root.is_some() {
+        limits.pids = limits.pids.saturating_add(1);
+    }
     let cgroup = match &c.hierarchy {
-        Some(h) => match JobCgroup::create(h, spec.cgroup_group.as_deref(), &name, &spec.limits) {
+        Some(h) => match JobCgroup::create(h, spec.cgroup_group.as_deref(), &name, &limits) {
             Ok(cg) => Some(cg),
             Err(e) if strict => return Err(e),
             Err(e) => {
@@ -200,7 +229,13 @@ pub fn spawn(spec: &Spec) -> Result<Child> {
         None => None,
     };
     let result = spawn_in(spec, c, strict, cgroup.as_ref(), &mut layers);
-    let (inner, stdout, stderr, job_netns) = match result {
+    let Started {
+        main: inner,
+        stdout,
+        stderr,
+        netns: job_netns,
+        mntns,
+    } = match result {
         Ok(x) => x,
         Err(e) => {
             if let Some(cg) = &cgroup {
@@ -232,8 +267,43 @@ pub fn spawn(spec: &Spec) -> Result<Child> {
         terminated: false,
         seen: HashSet::new(),
         report: None,
+        init: spec.root.is_some(),
         netns: job_netns,
+        mntns,
     })
+}
+
+/// A pidfd of this process, for the child's parent-alive check in a PID namespace.
+fn self_pidfd() -> std::io::Result<i32> {
+    static FD: std::sync::OnceLock<std::result::Result<std::os::fd::OwnedFd, i32>> =
+        std::sync::OnceLock::new();
+    let fd = FD.get_or_init(|| {
+        // SAFETY: pidfd_open with our own pid and no flags returns a new descriptor or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, libc::getpid(), 0) };
+        if fd < 0 {
+            Err(std::io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EIO))
+        } else {
+            // SAFETY: a new descriptor nobody else owns (pidfds are close-on-exec).
+            Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) })
+        }
+    });
+    match fd {
+        Ok(fd) => Ok(fd.as_raw_fd()),
+        Err(e) => Err(std::io::Error::from_raw_os_error(*e)),
+    }
+}
+
+/// A started main process: its pipes, and the namespaces held for the job's end.
+struct Started {
+    main: MainProcess,
+    stdout: ChildStdout,
+    stderr: ChildStderr,
+    /// The network namespace to return to the pool once the job is drained.
+    netns: Option<std::os::fd::OwnedFd>,
+    /// The job's mount namespace (see `root::release`).
+    mntns: Option<std::os::fd::OwnedFd>,
 }
 
 fn spawn_in(
@@ -242,19 +312,54 @@ fn spawn_in(
     strict: bool,
     cgroup: Option<&JobCgroup>,
     layers: &mut Vec<String>,
-) -> Result<(
-    MainProcess,
-    ChildStdout,
-    ChildStderr,
-    Option<std::os::fd::OwnedFd>,
-)> {
+) -> Result<Started> {
     let abi = c.landlock_abi.unwrap_or(0);
+    let template = match &spec.root {
+        Some(r) => Some(root::template(r)?),
+        None => None,
+    };
+    let job_binds = match &spec.root {
+        Some(r) => root::job_binds(r)?,
+        None => Vec::new(),
+    };
     let landlock_planned = abi >= 1;
     let landlock = if landlock_planned {
-        Some(fs_policy::build(landlock_crate_abi(abi), spec, strict)?)
+        Some(fs_policy::build(
+            landlock_crate_abi(abi),
+            spec,
+            strict,
+            template.as_ref().map(|t| t.root_fd()),
+        )?)
     } else {
         None
     };
+    let spawn_err = |step: &'static str| {
+        move |source| Error::Spawn {
+            program: spec.program.clone(),
+            step,
+            source,
+        }
+    };
+    let init = match &template {
+        Some(_) => {
+            let program = crate::init::program().map_err(spawn_err("load the job init"))?;
+            let (status_rx, status_tx) =
+                crate::launch::pipe().map_err(spawn_err("status channel"))?;
+            Some(InitLaunch {
+                program,
+                status_rx,
+                status_tx,
+            })
+        }
+        None => None,
+    };
+    let parent = if template.is_some() {
+        ParentCheck::Pidfd(self_pidfd().map_err(spawn_err("pidfd of the caller"))?)
+    } else {
+        ParentCheck::Ppid(std::process::id() as libc::pid_t)
+    };
+    let cwd = std::ffi::CString::new(spec.cwd.as_os_str().as_encoded_bytes())
+        .map_err(|_| Error::InvalidSpec("NUL byte in cwd".into()))?;
     let filters = if c.seccomp {
         Some(seccomp::filters()?)
     } else {
@@ -278,8 +383,17 @@ fn spawn_in(
         cgroup_fds: procs_files.iter().map(AsRawFd::as_raw_fd).collect(),
         netns: net,
         ipc_uts: c.ipcns,
+        mounts: template.as_ref().map(|t| MountSetup {
+            template_ns: t.ns_fd(),
+            binds: job_binds
+                .iter()
+                .map(|b| (b.tree.as_raw_fd(), b.target.clone()))
+                .collect(),
+        }),
+        cwd,
         run_as: spec.run_as.filter(|_| c.uid_drop),
-        parent_pid: std::process::id() as libc::pid_t,
+        parent,
+        status_fd: init.as_ref().map(|i| i.status_tx.as_raw_fd()),
         rlimits: [
             (libc::RLIMIT_CORE, 0),
             (libc::RLIMIT_FSIZE, spec.limits.file_size_bytes),
@@ -290,31 +404,28 @@ fn spawn_in(
         seccomp: filters,
         step: SharedStep::default(),
     };
-    let prepared =
-        Prepared::new(&spec.program, &spec.args, &spec.env, &spec.cwd).map_err(|source| {
-            Error::Spawn {
-                program: spec.program.clone(),
-                step: "prepare arguments",
-                source,
-            }
-        })?;
+    let prepared = Prepared::new(&spec.program, &spec.args, &spec.env)
+        .map_err(spawn_err("prepare arguments"))?;
     // Held across the clone so the new main process is registered before anyone can look for
     // orphans.
     let mut pids = main_pids();
     let (child, stdout, stderr) =
-        crate::launch::spawn(&prepared, &setup).map_err(|(step, source)| Error::Spawn {
+        crate::launch::spawn(&prepared, &setup, init).map_err(|(step, source)| Error::Spawn {
             program: spec.program.clone(),
             step: step.name(),
             source,
         })?;
     pids.get_or_insert_with(HashSet::new).insert(child.pid());
     drop(pids);
-    drop(procs_files);
+    drop((procs_files, job_binds));
     let job_netns = match (pooled, net) {
         (Some(fd), _) => Some(fd),
         (None, NetSetup::New) if reuse_netns => netns::of_child(child.pid()),
         _ => None,
     };
+    let mntns = template
+        .as_ref()
+        .and_then(|_| root::hold_namespace(child.pid()));
     let step = &setup.step;
     // exec succeeded, so the child's landlock report is complete: trust it, not the plan.
     let outcome = step.landlock();
@@ -325,7 +436,13 @@ fn spawn_in(
             layers.push("landlock-partial".to_owned());
         }
     }
-    Ok((child, stdout, stderr, job_netns))
+    Ok(Started {
+        main: child,
+        stdout,
+        stderr,
+        netns: job_netns,
+        mntns,
+    })
 }
 
 impl Child {
@@ -368,11 +485,21 @@ impl Child {
             };
             self.main_exited(st);
         }
+        if self.init
+            && let Some(main) = self.inner.as_mut()
+        {
+            // The init exits (and its namespace kills the rest of the job) right after it
+            // reported the program's end: give it that moment before any kill pass.
+            let _ = tokio::time::timeout(INIT_EXIT_WAIT, main.wait_exit()).await;
+        }
         let drained = self.drain().await;
         if let Some(ns) = self.netns.take()
             && drained
         {
             netns::give_back(ns);
+        }
+        if let Some(ns) = self.mntns.take() {
+            root::release(ns);
         }
         let status = self
             .status
@@ -427,10 +554,13 @@ impl Child {
         if self.status.is_none() {
             self.terminated = true;
         }
+        // The init forwards what it gets to the program: skip it, or the program would get
+        // every signal twice.
+        let skip = (self.init && self.status.is_none()).then_some(self.pid as i32);
         match &self.cgroup {
             Some(cg) => {
-                cg.signal_all(libc::SIGTERM);
-                cg.signal_all(libc::SIGCONT);
+                cg.signal_all(libc::SIGTERM, skip);
+                cg.signal_all(libc::SIGCONT, skip);
             }
             None => self.signal_group(libc::SIGTERM),
         }
@@ -504,8 +634,15 @@ impl Child {
                 self.seen.extend(cg.kill_pass());
             }
             // Killed or exited orphans were reparented to us (subreaper): reap them, or the
-            // pids controller keeps counting them.
-            reap_orphans(self.run_uid, &self.seen, self.pid as i32, false);
+            // pids controller keeps counting them. So is an init whose program's end it
+            // reported.
+            // Under an init nothing is re-parented to us: the init reaps its namespace.
+            if let Some(main) = self.inner.as_mut() {
+                main.reap();
+            }
+            if !self.init {
+                reap_orphans(self.run_uid, &self.seen, self.pid as i32, false);
+            }
             if cg.is_empty() {
                 return true;
             }

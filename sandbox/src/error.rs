@@ -49,6 +49,15 @@ pub enum Error {
         /// The underlying error.
         source: io::Error,
     },
+    /// Building a job's private root (the mount namespace template, see [`crate::Root`])
+    /// failed.
+    #[error("private root: {op}: {source}")]
+    Root {
+        /// The step that failed.
+        op: &'static str,
+        /// The underlying error.
+        source: io::Error,
+    },
     /// A workspace operation (mount, chown, unmount, delete) failed.
     #[error("workspace {op} {}: {source}", path.display())]
     Workspace {

@@ -5,8 +5,10 @@
 //! signal scopes (ABI 6+): the job cannot connect to a host abstract socket nor signal any
 //! process outside its own landlock domain.
 
+use std::os::fd::OwnedFd;
+
 use landlock::{
-    ABI, Access, AccessFs, AccessNet, CompatLevel, Compatible, Ruleset, RulesetAttr,
+    ABI, Access, AccessFs, AccessNet, CompatLevel, Compatible, PathBeneath, Ruleset, RulesetAttr,
     RulesetCreated, RulesetCreatedAttr, Scope, path_beneath_rules,
 };
 
@@ -24,9 +26,20 @@ const DEVICES: [&str; 5] = [
 
 /// Build the ruleset for `spec` against the kernel ABI `abi`.
 ///
+/// With a private root (`root`: the template's `/`), reads are granted on that root as a
+/// whole (it holds nothing but what the job is meant to see; the rule covers the job's own
+/// `/proc` and `/dev` mounted under it, since landlock walks up through mount points) and
+/// writes on the sources of the read-write binds (bind mounts share their inodes).
+/// Otherwise `spec.read_only_paths` and `spec.read_write_paths`.
+///
 /// With `strict`, every requested right must be supported (`HardRequirement`), otherwise the
 /// build fails here in the parent instead of silently weakening in the child.
-pub(crate) fn build(abi: ABI, spec: &Spec, strict: bool) -> Result<RulesetCreated> {
+pub(crate) fn build(
+    abi: ABI,
+    spec: &Spec,
+    strict: bool,
+    root: Option<&OwnedFd>,
+) -> Result<RulesetCreated> {
     let level = if strict {
         CompatLevel::HardRequirement
     } else {
@@ -41,16 +54,23 @@ pub(crate) fn build(abi: ABI, spec: &Spec, strict: bool) -> Result<RulesetCreate
     if abi >= ABI::V6 {
         rs = rs.scope(Scope::from_all(abi))?;
     }
-    let created = rs
-        .create()?
-        .add_rules(path_beneath_rules(
-            &spec.read_only_paths,
-            AccessFs::from_read(abi),
-        ))?
-        .add_rules(path_beneath_rules(
-            &spec.read_write_paths,
-            AccessFs::from_all(abi),
-        ))?
-        .add_rules(path_beneath_rules(DEVICES, AccessFs::from_file(abi)))?;
-    Ok(created)
+    let created = rs.create()?;
+    let created = match (root, &spec.root) {
+        (Some(fd), Some(r)) => created
+            .add_rule(PathBeneath::new(fd, AccessFs::from_read(abi)))?
+            .add_rules(path_beneath_rules(
+                r.read_write.iter().map(|b| &b.source),
+                AccessFs::from_all(abi),
+            ))?,
+        _ => created
+            .add_rules(path_beneath_rules(
+                &spec.read_only_paths,
+                AccessFs::from_read(abi),
+            ))?
+            .add_rules(path_beneath_rules(
+                &spec.read_write_paths,
+                AccessFs::from_all(abi),
+            ))?,
+    };
+    Ok(created.add_rules(path_beneath_rules(DEVICES, AccessFs::from_file(abi)))?)
 }

@@ -42,9 +42,10 @@ const CHILD_STACK: usize = 128 << 10;
 /// `argv`, `envp`, program and cwd as C strings, built before the clone.
 pub(crate) struct Prepared {
     program: CString,
-    cwd: CString,
     _strings: Vec<CString>,
     argv: Vec<*const c_char>,
+    /// `cmdx-init PROGRAM ARGS...`: the argv when the job runs under its init.
+    init_argv: Vec<*const c_char>,
     envp: Vec<*const c_char>,
 }
 
@@ -57,11 +58,9 @@ impl Prepared {
         program: &std::path::Path,
         args: &[String],
         env: &[(String, String)],
-        cwd: &std::path::Path,
     ) -> io::Result<Self> {
         let c = |b: &[u8]| CString::new(b).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL));
         let program = c(program.as_os_str().as_encoded_bytes())?;
-        let cwd = c(cwd.as_os_str().as_encoded_bytes())?;
         let mut strings = Vec::with_capacity(1 + args.len() + env.len());
         strings.push(program.clone());
         for a in args {
@@ -73,16 +72,30 @@ impl Prepared {
         let n_argv = 1 + args.len();
         let mut argv: Vec<*const c_char> = strings[..n_argv].iter().map(|s| s.as_ptr()).collect();
         argv.push(std::ptr::null());
+        let mut init_argv = Vec::with_capacity(argv.len() + 1);
+        init_argv.push(crate::init::NAME.as_ptr());
+        init_argv.extend_from_slice(&argv);
         let mut envp: Vec<*const c_char> = strings[n_argv..].iter().map(|s| s.as_ptr()).collect();
         envp.push(std::ptr::null());
         Ok(Self {
             program,
-            cwd,
             _strings: strings,
             argv,
+            init_argv,
             envp,
         })
     }
+}
+
+/// The init to start instead of the program (see the `init` module).
+pub(crate) struct InitLaunch {
+    /// The init executable (sealed memfd).
+    pub(crate) program: RawFd,
+    /// Read end of the status channel.
+    pub(crate) status_rx: OwnedFd,
+    /// Write end of the status channel (`ChildSetup::status_fd`), closed here once the
+    /// child has started.
+    pub(crate) status_tx: OwnedFd,
 }
 
 /// What the child reads: all of it prepared and owned by the parent thread, which sleeps
@@ -90,6 +103,8 @@ impl Prepared {
 struct ChildCtx<'a> {
     setup: &'a ChildSetup,
     prep: &'a Prepared,
+    /// The init executable (a memfd) to `execveat` instead of the program.
+    init_fd: Option<RawFd>,
     stdin: RawFd,
     stdout: RawFd,
     stderr: RawFd,
@@ -101,9 +116,22 @@ pub(crate) struct MainProcess {
     pid: i32,
     pidfd: AsyncFd<OwnedFd>,
     status: Option<ExitStatus>,
+    /// The init's status channel (see the `init` module) when the process is the job's
+    /// init: the job's main process ended when its record arrives.
+    init: Option<InitChannel>,
+    /// Whether `pid` itself has been reaped.
+    reaped: bool,
 }
 
-fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+/// The read end of an init's status channel and the record read so far.
+#[derive(Debug)]
+struct InitChannel {
+    rx: tokio::net::unix::pipe::Receiver,
+    buf: [u8; 8],
+    len: usize,
+}
+
+pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0 as c_int; 2];
     // SAFETY: fds is a valid two-int array.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
@@ -114,19 +142,27 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
 }
 
 /// Starts the child: stdin `/dev/null`, stdout and stderr piped, `setup` applied, then
-/// `exec`. Returns the process and the read ends of its pipes, or the step that failed.
-/// Must run inside a tokio runtime (the pidfd and pipes are registered with it).
+/// `exec` (of the program, or of the init in a new PID namespace when `setup.mounts` is set
+/// and `status` is the read end of the pipe whose write end is `setup.status_fd`). Returns
+/// the process and the read ends of its pipes, or the step that failed. Must run inside a
+/// tokio runtime (the pidfd and pipes are registered with it).
 pub(crate) fn spawn(
     prep: &Prepared,
     setup: &ChildSetup,
+    init: Option<InitLaunch>,
 ) -> Result<(MainProcess, ChildStdout, ChildStderr), (Step, io::Error)> {
     let fork_err = |e| (Step::Fork, e);
+    let (init_fd, status_rx, status_tx) = match init {
+        Some(i) => (Some(i.program), Some(i.status_rx), Some(i.status_tx)),
+        None => (None, None, None),
+    };
     let devnull = std::fs::File::open("/dev/null").map_err(fork_err)?;
     let (out_r, out_w) = pipe().map_err(fork_err)?;
     let (err_r, err_w) = pipe().map_err(fork_err)?;
     let ctx = ChildCtx {
         setup,
         prep,
+        init_fd,
         stdin: devnull.as_raw_fd(),
         stdout: out_w.as_raw_fd(),
         stderr: err_w.as_raw_fd(),
@@ -144,10 +180,15 @@ pub(crate) fn spawn(
         // SAFETY: the child runs `child_main` on its own stack (`stack`, alive until clone
         // returns, which with CLONE_VFORK is after the child's exec or exit) and only reads
         // `ctx`, which outlives that too; see the module docs for what it may do.
+        let pidns = if init_fd.is_some() {
+            libc::CLONE_NEWPID
+        } else {
+            0
+        };
         let pid = libc::clone(
             child_main,
             top as *mut c_void,
-            libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD | libc::SIGCHLD,
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD | libc::SIGCHLD | pidns,
             std::ptr::from_ref(&ctx).cast_mut().cast::<c_void>(),
             &mut pidfd as *mut c_int,
         );
@@ -159,7 +200,9 @@ pub(crate) fn spawn(
         pid
     };
     drop(stack);
-    drop((out_w, err_w, devnull));
+    // Our copy of the status channel's write end goes now: the channel ends (EOF) when the
+    // init does.
+    drop((out_w, err_w, devnull, status_tx));
     // SAFETY: CLONE_PIDFD stored a new close-on-exec pidfd that nobody else owns.
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
     if let Some(errno) = setup.step.errno() {
@@ -169,21 +212,51 @@ pub(crate) fn spawn(
         unsafe { libc::waitpid(pid, &mut st, 0) };
         return Err((setup.step.get(), io::Error::from_raw_os_error(errno)));
     }
+    let mut init = None;
+    if let Some(rx) = status_rx {
+        // The init is running: wait for the job's own exec (the init's first record).
+        let mut file = std::fs::File::from(rx);
+        let exec = crate::init::read_exec_record(&mut file);
+        if !matches!(exec, Ok(None)) {
+            let errno = match exec {
+                Ok(Some(e)) => e,
+                Ok(None) => 0,
+                Err(e) => e.raw_os_error().unwrap_or(libc::EIO),
+            };
+            // SAFETY: kill and reap our own unreaped child (nobody else waits for it).
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, std::ptr::null_mut(), 0);
+            }
+            return Err((Step::Exec, io::Error::from_raw_os_error(errno)));
+        }
+        init = Some(file);
+    }
     let finish = || -> io::Result<_> {
+        let init = match init {
+            Some(file) => Some(InitChannel {
+                rx: tokio::net::unix::pipe::Receiver::from_owned_fd(OwnedFd::from(file))?,
+                buf: [0; 8],
+                len: 0,
+            }),
+            None => None,
+        };
         let stdout = ChildStdout::from_std(std::process::ChildStdout::from(out_r))?;
         let stderr = ChildStderr::from_std(std::process::ChildStderr::from(err_r))?;
         // SAFETY: the AsyncFd owns the pidfd, so it stays open and the same for its lifetime.
         let pidfd =
             unsafe { AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE) }
                 .map_err(io::Error::from)?;
-        Ok((stdout, stderr, pidfd))
+        Ok((stdout, stderr, pidfd, init))
     };
     match finish() {
-        Ok((stdout, stderr, pidfd)) => Ok((
+        Ok((stdout, stderr, pidfd, init)) => Ok((
             MainProcess {
                 pid,
                 pidfd,
                 status: None,
+                init,
+                reaped: false,
             },
             stdout,
             stderr,
@@ -206,13 +279,24 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
     let r = child_setup(ctx);
     let e = match r {
         Ok(()) => {
-            // SAFETY: NUL-terminated strings and NULL-terminated arrays owned by the parent.
+            // SAFETY: NUL-terminated strings and NULL-terminated arrays owned by the parent;
+            // the init descriptor is a sealed memfd the parent keeps open.
             unsafe {
-                libc::execve(
-                    ctx.prep.program.as_ptr(),
-                    ctx.prep.argv.as_ptr(),
-                    ctx.prep.envp.as_ptr(),
-                )
+                match ctx.init_fd {
+                    Some(fd) => libc::syscall(
+                        libc::SYS_execveat,
+                        fd,
+                        c"".as_ptr(),
+                        ctx.prep.init_argv.as_ptr(),
+                        ctx.prep.envp.as_ptr(),
+                        libc::AT_EMPTY_PATH,
+                    ) as c_int,
+                    None => libc::execve(
+                        ctx.prep.program.as_ptr(),
+                        ctx.prep.argv.as_ptr(),
+                        ctx.prep.envp.as_ptr(),
+                    ),
+                }
             };
             io::Error::last_os_error()
         }
@@ -251,9 +335,6 @@ fn child_setup(ctx: &ChildCtx<'_>) -> io::Result<()> {
             if libc::dup2(from, to) < 0 {
                 return Err(io::Error::last_os_error());
             }
-        }
-        if libc::chdir(ctx.prep.cwd.as_ptr()) != 0 {
-            return Err(io::Error::last_os_error());
         }
     }
     ctx.setup.run()?;
@@ -306,18 +387,42 @@ impl MainProcess {
         self.pid
     }
 
-    /// Waits for the process to end and reaps it (cancel-safe; the status is kept).
+    /// Waits for the job's main process to end (cancel-safe; the status is kept): the
+    /// process itself, reaped here, or, under an init, the program the init started (the
+    /// init reports it and is reaped later with [`MainProcess::reap`] or by the orphan
+    /// reaper). An init that dies without a report (killed) stands for its program.
     pub(crate) async fn wait(&mut self) -> io::Result<ExitStatus> {
         if let Some(st) = self.status {
             return Ok(st);
         }
+        if let Some(ch) = &mut self.init {
+            use tokio::io::AsyncReadExt as _;
+            while ch.len < ch.buf.len() {
+                let n = ch.rx.read(&mut ch.buf[ch.len..]).await?;
+                if n == 0 {
+                    break;
+                }
+                ch.len += n;
+            }
+            let rec = (ch.len == ch.buf.len())
+                .then(|| crate::init::decode(ch.buf))
+                .flatten();
+            self.init = None;
+            if let Some(crate::init::Record::Exit(raw)) = rec {
+                let st = ExitStatus::from_raw(raw);
+                self.status = Some(st);
+                return Ok(st);
+            }
+        }
         loop {
             if let Some(st) = try_reap(self.pid)? {
+                self.reaped = true;
                 self.status = Some(st);
                 return Ok(st);
             }
             let mut ready = self.pidfd.readable().await?;
             if let Some(st) = try_reap(self.pid)? {
+                self.reaped = true;
                 self.status = Some(st);
                 return Ok(st);
             }
@@ -325,11 +430,36 @@ impl MainProcess {
         }
     }
 
+    /// Waits until the process itself has ended and reaps it (an init exits right after
+    /// reporting its program's end). Cancel-safe.
+    pub(crate) async fn wait_exit(&mut self) -> io::Result<()> {
+        loop {
+            self.reap();
+            if self.reaped {
+                return Ok(());
+            }
+            let mut ready = self.pidfd.readable().await?;
+            if !matches!(try_reap(self.pid), Ok(None)) {
+                self.reaped = true;
+                return Ok(());
+            }
+            ready.clear_ready();
+        }
+    }
+
+    /// Reaps the process if it has ended and nobody reaped it yet (an init whose program's
+    /// status came through the channel). Never blocks.
+    pub(crate) fn reap(&mut self) {
+        if !self.reaped && !matches!(try_reap(self.pid), Ok(None)) {
+            self.reaped = true;
+        }
+    }
+
     /// Blocks until the process has ended and reaps it, through the pidfd so a recycled pid
     /// is never waited for (for the drop path, off the runtime). Returns at once if someone
     /// else reaped it.
     pub(crate) fn wait_blocking(&mut self) {
-        if self.status.is_some() {
+        if self.reaped {
             return;
         }
         loop {
@@ -344,6 +474,7 @@ impl MainProcess {
                 )
             };
             if r == 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+                self.reaped = true;
                 return;
             }
         }

@@ -14,13 +14,21 @@
 //!    `unshare(CLONE_NEWNET)`, or `setns` into an idle one an earlier job left once its
 //!    cgroup was empty (strict mode with landlock scopes only; the `netns` module says why
 //!    that is safe);
-//! 4. drop to `spec.run_as` (`setgroups`, `setresgid`, `setresuid`);
-//! 5. `PR_SET_PDEATHSIG(SIGKILL)` (after the uid drop, which clears it) plus a `getppid` check;
-//! 6. rlimits (core 0, file size, open files);
-//! 7. every inherited fd above 2 marked close-on-exec (`close_range`);
-//! 8. landlock (system paths read-only, job dir + tmp read-write, TCP denied without network,
-//!    abstract-unix-socket and signal scopes), which also sets `no_new_privs`;
-//! 9. seccomp-bpf deny list modelled on Docker's default profile, applied last.
+//! 4. new IPC and UTS namespaces;
+//! 5. with a [`Root`]: the job's mount namespace (a copy of the root's template, see the
+//!    `root` module), its read-write binds, a `/proc` of its PID namespace (the child was
+//!    cloned into a new one), and the working directory;
+//! 6. drop to `spec.run_as` (`setgroups`, `setresgid`, `setresuid`);
+//! 7. `PR_SET_PDEATHSIG(SIGKILL)` (after the uid drop, which clears it) plus a check that the
+//!    caller is still alive (`getppid`, or a pidfd of it in a new PID namespace);
+//! 8. rlimits (core 0, file size, open files);
+//! 9. every inherited fd above 2 marked close-on-exec (`close_range`);
+//! 10. landlock (system paths, or the private root, read-only; job dir + tmp read-write; TCP
+//!     denied without network; abstract-unix-socket and signal scopes), which also sets
+//!     `no_new_privs`;
+//! 11. seccomp-bpf deny list modelled on Docker's default profile, applied last;
+//! 12. `exec` of the program, or with a [`Root`] of `cmdx-init` (the `init` module), PID 1 of
+//!     the job's namespace, which starts the program as its child.
 //!
 //! Everything the child needs is prepared in the parent: the child, started with
 //! `clone(CLONE_VM | CLONE_VFORK)` on the parent's memory (the `launch` module), only makes
@@ -48,11 +56,11 @@
 //! - Read a [`Child`]'s pipes concurrently with [`Child::wait`].
 //! - Call [`spawn`] from a long-lived thread (a runtime worker): `PR_SET_PDEATHSIG` fires
 //!   when the spawning *thread* exits.
-//! - Give every concurrent job its own `run_as` uid; every ancestor of a workspace's parent
-//!   must be traversable (`o+x`) by that uid.
-//! - `/proc` is readable (read-only) by default: other processes' `environ` and `mem` are
-//!   not (different uid), but every process's command line is. Never put secrets in argv;
-//!   drop `/proc` from [`Spec::read_only_paths`] if the jobs can do without it.
+//! - Give every concurrent job its own `run_as` uid. Without a [`Root`], every ancestor of a
+//!   workspace's parent must be traversable (`o+x`) by that uid, and `/proc` is the host's:
+//!   other processes' `environ` and `mem` are not readable (different uid), but every
+//!   process's command line is. With a [`Root`] the job sees its own processes and its binds
+//!   only, and the host path of a bind is never walked by the job's uid.
 #![warn(missing_docs)]
 
 mod caps;
@@ -60,9 +68,11 @@ mod cgroup;
 mod child;
 mod error;
 mod fs_policy;
+mod init;
 mod launch;
 mod netns;
 mod preexec;
+mod root;
 mod seccomp;
 mod workspace;
 
@@ -72,6 +82,7 @@ use std::time::Duration;
 pub use caps::{Capabilities, CgroupVersion, probe, set_cgroup_parent};
 pub use child::{Child, Report, spawn};
 pub use error::{Error, Result};
+pub use root::{Bind, Root};
 pub use workspace::Workspace;
 
 /// Whether `group` can name a cgroup group ([`Spec::cgroup_group`]): 1 to 200 bytes, a plain
@@ -182,6 +193,13 @@ pub struct Spec {
     /// [`kill_cgroup_group`]; the parent itself ([`set_cgroup_parent`]) is process-global.
     /// `None`: directly under the parent.
     pub cgroup_group: Option<String>,
+    /// The job's own root (see [`Root`]): with it the command starts as the child of a tiny
+    /// init that is PID 1 of a new PID namespace, in a new mount namespace that holds only
+    /// the root's binds, a `/proc` of its own and a minimal `/dev`; `cwd` and `program` are
+    /// then paths inside that root, and landlock grants reads on that root (all of it) and
+    /// writes on the read-write binds, instead of `read_only_paths` and `read_write_paths`.
+    /// `None`: the host's tree, behind landlock.
+    pub root: Option<Root>,
 }
 
 impl std::fmt::Debug for Spec {
@@ -202,6 +220,7 @@ impl std::fmt::Debug for Spec {
             .field("run_as", &self.run_as)
             .field("mode", &self.mode)
             .field("cgroup_group", &self.cgroup_group)
+            .field("root", &self.root)
             .finish()
     }
 }
@@ -223,6 +242,7 @@ impl Spec {
             run_as: None,
             mode: Mode::Strict,
             cgroup_group: None,
+            root: None,
         }
     }
 

@@ -23,6 +23,7 @@ pub(crate) enum Step {
     Setsid,
     UnshareNet,
     UnshareIpc,
+    MountNs,
     DropUid,
     Pdeathsig,
     Rlimits,
@@ -34,12 +35,13 @@ pub(crate) enum Step {
 }
 
 impl Step {
-    const ALL: [Step; 13] = [
+    const ALL: [Step; 14] = [
         Step::Fork,
         Step::JoinCgroup,
         Step::Setsid,
         Step::UnshareNet,
         Step::UnshareIpc,
+        Step::MountNs,
         Step::DropUid,
         Step::Pdeathsig,
         Step::Rlimits,
@@ -58,6 +60,7 @@ impl Step {
             Step::Setsid => "setsid",
             Step::UnshareNet => "unshare network namespace",
             Step::UnshareIpc => "unshare IPC and UTS namespaces",
+            Step::MountNs => "private root (mount namespace, /proc, working directory)",
             Step::DropUid => "drop uid/gid",
             Step::Pdeathsig => "parent death signal",
             Step::Rlimits => "rlimits",
@@ -145,6 +148,23 @@ pub(crate) enum NetSetup {
     Join(RawFd),
 }
 
+/// The job's private root, entered by the child (see the `root` module).
+pub(crate) struct MountSetup {
+    /// The template mount namespace to `setns` into.
+    pub(crate) template_ns: RawFd,
+    /// Detached read-write binds and where they go.
+    pub(crate) binds: Vec<(RawFd, std::ffi::CString)>,
+}
+
+/// How the child checks that its parent did not die before PDEATHSIG was armed.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum ParentCheck {
+    /// `getppid()` must still be this pid.
+    Ppid(libc::pid_t),
+    /// This pidfd of the parent process must not be readable (readable = exited).
+    Pidfd(RawFd),
+}
+
 /// Everything the child needs, prepared by the parent.
 pub(crate) struct ChildSetup {
     /// `cgroup.procs` files (kept open by the parent until `spawn` returns).
@@ -153,10 +173,18 @@ pub(crate) struct ChildSetup {
     pub(crate) netns: NetSetup,
     /// New IPC and UTS namespaces for the job.
     pub(crate) ipc_uts: bool,
+    /// The private root (the child is then PID 1 of a new PID namespace).
+    pub(crate) mounts: Option<MountSetup>,
+    /// Working directory of the command (inside the private root when there is one).
+    pub(crate) cwd: std::ffi::CString,
     /// Drop to this uid/gid.
     pub(crate) run_as: Option<(u32, u32)>,
-    /// The spawning process, for the `getppid` check after PDEATHSIG.
-    pub(crate) parent_pid: libc::pid_t,
+    /// The spawning process, for the check after PDEATHSIG that it is still alive:
+    /// `getppid` against its pid, or (in a new PID namespace, where `getppid` is 0) a poll
+    /// of a pidfd of it.
+    pub(crate) parent: ParentCheck,
+    /// Write end of the init's status channel, placed at descriptor 3 before `exec`.
+    pub(crate) status_fd: Option<RawFd>,
     /// Hard and soft rlimits to set.
     pub(crate) rlimits: [(libc::__rlimit_resource_t, u64); 3],
     /// The landlock ruleset to enforce.
@@ -214,6 +242,40 @@ impl ChildSetup {
             check(unsafe { libc::unshare(libc::CLONE_NEWIPC | libc::CLONE_NEWUTS) }.into())?;
         }
 
+        self.step.set(Step::MountNs);
+        if let Some(m) = &self.mounts {
+            // SAFETY: raw system calls on descriptors the parent keeps open and on
+            // NUL-terminated strings it owns; the mount options are static.
+            unsafe {
+                check(libc::setns(m.template_ns, libc::CLONE_NEWNS).into())?;
+                check(libc::unshare(libc::CLONE_NEWNS).into())?;
+                for (tree, target) in &m.binds {
+                    check(crate::root::attach(*tree, target))?;
+                }
+                let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+                let mut r = libc::mount(
+                    c"proc".as_ptr(),
+                    c"/proc".as_ptr(),
+                    c"proc".as_ptr(),
+                    flags,
+                    c"hidepid=invisible".as_ptr().cast(),
+                );
+                if r != 0 && *libc::__errno_location() == libc::EINVAL {
+                    // Before Linux 5.8: the numeric form of the same option.
+                    r = libc::mount(
+                        c"proc".as_ptr(),
+                        c"/proc".as_ptr(),
+                        c"proc".as_ptr(),
+                        flags,
+                        c"hidepid=2".as_ptr().cast(),
+                    );
+                }
+                check(r.into())?;
+            }
+        }
+        // SAFETY: cwd is a NUL-terminated string owned by the parent.
+        check(unsafe { libc::chdir(self.cwd.as_ptr()) }.into())?;
+
         if let Some((uid, gid)) = self.run_as {
             self.step.set(Step::DropUid);
             // Raw system calls: glibc's wrappers would apply the change to every thread of
@@ -244,7 +306,18 @@ impl ChildSetup {
                 )
                 .into(),
             )?;
-            if libc::getppid() != self.parent_pid {
+            let parent_gone = match self.parent {
+                ParentCheck::Ppid(pid) => libc::getppid() != pid,
+                ParentCheck::Pidfd(fd) => {
+                    let mut p = libc::pollfd {
+                        fd,
+                        events: libc::POLLIN,
+                        revents: 0,
+                    };
+                    libc::poll(&mut p, 1, 0) != 0
+                }
+            };
+            if parent_gone {
                 return Err(io::Error::from_raw_os_error(libc::ESRCH));
             }
         }
@@ -269,6 +342,17 @@ impl ChildSetup {
                 libc::CLOSE_RANGE_CLOEXEC,
             )
         })?;
+        if let Some(fd) = self.status_fd {
+            // SAFETY: dup2 onto 3 clears close-on-exec there; when the pipe already is
+            // descriptor 3, clear the flag by hand.
+            unsafe {
+                if fd == crate::init::STATUS_FD {
+                    check(libc::fcntl(fd, libc::F_SETFD, 0).into())?;
+                } else {
+                    check(libc::dup2(fd, crate::init::STATUS_FD).into())?;
+                }
+            }
+        }
 
         if let Some(ruleset) = &self.landlock {
             self.step.set(Step::Landlock);

@@ -1,7 +1,7 @@
-//! The job's filesystem: a job dir and a private tmp on one size-capped tmpfs.
+//! The job's filesystem: a job dir, a private tmp and shm on one size-capped tmpfs.
 //!
 //! The tmpfs (`size=disk_bytes`, `nr_inodes` proportional, `nosuid,nodev`) is mounted at
-//! `parent/name`, with `job/` and `tmp/` inside owned by the job's uid. The job can fill it
+//! `parent/name`, with `job/`, `tmp/` and `shm/` inside owned by the job's uid. The job can fill it
 //! but not the host disk; its pages are also charged to the writing job's memory cgroup.
 //! Removal unmounts (lazily, without following symlinks) and deletes the empty mount point,
 //! so nothing the job planted inside is ever followed. Without `CAP_SYS_ADMIN` the workspace
@@ -26,6 +26,8 @@ pub struct Workspace {
     pub dir: PathBuf,
     /// The job's private temporary directory (read-write for the job; pass it as `TMPDIR`).
     pub tmp: PathBuf,
+    /// The job's `/dev/shm` under a private root ([`Workspace::private_root`]).
+    pub shm: PathBuf,
     /// `parent/name`: the tmpfs mount point (or plain directory) holding `dir` and `tmp`.
     root: PathBuf,
     /// Whether `root` is a tmpfs mounted by us.
@@ -92,6 +94,7 @@ impl Workspace {
         let ws = Workspace {
             dir: root.join("job"),
             tmp: root.join("tmp"),
+            shm: root.join("shm"),
             root,
             mounted,
         };
@@ -103,7 +106,7 @@ impl Workspace {
     }
 
     fn populate(&self, owner: Option<(u32, u32)>) -> Result<()> {
-        for (d, mode) in [(&self.dir, 0o755), (&self.tmp, 0o700)] {
+        for (d, mode) in [(&self.dir, 0o755), (&self.tmp, 0o700), (&self.shm, 0o700)] {
             fs::DirBuilder::new()
                 .mode(mode)
                 .create(d)
@@ -116,7 +119,14 @@ impl Workspace {
         Ok(())
     }
 
-    /// The mount point holding `dir` and `tmp`.
+    /// The job's root with the host's system directories: `dir` at `/workspace`, `tmp` at
+    /// `/tmp` and `shm` at `/dev/shm` (see [`crate::Root::host_system`]), all three inside
+    /// this workspace's size cap.
+    pub fn private_root(&self) -> crate::Root {
+        crate::Root::host_system(&self.dir, &self.tmp, &self.shm)
+    }
+
+    /// The mount point holding `dir`, `tmp` and `shm`.
     pub fn root(&self) -> &Path {
         &self.root
     }

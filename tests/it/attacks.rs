@@ -182,6 +182,18 @@ fn comm(pid: i32) -> String {
         .to_owned()
 }
 
+/// The host pid of the one live process named `comm` among the rig's job uids. Jobs cannot
+/// tell it: they live in PID namespaces of their own, where `$$` is 2.
+async fn host_pid(rig: &Rig, comm: &str) -> i32 {
+    wait_for(&format!("a job process named {comm}"), || async {
+        rig.job_uid_processes()
+            .into_iter()
+            .find(|(_, _, c)| c == comm)
+            .map(|(p, ..)| p)
+    })
+    .await
+}
+
 /// True while `pid` exists and is not a zombie.
 fn alive(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
@@ -283,13 +295,15 @@ async fn secrets_other_jobs_and_the_agent_are_out_of_reach() {
             "timeout": 90,
         }))
         .await;
-    let vpid: i32 = wait_for("the victim to start", || async {
+    let _: i32 = wait_for("the victim to start", || async {
         let v = rig.hub.job(&rig.admin, &victim).await;
         s(&v, "stdout")
             .strip_prefix("pid=")
             .and_then(|p| p.trim().parse().ok())
     })
     .await;
+    // The attackers are handed the victim's host pid, which no job could learn by itself.
+    let vpid = host_pid(&rig, "sleep").await;
     let vdir = rig.workspace(&victim).join("job");
     assert_eq!(
         std::fs::read_to_string(vdir.join("secret.txt")).expect("victim's secret (as root)"),
@@ -341,7 +355,7 @@ async fn secrets_other_jobs_and_the_agent_are_out_of_reach() {
         ),
         (
             "agent cmdline",
-            format!("tr '\\0' ' ' < /proc/{apid}/cmdline"),
+            format!("tr '\\0' ' ' < /proc/{apid}/cmdline; echo end"),
             30,
         ),
         ("env", "env".to_owned(), 30),
@@ -392,11 +406,11 @@ async fn secrets_other_jobs_and_the_agent_are_out_of_reach() {
     assert_end("agent environ", v, "completed", None);
     assert_denied("agent environ", v, &["environ", "mem", "victim-environ"]);
 
-    // The command line of every process is world-readable: it must hold no secret (the
-    // token reaches the agent through its environment).
+    // The agent is outside the job's PID namespace: its command line cannot even be read.
     let v = &r["agent cmdline"];
     assert_end("agent cmdline", v, "completed", None);
-    assert!(s(v, "stdout").contains(" agent "), "cmdline read: {v:#}");
+    assert!(!s(v, "stdout").contains(" agent "), "cmdline read: {v:#}");
+    assert!(s(v, "stderr").contains("No such file"), "{v:#}");
 
     let v = &r["env"];
     assert_end("env", v, "completed", None);
@@ -462,6 +476,8 @@ async fn writes_outside_the_job_dir_are_denied_and_planted_symlinks_never_follow
     let bin_before = std::fs::metadata(&bin).unwrap();
     let tag = std::process::id();
     let host_tmp = PathBuf::from(format!("/tmp/cmdx-attack-{tag}.txt"));
+    std::fs::write(&host_tmp, "host\n").unwrap();
+    std::fs::set_permissions(&host_tmp, std::fs::Permissions::from_mode(0o644)).unwrap();
     let usr_file = PathBuf::from(format!("/usr/cmdx-attack-{tag}"));
     let usr_dir = PathBuf::from(format!("/usr/local/cmdx-attack-{tag}"));
     let (t, b) = (target.display(), bin.display());
@@ -469,10 +485,10 @@ async fn writes_outside_the_job_dir_are_denied_and_planted_symlinks_never_follow
     let jobs = [
         (
             "host tmp",
-            attempt(
-                "host-tmp",
-                &format!("sh -c 'echo x > {}'", host_tmp.display()),
-            ),
+            // The job's /tmp is its own: the host's file is not there to read, and a write
+            // to the same path lands in the job's tmp.
+            attempt("host-tmp", &format!("grep -q host {}", host_tmp.display()))
+                + &format!("echo pwned > {}\n", host_tmp.display()),
             30,
         ),
         (
@@ -493,7 +509,7 @@ async fn writes_outside_the_job_dir_are_denied_and_planted_symlinks_never_follow
             attempt("file-append", &format!("sh -c 'echo x >> {t}'"))
                 + &attempt("file-chmod", &format!("chmod 666 {t}"))
                 + &attempt("file-chown", &format!("chown {} {t}", rig.uid_base))
-                + &attempt("file-unlink", &format!("rm -f {t}"))
+                + &attempt("file-unlink", &format!("rm {t}"))
                 + &attempt("file-hardlink", &format!("ln {t} hard")),
             30,
         ),
@@ -513,7 +529,12 @@ async fn writes_outside_the_job_dir_are_denied_and_planted_symlinks_never_follow
 
     assert_end("host tmp", &r["host tmp"], "completed", None);
     assert_denied("host tmp", &r["host tmp"], &["host-tmp"]);
-    assert!(!host_tmp.exists(), "a job wrote the host's /tmp");
+    assert_eq!(
+        std::fs::read_to_string(&host_tmp).expect("host tmp file"),
+        "host\n",
+        "a job wrote the host's /tmp"
+    );
+    let _ = std::fs::remove_file(&host_tmp);
     assert_end("usr", &r["usr"], "completed", None);
     assert_denied("usr", &r["usr"], &["usr-file", "usr-dir"]);
     assert!(!usr_file.exists() && !usr_dir.exists(), "a job wrote /usr");
@@ -780,11 +801,12 @@ async fn daemons_do_not_outlive_their_job() {
         .find_map(|l| l.strip_prefix("daemon "))
         .and_then(|p| p.trim().parse().ok())
         .unwrap_or_else(|| panic!("daemon pid: {v:#}"));
-    // The result is reported only after the whole cgroup was killed and reaped.
+    // The daemon's pid is one of the job's PID namespace, not the host's.
     assert!(
-        !alive(pid),
-        "the double-forked daemon {pid} outlived its job"
+        pid < 100,
+        "daemon pid {pid} is not a pid of the job's namespace"
     );
+    // The result is reported only after the whole cgroup was killed and reaped.
     let left = rig.job_uid_processes();
     assert!(
         left.is_empty(),
@@ -1110,22 +1132,24 @@ async fn a_restarted_agent_cleans_up_what_a_killed_one_left() {
             "maxAttempts": 1,
         }))
         .await;
-    let pid: i32 = wait_for("the grandchild to start", || async {
+    let _: i32 = wait_for("the grandchild to start", || async {
         let v = rig.hub.job(&rig.admin, &id).await;
         s(&v, "stdout")
             .strip_prefix("grandchild=")
             .and_then(|p| p.trim().parse().ok())
     })
     .await;
+    let pid = host_pid(&rig, "sleep").await;
     let ws = rig.workspace(&id);
     assert!(alive(pid) && mounted_under(&ws));
     rig.agent.kill9().await;
-    // PDEATHSIG takes only the job's main process: the grandchild and the mount remain.
+    // PDEATHSIG takes the job's init, and with it the whole PID namespace: the grandchild
+    // dies at once. The workspace mount and the job cgroup remain for the next agent.
+    wait_for("the grandchild to die with the agent", || async {
+        (!alive(pid)).then_some(())
+    })
+    .await;
     assert_eq!(job_cgroups(&wid("attack-crash")).len(), 1);
-    assert!(
-        alive(pid),
-        "the grandchild should survive a kill -9 of the agent"
-    );
     assert!(mounted_under(&ws));
 
     let work = rig.work_dir();
@@ -1258,5 +1282,99 @@ async fn ipc_objects_vsock_and_personas_stay_inside_the_job() {
         "vsock 1\nread-implies-exec -1 1\nquery True\n",
         "{v:#}"
     );
+    rig.finish().await;
+}
+
+/// The private root, played as a second tenant would: while another user's job runs with a
+/// secret in its command line and environment, this job looks at every process and path it
+/// can find.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_sees_only_its_own_processes_and_root() {
+    require_root("a_job_sees_only_its_own_processes_and_root");
+    let rig = Rig::start(&[], Some(&wid("attack-root")), 51_000, 2).await;
+    let victim = rig
+        .submit(json!({
+            "command": "sleep 15; echo 'my-api-key=SECRET123'",
+            "env": {"VICTIM_TOKEN": "SECRET456"},
+            "timeout": 60,
+        }))
+        .await;
+    host_pid(&rig, "sleep").await;
+    let marker = PathBuf::from(format!("/tmp/cmdx-root-marker-{}", std::process::id()));
+    std::fs::write(&marker, "host").unwrap();
+    std::fs::set_permissions(&marker, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let probe = format!(
+        "echo pids $(ls /proc | grep -E '^[0-9]+$' | sort -n | tr '\\n' ' ')\n\
+         for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline 2>/dev/null; cat $p/environ 2>/dev/null | tr '\\0' ' '; echo; done > seen.txt\n\
+         grep -c . seen.txt | sed 's/^/lines /'\n\
+         grep -qE 'my-api-''key|SECRET''456' seen.txt && echo LEAK-secret\n\
+         grep -qE 'cmdx (hub|agent|serve|dev)|system''d|/sbin/in''it' seen.txt && echo LEAK-host-process\n\
+         echo init $(head -c 9 /proc/1/cmdline)\n\
+         echo pwd $(pwd) home $HOME tmpdir $TMPDIR\n\
+         test -e {m} && echo LEAK-host-tmp\n\
+         test -e /root && echo LEAK-root\n\
+         test -e /home && echo LEAK-home\n\
+         test -e /var && echo LEAK-var\n\
+         test -e /run && echo LEAK-run\n\
+         echo dev $(ls -A /dev | sort | tr '\\n' ' ')\n\
+         {}{}{}{}{}\
+         sh -c 'echo sh-runs'\n\
+         python3 -c 'print(\"python-runs\")'\n\
+         (setsid sleep 300 &) ; echo orphan-started\n",
+        attempt("mount", "mount -t tmpfs none /tmp"),
+        attempt("unshare-m", "unshare -m true"),
+        attempt("unshare-p", "unshare -p -f true"),
+        attempt("setns", "nsenter -t 1 -m true"),
+        attempt("umount-proc", "umount /proc"),
+        m = marker.display(),
+    );
+    let v = rig.run(&probe, 30).await;
+    let _ = std::fs::remove_file(&marker);
+    assert_end("probe", &v, "completed", None);
+    assert_denied(
+        "probe",
+        &v,
+        &["mount", "unshare-m", "unshare-p", "setns", "umount-proc"],
+    );
+    let out = s(&v, "stdout");
+    let line = |k: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(&format!("{k} ")))
+            .unwrap_or_else(|| panic!("no `{k}` line: {v:#}"))
+            .trim()
+            .to_owned()
+    };
+    // Its own pids only: init (1), the shell (2) and what the shell runs, all small.
+    let pids: Vec<u32> = line("pids")
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert!(pids.starts_with(&[1, 2]) && pids.len() <= 8, "{pids:?}");
+    assert!(pids.iter().all(|&p| p < 20), "foreign pids: {pids:?}");
+    assert_eq!(line("init"), "cmdx-init");
+    assert_eq!(line("pwd"), "/workspace home /workspace tmpdir /tmp");
+    assert_eq!(
+        line("dev"),
+        "fd full null random shm stderr stdin stdout tty urandom zero"
+    );
+    for ok in ["sh-runs", "python-runs", "orphan-started"] {
+        assert!(out.lines().any(|l| l == ok), "{ok}: {v:#}");
+    }
+    // The orphan died with its job, before the result was reported.
+    let orphans: Vec<_> = rig
+        .job_uid_processes()
+        .into_iter()
+        .filter(|(p, ..)| {
+            std::fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| c == b"sleep\x00300\x00")
+        })
+        .collect();
+    assert!(
+        orphans.is_empty(),
+        "the orphan outlived its job: {orphans:?}"
+    );
+    // The victim was untouched and its secret never reached the prober.
+    let done = rig.hub.wait_done(&rig.admin, &victim).await;
+    assert_end("victim", &done, "completed", None);
+    assert_eq!(s(&done, "stdout"), "my-api-key=SECRET123\n");
     rig.finish().await;
 }

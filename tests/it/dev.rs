@@ -105,52 +105,47 @@ async fn newcomer_runs_cmdx_dev_from_a_private_home() {
     let out = job["stdout"].as_str().unwrap();
     let mut lines = out.lines();
     assert_eq!(lines.next(), Some("hi"), "{out}");
-    let cwd = std::path::PathBuf::from(lines.next().expect("pwd's line"));
-    // The job ran outside the private folder (its uid could not have entered it).
-    assert!(
-        !cwd.starts_with(&dev.data),
-        "the job ran under the 0700 data folder: {}",
-        cwd.display()
-    );
+    // The job ran in its private root: the 0700 home is no obstacle, since the agent
+    // bind-mounts the workspace and the job's uid never walks the host path.
+    assert_eq!(lines.next(), Some("/workspace"), "{out}");
     assert_eq!(dev.data, project.join("cmdx-data"));
     assert!(dev.data.is_dir());
-    // The agents' home of its own is removed when the cluster stops.
-    let agents_home = cwd
-        .ancestors()
-        .find(|p| p.parent() == Some(std::path::Path::new("/var/lib/cmdx/dev")))
-        .unwrap_or_else(|| panic!("{} is not under /var/lib/cmdx/dev", cwd.display()))
-        .to_path_buf();
-    assert!(agents_home.is_dir());
-    assert_eq!(dev.terminate().await, Some(0));
     assert!(
-        !agents_home.exists(),
-        "{} left behind",
-        agents_home.display()
+        dev.data.join("agents").is_dir(),
+        "the agents do not live in the data folder"
     );
+    assert_eq!(dev.terminate().await, Some(0));
 }
 
 /// `cmdx agent` itself does not move: an operator's `--work-dir` the job users cannot reach is
 /// refused at start with a message that says why and what to do.
+/// An operator who puts the agent's work dir under a 0700 folder (root's home, say): with the
+/// private root the job's uid never walks that path, so the agent starts and runs jobs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn agent_with_an_untraversable_work_dir_says_why() {
+async fn an_agent_under_a_private_folder_runs_jobs() {
     use std::os::unix::fs::PermissionsExt as _;
+    assert!(
+        cmdx_sandbox::probe().private_root,
+        "this host cannot give jobs a private root: the test needs one"
+    );
     let private = tempfile::tempdir().unwrap();
     std::fs::set_permissions(private.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
-    let out = tokio::time::timeout(
-        cmdx_e2e::WAIT,
-        tokio::process::Command::new(cmdx_e2e::cmdx_bin())
-            .args(["agent", "--hub", "http://127.0.0.1:9", "--work-dir"])
-            .arg(private.path().join("agent"))
-            .env("CMDX_AGENT_TOKEN", "cmdxw_unused")
-            .output(),
+    let hub = cmdx_e2e::HubProc::start(crate::FAST).await;
+    let admin = hub.admin().await;
+    let token = hub.worker_token(&admin).await;
+    let _agent = cmdx_e2e::AgentProc::start_with(
+        &hub,
+        &token,
+        Some("private-folder"),
+        &private.path().join("agent"),
+        51_100,
+        1,
     )
-    .await
-    .expect("the agent to refuse in time")
-    .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(125), "{stderr}");
-    assert!(
-        stderr.contains("is not traversable by the unprivileged job users"),
-        "{stderr}"
-    );
+    .await;
+    let id = hub
+        .submit(&admin, json!({"command": "pwd; echo x > f && cat f"}))
+        .await;
+    let v = hub.wait_done(&admin, &id).await;
+    assert_eq!(v["status"], "completed", "{v}");
+    assert_eq!(v["stdout"], "/workspace\nx\n", "{v}");
 }

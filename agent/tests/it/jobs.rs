@@ -206,9 +206,14 @@ async fn environment_is_an_allow_list_plus_the_assignment() {
         "the agent's own env leaked into the job: {out}"
     );
     let home = out.lines().find_map(|l| l.strip_prefix("HOME=")).unwrap();
-    assert!(home.ends_with("/jobs/env-1-1/job"), "{home}");
     let tmp = out.lines().find_map(|l| l.strip_prefix("TMPDIR=")).unwrap();
-    assert!(tmp.ends_with("/jobs/env-1-1/tmp"), "{tmp}");
+    if cmdx_sandbox::probe().private_root {
+        // The job's private root: its workspace at /workspace, its tmp at /tmp.
+        assert_eq!((home, tmp), ("/workspace", "/tmp"), "{out}");
+    } else {
+        assert!(home.ends_with("/jobs/env-1-1/job"), "{home}");
+        assert!(tmp.ends_with("/jobs/env-1-1/tmp"), "{tmp}");
+    }
     assert!(
         out.contains(&format!("\n{home}\n")),
         "cwd is the job dir: {out}"

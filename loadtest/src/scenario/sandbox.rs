@@ -1,7 +1,11 @@
 //! `sandbox`: real `cmdx agent` processes (root) running `true` through the real sandbox; a
 //! submitter offers R jobs/s open-loop; completions are observed as live job events on
 //! `/ws/client` (`subscribeJobs`). Measures completed jobs/s, intended submit -> completed
-//! event, errors (failed jobs) and lost jobs.
+//! event, errors (failed jobs) and lost jobs. Then, in the same run and when
+//! `/usr/bin/bwrap` exists, the peer: bubblewrap with the isolation of cmdx's private root
+//! (every namespace, read-only system binds, its own `/proc`, `/dev` and `/tmp`, a bound
+//! workspace, an unprivileged uid) running `true` 4 at a time for as long, with no hub, no
+//! network round trip and no cgroups.
 
 use std::collections::HashMap;
 use std::os::fd::AsRawFd;
@@ -176,7 +180,84 @@ pub async fn run(cli: &Cli, target: &Arc<Target>) -> anyhow::Result<Report> {
     }
     let result = measure(cli, target, &agents, n, conc, offered, secs, warm).await;
     shutdown_agents(&mut agents).await;
-    result
+    let mut report = result?;
+    if let Some(peer) = bwrap_rate(tmp.path(), secs, 4)? {
+        let ours = report.jobs_per_sec.unwrap_or(0.0);
+        note(
+            &mut report,
+            "peer: bwrap, same isolation, 4 at a time",
+            format!("{peer:.0} runs/s (cmdx/bwrap {:.2})", ours / peer.max(1e-9)),
+        );
+    }
+    Ok(report)
+}
+
+/// Runs of `bwrap … true` per second, `parallel` at a time for `secs` (None: not installed).
+fn bwrap_rate(dir: &std::path::Path, secs: f64, parallel: usize) -> anyhow::Result<Option<f64>> {
+    let bwrap = std::path::Path::new("/usr/bin/bwrap");
+    if !bwrap.exists() {
+        return Ok(None);
+    }
+    let ws = dir.join("bwrap-workspace");
+    std::fs::create_dir_all(&ws).context("bwrap workspace")?;
+    let uid = 299_500u32;
+    std::os::unix::fs::chown(&ws, Some(uid), Some(uid)).context("chown bwrap workspace")?;
+    let mut args: Vec<String> = ["--unshare-all", "--die-with-parent", "--new-session"]
+        .map(String::from)
+        .to_vec();
+    for d in ["/usr", "/etc"] {
+        args.extend(["--ro-bind".into(), d.into(), d.into()]);
+    }
+    for d in ["/bin", "/sbin", "/lib", "/lib64"] {
+        match std::fs::read_link(d) {
+            Ok(to) => args.extend(["--symlink".into(), to.display().to_string(), d.into()]),
+            Err(_) if std::path::Path::new(d).exists() => {
+                args.extend(["--ro-bind".into(), d.into(), d.into()])
+            }
+            Err(_) => {}
+        }
+    }
+    args.extend(
+        [
+            "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--bind",
+        ]
+        .map(String::from),
+    );
+    args.extend([ws.display().to_string(), "/workspace".into()]);
+    args.extend(["--chdir", "/workspace", "--uid"].map(String::from));
+    args.extend([
+        uid.to_string(),
+        "--gid".into(),
+        uid.to_string(),
+        "true".into(),
+    ]);
+    let end = std::time::Instant::now() + Duration::from_secs_f64(secs);
+    let runs = AtomicU64::new(0);
+    let failed = AtomicU64::new(0);
+    let start = std::time::Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..parallel {
+            s.spawn(|| {
+                while std::time::Instant::now() < end {
+                    let ok = std::process::Command::new(bwrap)
+                        .args(&args)
+                        .stdin(Stdio::null())
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .status()
+                        .is_ok_and(|st| st.success());
+                    let c = if ok { &runs } else { &failed };
+                    c.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    if failed.load(Ordering::Relaxed) > 0 && runs.load(Ordering::Relaxed) == 0 {
+        bail!("bwrap failed on every run: {}", args.join(" "));
+    }
+    Ok(Some(
+        runs.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64(),
+    ))
 }
 
 #[expect(

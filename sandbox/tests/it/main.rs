@@ -7,6 +7,7 @@ mod fs;
 mod limits;
 mod net;
 mod procs;
+mod root;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
@@ -99,6 +100,22 @@ impl Fixture {
             wall_timeout: Duration::from_secs(60),
             ..Limits::default()
         };
+        spec
+    }
+}
+
+impl Fixture {
+    /// Like [`Fixture::spec`], in the job's private root: cwd and `HOME` `/workspace`,
+    /// `TMPDIR` `/tmp`.
+    pub fn root_spec(&self, cmd: &str) -> Spec {
+        let mut spec = self.spec(cmd);
+        spec.root = Some(self.ws().private_root());
+        spec.cwd = PathBuf::from("/workspace");
+        spec.env = vec![
+            ("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()),
+            ("HOME".into(), "/workspace".into()),
+            ("TMPDIR".into(), "/tmp".into()),
+        ];
         spec
     }
 }
