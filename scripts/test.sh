@@ -17,6 +17,17 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "docs build without warnings"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
 
+step "tools the end-to-end tests use"
+# systemd-analyze verifies the shipped units (tests/it/packaging.rs).
+if ! command -v systemd-analyze >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null
+  else
+    echo "systemd-analyze is missing: install Debian's systemd package" >&2
+    exit 1
+  fi
+fi
+
 step "build the cmdx binary (end-to-end tests run it)"
 cargo build -p cmdx
 

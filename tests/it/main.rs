@@ -13,6 +13,7 @@ mod hardening;
 mod legacy;
 mod ops;
 mod original_worker;
+mod packaging;
 mod ratelimit;
 mod relay;
 mod security;
