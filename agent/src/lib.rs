@@ -157,9 +157,15 @@ pub async fn run(config: AgentConfig, control: watch::Receiver<Control>) -> Resu
         Mode::Strict => "strict",
         Mode::BestEffort => "best-effort",
     };
-    if !missing.is_empty() {
+    let required = caps.missing_required();
+    if !missing.is_empty() && required.is_empty() && config.sandbox_mode == Mode::Strict {
+        tracing::info!(
+            absent = %missing.join(", "),
+            "strict sandbox: the private root and network namespace stand in for these landlock layers this kernel lacks"
+        );
+    } else if !missing.is_empty() {
         if config.sandbox_mode == Mode::Strict {
-            return Err(AgentError::SandboxUnavailable { missing });
+            return Err(AgentError::SandboxUnavailable { missing: required });
         }
         tracing::warn!(
             missing = %missing.join(", "),

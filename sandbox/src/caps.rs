@@ -59,6 +59,20 @@ impl Capabilities {
             .collect()
     }
 
+    /// Names of the layers this host cannot apply that [`crate::Mode::Strict`] requires:
+    /// every missing layer, except landlock's TCP rules and scopes when the job has a
+    /// private root and a network namespace. Those two are then a second wall: the network
+    /// namespace already has no route out and holds the only abstract unix sockets the job
+    /// can reach, and the job can neither see nor name (by pid) a process outside its PID
+    /// namespace, while its uid keeps it from signalling other jobs.
+    pub fn missing_required(&self) -> Vec<String> {
+        let walls = self.private_root && self.netns;
+        self.missing()
+            .into_iter()
+            .filter(|l| !(walls && is_second_wall(l)))
+            .collect()
+    }
+
     /// Names of the layers this host cannot apply (empty when everything is available).
     pub fn missing(&self) -> Vec<String> {
         self.layers()
@@ -100,6 +114,16 @@ impl Capabilities {
         v
     }
 }
+
+/// Layers that [`Capabilities::missing_required`] lets strict mode do without when the
+/// private root and the network namespace stand.
+pub(crate) fn is_second_wall(layer: &str) -> bool {
+    layer == "landlock-tcp" || layer == "landlock-scopes"
+}
+
+/// Environment variable capping the landlock ABI the sandbox uses (an integer): reproduces
+/// an older kernel's sandbox on a newer one (tests, or an operator comparing hosts).
+pub const LANDLOCK_ABI_MAX_ENV: &str = "CMDX_SANDBOX_LANDLOCK_ABI_MAX";
 
 static CAPS: OnceLock<Capabilities> = OnceLock::new();
 static CGROUP_PARENT: Mutex<Option<PathBuf>> = Mutex::new(None);
@@ -150,7 +174,16 @@ fn probe_uncached() -> Capabilities {
         cgroup: hierarchy
             .as_ref()
             .map_or(CgroupVersion::None, Hierarchy::version),
-        landlock_abi: landlock_abi(),
+        landlock_abi: landlock_abi().and_then(|abi| {
+            match std::env::var(LANDLOCK_ABI_MAX_ENV)
+                .ok()
+                .and_then(|v| v.trim().parse::<i32>().ok())
+            {
+                Some(max) if max < 1 => None,
+                Some(max) => Some(abi.min(max)),
+                None => Some(abi),
+            }
+        }),
         netns: sys_admin && Path::new("/proc/self/ns/net").exists(),
         ipcns: sys_admin
             && Path::new("/proc/self/ns/ipc").exists()

@@ -192,8 +192,15 @@ pub fn spawn(spec: &Spec) -> Result<Child> {
     let (layers, missing) = plan(spec);
     // A private root cannot be approximated: its paths exist nowhere else.
     let root_missing = spec.root.is_some() && !caps().private_root;
-    if (spec.mode == Mode::Strict || root_missing) && !missing.is_empty() {
-        return Err(Error::MissingLayers { missing });
+    // Strict mode wants the guarantees, not every wall: see `Capabilities::missing_required`.
+    let walls = spec.root.is_some() && caps().private_root && caps().netns && !spec.network;
+    let required: Vec<String> = missing
+        .iter()
+        .filter(|l| !(walls && crate::caps::is_second_wall(l)))
+        .cloned()
+        .collect();
+    if (spec.mode == Mode::Strict || root_missing) && !required.is_empty() {
+        return Err(Error::MissingLayers { missing: required });
     }
     if !missing.is_empty() {
         tracing::warn!(missing = ?missing, "sandbox layers missing (best-effort mode)");

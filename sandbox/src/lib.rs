@@ -79,7 +79,7 @@ mod workspace;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use caps::{Capabilities, CgroupVersion, probe, set_cgroup_parent};
+pub use caps::{Capabilities, CgroupVersion, LANDLOCK_ABI_MAX_ENV, probe, set_cgroup_parent};
 pub use child::{Child, Report, spawn};
 pub use error::{Error, Result};
 pub use root::{Bind, Root};

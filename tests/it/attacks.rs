@@ -1378,3 +1378,95 @@ async fn a_job_sees_only_its_own_processes_and_root() {
     assert_eq!(s(&done, "stdout"), "my-api-key=SECRET123\n");
     rig.finish().await;
 }
+
+/// Strict mode on an older kernel (landlock ABI 3, as on Linux 6.1: no TCP rules, no scopes):
+/// the agent starts, and the guarantees those landlock layers gave still hold through the
+/// private root and the network namespace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_mode_on_an_older_landlock_keeps_its_guarantees() {
+    require_root("strict_mode_on_an_older_landlock_keeps_its_guarantees");
+    let hub = HubProc::start(FAST).await;
+    let admin = hub.admin().await;
+    let token = hub.worker_token(&admin).await;
+    let dir = traversable_tempdir();
+    let id = wid("attack-abi3");
+    let mut agent = tokio::process::Command::new(cmdx_bin())
+        .args([
+            "agent",
+            "--hub",
+            &hub.url,
+            "--sandbox",
+            "strict",
+            "--worker-id",
+            &id,
+        ])
+        .arg("--work-dir")
+        .arg(dir.path().join("agent"))
+        .args(["--uid-base", "51200", "--concurrency", "1"])
+        .env("CMDX_AGENT_TOKEN", &token)
+        .env(cmdx_sandbox::LANDLOCK_ABI_MAX_ENV, "3")
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let w: Value = wait_for("the capped agent online", || async {
+        let (_, v) = hub.get(&admin, "/api/workers/list").await;
+        v["workers"]
+            .as_array()?
+            .iter()
+            .find(|w| w["workerId"] == id.as_str() && w["status"] == "online")
+            .cloned()
+    })
+    .await;
+    let iso = &w["isolation"];
+    assert_eq!(iso["mode"], "strict", "{w:#}");
+    let has = |k: &str, l: &str| iso[k].as_array().unwrap().iter().any(|x| x == l);
+    assert!(
+        has("active", "landlock-abi3") && has("active", "private-root"),
+        "{w:#}"
+    );
+    assert!(
+        has("missing", "landlock-tcp") && has("missing", "landlock-scopes"),
+        "{w:#}"
+    );
+
+    let name = format!("cmdx-abi3-{}", std::process::id());
+    let addr =
+        <std::os::unix::net::SocketAddr as std::os::linux::net::SocketAddrExt>::from_abstract_name(
+            name.as_bytes(),
+        )
+        .unwrap();
+    let _listener = std::os::unix::net::UnixListener::bind_addr(&addr).expect("abstract socket");
+    let apid = agent.id().unwrap();
+    let probe = format!(
+        "python3 - <<'EOF'\n\
+         import socket\n\
+         def t(name, f):\n\
+         \x20   try:\n\
+         \x20       f()\n\
+         \x20       print('LEAK', name)\n\
+         \x20   except OSError:\n\
+         \x20       print('DENIED', name)\n\
+         def unix():\n\
+         \x20   s = socket.socket(socket.AF_UNIX)\n\
+         \x20   s.connect('\\0{name}')\n\
+         t('hub', lambda: socket.create_connection(('127.0.0.1', {port}), timeout=3))\n\
+         t('abstract-unix', unix)\n\
+         EOF\n{}{}",
+        attempt("signal-agent", &format!("kill -0 {apid}")),
+        attempt("agent-proc", &format!("test -e /proc/{apid}")),
+        port = hub.port,
+    );
+    let job = hub
+        .submit(&admin, json!({"command": probe, "timeout": 30}))
+        .await;
+    let v = hub.wait_done(&admin, &job).await;
+    assert_end("abi3", &v, "completed", None);
+    assert_denied(
+        "abi3",
+        &v,
+        &["hub", "abstract-unix", "signal-agent", "agent-proc"],
+    );
+    let _ = agent.start_kill();
+    let _ = agent.wait().await;
+}
