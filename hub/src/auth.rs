@@ -495,6 +495,56 @@ pub fn hash_password(password: &str) -> Result<String, String> {
         .map_err(|e| e.to_string())
 }
 
+/// Creates the first admin when the data folder has no users.
+pub async fn bootstrap_admin(hub: &crate::Hub) -> Result<(), HubError> {
+    if !hub.store.list_users().await?.is_empty() {
+        return Ok(());
+    }
+    let env_email = std::env::var("CMDX_ADMIN_EMAIL")
+        .ok()
+        .filter(|s| !s.is_empty());
+    let env_pw = std::env::var("CMDX_ADMIN_PASSWORD")
+        .ok()
+        .filter(|s| !s.is_empty());
+    let (email, password, generated) = match (env_email, env_pw) {
+        (Some(e), Some(p)) => (e, p, false),
+        (e, _) => {
+            let pw: [u8; 12] = rand::random();
+            (
+                e.unwrap_or_else(|| "admin@cmdx.local".to_string()),
+                hex::encode(pw),
+                true,
+            )
+        }
+    };
+    let hash = hash_password(&password).map_err(HubError::Config)?;
+    let user = crate::store::UserRecord {
+        v: 1,
+        id: crate::store::new_id(),
+        email: email.to_lowercase(),
+        password_hash: hash,
+        role: "admin".into(),
+        created_ms: now_ms(),
+    };
+    hub.store.insert_user(&user).await?;
+    hub.store.sync().await?;
+    if generated {
+        let path = hub.config.data_dir.join("admin-credentials");
+        let text = format!("email: {}\npassword: {password}\n", user.email);
+        write_private(&path, text.as_bytes()).map_err(|source| HubError::DataDir {
+            path: path.clone(),
+            source,
+        })?;
+        eprintln!(
+            "cmdx: created admin {} with password {password} (saved to {})",
+            user.email,
+            path.display()
+        );
+    }
+    tracing::info!(email = %user.email, "bootstrap admin created");
+    Ok(())
+}
+
 /// The bearer token of a request, if any.
 pub fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers

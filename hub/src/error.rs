@@ -5,6 +5,7 @@ use cmdx_proto::rest::ErrorBody;
 use warp::http::StatusCode;
 use warp::reply::Response;
 
+use crate::jobs::LifecycleError;
 use crate::store::StoreError;
 
 /// Failures starting or running the hub.
@@ -131,6 +132,18 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound(what) => ApiError::not_found(format!("{what} not found")),
             StoreError::Conflict(m) => ApiError::conflict(m),
             other => ApiError::internal(other),
+        }
+    }
+}
+
+impl From<LifecycleError> for ApiError {
+    fn from(e: LifecycleError) -> Self {
+        match e {
+            LifecycleError::Stale(m) => ApiError::stale(m),
+            LifecycleError::NotFound(what) => ApiError::not_found(format!("{what} not found")),
+            LifecycleError::Invalid(m) => ApiError::bad_request(m),
+            LifecycleError::Unavailable(m) => ApiError::unavailable(m),
+            LifecycleError::Store(e) => e.into(),
         }
     }
 }

@@ -22,6 +22,7 @@ pub mod ratelimit;
 pub mod relay;
 pub mod store;
 pub mod time;
+pub mod urls;
 pub mod web;
 pub mod ws;
 pub mod ws_agent;
@@ -29,7 +30,7 @@ pub mod ws_client;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use cmdx_proto::client::ServerMsg;
 use tokio::net::TcpListener;
@@ -79,25 +80,10 @@ pub struct Hub {
     pub stop: watch::Sender<bool>,
     /// Open WebSocket sessions (closed with 1001 on shutdown).
     pub sessions: ws::Sessions,
-    /// Counters for `/metrics`.
-    pub counters: Counters,
 }
 
 /// The longest a sign-in waits for an argon2 permit before it answers 503.
 pub const PASSWORD_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// Plain counters (Prometheus text is rendered from them).
-#[derive(Default)]
-pub struct Counters {
-    /// Jobs accepted.
-    pub submitted: AtomicU64,
-    /// Jobs that ended.
-    pub finished: AtomicU64,
-    /// Output bytes stored.
-    pub output_bytes: AtomicU64,
-    /// Requests answered 429.
-    pub rate_limited: AtomicU64,
-}
 
 impl Hub {
     /// Runs argon2 work (hashing or verifying a password) on the blocking pool, at most
@@ -125,6 +111,14 @@ impl Hub {
             .map_err(ApiError::internal)?;
         drop(permit);
         Ok(out)
+    }
+
+    /// Publishes a job's current state to dashboards watching it (its owner and admins).
+    pub fn publish(&self, job: &store::JobRecord) {
+        self.emit(
+            Some(job.owner.clone()),
+            ServerMsg::Job(jobs::views::summary(job)),
+        );
     }
 
     /// Publishes a dashboard event (lossy for slow listeners).
@@ -287,10 +281,9 @@ pub async fn open(config: HubConfig) -> Result<Arc<Hub>, HubError> {
         draining: AtomicBool::new(false),
         stop: watch::channel(false).0,
         sessions: ws::Sessions::default(),
-        counters: Counters::default(),
     });
-    jobs::bootstrap_admin(&hub).await?;
-    jobs::recover(&hub).await?;
+    auth::bootstrap_admin(&hub).await?;
+    jobs::recovery::recover(&hub).await?;
     Ok(hub)
 }
 
@@ -300,9 +293,9 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), HubError> {
-    let pump = tokio::spawn(jobs::pump(hub.clone()));
-    let watchdog = tokio::spawn(jobs::legacy_watchdog(hub.clone()));
-    let janitor = tokio::spawn(jobs::janitor(hub.clone()));
+    let pump = tokio::spawn(jobs::dispatcher::pump(hub.clone()));
+    let watchdog = tokio::spawn(jobs::liveness::legacy_watchdog(hub.clone()));
+    let janitor = tokio::spawn(jobs::janitor::janitor(hub.clone()));
     let flusher_hub = hub.clone();
     let flusher = tokio::spawn(async move {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));

@@ -137,7 +137,7 @@ async fn handle(
     subs.retain(|_, h| !h.is_finished());
     match msg {
         ClientMsg::SubscribeOutput { job_id, offset } => {
-            let job = match crate::jobs::visible_job(hub, caller, &job_id).await {
+            let job = match crate::jobs::views::visible_job(hub, caller, &job_id).await {
                 Ok(j) => j,
                 Err(_) => {
                     out.send(error("not_found", format!("job {job_id} not found")))
@@ -223,7 +223,7 @@ async fn handle(
                 return;
             }
             for v in hub.dispatch.views(hub.config.legacy_offline_secs * 1000) {
-                let v = crate::jobs::worker_view_for(hub, caller, v).await;
+                let v = crate::jobs::views::worker_view_for(hub, caller, v).await;
                 if !out.send(encode(&ServerMsg::Worker(v))).await {
                     return;
                 }
@@ -261,7 +261,7 @@ fn spawn_feed(hub: &Arc<Hub>, caller: Caller, out: Outbox, jobs: bool) -> JoinHa
                 ServerMsg::Worker(v)
                     if !jobs && !caller.is_admin() && !v.current_jobs.is_empty() =>
                 {
-                    let v = crate::jobs::worker_view_for(&hub, &caller, v.clone()).await;
+                    let v = crate::jobs::views::worker_view_for(&hub, &caller, v.clone()).await;
                     encode(&ServerMsg::Worker(v))
                 }
                 ServerMsg::Worker(_) if !jobs => encode(&ev.msg),

@@ -22,11 +22,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cmdx_hub::auth::Caller;
-use cmdx_hub::jobs::{self, FinishReport};
+use cmdx_hub::jobs::lifecycle::{self, FinishReport};
+use cmdx_hub::jobs::{dispatcher, liveness, submit};
 use cmdx_hub::store::{JobRecord, WorkerRecord};
 use cmdx_hub::{Hub, HubConfig};
+use cmdx_proto::agent::OutputChunk;
 use cmdx_proto::rest::SubmitRequest;
-use cmdx_proto::{JobStatus, Outcome, StreamKind};
+use cmdx_proto::{Bytes64, JobStatus, Outcome, StreamKind};
 use proptest::prelude::*;
 use proptest_state_machine::{ReferenceStateMachine, StateMachineTest, prop_state_machine};
 
@@ -414,7 +416,7 @@ impl StateMachineTest for LifecycleTest {
                     artifacts: Vec::new(),
                 };
                 let id = sut
-                    .block(jobs::submit(sut.hub(), &caller(), req, false))
+                    .block(submit::submit(sut.hub(), &caller(), req))
                     .expect("submit");
                 sut.ids.push(id);
                 sut.max_attempt.push(0);
@@ -422,7 +424,11 @@ impl StateMachineTest for LifecycleTest {
             }
             Op::Claim { worker } => {
                 let got = sut
-                    .block(jobs::claim_legacy(sut.hub(), WORKERS[worker], TOKEN_ID))
+                    .block(dispatcher::claim_legacy(
+                        sut.hub(),
+                        WORKERS[worker],
+                        TOKEN_ID,
+                    ))
                     .expect("claim");
                 // Which job the hub picked is checked against the model's FIFO choice by
                 // `check_invariants` (every job's status must match).
@@ -444,7 +450,7 @@ impl StateMachineTest for LifecycleTest {
                 let m = &model.jobs[job];
                 let before = sut.record(job);
                 let w = WORKERS[m.worker.unwrap_or(0)];
-                let res = sut.block(jobs::started(
+                let res = sut.block(lifecycle::started(
                     sut.hub(),
                     w,
                     TOKEN_ID,
@@ -460,17 +466,14 @@ impl StateMachineTest for LifecycleTest {
                 let w = WORKERS[m.worker.unwrap_or(0)];
                 let seq = if m.active() { m.chunks - 1 } else { m.chunks };
                 let res = sut.block(async {
-                    let r = jobs::append_output(
-                        sut.hub(),
-                        w,
-                        TOKEN_ID,
-                        &sut.ids[job],
-                        Some(m.attempt),
-                        Some(seq),
-                        StreamKind::Stdout,
-                        vec![b'x'; len],
-                    )
-                    .await;
+                    let chunk = OutputChunk {
+                        job_id: sut.ids[job].clone(),
+                        attempt: m.attempt,
+                        seq,
+                        stream: StreamKind::Stdout,
+                        data: Bytes64(vec![b'x'; len]),
+                    };
+                    let r = lifecycle::append_output(sut.hub(), w, TOKEN_ID, chunk).await;
                     sut.hub().store.sync().await.expect("sync");
                     r
                 });
@@ -495,7 +498,7 @@ impl StateMachineTest for LifecycleTest {
                     chunks: Some(m.chunks),
                     outcome: outcome(kind),
                 };
-                let res = sut.block(jobs::finish(
+                let res = sut.block(lifecycle::finish(
                     sut.hub(),
                     &holder,
                     TOKEN_ID,
@@ -528,7 +531,7 @@ impl StateMachineTest for LifecycleTest {
                         (other.to_string(), before.attempt)
                     }
                 };
-                let res = sut.block(jobs::finish(
+                let res = sut.block(lifecycle::finish(
                     sut.hub(),
                     &worker,
                     TOKEN_ID,
@@ -547,7 +550,7 @@ impl StateMachineTest for LifecycleTest {
             }
             Op::Cancel { job } => {
                 let hub = sut.hub().clone();
-                sut.block(jobs::cancel(&hub, &caller(), &sut.ids[job]))
+                sut.block(lifecycle::cancel(&hub, &caller(), &sut.ids[job]))
                     .expect("cancel");
             }
             Op::Lose { job } => {
@@ -556,7 +559,7 @@ impl StateMachineTest for LifecycleTest {
                     .worker_id
                     .clone()
                     .unwrap_or_else(|| WORKERS[0].to_string());
-                sut.block(jobs::requeue_or_fail(
+                sut.block(lifecycle::requeue_or_fail(
                     sut.hub(),
                     &sut.ids[job],
                     &worker,
@@ -569,7 +572,7 @@ impl StateMachineTest for LifecycleTest {
                 }
             }
             Op::ExpireWorker { worker } => {
-                sut.block(jobs::expire_worker_jobs(
+                sut.block(liveness::expire_worker_jobs(
                     sut.hub(),
                     WORKERS[worker],
                     "model: grace expired",

@@ -202,7 +202,7 @@ async fn visible_artifacts(
     job_id: &str,
 ) -> ApiResult<(JobRecord, ArtifactsRecord)> {
     let caller = user(hub, req)?;
-    let job = jobs::visible_job(hub, &caller, job_id).await?;
+    let job = jobs::views::visible_job(hub, &caller, job_id).await?;
     let a = job
         .current_artifacts()
         .cloned()

@@ -18,7 +18,9 @@ use super::{Req, json, json_status, read_json, user, worker};
 use crate::Hub;
 use crate::auth::WorkerCred;
 use crate::error::{ApiError, ApiResult};
-use crate::jobs::{self, FinishReport};
+use crate::jobs::dispatcher::claim_legacy;
+use crate::jobs::lifecycle::{self, FinishReport};
+use crate::jobs::submit::submit_legacy;
 use crate::store::{JobRecord, WorkerRecord, now_ms};
 
 /// Checks that a legacy worker's credential may register, poll or heartbeat as `worker_id`.
@@ -165,7 +167,7 @@ pub async fn get_job(hub: &Arc<Hub>, req: Req) -> ApiResult<Response> {
         hub.dispatch
             .legacy_seen(Some(rec), &worker_id, &cred.token_id());
     }
-    let Some(job) = jobs::claim_legacy(hub, &worker_id, &cred.token_id()).await? else {
+    let Some(job) = claim_legacy(hub, &worker_id, &cred.token_id()).await? else {
         return Ok(json_status(
             &LegacyGetJob {
                 success: false,
@@ -236,13 +238,11 @@ pub async fn stream_output(hub: &Arc<Hub>, mut req: Req) -> ApiResult<Response> 
         Some("stderr") => StreamKind::Stderr,
         _ => StreamKind::Stdout,
     };
-    jobs::append_output(
+    lifecycle::append_legacy_output(
         hub,
         &worker_id,
         &cred.token_id(),
         &job.id,
-        None,
-        None,
         stream,
         body.data.into_bytes(),
     )
@@ -306,13 +306,11 @@ async fn reconcile_output(
         ] {
             if let Some(w) = want {
                 for piece in w.chunks(32 * 1024) {
-                    jobs::append_output(
+                    lifecycle::append_legacy_output(
                         hub,
                         worker_id,
                         token_id,
                         &job.id,
-                        None,
-                        None,
                         stream,
                         piece.to_vec(),
                     )
@@ -328,13 +326,11 @@ async fn reconcile_output(
     ] {
         if let Some(w) = want {
             for piece in w[got.len()..].chunks(32 * 1024) {
-                jobs::append_output(
+                lifecycle::append_legacy_output(
                     hub,
                     worker_id,
                     token_id,
                     &job.id,
-                    None,
-                    None,
                     stream,
                     piece.to_vec(),
                 )
@@ -375,7 +371,7 @@ pub async fn submit_result(hub: &Arc<Hub>, mut req: Req) -> ApiResult<Response> 
             .unwrap_or(0),
         ..Outcome::default()
     };
-    let done = jobs::finish(
+    let done = lifecycle::finish(
         hub,
         &worker_id,
         &token_id,
@@ -408,7 +404,7 @@ pub async fn submit_error(hub: &Arc<Hub>, mut req: Req) -> ApiResult<Response> {
         ),
         ..Outcome::default()
     };
-    let done = jobs::finish(
+    let done = lifecycle::finish(
         hub,
         &worker_id,
         &cred.token_id(),
@@ -435,7 +431,7 @@ pub async fn create(hub: &Arc<Hub>, mut req: Req) -> ApiResult<Response> {
         timeout: body.timeout_ms.map(|ms| ms.div_ceil(1000).max(1)),
         ..SubmitRequest::default()
     };
-    let job_id = jobs::submit(hub, &caller, submit, true).await?;
+    let job_id = submit_legacy(hub, &caller, submit).await?;
     Ok(json_status(
         &serde_json::json!({"success": true, "jobId": job_id}),
         StatusCode::CREATED,
@@ -468,7 +464,7 @@ pub async fn execute(hub: &Arc<Hub>, mut req: Req) -> ApiResult<Response> {
         timeout,
         ..SubmitRequest::default()
     };
-    let job_id = jobs::submit(hub, &caller, submit, true).await?;
+    let job_id = submit_legacy(hub, &caller, submit).await?;
     Ok(json_status(
         &serde_json::json!({"success": true, "jobId": job_id, "fileId": file.id}),
         StatusCode::CREATED,

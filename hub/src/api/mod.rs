@@ -148,14 +148,7 @@ pub fn routes(
                     let started = std::time::Instant::now();
                     let mut resp = match dispatch(&hub, req).await {
                         Ok(r) => r,
-                        Err(e) => {
-                            if e.status == StatusCode::TOO_MANY_REQUESTS {
-                                hub.counters
-                                    .rate_limited
-                                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            }
-                            e.into_response()
-                        }
+                        Err(e) => e.into_response(),
                     };
                     let verdict = *rate.lock().unwrap_or_else(|p| p.into_inner());
                     if let Some(v) = verdict {
@@ -213,7 +206,7 @@ async fn dispatch(hub: &Arc<Hub>, req: Req) -> ApiResult<Response> {
         }
         (&M::POST, ["api", "admin", "janitor"]) => {
             admin(hub, &req).await?;
-            Ok(json(&crate::jobs::janitor_pass(hub).await?))
+            Ok(json(&crate::jobs::janitor::janitor_pass(hub).await?))
         }
         // files
         (&M::POST, ["api", "files", "upload"]) => files::upload(hub, req).await,

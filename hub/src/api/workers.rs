@@ -48,7 +48,7 @@ pub async fn list(hub: &Arc<Hub>, req: Req) -> ApiResult<Response> {
     let caller = user(hub, &req)?;
     let mut workers = Vec::new();
     for v in hub.dispatch.views(hub.config.legacy_offline_secs * 1000) {
-        workers.push(crate::jobs::worker_view_for(hub, &caller, v).await);
+        workers.push(crate::jobs::views::worker_view_for(hub, &caller, v).await);
     }
     Ok(json(&WorkerList { workers }))
 }
@@ -181,7 +181,7 @@ pub async fn drain(hub: &Arc<Hub>, req: Req, id: &str) -> ApiResult<Response> {
 /// `DELETE /api/workers/{id}` (admin): forgets a worker; its jobs are requeued.
 pub async fn delete(hub: &Arc<Hub>, req: Req, id: &str) -> ApiResult<Response> {
     admin(hub, &req).await?;
-    crate::jobs::expire_worker_jobs(hub, id, "worker deleted").await;
+    crate::jobs::liveness::expire_worker_jobs(hub, id, "worker deleted").await;
     if let Some(conn) = hub.dispatch.conn(id) {
         conn.kick.cancel();
     }
