@@ -17,7 +17,7 @@ use sha2::Sha256;
 use warp::http::HeaderMap;
 
 use crate::config::HubConfig;
-use crate::error::{ApiError, HubError};
+use crate::error::{AuthError, HubError};
 use crate::store::now_ms;
 
 /// Issuer of session tokens.
@@ -296,9 +296,9 @@ impl Auth {
     }
 
     /// Verifies a session token.
-    pub fn verify_session(&self, token: &str) -> Result<Caller, ApiError> {
+    pub fn verify_session(&self, token: &str) -> Result<Caller, AuthError> {
         if token.starts_with(WORKER_TOKEN_PREFIX) {
-            return Err(ApiError::forbidden("worker tokens cannot call user apis"));
+            return Err(AuthError::WrongKind("worker tokens cannot call user apis"));
         }
         let now = now_ms() / 1000;
         if let Some((caller, exp)) = self
@@ -312,7 +312,7 @@ impl Auth {
             return self.not_revoked(caller);
         }
         let data = jsonwebtoken::decode::<Claims>(token, &self.dec, &self.validation)
-            .map_err(|e| ApiError::unauthorized(format!("invalid session token: {e}")))?;
+            .map_err(|e| AuthError::Unauthorized(format!("invalid session token: {e}")))?;
         let caller = Caller {
             user_id: data.claims.sub,
             email: data.claims.email,
@@ -329,10 +329,10 @@ impl Auth {
         Ok(caller)
     }
 
-    fn not_revoked(&self, caller: Caller) -> Result<Caller, ApiError> {
+    fn not_revoked(&self, caller: Caller) -> Result<Caller, AuthError> {
         if self.is_revoked(&caller.session_id) {
-            return Err(ApiError::unauthorized(
-                "this session was signed out; sign in again",
+            return Err(AuthError::Unauthorized(
+                "this session was signed out; sign in again".into(),
             ));
         }
         Ok(caller)
@@ -399,8 +399,8 @@ impl Auth {
 
     /// Checks a worker token's signature and expiry; returns its id. The caller also checks
     /// that the token was not revoked (its record exists).
-    pub fn verify_worker_token(&self, token: &str) -> Result<String, ApiError> {
-        let bad = || ApiError::unauthorized("invalid worker token");
+    pub fn verify_worker_token(&self, token: &str) -> Result<String, AuthError> {
+        let bad = || AuthError::Unauthorized("invalid worker token".into());
         let (body, sig) = token.rsplit_once('.').ok_or_else(bad)?;
         let payload_b64 = body.strip_prefix(WORKER_TOKEN_PREFIX).ok_or_else(bad)?;
         let sig = URL_SAFE_NO_PAD.decode(sig).map_err(|_| bad())?;
@@ -414,20 +414,20 @@ impl Auth {
             .and_then(|b| serde_json::from_slice(&b).ok())
             .ok_or_else(bad)?;
         if payload.exp.saturating_mul(1000) <= now_ms() {
-            return Err(ApiError::unauthorized("worker token expired"));
+            return Err(AuthError::Unauthorized("worker token expired".into()));
         }
         Ok(payload.tid)
     }
 
     /// Verifies a legacy worker JWT; returns the worker id it names.
-    pub fn verify_legacy_jwt(&self, token: &str) -> Result<String, ApiError> {
+    pub fn verify_legacy_jwt(&self, token: &str) -> Result<String, AuthError> {
         let Some((key, validation)) = &self.legacy else {
-            return Err(ApiError::unauthorized("invalid worker token"));
+            return Err(invalid_worker_token());
         };
         let data = jsonwebtoken::decode::<LegacyClaims>(token, key, validation)
-            .map_err(|_| ApiError::unauthorized("invalid worker token"))?;
+            .map_err(|_| invalid_worker_token())?;
         if data.claims.kind != "worker" {
-            return Err(ApiError::unauthorized("invalid worker token"));
+            return Err(invalid_worker_token());
         }
         Ok(data.claims.worker_id)
     }
@@ -493,6 +493,10 @@ pub fn hash_password(password: &str) -> Result<String, String> {
         .hash_password(password.as_bytes(), &salt)
         .map(|h| h.to_string())
         .map_err(|e| e.to_string())
+}
+
+fn invalid_worker_token() -> AuthError {
+    AuthError::Unauthorized("invalid worker token".into())
 }
 
 /// Creates the first admin when the data folder has no users.

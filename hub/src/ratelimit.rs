@@ -27,8 +27,6 @@ use governor::state::keyed::DashMapStateStore;
 use governor::{Quota, RateLimiter as Gcra};
 use warp::http::{HeaderMap, HeaderValue, Method};
 
-use crate::error::ApiError;
-
 /// Route groups with their own budget.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Group {
@@ -127,6 +125,15 @@ impl<C: Clock + Clone> Bucket<C> {
     }
 }
 
+/// A call over budget: when a call of its group fits again, and the verdict for the headers.
+#[derive(Debug, Clone, Copy)]
+pub struct Refused {
+    /// Whole seconds until one call fits again (at least 1).
+    pub retry_after: u64,
+    /// The verdict (nothing remaining).
+    pub verdict: Verdict,
+}
+
 /// The budgets of one hub.
 pub struct RateLimiter<C: Clock = DefaultClock> {
     clock: C,
@@ -191,12 +198,8 @@ impl<C: Clock + Clone> RateLimiter<C> {
     }
 
     /// Charges one call of `group` to `who`. `Ok(None)` when the group is unlimited;
-    /// `Err(429)` (with the verdict for the headers) when over budget.
-    pub fn check(
-        &self,
-        who: &Principal,
-        group: Group,
-    ) -> Result<Option<Verdict>, (ApiError, Verdict)> {
+    /// [`Refused`] (with the verdict for the headers) when over budget.
+    pub fn check(&self, who: &Principal, group: Group) -> Result<Option<Verdict>, Refused> {
         let Some(b) = self.bucket(group) else {
             return Ok(None);
         };
@@ -225,7 +228,10 @@ impl<C: Clock + Clone> RateLimiter<C> {
                     remaining: 0,
                     reset_secs: retry,
                 };
-                Err((ApiError::rate_limited(retry), verdict))
+                Err(Refused {
+                    retry_after: retry,
+                    verdict,
+                })
             }
         }
     }
@@ -305,9 +311,11 @@ mod tests {
             assert!(ok <= 100, "more than the burst of 100 let through");
         };
         assert_eq!(ok, 100);
-        let (err, v) = refused;
-        assert_eq!(err.status.as_u16(), 429);
-        assert_eq!(err.retry_after, Some(1), "one write comes back every 0.6 s");
+        let Refused {
+            retry_after,
+            verdict: v,
+        } = refused;
+        assert_eq!(retry_after, 1, "one write comes back every 0.6 s");
         assert_eq!((v.quota, v.window_secs, v.remaining), (100, 60, 0));
         // Reads have their own bucket.
         assert!(lim.check(&who, Group::Read).is_ok());

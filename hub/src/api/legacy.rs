@@ -187,7 +187,10 @@ pub async fn get_job(hub: &Arc<Hub>, req: Req) -> ApiResult<Response> {
         absolute_url(
             hub,
             &req,
-            &format!("/api/files/download/{}?workerId={worker}", f.file_id),
+            &format!(
+                "{}?workerId={worker}",
+                crate::urls::download_path(&f.file_id)
+            ),
         )
     });
     let timeout_ms = job.timeout_secs * 1000;

@@ -481,7 +481,7 @@ pub fn user(hub: &Hub, req: &Req) -> ApiResult<Caller> {
         .ok_or_else(|| {
             ApiError::unauthorized("sign in first (missing bearer token or session cookie)")
         })
-        .and_then(|token| hub.auth.verify_session(token));
+        .and_then(|token| hub.auth.verify_session(token).map_err(ApiError::from));
     match verified {
         Ok(caller) => {
             charge(hub, req, Principal::User(caller.user_id.clone()), group)?;
@@ -500,7 +500,10 @@ pub fn user(hub: &Hub, req: &Req) -> ApiResult<Caller> {
 pub fn charge(hub: &Hub, req: &Req, who: Principal, group: Group) -> ApiResult<()> {
     let (verdict, result) = match hub.limiter.check(&who, group) {
         Ok(v) => (v, Ok(())),
-        Err((e, v)) => (Some(v), Err(e)),
+        Err(refused) => (
+            Some(refused.verdict),
+            Err(ApiError::rate_limited(refused.retry_after)),
+        ),
     };
     *req.rate.lock().unwrap_or_else(|p| p.into_inner()) = verdict;
     result
@@ -565,7 +568,7 @@ pub async fn worker(hub: &Hub, req: &Req) -> ApiResult<WorkerCred> {
                 } else if hub.auth.open_cidr_allows(req.ip) {
                     Ok(WorkerCred::OpenCidr)
                 } else {
-                    Err(e)
+                    Err(e.into())
                 }
             }
         },

@@ -34,7 +34,7 @@ pub async fn agent_socket(hub: &Arc<Hub>, mut req: Req) -> ApiResult<Response> {
         .ok_or_else(|| ApiError::bad_request("connection cannot be upgraded"))?;
     let hub2 = hub.clone();
     let max = hub.config.max_ws_message_bytes;
-    tokio::spawn(async move {
+    hub.tasks.spawn(async move {
         if let Some(ws) = crate::ws::accept(on_upgrade, max, 8 * 1024).await {
             crate::ws_agent::session(hub2, ws, token_id).await;
         }

@@ -24,7 +24,7 @@ const PLAN_BATCH: usize = 512;
 /// batch to the announcer, which pushes it once it is durable.
 pub async fn pump(hub: Arc<Hub>) {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(announce(hub.clone(), rx));
+    hub.tasks.spawn(announce(hub.clone(), rx));
     loop {
         hub.dispatch.wake.notified().await;
         loop {

@@ -99,11 +99,9 @@ pub async fn janitor_pass(hub: &Hub) -> LifecycleResult<JanitorReport> {
         hub.store.delete_file(&f.id).await?;
         report.files_deleted += 1;
         if !kept_shas.contains(&f.sha256) {
-            let path = hub.blob_dir.join(&f.sha256);
-            if let Ok(m) = tokio::fs::metadata(&path).await
-                && tokio::fs::remove_file(&path).await.is_ok()
-            {
-                report.blob_bytes_freed += m.len();
+            match hub.blobs.remove(&f.sha256).await {
+                Ok(freed) => report.blob_bytes_freed += freed,
+                Err(e) => tracing::warn!(sha256 = %f.sha256, error = %e, "blob not removed"),
             }
             kept_shas.insert(f.sha256.clone());
         }

@@ -19,7 +19,7 @@ const CANCEL_SLACK: Duration = Duration::from_secs(15);
 /// back when the grace ends, its jobs are requeued (or failed).
 pub fn start_grace(hub: &Arc<Hub>, worker: String, generation: u64) {
     let hub2 = hub.clone();
-    tokio::spawn(async move {
+    hub.tasks.spawn(async move {
         let hub = hub2;
         tokio::time::sleep(Duration::from_secs(hub.config.reconnect_grace_secs)).await;
         if hub.dispatch.generation(&worker) != Some(generation)
@@ -52,7 +52,7 @@ pub async fn expire_worker_jobs(hub: &Hub, worker: &str, reason: &str) {
 /// cancelled without its report.
 pub fn watch_cancel(hub: &Arc<Hub>, job_id: String, attempt: u32) {
     let hub2 = hub.clone();
-    tokio::spawn(async move {
+    hub.tasks.spawn(async move {
         let hub = hub2;
         let wait = Duration::from_secs(hub.config.cancel_grace_secs) + CANCEL_SLACK;
         tokio::time::sleep(wait).await;

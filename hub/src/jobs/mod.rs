@@ -29,28 +29,8 @@ pub mod submit;
 pub mod views;
 
 use crate::Hub;
+pub use crate::error::LifecycleError;
 use crate::store::{JobRecord, StoreError};
-
-/// Why a lifecycle operation refused or failed.
-#[derive(Debug, thiserror::Error)]
-pub enum LifecycleError {
-    /// The attempt named is not the job's current one, held by this worker with this credential
-    /// (fencing): nothing changed.
-    #[error("{0}")]
-    Stale(String),
-    /// No such job or file, or one the caller may not see (the same answer for both).
-    #[error("{0} not found")]
-    NotFound(&'static str),
-    /// The request itself is wrong (a bad submission, an output chunk out of order).
-    #[error("{0}")]
-    Invalid(String),
-    /// The hub takes no new work now (it is shutting down).
-    #[error("{0}")]
-    Unavailable(&'static str),
-    /// The store failed, or refused an update on its own terms.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
 
 /// Result of a lifecycle operation.
 pub type LifecycleResult<T> = Result<T, LifecycleError>;
