@@ -19,7 +19,6 @@
 use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use cmdx_hub::auth::Caller;
 use cmdx_hub::jobs::lifecycle::{self, FinishReport};
@@ -317,28 +316,16 @@ impl Sut {
         sut
     }
 
-    /// Opens the hub (retrying while the previous instance releases the sled lock) and
-    /// registers the workers as a legacy `register` call does.
+    /// Opens the hub and registers the workers as a legacy `register` call does.
     fn boot(&mut self) {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("runtime");
         let data = self.dir.path().join("data");
-        let hub = rt.block_on(async {
-            let mut tries = 0;
-            loop {
-                match cmdx_hub::open(config(&data)).await {
-                    Ok(hub) => break hub,
-                    Err(e) if tries < 100 => {
-                        tries += 1;
-                        let _ = e;
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                    Err(e) => panic!("reopening the hub failed: {e}"),
-                }
-            }
-        });
+        let hub = rt
+            .block_on(cmdx_hub::open(config(&data)))
+            .expect("opening the hub (the previous instance let go of its data)");
         rt.block_on(async {
             for w in WORKERS {
                 let rec = worker_record(w);
@@ -353,7 +340,8 @@ impl Sut {
 
     fn restart(&mut self) {
         drop(self.hub.take());
-        // Dropping the runtime ends every task still holding the hub (graces, watchdogs).
+        // Dropping the runtime ends every task still holding the hub (no `serve` ran to end
+        // them); the last holder's drop closes the store.
         drop(self.rt.take());
         self.boot();
     }

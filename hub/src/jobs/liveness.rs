@@ -6,6 +6,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use cmdx_proto::agent::{Abandon, HubMsg};
 
 use super::lifecycle::{force_cancel, requeue_or_fail};
@@ -18,10 +20,12 @@ const CANCEL_SLACK: Duration = Duration::from_secs(15);
 /// Starts the reconnect grace of a worker that disconnected at `generation`: if it has not come
 /// back when the grace ends, its jobs are requeued (or failed).
 pub fn start_grace(hub: &Arc<Hub>, worker: String, generation: u64) {
+    // The grace runs from now, not from when the task first runs.
+    let ends = Instant::now() + Duration::from_secs(hub.config.reconnect_grace_secs);
     let hub2 = hub.clone();
     hub.tasks.spawn(async move {
         let hub = hub2;
-        tokio::time::sleep(Duration::from_secs(hub.config.reconnect_grace_secs)).await;
+        tokio::time::sleep_until(ends).await;
         if hub.dispatch.generation(&worker) != Some(generation)
             || hub.dispatch.is_connected(&worker)
         {
@@ -51,11 +55,11 @@ pub async fn expire_worker_jobs(hub: &Hub, worker: &str, reason: &str) {
 /// ended the job within the cancel grace (plus slack) is told to abandon it, and the job ends as
 /// cancelled without its report.
 pub fn watch_cancel(hub: &Arc<Hub>, job_id: String, attempt: u32) {
+    let ends = Instant::now() + Duration::from_secs(hub.config.cancel_grace_secs) + CANCEL_SLACK;
     let hub2 = hub.clone();
     hub.tasks.spawn(async move {
         let hub = hub2;
-        let wait = Duration::from_secs(hub.config.cancel_grace_secs) + CANCEL_SLACK;
-        tokio::time::sleep(wait).await;
+        tokio::time::sleep_until(ends).await;
         if let Ok(Some(j)) = hub.store.get_job(&job_id).await
             && !j.status.is_terminal()
             && j.attempt == attempt
@@ -78,13 +82,22 @@ pub fn watch_cancel(hub: &Arc<Hub>, job_id: String, attempt: u32) {
 }
 
 /// Legacy workers have no connection to lose: one silent past its offline time plus the grace
-/// loses its jobs.
+/// loses its jobs. Looks every [`LEGACY_SWEEP`].
 pub async fn legacy_watchdog(hub: Arc<Hub>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    watch_legacy(&hub, now_ms).await;
+}
+
+/// How often the legacy watchdog looks.
+pub const LEGACY_SWEEP: Duration = Duration::from_secs(5);
+
+/// The legacy watchdog on the wall clock `clock` (milliseconds since the epoch): a worker's last
+/// contact is a wall-clock time, kept across restarts.
+async fn watch_legacy(hub: &Hub, clock: impl Fn() -> u64) {
+    let mut tick = tokio::time::interval(LEGACY_SWEEP);
     loop {
         tick.tick().await;
         let limit = (hub.config.legacy_offline_secs + hub.config.reconnect_grace_secs) * 1000;
-        let now = now_ms();
+        let now = clock();
         let stale: Vec<String> = hub
             .dispatch
             .views(hub.config.legacy_offline_secs * 1000)
@@ -100,7 +113,162 @@ pub async fn legacy_watchdog(hub: Arc<Hub>) {
             .map(|w| w.worker_id)
             .collect();
         for w in stale {
-            expire_worker_jobs(&hub, &w, "legacy worker silent").await;
+            expire_worker_jobs(hub, &w, "legacy worker silent").await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jobs::testkit::{self, Kit};
+    use cmdx_proto::JobStatus;
+
+    const GRACE: u64 = 30;
+
+    async fn kit() -> Kit {
+        Kit::open(|c| {
+            c.reconnect_grace_secs = GRACE;
+            c.cancel_grace_secs = 10;
+            c.legacy_offline_secs = 20;
+        })
+        .await
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_worker_that_stays_away_past_its_grace_loses_its_jobs() {
+        let kit = kit().await;
+        let job = kit.running_job("w0").await;
+        let generation = kit.hub.dispatch.generation("w0").expect("known worker");
+        start_grace(&kit.hub, "w0".into(), generation);
+        testkit::advance(Duration::from_secs(GRACE - 1)).await;
+        assert_eq!(
+            kit.status(&job).await,
+            JobStatus::Running,
+            "still within the grace"
+        );
+        assert_eq!(kit.hub.dispatch.held("w0"), vec![job.clone()]);
+        testkit::advance(Duration::from_secs(2)).await;
+        kit.wait_for_status(&job, JobStatus::Queued).await;
+        let rec = kit.record(&job).await;
+        assert_eq!(
+            rec.attempts[0].end.as_deref(),
+            Some("reconnect grace expired")
+        );
+        kit.shutdown().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_worker_back_within_its_grace_keeps_its_jobs() {
+        let kit = kit().await;
+        let job = kit.running_job("w0").await;
+        let generation = kit.hub.dispatch.generation("w0").expect("known worker");
+        start_grace(&kit.hub, "w0".into(), generation);
+        // A reconnect bumps the generation: the old grace no longer applies.
+        kit.reconnect("w0");
+        testkit::advance(Duration::from_secs(GRACE * 2)).await;
+        kit.settle().await;
+        assert_eq!(kit.status(&job).await, JobStatus::Running);
+        kit.shutdown().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_worker_that_ignores_a_cancel_loses_the_job_after_the_cancel_grace() {
+        let kit = kit().await;
+        let job = kit.running_job("w0").await;
+        let after = kit.cancel(&job).await;
+        assert_eq!(
+            after.status,
+            JobStatus::Running,
+            "the worker was asked to stop"
+        );
+        assert!(after.cancel_requested);
+        let wait = Duration::from_secs(kit.hub.config.cancel_grace_secs) + CANCEL_SLACK;
+        testkit::advance(wait - Duration::from_secs(1)).await;
+        assert_eq!(
+            kit.status(&job).await,
+            JobStatus::Running,
+            "within the cancel grace"
+        );
+        testkit::advance(Duration::from_secs(2)).await;
+        kit.wait_for_status(&job, JobStatus::Cancelled).await;
+        kit.wait_until("the slot is free again", || {
+            kit.hub.dispatch.held("w0").is_empty()
+        })
+        .await;
+        kit.shutdown().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_legacy_worker_loses_its_jobs_after_offline_time_and_grace() {
+        let kit = kit().await;
+        let job = kit.running_job("w0").await;
+        // The wall clock as the runtime's clock moves it: the worker was last seen now.
+        let (wall0, t0) = (now_ms(), tokio::time::Instant::now());
+        let clock = move || wall0 + t0.elapsed().as_millis() as u64;
+        let hub = kit.hub.clone();
+        kit.hub
+            .tasks
+            .spawn(async move { watch_legacy(&hub, clock).await });
+        kit.settle().await;
+        let limit = Duration::from_secs(kit.hub.config.legacy_offline_secs + GRACE);
+        // Sweeps every 5 s up to just before the limit (40 s): the worker is not silent enough.
+        testkit::advance(limit - Duration::from_secs(1)).await;
+        assert_eq!(kit.status(&job).await, JobStatus::Running);
+        // The first sweep past the limit (at 45 s) takes the job back.
+        testkit::advance(LEGACY_SWEEP + Duration::from_secs(1)).await;
+        kit.wait_for_status(&job, JobStatus::Queued).await;
+        let rec = kit.record(&job).await;
+        assert_eq!(rec.attempts[0].end.as_deref(), Some("legacy worker silent"));
+        kit.shutdown().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutting_down_ends_pending_timers() {
+        let kit = kit().await;
+        let job = kit.running_job("w0").await;
+        let generation = kit.hub.dispatch.generation("w0").expect("known worker");
+        // (The cancel first: its flush would let the paused clock run to the grace's end.)
+        kit.cancel(&job).await;
+        start_grace(&kit.hub, "w0".into(), generation);
+        // Every timer is still pending: shutdown ends them without waiting them out.
+        let started = tokio::time::Instant::now();
+        kit.hub.tasks.shutdown().await;
+        assert_eq!(
+            started.elapsed(),
+            Duration::ZERO,
+            "shutdown waited for a timer"
+        );
+        assert_eq!(kit.status(&job).await, JobStatus::Running);
+        // A timer started after shutdown never runs.
+        start_grace(&kit.hub, "w0".into(), generation);
+        testkit::advance(Duration::from_secs(GRACE * 2)).await;
+        kit.settle().await;
+        assert_eq!(kit.status(&job).await, JobStatus::Running);
+    }
+
+    #[tokio::test]
+    async fn serve_ends_every_timer_before_it_returns() {
+        let kit = Kit::open(|c| {
+            c.reconnect_grace_secs = 3600;
+            c.cancel_grace_secs = 3600;
+            c.drain_delay_secs = 0;
+        })
+        .await;
+        let job = kit.running_job("w0").await;
+        kit.cancel(&job).await;
+        let generation = kit.hub.dispatch.generation("w0").expect("known worker");
+        start_grace(&kit.hub, "w0".into(), generation);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        crate::serve(kit.hub.clone(), listener, async {})
+            .await
+            .expect("serve");
+        assert_eq!(
+            Arc::strong_count(&kit.hub),
+            1,
+            "a task outlived serve holding the hub"
+        );
     }
 }

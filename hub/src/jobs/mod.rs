@@ -26,6 +26,8 @@ pub mod liveness;
 pub mod record;
 pub mod recovery;
 pub mod submit;
+#[cfg(test)]
+pub(crate) mod testkit;
 pub mod views;
 
 use crate::Hub;

@@ -41,6 +41,9 @@ pub struct SledStore {
     workers: Tree,
     meta: Tree,
     flush_tx: std_mpsc::Sender<Waiter>,
+    /// The group-commit thread, joined on drop: it holds the database (and so its lock file)
+    /// until it has seen the last sender go.
+    flusher: Option<std::thread::JoinHandle<()>>,
     flush_hist: Option<FlushObserver>,
     /// Decoded job records (see `cache.rs`).
     records: super::cache::RecordCache,
@@ -153,7 +156,7 @@ impl SledStore {
         let (flush_tx, flush_rx) = std_mpsc::channel::<Waiter>();
         let flusher_db = db.clone();
         let obs = observer.clone();
-        std::thread::Builder::new()
+        let flusher = std::thread::Builder::new()
             .name("cmdx-group-commit".into())
             .spawn(move || group_commit(flusher_db, flush_rx, obs))
             .map_err(|e| StoreError::Backend {
@@ -174,6 +177,7 @@ impl SledStore {
             seq_floor: std::sync::atomic::AtomicU64::new(0),
             db,
             flush_tx,
+            flusher: Some(flusher),
             flush_hist: observer,
             records: super::cache::RecordCache::new(RECORD_CACHE),
         })
@@ -205,9 +209,16 @@ impl SledStore {
 }
 
 impl Drop for SledStore {
+    /// Flushes, then ends the group-commit thread and waits for it, so that once the store is
+    /// dropped the data folder can be opened again at once (sled locks it while any handle
+    /// lives).
     fn drop(&mut self) {
         let _ = self.db.flush();
         let _ = &self.flush_hist;
+        drop(std::mem::replace(&mut self.flush_tx, std_mpsc::channel().0));
+        if let Some(flusher) = self.flusher.take() {
+            let _ = flusher.join();
+        }
     }
 }
 
