@@ -1,7 +1,8 @@
 //! Output log and live relay.
 //!
-//! Each job with output activity has a [`LiveJob`]: the append state (next sequence number, next
-//! index, end offset) behind an async mutex, and a bounded `broadcast` channel of stored chunks.
+//! Each job with output activity has a live relay: the append state (next sequence number, next
+//! index, end offset) behind an async mutex, reached only by holding the job's [`AppendLog`],
+//! and a bounded `broadcast` channel of stored chunks.
 //! Appenders write the chunk to the store *then* broadcast it. A subscriber subscribes *then*
 //! reads the store from its offset, and drops live chunks below what it already sent: so there is
 //! no gap and no duplicate at the seam. A subscriber that lags (the broadcast ring overwrote
@@ -20,7 +21,7 @@ use cmdx_proto::{Bytes64, StreamKind};
 use tokio::sync::{broadcast, mpsc};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::store::{ChunkRecord, Store, StoreResult};
+use crate::store::{ChunkRecord, OutputMeta, Store, StoreResult};
 
 /// Broadcast ring size per job (chunks).
 const RING: usize = 128;
@@ -143,42 +144,42 @@ pub enum RelayItem {
 
 /// Append state of one job's log for its current attempt.
 #[derive(Debug, Default)]
-pub struct OutState {
+struct OutState {
     /// Loaded from the store for `attempt`.
-    pub loaded: bool,
+    loaded: bool,
     /// Attempt the state belongs to.
-    pub attempt: u32,
+    attempt: u32,
     /// Worker and token the attempt is bound to (fast fencing check).
-    pub owner: (String, String),
+    owner: (String, String),
     /// Next expected agent sequence number.
-    pub next_seq: u64,
+    next_seq: u64,
     /// Next chunk index.
-    pub next_index: u64,
+    next_index: u64,
     /// Offset just past the last stored byte.
-    pub end_offset: u64,
+    end_offset: u64,
     /// First stored chunk index.
-    pub first_index: u64,
+    first_index: u64,
     /// Offset of the first stored byte.
-    pub first_offset: u64,
+    first_offset: u64,
     /// The cap dropped bytes.
-    pub truncated: bool,
+    truncated: bool,
     /// Newlines seen.
-    pub lines: u64,
+    lines: u64,
 }
 
 /// One job's live relay.
-pub struct LiveJob {
-    /// Append state.
-    pub state: tokio::sync::Mutex<OutState>,
+struct LiveJob {
+    /// Append state; its lock orders the job's appenders.
+    state: Arc<tokio::sync::Mutex<OutState>>,
     /// Live chunks.
-    pub tx: broadcast::Sender<RelayItem>,
+    tx: broadcast::Sender<RelayItem>,
 }
 
 /// All live relays.
 pub struct Relay {
     jobs: Mutex<HashMap<String, Arc<LiveJob>>>,
     /// Output kept per job.
-    pub cap: u64,
+    cap: u64,
 }
 
 impl Relay {
@@ -191,16 +192,42 @@ impl Relay {
     }
 
     /// The live relay of a job, created on first use.
-    pub fn live(&self, job_id: &str) -> Arc<LiveJob> {
+    fn live(&self, job_id: &str) -> Arc<LiveJob> {
         let mut map = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
         map.entry(job_id.to_string())
             .or_insert_with(|| {
                 Arc::new(LiveJob {
-                    state: tokio::sync::Mutex::new(OutState::default()),
+                    state: Arc::new(tokio::sync::Mutex::new(OutState::default())),
                     tx: broadcast::channel(RING).0,
                 })
             })
             .clone()
+    }
+
+    /// Takes the append log of `job_id`: one holder at a time, so a job's chunks are stored in
+    /// the order their appenders got here.
+    pub async fn log(&self, job_id: &str) -> AppendLog {
+        let live = self.live(job_id);
+        let st = live.state.clone().lock_owned().await;
+        AppendLog {
+            job_id: job_id.to_string(),
+            cap: self.cap,
+            live,
+            st,
+        }
+    }
+
+    /// Forgets the job's append state (a new attempt, or a lost one): the next holder of the
+    /// log loads it from the store, which starts a fresh log for a new attempt.
+    pub async fn unload(&self, job_id: &str) {
+        self.log(job_id).await.unload();
+    }
+
+    /// Where the job's log ends now, when an appender has it loaded (it is ahead of the job
+    /// record while the attempt runs).
+    pub async fn end_offset(&self, job_id: &str) -> Option<u64> {
+        let log = self.log(job_id).await;
+        log.st.loaded.then_some(log.st.end_offset)
     }
 
     /// The job became terminal: tell subscribers and drop the relay.
@@ -234,136 +261,204 @@ impl Relay {
     }
 }
 
-/// Loads the append state of `job_id` for `attempt` from the store. Chunks of earlier attempts
-/// are dropped: a job's log is its current attempt's output.
-pub async fn load_state(
-    store: &dyn Store,
-    job_id: &str,
-    attempt: u32,
-    owner: (String, String),
-    min_first_index: u64,
-) -> StoreResult<OutState> {
-    let last = store.last_chunk(job_id).await?;
-    let mut st = OutState {
-        loaded: true,
-        attempt,
-        owner,
-        ..OutState::default()
-    };
-    match last {
-        None => {
-            st.next_index = min_first_index;
-            st.first_index = min_first_index;
-        }
-        Some(last) if last.attempt != attempt => {
-            // A new attempt starts a fresh log after the old one's end offset.
-            store.delete_chunks_before(job_id, last.index + 1).await?;
-            st.next_index = last.index + 1;
-            st.first_index = last.index + 1;
-            st.end_offset = last.end();
-            st.first_offset = last.end();
-        }
-        Some(last) => {
-            st.next_index = last.index + 1;
-            st.next_seq = last.seq + 1;
-            st.end_offset = last.end();
-            // Find the first chunk of this attempt, counting lines on the way.
-            let mut idx = min_first_index;
-            let mut first: Option<(u64, u64)> = None;
-            let mut stale_before = None;
-            loop {
-                let page = store.read_chunks(job_id, idx, PAGE_BYTES).await?;
-                let Some(tail) = page.last() else { break };
-                idx = tail.index + 1;
-                for c in &page {
-                    if c.attempt != attempt {
-                        stale_before = Some(c.index + 1);
-                        continue;
-                    }
-                    if first.is_none() {
-                        first = Some((c.index, c.offset));
-                    }
-                    st.lines += c.data.iter().filter(|b| **b == b'\n').count() as u64;
-                }
-                if idx > last.index {
-                    break;
-                }
-            }
-            if let Some(before) = stale_before {
-                store.delete_chunks_before(job_id, before).await?;
-            }
-            let (fi, fo) = first.unwrap_or((last.index, last.offset));
-            st.first_index = fi;
-            st.first_offset = fo;
-        }
-    }
-    Ok(st)
+/// A job's append log, held: its state for one attempt, loaded from the store, and the
+/// operations that keep the state and the stored chunks in step. Dropping it lets the next
+/// appender in.
+pub struct AppendLog {
+    job_id: String,
+    cap: u64,
+    live: Arc<LiveJob>,
+    st: tokio::sync::OwnedMutexGuard<OutState>,
 }
 
-/// Appends one chunk (the state must be loaded and fenced by the caller); returns the stored
-/// chunk count for the attempt.
-pub async fn append(
-    store: &dyn Store,
-    live: &LiveJob,
-    st: &mut OutState,
-    job_id: &str,
-    cap: u64,
-    stream: StreamKind,
-    data: Vec<u8>,
-) -> StoreResult<u64> {
-    let chunk = ChunkRecord {
-        index: st.next_index,
-        attempt: st.attempt,
-        seq: st.next_seq,
-        offset: st.end_offset,
-        stream,
-        time_ms: crate::store::now_ms(),
-        data,
-    };
-    store.append_chunk(job_id, &chunk).await?;
-    st.next_seq += 1;
-    st.next_index += 1;
-    st.end_offset = chunk.end();
-    st.lines += chunk.data.iter().filter(|b| **b == b'\n').count() as u64;
-    // Without receivers `send` would drop the item anyway; a subscriber that attaches later
-    // replays this chunk from the store.
-    if live.tx.receiver_count() > 0 {
-        let _ = live
-            .tx
-            .send(RelayItem::Chunk(Arc::new(LiveChunk::new(chunk))));
+impl AppendLog {
+    /// Whether the state is loaded for `attempt` (any, when `None`) bound to `(worker,
+    /// token_id)`: then appends need no store read to be fenced.
+    pub fn holds(&self, attempt: Option<u32>, worker: &str, token_id: &str) -> bool {
+        self.st.loaded
+            && attempt.is_none_or(|a| a == self.st.attempt)
+            && self.st.owner.0 == worker
+            && self.st.owner.1 == token_id
     }
-    // Keep the tail: drop whole chunks from the head once over the cap (with some slack so
-    // that trimming is not per chunk).
-    let retained = st.end_offset - st.first_offset;
-    if retained > cap + cap / 8 {
-        let excess = (retained - cap) as usize;
-        let mut idx = st.first_index;
-        let mut dropped = 0usize;
-        let mut new_first = None;
-        while dropped < excess {
-            let page = store.read_chunks(job_id, idx, PAGE_BYTES).await?;
-            if page.is_empty() {
-                break;
+
+    /// The attempt the state is loaded for.
+    pub fn loaded_attempt(&self) -> Option<u32> {
+        self.st.loaded.then_some(self.st.attempt)
+    }
+
+    /// Loads the state of `attempt`, bound to `owner` (worker, token id), from the store.
+    /// Chunks of earlier attempts are dropped: a job's log is its current attempt's output, and
+    /// a new attempt's log starts after the old one's end offset. `min_first_index`: the job
+    /// record's first chunk index (chunks below it were trimmed).
+    pub async fn load(
+        &mut self,
+        store: &dyn Store,
+        attempt: u32,
+        owner: (String, String),
+        min_first_index: u64,
+    ) -> StoreResult<()> {
+        let job_id = self.job_id.as_str();
+        let last = store.last_chunk(job_id).await?;
+        let mut st = OutState {
+            loaded: true,
+            attempt,
+            owner,
+            ..OutState::default()
+        };
+        match last {
+            None => {
+                st.next_index = min_first_index;
+                st.first_index = min_first_index;
             }
-            for c in &page {
-                if dropped >= excess {
-                    new_first = Some((c.index, c.offset));
-                    break;
+            Some(last) if last.attempt != attempt => {
+                // A new attempt starts a fresh log after the old one's end offset.
+                store.delete_chunks_before(job_id, last.index + 1).await?;
+                st.next_index = last.index + 1;
+                st.first_index = last.index + 1;
+                st.end_offset = last.end();
+                st.first_offset = last.end();
+            }
+            Some(last) => {
+                st.next_index = last.index + 1;
+                st.next_seq = last.seq + 1;
+                st.end_offset = last.end();
+                // Find the first chunk of this attempt, counting lines on the way.
+                let mut idx = min_first_index;
+                let mut first: Option<(u64, u64)> = None;
+                let mut stale_before = None;
+                loop {
+                    let page = store.read_chunks(job_id, idx, PAGE_BYTES).await?;
+                    let Some(tail) = page.last() else { break };
+                    idx = tail.index + 1;
+                    for c in &page {
+                        if c.attempt != attempt {
+                            stale_before = Some(c.index + 1);
+                            continue;
+                        }
+                        if first.is_none() {
+                            first = Some((c.index, c.offset));
+                        }
+                        st.lines += c.data.iter().filter(|b| **b == b'\n').count() as u64;
+                    }
+                    if idx > last.index {
+                        break;
+                    }
                 }
-                dropped += c.data.len();
-                idx = c.index + 1;
-            }
-            if new_first.is_some() {
-                break;
+                if let Some(before) = stale_before {
+                    store.delete_chunks_before(job_id, before).await?;
+                }
+                let (fi, fo) = first.unwrap_or((last.index, last.offset));
+                st.first_index = fi;
+                st.first_offset = fo;
             }
         }
-        let (fi, fo) = new_first.unwrap_or((st.next_index - 1, st.end_offset));
-        store.delete_chunks_before(job_id, fi).await?;
-        st.first_index = fi;
-        st.first_offset = fo;
-        st.truncated = true;
+        *self.st = st;
+        Ok(())
     }
-    Ok(st.next_seq)
+
+    /// Chunks stored for the attempt (the next expected agent sequence number).
+    pub fn next_seq(&self) -> u64 {
+        self.st.next_seq
+    }
+
+    /// Stores one chunk (the caller has fenced the attempt) and sends it to live subscribers;
+    /// returns the attempt's stored chunk count. Past the cap, whole chunks are dropped from the
+    /// head.
+    pub async fn append(
+        &mut self,
+        store: &dyn Store,
+        stream: StreamKind,
+        data: Vec<u8>,
+    ) -> StoreResult<u64> {
+        let (job_id, cap) = (self.job_id.as_str(), self.cap);
+        let st = &mut *self.st;
+        let chunk = ChunkRecord {
+            index: st.next_index,
+            attempt: st.attempt,
+            seq: st.next_seq,
+            offset: st.end_offset,
+            stream,
+            time_ms: crate::store::now_ms(),
+            data,
+        };
+        store.append_chunk(job_id, &chunk).await?;
+        st.next_seq += 1;
+        st.next_index += 1;
+        st.end_offset = chunk.end();
+        st.lines += chunk.data.iter().filter(|b| **b == b'\n').count() as u64;
+        // Without receivers `send` would drop the item anyway; a subscriber that attaches later
+        // replays this chunk from the store.
+        if self.live.tx.receiver_count() > 0 {
+            let _ = self
+                .live
+                .tx
+                .send(RelayItem::Chunk(Arc::new(LiveChunk::new(chunk))));
+        }
+        // Keep the tail: drop whole chunks from the head once over the cap (with some slack so
+        // that trimming is not per chunk).
+        let retained = st.end_offset - st.first_offset;
+        if retained > cap + cap / 8 {
+            let excess = (retained - cap) as usize;
+            let mut idx = st.first_index;
+            let mut dropped = 0usize;
+            let mut new_first = None;
+            while dropped < excess {
+                let page = store.read_chunks(job_id, idx, PAGE_BYTES).await?;
+                if page.is_empty() {
+                    break;
+                }
+                for c in &page {
+                    if dropped >= excess {
+                        new_first = Some((c.index, c.offset));
+                        break;
+                    }
+                    dropped += c.data.len();
+                    idx = c.index + 1;
+                }
+                if new_first.is_some() {
+                    break;
+                }
+            }
+            let (fi, fo) = new_first.unwrap_or((st.next_index - 1, st.end_offset));
+            store.delete_chunks_before(job_id, fi).await?;
+            st.first_index = fi;
+            st.first_offset = fo;
+            st.truncated = true;
+        }
+        Ok(st.next_seq)
+    }
+
+    /// The stored log as the job record keeps it when the attempt ends; `truncated`: the
+    /// worker dropped output too.
+    pub fn meta(&self, truncated: bool) -> OutputMeta {
+        OutputMeta {
+            first_index: self.st.first_index,
+            first_offset: self.st.first_offset,
+            truncated: self.st.truncated || truncated,
+            total_bytes: self.st.end_offset,
+            lines: self.st.lines,
+        }
+    }
+
+    /// Drops what the attempt stored so far (a legacy result that disagrees with its streamed
+    /// output replaces it); later appends continue after the old end offset.
+    pub async fn clear(&mut self, store: &dyn Store) -> StoreResult<()> {
+        if !self.st.loaded {
+            return Ok(());
+        }
+        store
+            .delete_chunks_before(&self.job_id, self.st.next_index)
+            .await?;
+        self.st.first_index = self.st.next_index;
+        self.st.first_offset = self.st.end_offset;
+        self.st.lines = 0;
+        Ok(())
+    }
+
+    /// Forgets the state: the next holder loads it from the store.
+    pub fn unload(&mut self) {
+        self.st.loaded = false;
+    }
 }
 
 /// Why a subscription ended.
@@ -691,26 +786,18 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Arc::new(SledStore::open(dir.path(), 8 << 20).expect("store"));
         let relay = Arc::new(Relay::new(64 << 20));
-        let mut st = load_state(store.as_ref(), "job", 1, ("w".into(), "t".into()), 0)
+        let mut log = relay.log("job").await;
+        log.load(store.as_ref(), 1, ("w".into(), "t".into()), 0)
             .await
             .expect("state");
         let mut a = attach(&store, &relay, 0).await;
         let mut b = attach(&store, &relay, 0).await;
         // Attached past the end of the log: the first live chunk starts before its offset.
         let mut c = attach(&store, &relay, 3).await;
-        let live = relay.live("job");
         for data in [b"hello\n".to_vec(), b"world\n".to_vec()] {
-            append(
-                store.as_ref(),
-                &live,
-                &mut st,
-                "job",
-                64 << 20,
-                StreamKind::Stdout,
-                data,
-            )
-            .await
-            .expect("append");
+            log.append(store.as_ref(), StreamKind::Stdout, data)
+                .await
+                .expect("append");
         }
         for want in [(0, b"hello\n".to_vec()), (6, b"world\n".to_vec())] {
             let (x, y) = (a.recv().await.expect("a"), b.recv().await.expect("b"));
@@ -737,26 +824,18 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Arc::new(SledStore::open(dir.path(), 8 << 20).expect("store"));
         let relay = Relay::new(64 << 20);
-        let mut st = load_state(store.as_ref(), "job", 1, ("w".into(), "t".into()), 0)
+        let mut log = relay.log("job").await;
+        log.load(store.as_ref(), 1, ("w".into(), "t".into()), 0)
             .await
             .expect("state");
-        let live = relay.live("job");
         let mut all = Vec::new();
         // 40 chunks of 16 KiB: 640 KiB, so a full read spans three 256 KiB pages.
         for i in 0..40u8 {
             let data = vec![b'a' + (i % 26); 16 * 1024];
             all.extend_from_slice(&data);
-            append(
-                store.as_ref(),
-                &live,
-                &mut st,
-                "job",
-                64 << 20,
-                StreamKind::Stdout,
-                data,
-            )
-            .await
-            .expect("append");
+            log.append(store.as_ref(), StreamKind::Stdout, data)
+                .await
+                .expect("append");
         }
         let dyn_store: Arc<dyn Store> = store.clone();
         for (offset, max) in [

@@ -327,23 +327,16 @@ async fn resume_held(
             Some(job) if job.held_by(worker_id, h.attempt, token_id) => {
                 hub.dispatch.hold(worker_id, &job.id);
                 let stored = {
-                    let live = hub.relay.live(&job.id);
-                    let mut st = live.state.lock().await;
-                    if !st.loaded || st.attempt != h.attempt {
-                        match crate::relay::load_state(
-                            hub.store.as_ref(),
-                            &job.id,
-                            h.attempt,
-                            (worker_id.to_string(), token_id.to_string()),
-                            job.output.first_index,
-                        )
-                        .await
-                        {
-                            Ok(s) => *st = s,
-                            Err(e) => tracing::error!(error = %e, "loading output state failed"),
+                    let mut log = hub.relay.log(&job.id).await;
+                    if log.loaded_attempt() != Some(h.attempt) {
+                        let owner = (worker_id.to_string(), token_id.to_string());
+                        let first = job.output.first_index;
+                        let loaded = log.load(hub.store.as_ref(), h.attempt, owner, first).await;
+                        if let Err(e) = loaded {
+                            tracing::error!(error = %e, "loading output state failed");
                         }
                     }
-                    st.next_seq
+                    log.next_seq()
                 };
                 if job.cancel_requested {
                     cancels.push(HubMsg::Cancel(cmdx_proto::agent::Cancel {

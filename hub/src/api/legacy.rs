@@ -292,17 +292,7 @@ async fn reconcile_output(
         |got: &[u8], want: &Option<Vec<u8>>| want.as_ref().is_none_or(|w| w.starts_with(got));
     if !(prefix_ok(&got_out, &want_out) && prefix_ok(&got_err, &want_err)) {
         // Replace: drop what was streamed, write the result.
-        let live = hub.relay.live(&job.id);
-        let mut st = live.state.lock().await;
-        if st.loaded {
-            hub.store
-                .delete_chunks_before(&job.id, st.next_index)
-                .await?;
-            st.first_index = st.next_index;
-            st.first_offset = st.end_offset;
-            st.lines = 0;
-        }
-        drop(st);
+        lifecycle::clear_legacy_output(hub, worker_id, token_id, &job.id).await?;
         for (stream, want) in [
             (StreamKind::Stdout, want_out),
             (StreamKind::Stderr, want_err),

@@ -162,7 +162,7 @@ async fn claim_all(hub: &Hub, reqs: &[ClaimReq<'_>]) -> Vec<Result<JobRecord, St
         if res.is_ok() {
             // A new attempt: the relay reloads its state (and drops the old attempt's log) on
             // first use.
-            hub.relay.live(r.job_id).state.lock().await.loaded = false;
+            hub.relay.unload(r.job_id).await;
         }
     }
     results

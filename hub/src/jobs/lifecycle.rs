@@ -12,8 +12,8 @@ use super::{LifecycleError, LifecycleResult, check_current, update_current, upda
 use crate::Hub;
 use crate::auth::Caller;
 use crate::dispatch::WorkerKind;
-use crate::relay::{self, OutState};
-use crate::store::{JobRecord, OutputMeta, now_ms};
+use crate::relay::AppendLog;
+use crate::store::{JobRecord, now_ms};
 
 /// The agent reports the child started.
 pub async fn started(
@@ -32,19 +32,18 @@ pub async fn started(
     Ok(())
 }
 
-/// Loads (or checks) the relay state of the attempt `(worker, attempt)` holds; `None`: the
-/// job's current attempt.
-async fn fenced_state(
+/// Takes the job's append log, fenced: loaded for the attempt `(worker, token_id)` holds
+/// (`None`: the job's current attempt), or refused.
+async fn fenced_log(
     hub: &Hub,
-    st: &mut OutState,
     job_id: &str,
     worker: &str,
     token_id: &str,
     attempt: Option<u32>,
-) -> LifecycleResult<()> {
-    let owner = (worker.to_string(), token_id.to_string());
-    if st.loaded && attempt.is_none_or(|a| a == st.attempt) && st.owner == owner {
-        return Ok(());
+) -> LifecycleResult<AppendLog> {
+    let mut log = hub.relay.log(job_id).await;
+    if log.holds(attempt, worker, token_id) {
+        return Ok(log);
     }
     let job = hub
         .store
@@ -53,15 +52,10 @@ async fn fenced_state(
         .ok_or(LifecycleError::NotFound("job"))?;
     let attempt = attempt.unwrap_or(job.attempt);
     check_current(&job, worker, token_id, attempt)?;
-    *st = relay::load_state(
-        hub.store.as_ref(),
-        job_id,
-        attempt,
-        owner,
-        job.output.first_index,
-    )
-    .await?;
-    Ok(())
+    let owner = (worker.to_string(), token_id.to_string());
+    log.load(hub.store.as_ref(), attempt, owner, job.output.first_index)
+        .await?;
+    Ok(log)
 }
 
 /// Stores an agent's numbered output chunk: a duplicate (a resend after a reconnect) is ignored
@@ -73,21 +67,19 @@ pub async fn append_output(
     token_id: &str,
     chunk: OutputChunk,
 ) -> LifecycleResult<u64> {
-    let live = hub.relay.live(&chunk.job_id);
-    let mut st = live.state.lock().await;
     let attempt = Some(chunk.attempt);
-    fenced_state(hub, &mut st, &chunk.job_id, worker, token_id, attempt).await?;
-    if chunk.seq < st.next_seq {
-        return Ok(st.next_seq);
+    let mut log = fenced_log(hub, &chunk.job_id, worker, token_id, attempt).await?;
+    let expected = log.next_seq();
+    if chunk.seq < expected {
+        return Ok(expected);
     }
-    if chunk.seq > st.next_seq {
+    if chunk.seq > expected {
         return Err(LifecycleError::Invalid(format!(
-            "output chunk {} out of order (expected {})",
-            chunk.seq, st.next_seq
+            "output chunk {} out of order (expected {expected})",
+            chunk.seq
         )));
     }
-    let (stream, data) = (chunk.stream, chunk.data.0);
-    store_chunk(hub, &live, &mut st, &chunk.job_id, stream, data).await
+    store_chunk(hub, &mut log, chunk.stream, chunk.data.0).await
 }
 
 /// Appends a legacy worker's output (unnumbered) to the job's current attempt; returns the
@@ -100,35 +92,34 @@ pub async fn append_legacy_output(
     stream: StreamKind,
     data: Vec<u8>,
 ) -> LifecycleResult<u64> {
-    let live = hub.relay.live(job_id);
-    let mut st = live.state.lock().await;
-    fenced_state(hub, &mut st, job_id, worker, token_id, None).await?;
-    store_chunk(hub, &live, &mut st, job_id, stream, data).await
+    let mut log = fenced_log(hub, job_id, worker, token_id, None).await?;
+    store_chunk(hub, &mut log, stream, data).await
+}
+
+/// Drops what a legacy worker's current attempt streamed so far: its result replaces it.
+pub async fn clear_legacy_output(
+    hub: &Hub,
+    worker: &str,
+    token_id: &str,
+    job_id: &str,
+) -> LifecycleResult<()> {
+    let mut log = fenced_log(hub, job_id, worker, token_id, None).await?;
+    log.clear(hub.store.as_ref()).await?;
+    Ok(())
 }
 
 /// Stores one chunk of a fenced attempt (an empty one is nothing).
 async fn store_chunk(
     hub: &Hub,
-    live: &relay::LiveJob,
-    st: &mut OutState,
-    job_id: &str,
+    log: &mut AppendLog,
     stream: StreamKind,
     data: Vec<u8>,
 ) -> LifecycleResult<u64> {
     if data.is_empty() {
-        return Ok(st.next_seq);
+        return Ok(log.next_seq());
     }
     let len = data.len() as u64;
-    let n = relay::append(
-        hub.store.as_ref(),
-        live,
-        st,
-        job_id,
-        hub.relay.cap,
-        stream,
-        data,
-    )
-    .await?;
+    let n = log.append(hub.store.as_ref(), stream, data).await?;
     metrics::counter!("cmdx_output_bytes_total").increment(len);
     Ok(n)
 }
@@ -170,48 +161,42 @@ pub async fn record_finish(
     job_id: &str,
     report: FinishReport,
 ) -> LifecycleResult<(JobRecord, bool)> {
-    let live = hub.relay.live(job_id);
-    let mut st = live.state.lock().await;
-    if let Err(e) = fenced_state(hub, &mut st, job_id, worker, token_id, report.attempt).await {
-        // A repeated report after the hub recorded it: acknowledge again.
-        if let Some(job) = hub.store.get_job(job_id).await? {
-            let same = job.worker_id.as_deref() == Some(worker)
-                && report.attempt.is_none_or(|a| a == job.attempt)
-                && job.status.is_terminal()
-                && job.outcome.is_some();
-            if same {
-                drop(st);
-                hub.relay.forget_if_idle(job_id);
-                return Ok((job, false));
+    let mut log = match fenced_log(hub, job_id, worker, token_id, report.attempt).await {
+        Ok(log) => log,
+        Err(e) => {
+            // A repeated report after the hub recorded it: acknowledge again.
+            if let Some(job) = hub.store.get_job(job_id).await? {
+                let same = job.worker_id.as_deref() == Some(worker)
+                    && report.attempt.is_none_or(|a| a == job.attempt)
+                    && job.status.is_terminal()
+                    && job.outcome.is_some();
+                if same {
+                    hub.relay.forget_if_idle(job_id);
+                    return Ok((job, false));
+                }
             }
+            return Err(e);
         }
-        return Err(e);
-    }
+    };
     if let Some(chunks) = report.chunks
-        && chunks > st.next_seq
+        && chunks > log.next_seq()
     {
         return Err(LifecycleError::Invalid(format!(
             "finished after {chunks} chunks but only {} were stored",
-            st.next_seq
+            log.next_seq()
         )));
     }
-    let attempt = st.attempt;
+    let attempt = log.loaded_attempt().unwrap_or_default();
     let now = now_ms();
-    let meta = OutputMeta {
-        first_index: st.first_index,
-        first_offset: st.first_offset,
-        truncated: st.truncated || report.outcome.output_truncated,
-        total_bytes: st.end_offset,
-        lines: st.lines,
-    };
+    let meta = log.meta(report.outcome.output_truncated);
     let outcome = report.outcome;
     let job = update_current(hub, job_id, worker, attempt, &|job| {
         job.finish(&outcome, meta.clone(), now);
     })
     .await?
     .ok_or_else(|| LifecycleError::Stale("stale attempt".into()))?;
-    st.loaded = false;
-    drop(st);
+    log.unload();
+    drop(log);
     hub.store.sync().await?;
     Ok((job, true))
 }
@@ -266,7 +251,7 @@ pub async fn requeue_or_fail(
         finished_cleanup(hub, &job, worker);
     } else {
         hub.dispatch.release(worker, job_id);
-        hub.relay.live(job_id).state.lock().await.loaded = false;
+        hub.relay.unload(job_id).await;
         hub.dispatch.enqueue(seq, job_id, &job.tags);
         hub.publish(&job);
     }

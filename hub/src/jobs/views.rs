@@ -69,13 +69,10 @@ pub async fn view(hub: &Hub, job: &JobRecord) -> LifecycleResult<JobView> {
     let total = if job.status.is_terminal() {
         job.output.total_bytes
     } else {
-        let st = hub.relay.live(&job.id);
-        let st = st.state.lock().await;
-        if st.loaded {
-            st.end_offset
-        } else {
-            job.output.total_bytes
-        }
+        hub.relay
+            .end_offset(&job.id)
+            .await
+            .unwrap_or(job.output.total_bytes)
     };
     let duration = match (job.started_ms, job.completed_ms) {
         (Some(s), Some(c)) => c.saturating_sub(s),

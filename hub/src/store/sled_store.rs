@@ -921,7 +921,12 @@ mod tests {
         assert_eq!(imported, n, "the retired tree's record is read and dropped");
         // A data folder an older hub left behind still has the tree: opening drops it.
         {
-            let raw = sled::open(dst.path().join("db")).expect("raw open");
+            // No background flusher: it would hold the folder's lock a moment past the drop.
+            let raw = sled::Config::new()
+                .path(dst.path().join("db"))
+                .flush_every_ms(None)
+                .open()
+                .expect("raw open");
             let queue = raw.open_tree("queue").expect("queue tree");
             queue
                 .insert(7u64.to_be_bytes(), &b"q1"[..])
