@@ -152,6 +152,9 @@ impl Tasks {
         F: Future<Output = ()> + Send + 'static,
     {
         let stop = self.stop.clone();
+        // Boxed: a wrapper future holding the task inline would lay it out twice (an idle
+        // WebSocket session is a task, and idle sessions must stay small).
+        let task = Box::pin(task);
         self.tracker.spawn(async move {
             stop.run_until_cancelled(task).await;
         });
