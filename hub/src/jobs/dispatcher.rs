@@ -1,5 +1,5 @@
 //! The dispatcher: [`pump`] plans assignments for free agent slots under the dispatch lock,
-//! claims each planned batch (one compare-and-swap per job) and hands it to [`announce`], which
+//! claims each planned batch (one compare-and-swap per job) and hands it to `announce`, which
 //! waits for one flush covering every batch claimed so far and then pushes their `assign`s in
 //! claim order. Legacy pollers claim through [`claim_legacy`], the same compare-and-swap.
 //!
@@ -54,8 +54,8 @@ pub async fn pump(hub: Arc<Hub>) {
                     }
                 }
             }
-            // The next batch is claimed while this one's flush runs (the dispatcher used to
-            // idle through every fsync).
+            // The next batch is claimed while this one's flush runs: the dispatcher never
+            // idles through an fsync.
             if !claimed.is_empty() && tx.send(claimed).is_err() {
                 return;
             }

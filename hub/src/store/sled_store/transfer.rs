@@ -31,7 +31,7 @@ pub(super) fn export(db: &sled::Db, out: &mut dyn std::io::Write) -> StoreResult
 }
 
 impl SledStore {
-    /// Loads a record stream written by [`Store::export_records`] into a new store at `dir`
+    /// Loads a record stream written by [`Store::export_records`](crate::store::Store::export_records) into a new store at `dir`
     /// (which must not hold one); returns the number of records.
     pub fn import_records(dir: &Path, input: &mut dyn std::io::Read) -> StoreResult<u64> {
         let io = |e: std::io::Error| StoreError::Backend {
