@@ -1,4 +1,4 @@
-//! The dispatcher: [`pump`] plans assignments for free agent slots under the dispatch lock,
+//! The dispatcher: `pump` plans assignments for free agent slots under the dispatch lock,
 //! claims each planned batch (one compare-and-swap per job) and hands it to `announce`, which
 //! waits for one flush covering every batch claimed so far and then pushes their `assign`s in
 //! claim order. Legacy pollers claim through [`claim_legacy`], the same compare-and-swap.
@@ -22,7 +22,7 @@ const PLAN_BATCH: usize = 512;
 
 /// The dispatcher: plans assignments for free agent slots, claims them and hands each claimed
 /// batch to the announcer, which pushes it once it is durable.
-pub async fn pump(hub: Arc<Hub>) {
+pub(crate) async fn pump(hub: Arc<Hub>) {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     hub.tasks.spawn(announce(hub.clone(), rx));
     loop {
@@ -102,7 +102,7 @@ async fn send_assignments(hub: &Hub, claimed: Claimed) {
 }
 
 /// The assignment message for a claimed job.
-pub fn assignment(job: &JobRecord, config: &crate::config::HubConfig) -> Assignment {
+pub(crate) fn assignment(job: &JobRecord, config: &crate::config::HubConfig) -> Assignment {
     let wants_artifacts = !job.artifact_globs.is_empty();
     Assignment {
         job_id: job.id.clone(),

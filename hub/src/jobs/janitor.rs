@@ -137,7 +137,7 @@ pub async fn janitor_pass(hub: &Hub) -> LifecycleResult<JanitorReport> {
 }
 
 /// Runs [`janitor_pass`] every `janitor_interval_secs`.
-pub async fn janitor(hub: Arc<Hub>) {
+pub(crate) async fn janitor(hub: Arc<Hub>) {
     let every = hub.config.janitor_interval_secs;
     if every == 0 {
         return;

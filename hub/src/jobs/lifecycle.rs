@@ -154,7 +154,7 @@ pub async fn finish(
 /// (false for a repeated report). The caller must then run [`finished_cleanup`] when fresh:
 /// agents get their `finishedAck` first, so the freed slot is never offered to them before they
 /// know it is free.
-pub async fn record_finish(
+pub(crate) async fn record_finish(
     hub: &Hub,
     worker: &str,
     token_id: &str,
@@ -202,7 +202,7 @@ pub async fn record_finish(
 }
 
 /// After a job became terminal: free the slot, end the relay, publish.
-pub fn finished_cleanup(hub: &Hub, job: &JobRecord, worker: &str) {
+pub(crate) fn finished_cleanup(hub: &Hub, job: &JobRecord, worker: &str) {
     metrics::counter!(
         "cmdx_jobs_finished_total",
         "status" => job.status.as_str(),

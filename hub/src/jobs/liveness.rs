@@ -83,7 +83,7 @@ pub fn watch_cancel(hub: &Arc<Hub>, job_id: String, attempt: u32) {
 
 /// Legacy workers have no connection to lose: one silent past its offline time plus the grace
 /// loses its jobs. Looks every [`LEGACY_SWEEP`].
-pub async fn legacy_watchdog(hub: Arc<Hub>) {
+pub(crate) async fn legacy_watchdog(hub: Arc<Hub>) {
     watch_legacy(&hub, now_ms).await;
 }
 

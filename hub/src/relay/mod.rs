@@ -530,4 +530,56 @@ mod tests {
             (all.len() as u64, all.len() as u64, None)
         );
     }
+
+    #[tokio::test]
+    async fn the_append_log_keeps_state_and_chunks_in_step_across_attempts() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SledStore::open(dir.path(), 8 << 20).expect("store");
+        let relay = Relay::new(64 << 20);
+        let owner = |w: &str| (w.to_string(), "t".to_string());
+        let mut log = relay.log("job").await;
+        assert!(!log.holds(None, "w", "t"), "nothing loaded yet");
+        log.load(&store, 1, owner("w"), 0).await.expect("load");
+        for line in [b"one\n".to_vec(), b"two\n".to_vec()] {
+            log.append(&store, StreamKind::Stdout, line)
+                .await
+                .expect("append");
+        }
+        assert!(log.holds(Some(1), "w", "t") && log.holds(None, "w", "t"));
+        assert!(!log.holds(Some(2), "w", "t") && !log.holds(Some(1), "w", "x"));
+        assert_eq!(log.next_seq(), 2);
+        let meta = log.meta(false);
+        assert_eq!((meta.first_offset, meta.total_bytes, meta.lines), (0, 8, 2));
+        drop(log);
+        assert_eq!(relay.end_offset("job").await, Some(8));
+        // The attempt is lost: the next one starts a fresh log after the old end.
+        relay.unload("job").await;
+        assert_eq!(relay.end_offset("job").await, None);
+        let mut log = relay.log("job").await;
+        log.load(&store, 2, owner("w2"), 0).await.expect("load");
+        assert_eq!(log.loaded_attempt(), Some(2));
+        assert_eq!(log.next_seq(), 0);
+        let meta = log.meta(true);
+        assert_eq!((meta.first_offset, meta.total_bytes, meta.lines), (8, 8, 0));
+        assert!(meta.truncated);
+        let old = store.read_chunks("job", 0, 1 << 20).await.expect("read");
+        assert!(old.is_empty(), "the lost attempt's chunks are dropped");
+        log.append(&store, StreamKind::Stderr, b"three\n".to_vec())
+            .await
+            .expect("append");
+        // A replacing result clears what was streamed; the offsets keep going.
+        log.clear(&store).await.expect("clear");
+        let meta = log.meta(false);
+        assert_eq!(
+            (meta.first_offset, meta.total_bytes, meta.lines),
+            (14, 14, 0)
+        );
+        assert!(
+            store
+                .read_chunks("job", 0, 1 << 20)
+                .await
+                .expect("read")
+                .is_empty()
+        );
+    }
 }
