@@ -64,8 +64,9 @@ pub struct Hub {
     /// Open WebSocket sessions, counted so shutdown can wait for close frames and sockets are
     /// capped per kind and per user.
     pub(crate) sessions: ws::Sessions,
-    /// Every background task (dispatcher, timers, watchdogs, janitor, sessions): `serve` ends
-    /// them all before it returns, so none outlives it holding the hub and the store's lock.
+    /// Every task the hub starts (dispatcher, timers, watchdogs, janitor, connections, sessions
+    /// and their feeds): `serve` ends them all before it returns, so none outlives it holding
+    /// the hub and the store's lock.
     pub(crate) tasks: Tasks,
 }
 
@@ -146,8 +147,8 @@ pub(crate) struct Tasks {
 }
 
 impl Tasks {
-    /// Runs `task` until it ends or the hub stops.
-    pub(crate) fn spawn<F>(&self, task: F)
+    /// Runs `task` until it ends or the hub stops; the handle can abort it sooner.
+    pub(crate) fn spawn<F>(&self, task: F) -> tokio::task::JoinHandle<()>
     where
         F: Future<Output = ()> + Send + 'static,
     {
@@ -157,7 +158,7 @@ impl Tasks {
         let task = Box::pin(task);
         self.tracker.spawn(async move {
             stop.run_until_cancelled(task).await;
-        });
+        })
     }
 
     /// Stops every task and waits until all have ended (tasks spawned meanwhile included).

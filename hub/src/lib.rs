@@ -2,8 +2,9 @@
 //!
 //! Entry point: [`run`] (what `cmdx hub` and `cmdx dev` call, and what tests call with a
 //! listener on `127.0.0.1:0`). The shared state is [`Hub`]; the store sits behind
-//! [`store::Store`]; job lifecycle operations live in `jobs`; HTTP routes in `api`; the two
-//! WebSocket protocols in `ws_agent` and `ws_client`.
+//! [`store::Store`], uploaded contents behind [`blobs::Blobs`]; what happens to a job lives in
+//! [`jobs`], one module per concern; HTTP routes in `api`; the two WebSocket protocols in
+//! `ws_agent` and `ws_client`.
 
 #![warn(missing_docs)]
 
@@ -116,7 +117,7 @@ async fn accept_loop<F>(
             .serve_connection_with_upgrades(TokioIo::new(stream), hyper_svc)
             .into_owned();
         let conn = graceful.watch(conn);
-        tokio::spawn(async move {
+        hub.tasks.spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
@@ -149,7 +150,7 @@ pub async fn open(config: HubConfig) -> Result<Arc<Hub>, HubError> {
         ::metrics::histogram!("cmdx_store_flush_seconds").record(took.as_secs_f64());
     });
     let store: Arc<dyn Store> = Arc::new(SledStore::open_with(
-        &data.join("db"),
+        &db,
         config.cache_bytes,
         Some(observer),
     )?);

@@ -435,7 +435,10 @@ impl Acker {
     async fn ack(&mut self, job_id: String, attempt: u32, stored: u64) {
         let (tx, _) = self.running.get_or_insert_with(|| {
             let (tx, rx) = mpsc::channel(4096);
-            let task = tokio::spawn(run_acker(self.hub.clone(), self.out.clone(), rx));
+            let task = self
+                .hub
+                .tasks
+                .spawn(run_acker(self.hub.clone(), self.out.clone(), rx));
             (tx, task)
         });
         let _ = tx.send((job_id, attempt, stored)).await;

@@ -159,7 +159,7 @@ async fn handle(
             let hub2 = hub.clone();
             let out2 = out.clone();
             let id = job.id.clone();
-            let handle = tokio::spawn(async move {
+            let handle = hub.tasks.spawn(async move {
                 let store = hub2.store.clone();
                 let jid = id.clone();
                 let is_terminal = || {
@@ -243,8 +243,9 @@ struct Feeds {
 /// Forwards events the caller may see: job events (`jobs`) or worker events.
 fn spawn_feed(hub: &Arc<Hub>, caller: Caller, out: Outbox, jobs: bool) -> JoinHandle<()> {
     let mut rx = hub.events.subscribe();
-    let hub = hub.clone();
-    tokio::spawn(async move {
+    let hub2 = hub.clone();
+    hub.tasks.spawn(async move {
+        let hub = hub2;
         loop {
             let ev = match rx.recv().await {
                 Ok(ev) => ev,
