@@ -271,3 +271,63 @@ impl From<BackupError> for ApiError {
 
 /// Result of a handler.
 pub type ApiResult<T> = Result<T, ApiError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(e: impl Into<ApiError>) -> (u16, &'static str, String, Option<u64>) {
+        let e = e.into();
+        (e.status.as_u16(), e.code, e.message, e.retry_after)
+    }
+
+    /// Each room's refusals answer HTTP clients exactly as the lifecycle's `ApiError`s did.
+    #[test]
+    fn each_refusal_keeps_its_status_code_and_message() {
+        let stale = LifecycleError::Stale("stale attempt".into());
+        assert_eq!(
+            answer(stale),
+            (409, "stale_attempt", "stale attempt".into(), None)
+        );
+        let missing = LifecycleError::NotFound("job");
+        assert_eq!(
+            answer(missing),
+            (404, "not_found", "job not found".into(), None)
+        );
+        let bad = LifecycleError::Invalid("command must not be empty".into());
+        assert_eq!(answer(bad).0, 400);
+        let draining = LifecycleError::Unavailable("hub is shutting down");
+        assert_eq!(answer(draining).1, "unavailable");
+        let gone = LifecycleError::Store(StoreError::NotFound("job j1".into()));
+        assert_eq!(
+            answer(gone),
+            (404, "not_found", "job j1 not found".into(), None)
+        );
+        let moved = LifecycleError::Store(StoreError::Conflict("moved on".into()));
+        assert_eq!(answer(moved).1, "conflict");
+        let unauthorized = AuthError::Unauthorized("worker token expired".into());
+        assert_eq!(answer(unauthorized).0, 401);
+        let wrong = AuthError::WrongKind("worker tokens cannot call user apis");
+        assert_eq!(answer(wrong).1, "forbidden");
+        assert_eq!(
+            answer(PasswordWorkError::Busy),
+            (
+                503,
+                "unavailable",
+                "too many sign-ins at once; retry in a few seconds".into(),
+                Some(2)
+            )
+        );
+        assert_eq!(answer(HandshakeError::NotUpgrade).1, "upgrade_required");
+        assert_eq!(
+            answer(HandshakeError::BadVersion),
+            (
+                426,
+                "bad_websocket_version",
+                "websocket version 13 required".into(),
+                None
+            )
+        );
+        assert_eq!(answer(HandshakeError::BadKey).0, 400);
+    }
+}
