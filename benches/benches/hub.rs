@@ -175,29 +175,14 @@ fn relay_bench(c: &mut Criterion) {
 
     // Append only (no subscriber): store write + broadcast.
     let relay = Relay::new(64 << 20);
-    let live = relay.live("append-job");
-    let mut st = rt
-        .block_on(relay::load_state(
-            store.as_ref(),
-            "append-job",
-            1,
-            ("w".into(), "t".into()),
-            0,
-        ))
+    let mut log = rt.block_on(relay.log("append-job"));
+    rt.block_on(log.load(store.as_ref(), 1, ("w".into(), "t".into()), 0))
         .expect("state");
     g.throughput(Throughput::Elements(1));
     g.bench_function("append_256B", |b| {
         b.iter(|| {
-            rt.block_on(relay::append(
-                store.as_ref(),
-                &live,
-                &mut st,
-                "append-job",
-                64 << 20,
-                StreamKind::Stdout,
-                data.clone(),
-            ))
-            .expect("append")
+            rt.block_on(log.append(store.as_ref(), StreamKind::Stdout, data.clone()))
+                .expect("append")
         })
     });
 
@@ -214,11 +199,10 @@ fn relay_bench(c: &mut Criterion) {
             let job = format!("fan-{n}");
             let relay = Arc::new(Relay::new(64 << 20));
             rt.block_on(async {
-                let mut st =
-                    relay::load_state(store.as_ref(), &job, 1, ("w".into(), "t".into()), 0)
-                        .await
-                        .expect("state");
-                let live = relay.live(&job);
+                let mut log = relay.log(&job).await;
+                log.load(store.as_ref(), 1, ("w".into(), "t".into()), 0)
+                    .await
+                    .expect("state");
                 let mut readers = Vec::with_capacity(SUBS);
                 for _ in 0..SUBS {
                     let (tx, mut rx) = mpsc::channel::<relay::Queued>(16);
@@ -246,21 +230,13 @@ fn relay_bench(c: &mut Criterion) {
                     }));
                 }
                 // Let the subscriptions attach before appending.
-                while live.tx.receiver_count() < SUBS {
+                while relay.subscribers() < SUBS {
                     tokio::task::yield_now().await;
                 }
                 for _ in 0..CHUNKS {
-                    relay::append(
-                        store.as_ref(),
-                        &live,
-                        &mut st,
-                        &job,
-                        64 << 20,
-                        StreamKind::Stdout,
-                        data.clone(),
-                    )
-                    .await
-                    .expect("append");
+                    log.append(store.as_ref(), StreamKind::Stdout, data.clone())
+                        .await
+                        .expect("append");
                 }
                 for r in readers {
                     r.await.expect("reader");

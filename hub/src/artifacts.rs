@@ -168,14 +168,13 @@ pub fn inspect_zip(
     Ok(out)
 }
 
-/// Streams entry `name` of the ZIP at `path` into `tx` in 64 KiB pieces (blocking).
+/// Streams entry `name` of the ZIP `file` into `tx` in 64 KiB pieces (blocking).
 pub fn stream_entry(
-    path: &Path,
+    file: std::fs::File,
     name: &str,
     tx: tokio::sync::mpsc::Sender<Result<bytes::Bytes, std::io::Error>>,
 ) {
     let result = (|| -> Result<(), std::io::Error> {
-        let file = std::fs::File::open(path)?;
         let mut zip = zip::ZipArchive::new(file).map_err(std::io::Error::other)?;
         let mut entry = zip.by_name(name).map_err(std::io::Error::other)?;
         let mut buf = vec![0u8; 64 * 1024];

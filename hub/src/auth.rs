@@ -17,7 +17,7 @@ use sha2::Sha256;
 use warp::http::HeaderMap;
 
 use crate::config::HubConfig;
-use crate::error::{ApiError, HubError};
+use crate::error::{AuthError, HubError};
 use crate::store::now_ms;
 
 /// Issuer of session tokens.
@@ -296,9 +296,9 @@ impl Auth {
     }
 
     /// Verifies a session token.
-    pub fn verify_session(&self, token: &str) -> Result<Caller, ApiError> {
+    pub fn verify_session(&self, token: &str) -> Result<Caller, AuthError> {
         if token.starts_with(WORKER_TOKEN_PREFIX) {
-            return Err(ApiError::forbidden("worker tokens cannot call user apis"));
+            return Err(AuthError::WrongKind("worker tokens cannot call user apis"));
         }
         let now = now_ms() / 1000;
         if let Some((caller, exp)) = self
@@ -312,7 +312,7 @@ impl Auth {
             return self.not_revoked(caller);
         }
         let data = jsonwebtoken::decode::<Claims>(token, &self.dec, &self.validation)
-            .map_err(|e| ApiError::unauthorized(format!("invalid session token: {e}")))?;
+            .map_err(|e| AuthError::Unauthorized(format!("invalid session token: {e}")))?;
         let caller = Caller {
             user_id: data.claims.sub,
             email: data.claims.email,
@@ -329,10 +329,10 @@ impl Auth {
         Ok(caller)
     }
 
-    fn not_revoked(&self, caller: Caller) -> Result<Caller, ApiError> {
+    fn not_revoked(&self, caller: Caller) -> Result<Caller, AuthError> {
         if self.is_revoked(&caller.session_id) {
-            return Err(ApiError::unauthorized(
-                "this session was signed out; sign in again",
+            return Err(AuthError::Unauthorized(
+                "this session was signed out; sign in again".into(),
             ));
         }
         Ok(caller)
@@ -399,8 +399,8 @@ impl Auth {
 
     /// Checks a worker token's signature and expiry; returns its id. The caller also checks
     /// that the token was not revoked (its record exists).
-    pub fn verify_worker_token(&self, token: &str) -> Result<String, ApiError> {
-        let bad = || ApiError::unauthorized("invalid worker token");
+    pub fn verify_worker_token(&self, token: &str) -> Result<String, AuthError> {
+        let bad = || AuthError::Unauthorized("invalid worker token".into());
         let (body, sig) = token.rsplit_once('.').ok_or_else(bad)?;
         let payload_b64 = body.strip_prefix(WORKER_TOKEN_PREFIX).ok_or_else(bad)?;
         let sig = URL_SAFE_NO_PAD.decode(sig).map_err(|_| bad())?;
@@ -414,20 +414,20 @@ impl Auth {
             .and_then(|b| serde_json::from_slice(&b).ok())
             .ok_or_else(bad)?;
         if payload.exp.saturating_mul(1000) <= now_ms() {
-            return Err(ApiError::unauthorized("worker token expired"));
+            return Err(AuthError::Unauthorized("worker token expired".into()));
         }
         Ok(payload.tid)
     }
 
     /// Verifies a legacy worker JWT; returns the worker id it names.
-    pub fn verify_legacy_jwt(&self, token: &str) -> Result<String, ApiError> {
+    pub fn verify_legacy_jwt(&self, token: &str) -> Result<String, AuthError> {
         let Some((key, validation)) = &self.legacy else {
-            return Err(ApiError::unauthorized("invalid worker token"));
+            return Err(invalid_worker_token());
         };
         let data = jsonwebtoken::decode::<LegacyClaims>(token, key, validation)
-            .map_err(|_| ApiError::unauthorized("invalid worker token"))?;
+            .map_err(|_| invalid_worker_token())?;
         if data.claims.kind != "worker" {
-            return Err(ApiError::unauthorized("invalid worker token"));
+            return Err(invalid_worker_token());
         }
         Ok(data.claims.worker_id)
     }
@@ -493,6 +493,60 @@ pub fn hash_password(password: &str) -> Result<String, String> {
         .hash_password(password.as_bytes(), &salt)
         .map(|h| h.to_string())
         .map_err(|e| e.to_string())
+}
+
+fn invalid_worker_token() -> AuthError {
+    AuthError::Unauthorized("invalid worker token".into())
+}
+
+/// Creates the first admin when the data folder has no users.
+pub async fn bootstrap_admin(hub: &crate::Hub) -> Result<(), HubError> {
+    if !hub.store.list_users().await?.is_empty() {
+        return Ok(());
+    }
+    let env_email = std::env::var("CMDX_ADMIN_EMAIL")
+        .ok()
+        .filter(|s| !s.is_empty());
+    let env_pw = std::env::var("CMDX_ADMIN_PASSWORD")
+        .ok()
+        .filter(|s| !s.is_empty());
+    let (email, password, generated) = match (env_email, env_pw) {
+        (Some(e), Some(p)) => (e, p, false),
+        (e, _) => {
+            let pw: [u8; 12] = rand::random();
+            (
+                e.unwrap_or_else(|| "admin@cmdx.local".to_string()),
+                hex::encode(pw),
+                true,
+            )
+        }
+    };
+    let hash = hash_password(&password).map_err(HubError::Config)?;
+    let user = crate::store::UserRecord {
+        v: 1,
+        id: crate::store::new_id(),
+        email: email.to_lowercase(),
+        password_hash: hash,
+        role: "admin".into(),
+        created_ms: now_ms(),
+    };
+    hub.store.insert_user(&user).await?;
+    hub.store.sync().await?;
+    if generated {
+        let path = hub.config.data_dir.join("admin-credentials");
+        let text = format!("email: {}\npassword: {password}\n", user.email);
+        write_private(&path, text.as_bytes()).map_err(|source| HubError::DataDir {
+            path: path.clone(),
+            source,
+        })?;
+        eprintln!(
+            "cmdx: created admin {} with password {password} (saved to {})",
+            user.email,
+            path.display()
+        );
+    }
+    tracing::info!(email = %user.email, "bootstrap admin created");
+    Ok(())
 }
 
 /// The bearer token of a request, if any.

@@ -11,7 +11,8 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use crate::Hub;
-use crate::error::{ApiError, ApiResult, HubError};
+use crate::blobs::Blobs;
+use crate::error::{BackupError, HubError};
 use crate::store::{SledStore, new_id, now_ms};
 
 /// Format version written in `manifest.json`.
@@ -19,16 +20,17 @@ pub const FORMAT_VERSION: u32 = 1;
 
 /// Writes a backup of the running hub to a temp file under the data folder and returns its
 /// path (the caller streams it and deletes it).
-pub async fn write_backup(hub: &Hub) -> ApiResult<PathBuf> {
+pub async fn write_backup(hub: &Hub) -> Result<PathBuf, BackupError> {
     // Everything acknowledged so far is on disk and will be read below.
     hub.store.sync().await?;
     let dir = hub.config.data_dir.join("backup-tmp");
-    crate::private::dir(&dir, crate::private::DIR_MODE).map_err(ApiError::internal)?;
+    crate::private::dir(&dir, crate::private::DIR_MODE)
+        .map_err(|e| BackupError::Write(format!("{}: {e}", dir.display())))?;
     let id = new_id();
     let tar_path = dir.join(format!("{id}.tar"));
     let rec_path = dir.join(format!("{id}.records"));
     let store = hub.store.clone();
-    let blobs = hub.blob_dir.clone();
+    let blobs = hub.blobs.clone();
     let secrets = hub.config.data_dir.join("secrets");
     let out = tar_path.clone();
     let result = tokio::task::spawn_blocking(move || -> Result<u64, String> {
@@ -57,16 +59,10 @@ pub async fn write_backup(hub: &Hub) -> ApiResult<PathBuf> {
             .map_err(|e| e.to_string())?;
         tar.append_path_with_name(&rec_path, "store/records.bin")
             .map_err(|e| e.to_string())?;
-        for entry in std::fs::read_dir(&blobs)
-            .map_err(|e| e.to_string())?
-            .flatten()
-        {
-            let p = entry.path();
-            if entry.file_type().is_ok_and(|t| t.is_file()) {
-                let name = format!("blobs/{}", entry.file_name().to_string_lossy());
-                tar.append_path_with_name(&p, name)
-                    .map_err(|e| e.to_string())?;
-            }
+        for sha in blobs.list_blocking().map_err(|e| e.to_string())? {
+            let mut f = blobs.open_blocking(&sha).map_err(|e| e.to_string())?;
+            tar.append_file(format!("blobs/{sha}"), &mut f)
+                .map_err(|e| e.to_string())?;
         }
         for name in ["jwt.key", "worker.key"] {
             let p = secrets.join(name);
@@ -83,7 +79,7 @@ pub async fn write_backup(hub: &Hub) -> ApiResult<PathBuf> {
         Ok(records)
     })
     .await
-    .map_err(ApiError::internal)?;
+    .map_err(|e| BackupError::Write(e.to_string()))?;
     match result {
         Ok(records) => {
             tracing::info!(records, path = %tar_path.display(), "backup written");
@@ -91,7 +87,7 @@ pub async fn write_backup(hub: &Hub) -> ApiResult<PathBuf> {
         }
         Err(e) => {
             let _ = tokio::fs::remove_file(&tar_path).await;
-            Err(ApiError::internal(format!("backup failed: {e}")))
+            Err(BackupError::Write(e))
         }
     }
 }
@@ -119,12 +115,12 @@ pub fn restore(archive: &Path, data_dir: &Path) -> Result<u64, HubError> {
     let secrets = data_dir.join("secrets");
     for (dir, mode) in [
         (data_dir.to_path_buf(), DATA_DIR_MODE),
-        (data_dir.join("blobs"), DIR_MODE),
-        (data_dir.join("blobs").join("tmp"), DIR_MODE),
         (secrets.clone(), DIR_MODE),
     ] {
         crate::private::dir(&dir, mode).map_err(io(&dir))?;
     }
+    let blobs = Blobs::in_data_dir(data_dir);
+    blobs.prepare().map_err(io(&data_dir.join("blobs")))?;
     let file = std::fs::File::open(archive).map_err(io(archive))?;
     let mut tar = tar::Archive::new(file);
     let mut records = None;
@@ -164,6 +160,13 @@ pub fn restore(archive: &Path, data_dir: &Path) -> Result<u64, HubError> {
                     continue;
                 }
                 let dest = data_dir.join(folder).join(leaf);
+                if folder == "blobs" {
+                    // Only blob names: anything else in the folder was never a blob.
+                    if crate::blobs::is_sha256(leaf) {
+                        blobs.put_blocking(leaf, &mut entry).map_err(io(&dest))?;
+                    }
+                    continue;
+                }
                 let mut out = crate::private::file_options()
                     .create_new(true)
                     .open(&dest)

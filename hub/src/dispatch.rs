@@ -3,7 +3,7 @@
 //!
 //! One std `Mutex` guards it and is never held across an `.await`. Planning (which job goes to
 //! which worker) happens under the lock and reserves the slot; the durable claim happens after,
-//! in `jobs::pump`, and a failed claim gives the slot back.
+//! in `jobs::dispatcher::pump`, and a failed claim gives the slot back.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Mutex;
@@ -261,17 +261,14 @@ impl Dispatch {
         Some(item)
     }
 
-    /// Gives back a reserved slot whose claim failed; `requeue` puts the job back in the index.
-    pub fn unreserve(&self, worker_id: &str, job_id: &str, requeue: Option<(u64, &[String])>) {
+    /// Gives back a reserved slot whose claim failed (the job moved on: it is not requeued).
+    pub fn unreserve(&self, worker_id: &str, job_id: &str) {
         {
             let mut st = self.lock();
             if let Some(w) = st.workers.get_mut(worker_id) {
                 w.held.remove(job_id);
             }
             st.available.push_back(worker_id.to_string());
-        }
-        if let Some((seq, tags)) = requeue {
-            self.enqueue(seq, job_id, tags);
         }
         self.wake.notify_one();
     }

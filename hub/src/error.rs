@@ -1,5 +1,7 @@
-//! Errors of the hub library: [`HubError`] for start-up and run failures, [`ApiError`] for what
-//! a request answers (status code + `{"error","code"}` body).
+//! Errors of the hub library: [`HubError`] for start-up and run failures; one enum per room
+//! for what its operations refuse ([`LifecycleError`], [`AuthError`], [`PasswordWorkError`],
+//! [`HandshakeError`], [`BackupError`]); and [`ApiError`], what a request answers (status code +
+//! `{"error","code"}` body), into which each of those is mapped here, once.
 
 use cmdx_proto::rest::ErrorBody;
 use warp::http::StatusCode;
@@ -24,6 +26,77 @@ pub enum HubError {
     /// Bad configuration.
     #[error("invalid configuration: {0}")]
     Config(String),
+}
+
+/// Why a lifecycle operation refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LifecycleError {
+    /// The attempt named is not the job's current one, held by this worker with this credential
+    /// (fencing): nothing changed.
+    #[error("{0}")]
+    Stale(String),
+    /// No such job or file, or one the caller may not see (the same answer for both).
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// The request itself is wrong (a bad submission, an output chunk out of order).
+    #[error("{0}")]
+    Invalid(String),
+    /// The hub takes no new work now (it is shutting down).
+    #[error("{0}")]
+    Unavailable(&'static str),
+    /// The store failed, or refused an update on its own terms.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Why a credential was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// Missing, invalid, expired or revoked.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// Valid, but of the wrong kind for this door (a worker token on a user API).
+    #[error("{0}")]
+    WrongKind(&'static str),
+}
+
+/// Why argon2 work (a sign-in, a password change) did not run.
+#[derive(Debug, thiserror::Error)]
+pub enum PasswordWorkError {
+    /// Every permit stayed taken for [`crate::PASSWORD_WAIT`].
+    #[error("too many sign-ins at once; retry in a few seconds")]
+    Busy,
+    /// The blocking pool failed the work.
+    #[error("password work failed: {0}")]
+    Failed(String),
+}
+
+/// Why a WebSocket handshake was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    /// Not an upgrade request.
+    #[error("this route expects a websocket upgrade")]
+    NotUpgrade,
+    /// A WebSocket version other than 13.
+    #[error("websocket version 13 required")]
+    BadVersion,
+    /// A `sec-websocket-key` that is not 16 bytes in base64.
+    #[error("malformed sec-websocket-key")]
+    BadKey,
+    /// The `101` response could not be built.
+    #[error("building the handshake response: {0}")]
+    Response(String),
+}
+
+/// Why a backup was not written.
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    /// The store could not be flushed first.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Writing the archive failed.
+    #[error("backup failed: {0}")]
+    Write(String),
 }
 
 /// What a failed request answers.
@@ -135,5 +208,126 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<LifecycleError> for ApiError {
+    fn from(e: LifecycleError) -> Self {
+        match e {
+            LifecycleError::Stale(m) => ApiError::stale(m),
+            LifecycleError::NotFound(what) => ApiError::not_found(format!("{what} not found")),
+            LifecycleError::Invalid(m) => ApiError::bad_request(m),
+            LifecycleError::Unavailable(m) => ApiError::unavailable(m),
+            LifecycleError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::Unauthorized(m) => ApiError::unauthorized(m),
+            AuthError::WrongKind(m) => ApiError::forbidden(m),
+        }
+    }
+}
+
+impl From<PasswordWorkError> for ApiError {
+    fn from(e: PasswordWorkError) -> Self {
+        match e {
+            PasswordWorkError::Busy => ApiError {
+                retry_after: Some(2),
+                ..ApiError::unavailable(e.to_string())
+            },
+            PasswordWorkError::Failed(_) => ApiError::internal(e),
+        }
+    }
+}
+
+impl From<HandshakeError> for ApiError {
+    fn from(e: HandshakeError) -> Self {
+        match e {
+            HandshakeError::NotUpgrade => ApiError::new(
+                StatusCode::UPGRADE_REQUIRED,
+                "upgrade_required",
+                e.to_string(),
+            ),
+            HandshakeError::BadVersion => ApiError::new(
+                StatusCode::UPGRADE_REQUIRED,
+                "bad_websocket_version",
+                e.to_string(),
+            ),
+            HandshakeError::BadKey => ApiError::bad_request(e.to_string()),
+            HandshakeError::Response(_) => ApiError::internal(e),
+        }
+    }
+}
+
+impl From<BackupError> for ApiError {
+    fn from(e: BackupError) -> Self {
+        match e {
+            BackupError::Store(e) => e.into(),
+            BackupError::Write(_) => ApiError::internal(e),
+        }
+    }
+}
+
 /// Result of a handler.
 pub type ApiResult<T> = Result<T, ApiError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(e: impl Into<ApiError>) -> (u16, &'static str, String, Option<u64>) {
+        let e = e.into();
+        (e.status.as_u16(), e.code, e.message, e.retry_after)
+    }
+
+    /// Each room's refusals answer HTTP clients exactly as the lifecycle's `ApiError`s did.
+    #[test]
+    fn each_refusal_keeps_its_status_code_and_message() {
+        let stale = LifecycleError::Stale("stale attempt".into());
+        assert_eq!(
+            answer(stale),
+            (409, "stale_attempt", "stale attempt".into(), None)
+        );
+        let missing = LifecycleError::NotFound("job");
+        assert_eq!(
+            answer(missing),
+            (404, "not_found", "job not found".into(), None)
+        );
+        let bad = LifecycleError::Invalid("command must not be empty".into());
+        assert_eq!(answer(bad).0, 400);
+        let draining = LifecycleError::Unavailable("hub is shutting down");
+        assert_eq!(answer(draining).1, "unavailable");
+        let gone = LifecycleError::Store(StoreError::NotFound("job j1".into()));
+        assert_eq!(
+            answer(gone),
+            (404, "not_found", "job j1 not found".into(), None)
+        );
+        let moved = LifecycleError::Store(StoreError::Conflict("moved on".into()));
+        assert_eq!(answer(moved).1, "conflict");
+        let unauthorized = AuthError::Unauthorized("worker token expired".into());
+        assert_eq!(answer(unauthorized).0, 401);
+        let wrong = AuthError::WrongKind("worker tokens cannot call user apis");
+        assert_eq!(answer(wrong).1, "forbidden");
+        assert_eq!(
+            answer(PasswordWorkError::Busy),
+            (
+                503,
+                "unavailable",
+                "too many sign-ins at once; retry in a few seconds".into(),
+                Some(2)
+            )
+        );
+        assert_eq!(answer(HandshakeError::NotUpgrade).1, "upgrade_required");
+        assert_eq!(
+            answer(HandshakeError::BadVersion),
+            (
+                426,
+                "bad_websocket_version",
+                "websocket version 13 required".into(),
+                None
+            )
+        );
+        assert_eq!(answer(HandshakeError::BadKey).0, 400);
+    }
+}

@@ -2,8 +2,9 @@
 //!
 //! Entry point: [`run`] (what `cmdx hub` and `cmdx dev` call, and what tests call with a
 //! listener on `127.0.0.1:0`). The shared state is [`Hub`]; the store sits behind
-//! [`store::Store`]; job lifecycle operations live in `jobs`; HTTP routes in `api`; the two
-//! WebSocket protocols in `ws_agent` and `ws_client`.
+//! [`store::Store`], uploaded contents behind [`blobs::Blobs`]; what happens to a job lives in
+//! [`jobs`], one module per concern; HTTP routes in `api`; the two WebSocket protocols in
+//! `ws_agent` and `ws_client`.
 
 #![warn(missing_docs)]
 
@@ -11,10 +12,12 @@ pub mod api;
 pub mod artifacts;
 pub mod auth;
 pub mod backup;
+pub mod blobs;
 pub mod config;
 pub mod decode;
 pub mod dispatch;
 pub mod error;
+mod hub;
 pub mod jobs;
 pub mod metrics;
 pub mod private;
@@ -22,119 +25,25 @@ pub mod ratelimit;
 pub mod relay;
 pub mod store;
 pub mod time;
+pub mod urls;
 pub mod web;
 pub mod ws;
 pub mod ws_agent;
 pub mod ws_client;
 
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 
-use cmdx_proto::client::ServerMsg;
 use tokio::net::TcpListener;
-use tokio::sync::{broadcast, watch};
 
+pub use api::mint_worker_token;
 pub use config::HubConfig;
-pub use error::{ApiError, HubError};
+pub use error::HubError;
+pub use hub::{Event, Hub, PASSWORD_WAIT};
 
 use crate::auth::Auth;
-use crate::dispatch::Dispatch;
-use crate::ratelimit::RateLimiter;
-use crate::relay::Relay;
+use crate::blobs::Blobs;
 use crate::store::{SledStore, Store};
-
-/// A live event for dashboards, with who may see it.
-#[derive(Clone, Debug)]
-pub struct Event {
-    /// Owner of the job (`None`: visible to every signed-in user, e.g. workers).
-    pub owner: Option<String>,
-    /// The message.
-    pub msg: Arc<ServerMsg>,
-}
-
-/// Shared hub state.
-pub struct Hub {
-    /// Settings.
-    pub config: HubConfig,
-    /// Durable state.
-    pub store: Arc<dyn Store>,
-    /// Keys.
-    pub auth: Auth,
-    /// Where uploaded file contents live (by sha256).
-    pub blob_dir: PathBuf,
-    /// Queue index and worker registry.
-    pub dispatch: Dispatch,
-    /// Output relays.
-    pub relay: Relay,
-    /// Job and worker events.
-    pub events: broadcast::Sender<Event>,
-    /// Rate limits per user (per client address when anonymous) and route group.
-    pub limiter: RateLimiter,
-    /// Permits for argon2 work (each verification holds about 19 MiB for its duration).
-    pub password_hashing: tokio::sync::Semaphore,
-    /// True while shutting down (`/readyz` answers 503, no new work).
-    pub draining: AtomicBool,
-    /// Flips to true when the hub stops: sessions close.
-    pub stop: watch::Sender<bool>,
-    /// Open WebSocket sessions (closed with 1001 on shutdown).
-    pub sessions: ws::Sessions,
-    /// Counters for `/metrics`.
-    pub counters: Counters,
-}
-
-/// The longest a sign-in waits for an argon2 permit before it answers 503.
-pub const PASSWORD_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// Plain counters (Prometheus text is rendered from them).
-#[derive(Default)]
-pub struct Counters {
-    /// Jobs accepted.
-    pub submitted: AtomicU64,
-    /// Jobs that ended.
-    pub finished: AtomicU64,
-    /// Output bytes stored.
-    pub output_bytes: AtomicU64,
-    /// Requests answered 429.
-    pub rate_limited: AtomicU64,
-}
-
-impl Hub {
-    /// Runs argon2 work (hashing or verifying a password) on the blocking pool, at most
-    /// `password_hash_concurrency` at once: a login storm from many addresses (each within its
-    /// own login budget) costs the hub that many argon2 buffers, not one per request. A call that
-    /// waits longer than [`PASSWORD_WAIT`] answers 503 with `Retry-After`.
-    pub async fn password_work<T, F>(&self, f: F) -> Result<T, ApiError>
-    where
-        T: Send + 'static,
-        F: FnOnce() -> T + Send + 'static,
-    {
-        let permit =
-            match tokio::time::timeout(PASSWORD_WAIT, self.password_hashing.acquire()).await {
-                Ok(p) => p.map_err(ApiError::internal)?,
-                Err(_) => {
-                    ::metrics::counter!("cmdx_password_work_refused_total").increment(1);
-                    return Err(ApiError {
-                        retry_after: Some(2),
-                        ..ApiError::unavailable("too many sign-ins at once; retry in a few seconds")
-                    });
-                }
-            };
-        let out = tokio::task::spawn_blocking(f)
-            .await
-            .map_err(ApiError::internal)?;
-        drop(permit);
-        Ok(out)
-    }
-
-    /// Publishes a dashboard event (lossy for slow listeners).
-    pub fn emit(&self, owner: Option<String>, msg: ServerMsg) {
-        let _ = self.events.send(Event {
-            owner,
-            msg: Arc::new(msg),
-        });
-    }
-}
 
 /// Opens the data folder, recovers state, bootstraps the admin, and serves on `listener` until
 /// `shutdown` resolves. Upgraded WebSockets are closed with 1001 on shutdown.
@@ -145,17 +54,6 @@ pub async fn run(
 ) -> Result<(), HubError> {
     let hub = open(config).await?;
     serve(hub, listener, shutdown).await
-}
-
-/// Mints a worker token on behalf of `created_by` (what `POST /api/workers/tokens` does; `cmdx
-/// dev` uses it for its local agents).
-pub async fn mint_worker_token(
-    hub: &Hub,
-    created_by: &str,
-    name: Option<String>,
-    ttl_secs: Option<u64>,
-) -> Result<cmdx_proto::rest::MintTokenResponse, ApiError> {
-    api::mint_worker_token(hub, created_by, name, ttl_secs).await
 }
 
 /// The peer address of a connection, put in each request's extensions by `accept_loop`.
@@ -219,7 +117,7 @@ async fn accept_loop<F>(
             .serve_connection_with_upgrades(TokioIo::new(stream), hyper_svc)
             .into_owned();
         let conn = graceful.watch(conn);
-        tokio::spawn(async move {
+        hub.tasks.spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
@@ -238,24 +136,21 @@ async fn accept_loop<F>(
 /// Opens the hub state without serving (tests and `cmdx dev` use it to mint tokens first).
 pub async fn open(config: HubConfig) -> Result<Arc<Hub>, HubError> {
     let data = config.data_dir.clone();
-    let blob_dir = data.join("blobs");
-    for (dir, mode) in [
-        (&data, private::DATA_DIR_MODE),
-        (&blob_dir, private::DIR_MODE),
-        (&blob_dir.join("tmp"), private::DIR_MODE),
-        (&data.join("db"), private::DIR_MODE),
-    ] {
-        private::dir(dir, mode).map_err(|source| HubError::DataDir {
-            path: dir.clone(),
-            source,
-        })?;
-    }
+    let data_err = |path: &std::path::Path| {
+        let path = path.to_path_buf();
+        move |source| HubError::DataDir { path, source }
+    };
+    private::dir(&data, private::DATA_DIR_MODE).map_err(data_err(&data))?;
+    let blobs = Blobs::in_data_dir(&data);
+    blobs.prepare().map_err(data_err(&data.join("blobs")))?;
+    let db = data.join("db");
+    private::dir(&db, private::DIR_MODE).map_err(data_err(&db))?;
     metrics::install();
     let observer: store::FlushObserver = Arc::new(|took, _waiters| {
         ::metrics::histogram!("cmdx_store_flush_seconds").record(took.as_secs_f64());
     });
     let store: Arc<dyn Store> = Arc::new(SledStore::open_with(
-        &data.join("db"),
+        &db,
         config.cache_bytes,
         Some(observer),
     )?);
@@ -267,30 +162,9 @@ pub async fn open(config: HubConfig) -> Result<Arc<Hub>, HubError> {
             auth.revoke_session(&sid, exp);
         }
     }
-    let hub = Arc::new(Hub {
-        relay: Relay::new(config.output_cap_bytes),
-        password_hashing: tokio::sync::Semaphore::new(
-            config.password_hash_concurrency.max(1) as usize
-        ),
-        limiter: RateLimiter::new(crate::ratelimit::Budgets {
-            write_per_min: config.rate_limit_per_min,
-            read_per_sec: config.read_rate_limit_per_sec,
-            read_burst: config.read_rate_limit_burst,
-            login_per_min: config.login_rate_limit_per_min,
-        }),
-        config,
-        store,
-        auth,
-        blob_dir,
-        dispatch: Dispatch::default(),
-        events: broadcast::channel(4096).0,
-        draining: AtomicBool::new(false),
-        stop: watch::channel(false).0,
-        sessions: ws::Sessions::default(),
-        counters: Counters::default(),
-    });
-    jobs::bootstrap_admin(&hub).await?;
-    jobs::recover(&hub).await?;
+    let hub = Arc::new(Hub::new(config, store, auth, blobs));
+    auth::bootstrap_admin(&hub).await?;
+    jobs::recovery::recover(&hub).await?;
     Ok(hub)
 }
 
@@ -300,11 +174,12 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), HubError> {
-    let pump = tokio::spawn(jobs::pump(hub.clone()));
-    let watchdog = tokio::spawn(jobs::legacy_watchdog(hub.clone()));
-    let janitor = tokio::spawn(jobs::janitor(hub.clone()));
+    hub.tasks.spawn(jobs::dispatcher::pump(hub.clone()));
+    hub.tasks
+        .spawn(jobs::liveness::legacy_watchdog(hub.clone()));
+    hub.tasks.spawn(jobs::janitor::janitor(hub.clone()));
     let flusher_hub = hub.clone();
-    let flusher = tokio::spawn(async move {
+    hub.tasks.spawn(async move {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
         loop {
             tick.tick().await;
@@ -334,10 +209,8 @@ pub async fn serve(
     hub.sessions
         .wait_idle(std::time::Duration::from_secs(5))
         .await;
-    pump.abort();
-    janitor.abort();
-    watchdog.abort();
-    flusher.abort();
+    // Timers, watchdogs and sessions still running end here: none outlives `serve`.
+    hub.tasks.shutdown().await;
     hub.store.sync().await?;
     tracing::info!("hub stopped");
     Ok(())

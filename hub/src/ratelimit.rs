@@ -21,13 +21,11 @@ use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use governor::clock::{Clock, DefaultClock};
+use governor::clock::Clock;
 use governor::middleware::StateInformationMiddleware;
 use governor::state::keyed::DashMapStateStore;
 use governor::{Quota, RateLimiter as Gcra};
 use warp::http::{HeaderMap, HeaderValue, Method};
-
-use crate::error::ApiError;
 
 /// Route groups with their own budget.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -127,8 +125,17 @@ impl<C: Clock + Clone> Bucket<C> {
     }
 }
 
+/// A call over budget: when a call of its group fits again, and the verdict for the headers.
+#[derive(Debug, Clone, Copy)]
+pub struct Refused {
+    /// Whole seconds until one call fits again (at least 1).
+    pub retry_after: u64,
+    /// The verdict (nothing remaining).
+    pub verdict: Verdict,
+}
+
 /// The budgets of one hub.
-pub struct RateLimiter<C: Clock = DefaultClock> {
+pub struct RateLimiter<C: Clock = RuntimeClock> {
     clock: C,
     login: Option<Bucket<C>>,
     write: Option<Bucket<C>>,
@@ -163,10 +170,23 @@ impl Budgets {
     }
 }
 
-impl RateLimiter<DefaultClock> {
-    /// The limiter on the real clock; a zero rate leaves its group unlimited.
+/// The tokio runtime's clock: the real monotonic clock, except in tests that pause it (then the
+/// limiter's budgets come back as the test advances time, like every other hub timer).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RuntimeClock;
+
+impl Clock for RuntimeClock {
+    type Instant = std::time::Instant;
+
+    fn now(&self) -> std::time::Instant {
+        tokio::time::Instant::now().into_std()
+    }
+}
+
+impl RateLimiter<RuntimeClock> {
+    /// The limiter on the runtime's clock; a zero rate leaves its group unlimited.
     pub fn new(budgets: Budgets) -> RateLimiter {
-        RateLimiter::with_clock(budgets, DefaultClock::default())
+        RateLimiter::with_clock(budgets, RuntimeClock)
     }
 }
 
@@ -191,12 +211,8 @@ impl<C: Clock + Clone> RateLimiter<C> {
     }
 
     /// Charges one call of `group` to `who`. `Ok(None)` when the group is unlimited;
-    /// `Err(429)` (with the verdict for the headers) when over budget.
-    pub fn check(
-        &self,
-        who: &Principal,
-        group: Group,
-    ) -> Result<Option<Verdict>, (ApiError, Verdict)> {
+    /// [`Refused`] (with the verdict for the headers) when over budget.
+    pub fn check(&self, who: &Principal, group: Group) -> Result<Option<Verdict>, Refused> {
         let Some(b) = self.bucket(group) else {
             return Ok(None);
         };
@@ -225,7 +241,10 @@ impl<C: Clock + Clone> RateLimiter<C> {
                     remaining: 0,
                     reset_secs: retry,
                 };
-                Err((ApiError::rate_limited(retry), verdict))
+                Err(Refused {
+                    retry_after: retry,
+                    verdict,
+                })
             }
         }
     }
@@ -305,9 +324,11 @@ mod tests {
             assert!(ok <= 100, "more than the burst of 100 let through");
         };
         assert_eq!(ok, 100);
-        let (err, v) = refused;
-        assert_eq!(err.status.as_u16(), 429);
-        assert_eq!(err.retry_after, Some(1), "one write comes back every 0.6 s");
+        let Refused {
+            retry_after,
+            verdict: v,
+        } = refused;
+        assert_eq!(retry_after, 1, "one write comes back every 0.6 s");
         assert_eq!((v.quota, v.window_secs, v.remaining), (100, 60, 0));
         // Reads have their own bucket.
         assert!(lim.check(&who, Group::Read).is_ok());
@@ -370,5 +391,38 @@ mod tests {
             lim.check(&user("steady"), Group::Write).ok();
         }
         assert!(lim.tracked() < 100, "{} principals kept", lim.tracked());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn budgets_come_back_on_the_runtime_clock() {
+        let lim = RateLimiter::new(DEFAULTS);
+        let who = user("u1");
+        for _ in 0..100 {
+            lim.check(&who, Group::Write).expect("within the burst");
+        }
+        let refused = lim.check(&who, Group::Write).expect_err("over the burst");
+        assert_eq!(refused.retry_after, 1);
+        assert_eq!(refused.verdict.remaining, 0);
+        tokio::time::advance(Duration::from_millis(590)).await;
+        assert!(
+            lim.check(&who, Group::Write).is_err(),
+            "0.59 s is too early"
+        );
+        tokio::time::advance(Duration::from_millis(20)).await;
+        assert!(
+            lim.check(&who, Group::Write).is_ok(),
+            "one write back after 0.6 s"
+        );
+        assert!(lim.check(&who, Group::Write).is_err());
+        tokio::time::advance(Duration::from_secs(60)).await;
+        let v = lim.check(&who, Group::Write).unwrap().unwrap();
+        assert_eq!(v.remaining, 99, "the whole burst is back after a minute");
+        // Logins have their own, stricter budget on the same clock.
+        for _ in 0..10 {
+            lim.check(&who, Group::Login)
+                .expect("within the login budget");
+        }
+        let refused = lim.check(&who, Group::Login).expect_err("11th login");
+        assert_eq!(refused.retry_after, 6);
     }
 }

@@ -9,8 +9,7 @@ use std::time::Duration;
 
 use cmdx_proto::PROTOCOL_VERSION;
 use cmdx_proto::agent::{
-    Abandon, AgentMsg, ErrorMsg, Finished, Hello, HubMsg, JobRef, OutputAck, OutputChunk, Resume,
-    Welcome,
+    Abandon, AgentMsg, ErrorMsg, Finished, Hello, HubMsg, JobRef, OutputAck, Resume, Welcome,
 };
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
@@ -20,8 +19,9 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use crate::Hub;
 use crate::dispatch::AgentTx;
-use crate::jobs::{self, FinishReport};
-use crate::store::{WorkerRecord, now_ms};
+use crate::jobs::lifecycle::{self, FinishReport};
+use crate::jobs::{LifecycleError, liveness};
+use crate::store::{StoreError, WorkerRecord, now_ms};
 use crate::ws::{Socket, send_batch};
 
 /// Outgoing queue per agent.
@@ -220,8 +220,8 @@ pub async fn session(hub: Arc<Hub>, mut ws: Socket, token_id: String) {
 fn end_session(hub: &Arc<Hub>, worker_id: &str, generation: u64) {
     if hub.dispatch.disconnect(worker_id, generation) {
         tracing::info!(worker_id, "agent disconnected; reconnect grace started");
-        jobs::start_grace(
-            hub.clone(),
+        liveness::start_grace(
+            hub,
             worker_id.to_string(),
             hub.dispatch.generation(worker_id).unwrap_or(0),
         );
@@ -327,23 +327,16 @@ async fn resume_held(
             Some(job) if job.held_by(worker_id, h.attempt, token_id) => {
                 hub.dispatch.hold(worker_id, &job.id);
                 let stored = {
-                    let live = hub.relay.live(&job.id);
-                    let mut st = live.state.lock().await;
-                    if !st.loaded || st.attempt != h.attempt {
-                        match crate::relay::load_state(
-                            hub.store.as_ref(),
-                            &job.id,
-                            h.attempt,
-                            (worker_id.to_string(), token_id.to_string()),
-                            job.output.first_index,
-                        )
-                        .await
-                        {
-                            Ok(s) => *st = s,
-                            Err(e) => tracing::error!(error = %e, "loading output state failed"),
+                    let mut log = hub.relay.log(&job.id).await;
+                    if log.loaded_attempt() != Some(h.attempt) {
+                        let owner = (worker_id.to_string(), token_id.to_string());
+                        let first = job.output.first_index;
+                        let loaded = log.load(hub.store.as_ref(), h.attempt, owner, first).await;
+                        if let Err(e) = loaded {
+                            tracing::error!(error = %e, "loading output state failed");
                         }
                     }
-                    st.next_seq
+                    log.next_seq()
                 };
                 if job.cancel_requested {
                     cancels.push(HubMsg::Cancel(cmdx_proto::agent::Cancel {
@@ -387,8 +380,9 @@ async fn resume_held(
             && job.worker_id.as_deref() == Some(worker_id)
             && !job.status.is_terminal()
         {
-            let _ = jobs::requeue_or_fail(hub, &job_id, worker_id, job.attempt, "agent restarted")
-                .await;
+            let _ =
+                lifecycle::requeue_or_fail(hub, &job_id, worker_id, job.attempt, "agent restarted")
+                    .await;
             continue;
         }
         hub.dispatch.release(worker_id, &job_id);
@@ -441,7 +435,10 @@ impl Acker {
     async fn ack(&mut self, job_id: String, attempt: u32, stored: u64) {
         let (tx, _) = self.running.get_or_insert_with(|| {
             let (tx, rx) = mpsc::channel(4096);
-            let task = tokio::spawn(run_acker(self.hub.clone(), self.out.clone(), rx));
+            let task = self
+                .hub
+                .tasks
+                .spawn(run_acker(self.hub.clone(), self.out.clone(), rx));
             (tx, task)
         });
         let _ = tx.send((job_id, attempt, stored)).await;
@@ -478,6 +475,22 @@ async fn run_acker(hub: Arc<Hub>, out: AgentTx, mut rx: mpsc::Receiver<AckItem>)
     }
 }
 
+/// The agent's side of a refused report (the one place a [`LifecycleError`] meets the agent
+/// protocol): an attempt the hub no longer gives this worker (stale, or the job is gone) is
+/// abandoned; anything else is logged, and the agent sends the report again later.
+async fn refused(tx: &AgentTx, job_id: &str, attempt: u32, what: &str, e: &LifecycleError) {
+    match e {
+        LifecycleError::Stale(_)
+        | LifecycleError::NotFound(_)
+        | LifecycleError::Store(StoreError::NotFound(_)) => {
+            abandon(tx, job_id, attempt, "stale attempt").await;
+        }
+        LifecycleError::Invalid(_) | LifecycleError::Unavailable(_) | LifecycleError::Store(_) => {
+            tracing::warn!(job_id, error = %e, "{what} rejected");
+        }
+    }
+}
+
 /// One handler per message type.
 async fn handle(
     hub: &Arc<Hub>,
@@ -501,45 +514,31 @@ async fn handle(
         }
         AgentMsg::Reject(r) => {
             tracing::info!(job_id = %r.job_id, reason = %r.reason, "assignment rejected");
-            if let Err(e) =
-                jobs::requeue_rejected(hub, &r.job_id, worker_id, r.attempt, "rejected by worker")
-                    .await
-            {
-                tracing::warn!(error = %e.message, "requeue after reject failed");
+            let requeued = lifecycle::requeue_rejected(
+                hub,
+                &r.job_id,
+                worker_id,
+                r.attempt,
+                "rejected by worker",
+            )
+            .await;
+            if let Err(e) = requeued {
+                tracing::warn!(error = %e, "requeue after reject failed");
             }
         }
         AgentMsg::Started(s) => {
-            if jobs::started(hub, worker_id, token_id, &s.job_id, s.attempt)
+            if lifecycle::started(hub, worker_id, token_id, &s.job_id, s.attempt)
                 .await
                 .is_err()
             {
                 abandon(tx, &s.job_id, s.attempt, "stale attempt").await;
             }
         }
-        AgentMsg::Output(OutputChunk {
-            job_id,
-            attempt,
-            seq,
-            stream,
-            data,
-        }) => {
-            match jobs::append_output(
-                hub,
-                worker_id,
-                token_id,
-                &job_id,
-                Some(attempt),
-                Some(seq),
-                stream,
-                data.0,
-            )
-            .await
-            {
+        AgentMsg::Output(chunk) => {
+            let (job_id, attempt) = (chunk.job_id.clone(), chunk.attempt);
+            match lifecycle::append_output(hub, worker_id, token_id, chunk).await {
                 Ok(stored) => acker.ack(job_id, attempt, stored).await,
-                Err(e) if e.code == "stale_attempt" || e.code == "not_found" => {
-                    abandon(tx, &job_id, attempt, "stale attempt").await;
-                }
-                Err(e) => tracing::warn!(job_id = %job_id, error = %e.message, "output rejected"),
+                Err(e) => refused(tx, &job_id, attempt, "output", &e).await,
             }
         }
         AgentMsg::Finished(Finished {
@@ -553,7 +552,7 @@ async fn handle(
                 chunks: Some(chunks),
                 outcome,
             };
-            match jobs::record_finish(hub, worker_id, token_id, &job_id, report).await {
+            match lifecycle::record_finish(hub, worker_id, token_id, &job_id, report).await {
                 Ok((job, fresh)) => {
                     // Ack before the slot is freed: an `assign` queued behind the ack then finds
                     // the agent's slot free.
@@ -561,13 +560,10 @@ async fn handle(
                         .send(Box::new(HubMsg::FinishedAck(JobRef { job_id, attempt })))
                         .await;
                     if fresh {
-                        jobs::finished_cleanup(hub, &job, worker_id);
+                        lifecycle::finished_cleanup(hub, &job, worker_id);
                     }
                 }
-                Err(e) if e.code == "stale_attempt" || e.code == "not_found" => {
-                    abandon(tx, &job_id, attempt, "stale attempt").await;
-                }
-                Err(e) => tracing::warn!(job_id = %job_id, error = %e.message, "finish rejected"),
+                Err(e) => refused(tx, &job_id, attempt, "finish", &e).await,
             }
         }
         AgentMsg::Heartbeat(h) => {

@@ -137,7 +137,7 @@ async fn handle(
     subs.retain(|_, h| !h.is_finished());
     match msg {
         ClientMsg::SubscribeOutput { job_id, offset } => {
-            let job = match crate::jobs::visible_job(hub, caller, &job_id).await {
+            let job = match crate::jobs::views::visible_job(hub, caller, &job_id).await {
                 Ok(j) => j,
                 Err(_) => {
                     out.send(error("not_found", format!("job {job_id} not found")))
@@ -159,7 +159,7 @@ async fn handle(
             let hub2 = hub.clone();
             let out2 = out.clone();
             let id = job.id.clone();
-            let handle = tokio::spawn(async move {
+            let handle = hub.tasks.spawn(async move {
                 let store = hub2.store.clone();
                 let jid = id.clone();
                 let is_terminal = || {
@@ -223,7 +223,7 @@ async fn handle(
                 return;
             }
             for v in hub.dispatch.views(hub.config.legacy_offline_secs * 1000) {
-                let v = crate::jobs::worker_view_for(hub, caller, v).await;
+                let v = crate::jobs::views::worker_view_for(hub, caller, v).await;
                 if !out.send(encode(&ServerMsg::Worker(v))).await {
                     return;
                 }
@@ -243,8 +243,9 @@ struct Feeds {
 /// Forwards events the caller may see: job events (`jobs`) or worker events.
 fn spawn_feed(hub: &Arc<Hub>, caller: Caller, out: Outbox, jobs: bool) -> JoinHandle<()> {
     let mut rx = hub.events.subscribe();
-    let hub = hub.clone();
-    tokio::spawn(async move {
+    let hub2 = hub.clone();
+    hub.tasks.spawn(async move {
+        let hub = hub2;
         loop {
             let ev = match rx.recv().await {
                 Ok(ev) => ev,
@@ -261,7 +262,7 @@ fn spawn_feed(hub: &Arc<Hub>, caller: Caller, out: Outbox, jobs: bool) -> JoinHa
                 ServerMsg::Worker(v)
                     if !jobs && !caller.is_admin() && !v.current_jobs.is_empty() =>
                 {
-                    let v = crate::jobs::worker_view_for(&hub, &caller, v.clone()).await;
+                    let v = crate::jobs::views::worker_view_for(&hub, &caller, v.clone()).await;
                     encode(&ServerMsg::Worker(v))
                 }
                 ServerMsg::Worker(_) if !jobs => encode(&ev.msg),

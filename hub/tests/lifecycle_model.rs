@@ -19,14 +19,15 @@
 use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use cmdx_hub::auth::Caller;
-use cmdx_hub::jobs::{self, FinishReport};
+use cmdx_hub::jobs::lifecycle::{self, FinishReport};
+use cmdx_hub::jobs::{dispatcher, liveness, submit};
 use cmdx_hub::store::{JobRecord, WorkerRecord};
 use cmdx_hub::{Hub, HubConfig};
+use cmdx_proto::agent::OutputChunk;
 use cmdx_proto::rest::SubmitRequest;
-use cmdx_proto::{JobStatus, Outcome, StreamKind};
+use cmdx_proto::{Bytes64, JobStatus, Outcome, StreamKind};
 use proptest::prelude::*;
 use proptest_state_machine::{ReferenceStateMachine, StateMachineTest, prop_state_machine};
 
@@ -315,28 +316,16 @@ impl Sut {
         sut
     }
 
-    /// Opens the hub (retrying while the previous instance releases the sled lock) and
-    /// registers the workers as a legacy `register` call does.
+    /// Opens the hub and registers the workers as a legacy `register` call does.
     fn boot(&mut self) {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("runtime");
         let data = self.dir.path().join("data");
-        let hub = rt.block_on(async {
-            let mut tries = 0;
-            loop {
-                match cmdx_hub::open(config(&data)).await {
-                    Ok(hub) => break hub,
-                    Err(e) if tries < 100 => {
-                        tries += 1;
-                        let _ = e;
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                    Err(e) => panic!("reopening the hub failed: {e}"),
-                }
-            }
-        });
+        let hub = rt
+            .block_on(cmdx_hub::open(config(&data)))
+            .expect("opening the hub (the previous instance let go of its data)");
         rt.block_on(async {
             for w in WORKERS {
                 let rec = worker_record(w);
@@ -351,7 +340,8 @@ impl Sut {
 
     fn restart(&mut self) {
         drop(self.hub.take());
-        // Dropping the runtime ends every task still holding the hub (graces, watchdogs).
+        // Dropping the runtime ends every task still holding the hub (no `serve` ran to end
+        // them); the last holder's drop closes the store.
         drop(self.rt.take());
         self.boot();
     }
@@ -414,7 +404,7 @@ impl StateMachineTest for LifecycleTest {
                     artifacts: Vec::new(),
                 };
                 let id = sut
-                    .block(jobs::submit(sut.hub(), &caller(), req, false))
+                    .block(submit::submit(sut.hub(), &caller(), req))
                     .expect("submit");
                 sut.ids.push(id);
                 sut.max_attempt.push(0);
@@ -422,7 +412,11 @@ impl StateMachineTest for LifecycleTest {
             }
             Op::Claim { worker } => {
                 let got = sut
-                    .block(jobs::claim_legacy(sut.hub(), WORKERS[worker], TOKEN_ID))
+                    .block(dispatcher::claim_legacy(
+                        sut.hub(),
+                        WORKERS[worker],
+                        TOKEN_ID,
+                    ))
                     .expect("claim");
                 // Which job the hub picked is checked against the model's FIFO choice by
                 // `check_invariants` (every job's status must match).
@@ -444,7 +438,7 @@ impl StateMachineTest for LifecycleTest {
                 let m = &model.jobs[job];
                 let before = sut.record(job);
                 let w = WORKERS[m.worker.unwrap_or(0)];
-                let res = sut.block(jobs::started(
+                let res = sut.block(lifecycle::started(
                     sut.hub(),
                     w,
                     TOKEN_ID,
@@ -460,17 +454,14 @@ impl StateMachineTest for LifecycleTest {
                 let w = WORKERS[m.worker.unwrap_or(0)];
                 let seq = if m.active() { m.chunks - 1 } else { m.chunks };
                 let res = sut.block(async {
-                    let r = jobs::append_output(
-                        sut.hub(),
-                        w,
-                        TOKEN_ID,
-                        &sut.ids[job],
-                        Some(m.attempt),
-                        Some(seq),
-                        StreamKind::Stdout,
-                        vec![b'x'; len],
-                    )
-                    .await;
+                    let chunk = OutputChunk {
+                        job_id: sut.ids[job].clone(),
+                        attempt: m.attempt,
+                        seq,
+                        stream: StreamKind::Stdout,
+                        data: Bytes64(vec![b'x'; len]),
+                    };
+                    let r = lifecycle::append_output(sut.hub(), w, TOKEN_ID, chunk).await;
                     sut.hub().store.sync().await.expect("sync");
                     r
                 });
@@ -495,7 +486,7 @@ impl StateMachineTest for LifecycleTest {
                     chunks: Some(m.chunks),
                     outcome: outcome(kind),
                 };
-                let res = sut.block(jobs::finish(
+                let res = sut.block(lifecycle::finish(
                     sut.hub(),
                     &holder,
                     TOKEN_ID,
@@ -528,7 +519,7 @@ impl StateMachineTest for LifecycleTest {
                         (other.to_string(), before.attempt)
                     }
                 };
-                let res = sut.block(jobs::finish(
+                let res = sut.block(lifecycle::finish(
                     sut.hub(),
                     &worker,
                     TOKEN_ID,
@@ -547,7 +538,7 @@ impl StateMachineTest for LifecycleTest {
             }
             Op::Cancel { job } => {
                 let hub = sut.hub().clone();
-                sut.block(jobs::cancel(&hub, &caller(), &sut.ids[job]))
+                sut.block(lifecycle::cancel(&hub, &caller(), &sut.ids[job]))
                     .expect("cancel");
             }
             Op::Lose { job } => {
@@ -556,7 +547,7 @@ impl StateMachineTest for LifecycleTest {
                     .worker_id
                     .clone()
                     .unwrap_or_else(|| WORKERS[0].to_string());
-                sut.block(jobs::requeue_or_fail(
+                sut.block(lifecycle::requeue_or_fail(
                     sut.hub(),
                     &sut.ids[job],
                     &worker,
@@ -569,7 +560,7 @@ impl StateMachineTest for LifecycleTest {
                 }
             }
             Op::ExpireWorker { worker } => {
-                sut.block(jobs::expire_worker_jobs(
+                sut.block(liveness::expire_worker_jobs(
                     sut.hub(),
                     WORKERS[worker],
                     "model: grace expired",

@@ -202,7 +202,7 @@ async fn visible_artifacts(
     job_id: &str,
 ) -> ApiResult<(JobRecord, ArtifactsRecord)> {
     let caller = user(hub, req)?;
-    let job = jobs::visible_job(hub, &caller, job_id).await?;
+    let job = jobs::views::visible_job(hub, &caller, job_id).await?;
     let a = job
         .current_artifacts()
         .cloned()
@@ -213,7 +213,9 @@ async fn visible_artifacts(
 /// `GET /api/jobs/{id}/artifacts`: all artifacts as one ZIP.
 pub async fn download_zip(hub: &Arc<Hub>, req: Req, job_id: &str) -> ApiResult<Response> {
     let (job, a) = visible_artifacts(hub, &req, job_id).await?;
-    let f = tokio::fs::File::open(hub.blob_dir.join(&a.sha256))
+    let f = hub
+        .blobs
+        .open(&a.sha256)
         .await
         .map_err(|_| ApiError::not_found("artifact content missing"))?;
     let stream = tokio_util::io::ReaderStream::new(f);
@@ -243,9 +245,14 @@ pub async fn download_file(
         .cloned()
         .ok_or_else(|| ApiError::not_found(format!("no artifact {path:?}")))?;
     let (tx, rx) = tokio::sync::mpsc::channel(4);
-    let blob = hub.blob_dir.join(&a.sha256);
+    let (blobs, sha256) = (hub.blobs.clone(), a.sha256.clone());
     let name = entry.path.clone();
-    tokio::task::spawn_blocking(move || crate::artifacts::stream_entry(&blob, &name, tx));
+    tokio::task::spawn_blocking(move || match blobs.open_blocking(&sha256) {
+        Ok(zip) => crate::artifacts::stream_entry(zip, &name, tx),
+        Err(e) => {
+            let _ = tx.blocking_send(Err(e));
+        }
+    });
     let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
     let mut resp = warp::reply::Reply::into_response(warp::reply::stream(stream));
     let base = entry.path.rsplit('/').next().unwrap_or("artifact");

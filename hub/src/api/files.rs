@@ -2,18 +2,16 @@
 //! admin, or the worker holding a job that uses the file) and listings.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use cmdx_proto::rest::{FileList, FileView};
 use futures_util::StreamExt;
-use sha2::{Digest, Sha256};
-use tokio::io::AsyncWriteExt;
 use warp::http::StatusCode;
 use warp::reply::Response;
 
 use super::{Req, json, json_status, user};
 use crate::Hub;
+use crate::blobs;
 use crate::error::{ApiError, ApiResult};
 use crate::store::{FileRecord, new_id, now_ms};
 use crate::time::rfc3339;
@@ -21,7 +19,7 @@ use crate::time::rfc3339;
 fn view(f: &FileRecord) -> FileView {
     FileView {
         file_id: f.id.clone(),
-        file_url: format!("/api/files/download/{}", f.id),
+        file_url: crate::urls::download_path(&f.id),
         filename: f.filename.clone(),
         size: f.size,
         sha256: f.sha256.clone(),
@@ -39,35 +37,27 @@ fn clean_name(name: &str) -> String {
     }
 }
 
-/// Writes a byte stream to a temp file under the blob folder, hashing and counting.
+/// An upload arriving over HTTP: a blob spool under the request's size limit and minimum
+/// speed.
 pub(super) struct Spool {
-    path: PathBuf,
-    file: tokio::fs::File,
-    hasher: Sha256,
-    size: u64,
+    blob: blobs::Spool,
     limit: u64,
     started: std::time::Instant,
 }
 
 impl Spool {
     pub(super) async fn new(hub: &Hub, limit: u64) -> ApiResult<Spool> {
-        let path = hub.blob_dir.join("tmp").join(new_id());
-        let file = crate::private::create_file_async(&path)
-            .await
-            .map_err(ApiError::internal)?;
+        let blob = hub.blobs.spool().await.map_err(ApiError::internal)?;
         Ok(Spool {
-            path,
-            file,
-            hasher: Sha256::new(),
-            size: 0,
+            blob,
             limit,
             started: std::time::Instant::now(),
         })
     }
 
     pub(super) async fn write(&mut self, data: &[u8]) -> ApiResult<()> {
-        self.size += data.len() as u64;
-        if self.size > self.limit {
+        let size = self.blob.size() + data.len() as u64;
+        if size > self.limit {
             return Err(ApiError::too_large(format!(
                 "upload exceeds the limit of {} bytes",
                 self.limit
@@ -76,44 +66,34 @@ impl Spool {
         // After 30 s an upload must average at least 16 KiB/s (trickled uploads hold a
         // connection and a temp file).
         let secs = self.started.elapsed().as_secs();
-        if secs > 30 && self.size < secs * 16 * 1024 {
+        if secs > 30 && size < secs * 16 * 1024 {
             return Err(ApiError::too_slow(format!(
-                "upload too slow: {} bytes in {secs} s",
-                self.size
+                "upload too slow: {size} bytes in {secs} s"
             )));
         }
-        self.hasher.update(data);
-        self.file.write_all(data).await.map_err(ApiError::internal)
+        self.blob.write(data).await.map_err(ApiError::internal)
     }
 
     /// The temp file (complete once [`Spool::flush`] returned).
     pub(super) fn path(&self) -> &std::path::Path {
-        &self.path
+        self.blob.path()
     }
 
     /// Makes everything written durable in the temp file.
     pub(super) async fn flush(&mut self) -> ApiResult<()> {
-        self.file.flush().await.map_err(ApiError::internal)?;
-        self.file.sync_all().await.map_err(ApiError::internal)
+        self.blob.flush().await.map_err(ApiError::internal)
     }
 
-    /// Moves the content to its content-addressed place; returns (sha256, size).
-    pub(super) async fn finish(mut self, hub: &Hub) -> ApiResult<(String, u64)> {
-        self.flush().await?;
-        let sha = hex::encode(self.hasher.finalize_reset());
-        let dest = hub.blob_dir.join(&sha);
-        if tokio::fs::metadata(&dest).await.is_ok() {
-            let _ = tokio::fs::remove_file(&self.path).await;
-        } else {
-            tokio::fs::rename(&self.path, &dest)
-                .await
-                .map_err(ApiError::internal)?;
-        }
-        Ok((sha, self.size))
+    /// Stores the content as a blob; returns (sha256, size).
+    pub(super) async fn finish(self, hub: &Hub) -> ApiResult<(String, u64)> {
+        hub.blobs
+            .commit(self.blob)
+            .await
+            .map_err(ApiError::internal)
     }
 
     pub(super) async fn discard(self) {
-        let _ = tokio::fs::remove_file(&self.path).await;
+        self.blob.discard().await;
     }
 }
 
@@ -280,8 +260,9 @@ pub async fn download(hub: &Arc<Hub>, req: Req, id: &str) -> ApiResult<Response>
         file.filter(|f| caller.can_see(&f.owner))
             .ok_or_else(|| ApiError::not_found("file not found"))?
     };
-    let path = hub.blob_dir.join(&file.sha256);
-    let f = tokio::fs::File::open(&path)
+    let f = hub
+        .blobs
+        .open(&file.sha256)
         .await
         .map_err(|_| ApiError::not_found("file content missing"))?;
     let stream = tokio_util::io::ReaderStream::new(f);

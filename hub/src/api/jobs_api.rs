@@ -17,7 +17,7 @@ use crate::store::JobQuery;
 pub async fn submit(hub: &Arc<Hub>, mut req: Req) -> ApiResult<Response> {
     let caller = user(hub, &req)?;
     let body: SubmitRequest = read_json(&mut req, hub.config.max_json_bytes).await?;
-    let job_id = jobs::submit(hub, &caller, body, false).await?;
+    let job_id = jobs::submit::submit(hub, &caller, body).await?;
     Ok(json_status(&SubmitResponse { job_id }, StatusCode::CREATED))
 }
 
@@ -27,8 +27,8 @@ pub async fn status(hub: &Arc<Hub>, req: Req) -> ApiResult<Response> {
     let id = req
         .param("jobId")
         .ok_or_else(|| ApiError::bad_request("jobId query parameter required"))?;
-    let job = jobs::visible_job(hub, &caller, &id).await?;
-    Ok(json(&jobs::view(hub, &job).await?))
+    let job = jobs::views::visible_job(hub, &caller, &id).await?;
+    Ok(json(&jobs::views::view(hub, &job).await?))
 }
 
 /// `GET /api/jobs/list?status=&limit=&cursor=&q=`: newest first.
@@ -71,7 +71,7 @@ pub async fn list(hub: &Arc<Hub>, req: Req) -> ApiResult<Response> {
         })
         .await?;
     let more = jobs.len() > limit;
-    let page: Vec<_> = jobs.iter().take(limit).map(jobs::summary).collect();
+    let page: Vec<_> = jobs.iter().take(limit).map(jobs::views::summary).collect();
     let next_cursor = if more {
         page.last().map(|j| j.job_id.clone())
     } else {
@@ -88,7 +88,7 @@ pub async fn list(hub: &Arc<Hub>, req: Req) -> ApiResult<Response> {
 pub async fn cancel(hub: &Arc<Hub>, mut req: Req) -> ApiResult<Response> {
     let caller = user(hub, &req)?;
     let body: CancelRequest = read_json(&mut req, hub.config.max_json_bytes).await?;
-    let job = jobs::cancel(hub, &caller, &body.job_id).await?;
+    let job = jobs::lifecycle::cancel(hub, &caller, &body.job_id).await?;
     Ok(json(&serde_json::json!({
         "success": true,
         "jobId": job.id,
@@ -103,7 +103,7 @@ pub async fn cancel(hub: &Arc<Hub>, mut req: Req) -> ApiResult<Response> {
 /// streams from the store a page at a time as the client reads it, with its `Content-Length`.
 pub async fn output(hub: &Arc<Hub>, req: Req, id: &str) -> ApiResult<Response> {
     let caller = user(hub, &req)?;
-    let job = jobs::visible_job(hub, &caller, id).await?;
+    let job = jobs::views::visible_job(hub, &caller, id).await?;
     let offset = match req.param("offset") {
         Some(o) => o
             .parse::<u64>()

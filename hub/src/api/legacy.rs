@@ -18,7 +18,9 @@ use super::{Req, json, json_status, read_json, user, worker};
 use crate::Hub;
 use crate::auth::WorkerCred;
 use crate::error::{ApiError, ApiResult};
-use crate::jobs::{self, FinishReport};
+use crate::jobs::dispatcher::claim_legacy;
+use crate::jobs::lifecycle::{self, FinishReport};
+use crate::jobs::submit::submit_legacy;
 use crate::store::{JobRecord, WorkerRecord, now_ms};
 
 /// Checks that a legacy worker's credential may register, poll or heartbeat as `worker_id`.
@@ -165,7 +167,7 @@ pub async fn get_job(hub: &Arc<Hub>, req: Req) -> ApiResult<Response> {
         hub.dispatch
             .legacy_seen(Some(rec), &worker_id, &cred.token_id());
     }
-    let Some(job) = jobs::claim_legacy(hub, &worker_id, &cred.token_id()).await? else {
+    let Some(job) = claim_legacy(hub, &worker_id, &cred.token_id()).await? else {
         return Ok(json_status(
             &LegacyGetJob {
                 success: false,
@@ -185,7 +187,10 @@ pub async fn get_job(hub: &Arc<Hub>, req: Req) -> ApiResult<Response> {
         absolute_url(
             hub,
             &req,
-            &format!("/api/files/download/{}?workerId={worker}", f.file_id),
+            &format!(
+                "{}?workerId={worker}",
+                crate::urls::download_path(&f.file_id)
+            ),
         )
     });
     let timeout_ms = job.timeout_secs * 1000;
@@ -236,13 +241,11 @@ pub async fn stream_output(hub: &Arc<Hub>, mut req: Req) -> ApiResult<Response> 
         Some("stderr") => StreamKind::Stderr,
         _ => StreamKind::Stdout,
     };
-    jobs::append_output(
+    lifecycle::append_legacy_output(
         hub,
         &worker_id,
         &cred.token_id(),
         &job.id,
-        None,
-        None,
         stream,
         body.data.into_bytes(),
     )
@@ -289,30 +292,18 @@ async fn reconcile_output(
         |got: &[u8], want: &Option<Vec<u8>>| want.as_ref().is_none_or(|w| w.starts_with(got));
     if !(prefix_ok(&got_out, &want_out) && prefix_ok(&got_err, &want_err)) {
         // Replace: drop what was streamed, write the result.
-        let live = hub.relay.live(&job.id);
-        let mut st = live.state.lock().await;
-        if st.loaded {
-            hub.store
-                .delete_chunks_before(&job.id, st.next_index)
-                .await?;
-            st.first_index = st.next_index;
-            st.first_offset = st.end_offset;
-            st.lines = 0;
-        }
-        drop(st);
+        lifecycle::clear_legacy_output(hub, worker_id, token_id, &job.id).await?;
         for (stream, want) in [
             (StreamKind::Stdout, want_out),
             (StreamKind::Stderr, want_err),
         ] {
             if let Some(w) = want {
                 for piece in w.chunks(32 * 1024) {
-                    jobs::append_output(
+                    lifecycle::append_legacy_output(
                         hub,
                         worker_id,
                         token_id,
                         &job.id,
-                        None,
-                        None,
                         stream,
                         piece.to_vec(),
                     )
@@ -328,13 +319,11 @@ async fn reconcile_output(
     ] {
         if let Some(w) = want {
             for piece in w[got.len()..].chunks(32 * 1024) {
-                jobs::append_output(
+                lifecycle::append_legacy_output(
                     hub,
                     worker_id,
                     token_id,
                     &job.id,
-                    None,
-                    None,
                     stream,
                     piece.to_vec(),
                 )
@@ -375,7 +364,7 @@ pub async fn submit_result(hub: &Arc<Hub>, mut req: Req) -> ApiResult<Response> 
             .unwrap_or(0),
         ..Outcome::default()
     };
-    let done = jobs::finish(
+    let done = lifecycle::finish(
         hub,
         &worker_id,
         &token_id,
@@ -408,7 +397,7 @@ pub async fn submit_error(hub: &Arc<Hub>, mut req: Req) -> ApiResult<Response> {
         ),
         ..Outcome::default()
     };
-    let done = jobs::finish(
+    let done = lifecycle::finish(
         hub,
         &worker_id,
         &cred.token_id(),
@@ -435,7 +424,7 @@ pub async fn create(hub: &Arc<Hub>, mut req: Req) -> ApiResult<Response> {
         timeout: body.timeout_ms.map(|ms| ms.div_ceil(1000).max(1)),
         ..SubmitRequest::default()
     };
-    let job_id = jobs::submit(hub, &caller, submit, true).await?;
+    let job_id = submit_legacy(hub, &caller, submit).await?;
     Ok(json_status(
         &serde_json::json!({"success": true, "jobId": job_id}),
         StatusCode::CREATED,
@@ -468,7 +457,7 @@ pub async fn execute(hub: &Arc<Hub>, mut req: Req) -> ApiResult<Response> {
         timeout,
         ..SubmitRequest::default()
     };
-    let job_id = jobs::submit(hub, &caller, submit, true).await?;
+    let job_id = submit_legacy(hub, &caller, submit).await?;
     Ok(json_status(
         &serde_json::json!({"success": true, "jobId": job_id, "fileId": file.id}),
         StatusCode::CREATED,

@@ -148,14 +148,7 @@ pub fn routes(
                     let started = std::time::Instant::now();
                     let mut resp = match dispatch(&hub, req).await {
                         Ok(r) => r,
-                        Err(e) => {
-                            if e.status == StatusCode::TOO_MANY_REQUESTS {
-                                hub.counters
-                                    .rate_limited
-                                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            }
-                            e.into_response()
-                        }
+                        Err(e) => e.into_response(),
                     };
                     let verdict = *rate.lock().unwrap_or_else(|p| p.into_inner());
                     if let Some(v) = verdict {
@@ -213,7 +206,7 @@ async fn dispatch(hub: &Arc<Hub>, req: Req) -> ApiResult<Response> {
         }
         (&M::POST, ["api", "admin", "janitor"]) => {
             admin(hub, &req).await?;
-            Ok(json(&crate::jobs::janitor_pass(hub).await?))
+            Ok(json(&crate::jobs::janitor::janitor_pass(hub).await?))
         }
         // files
         (&M::POST, ["api", "files", "upload"]) => files::upload(hub, req).await,
@@ -488,7 +481,7 @@ pub fn user(hub: &Hub, req: &Req) -> ApiResult<Caller> {
         .ok_or_else(|| {
             ApiError::unauthorized("sign in first (missing bearer token or session cookie)")
         })
-        .and_then(|token| hub.auth.verify_session(token));
+        .and_then(|token| hub.auth.verify_session(token).map_err(ApiError::from));
     match verified {
         Ok(caller) => {
             charge(hub, req, Principal::User(caller.user_id.clone()), group)?;
@@ -507,7 +500,10 @@ pub fn user(hub: &Hub, req: &Req) -> ApiResult<Caller> {
 pub fn charge(hub: &Hub, req: &Req, who: Principal, group: Group) -> ApiResult<()> {
     let (verdict, result) = match hub.limiter.check(&who, group) {
         Ok(v) => (v, Ok(())),
-        Err((e, v)) => (Some(v), Err(e)),
+        Err(refused) => (
+            Some(refused.verdict),
+            Err(ApiError::rate_limited(refused.retry_after)),
+        ),
     };
     *req.rate.lock().unwrap_or_else(|p| p.into_inner()) = verdict;
     result
@@ -572,7 +568,7 @@ pub async fn worker(hub: &Hub, req: &Req) -> ApiResult<WorkerCred> {
                 } else if hub.auth.open_cidr_allows(req.ip) {
                     Ok(WorkerCred::OpenCidr)
                 } else {
-                    Err(e)
+                    Err(e.into())
                 }
             }
         },

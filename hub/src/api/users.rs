@@ -167,7 +167,7 @@ pub async fn client_socket(hub: &Arc<Hub>, mut req: Req) -> ApiResult<Response> 
         .ok_or_else(|| ApiError::bad_request("connection cannot be upgraded"))?;
     let hub2 = hub.clone();
     let max = hub.config.max_ws_message_bytes.min(64 * 1024);
-    tokio::spawn(async move {
+    hub.tasks.spawn(async move {
         if let Some(ws) = crate::ws::accept(on_upgrade, max, 32 * 1024).await {
             crate::ws_client::session(hub2, ws, caller).await;
         }

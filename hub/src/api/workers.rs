@@ -34,7 +34,7 @@ pub async fn agent_socket(hub: &Arc<Hub>, mut req: Req) -> ApiResult<Response> {
         .ok_or_else(|| ApiError::bad_request("connection cannot be upgraded"))?;
     let hub2 = hub.clone();
     let max = hub.config.max_ws_message_bytes;
-    tokio::spawn(async move {
+    hub.tasks.spawn(async move {
         if let Some(ws) = crate::ws::accept(on_upgrade, max, 8 * 1024).await {
             crate::ws_agent::session(hub2, ws, token_id).await;
         }
@@ -48,7 +48,7 @@ pub async fn list(hub: &Arc<Hub>, req: Req) -> ApiResult<Response> {
     let caller = user(hub, &req)?;
     let mut workers = Vec::new();
     for v in hub.dispatch.views(hub.config.legacy_offline_secs * 1000) {
-        workers.push(crate::jobs::worker_view_for(hub, &caller, v).await);
+        workers.push(crate::jobs::views::worker_view_for(hub, &caller, v).await);
     }
     Ok(json(&WorkerList { workers }))
 }
@@ -181,7 +181,7 @@ pub async fn drain(hub: &Arc<Hub>, req: Req, id: &str) -> ApiResult<Response> {
 /// `DELETE /api/workers/{id}` (admin): forgets a worker; its jobs are requeued.
 pub async fn delete(hub: &Arc<Hub>, req: Req, id: &str) -> ApiResult<Response> {
     admin(hub, &req).await?;
-    crate::jobs::expire_worker_jobs(hub, id, "worker deleted").await;
+    crate::jobs::liveness::expire_worker_jobs(hub, id, "worker deleted").await;
     if let Some(conn) = hub.dispatch.conn(id) {
         conn.kick.cancel();
     }

@@ -1,7 +1,7 @@
 //! Decoded job records, keyed by id and checked against the stored bytes.
 //!
-//! Every job read or update used to parse the record's JSON (a tenth of the hub's CPU under
-//! status polls and again under dispatch). The cache keeps the decoded record beside the exact
+//! Parsing a record's JSON on every job read or update costs a tenth of the hub's CPU under
+//! status polls, and again under dispatch. The cache keeps the decoded record beside the exact
 //! bytes it came from; a lookup hands it out only when the caller's freshly read bytes are the
 //! same, so a stale entry is never used, only missed. There is nothing to invalidate: a write
 //! through any path changes the bytes.

@@ -79,7 +79,8 @@ pub trait Store: Send + Sync + 'static {
     /// the call is.
     fn export_records(&self, out: &mut dyn std::io::Write) -> StoreResult<u64>;
 
-    /// Inserts a new job (and its queue entry when `queue_seq` is set, and the owner index).
+    /// Inserts a new job and its owner index entry (a queued job is found again by its record
+    /// and `queue_seq`: there is no queue index in the store).
     async fn insert_job(&self, job: &JobRecord) -> StoreResult<()>;
     /// Reads a job.
     async fn get_job(&self, id: &str) -> StoreResult<Option<JobRecord>>;
@@ -147,7 +148,7 @@ pub trait Store: Send + Sync + 'static {
     async fn all_files(&self) -> StoreResult<Vec<FileRecord>>;
     /// Deletes a file record (not its content).
     async fn delete_file(&self, id: &str) -> StoreResult<()>;
-    /// Deletes a job, its owner index entry, queue entry and output; returns output bytes freed.
+    /// Deletes a job, its owner index entry and its output; returns output bytes freed.
     async fn delete_job(&self, id: &str) -> StoreResult<u64>;
 
     /// Stores a worker record.

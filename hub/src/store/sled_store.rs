@@ -17,7 +17,7 @@
 //! Group commit: one thread owns `Db::flush()`. [`Store::sync`] enqueues a waiter; the thread
 //! takes every waiter queued so far, flushes once, and wakes them all. A waiter queued during a
 //! flush waits for the next one, so every write applied before `sync` was called is covered.
-//! (`flush_async` deadlocks under concurrency on sled 0.34; see PLATFORM-NOTES.md.)
+//! (sled's own `flush_async` is not an option: on sled 0.34 concurrent calls of it deadlock.)
 
 use std::path::Path;
 use std::sync::mpsc as std_mpsc;
@@ -28,7 +28,12 @@ use tokio::sync::oneshot;
 
 use super::*;
 
-type Waiter = oneshot::Sender<StoreResult<()>>;
+mod background;
+#[cfg(test)]
+mod tests;
+mod transfer;
+
+use background::{LockRelease, Waiter, group_commit};
 
 /// sled-backed [`Store`].
 pub struct SledStore {
@@ -41,6 +46,9 @@ pub struct SledStore {
     workers: Tree,
     meta: Tree,
     flush_tx: std_mpsc::Sender<Waiter>,
+    /// The group-commit thread, joined on drop: it holds the database (and so its lock file)
+    /// until it has seen the last sender go.
+    flusher: Option<std::thread::JoinHandle<()>>,
     flush_hist: Option<FlushObserver>,
     /// Decoded job records (see `cache.rs`).
     records: super::cache::RecordCache,
@@ -50,6 +58,9 @@ pub struct SledStore {
     /// Job records stored: counted once at open (sled's `len` walks the whole tree), then kept
     /// by `insert_job` and `delete_job`, so `/metrics` never costs O(jobs).
     job_total: std::sync::atomic::AtomicU64,
+    /// Declared last, so it drops after every handle above: waits until sled let go of the
+    /// folder.
+    _released: LockRelease,
 }
 
 /// Trees a backup carries, in the order they are written.
@@ -153,7 +164,7 @@ impl SledStore {
         let (flush_tx, flush_rx) = std_mpsc::channel::<Waiter>();
         let flusher_db = db.clone();
         let obs = observer.clone();
-        std::thread::Builder::new()
+        let flusher = std::thread::Builder::new()
             .name("cmdx-group-commit".into())
             .spawn(move || group_commit(flusher_db, flush_rx, obs))
             .map_err(|e| StoreError::Backend {
@@ -174,8 +185,10 @@ impl SledStore {
             seq_floor: std::sync::atomic::AtomicU64::new(0),
             db,
             flush_tx,
+            flusher: Some(flusher),
             flush_hist: observer,
             records: super::cache::RecordCache::new(RECORD_CACHE),
+            _released: LockRelease(dir.join("db")),
         })
     }
 
@@ -205,32 +218,15 @@ impl SledStore {
 }
 
 impl Drop for SledStore {
+    /// Flushes, then ends the group-commit thread and waits for it, so that once the store is
+    /// dropped the data folder can be opened again at once (sled locks it while any handle
+    /// lives).
     fn drop(&mut self) {
         let _ = self.db.flush();
         let _ = &self.flush_hist;
-    }
-}
-
-fn group_commit(db: sled::Db, rx: std_mpsc::Receiver<Waiter>, observer: Option<FlushObserver>) {
-    while let Ok(first) = rx.recv() {
-        let mut waiters = vec![first];
-        while let Ok(w) = rx.try_recv() {
-            waiters.push(w);
-        }
-        let started = std::time::Instant::now();
-        let result = db.flush().map(|_| ());
-        if let Some(obs) = &observer {
-            obs(started.elapsed(), waiters.len());
-        }
-        for w in waiters {
-            let r = match &result {
-                Ok(()) => Ok(()),
-                Err(e) => Err(StoreError::Backend {
-                    op: "flush",
-                    message: e.to_string(),
-                }),
-            };
-            let _ = w.send(r);
+        drop(std::mem::replace(&mut self.flush_tx, std_mpsc::channel().0));
+        if let Some(flusher) = self.flusher.take() {
+            let _ = flusher.join();
         }
     }
 }
@@ -273,25 +269,7 @@ impl Store for SledStore {
     }
 
     fn export_records(&self, out: &mut dyn std::io::Write) -> StoreResult<u64> {
-        let io = |e: std::io::Error| StoreError::Backend {
-            op: "export",
-            message: e.to_string(),
-        };
-        let mut n = 0;
-        for name in TREES {
-            let tree = self.db.open_tree(name).map_err(backend("export"))?;
-            for item in tree.iter() {
-                let (k, v) = item.map_err(backend("export"))?;
-                out.write_all(&[name.len() as u8]).map_err(io)?;
-                out.write_all(name.as_bytes()).map_err(io)?;
-                out.write_all(&(k.len() as u32).to_be_bytes()).map_err(io)?;
-                out.write_all(&k).map_err(io)?;
-                out.write_all(&(v.len() as u32).to_be_bytes()).map_err(io)?;
-                out.write_all(&v).map_err(io)?;
-                n += 1;
-            }
-        }
-        Ok(n)
+        transfer::export(&self.db, out)
     }
 
     async fn insert_job(&self, job: &JobRecord) -> StoreResult<()> {
@@ -707,256 +685,5 @@ impl Store for SledStore {
             Some(v) => Ok(Some(decode(key.as_bytes(), &v)?)),
             None => Ok(None),
         }
-    }
-}
-
-impl SledStore {
-    /// Loads a record stream written by [`Store::export_records`] into a new store at `dir`
-    /// (which must not hold one); returns the number of records.
-    pub fn import_records(dir: &Path, input: &mut dyn std::io::Read) -> StoreResult<u64> {
-        let io = |e: std::io::Error| StoreError::Backend {
-            op: "import",
-            message: e.to_string(),
-        };
-        if dir.exists() && std::fs::read_dir(dir).map_err(io)?.next().is_some() {
-            return Err(StoreError::Conflict(format!(
-                "{} already holds a store",
-                dir.display()
-            )));
-        }
-        let db = sled::Config::new()
-            .path(dir)
-            .open()
-            .map_err(backend("import open"))?;
-        let mut n = 0;
-        loop {
-            let mut len = [0u8; 1];
-            match input.read_exact(&mut len) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
-                Err(e) => return Err(io(e)),
-            }
-            let mut name = vec![0u8; len[0] as usize];
-            input.read_exact(&mut name).map_err(io)?;
-            let name = String::from_utf8(name).map_err(|e| corrupt(b"backup", e))?;
-            let retired = RETIRED_TREES.contains(&name.as_str());
-            if !retired && !TREES.contains(&name.as_str()) {
-                return Err(corrupt(b"backup", format!("unknown tree {name}")));
-            }
-            let mut read_blob = || -> StoreResult<Vec<u8>> {
-                let mut l = [0u8; 4];
-                input.read_exact(&mut l).map_err(io)?;
-                let mut b = vec![0u8; u32::from_be_bytes(l) as usize];
-                input.read_exact(&mut b).map_err(io)?;
-                Ok(b)
-            };
-            let k = read_blob()?;
-            let v = read_blob()?;
-            if retired {
-                continue;
-            }
-            db.open_tree(&name)
-                .map_err(backend("import"))?
-                .insert(k, v)
-                .map_err(backend("import"))?;
-            n += 1;
-        }
-        db.flush().map_err(backend("import flush"))?;
-        Ok(n)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn queued_job(id: &str, seq: u64) -> JobRecord {
-        let raw = format!(
-            r#"{{"v":1,"id":"{id}","owner":"u1","command":"true","file":null,"timeout_secs":600,
-            "tags":[],"env":{{}},"max_attempts":3,"status":"queued","attempt":0,
-            "queue_seq":{seq},"worker_id":null,"token_id":null,"legacy":false,"created_ms":1,
-            "assigned_ms":null,"started_ms":null,"completed_ms":null,"cancel_requested":false,
-            "outcome":null,"failure":null,"error":null,"output":{{"first_index":0,
-            "first_offset":0,"truncated":false,"total_bytes":0,"lines":0}},"attempts":[]}}"#
-        );
-        serde_json::from_str(&raw).expect("job record")
-    }
-
-    /// `(queue_seq, id)` of every queued job, in queue order: what recovery rebuilds.
-    async fn queued(store: &SledStore) -> Vec<(u64, String)> {
-        let mut out: Vec<(u64, String)> = store
-            .unfinished_jobs()
-            .await
-            .expect("scan")
-            .into_iter()
-            .filter(|j| j.status == cmdx_proto::JobStatus::Queued)
-            .filter_map(|j| j.queue_seq.map(|s| (s, j.id)))
-            .collect();
-        out.sort();
-        out
-    }
-
-    /// `job_count` is a counter (a scrape of `/metrics` must not walk the jobs tree): it follows
-    /// inserts, re-inserts, deletes and deletes of missing ids (the count at open is checked by
-    /// the import test below).
-    #[tokio::test]
-    async fn the_job_count_is_kept_not_scanned() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = SledStore::open(dir.path(), 8 << 20).expect("store");
-        for (i, id) in ["a", "b", "c"].iter().enumerate() {
-            store
-                .insert_job(&queued_job(id, i as u64))
-                .await
-                .expect("insert");
-        }
-        store
-            .insert_job(&queued_job("a", 9))
-            .await
-            .expect("re-insert");
-        assert_eq!(store.job_count().await.unwrap(), 3);
-        store.delete_job("b").await.expect("delete");
-        store.delete_job("missing").await.expect("delete missing");
-        assert_eq!(store.job_count().await.unwrap(), 2);
-        store.ping().await.expect("ping");
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn concurrent_updates_are_not_lost_and_queue_moves_stay_in_the_record() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = std::sync::Arc::new(SledStore::open(dir.path(), 8 << 20).expect("store"));
-        store
-            .insert_job(&queued_job("j1", 5))
-            .await
-            .expect("insert");
-        // Single-key updates (compare-and-swap, retried) from several threads at once.
-        let mut tasks = Vec::new();
-        for _ in 0..8 {
-            let store = store.clone();
-            tasks.push(tokio::spawn(async move {
-                for _ in 0..50 {
-                    store
-                        .update_job("j1", &|j: &mut JobRecord| {
-                            j.rejections += 1;
-                            Ok(())
-                        })
-                        .await
-                        .expect("update");
-                }
-            }));
-        }
-        for t in tasks {
-            t.await.expect("task");
-        }
-        let job = store.get_job("j1").await.expect("get").expect("job");
-        assert_eq!(job.rejections, 400, "no update lost");
-        assert_eq!(queued(&store).await, vec![(5, "j1".into())]);
-        // A failed update changes nothing.
-        let failed = store
-            .update_job("j1", &|j: &mut JobRecord| {
-                j.rejections = 0;
-                Err(StoreError::Conflict("no".into()))
-            })
-            .await;
-        assert!(matches!(failed, Err(StoreError::Conflict(_))));
-        // Leaving and re-entering the queue moves the index entry with the record.
-        store
-            .update_job("j1", &|j: &mut JobRecord| {
-                j.queue_seq = None;
-                j.status = cmdx_proto::JobStatus::Assigned;
-                Ok(())
-            })
-            .await
-            .expect("claim");
-        assert!(queued(&store).await.is_empty());
-        store
-            .update_job("j1", &|j: &mut JobRecord| {
-                j.queue_seq = Some(9);
-                j.status = cmdx_proto::JobStatus::Queued;
-                Ok(())
-            })
-            .await
-            .expect("requeue");
-        assert_eq!(queued(&store).await, vec![(9, "j1".into())]);
-        let job = store.get_job("j1").await.expect("get").expect("job");
-        assert_eq!((job.rejections, job.queue_seq), (400, Some(9)));
-        assert!(matches!(
-            store.update_job("nope", &|_: &mut JobRecord| Ok(())).await,
-            Err(StoreError::NotFound(_))
-        ));
-    }
-
-    #[tokio::test]
-    async fn a_backup_from_before_the_queue_tree_was_retired_still_imports() {
-        let src = tempfile::tempdir().expect("tempdir");
-        let store = SledStore::open(src.path(), 8 << 20).expect("store");
-        store
-            .insert_job(&queued_job("q1", 7))
-            .await
-            .expect("insert");
-        let mut stream = Vec::new();
-        let n = store.export_records(&mut stream).expect("export");
-        drop(store);
-        // What an older hub also wrote: the queue index entry of that job.
-        let (name, k, v) = ("queue", 7u64.to_be_bytes(), b"q1");
-        stream.push(name.len() as u8);
-        stream.extend_from_slice(name.as_bytes());
-        stream.extend_from_slice(&(k.len() as u32).to_be_bytes());
-        stream.extend_from_slice(&k);
-        stream.extend_from_slice(&(v.len() as u32).to_be_bytes());
-        stream.extend_from_slice(v);
-        let dst = tempfile::tempdir().expect("tempdir");
-        let imported = SledStore::import_records(&dst.path().join("db"), &mut stream.as_slice())
-            .expect("import");
-        assert_eq!(imported, n, "the retired tree's record is read and dropped");
-        // A data folder an older hub left behind still has the tree: opening drops it.
-        {
-            let raw = sled::open(dst.path().join("db")).expect("raw open");
-            let queue = raw.open_tree("queue").expect("queue tree");
-            queue
-                .insert(7u64.to_be_bytes(), &b"q1"[..])
-                .expect("queue entry");
-            raw.flush().expect("flush");
-        }
-        let restored = SledStore::open(&dst.path().join("db"), 8 << 20).expect("open");
-        assert_eq!(queued(&restored).await, vec![(7, "q1".into())]);
-        assert_eq!(restored.job_count().await.unwrap(), 1, "counted at open");
-        assert!(
-            !restored
-                .db
-                .tree_names()
-                .iter()
-                .any(|t| t.as_ref() == b"queue"),
-            "no queue tree after open"
-        );
-    }
-
-    #[tokio::test]
-    async fn a_batch_applies_each_update_and_reports_each_refusal() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = SledStore::open(dir.path(), 8 << 20).expect("store");
-        store.insert_job(&queued_job("a", 1)).await.expect("a");
-        store.insert_job(&queued_job("b", 2)).await.expect("b");
-        let ids = ["a".to_string(), "b".to_string(), "gone".to_string()];
-        let results = store
-            .update_jobs(&ids, &|i: usize, j: &mut JobRecord| {
-                if i == 1 {
-                    return Err(StoreError::Conflict("not this one".into()));
-                }
-                j.queue_seq = None;
-                j.attempt += 1;
-                Ok(())
-            })
-            .await
-            .expect("batch");
-        assert!(matches!(&results[0], Ok(j) if j.attempt == 1 && j.queue_seq.is_none()));
-        assert!(matches!(&results[1], Err(StoreError::Conflict(_))));
-        assert!(matches!(&results[2], Err(StoreError::NotFound(_))));
-        assert_eq!(queued(&store).await, vec![(2, "b".into())]);
-        let b = store.get_job("b").await.expect("get").expect("b");
-        assert_eq!(
-            (b.attempt, b.queue_seq),
-            (0, Some(2)),
-            "a refused update changes nothing"
-        );
     }
 }

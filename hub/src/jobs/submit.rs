@@ -1,0 +1,146 @@
+//! A submission: checked against the hub's limits, stored as a queued job, indexed for the
+//! dispatcher and acknowledged once durable.
+
+use std::sync::atomic::Ordering;
+
+use cmdx_proto::rest::SubmitRequest;
+
+use super::record::NewJob;
+use super::{LifecycleError, LifecycleResult};
+use crate::Hub;
+use crate::auth::Caller;
+use crate::store::{FileRef, JobRecord, new_id, now_ms};
+
+/// Accepts a submission; returns the job id once it is durable.
+pub async fn submit(hub: &Hub, caller: &Caller, req: SubmitRequest) -> LifecycleResult<String> {
+    accept(hub, caller, req, false).await
+}
+
+/// Accepts a submission from the original system's submitters (`/api/jobs/create`,
+/// `/api/execute`): the job record says it came in through a legacy route.
+pub async fn submit_legacy(
+    hub: &Hub,
+    caller: &Caller,
+    req: SubmitRequest,
+) -> LifecycleResult<String> {
+    accept(hub, caller, req, true).await
+}
+
+async fn accept(
+    hub: &Hub,
+    caller: &Caller,
+    req: SubmitRequest,
+    legacy: bool,
+) -> LifecycleResult<String> {
+    if hub.draining.load(Ordering::SeqCst) {
+        return Err(LifecycleError::Unavailable("hub is shutting down"));
+    }
+    if req.command.trim().is_empty() {
+        return Err(invalid("command must not be empty"));
+    }
+    if req.command.len() > 64 * 1024 {
+        return Err(invalid("command longer than 64 KiB"));
+    }
+    let timeout = req.timeout.unwrap_or(hub.config.default_timeout_secs);
+    if timeout == 0 || timeout > hub.config.max_timeout_secs {
+        return Err(invalid(format!(
+            "timeout must be between 1 and {} seconds",
+            hub.config.max_timeout_secs
+        )));
+    }
+    let max_attempts = req.max_attempts.unwrap_or(hub.config.default_max_attempts);
+    if max_attempts == 0 || max_attempts > hub.config.max_attempts_limit {
+        return Err(invalid(format!(
+            "maxAttempts must be between 1 and {}",
+            hub.config.max_attempts_limit
+        )));
+    }
+    if req.tags.len() > 32 || req.tags.iter().any(|t| t.len() > 64) {
+        return Err(invalid("at most 32 tags of 64 bytes"));
+    }
+    if req.env.len() > 128
+        || req.env.iter().any(|(k, v)| {
+            k.is_empty()
+                || k.len() > 256
+                || v.len() > 32 * 1024
+                || k.contains('=')
+                || k.contains('\0')
+                || v.contains('\0')
+        })
+    {
+        return Err(invalid(
+            "env: at most 128 variables, names without '=' or NUL",
+        ));
+    }
+    let artifact_globs =
+        crate::artifacts::validate_globs(&req.artifacts).map_err(LifecycleError::Invalid)?;
+    let file_id =
+        match (&req.file_id, &req.file_url) {
+            (Some(id), _) => Some(id.clone()),
+            (None, Some(url)) => Some(crate::urls::file_id_from_url(url).ok_or_else(|| {
+                invalid("fileUrl must be a hub file URL (/api/files/download/ID)")
+            })?),
+            (None, None) => None,
+        };
+    let file = match file_id {
+        Some(id) => {
+            let mut f = hub
+                .store
+                .get_file(&id)
+                .await?
+                .filter(|f| caller.can_see(&f.owner))
+                .ok_or(LifecycleError::NotFound("file"))?;
+            f.last_used_ms = Some(now_ms());
+            hub.store.put_file(&f).await?;
+            Some(FileRef {
+                file_id: f.id,
+                sha256: f.sha256,
+                size: f.size,
+                filename: f.filename,
+            })
+        }
+        None => None,
+    };
+    let tags = sorted_tags(&req.tags);
+    let seq = hub.store.next_seq()?;
+    let new = NewJob {
+        id: new_id(),
+        owner: caller.user_id.clone(),
+        command: req.command,
+        file,
+        timeout_secs: timeout,
+        tags: tags.clone(),
+        env: req.env,
+        max_attempts,
+        legacy,
+        artifact_globs,
+    };
+    let job = JobRecord::queued(new, seq, now_ms());
+    hub.store.insert_job(&job).await?;
+    // The dispatcher may take the job before this submission's flush: its claim is a later write
+    // and it pushes the assignment only after a flush that started after the claim, which covers
+    // this insert as well. So the job is durable before any worker hears of it, while the
+    // submission and the claim share one flush instead of waiting for two in a row. (The event
+    // goes out first so that watchers never see `queued` after `assigned`.)
+    hub.publish(&job);
+    hub.dispatch.enqueue(seq, &job.id, &tags);
+    hub.store.sync().await?;
+    metrics::counter!("cmdx_jobs_submitted_total").increment(1);
+    tracing::info!(job_id = %job.id, owner = %job.owner, "job submitted");
+    Ok(job.id)
+}
+
+fn sorted_tags(tags: &[String]) -> Vec<String> {
+    let mut t: Vec<String> = tags
+        .iter()
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty())
+        .collect();
+    t.sort();
+    t.dedup();
+    t
+}
+
+fn invalid(message: impl Into<String>) -> LifecycleError {
+    LifecycleError::Invalid(message.into())
+}
