@@ -142,6 +142,8 @@ async fn a_backup_from_before_the_queue_tree_was_retired_still_imports() {
     assert_eq!(imported, n, "the retired tree's record is read and dropped");
     // A data folder an older hub left behind still has the tree: opening drops it.
     {
+        // Dropped after `raw`: waits until sled's IO pool let go of the folder's lock.
+        let _released = super::background::LockRelease(dst.path().join("db").join("db"));
         // No background flusher: it would hold the folder's lock a moment past the drop.
         let raw = sled::Config::new()
             .path(dst.path().join("db"))
