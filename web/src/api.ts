@@ -19,6 +19,8 @@ export class ApiError extends Error {
     readonly status: number,
     readonly code: string,
     message: string,
+    /** The hub's Retry-After, in seconds, when it sent one (429, 503). */
+    readonly retryAfterSecs?: number,
   ) {
     super(message);
     this.name = 'ApiError';
@@ -53,7 +55,8 @@ export function errorFrom(status: number, bodyText: string, retryAfter?: string 
     // not JSON: keep the fallback
   }
   if (status === 429 && retryAfter) message = `${message} (retry in ${retryAfter} s)`;
-  return new ApiError(status, code, capitalize(message));
+  const secs = retryAfter ? Number(retryAfter) : NaN;
+  return new ApiError(status, code, capitalize(message), Number.isFinite(secs) && secs >= 0 ? secs : undefined);
 }
 
 function capitalize(s: string): string {

@@ -3,6 +3,7 @@
 import { signal } from '@preact/signals';
 import { api, ApiError, setUnauthorizedHandler } from './api';
 import type { UserView } from './types';
+import { resolveSession } from './lib/session';
 import { hubSocket } from './ws';
 
 /** `undefined` while the first `GET /api/auth/me` runs, `null` when signed out. */
@@ -77,11 +78,13 @@ export async function loadSession(): Promise<void> {
     currentUser.value = null;
     return;
   }
-  try {
-    signedIn(await api.me());
-  } catch {
-    signedOut();
-  }
+  // Only a 401 signs out: a 429, a 5xx or a lost connection is asked again (lib/session.ts).
+  const user = await resolveSession(
+    () => api.me(),
+    (ms) => new Promise((resolve) => setTimeout(resolve, ms)),
+  );
+  if (user) signedIn(user);
+  else signedOut();
 }
 
 export async function signOut(): Promise<void> {
