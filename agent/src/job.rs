@@ -57,6 +57,8 @@ pub(crate) struct JobSettings {
     /// This agent's own cgroup group (`cmdx/<group>/<job>`), so a restarted agent can kill
     /// what a crashed one left without touching other agents' jobs.
     pub cgroup_group: String,
+    /// The threads that start jobs (see the `spawner` module).
+    pub spawner: crate::spawner::Spawner,
 }
 
 /// Starts the task for one accepted assignment. A panic in the task still reports a result.
@@ -197,7 +199,7 @@ async fn run(
             window,
             events: events.clone(),
         };
-        let mut outcome = runner::run(launch, sink, &mut ctl, start).await;
+        let mut outcome = runner::run(&settings.spawner, launch, sink, &mut ctl, start).await;
         if !a.artifacts.is_empty() {
             let dir = ws.dir.clone();
             outcome.artifacts_error =

@@ -52,6 +52,7 @@ mod host;
 mod job;
 mod output;
 mod runner;
+mod spawner;
 mod telemetry;
 mod uids;
 
@@ -233,6 +234,12 @@ pub async fn run(config: AgentConfig, control: watch::Receiver<Control>) -> Resu
         }),
         uid_base: uid_claim.as_ref().map(|c| c.base),
         cgroup_group: cgroup_group.clone(),
+        spawner: spawner::Spawner::new(config.concurrency, tokio::runtime::Handle::current())
+            .map_err(|source| AgentError::WorkDir {
+                op: "start the job starter threads for",
+                path: work_dir.to_path_buf(),
+                source,
+            })?,
     });
     let core = core::Core::new(
         core::CoreSettings {

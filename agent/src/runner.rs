@@ -45,6 +45,7 @@ pub(crate) struct Launch {
 
 /// Runs the command to its end and returns the outcome; output goes to `sink`.
 pub(crate) async fn run(
+    spawner: &crate::spawner::Spawner,
     launch: Launch,
     sink: OutputSink,
     ctl: &mut watch::Receiver<JobCtl>,
@@ -68,7 +69,7 @@ pub(crate) async fn run(
         root: launch.root,
     };
     let spawn_start = Instant::now();
-    let mut child = match cmdx_sandbox::spawn(&spec) {
+    let mut child = match spawner.spawn(spec).await {
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(error = %e, "sandbox refused to start the job");
