@@ -306,55 +306,47 @@ pub struct AgentArgs {
     metrics_listen: Option<SocketAddr>,
 }
 
-/// Serves `GET /metrics` (Prometheus text of this process's recorder) on `listener`: a
-/// deliberately tiny HTTP/1.0-style responder (one request per connection, 8 KiB request cap,
-/// 5 s to send it).
+/// Serves `GET /metrics` (Prometheus text of this process's recorder) on `listener` through
+/// hyper's HTTP/1 server; any other request is 404. One request per connection, at most 8 KiB of
+/// request head, received within 5 s.
 async fn serve_metrics(listener: tokio::net::TcpListener) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let Some(handle) = cmdx_hub::metrics::install() else {
         tracing::warn!("metrics recorder unavailable; --metrics-listen serves nothing");
         return;
     };
     loop {
-        let Ok((mut sock, _)) = listener.accept().await else {
+        let Ok((sock, _)) = listener.accept().await else {
             continue;
         };
         let handle = handle.clone();
-        tokio::spawn(async move {
-            let mut buf = vec![0u8; 8192];
-            let mut n = 0;
-            let read = tokio::time::timeout(Duration::from_secs(5), async {
-                while n < buf.len() {
-                    let m = sock.read(&mut buf[n..]).await.ok()?;
-                    if m == 0 {
-                        break;
-                    }
-                    n += m;
-                    if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
-                        break;
-                    }
-                }
-                Some(())
-            })
-            .await;
-            if read.is_err() {
-                return;
-            }
-            let head = String::from_utf8_lossy(&buf[..n]);
-            let (status, body) = if head.starts_with("GET /metrics ") {
-                ("200 OK", handle.render())
-            } else {
-                (
-                    "404 Not Found",
-                    "only GET /metrics is served here\n".to_string(),
-                )
-            };
-            let resp = format!(
-                "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
+        let service = hyper::service::service_fn(move |req: hyper::Request<_>| {
+            let (status, body) =
+                if req.method() == hyper::Method::GET && req.uri().path() == "/metrics" {
+                    (hyper::StatusCode::OK, handle.render())
+                } else {
+                    (
+                        hyper::StatusCode::NOT_FOUND,
+                        "only GET /metrics is served here\n".to_string(),
+                    )
+                };
+            let mut resp = hyper::Response::new(body);
+            *resp.status_mut() = status;
+            resp.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
             );
-            let _ = sock.write_all(resp.as_bytes()).await;
-            let _ = sock.shutdown().await;
+            std::future::ready(Ok::<_, std::convert::Infallible>(resp))
+        });
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(5))
+            .max_buf_size(8192)
+            .keep_alive(false)
+            .serve_connection(hyper_util::rt::TokioIo::new(sock), service);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "metrics connection");
+            }
         });
     }
 }
