@@ -6,6 +6,7 @@
 //! WebSocket protocols in `ws_agent` and `ws_client`.
 
 #![warn(missing_docs)]
+#![forbid(unsafe_code)]
 
 pub mod api;
 pub mod artifacts;
