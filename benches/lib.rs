@@ -4,6 +4,7 @@
 //! (`Dispatch::plan`), and output append with live fan-out to subscribers.
 
 #![warn(missing_docs)]
+#![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
 

@@ -151,8 +151,7 @@ impl HubProc {
     /// Sends SIGTERM without waiting.
     pub fn sigterm(&self) {
         if let Some(pid) = self.pid() {
-            // SAFETY: plain kill(2) on our own child's pid.
-            unsafe { libc_kill(pid as i32, 15) };
+            sigterm(pid);
         }
     }
 
@@ -184,10 +183,12 @@ impl HubProc {
             .stderr(Stdio::inherit())
             .kill_on_drop(true);
         if let Some(mask) = self.umask {
-            // SAFETY: umask(2) is async-signal-safe and touches nothing of the parent.
+            let mask = nix::sys::stat::Mode::from_bits_truncate(mask);
+            // SAFETY: the closure only calls umask(2), which is async-signal-safe and changes
+            // the child's mask alone.
             unsafe {
                 cmd.pre_exec(move || {
-                    libc_umask(mask);
+                    nix::sys::stat::umask(mask);
                     Ok(())
                 });
             }
@@ -230,8 +231,7 @@ impl HubProc {
     pub async fn terminate(&mut self) -> Option<i32> {
         let mut c = self.child.take()?;
         if let Some(pid) = c.id() {
-            // SAFETY: plain kill(2) on our own child's pid.
-            unsafe { libc_kill(pid as i32, 15) };
+            sigterm(pid);
         }
         c.wait().await.ok().and_then(|s| s.code())
     }
@@ -377,11 +377,14 @@ impl Drop for HubProc {
     }
 }
 
-unsafe extern "C" {
-    #[link_name = "kill"]
-    fn libc_kill(pid: i32, sig: i32) -> i32;
-    #[link_name = "umask"]
-    fn libc_umask(mask: u32) -> u32;
+/// Sends SIGTERM to our child `pid` (gone already: nothing to do).
+fn sigterm(pid: u32) {
+    if let Ok(pid) = i32::try_from(pid) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
 }
 
 /// A scripted worker speaking the agent protocol over a real WebSocket.
@@ -657,8 +660,7 @@ impl DevProc {
     /// SIGTERM and wait (at most [`WAIT`]); returns the exit code.
     pub async fn terminate(&mut self) -> Option<i32> {
         if let Some(pid) = self.child.id() {
-            // SAFETY: plain kill(2) on our own child's pid.
-            unsafe { libc_kill(pid as i32, 15) };
+            sigterm(pid);
         }
         tokio::time::timeout(WAIT, self.child.wait())
             .await
@@ -742,8 +744,7 @@ impl AgentProc {
     /// SIGTERM (drain: finish running jobs, then exit) and wait; returns the exit code.
     pub async fn terminate(&mut self) -> Option<i32> {
         if let Some(pid) = self.child.id() {
-            // SAFETY: plain kill(2) on our own child's pid.
-            unsafe { libc_kill(pid as i32, 15) };
+            sigterm(pid);
         }
         self.wait_exit().await
     }

@@ -39,6 +39,7 @@
 //! (details in the `telemetry` module).
 
 #![warn(missing_docs)]
+#![deny(unsafe_code)]
 
 mod collect;
 mod config;
@@ -316,7 +317,6 @@ const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// process dies, even by `kill -9`, and every child sharing it has exec'd or exited); fails if
 /// another agent still holds it after `wait`.
 async fn lock_work_dir(work_dir: &Path, wait: std::time::Duration) -> Result<fs::File, AgentError> {
-    use std::os::fd::AsRawFd as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     let path = work_dir.join("agent.lock");
     let file = fs::OpenOptions::new()
@@ -333,9 +333,8 @@ async fn lock_work_dir(work_dir: &Path, wait: std::time::Duration) -> Result<fs:
         })?;
     let until = tokio::time::Instant::now() + wait;
     loop {
-        // SAFETY: flock(2) on a file descriptor owned by `file`, which outlives the call.
-        let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if r == 0 {
+        // flock(2) on Linux: held until the file is closed, released if the agent dies.
+        if file.try_lock().is_ok() {
             return Ok(file);
         }
         if tokio::time::Instant::now() >= until {

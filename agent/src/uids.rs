@@ -42,6 +42,7 @@ impl Drop for UidClaim {
     }
 }
 
+#[expect(unsafe_code, reason = "flock(2), blocking or not, with its errno")]
 fn open_locked(path: &Path, blocking: bool) -> std::io::Result<Option<fs::File>> {
     let file = fs::OpenOptions::new()
         .create(true)

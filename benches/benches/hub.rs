@@ -12,6 +12,8 @@
 //! ZIP extraction is not benched here: it lives in the agent's private `extract` module and the
 //! agent crate exposes no function for it.
 
+#![forbid(unsafe_code)]
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

@@ -1,5 +1,7 @@
 //! `cmdx`: the one binary. Thin: parses flags, installs tracing, and calls the libraries.
 
+#![forbid(unsafe_code)]
+
 use clap::{Parser, Subcommand};
 
 mod client;

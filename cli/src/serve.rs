@@ -7,157 +7,110 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::sync::watch;
 
-/// Hub settings shared by `cmdx hub` and `cmdx dev` (each also readable from `CMDX_*` env).
-#[derive(clap::Args)]
-pub struct HubSettings {
-    /// Reconnect grace for disconnected workers, seconds.
-    #[arg(long, env = "CMDX_RECONNECT_GRACE_SECS")]
-    reconnect_grace_secs: Option<u64>,
-    /// Writes per minute per user (per address when anonymous): submit, execute, upload,
-    /// cancel, user and token admin; also the burst (0 disables).
-    #[arg(long, env = "CMDX_RATE_LIMIT_PER_MIN")]
-    rate_limit_per_min: Option<u32>,
-    /// Reads and polls per second per user (per address when anonymous): status, output,
-    /// lists, workers, me (0 disables).
-    #[arg(long, env = "CMDX_READ_RATE_LIMIT_PER_SEC")]
-    read_rate_limit_per_sec: Option<u32>,
-    /// Reads allowed at once per user (the read bucket's size).
-    #[arg(long, env = "CMDX_READ_RATE_LIMIT_BURST")]
-    read_rate_limit_burst: Option<u32>,
-    /// Login attempts per minute per client address (0 disables).
-    #[arg(long, env = "CMDX_LOGIN_RATE_LIMIT_PER_MIN")]
-    login_rate_limit_per_min: Option<u32>,
-    /// Password hashes or verifications (argon2, ~19 MiB each) run at once; more wait up to
-    /// 5 s, then answer 503.
-    #[arg(long, env = "CMDX_PASSWORD_HASH_CONCURRENCY")]
-    password_hash_concurrency: Option<u32>,
-    /// Most live WebSockets (browser tabs, `cmdx logs -f`) one user may hold open; more answer
-    /// 429 too_many_sockets.
-    #[arg(long, env = "CMDX_MAX_CLIENT_SOCKETS_PER_USER")]
-    max_client_sockets_per_user: Option<usize>,
-    /// Largest upload in bytes.
-    #[arg(long, env = "CMDX_MAX_UPLOAD_BYTES")]
-    max_upload_bytes: Option<u64>,
-    /// Most artifact bytes (uncompressed) kept per job.
-    #[arg(long, env = "CMDX_MAX_ARTIFACT_BYTES")]
-    max_artifact_bytes: Option<u64>,
-    /// Most artifact files kept per job.
-    #[arg(long, env = "CMDX_MAX_ARTIFACT_FILES")]
-    max_artifact_files: Option<u32>,
-    /// Output kept per job in bytes.
-    #[arg(long, env = "CMDX_OUTPUT_CAP_BYTES")]
-    output_cap_bytes: Option<u64>,
-    /// Largest WebSocket message in bytes.
-    #[arg(long, env = "CMDX_MAX_WS_MESSAGE_BYTES")]
-    max_ws_message_bytes: Option<usize>,
-    /// Shared secret of the original system's worker JWTs (enables them).
-    #[arg(long, env = "CMDX_LEGACY_WORKER_JWT_SECRET", hide_env_values = true)]
-    legacy_worker_jwt_secret: Option<String>,
-    /// Admit unauthenticated legacy workers from these CIDRs (comma-separated; off by default).
-    #[arg(long, env = "CMDX_LEGACY_OPEN_CIDRS", value_delimiter = ',')]
-    legacy_open_cidrs: Vec<String>,
-    /// Default attempts before worker_lost.
-    #[arg(long, env = "CMDX_MAX_ATTEMPTS")]
-    max_attempts: Option<u32>,
-    /// Seconds between SIGTERM and closing connections (readyz 503 meanwhile).
-    #[arg(long, env = "CMDX_DRAIN_DELAY_SECS")]
-    drain_delay_secs: Option<u64>,
-    /// Finished jobs are deleted this many seconds after they finished.
-    #[arg(long, env = "CMDX_JOB_RETENTION_SECS")]
-    job_retention_secs: Option<u64>,
-    /// Uploaded files unused for this many seconds are deleted.
-    #[arg(long, env = "CMDX_FILE_RETENTION_SECS")]
-    file_retention_secs: Option<u64>,
-    /// Seconds between janitor passes (0: only on demand).
-    #[arg(long, env = "CMDX_JANITOR_INTERVAL_SECS")]
-    janitor_interval_secs: Option<u64>,
-    /// Reverse proxies (CIDRs) whose X-Forwarded-For/-Proto are believed (comma-separated).
-    #[arg(long, env = "CMDX_TRUSTED_PROXIES", value_delimiter = ',')]
-    trusted_proxies: Vec<String>,
-    /// Public base URL of the hub (for absolute URLs handed to legacy workers).
-    #[arg(long, env = "CMDX_PUBLIC_URL")]
-    public_url: Option<String>,
-    /// Mark the session cookie Secure (the hub is reached over TLS).
-    #[arg(long, env = "CMDX_COOKIE_SECURE")]
-    cookie_secure: Option<bool>,
-    /// Extra origins allowed for browser WebSockets (comma-separated).
-    #[arg(long, env = "CMDX_ALLOWED_ORIGINS", value_delimiter = ',')]
-    allowed_origins: Vec<String>,
+/// Declares [`HubSettings`] from one line per setting: its flag (the field name), its type on
+/// the command line, the [`cmdx_hub::HubConfig`] field it sets (its TOML key), its environment
+/// variable and any further clap options. The struct, its flags, env names and help, and
+/// [`HubSettings::apply`] all come from that one line.
+macro_rules! hub_settings {
+    ($(
+        $(#[$doc:meta])*
+        $flag:ident: $ty:ty => $key:ident, $env:literal $(, $opt:ident = $val:expr)*;
+    )*) => {
+        /// Hub settings shared by `cmdx hub` and `cmdx dev` (each also readable from `CMDX_*`
+        /// env; a flag wins over its env variable).
+        #[derive(clap::Args)]
+        pub struct HubSettings {
+            $(
+                $(#[$doc])*
+                #[arg(long, env = $env $(, $opt = $val)*)]
+                $flag: $ty,
+            )*
+        }
+
+        impl HubSettings {
+            /// Applies the settings given (by flag or env) over `c` (defaults, or the file).
+            pub fn apply(&self, c: &mut cmdx_hub::HubConfig) {
+                $( Overlay::overlay(&self.$flag, &mut c.$key); )*
+            }
+        }
+    };
 }
 
-impl HubSettings {
-    /// Applies the given settings over `c`.
-    pub fn apply(&self, c: &mut cmdx_hub::HubConfig) {
-        if let Some(v) = self.reconnect_grace_secs {
-            c.reconnect_grace_secs = v;
-        }
-        if let Some(v) = self.rate_limit_per_min {
-            c.rate_limit_per_min = v;
-        }
-        if let Some(v) = self.read_rate_limit_per_sec {
-            c.read_rate_limit_per_sec = v;
-        }
-        if let Some(v) = self.read_rate_limit_burst {
-            c.read_rate_limit_burst = v;
-        }
-        if let Some(v) = self.login_rate_limit_per_min {
-            c.login_rate_limit_per_min = v;
-        }
-        if let Some(v) = self.password_hash_concurrency {
-            c.password_hash_concurrency = v;
-        }
-        if let Some(v) = self.max_client_sockets_per_user {
-            c.max_client_sockets_per_user = v;
-        }
-        if let Some(v) = self.max_upload_bytes {
-            c.max_upload_bytes = v;
-        }
-        if let Some(v) = self.max_artifact_bytes {
-            c.max_artifact_bytes = v;
-        }
-        if let Some(v) = self.max_artifact_files {
-            c.max_artifact_files = v;
-        }
-        if let Some(v) = self.output_cap_bytes {
-            c.output_cap_bytes = v;
-        }
-        if let Some(v) = self.max_ws_message_bytes {
-            c.max_ws_message_bytes = v;
-        }
-        if let Some(v) = self.max_attempts {
-            c.default_max_attempts = v;
-        }
-        if let Some(v) = self.drain_delay_secs {
-            c.drain_delay_secs = v;
-        }
-        if let Some(v) = self.job_retention_secs {
-            c.job_retention_secs = v;
-        }
-        if let Some(v) = self.file_retention_secs {
-            c.file_retention_secs = v;
-        }
-        if let Some(v) = self.janitor_interval_secs {
-            c.janitor_interval_secs = v;
-        }
-        if !self.trusted_proxies.is_empty() {
-            c.trusted_proxies = self.trusted_proxies.clone();
-        }
-        if self.public_url.is_some() {
-            c.public_url = self.public_url.clone();
-        }
-        if let Some(v) = self.cookie_secure {
-            c.cookie_secure = v;
-        }
-        if self.legacy_worker_jwt_secret.is_some() {
-            c.legacy_worker_jwt_secret = self.legacy_worker_jwt_secret.clone();
-        }
-        if !self.legacy_open_cidrs.is_empty() {
-            c.legacy_open_cidrs = self.legacy_open_cidrs.clone();
-        }
-        if !self.allowed_origins.is_empty() {
-            c.allowed_origins = self.allowed_origins.clone();
+/// A setting as given on the command line, laid over the configuration's value when given.
+trait Overlay<Target> {
+    /// Replaces `target` when this setting was given.
+    fn overlay(&self, target: &mut Target);
+}
+
+/// A scalar: given when `Some` (`Option<String>` settings become `Some` in the config).
+impl<T: Clone + Into<U>, U> Overlay<U> for Option<T> {
+    fn overlay(&self, target: &mut U) {
+        if let Some(v) = self {
+            *target = v.clone().into();
         }
     }
+}
+
+/// A comma-separated list: given when not empty, and then replaces the whole list.
+impl<T: Clone> Overlay<Vec<T>> for Vec<T> {
+    fn overlay(&self, target: &mut Vec<T>) {
+        if !self.is_empty() {
+            target.clone_from(self);
+        }
+    }
+}
+
+hub_settings! {
+    /// Reconnect grace for disconnected workers, seconds.
+    reconnect_grace_secs: Option<u64> => reconnect_grace_secs, "CMDX_RECONNECT_GRACE_SECS";
+    /// Writes per minute per user (per address when anonymous): submit, execute, upload,
+    /// cancel, user and token admin; also the burst (0 disables).
+    rate_limit_per_min: Option<u32> => rate_limit_per_min, "CMDX_RATE_LIMIT_PER_MIN";
+    /// Reads and polls per second per user (per address when anonymous): status, output,
+    /// lists, workers, me (0 disables).
+    read_rate_limit_per_sec: Option<u32> => read_rate_limit_per_sec, "CMDX_READ_RATE_LIMIT_PER_SEC";
+    /// Reads allowed at once per user (the read bucket's size).
+    read_rate_limit_burst: Option<u32> => read_rate_limit_burst, "CMDX_READ_RATE_LIMIT_BURST";
+    /// Login attempts per minute per client address (0 disables).
+    login_rate_limit_per_min: Option<u32> => login_rate_limit_per_min, "CMDX_LOGIN_RATE_LIMIT_PER_MIN";
+    /// Password hashes or verifications (argon2, ~19 MiB each) run at once; more wait up to
+    /// 5 s, then answer 503.
+    password_hash_concurrency: Option<u32> => password_hash_concurrency, "CMDX_PASSWORD_HASH_CONCURRENCY";
+    /// Most live WebSockets (browser tabs, `cmdx logs -f`) one user may hold open; more answer
+    /// 429 too_many_sockets.
+    max_client_sockets_per_user: Option<usize> => max_client_sockets_per_user, "CMDX_MAX_CLIENT_SOCKETS_PER_USER";
+    /// Largest upload in bytes.
+    max_upload_bytes: Option<u64> => max_upload_bytes, "CMDX_MAX_UPLOAD_BYTES";
+    /// Most artifact bytes (uncompressed) kept per job.
+    max_artifact_bytes: Option<u64> => max_artifact_bytes, "CMDX_MAX_ARTIFACT_BYTES";
+    /// Most artifact files kept per job.
+    max_artifact_files: Option<u32> => max_artifact_files, "CMDX_MAX_ARTIFACT_FILES";
+    /// Output kept per job in bytes.
+    output_cap_bytes: Option<u64> => output_cap_bytes, "CMDX_OUTPUT_CAP_BYTES";
+    /// Largest WebSocket message in bytes.
+    max_ws_message_bytes: Option<usize> => max_ws_message_bytes, "CMDX_MAX_WS_MESSAGE_BYTES";
+    /// Shared secret of the original system's worker JWTs (enables them).
+    legacy_worker_jwt_secret: Option<String> => legacy_worker_jwt_secret, "CMDX_LEGACY_WORKER_JWT_SECRET", hide_env_values = true;
+    /// Admit unauthenticated legacy workers from these CIDRs (comma-separated; off by default).
+    legacy_open_cidrs: Vec<String> => legacy_open_cidrs, "CMDX_LEGACY_OPEN_CIDRS", value_delimiter = ',';
+    /// Default attempts before worker_lost.
+    max_attempts: Option<u32> => default_max_attempts, "CMDX_MAX_ATTEMPTS";
+    /// Seconds between SIGTERM and closing connections (readyz 503 meanwhile).
+    drain_delay_secs: Option<u64> => drain_delay_secs, "CMDX_DRAIN_DELAY_SECS";
+    /// Finished jobs are deleted this many seconds after they finished.
+    job_retention_secs: Option<u64> => job_retention_secs, "CMDX_JOB_RETENTION_SECS";
+    /// Uploaded files unused for this many seconds are deleted.
+    file_retention_secs: Option<u64> => file_retention_secs, "CMDX_FILE_RETENTION_SECS";
+    /// Seconds between janitor passes (0: only on demand).
+    janitor_interval_secs: Option<u64> => janitor_interval_secs, "CMDX_JANITOR_INTERVAL_SECS";
+    /// Reverse proxies (CIDRs) whose X-Forwarded-For/-Proto are believed (comma-separated).
+    trusted_proxies: Vec<String> => trusted_proxies, "CMDX_TRUSTED_PROXIES", value_delimiter = ',';
+    /// Public base URL of the hub (for absolute URLs handed to legacy workers).
+    public_url: Option<String> => public_url, "CMDX_PUBLIC_URL";
+    /// Mark the session cookie Secure (the hub is reached over TLS).
+    cookie_secure: Option<bool> => cookie_secure, "CMDX_COOKIE_SECURE";
+    /// Extra origins allowed for browser WebSockets (comma-separated).
+    allowed_origins: Vec<String> => allowed_origins, "CMDX_ALLOWED_ORIGINS", value_delimiter = ',';
 }
 
 /// `cmdx hub`.
@@ -306,55 +259,47 @@ pub struct AgentArgs {
     metrics_listen: Option<SocketAddr>,
 }
 
-/// Serves `GET /metrics` (Prometheus text of this process's recorder) on `listener`: a
-/// deliberately tiny HTTP/1.0-style responder (one request per connection, 8 KiB request cap,
-/// 5 s to send it).
+/// Serves `GET /metrics` (Prometheus text of this process's recorder) on `listener` through
+/// hyper's HTTP/1 server; any other request is 404. One request per connection, at most 8 KiB of
+/// request head, received within 5 s.
 async fn serve_metrics(listener: tokio::net::TcpListener) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let Some(handle) = cmdx_hub::metrics::install() else {
         tracing::warn!("metrics recorder unavailable; --metrics-listen serves nothing");
         return;
     };
     loop {
-        let Ok((mut sock, _)) = listener.accept().await else {
+        let Ok((sock, _)) = listener.accept().await else {
             continue;
         };
         let handle = handle.clone();
-        tokio::spawn(async move {
-            let mut buf = vec![0u8; 8192];
-            let mut n = 0;
-            let read = tokio::time::timeout(Duration::from_secs(5), async {
-                while n < buf.len() {
-                    let m = sock.read(&mut buf[n..]).await.ok()?;
-                    if m == 0 {
-                        break;
-                    }
-                    n += m;
-                    if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
-                        break;
-                    }
-                }
-                Some(())
-            })
-            .await;
-            if read.is_err() {
-                return;
-            }
-            let head = String::from_utf8_lossy(&buf[..n]);
-            let (status, body) = if head.starts_with("GET /metrics ") {
-                ("200 OK", handle.render())
-            } else {
-                (
-                    "404 Not Found",
-                    "only GET /metrics is served here\n".to_string(),
-                )
-            };
-            let resp = format!(
-                "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
+        let service = hyper::service::service_fn(move |req: hyper::Request<_>| {
+            let (status, body) =
+                if req.method() == hyper::Method::GET && req.uri().path() == "/metrics" {
+                    (hyper::StatusCode::OK, handle.render())
+                } else {
+                    (
+                        hyper::StatusCode::NOT_FOUND,
+                        "only GET /metrics is served here\n".to_string(),
+                    )
+                };
+            let mut resp = hyper::Response::new(body);
+            *resp.status_mut() = status;
+            resp.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
             );
-            let _ = sock.write_all(resp.as_bytes()).await;
-            let _ = sock.shutdown().await;
+            std::future::ready(Ok::<_, std::convert::Infallible>(resp))
+        });
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(5))
+            .max_buf_size(8192)
+            .keep_alive(false)
+            .serve_connection(hyper_util::rt::TokioIo::new(sock), service);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "metrics connection");
+            }
         });
     }
 }
@@ -705,4 +650,66 @@ pub async fn run_restore(args: RestoreArgs) -> anyhow::Result<i32> {
         records.1.display()
     );
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cmd {
+        #[command(flatten)]
+        hub: HubArgs,
+    }
+
+    fn config(args: &[&str]) -> cmdx_hub::HubConfig {
+        let cmd = Cmd::try_parse_from(std::iter::once("hub").chain(args.iter().copied()))
+            .expect("flags parse");
+        cmd.hub.config().expect("configuration")
+    }
+
+    /// Defaults < file < flags, each setting under its own key; a flag left out keeps the
+    /// file's value, a list flag replaces the file's list.
+    #[test]
+    fn flags_lie_over_the_file_and_the_file_over_the_defaults() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("hub.toml");
+        std::fs::write(
+            &file,
+            "rate_limit_per_min = 5\ndefault_max_attempts = 4\ntrusted_proxies = [\"10.0.0.0/8\"]\n",
+        )
+        .expect("write config");
+        let file = file.to_str().expect("utf-8 path");
+        let defaults = cmdx_hub::HubConfig::default();
+
+        let c = config(&["--config", file]);
+        assert_eq!(c.rate_limit_per_min, 5);
+        assert_eq!(c.default_max_attempts, 4);
+        assert_eq!(c.trusted_proxies, ["10.0.0.0/8"]);
+        assert_eq!(c.read_rate_limit_per_sec, defaults.read_rate_limit_per_sec);
+        assert_eq!(c.public_url, None);
+
+        let c = config(&[
+            "--config",
+            file,
+            "--rate-limit-per-min",
+            "7",
+            "--max-attempts",
+            "2",
+            "--trusted-proxies",
+            "1.2.3.4,fd00::/8",
+            "--public-url",
+            "https://cmdx.example",
+            "--cookie-secure",
+            "true",
+        ]);
+        assert_eq!(c.rate_limit_per_min, 7);
+        assert_eq!(c.default_max_attempts, 2);
+        assert_eq!(c.trusted_proxies, ["1.2.3.4", "fd00::/8"]);
+        assert_eq!(c.public_url.as_deref(), Some("https://cmdx.example"));
+        assert!(c.cookie_secure);
+        assert_eq!(c.read_rate_limit_burst, defaults.read_rate_limit_burst);
+    }
 }

@@ -11,6 +11,7 @@ use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, Salt
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, Mac};
+use ipnet::IpNet;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
@@ -125,8 +126,8 @@ pub struct Auth {
     validation: Validation,
     worker_key: Vec<u8>,
     legacy: Option<(DecodingKey, Validation)>,
-    open_cidrs: Vec<(IpAddr, u8)>,
-    proxies: Vec<(IpAddr, u8)>,
+    open_cidrs: Vec<IpNet>,
+    proxies: Vec<IpNet>,
     dummy_hash: String,
     session_ttl_secs: u64,
     /// Verified session tokens (verifying a JWT costs ~50k instructions; a busy client sends
@@ -169,53 +170,21 @@ pub fn write_private(path: &Path, content: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-fn parse_cidr(s: &str) -> Result<(IpAddr, u8), HubError> {
-    let (ip, bits) = match s.split_once('/') {
-        Some((ip, bits)) => (ip, Some(bits)),
-        None => (s, None),
-    };
-    let ip: IpAddr = ip
-        .parse()
-        .map_err(|_| HubError::Config(format!("bad CIDR {s}")))?;
-    let max = if ip.is_ipv4() { 32 } else { 128 };
-    let bits = match bits {
-        Some(b) => b
-            .parse::<u8>()
-            .ok()
-            .filter(|b| *b <= max)
-            .ok_or_else(|| HubError::Config(format!("bad CIDR {s}")))?,
-        None => max,
-    };
-    Ok((ip, bits))
+/// A network (`10.0.0.0/8`, `fd00::/8`) or one address (`10.1.2.3`, a full-length prefix).
+fn parse_cidr(s: &str) -> Result<IpNet, HubError> {
+    s.parse::<IpNet>()
+        .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| HubError::Config(format!("bad CIDR {s}")))
 }
 
-fn cidr_contains((net, bits): (IpAddr, u8), ip: IpAddr) -> bool {
+/// Whether `net` holds `ip`; an IPv4-mapped IPv6 address (a dual-stack socket's view of an
+/// IPv4 peer) counts as its IPv4 address.
+fn cidr_contains(net: &IpNet, ip: IpAddr) -> bool {
     let ip = match ip {
-        IpAddr::V6(v6) => v6
-            .to_ipv4_mapped()
-            .map(IpAddr::V4)
-            .unwrap_or(IpAddr::V6(v6)),
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
         v4 => v4,
     };
-    match (net, ip) {
-        (IpAddr::V4(n), IpAddr::V4(a)) => {
-            let mask = if bits == 0 {
-                0
-            } else {
-                u32::MAX << (32 - bits)
-            };
-            u32::from(n) & mask == u32::from(a) & mask
-        }
-        (IpAddr::V6(n), IpAddr::V6(a)) => {
-            let mask = if bits == 0 {
-                0
-            } else {
-                u128::MAX << (128 - bits)
-            };
-            u128::from(n) & mask == u128::from(a) & mask
-        }
-        _ => false,
-    }
+    net.contains(&ip)
 }
 
 impl Auth {
@@ -435,14 +404,14 @@ impl Auth {
     /// Whether an unauthenticated legacy worker from `ip` is admitted.
     pub fn open_cidr_allows(&self, ip: Option<IpAddr>) -> bool {
         match ip {
-            Some(ip) => self.open_cidrs.iter().any(|c| cidr_contains(*c, ip)),
+            Some(ip) => self.open_cidrs.iter().any(|c| cidr_contains(c, ip)),
             None => false,
         }
     }
 
     /// Whether `ip` is a configured reverse proxy.
     pub fn is_trusted_proxy(&self, ip: IpAddr) -> bool {
-        self.proxies.iter().any(|c| cidr_contains(*c, ip))
+        self.proxies.iter().any(|c| cidr_contains(c, ip))
     }
 
     /// The client's address: the peer, or behind trusted proxies the right-most
@@ -581,13 +550,31 @@ mod tests {
     #[test]
     fn cidrs_match_prefixes() {
         let net = parse_cidr("10.1.0.0/16").unwrap();
-        assert!(cidr_contains(net, "10.1.200.3".parse().unwrap()));
-        assert!(!cidr_contains(net, "10.2.0.1".parse().unwrap()));
+        assert!(cidr_contains(&net, "10.1.200.3".parse().unwrap()));
+        assert!(!cidr_contains(&net, "10.2.0.1".parse().unwrap()));
         assert!(cidr_contains(
-            parse_cidr("127.0.0.1").unwrap(),
+            &parse_cidr("127.0.0.1").unwrap(),
             "::ffff:127.0.0.1".parse().unwrap()
         ));
-        assert!(parse_cidr("10.0.0.0/33").is_err());
+        assert!(!cidr_contains(
+            &parse_cidr("127.0.0.2").unwrap(),
+            "127.0.0.1".parse().unwrap()
+        ));
+        let v6 = parse_cidr("fd00::/8").unwrap();
+        assert!(cidr_contains(&v6, "fd12::1".parse().unwrap()));
+        assert!(!cidr_contains(&v6, "10.0.0.1".parse().unwrap()));
+        assert!(cidr_contains(
+            &parse_cidr("0.0.0.0/0").unwrap(),
+            "203.0.113.9".parse().unwrap()
+        ));
+        // Host bits past the prefix are ignored, as before.
+        assert!(cidr_contains(
+            &parse_cidr("10.1.2.3/16").unwrap(),
+            "10.1.9.9".parse().unwrap()
+        ));
+        for bad in ["10.0.0.0/33", "::/129", "10.0.0.0/", "host", "10.0.0/8"] {
+            assert!(parse_cidr(bad).is_err(), "{bad} must be refused");
+        }
     }
 
     #[test]

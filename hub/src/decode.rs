@@ -1,5 +1,6 @@
-//! Decoding of request paths and query strings. Total: any input decodes to some string, never
-//! a panic (a byte-wise decoder; invalid UTF-8 after decoding becomes U+FFFD). Fuzzed by
+//! Decoding of request paths and query strings, through `percent-encoding` and
+//! `form_urlencoded`. Total: any input decodes to some string, never a panic (decoding is
+//! byte-wise; invalid UTF-8 after decoding becomes U+FFFD). Fuzzed by
 //! `fuzz/fuzz_targets/request_decode.rs`.
 
 /// The value of the first `name` parameter of a raw query string (`application/x-www-form-urlencoded`:
@@ -13,30 +14,9 @@ pub fn query_param(query: &str, name: &str) -> Option<String> {
 /// A percent-decoded path segment or path (`+` stays a plus; a `%` not followed by two hex digits
 /// stays as it is).
 pub fn path(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let decoded = match (bytes[i], bytes.get(i + 1), bytes.get(i + 2)) {
-            (b'%', Some(&h), Some(&l)) => hex(h).zip(hex(l)).map(|(h, l)| h << 4 | l),
-            _ => None,
-        };
-        match decoded {
-            Some(b) => {
-                out.push(b);
-                i += 3;
-            }
-            None => {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn hex(b: u8) -> Option<u8> {
-    (b as char).to_digit(16).map(|d| d as u8)
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 //! `ws_agent` and `ws_client`.
 
 #![warn(missing_docs)]
+#![forbid(unsafe_code)]
 
 pub mod api;
 pub mod artifacts;

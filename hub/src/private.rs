@@ -49,21 +49,22 @@ pub async fn create_file_async(path: &Path) -> io::Result<tokio::fs::File> {
 mod tests {
     use std::os::unix::fs::PermissionsExt as _;
 
+    use nix::sys::stat::{Mode, umask};
+
     use super::*;
 
     /// The modes hold under the most open umask: set it for this process only while checking.
     #[test]
     fn modes_ignore_the_umask() {
         let tmp = tempfile::tempdir().unwrap();
-        // SAFETY: umask(2) has no memory effects; other tests of this binary create files
-        // only in their own temp folders, which a brief 0 umask does not expose.
-        let old = unsafe { libc_umask(0) };
+        // Other tests of this binary create files only in their own temp folders, which a brief
+        // 0 umask does not expose.
+        let old = umask(Mode::empty());
         let d = tmp.path().join("a/b");
         dir(&d, DIR_MODE).unwrap();
         let f = d.join("f");
         create_file(&f).unwrap();
-        // SAFETY: as above.
-        unsafe { libc_umask(old) };
+        umask(old);
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
         assert_eq!(mode(&d), 0o700);
         assert_eq!(mode(&tmp.path().join("a")), 0o700);
@@ -74,10 +75,5 @@ mod tests {
         std::fs::set_permissions(&open, Permissions::from_mode(0o777)).unwrap();
         dir(&open, DIR_MODE).unwrap();
         assert_eq!(mode(&open), 0o700);
-    }
-
-    unsafe extern "C" {
-        #[link_name = "umask"]
-        fn libc_umask(mask: u32) -> u32;
     }
 }

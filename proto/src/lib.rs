@@ -51,6 +51,7 @@
 //! falls behind is resynced from the store; `outputEnd` marks the end of a finished job's log.
 
 #![warn(missing_docs)]
+#![forbid(unsafe_code)]
 
 pub mod agent;
 pub mod bytes64;

@@ -840,25 +840,10 @@ async fn a_subscriber_that_never_reads_costs_bounded_memory() {
 
 /// Raises this process's open-file limit to its hard limit (the hub inherits it).
 fn raise_nofile_limit() -> u64 {
-    #[repr(C)]
-    struct Rlimit {
-        cur: u64,
-        max: u64,
-    }
-    unsafe extern "C" {
-        fn getrlimit(resource: i32, rlim: *mut Rlimit) -> i32;
-        fn setrlimit(resource: i32, rlim: *const Rlimit) -> i32;
-    }
-    const RLIMIT_NOFILE: i32 = 7;
-    let mut l = Rlimit { cur: 0, max: 0 };
-    // SAFETY: getrlimit/setrlimit with a valid pointer to a struct of the kernel's layout
-    // (two u64 on 64-bit Linux).
-    unsafe {
-        assert_eq!(getrlimit(RLIMIT_NOFILE, &mut l), 0);
-        l.cur = l.max;
-        assert_eq!(setrlimit(RLIMIT_NOFILE, &l), 0);
-    }
-    l.cur
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (_, max) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
+    setrlimit(Resource::RLIMIT_NOFILE, max, max).expect("setrlimit");
+    max
 }
 
 /// Opens `/ws/client` by hand (no client-side buffers) and returns the idle stream.

@@ -4,6 +4,8 @@
 //! and drops to unprivileged uids); the agent runs in strict sandbox mode and fails loudly
 //! where a layer is missing.
 
+#![forbid(unsafe_code)]
+
 mod helpers;
 mod jobs;
 mod protocol;

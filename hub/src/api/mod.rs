@@ -1,5 +1,5 @@
-//! HTTP routes. One warp filter extracts the request parts ([`Req`]); `dispatch` matches
-//! `(method, path)` exhaustively and calls one handler per route. Handlers return
+//! HTTP routes. One warp filter extracts the request parts ([`Req`]); `dispatch` resolves
+//! `(method, path)` against the route table (`routes`) and calls the row's handler. Handlers return
 //! `ApiResult<Response>`; every error becomes `{"error","code"}` with its status. Bodies are read
 //! through [`read_body`] with an explicit limit (chunked bodies without Content-Length included).
 
@@ -7,6 +7,7 @@ mod artifacts;
 mod files;
 mod jobs_api;
 mod legacy;
+mod routes;
 mod users;
 mod workers;
 
@@ -156,7 +157,7 @@ pub fn routes(
                     }
                     metrics::counter!(
                         "cmdx_http_requests_total",
-                        "route" => route_label(&path),
+                        "route" => routes::label(&path),
                         "status" => resp.status().as_str().to_string(),
                     )
                     .increment(1);
@@ -178,108 +179,59 @@ async fn dispatch(hub: &Arc<Hub>, req: Req) -> ApiResult<Response> {
     } else {
         req.method.clone()
     };
-    use Method as M;
-    match (&m, segs.as_slice()) {
-        (&M::GET, ["healthz"]) => Ok(json(&serde_json::json!({"status": "ok"}))),
-        (&M::GET, ["readyz"]) => readyz(hub).await,
-        (&M::GET, ["api", "openapi.json"]) => Ok(openapi()),
-        (&M::GET, ["metrics"]) => {
-            let text = crate::metrics::render(hub).await;
-            let mut resp = Response::new(text.into());
-            resp.headers_mut().insert(
-                "content-type",
-                warp::http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-            );
-            Ok(resp)
-        }
-        (&M::GET, ["ws", "agent"]) => workers::agent_socket(hub, req).await,
-        (&M::GET, ["ws", "client"]) => users::client_socket(hub, req).await,
-        // auth and users
-        (&M::POST, ["api", "auth", "login"]) => users::login(hub, req).await,
-        (&M::POST, ["api", "auth", "logout"]) => users::logout(hub, req).await,
-        (&M::GET, ["api", "auth", "me"]) => users::me(hub, req).await,
-        (&M::POST, ["api", "auth", "register"]) => users::register(hub, req).await,
-        (&M::GET, ["api", "users", "list"]) => users::list(hub, req).await,
-        (&M::GET, ["api", "admin", "backup"]) => {
-            admin(hub, &req).await?;
-            backup_response(hub).await
-        }
-        (&M::POST, ["api", "admin", "janitor"]) => {
-            admin(hub, &req).await?;
-            Ok(json(&crate::jobs::janitor::janitor_pass(hub).await?))
-        }
-        // files
-        (&M::POST, ["api", "files", "upload"]) => files::upload(hub, req).await,
-        (&M::GET, ["api", "files", "download", id]) => {
-            let id = id.to_string();
-            files::download(hub, req, &id).await
-        }
-        (&M::GET, ["api", "files", "list"]) => files::list(hub, req).await,
-        // jobs
-        (&M::POST, ["api", "jobs", "submit"]) => jobs_api::submit(hub, req).await,
-        (&M::GET, ["api", "jobs", "status"]) => jobs_api::status(hub, req).await,
-        (&M::GET, ["api", "jobs", "list"]) => jobs_api::list(hub, req).await,
-        (&M::POST, ["api", "jobs", "cancel"]) => jobs_api::cancel(hub, req).await,
-        // legacy worker and submitter routes
-        (&M::GET, ["api", "jobs", "get-job"]) => legacy::get_job(hub, req).await,
-        (&M::POST, ["api", "jobs", "stream-output"]) => legacy::stream_output(hub, req).await,
-        (&M::GET, ["api", "jobs", "check-cancel"]) => legacy::check_cancel(hub, req).await,
-        (&M::POST, ["api", "jobs", "submit-result"]) => legacy::submit_result(hub, req).await,
-        (&M::PUT, ["api", "jobs", "submit-result"]) => legacy::submit_error(hub, req).await,
-        (&M::POST, ["api", "jobs", "create"]) => legacy::create(hub, req).await,
-        (&M::POST, ["api", "execute"]) => legacy::execute(hub, req).await,
-        (&M::GET, ["api", "jobs", id, "artifacts"]) => {
-            let id = id.to_string();
-            artifacts::download_zip(hub, req, &id).await
-        }
-        (&M::PUT, ["api", "jobs", id, "artifacts"]) => {
-            let id = id.to_string();
-            artifacts::upload(hub, req, &id).await
-        }
-        (&M::GET, ["api", "jobs", id, "artifacts", rest @ ..]) if !rest.is_empty() => {
-            let id = id.to_string();
-            let file = crate::decode::path(&rest.join("/"));
-            artifacts::download_file(hub, req, &id, &file).await
-        }
-        (&M::GET, ["api", "jobs", id, "output"]) => {
-            let id = id.to_string();
-            jobs_api::output(hub, req, &id).await
-        }
-        // workers
-        (&M::POST, ["api", "workers", "register"]) => legacy::register(hub, req).await,
-        (&M::POST, ["api", "workers", "heartbeat"]) => legacy::heartbeat(hub, req).await,
-        (&M::GET, ["api", "workers", "list"]) => workers::list(hub, req).await,
-        (&M::POST, ["api", "workers", "tokens"]) => workers::mint_token(hub, req).await,
-        (&M::GET, ["api", "workers", "tokens"]) => workers::list_tokens(hub, req).await,
-        (&M::DELETE, ["api", "workers", "tokens", id]) => {
-            let id = id.to_string();
-            workers::revoke_token(hub, req, &id).await
-        }
-        (&M::POST, ["api", "workers", id, "drain"]) => {
-            let id = id.to_string();
-            workers::drain(hub, req, &id).await
-        }
-        (&M::DELETE, ["api", "workers", id]) => {
-            let id = id.to_string();
-            workers::delete(hub, req, &id).await
-        }
-        (&M::GET, []) => crate::web::serve("/").ok_or_else(|| ApiError::not_found("no dashboard")),
-        (&M::GET, _) if segs.first().is_some_and(|s| *s != "api" && *s != "ws") => {
-            crate::web::serve(&path).ok_or_else(|| ApiError::not_found(format!("no file {path}")))
-        }
-        _ => {
-            let known = KNOWN_PATHS.iter().any(|p| path_matches(p, &segs));
-            if known {
-                Err(ApiError::new(
-                    StatusCode::METHOD_NOT_ALLOWED,
-                    "method_not_allowed",
-                    format!("{m} is not allowed on {path}"),
-                ))
-            } else {
-                Err(ApiError::not_found(format!("no route for {path}")))
-            }
-        }
+    let allowed = match routes::resolve(&m, &segs) {
+        routes::Resolved::Route(route, params) => return (route.handler)(hub, req, params).await,
+        routes::Resolved::OtherMethods(allowed) => allowed,
+        routes::Resolved::NoRoute => Vec::new(),
+    };
+    if m == Method::GET && segs.is_empty() {
+        return crate::web::serve("/").ok_or_else(|| ApiError::not_found("no dashboard"));
     }
+    if m == Method::GET && segs.first().is_some_and(|s| *s != "api" && *s != "ws") {
+        return crate::web::serve(&path)
+            .ok_or_else(|| ApiError::not_found(format!("no file {path}")));
+    }
+    if allowed.is_empty() {
+        return Err(ApiError::not_found(format!("no route for {path}")));
+    }
+    let mut resp = ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{m} is not allowed on {path}"),
+    )
+    .into_response();
+    if let Ok(v) = warp::http::HeaderValue::from_str(&routes::allow_header(&allowed)) {
+        resp.headers_mut().insert(warp::http::header::ALLOW, v);
+    }
+    Ok(resp)
+}
+
+/// `GET /healthz`: the process answers.
+async fn healthz(_hub: &Arc<Hub>, _req: Req) -> ApiResult<Response> {
+    Ok(json(&serde_json::json!({"status": "ok"})))
+}
+
+/// `GET /metrics`: Prometheus text (see `crate::metrics`).
+async fn metrics(hub: &Arc<Hub>, _req: Req) -> ApiResult<Response> {
+    let text = crate::metrics::render(hub).await;
+    let mut resp = Response::new(text.into());
+    resp.headers_mut().insert(
+        "content-type",
+        warp::http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    Ok(resp)
+}
+
+/// `GET /api/admin/backup` (admins).
+async fn backup(hub: &Arc<Hub>, req: Req) -> ApiResult<Response> {
+    admin(hub, &req).await?;
+    backup_response(hub).await
+}
+
+/// `POST /api/admin/janitor` (admins): one janitor pass now.
+async fn janitor(hub: &Arc<Hub>, req: Req) -> ApiResult<Response> {
+    admin(hub, &req).await?;
+    Ok(json(&crate::jobs::janitor::janitor_pass(hub).await?))
 }
 
 /// `GET /api/admin/backup`: a tar archive of the store, blobs and secrets (see `backup`).
@@ -320,73 +272,14 @@ pub async fn mint_worker_token(
     workers::mint(hub, created_by, name, ttl_secs, None).await
 }
 
-/// Route patterns (`*` matches one segment), for telling 405 from 404.
-const KNOWN_PATHS: &[&str] = &[
-    "/healthz",
-    "/metrics",
-    "/readyz",
-    "/api/openapi.json",
-    "/ws/agent",
-    "/ws/client",
-    "/api/auth/login",
-    "/api/auth/logout",
-    "/api/auth/me",
-    "/api/auth/register",
-    "/api/users/list",
-    "/api/admin/janitor",
-    "/api/admin/backup",
-    "/api/files/upload",
-    "/api/files/download/*",
-    "/api/files/list",
-    "/api/jobs/submit",
-    "/api/jobs/status",
-    "/api/jobs/list",
-    "/api/jobs/cancel",
-    "/api/jobs/get-job",
-    "/api/jobs/stream-output",
-    "/api/jobs/check-cancel",
-    "/api/jobs/submit-result",
-    "/api/jobs/create",
-    "/api/execute",
-    "/api/jobs/*/output",
-    "/api/jobs/*/artifacts",
-    "/api/jobs/*/artifacts/**",
-    "/api/workers/register",
-    "/api/workers/heartbeat",
-    "/api/workers/list",
-    "/api/workers/tokens",
-    "/api/workers/tokens/*",
-    "/api/workers/*/drain",
-    "/api/workers/*",
-];
-
-/// The route pattern a path matches (a bounded label set for metrics).
-fn route_label(path: &str) -> &'static str {
-    let trimmed = path.trim_end_matches('/');
-    let segs: Vec<&str> = trimmed.split('/').skip(1).collect();
-    if let Some(p) = KNOWN_PATHS.iter().find(|p| path_matches(p, &segs)) {
-        return p;
-    }
-    if segs.first().is_none_or(|s| *s != "api" && *s != "ws") {
-        "dashboard"
-    } else {
-        "unmatched"
-    }
-}
-
-/// `*` matches one segment; a final `**` matches one or more.
-fn path_matches(pattern: &str, segs: &[&str]) -> bool {
-    let p: Vec<&str> = pattern.split('/').skip(1).collect();
-    if p.last() == Some(&"**") {
-        let head = &p[..p.len() - 1];
-        return segs.len() > head.len() && head.iter().zip(segs).all(|(a, b)| *a == "*" || a == b);
-    }
-    p.len() == segs.len() && p.iter().zip(segs).all(|(a, b)| *a == "*" || a == b)
-}
-
 /// `GET /api/openapi.json`: the OpenAPI 3.1 document of every route (`hub/openapi.json`, kept
-/// in step with [`dispatch`] by the tests below).
-fn openapi() -> Response {
+/// in step with the route table by the tests below).
+async fn openapi(_hub: &Arc<Hub>, _req: Req) -> ApiResult<Response> {
+    Ok(openapi_response())
+}
+
+/// The OpenAPI document as a JSON response.
+fn openapi_response() -> Response {
     let mut resp = Response::new(OPENAPI.into());
     resp.headers_mut().insert(
         "content-type",
@@ -398,7 +291,8 @@ fn openapi() -> Response {
 /// The OpenAPI document, embedded at build time.
 const OPENAPI: &str = include_str!("../../openapi.json");
 
-async fn readyz(hub: &Hub) -> ApiResult<Response> {
+/// `GET /readyz`: 503 while draining or when the store does not answer.
+async fn readyz(hub: &Arc<Hub>, _req: Req) -> ApiResult<Response> {
     if hub.draining.load(std::sync::atomic::Ordering::SeqCst) {
         return Err(ApiError::unavailable("draining"));
     }
@@ -662,10 +556,9 @@ pub fn origin_allowed(hub: &Hub, headers: &HeaderMap) -> bool {
 
 #[cfg(test)]
 mod tests {
-    //! The OpenAPI document (`hub/openapi.json`) against the router, three ways: the
-    //! `(method, pattern)` arms of [`dispatch`] read from this file's source, [`KNOWN_PATHS`]
-    //! (which decides 405 versus 404), and what a real hub answers for every known path and
-    //! method. Plus the document's own consistency: every `$ref` resolves, every operation has
+    //! The OpenAPI document (`hub/openapi.json`) against the router, two ways: the rows of the
+    //! route table ([`routes::ROUTES`]), and what a real hub answers for every routed path and
+    //! method (including the `Allow` header of a 405). Plus the document's own consistency: every `$ref` resolves, every operation has
     //! an id, a 2xx (or 101) response and its path parameters, every error response is
     //! `ErrorBody`, and every 429 carries `Retry-After`.
 
@@ -716,49 +609,25 @@ mod tests {
         out
     }
 
-    /// Every `(METHOD, pattern)` arm of `dispatch`, read from the source: a string literal is a
-    /// literal segment, a binding (`id`) matches any one segment. The catch-all arms (`[]`,
-    /// `_`) serve the dashboard and are not API routes.
-    fn routed_in_source() -> Routes {
-        let src = include_str!("mod.rs");
-        let start = src
-            .find("match (&m, segs.as_slice()) {")
-            .expect("the dispatch match");
-        let body = &src[start..];
-        let end = body.find("\n        _ => {").expect("the fallback arm");
-        let mut out = BTreeSet::new();
-        for line in body[..end].lines() {
-            let line = line.trim();
-            let Some(rest) = line.strip_prefix("(&M::") else {
-                continue;
-            };
-            let Some((method, rest)) = rest.split_once(", [") else {
-                continue;
-            };
-            let Some((segs, _)) = rest.split_once("])") else {
-                continue;
-            };
-            if segs.trim().is_empty() {
-                continue;
-            }
-            let pattern: String = segs
-                .split(',')
-                .map(|s| {
-                    let s = s.trim();
-                    match s.strip_prefix('"').and_then(|s| s.strip_suffix('"')) {
-                        Some(lit) => format!("/{lit}"),
-                        None => "/*".to_string(),
-                    }
-                })
-                .collect();
-            out.insert((method.to_string(), pattern));
-        }
-        assert!(
-            out.len() > 20,
-            "parsed only {} routes from dispatch",
-            out.len()
-        );
-        out
+    /// Every `(METHOD, pattern)` row of the route table, a final `**` read as the `*` of a
+    /// documented `{param}`.
+    fn routed() -> Routes {
+        routes::ROUTES
+            .iter()
+            .map(|r| {
+                let pattern = r
+                    .pattern
+                    .strip_suffix("/**")
+                    .map_or(r.pattern.to_string(), |h| format!("{h}/*"));
+                (r.method.to_string(), pattern)
+            })
+            .collect()
+    }
+
+    /// `*` in a documented pattern matches one segment.
+    fn path_matches(pattern: &str, segs: &[&str]) -> bool {
+        let p: Vec<&str> = pattern.split('/').skip(1).collect();
+        p.len() == segs.len() && p.iter().zip(segs).all(|(a, b)| *a == "*" || a == b)
     }
 
     fn diff(left: &Routes, right: &Routes) -> Vec<String> {
@@ -768,35 +637,15 @@ mod tests {
     }
 
     #[test]
-    fn openapi_document_lists_exactly_the_routes_of_dispatch() {
+    fn openapi_document_lists_exactly_the_routes_of_the_table() {
         let doc = documented();
-        let src = routed_in_source();
+        let src = routed();
         let undocumented = diff(&src, &doc);
         let unrouted = diff(&doc, &src);
         assert!(
             undocumented.is_empty() && unrouted.is_empty(),
-            "hub/openapi.json and api::dispatch disagree\n  routed but not documented: \
+            "hub/openapi.json and api::routes::ROUTES disagree\n  routed but not documented: \
              {undocumented:?}\n  documented but not routed: {unrouted:?}"
-        );
-    }
-
-    #[test]
-    fn known_paths_are_exactly_the_routed_patterns() {
-        let routed: BTreeSet<String> = routed_in_source().into_iter().map(|(_, p)| p).collect();
-        // A final `**` (one or more segments) is routed as a rest binding, read as `*`.
-        let known: BTreeSet<String> = KNOWN_PATHS
-            .iter()
-            .map(|p| {
-                p.strip_suffix("/**")
-                    .map_or(p.to_string(), |h| format!("{h}/*"))
-            })
-            .collect();
-        let missing: Vec<_> = routed.difference(&known).collect();
-        let extra: Vec<_> = known.difference(&routed).collect();
-        assert!(
-            missing.is_empty() && extra.is_empty(),
-            "KNOWN_PATHS (405 versus 404) disagrees with dispatch\n  routed, not in \
-             KNOWN_PATHS: {missing:?}\n  in KNOWN_PATHS, not routed: {extra:?}"
         );
     }
 
@@ -815,7 +664,7 @@ mod tests {
         }
     }
 
-    /// Asks a real hub (no credentials, placeholder ids) every known path with every method.
+    /// Asks a real hub (no credentials, placeholder ids) every routed path with every method.
     /// Without credentials no handler answers 404 or 405, so those two statuses mean "not
     /// routed"; everything else (200, 400, 401, ...) means a handler ran.
     #[tokio::test]
@@ -829,7 +678,8 @@ mod tests {
         .expect("open hub");
         let doc = documented();
         let mut wrong = Vec::new();
-        for pattern in KNOWN_PATHS {
+        let patterns: BTreeSet<&str> = routes::ROUTES.iter().map(|r| r.pattern).collect();
+        for pattern in patterns {
             let path = pattern.replace('*', "x");
             let segs: Vec<&str> = path.split('/').skip(1).collect();
             for method in METHODS {
@@ -849,6 +699,30 @@ mod tests {
                     ));
                 } else if !expected && status != StatusCode::METHOD_NOT_ALLOWED {
                     wrong.push(format!("{method} {path}: answered {status}, expected 405"));
+                } else if !expected {
+                    let mut allow: Vec<String> = doc
+                        .iter()
+                        .filter(|(_, p)| path_matches(p, &segs))
+                        .map(|(m, _)| m.clone())
+                        .collect();
+                    if allow.iter().any(|m| m == "GET") {
+                        allow.push("HEAD".to_string());
+                    }
+                    allow.sort();
+                    let mut said: Vec<String> = resp
+                        .headers()
+                        .get("allow")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .split(", ")
+                        .map(str::to_string)
+                        .collect();
+                    said.sort();
+                    if said != allow {
+                        wrong.push(format!(
+                            "{method} {path}: Allow {said:?}, documented {allow:?}"
+                        ));
+                    }
                 }
             }
         }
@@ -857,7 +731,7 @@ mod tests {
 
     #[test]
     fn openapi_document_serves_as_json() {
-        let resp = openapi();
+        let resp = openapi_response();
         assert_eq!(resp.status(), StatusCode::OK);
         assert_eq!(resp.headers()["content-type"], "application/json");
     }
