@@ -15,6 +15,7 @@
 //! acknowledged job lost, across restarts), its status and attempt equal the model's, attempts
 //! never go backwards, a terminal state is reached at most once and never changes afterwards,
 //! and an operation naming a stale attempt is refused and changes nothing.
+#![forbid(unsafe_code)]
 
 use std::collections::VecDeque;
 use std::path::Path;
