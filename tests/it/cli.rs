@@ -1369,3 +1369,25 @@ async fn a_hostile_artifact_zip_writes_nothing_outside_the_folder() {
     assert!(tree(&outside).is_empty(), "wrote through the symlink");
     assert_eq!(tree(&planted), ["out"], "not all or nothing");
 }
+
+/// The usual slip of a newcomer: the command where the folder goes. Answered at once (no hub
+/// needed), exit code 2 like any usage error, with the corrected command line.
+#[tokio::test]
+async fn a_command_without_dashes_gets_the_corrected_line() {
+    let out = Command::new(cmdx_bin())
+        .args(["submit", "--hub", "http://127.0.0.1:9", "echo hi"])
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("`cmdx submit -- echo hi`"), "{stderr}");
+    let out = Command::new(cmdx_bin())
+        .args(["submit", "--hub", "http://127.0.0.1:9"])
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("put it after `--`"), "{stderr}");
+}

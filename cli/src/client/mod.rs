@@ -146,7 +146,7 @@ pub struct SubmitArgs {
     )]
     pub download: Option<std::path::PathBuf>,
     /// The shell command (after `--`), run as `sh -c` in the job folder.
-    #[arg(last = true, required = true, value_name = "COMMAND")]
+    #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
 }
 

@@ -27,6 +27,11 @@ pub const EXIT_ARTIFACTS: i32 = 125;
 
 /// `cmdx submit`.
 pub async fn submit(args: SubmitArgs) -> anyhow::Result<i32> {
+    if args.command.is_empty() {
+        // A usage mistake, answered like clap's own (exit code 2), with the fix spelled out.
+        eprintln!("cmdx: {}", missing_command_hint(args.dir.as_deref()));
+        return Ok(2);
+    }
     let conn = config::resolve(&args.conn)?;
     let api = Api::new(&conn)?;
     api.token()?;
@@ -345,5 +350,34 @@ pub async fn logs(args: LogsArgs) -> anyhow::Result<i32> {
     match follow(&api, &id, from, None).await? {
         Stop::Ended(end) => exit_code(&api, &id, &end).await,
         Stop::Reached => Err(anyhow!("the output stream of job {id} ended early")),
+    }
+}
+
+/// What to say when `cmdx submit` got no command after `--`. The usual slip is the command
+/// itself in the DIR position (`cmdx submit 'make test'`): then show it after `--`.
+fn missing_command_hint(dir: Option<&Path>) -> String {
+    match dir {
+        Some(d) if !d.is_dir() => {
+            let d = d.display();
+            format!(
+                "`{d}` is not a folder to upload: the command goes after `--`, as in \
+                 `cmdx submit -- {d}` (or `cmdx submit . -- {d}` to run it on this folder's files)"
+            )
+        }
+        _ => "no command: put it after `--`, as in `cmdx submit . -- make test`".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod hint_tests {
+    use super::*;
+
+    #[test]
+    fn a_command_in_the_folder_position_is_shown_after_the_dashes() {
+        let h = missing_command_hint(Some(Path::new("echo hi")));
+        assert!(h.contains("`cmdx submit -- echo hi`"), "{h}");
+        let h = missing_command_hint(Some(Path::new(".")));
+        assert!(h.starts_with("no command"), "{h}");
+        assert!(missing_command_hint(None).starts_with("no command"));
     }
 }
