@@ -202,8 +202,10 @@ pub fn spawn(spec: &Spec) -> Result<Child> {
     if (spec.mode == Mode::Strict || root_missing) && !required.is_empty() {
         return Err(Error::MissingLayers { missing: required });
     }
-    if !missing.is_empty() {
-        tracing::warn!(missing = ?missing, "sandbox layers missing (best-effort mode)");
+    if !required.is_empty() {
+        tracing::warn!(missing = ?required, "sandbox layers missing (best-effort mode)");
+    } else if !missing.is_empty() {
+        tracing::debug!(absent = ?missing, "second-wall layers absent: the private root and network namespace stand");
     }
     let c = caps();
     let strict = spec.mode == Mode::Strict;
