@@ -1391,3 +1391,22 @@ async fn a_command_without_dashes_gets_the_corrected_line() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("put it after `--`"), "{stderr}");
 }
+
+/// `--zip` with a file that is not a ZIP fails at once, before anything is uploaded or queued.
+#[tokio::test]
+async fn a_non_zip_given_to_zip_fails_before_any_upload() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_zip = dir.path().join("project.zip");
+    std::fs::write(&not_zip, b"just some text\n").unwrap();
+    let out = Command::new(cmdx_bin())
+        .args(["submit", "--hub", "http://127.0.0.1:9", "--zip"])
+        .arg(&not_zip)
+        .args(["--", "true"])
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("is not a ZIP file"), "{stderr}");
+}

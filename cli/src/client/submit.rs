@@ -32,6 +32,10 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<i32> {
         eprintln!("cmdx: {}", missing_command_hint(args.dir.as_deref()));
         return Ok(2);
     }
+    if let Some(zip) = &args.zip {
+        // Checked here, not only by the agent after upload, queueing and download.
+        check_zip(zip)?;
+    }
     let conn = config::resolve(&args.conn)?;
     let api = Api::new(&conn)?;
     api.token()?;
@@ -351,6 +355,20 @@ pub async fn logs(args: LogsArgs) -> anyhow::Result<i32> {
         Stop::Ended(end) => exit_code(&api, &id, &end).await,
         Stop::Reached => Err(anyhow!("the output stream of job {id} ended early")),
     }
+}
+
+/// `--zip FILE` must be a readable ZIP archive (its central directory parses).
+fn check_zip(path: &Path) -> anyhow::Result<()> {
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    zip::ZipArchive::new(std::io::BufReader::new(file))
+        .map(drop)
+        .map_err(|e| {
+            anyhow!(
+                "{} is not a ZIP file ({e}): give --zip an archive, or the folder as DIR",
+                path.display()
+            )
+        })
 }
 
 /// What to say when `cmdx submit` got no command after `--`. The usual slip is the command
