@@ -437,15 +437,16 @@ async fn logs_follow_attached_mid_run_prints_every_byte_once_in_order() {
         (hub.job(&user, &id).await["outputBytes"].as_u64() == Some(stored as u64)).then_some(())
     })
     .await;
-    let from_start = cli.spawn(&["logs", "-f", "--from-start", &id]);
-    let mut tail = cli.spawn(&["logs", "-f", &id]);
-    // The plain -f attaches at the end of the log as it is when it starts: send ticks until it
-    // prints one, so that it is surely following before the second half.
+    // Plain -f replays first, as `docker logs -f` does; --no-replay attaches at the end of the
+    // log as it is when it starts: send ticks until it prints one, so that it is surely
+    // following before the second half.
+    let from_start = cli.spawn(&["logs", "-f", &id]);
+    let mut tail = cli.spawn(&["logs", "-f", "--no-replay", &id]);
     let mut tail_out = tail.stdout.take().unwrap();
     let mut tail_got = Vec::new();
     let mut tick = 0;
     while tail_got.is_empty() {
-        assert!(tick < 500, "plain logs -f never printed anything");
+        assert!(tick < 500, "logs -f --no-replay never printed anything");
         let data = format!("tick {tick}\n").into_bytes();
         run.out(StreamKind::Stdout, &data).await;
         out_all.extend_from_slice(&data);
@@ -455,7 +456,7 @@ async fn logs_follow_attached_mid_run_prints_every_byte_once_in_order() {
             tokio::time::timeout(Duration::from_millis(100), tail_out.read(&mut buf)).await
         {
             let n = n.unwrap();
-            assert!(n > 0, "plain logs -f exited early");
+            assert!(n > 0, "logs -f --no-replay exited early");
             tail_got.extend_from_slice(&buf[..n]);
         }
     }
@@ -479,13 +480,18 @@ async fn logs_follow_attached_mid_run_prints_every_byte_once_in_order() {
     tail_out.read_to_end(&mut tail_got).await.unwrap();
     assert!(
         out_all.ends_with(&tail_got) && tail_got.starts_with(b"tick "),
-        "plain -f printed something other than the output after it attached: {:?}",
+        "-f --no-replay printed something other than the output after it attached: {:?}",
         String::from_utf8_lossy(&tail_got[..tail_got.len().min(200)])
     );
     // Without -f: the stored log, exit 0.
     let stored = cli.run(&["logs", &id]).await;
     assert_eq!(stored.code(), 0);
     assert!(stored.stdout == out_all);
+    // -f on the finished job: its whole log, then its exit code (it used to print nothing).
+    let again = cli.run(&["logs", "-f", &id]).await;
+    assert_eq!(again.code(), 3, "stderr: {}", again.stderr);
+    assert!(again.stdout == out_all, "logs -f of a finished job differs");
+    assert_eq!(again.stderr.as_bytes(), &err_all[..]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -176,11 +176,16 @@ pub struct LogsArgs {
     pub conn: ConnArgs,
     /// Job id.
     pub job: String,
-    /// Follow live output until the job ends, then exit with the job's code.
+    /// Follow live output until the job ends, then exit with the job's code. What was already
+    /// printed is replayed first (as `docker logs -f` and `kubectl logs -f` do), unless
+    /// --no-replay; a finished job's whole log is printed and its code returned.
     #[arg(long, short = 'f')]
     pub follow: bool,
-    /// With -f: replay the stored output first (without it, -f prints only new output).
-    #[arg(long)]
+    /// With -f: skip what is already stored and print only new output.
+    #[arg(long, requires = "follow", conflicts_with = "from_start")]
+    pub no_replay: bool,
+    /// With -f: replay the stored output first (the default; kept for older scripts).
+    #[arg(long, hide = true)]
     pub from_start: bool,
 }
 

@@ -346,11 +346,7 @@ pub async fn logs(args: LogsArgs) -> anyhow::Result<i32> {
         return Ok(0);
     }
     // Ctrl-C here just stops watching (the default signal action): the job goes on.
-    let from = if args.from_start {
-        0
-    } else {
-        view.output_bytes
-    };
+    let from = if args.no_replay { view.output_bytes } else { 0 };
     match follow(&api, &id, from, None).await? {
         Stop::Ended(end) => exit_code(&api, &id, &end).await,
         Stop::Reached => Err(anyhow!("the output stream of job {id} ended early")),
