@@ -1416,3 +1416,43 @@ async fn a_non_zip_given_to_zip_fails_before_any_upload() {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("is not a ZIP file"), "{stderr}");
 }
+
+/// `cmdx jobs` tells at a glance how a failed job ended: its exit code, not only "failed".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_jobs_table_shows_a_failed_jobs_exit_code() {
+    let (hub, user, mut agent) = setup("table@test.local").await;
+    let cli = CliEnv::new(&hub, &user);
+    let id = hub.submit(&user, json!({"command": "make test"})).await;
+    let (run, _) = Run::start(&mut agent).await;
+    run.finish(Outcome {
+        failure: Some(FailureKind::ExitCode),
+        ..exited(2)
+    })
+    .await;
+    wait_for("the job to fail", || async {
+        (hub.job(&user, &id).await["status"] == "failed").then_some(())
+    })
+    .await;
+    // The table is for terminals (a pipe gets JSON lines): run it on a pseudo-terminal.
+    let mut c = Command::new("script");
+    c.args([
+        "-qec",
+        &format!("{} jobs", cmdx_bin().display()),
+        "/dev/null",
+    ])
+    .env("CMDX_CONFIG", cli.config_path())
+    .env("CMDX_HUB", &cli.hub)
+    .env("CMDX_TOKEN", cli.token.as_deref().unwrap())
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .kill_on_drop(true);
+    let out = finish(c.spawn().expect("script")).await;
+    assert_eq!(out.code(), 0, "stderr: {}", out.stderr);
+    let table = String::from_utf8_lossy(&out.stdout);
+    let row = table
+        .lines()
+        .find(|l| l.starts_with(&id))
+        .unwrap_or_else(|| panic!("no row for {id}: {table}"));
+    assert!(row.contains("failed (exit 2)"), "{row}");
+}

@@ -4,6 +4,7 @@ use std::io::IsTerminal;
 use std::time::SystemTime;
 
 use anyhow::Context;
+use cmdx_proto::FailureKind;
 use cmdx_proto::rest::{CancelRequest, JobList, WorkerList};
 
 use super::api::Api;
@@ -44,10 +45,7 @@ pub async fn jobs(args: JobsArgs) -> anyhow::Result<i32> {
         .jobs
         .iter()
         .map(|j| {
-            let status = match (j.failure, j.exit_code) {
-                (Some(f), _) => format!("{} ({})", j.status.as_str(), f.as_str()),
-                _ => j.status.as_str().to_string(),
-            };
+            let status = status_cell(j.status.as_str(), j.failure, j.exit_code);
             vec![
                 j.job_id.clone(),
                 status,
@@ -141,4 +139,32 @@ pub async fn cancel(args: CancelArgs) -> anyhow::Result<i32> {
         )),
     }
     Ok(0)
+}
+
+/// A job's STATUS cell: a failed job says why, and a non-zero exit says its code
+/// (`failed (exit 2)`), so a glance at the table tells a test failure from a crash.
+fn status_cell(status: &str, failure: Option<FailureKind>, exit_code: Option<i32>) -> String {
+    match (failure, exit_code) {
+        (Some(FailureKind::ExitCode), Some(code)) => format!("{status} (exit {code})"),
+        (Some(f), _) => format!("{status} ({})", f.as_str()),
+        _ => status.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod status_tests {
+    use super::*;
+
+    #[test]
+    fn failed_jobs_show_their_exit_code_or_failure_kind() {
+        assert_eq!(
+            status_cell("failed", Some(FailureKind::ExitCode), Some(2)),
+            "failed (exit 2)"
+        );
+        assert_eq!(
+            status_cell("failed", Some(FailureKind::Oom), Some(137)),
+            "failed (oom)"
+        );
+        assert_eq!(status_cell("completed", None, Some(0)), "completed");
+    }
 }
