@@ -7,6 +7,7 @@ mod artifacts;
 mod files;
 mod jobs_api;
 mod legacy;
+mod linger;
 mod routes;
 mod users;
 mod workers;
@@ -128,6 +129,7 @@ pub fn routes(
                     }),
                     std::time::Duration::from_secs(hub.config.body_idle_timeout_secs.max(1)),
                 );
+                let body = linger::Lingering::wrap(hub.clone(), &headers, body);
                 let peer = addr.map(|a| a.0.ip());
                 let ip = hub.auth.client_ip(peer, &headers);
                 let rate = Arc::new(std::sync::Mutex::new(None));
