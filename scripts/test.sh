@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every cmdx test: lint, Rust unit + end-to-end tests (real hub processes, real sockets, real
-# sled on disk, real sandboxed children as root). Installs what a fresh machine lacks.
+# sled on disk, a real PostgreSQL server, real sandboxed children as root). Installs what a fresh machine lacks.
 # Used as-is by .ci/run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,6 +24,17 @@ if ! command -v systemd-analyze >/dev/null 2>&1; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null
   else
     echo "systemd-analyze is missing: install Debian's systemd package" >&2
+    exit 1
+  fi
+fi
+
+# PostgreSQL server binaries: the store conformance and cluster tests start a private server
+# from them (tests/pg.rs), as the `postgres` user when run as root.
+if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 && ! command -v postgres >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+  else
+    echo "PostgreSQL server binaries are missing: install Debian's postgresql package" >&2
     exit 1
   fi
 fi

@@ -1,7 +1,10 @@
 //! Helpers for cmdx end-to-end tests: start a real `cmdx hub` process on a loopback port with a
 //! sled store in a temp folder, kill it with SIGKILL and restart it on the same data, sign in,
 //! mint worker tokens, speak the agent protocol as a scripted worker, and `wait_for` conditions
-//! with one global timeout (no bare sleeps).
+//! with one global timeout (no bare sleeps). [`pg`] starts a private PostgreSQL for the hubs that
+//! store there.
+
+pub mod pg;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

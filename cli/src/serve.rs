@@ -61,6 +61,11 @@ impl<T: Clone> Overlay<Vec<T>> for Vec<T> {
 }
 
 hub_settings! {
+    /// Where records live: a PostgreSQL URL (`postgres://USER@HOST:PORT/DB`) that several hubs
+    /// share; unset, sled in the data folder.
+    store: Option<String> => store, "CMDX_STORE", hide_env_values = true;
+    /// Most connections to the PostgreSQL store per hub.
+    store_pool_size: Option<usize> => store_pool_size, "CMDX_STORE_POOL_SIZE";
     /// Reconnect grace for disconnected workers, seconds.
     reconnect_grace_secs: Option<u64> => reconnect_grace_secs, "CMDX_RECONNECT_GRACE_SECS";
     /// Writes per minute per user (per address when anonymous): submit, execute, upload,

@@ -499,7 +499,11 @@ pub async fn bootstrap_admin(hub: &crate::Hub) -> Result<(), HubError> {
         role: "admin".into(),
         created_ms: now_ms(),
     };
-    hub.store.insert_user(&user).await?;
+    match hub.store.insert_user(&user).await {
+        // Another hub on the same database made the first admin a moment before.
+        Err(crate::store::StoreError::Conflict(_)) => return Ok(()),
+        r => r?,
+    }
     hub.store.sync().await?;
     if generated {
         let path = hub.config.data_dir.join("admin-credentials");

@@ -79,6 +79,11 @@ pub struct HubConfig {
     pub cookie_secure: bool,
     /// sled page cache, bytes.
     pub cache_bytes: u64,
+    /// Where records live: `None` for sled in `data_dir/db` (one hub), or a PostgreSQL URL
+    /// (`postgres://USER[:PASSWORD]@HOST:PORT/DB`) that several hubs share.
+    pub store: Option<String>,
+    /// Most connections to the PostgreSQL store per hub.
+    pub store_pool_size: usize,
     /// Most concurrent client (browser/CLI) WebSockets.
     pub max_client_sockets: usize,
     /// Most concurrent client WebSockets of one user.
@@ -144,6 +149,8 @@ impl Default for HubConfig {
             public_url: None,
             cookie_secure: false,
             cache_bytes: 64 << 20,
+            store: None,
+            store_pool_size: 16,
             max_client_sockets: 10_000,
             max_agent_sockets: 20_000,
             max_client_sockets_per_user: 64,
@@ -183,6 +190,7 @@ impl HubConfig {
                 *s = Some("<redacted>".into());
             }
         }
+        c.store = c.store.as_deref().map(redact_url_password);
         toml::to_string_pretty(&c).unwrap_or_default()
     }
 }
@@ -192,6 +200,7 @@ impl std::fmt::Debug for HubConfig {
         let redact = |s: &Option<String>| s.as_ref().map(|_| "<redacted>");
         f.debug_struct("HubConfig")
             .field("data_dir", &self.data_dir)
+            .field("store", &self.store.as_deref().map(redact_url_password))
             .field("jwt_secret", &redact(&self.jwt_secret))
             .field("worker_secret", &redact(&self.worker_secret))
             .field(
@@ -208,5 +217,35 @@ impl std::fmt::Debug for HubConfig {
             .field("read_rate_limit_per_sec", &self.read_rate_limit_per_sec)
             .field("read_rate_limit_burst", &self.read_rate_limit_burst)
             .finish_non_exhaustive()
+    }
+}
+
+/// `scheme://user:PASSWORD@host/...` with the password replaced by `<redacted>`.
+pub fn redact_url_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) if userinfo.contains(':') => {
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{scheme}://{user}:<redacted>@{host}{tail}")
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_store_url_password_is_redacted() {
+        use super::redact_url_password as r;
+        assert_eq!(
+            r("postgres://cmdx:s3cr@t@db:5432/cmdx"),
+            "postgres://cmdx:<redacted>@db:5432/cmdx"
+        );
+        assert_eq!(r("postgres://cmdx@db/cmdx"), "postgres://cmdx@db/cmdx");
+        assert_eq!(r("not a url"), "not a url");
     }
 }

@@ -203,6 +203,13 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::NotFound(what) => ApiError::not_found(format!("{what} not found")),
             StoreError::Conflict(m) => ApiError::conflict(m),
+            StoreError::Unavailable { op, message } => {
+                tracing::warn!(op, %message, "store unavailable");
+                ApiError {
+                    retry_after: Some(2),
+                    ..ApiError::unavailable("the store is unavailable; retry shortly")
+                }
+            }
             other => ApiError::internal(other),
         }
     }

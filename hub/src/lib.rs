@@ -44,7 +44,7 @@ pub use hub::{Event, Hub, PASSWORD_WAIT};
 
 use crate::auth::Auth;
 use crate::blobs::Blobs;
-use crate::store::{SledStore, Store};
+use crate::store::{PgStore, SledStore, Store};
 
 /// Opens the data folder, recovers state, bootstraps the admin, and serves on `listener` until
 /// `shutdown` resolves. Upgraded WebSockets are closed with 1001 on shutdown.
@@ -144,17 +144,24 @@ pub async fn open(config: HubConfig) -> Result<Arc<Hub>, HubError> {
     private::dir(&data, private::DATA_DIR_MODE).map_err(data_err(&data))?;
     let blobs = Blobs::in_data_dir(&data);
     blobs.prepare().map_err(data_err(&data.join("blobs")))?;
-    let db = data.join("db");
-    private::dir(&db, private::DIR_MODE).map_err(data_err(&db))?;
     metrics::install();
-    let observer: store::FlushObserver = Arc::new(|took, _waiters| {
-        ::metrics::histogram!("cmdx_store_flush_seconds").record(took.as_secs_f64());
-    });
-    let store: Arc<dyn Store> = Arc::new(SledStore::open_with(
-        &db,
-        config.cache_bytes,
-        Some(observer),
-    )?);
+    let store = open_store(&config).await?;
+    let mut config = config;
+    // Several hubs on one database verify each other's sessions and worker tokens: the keys
+    // come from the store (the first hub to start makes them) unless given explicitly.
+    for (name, slot) in [
+        ("jwt", &mut config.jwt_secret),
+        ("worker", &mut config.worker_secret),
+    ] {
+        if slot.is_none() {
+            let candidate = hex::encode(rand::random::<[u8; 32]>());
+            if let Some(shared) = store.shared_secret(name, candidate.as_bytes()).await? {
+                *slot = Some(String::from_utf8(shared).map_err(|_| {
+                    HubError::Config(format!("the store's {name} secret is not text"))
+                })?);
+            }
+        }
+    }
     let auth = Auth::load(&config)?;
     // Sessions signed out before a restart stay signed out.
     let now_s = store::now_ms() / 1000;
@@ -167,6 +174,35 @@ pub async fn open(config: HubConfig) -> Result<Arc<Hub>, HubError> {
     auth::bootstrap_admin(&hub).await?;
     jobs::recovery::recover(&hub).await?;
     Ok(hub)
+}
+
+/// The store `config` names: PostgreSQL when `store` is a URL, else sled in `DATA/db`.
+async fn open_store(config: &HubConfig) -> Result<Arc<dyn Store>, HubError> {
+    if let Some(url) = &config.store {
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(HubError::Config(format!(
+                "store {}: expected postgres://USER@HOST:PORT/DB (leave it unset for sled in the \
+                 data folder)",
+                config::redact_url_password(url)
+            )));
+        }
+        let store = PgStore::connect(url, config.store_pool_size).await?;
+        tracing::info!(store = %config::redact_url_password(url), "store: PostgreSQL");
+        return Ok(Arc::new(store));
+    }
+    let db = config.data_dir.join("db");
+    private::dir(&db, private::DIR_MODE).map_err(|source| HubError::DataDir {
+        path: db.clone(),
+        source,
+    })?;
+    let observer: store::FlushObserver = Arc::new(|took, _waiters| {
+        ::metrics::histogram!("cmdx_store_flush_seconds").record(took.as_secs_f64());
+    });
+    Ok(Arc::new(SledStore::open_with(
+        &db,
+        config.cache_bytes,
+        Some(observer),
+    )?))
 }
 
 /// Serves an opened hub.

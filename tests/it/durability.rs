@@ -1,13 +1,17 @@
 //! Acknowledged means durable: `kill -9` of the hub loses no acknowledged submission.
 
-use cmdx_e2e::HubProc;
 use serde_json::json;
 
-use crate::FAST;
+use crate::Backend;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_dash_nine_loses_no_acknowledged_job() {
-    let mut hub = HubProc::start(FAST).await;
+on_both_stores!(
+    kill_dash_nine_loses_no_acknowledged_job,
+    kill_dash_nine_loses_no_acknowledged_job_on_postgres,
+    kill_dash_nine_loses_no_acknowledged_job_on
+);
+
+async fn kill_dash_nine_loses_no_acknowledged_job_on(store: Backend) {
+    let mut hub = store.hub(&[]).await;
     let admin = hub.admin().await;
     const N: usize = 400;
     let mut ids = Vec::with_capacity(N);

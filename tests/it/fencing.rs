@@ -1,16 +1,21 @@
 //! Exactly one worker gets a job; stale attempts are rejected; disconnected workers get a grace,
 //! then lose their jobs to requeue, then to `worker_lost` after `maxAttempts`.
 
-use cmdx_e2e::{FakeAgent, HubProc, wait_for};
+use cmdx_e2e::{FakeAgent, wait_for};
 use cmdx_proto::agent::{AgentMsg, Finished, HeldJob, HubMsg, OutputChunk, Started};
 use cmdx_proto::{Outcome, StreamKind};
 use serde_json::json;
 
-use crate::FAST;
+use crate::Backend;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_workers_race_and_exactly_one_wins() {
-    let hub = HubProc::start(FAST).await;
+on_both_stores!(
+    two_workers_race_and_exactly_one_wins,
+    two_workers_race_and_exactly_one_wins_on_postgres,
+    two_workers_race_and_exactly_one_wins_on
+);
+
+async fn two_workers_race_and_exactly_one_wins_on(store: Backend) {
+    let hub = store.hub(&[]).await;
     let admin = hub.admin().await;
     let wt = hub.worker_token(&admin).await;
     let (mut a, _) = FakeAgent::connect(&hub, &wt, "race-a", 1, vec![])
@@ -38,9 +43,14 @@ async fn two_workers_race_and_exactly_one_wins() {
     assert_eq!(v["attempt"], 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reconnect_within_grace_resumes_and_after_grace_requeues() {
-    let hub = HubProc::start(FAST).await;
+on_both_stores!(
+    reconnect_within_grace_resumes_and_after_grace_requeues,
+    reconnect_within_grace_resumes_and_after_grace_requeues_on_postgres,
+    reconnect_within_grace_resumes_and_after_grace_requeues_on
+);
+
+async fn reconnect_within_grace_resumes_and_after_grace_requeues_on(store: Backend) {
+    let hub = store.hub(&[]).await;
     let admin = hub.admin().await;
     let wt = hub.worker_token(&admin).await;
     let id = hub.submit(&admin, json!({"command": "sleep 1"})).await;
@@ -157,9 +167,14 @@ async fn reconnect_within_grace_resumes_and_after_grace_requeues() {
     assert_eq!(v["workerId"], "other");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn out_of_attempts_fails_as_worker_lost() {
-    let hub = HubProc::start(FAST).await;
+on_both_stores!(
+    out_of_attempts_fails_as_worker_lost,
+    out_of_attempts_fails_as_worker_lost_on_postgres,
+    out_of_attempts_fails_as_worker_lost_on
+);
+
+async fn out_of_attempts_fails_as_worker_lost_on(store: Backend) {
+    let hub = store.hub(&[]).await;
     let admin = hub.admin().await;
     let wt = hub.worker_token(&admin).await;
     let id = hub

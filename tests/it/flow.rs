@@ -1,16 +1,21 @@
 //! A job submitted over REST runs on a WebSocket worker; its result comes back through
 //! `/api/jobs/status` and `/api/jobs/list`.
 
-use cmdx_e2e::{FakeAgent, HubProc};
+use cmdx_e2e::FakeAgent;
 use cmdx_proto::agent::{AgentMsg, Finished, HubMsg, JobRef, OutputChunk, Started};
 use cmdx_proto::{Outcome, StreamKind};
 use serde_json::json;
 
-use crate::FAST;
+use crate::Backend;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn websocket_worker_runs_a_submitted_job() {
-    let hub = HubProc::start(FAST).await;
+on_both_stores!(
+    websocket_worker_runs_a_submitted_job,
+    websocket_worker_runs_a_submitted_job_on_postgres,
+    websocket_worker_runs_a_submitted_job_on
+);
+
+async fn websocket_worker_runs_a_submitted_job_on(store: Backend) {
+    let hub = store.hub(&[]).await;
     let admin = hub.admin().await;
     let wt = hub.worker_token(&admin).await;
     let user = hub.user(&admin, "alice@test.local").await;
@@ -120,9 +125,14 @@ async fn websocket_worker_runs_a_submitted_job() {
     assert_eq!(&raw[..], b"hi\nwarn\n");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failed_and_tagged_jobs_route_correctly() {
-    let hub = HubProc::start(FAST).await;
+on_both_stores!(
+    failed_and_tagged_jobs_route_correctly,
+    failed_and_tagged_jobs_route_correctly_on_postgres,
+    failed_and_tagged_jobs_route_correctly_on
+);
+
+async fn failed_and_tagged_jobs_route_correctly_on(store: Backend) {
+    let hub = store.hub(&[]).await;
     let admin = hub.admin().await;
     let wt = hub.worker_token(&admin).await;
     let tagged = hub
@@ -158,15 +168,20 @@ async fn failed_and_tagged_jobs_route_correctly() {
     assert_eq!(hub.job(&admin, &tagged).await["status"], "queued");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cancel_reaches_the_worker_and_queued_jobs_cancel_at_once() {
+on_both_stores!(
+    cancel_reaches_the_worker_and_queued_jobs_cancel_at_once,
+    cancel_reaches_the_worker_and_queued_jobs_cancel_at_once_on_postgres,
+    cancel_reaches_the_worker_and_queued_jobs_cancel_at_once_on
+);
+
+async fn cancel_reaches_the_worker_and_queued_jobs_cancel_at_once_on(store: Backend) {
     use cmdx_e2e::WAIT;
     use cmdx_proto::client::{ClientMsg, ServerMsg};
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-    let hub = HubProc::start(FAST).await;
+    let hub = store.hub(&[]).await;
     let admin = hub.admin().await;
     let wt = hub.worker_token(&admin).await;
     let user = hub.user(&admin, "canceller@test.local").await;
@@ -248,9 +263,14 @@ async fn cancel_reaches_the_worker_and_queued_jobs_cancel_at_once() {
     assert!(saw, "no live 'cancelled' event for the job");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hub_restart_mid_job_resumes_without_gap_or_duplicate() {
-    let mut hub = HubProc::start(FAST).await;
+on_both_stores!(
+    hub_restart_mid_job_resumes_without_gap_or_duplicate,
+    hub_restart_mid_job_resumes_without_gap_or_duplicate_on_postgres,
+    hub_restart_mid_job_resumes_without_gap_or_duplicate_on
+);
+
+async fn hub_restart_mid_job_resumes_without_gap_or_duplicate_on(store: Backend) {
+    let mut hub = store.hub(&[]).await;
     let admin = hub.admin().await;
     let wt = hub.worker_token(&admin).await;
     let id = hub.submit(&admin, json!({"command": "long"})).await;

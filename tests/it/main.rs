@@ -1,10 +1,29 @@
-//! End-to-end tests of the hub through real processes, sockets and sled on disk.
+//! End-to-end tests of the hub through real processes, sockets, sled on disk and a real
+//! PostgreSQL server.
+
+/// Declares a test `$sled` running `$body(Backend::Sled)` and a test `$pg` running
+/// `$body(Backend::Postgres)`: the suites about durability, dispatch, fencing and relay hold on
+/// both stores.
+macro_rules! on_both_stores {
+    ($sled:ident, $pg:ident, $body:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $sled() {
+            $body($crate::Backend::Sled).await
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $pg() {
+            $body($crate::Backend::Postgres).await
+        }
+    };
+}
 
 mod agent_real;
 mod artifacts;
 mod attacks;
 mod bad_input;
 mod cli;
+mod cluster;
 mod dev;
 mod durability;
 mod fencing;
@@ -18,6 +37,7 @@ mod ratelimit;
 mod relay;
 mod security;
 mod sessions;
+mod store;
 mod worker_identity;
 
 /// Flags for a hub tuned for tests: short reconnect grace, no rate limits.
@@ -31,3 +51,26 @@ pub const FAST: &[&str] = &[
     "--login-rate-limit-per-min",
     "0",
 ];
+
+/// Which store a hub under test keeps its records in.
+#[derive(Clone, Copy, Debug)]
+pub enum Backend {
+    /// sled in the hub's data folder (the default).
+    Sled,
+    /// A database of its own on the suite's private PostgreSQL server.
+    Postgres,
+}
+
+impl Backend {
+    /// Starts a hub with [`FAST`] flags and `extra` on this store.
+    pub async fn hub(self, extra: &[&str]) -> cmdx_e2e::HubProc {
+        let mut flags: Vec<&str> = FAST.to_vec();
+        flags.extend(extra);
+        let url;
+        if let Backend::Postgres = self {
+            url = cmdx_e2e::pg::fresh_database("e2e").expect("private PostgreSQL");
+            flags.extend(["--store", url.as_str()]);
+        }
+        cmdx_e2e::HubProc::start(&flags).await
+    }
+}

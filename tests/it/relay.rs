@@ -10,7 +10,7 @@ use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-use crate::FAST;
+use crate::{Backend, FAST};
 
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -71,9 +71,14 @@ fn chunk(id: &str, seq: u64) -> (AgentMsg, Vec<u8>) {
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn subscriber_joining_mid_stream_sees_every_byte_once() {
-    let hub = HubProc::start(FAST).await;
+on_both_stores!(
+    subscriber_joining_mid_stream_sees_every_byte_once,
+    subscriber_joining_mid_stream_sees_every_byte_once_on_postgres,
+    subscriber_joining_mid_stream_sees_every_byte_once_on
+);
+
+async fn subscriber_joining_mid_stream_sees_every_byte_once_on(store: Backend) {
+    let hub = store.hub(&[]).await;
     let admin = hub.admin().await;
     let wt = hub.worker_token(&admin).await;
     let user = hub.user(&admin, "watcher@test.local").await;

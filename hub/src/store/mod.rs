@@ -6,11 +6,13 @@
 //! after `sync`; concurrent callers share one flush (group commit, see `sled_store`).
 
 mod cache;
+pub mod postgres;
 pub mod records;
 mod sled_store;
 
 use async_trait::async_trait;
 
+pub use postgres::PgStore;
 pub use records::*;
 pub use sled_store::{FlushObserver, SledStore};
 
@@ -23,6 +25,15 @@ pub enum StoreError {
         /// What was being done.
         op: &'static str,
         /// The engine's message.
+        message: String,
+    },
+    /// The backend cannot be reached just now (a database restarting, a network cut); nothing
+    /// was written. Retry later.
+    #[error("store unavailable during {op}: {message}")]
+    Unavailable {
+        /// What was being done.
+        op: &'static str,
+        /// The driver's message.
         message: String,
     },
     /// A stored value could not be decoded.
@@ -78,6 +89,14 @@ pub trait Store: Send + Sync + 'static {
     /// of records. Concurrent writes may or may not be included; everything acknowledged before
     /// the call is.
     fn export_records(&self, out: &mut dyn std::io::Write) -> StoreResult<u64>;
+
+    /// For a store several hubs share: the secret `name`, stored as `candidate` when no hub
+    /// stored one yet (the first to start wins, every hub then uses the same). `None` (the
+    /// default): the store is one hub's own, and its secrets stay in its data folder.
+    async fn shared_secret(&self, name: &str, candidate: &[u8]) -> StoreResult<Option<Vec<u8>>> {
+        let _ = (name, candidate);
+        Ok(None)
+    }
 
     /// Inserts a new job and its owner index entry (a queued job is found again by its record
     /// and `queue_seq`: there is no queue index in the store).
@@ -172,6 +191,20 @@ pub trait Store: Send + Sync + 'static {
     async fn list_worker_tokens(&self) -> StoreResult<Vec<WorkerTokenRecord>>;
     /// Deletes a worker token record (revokes the token); true when it existed.
     async fn delete_worker_token(&self, id: &str) -> StoreResult<bool>;
+}
+
+/// Takes the next number above both `floor` and `candidate` and raises `floor` to it:
+/// [`Store::next_seq`] for any backend.
+pub(crate) fn next_above(floor: &std::sync::atomic::AtomicU64, candidate: u64) -> u64 {
+    use std::sync::atomic::Ordering;
+    let mut seen = floor.load(Ordering::SeqCst);
+    loop {
+        let next = candidate.max(seen + 1);
+        match floor.compare_exchange(seen, next, Ordering::SeqCst, Ordering::SeqCst) {
+            Ok(_) => return next,
+            Err(actual) => seen = actual,
+        }
+    }
 }
 
 /// Milliseconds since the Unix epoch.

@@ -246,21 +246,8 @@ impl Store for SledStore {
     }
 
     fn next_seq(&self) -> StoreResult<u64> {
-        use std::sync::atomic::Ordering;
         let generated = self.db.generate_id().map_err(backend("generate id"))?;
-        let mut floor = self.seq_floor.load(Ordering::SeqCst);
-        loop {
-            let candidate = generated.max(floor + 1);
-            match self.seq_floor.compare_exchange(
-                floor,
-                candidate,
-                Ordering::SeqCst,
-                Ordering::SeqCst,
-            ) {
-                Ok(_) => return Ok(candidate),
-                Err(actual) => floor = actual,
-            }
-        }
+        Ok(super::next_above(&self.seq_floor, generated))
     }
 
     fn note_seq(&self, seq: u64) {
