@@ -162,6 +162,12 @@ impl Dispatch {
             let q = st.queues.entry(tags.to_vec()).or_default();
             // Recovery and requeues may insert out of order: keep each queue sorted.
             let pos = q.partition_point(|(s, _)| *s < queue_seq);
+            // Already there: a cluster hub hears of its queue twice (a note, a catch-up).
+            if q.get(pos)
+                .is_some_and(|(s, id)| *s == queue_seq && id == job_id)
+            {
+                return;
+            }
             q.insert(pos, (queue_seq, job_id.to_string()));
         }
         self.wake.notify_one();

@@ -68,6 +68,8 @@ pub struct Hub {
     /// and their feeds): `serve` ends them all before it returns, so none outlives it holding
     /// the hub and the store's lock.
     pub(crate) tasks: Tasks,
+    /// What this hub tells the other hubs sharing its store, and hears from them.
+    pub(crate) cluster: crate::cluster::Cluster,
 }
 
 impl Hub {
@@ -84,6 +86,7 @@ impl Hub {
                 read_burst: config.read_rate_limit_burst,
                 login_per_min: config.login_rate_limit_per_min,
             }),
+            cluster: crate::cluster::Cluster::new(store.shared()),
             config,
             store,
             auth,
@@ -119,6 +122,16 @@ impl Hub {
             .map_err(|e| PasswordWorkError::Failed(e.to_string()))?;
         drop(permit);
         Ok(out)
+    }
+
+    /// Puts a job in the queue: this hub's dispatch index, and every other hub's of a cluster.
+    pub(crate) fn enqueue(&self, seq: u64, job_id: &str, tags: &[String]) {
+        self.dispatch.enqueue(seq, job_id, tags);
+        self.cluster.tell(crate::cluster::Note::Queued {
+            seq,
+            job_id: job_id.to_string(),
+            tags: tags.to_vec(),
+        });
     }
 
     /// Publishes a job's current state to the dashboards that may see it (its owner, admins).

@@ -14,6 +14,7 @@ pub mod artifacts;
 pub mod auth;
 pub mod backup;
 pub mod blobs;
+mod cluster;
 pub mod config;
 pub mod decode;
 pub mod dispatch;
@@ -212,6 +213,7 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), HubError> {
     hub.tasks.spawn(jobs::dispatcher::pump(hub.clone()));
+    cluster::start(&hub);
     hub.tasks
         .spawn(jobs::liveness::legacy_watchdog(hub.clone()));
     hub.tasks.spawn(jobs::janitor::janitor(hub.clone()));

@@ -69,9 +69,11 @@ async fn a_hub_on_postgres_keeps_everything_in_the_database() {
 }
 
 /// Two hubs on one database: a session, a user and a worker token issued by hub A are good on
-/// hub B; a job submitted on A is seen on B; a sign-out on B holds on A after A restarts.
+/// hub B; a job submitted on A runs at once on an agent connected to B (A tells B it queued
+/// it); a cancel issued on A reaches the agent on B, which ends the job itself; a drain on A
+/// reaches it too; a sign-out on B holds on A after A restarts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_hubs_on_one_database_accept_each_others_credentials() {
+async fn two_hubs_on_one_database_share_credentials_queue_and_control() {
     let url = pg::fresh_database("two_hubs_e2e").expect("private PostgreSQL");
     let flags = on(&url);
     let (mut a, b) = tokio::join!(HubProc::start(&flags), HubProc::start(&flags));
@@ -80,20 +82,59 @@ async fn two_hubs_on_one_database_accept_each_others_credentials() {
     assert_eq!(status, 200, "A's session is good on B: {me}");
     let alice = a.user(&admin_a, "alice@test.local").await;
     let alice_on_b = b.login("alice@test.local", "user-password-1").await;
-    let id = a.submit(&alice, json!({"command": "echo from a"})).await;
-    assert_eq!(b.job(&alice_on_b, &id).await["status"], "queued");
-    let (status, list) = b.get(&alice, "/api/jobs/list").await;
-    assert_eq!(status, 200);
-    assert_eq!(list["jobs"][0]["jobId"], id.as_str());
-    // A worker token minted on A enrols an agent on B, which runs A's job.
+    // A worker token minted on A enrols an agent on B.
     let wt = a.worker_token(&admin_a).await;
     let work = traversable_tempdir();
     let mut agent = AgentProc::start(&b, &wt, "on-b", &work.path().join("b"), 52_000).await;
-    // B learns of A's queued job (today at the latest when it restarts; see ARCHITECTURE).
-    let b2 = HubProc::start(&flags).await;
-    let mut agent2 = AgentProc::start(&b2, &wt, "on-b2", &work.path().join("c"), 53_000).await;
+    let id = a.submit(&alice, json!({"command": "echo from a"})).await;
     let done = b.wait_status(&alice_on_b, &id, "completed").await;
     assert_eq!(done["exitCode"], 0, "{done}");
+    assert_eq!(done["workerId"], "on-b");
+    assert_eq!(
+        a.job(&alice, &id).await["stdout"],
+        "from a\n",
+        "A serves B's output"
+    );
+    let (status, list) = b.get(&alice, "/api/jobs/list").await;
+    assert_eq!(status, 200);
+    assert_eq!(list["jobs"][0]["jobId"], id.as_str());
+
+    // Cancel on A, agent on B: the agent is told and reports the end itself (a forced end by
+    // the cancel watchdog would carry no exit code or signal).
+    let long = a
+        .submit(&alice, json!({"command": "echo started; sleep 1000"}))
+        .await;
+    wait_for("the long job's output", || async {
+        (a.job(&alice, &long).await["stdout"] == "started\n").then_some(())
+    })
+    .await;
+    a.post_json(&alice, "/api/jobs/cancel", json!({"jobId": long}))
+        .await;
+    let v = a.wait_status(&alice, &long, "cancelled").await;
+    assert!(
+        v["signal"].is_number() || v["exitCode"].is_number(),
+        "the agent ended it: {v}"
+    );
+
+    // Drain on A: the agent on B takes no more jobs.
+    let r = a
+        .http
+        .post(format!("{}/api/workers/on-b/drain", a.url))
+        .bearer_auth(&admin_a)
+        .send()
+        .await
+        .expect("drain");
+    assert_eq!(r.status(), 200);
+    wait_for("the drain reaches the agent", || async {
+        let (_, w) = b.get(&admin_a, "/api/workers/list").await;
+        w["workers"]
+            .as_array()?
+            .iter()
+            .any(|w| w["workerId"] == "on-b" && w["status"] == "draining")
+            .then_some(())
+    })
+    .await;
+
     // Signing out on B is known to A once A restarts (the revocation is in the database).
     let r = b
         .http
@@ -108,7 +149,6 @@ async fn two_hubs_on_one_database_accept_each_others_credentials() {
     let (status, _) = a.get(&alice_on_b, "/api/auth/me").await;
     assert_eq!(status, 401, "signed out everywhere");
     agent.kill9().await;
-    agent2.kill9().await;
 }
 
 /// The database goes away under a running hub: `/readyz` says 503, a submission gets 503 with

@@ -158,6 +158,9 @@ pub async fn revoke_token(hub: &Arc<Hub>, req: Req, id: &str) -> ApiResult<Respo
             closed.push(worker_id);
         }
     }
+    hub.cluster.tell(crate::cluster::Note::Revoked {
+        token_id: id.to_string(),
+    });
     tracing::warn!(token_id = %id, by = %caller.email, sessions = closed.len(), "worker token revoked");
     Ok(json(&serde_json::json!({
         "success": true,
@@ -169,11 +172,18 @@ pub async fn revoke_token(hub: &Arc<Hub>, req: Req, id: &str) -> ApiResult<Respo
 /// `POST /api/workers/{id}/drain` (admin): the worker takes no new jobs.
 pub async fn drain(hub: &Arc<Hub>, req: Req, id: &str) -> ApiResult<Response> {
     admin(hub, &req).await?;
-    if !hub.dispatch.set_draining(id) {
-        return Err(ApiError::not_found("worker not found"));
-    }
+    let known_here = hub.dispatch.set_draining(id);
     if let Some(conn) = hub.dispatch.conn(id) {
         let _ = conn.send(HubMsg::Drain).await;
+    } else if hub.cluster.is_shared()
+        && (known_here || hub.store.list_workers().await?.iter().any(|w| w.id == id))
+    {
+        // Perhaps connected to another hub of the cluster: the one holding it tells it.
+        hub.cluster.tell(crate::cluster::Note::Drain {
+            worker_id: id.to_string(),
+        });
+    } else if !known_here {
+        return Err(ApiError::not_found("worker not found"));
     }
     Ok(json(&serde_json::json!({"success": true, "workerId": id})))
 }

@@ -252,7 +252,7 @@ pub async fn requeue_or_fail(
     } else {
         hub.dispatch.release(worker, job_id);
         hub.relay.unload(job_id).await;
-        hub.dispatch.enqueue(seq, job_id, &job.tags);
+        hub.enqueue(seq, job_id, &job.tags);
         hub.publish(&job);
     }
     Ok(())
@@ -318,6 +318,13 @@ pub async fn cancel(hub: &Arc<Hub>, caller: &Caller, job_id: &str) -> LifecycleR
                             grace_secs: hub.config.cancel_grace_secs,
                         }))
                         .await;
+                }
+                // Perhaps connected to another hub of the cluster: the one holding it tells it,
+                // and the cancel watchdog below ends the job if nobody does.
+                None if hub.cluster.is_shared() => {
+                    hub.cluster.tell(crate::cluster::Note::Cancel {
+                        job_id: job.id.clone(),
+                    });
                 }
                 None if hub.dispatch.kind(&worker) == Some(WorkerKind::Agent) => {
                     // The agent is away: end the job now; it is told to abandon on return.

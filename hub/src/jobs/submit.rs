@@ -123,7 +123,7 @@ async fn accept(
     // submission and the claim share one flush instead of waiting for two in a row. (The event
     // goes out first so that watchers never see `queued` after `assigned`.)
     hub.publish(&job);
-    hub.dispatch.enqueue(seq, &job.id, &tags);
+    hub.enqueue(seq, &job.id, &tags);
     hub.store.sync().await?;
     metrics::counter!("cmdx_jobs_submitted_total").increment(1);
     tracing::info!(job_id = %job.id, owner = %job.owner, "job submitted");

@@ -62,6 +62,15 @@ pub type JobUpdate<'a> = &'a (dyn Fn(&mut JobRecord) -> StoreResult<()> + Send +
 /// [`JobUpdate`] for the `i`th job of a batch ([`Store::update_jobs`]).
 pub type BatchUpdate<'a> = &'a (dyn Fn(usize, &mut JobRecord) -> StoreResult<()> + Send + Sync);
 
+/// Notes from the other hubs of a cluster (see [`Store::listen`]).
+pub struct Listener {
+    /// Notes as they arrive, one per line published; closed when the connection is lost
+    /// (notes may have been missed then: catch up from the records).
+    pub notes: tokio::sync::mpsc::UnboundedReceiver<String>,
+    /// Drives the connection: run it as a task for as long as the notes are wanted.
+    pub driver: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+}
+
 /// Which jobs a listing wants.
 pub struct JobQuery<'a> {
     /// Only this owner's jobs (`None` = all, for admins).
@@ -95,6 +104,25 @@ pub trait Store: Send + Sync + 'static {
     /// default): the store is one hub's own, and its secrets stay in its data folder.
     async fn shared_secret(&self, name: &str, candidate: &[u8]) -> StoreResult<Option<Vec<u8>>> {
         let _ = (name, candidate);
+        Ok(None)
+    }
+
+    /// True when several hubs may share this store (they then tell each other what changed
+    /// with [`Store::publish`] and [`Store::listen`]).
+    fn shared(&self) -> bool {
+        false
+    }
+
+    /// Sends `notes` (lines without newlines) to every hub listening, itself included, in one
+    /// message per batch however many notes it holds. A store no other hub reads has no one to
+    /// tell.
+    async fn publish(&self, notes: &[String]) -> StoreResult<()> {
+        let _ = notes;
+        Ok(())
+    }
+
+    /// Starts listening for published notes; `None` for a store no other hub reads.
+    async fn listen(&self) -> StoreResult<Option<Listener>> {
         Ok(None)
     }
 

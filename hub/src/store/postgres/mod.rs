@@ -24,6 +24,8 @@ type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
 /// PostgreSQL-backed [`Store`].
 pub struct PgStore {
     pool: Pool,
+    /// For the listening connection, which is not the pool's.
+    config: tokio_postgres::Config,
     /// `next_seq` never returns at or below this.
     seq_floor: AtomicU64,
 }
@@ -88,7 +90,7 @@ impl PgStore {
             cfg.connect_timeout(Duration::from_secs(10));
         }
         let manager = Manager::from_config(
-            cfg,
+            cfg.clone(),
             NoTls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
@@ -107,6 +109,7 @@ impl PgStore {
             })?;
         let store = PgStore {
             pool,
+            config: cfg,
             seq_floor: AtomicU64::new(0),
         };
         store.migrate().await?;
@@ -238,8 +241,102 @@ impl PgStore {
     }
 }
 
+/// The channel hubs publish notes on.
+const CHANNEL: &str = "cmdx";
+
+/// Largest payload of one `NOTIFY` (the server's limit is 8000 bytes).
+const NOTIFY_PAYLOAD: usize = 7900;
+
+/// Joins `notes` into payloads of at most [`NOTIFY_PAYLOAD`] bytes, one note per line (a note
+/// longer than that alone is dropped: notes are ids and tags, far shorter).
+fn payloads(notes: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut cur = String::new();
+    for note in notes
+        .iter()
+        .filter(|n| n.len() < NOTIFY_PAYLOAD && !n.contains('\n'))
+    {
+        if !cur.is_empty() && cur.len() + 1 + note.len() > NOTIFY_PAYLOAD {
+            out.push(std::mem::take(&mut cur));
+        }
+        if !cur.is_empty() {
+            cur.push('\n');
+        }
+        cur.push_str(note);
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
 #[async_trait]
 impl Store for PgStore {
+    fn shared(&self) -> bool {
+        true
+    }
+
+    async fn publish(&self, notes: &[String]) -> StoreResult<()> {
+        // A transaction that notifies takes a database-wide lock at commit: one statement per
+        // batch, never one per note.
+        for payload in payloads(notes) {
+            self.execute(
+                "publish notes",
+                "SELECT pg_notify($1, $2)",
+                &[&CHANNEL, &payload],
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn listen(&self) -> StoreResult<Option<Listener>> {
+        use tokio_postgres::AsyncMessage;
+        let op = "listen for notes";
+        let (client, mut conn) = self.config.connect(NoTls).await.map_err(backend(op))?;
+        let (tx, notes) = tokio::sync::mpsc::unbounded_channel();
+        let forward = move |msg: AsyncMessage| {
+            if let AsyncMessage::Notification(n) = msg {
+                for line in n.payload().lines() {
+                    let _ = tx.send(line.to_string());
+                }
+            }
+        };
+        // The connection must be driven while LISTEN runs.
+        {
+            let statement = format!("LISTEN {CHANNEL}");
+            let listen = client.batch_execute(&statement);
+            tokio::pin!(listen);
+            loop {
+                tokio::select! {
+                    done = &mut listen => {
+                        done.map_err(backend(op))?;
+                        break;
+                    }
+                    msg = std::future::poll_fn(|cx| conn.poll_message(cx)) => match msg {
+                        Some(Ok(m)) => forward(m),
+                        Some(Err(e)) => return Err(backend(op)(e)),
+                        None => return Err(StoreError::Unavailable {
+                            op,
+                            message: "connection closed".into(),
+                        }),
+                    },
+                }
+            }
+        }
+        let driver = async move {
+            // Holding the client keeps the session (and so the LISTEN) open.
+            let _client = client;
+            while let Some(Ok(msg)) = std::future::poll_fn(|cx| conn.poll_message(cx)).await {
+                forward(msg);
+            }
+        };
+        Ok(Some(Listener {
+            notes,
+            driver: Box::pin(driver),
+        }))
+    }
+
     async fn sync(&self) -> StoreResult<()> {
         // Every write committed (synchronous_commit=on) before it returned.
         Ok(())

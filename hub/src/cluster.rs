@@ -1,0 +1,288 @@
+//! What crosses hubs that share one store (PostgreSQL): each hub dispatches to the agents
+//! connected to it from its own mirror of the one queue, and tells the others, in batched
+//! notes through the store, what they cannot see for themselves: a job queued (submitted or
+//! requeued), a cancel or drain for a worker that may be connected elsewhere, a worker token
+//! revoked. The job records stay the only truth: a claim is a compare-and-swap on the record,
+//! so two hubs racing for one job leave it with exactly one worker, and a mirror entry for a
+//! job another hub took just fails its claim and is dropped.
+//!
+//! Notes are a hint for promptness, never needed for correctness: a hub that missed some (its
+//! listening connection dropped) catches up from the records when it listens again and every
+//! [`POLL`] anyway.
+//!
+//! On a store of its own (sled) nothing here runs and notes go nowhere.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cmdx_proto::JobStatus;
+use cmdx_proto::agent::{Cancel, HubMsg};
+use tokio::sync::mpsc;
+
+use crate::Hub;
+
+/// How often a hub of a cluster rereads the queue from the records, in case notes were lost.
+pub const POLL: Duration = Duration::from_secs(5);
+
+/// Most notes published in one message.
+const BATCH: usize = 4096;
+
+/// Something the other hubs of a cluster should hear.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Note {
+    /// A job entered the queue (submitted or requeued) under `seq` with `tags`.
+    Queued {
+        /// Queue order.
+        seq: u64,
+        /// The job.
+        job_id: String,
+        /// Its tag set.
+        tags: Vec<String>,
+    },
+    /// The job's owner or an admin asked to cancel it: whoever holds its worker tells it.
+    Cancel {
+        /// The job.
+        job_id: String,
+    },
+    /// An admin drained the worker: whoever holds it tells it.
+    Drain {
+        /// The worker.
+        worker_id: String,
+    },
+    /// A worker token was revoked: sessions that enrolled with it close.
+    Revoked {
+        /// The token id.
+        token_id: String,
+    },
+}
+
+impl Note {
+    /// One line: a kind letter, the sending hub, then fields, tab-separated.
+    fn encode(&self, hub_id: &str) -> String {
+        match self {
+            Note::Queued { seq, job_id, tags } => format!(
+                "q\t{hub_id}\t{seq}\t{job_id}\t{}",
+                serde_json::to_string(tags).unwrap_or_else(|_| "[]".into())
+            ),
+            Note::Cancel { job_id } => format!("c\t{hub_id}\t{job_id}"),
+            Note::Drain { worker_id } => format!("d\t{hub_id}\t{worker_id}"),
+            Note::Revoked { token_id } => format!("r\t{hub_id}\t{token_id}"),
+        }
+    }
+
+    /// The sending hub and the note; `None` for a line this version does not know.
+    fn decode(line: &str) -> Option<(&str, Note)> {
+        let mut f = line.split('\t');
+        let kind = f.next()?;
+        let from = f.next()?;
+        let note = match kind {
+            "q" => Note::Queued {
+                seq: f.next()?.parse().ok()?,
+                job_id: f.next()?.to_string(),
+                tags: serde_json::from_str(f.next()?).ok()?,
+            },
+            "c" => Note::Cancel {
+                job_id: f.next()?.to_string(),
+            },
+            "d" => Note::Drain {
+                worker_id: f.next()?.to_string(),
+            },
+            "r" => Note::Revoked {
+                token_id: f.next()?.to_string(),
+            },
+            _ => return None,
+        };
+        Some((from, note))
+    }
+}
+
+/// This hub's side of the cluster.
+pub(crate) struct Cluster {
+    /// This hub's id in notes (random per start; a hub skips its own notes).
+    pub id: String,
+    /// Notes waiting for the publisher; `None` when the store is this hub's own.
+    out: Option<mpsc::UnboundedSender<Note>>,
+    /// The publisher's end, taken when the hub starts serving.
+    pending: Mutex<Option<mpsc::UnboundedReceiver<Note>>>,
+}
+
+impl Cluster {
+    /// A cluster side for a store that is `shared` (or not).
+    pub fn new(shared: bool) -> Cluster {
+        let id = crate::store::new_id();
+        if !shared {
+            return Cluster {
+                id,
+                out: None,
+                pending: Mutex::new(None),
+            };
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        Cluster {
+            id,
+            out: Some(tx),
+            pending: Mutex::new(Some(rx)),
+        }
+    }
+
+    /// True when other hubs may share the store.
+    pub fn is_shared(&self) -> bool {
+        self.out.is_some()
+    }
+
+    /// Tells the other hubs (batched with whatever else is pending).
+    pub fn tell(&self, note: Note) {
+        if let Some(out) = &self.out {
+            let _ = out.send(note);
+        }
+    }
+}
+
+/// Starts the publisher and the listener when the store is shared.
+pub(crate) fn start(hub: &Arc<Hub>) {
+    let pending = hub
+        .cluster
+        .pending
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
+    let Some(rx) = pending else {
+        return;
+    };
+    hub.tasks.spawn(publish(hub.clone(), rx));
+    hub.tasks.spawn(listen(hub.clone()));
+}
+
+/// Sends pending notes, as many as are waiting in one message.
+async fn publish(hub: Arc<Hub>, mut rx: mpsc::UnboundedReceiver<Note>) {
+    let mut batch = Vec::new();
+    while rx.recv_many(&mut batch, BATCH).await > 0 {
+        let lines: Vec<String> = batch.drain(..).map(|n| n.encode(&hub.cluster.id)).collect();
+        if let Err(e) = hub.store.publish(&lines).await {
+            // The others catch up from the records within POLL.
+            tracing::warn!(error = %e, notes = lines.len(), "publishing notes failed");
+        }
+    }
+}
+
+/// Listens for the other hubs' notes, catching up from the records whenever it (re)starts
+/// listening and every [`POLL`].
+async fn listen(hub: Arc<Hub>) {
+    loop {
+        match hub.store.listen().await {
+            Ok(None) => return,
+            Ok(Some(listener)) => {
+                let mut notes = listener.notes;
+                hub.tasks.spawn(listener.driver);
+                let mut poll = tokio::time::interval(POLL);
+                loop {
+                    tokio::select! {
+                        note = notes.recv() => match note {
+                            Some(line) => heard(&hub, &line).await,
+                            None => break,
+                        },
+                        _ = poll.tick() => catch_up(&hub).await,
+                    }
+                }
+                tracing::warn!("lost the connection that hears other hubs; reconnecting");
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot listen for other hubs' notes"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Puts every queued job of the records in this hub's mirror of the queue.
+pub(crate) async fn catch_up(hub: &Hub) {
+    match hub.store.unfinished_jobs().await {
+        Ok(jobs) => {
+            for job in jobs {
+                if job.status == JobStatus::Queued
+                    && let Some(seq) = job.queue_seq
+                {
+                    hub.dispatch.enqueue(seq, &job.id, &job.tags);
+                }
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "reading the queue failed"),
+    }
+}
+
+/// Acts on one note from another hub.
+async fn heard(hub: &Arc<Hub>, line: &str) {
+    let Some((from, note)) = Note::decode(line) else {
+        tracing::debug!(line, "unknown note");
+        return;
+    };
+    if from == hub.cluster.id {
+        return;
+    }
+    match note {
+        Note::Queued { seq, job_id, tags } => hub.dispatch.enqueue(seq, &job_id, &tags),
+        Note::Cancel { job_id } => {
+            let Ok(Some(job)) = hub.store.get_job(&job_id).await else {
+                return;
+            };
+            let worker = job.worker_id.clone().unwrap_or_default();
+            if job.status.is_terminal() || !job.cancel_requested {
+                return;
+            }
+            if let Some(conn) = hub.dispatch.conn(&worker) {
+                let _ = conn
+                    .send(HubMsg::Cancel(Cancel {
+                        job_id: job.id.clone(),
+                        attempt: job.attempt,
+                        grace_secs: hub.config.cancel_grace_secs,
+                    }))
+                    .await;
+            }
+        }
+        Note::Drain { worker_id } => {
+            if let Some(conn) = hub.dispatch.conn(&worker_id)
+                && hub.dispatch.set_draining(&worker_id)
+            {
+                let _ = conn.send(HubMsg::Drain).await;
+            }
+        }
+        Note::Revoked { token_id } => {
+            for (_, conn) in hub.dispatch.by_token(&token_id) {
+                if let Some(conn) = conn {
+                    conn.kick.cancel();
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notes_round_trip_and_unknown_lines_are_skipped() {
+        let notes = [
+            Note::Queued {
+                seq: 17,
+                job_id: "j1".into(),
+                tags: vec!["gpu".into(), "odd\ttag".into()],
+            },
+            Note::Cancel {
+                job_id: "j2".into(),
+            },
+            Note::Drain {
+                worker_id: "w1".into(),
+            },
+            Note::Revoked {
+                token_id: "t1".into(),
+            },
+        ];
+        for note in notes {
+            let line = note.encode("hubA");
+            assert!(!line.contains('\n'));
+            assert_eq!(Note::decode(&line), Some(("hubA", note)));
+        }
+        assert_eq!(Note::decode("z\thubA\tx"), None);
+        assert_eq!(Note::decode("q\thubA\tnot-a-number\tj\t[]"), None);
+        assert_eq!(Note::decode(""), None);
+    }
+}
