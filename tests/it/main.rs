@@ -18,6 +18,7 @@ mod ratelimit;
 mod relay;
 mod security;
 mod sessions;
+mod tls;
 mod worker_identity;
 
 /// Flags for a hub tuned for tests: short reconnect grace, no rate limits.
