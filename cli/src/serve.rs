@@ -186,12 +186,8 @@ pub async fn run_hub(args: HubArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
     let hub = cmdx_hub::open(config).await.context("opening the hub")?;
-    let scheme = if let Some(tls) = hub.tls.clone() {
-        reload_tls_on_sighup(tls)?;
-        "https"
-    } else {
-        "http"
-    };
+    reload_tls_on_sighup(hub.tls.clone())?;
+    let scheme = if hub.tls.is_some() { "https" } else { "http" };
     // Tests and scripts read this line to learn the port.
     println!("cmdx hub listening on {scheme}://{addr}");
     cmdx_hub::serve(hub, listener, shutdown_signal())
@@ -201,12 +197,17 @@ pub async fn run_hub(args: HubArgs) -> anyhow::Result<()> {
 }
 
 /// Rereads the TLS certificate and key on every SIGHUP (a renewal hook runs `systemctl reload`);
-/// a pair that does not load is logged and the hub keeps serving the previous one.
-fn reload_tls_on_sighup(tls: std::sync::Arc<cmdx_hub::tls::Tls>) -> anyhow::Result<()> {
+/// a pair that does not load is logged and the hub keeps serving the previous one. Without TLS
+/// a SIGHUP is logged and ignored: a reload must never stop a hub.
+fn reload_tls_on_sighup(tls: Option<std::sync::Arc<cmdx_hub::tls::Tls>>) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hup = signal(SignalKind::hangup()).context("watching SIGHUP")?;
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
+            let Some(tls) = &tls else {
+                tracing::info!("SIGHUP: nothing to reload (no --tls-cert)");
+                continue;
+            };
             match tls.reload() {
                 Ok(()) => tracing::info!("TLS certificate reloaded"),
                 Err(e) => tracing::error!(
