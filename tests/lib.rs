@@ -45,6 +45,15 @@ pub fn cmdx_bin() -> PathBuf {
     bin
 }
 
+/// A builder for the tests' own HTTP clients. reqwest is built with rustls and no crypto
+/// provider of its own (the `cmdx` binary hands its clients a configuration), so a client
+/// built without one needs the process-wide default, installed here (ring) once.
+pub fn http_client() -> reqwest::ClientBuilder {
+    // An error means a default is installed already: fine.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+}
+
 /// Polls `f` until it returns `Some`, or fails after [`WAIT`].
 pub async fn wait_for<T, F, Fut>(what: &str, f: F) -> T
 where
@@ -102,7 +111,7 @@ impl HubProc {
             extra: extra.iter().map(|s| s.to_string()).collect(),
             umask: None,
             port: 0,
-            http: reqwest::Client::builder()
+            http: http_client()
                 .timeout(Duration::from_secs(60))
                 .build()
                 .expect("client"),
@@ -123,7 +132,7 @@ impl HubProc {
             extra: extra.iter().map(|s| s.to_string()).collect(),
             umask: Some(umask),
             port: 0,
-            http: reqwest::Client::builder()
+            http: http_client()
                 .timeout(Duration::from_secs(60))
                 .build()
                 .expect("client"),
@@ -142,7 +151,7 @@ impl HubProc {
             extra: extra.iter().map(|s| s.to_string()).collect(),
             umask: None,
             port: 0,
-            http: reqwest::Client::builder()
+            http: http_client()
                 .timeout(Duration::from_secs(60))
                 .build()
                 .expect("client"),
@@ -651,7 +660,7 @@ impl DevProc {
             url,
             data,
             _tmp: tmp,
-            http: reqwest::Client::new(),
+            http: http_client().build().expect("client"),
         }
     }
 

@@ -9,9 +9,13 @@ use cmdx_sandbox::{Limits, Mode};
 /// Everything [`crate::run`] needs. Build it with [`AgentConfig::new`] and adjust fields.
 #[derive(Clone)]
 pub struct AgentConfig {
-    /// Base URL of the hub, `http://host:port` (`ws://` and `wss://` are accepted too); the
-    /// agent connects to `/ws/agent` below it and resolves hub-relative file URLs against it.
+    /// Base URL of the hub, `http://host:port` or `https://host:port` (`ws://` and `wss://` are
+    /// accepted too); the agent connects to `/ws/agent` below it and resolves hub-relative file
+    /// URLs against it.
     pub hub_url: String,
+    /// A PEM file of CA certificates trusted besides the system's roots, for a hub whose
+    /// `https://` certificate a private CA signed.
+    pub ca_file: Option<PathBuf>,
     /// Worker token, sent in the WebSocket handshake and on file downloads; never logged.
     pub token: String,
     /// Fixed worker id; when `None` the agent keeps a generated id in `work_dir/worker-id`
@@ -80,6 +84,7 @@ impl AgentConfig {
     pub fn new(hub_url: impl Into<String>, token: impl Into<String>) -> Self {
         Self {
             hub_url: hub_url.into(),
+            ca_file: None,
             token: token.into(),
             worker_id: None,
             concurrency: 2,
@@ -111,6 +116,7 @@ impl fmt::Debug for AgentConfig {
         // The token is a credential: only whether it is set reaches a log.
         f.debug_struct("AgentConfig")
             .field("hub_url", &self.hub_url)
+            .field("ca_file", &self.ca_file)
             .field(
                 "token",
                 &if self.token.is_empty() {

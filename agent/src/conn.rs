@@ -1,6 +1,7 @@
-//! The WebSocket to the hub: handshake with the worker token in a header, bounded buffers,
-//! JSON text frames.
+//! The WebSocket to the hub (`ws://`, or `wss://` with the agent's rustls configuration):
+//! handshake with the worker token in a header, bounded buffers, JSON text frames.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use cmdx_proto::agent::{AgentMsg, HubMsg};
@@ -10,7 +11,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
 /// The agent's end of the hub connection.
 pub(crate) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -30,9 +31,11 @@ fn ws_config() -> WebSocketConfig {
         .max_frame_size(Some(MAX_MESSAGE_BYTES))
 }
 
-/// Opens the WebSocket; the token travels in `Authorization: Bearer` (marked sensitive).
+/// Opens the WebSocket (`wss://` through `tls`); the token travels in `Authorization: Bearer`
+/// (marked sensitive).
 pub(crate) async fn connect(
     url: &str,
+    tls: &Arc<rustls::ClientConfig>,
     token: &str,
     worker_id: &str,
     timeout: Duration,
@@ -48,7 +51,12 @@ pub(crate) async fn connect(
     req.headers_mut()
         .insert(tungstenite::http::header::AUTHORIZATION, auth);
     req.headers_mut().insert(WORKER_ID_HEADER, id);
-    let connecting = tokio_tungstenite::connect_async_with_config(req, Some(ws_config()), true);
+    let connecting = tokio_tungstenite::connect_async_tls_with_config(
+        req,
+        Some(ws_config()),
+        true,
+        Some(Connector::Rustls(tls.clone())),
+    );
     match tokio::time::timeout(timeout, connecting).await {
         Err(_) => Err(format!("timed out after {} s", timeout.as_secs())),
         Ok(Err(tungstenite::Error::Http(resp))) => {

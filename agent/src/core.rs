@@ -65,6 +65,8 @@ pub(crate) struct CoreSettings {
     pub job: Arc<JobSettings>,
     /// `ws(s)://.../ws/agent`.
     pub ws_url: String,
+    /// TLS client configuration for a `wss://` hub.
+    pub tls: Arc<rustls::ClientConfig>,
     /// Worker token for the handshake.
     pub token: String,
     /// Stable worker id.
@@ -243,9 +245,10 @@ impl Core {
         let token = self.s.token.clone();
         let id = self.s.worker_id.clone();
         let timeout = self.s.connect_timeout;
+        let tls = self.s.tls.clone();
         let connecting = async move {
             tokio::time::sleep(delay).await;
-            conn::connect(&url, &token, &id, timeout).await
+            conn::connect(&url, &tls, &token, &id, timeout).await
         };
         tokio::pin!(connecting);
         loop {

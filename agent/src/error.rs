@@ -40,6 +40,17 @@ pub enum AgentError {
         /// The missing layers, as the sandbox names them.
         missing: Vec<String>,
     },
+    /// The private CA file (`--ca-file`) cannot be used.
+    #[error("CA file {path}: {reason}")]
+    CaFile {
+        /// The file as configured.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The TLS client configuration could not be built.
+    #[error("cannot set up TLS: {0}")]
+    Tls(String),
     /// The HTTP client for downloads could not be built.
     #[error("cannot build the download client: {0}")]
     HttpClient(#[source] reqwest::Error),

@@ -97,6 +97,7 @@ impl Fetcher {
     /// A fetcher for this hub and worker.
     pub fn new(
         urls: HubUrls,
+        tls: &rustls::ClientConfig,
         token: String,
         worker_id: String,
         max_bytes: u64,
@@ -108,6 +109,7 @@ impl Fetcher {
             .no_proxy()
             .connect_timeout(connect_timeout)
             .read_timeout(Duration::from_secs(60))
+            .tls_backend_preconfigured(tls.clone())
             .build()
             .map_err(AgentError::HttpClient)?;
         Ok(Self {

@@ -12,6 +12,8 @@
 //! - `telemetry`: the metrics the agent records (`metrics` facade);
 //! - `fetch`: hub URLs, the capped, hashed ZIP download and the artifact upload; `extract`:
 //!   safe extraction; `collect`: safe artifact collection;
+//! - `tls`: the rustls client configuration (system roots plus an optional private CA) of
+//!   both the WebSocket and the HTTP client, also used by the `cmdx` CLI;
 //! - `host`: host facts and the persistent worker id; `config`, `error`.
 //!
 //! # Work directory
@@ -55,6 +57,7 @@ mod output;
 mod runner;
 mod spawner;
 mod telemetry;
+pub mod tls;
 mod uids;
 
 use std::fs;
@@ -89,16 +92,8 @@ pub async fn run(config: AgentConfig, control: watch::Receiver<Control>) -> Resu
         )));
     }
     let urls = fetch::HubUrls::parse(&config.hub_url)?;
-    if urls.ws.starts_with("wss:") {
-        // Neither the WebSocket nor the HTTP client is built with TLS: say so now instead of
-        // failing every connection attempt.
-        return Err(AgentError::HubUrl {
-            url: config.hub_url.clone(),
-            reason: "this build has no TLS support; reach the hub over http:// (for example \
-                     through a TLS-terminating proxy on the same host)"
-                .into(),
-        });
-    }
+    // Built once: a bad CA file stops the agent now instead of failing every connection.
+    let tls = tls::client_config(config.ca_file.as_deref())?;
     if config.token.is_empty() || !config.token.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(AgentError::Config(
             "the worker token must be non-empty printable ASCII without spaces".into(),
@@ -209,6 +204,7 @@ pub async fn run(config: AgentConfig, control: watch::Receiver<Control>) -> Resu
 
     let fetcher = fetch::Fetcher::new(
         urls.clone(),
+        &tls,
         config.token.clone(),
         worker_id.clone(),
         config.max_download_bytes,
@@ -246,6 +242,7 @@ pub async fn run(config: AgentConfig, control: watch::Receiver<Control>) -> Resu
         core::CoreSettings {
             job: job_settings,
             ws_url: urls.ws.clone(),
+            tls,
             token: config.token.clone(),
             worker_id,
             host,

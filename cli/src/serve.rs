@@ -112,8 +112,14 @@ hub_settings! {
     trusted_proxies: Vec<String> => trusted_proxies, "CMDX_TRUSTED_PROXIES", value_delimiter = ',';
     /// Public base URL of the hub (for absolute URLs handed to legacy workers).
     public_url: Option<String> => public_url, "CMDX_PUBLIC_URL";
-    /// Mark the session cookie Secure (the hub is reached over TLS).
+    /// Mark the session cookie Secure (the hub is reached over TLS through a proxy; implied by
+    /// --tls-cert).
     cookie_secure: Option<bool> => cookie_secure, "CMDX_COOKIE_SECURE";
+    /// Serve HTTPS with this PEM certificate chain (leaf first); needs --tls-key. Reread with
+    /// the key on SIGHUP.
+    tls_cert: Option<PathBuf> => tls_cert, "CMDX_TLS_CERT", value_name = "PEM";
+    /// PEM private key of --tls-cert.
+    tls_key: Option<PathBuf> => tls_key, "CMDX_TLS_KEY", value_name = "PEM";
     /// Extra origins allowed for browser WebSockets (comma-separated).
     allowed_origins: Vec<String> => allowed_origins, "CMDX_ALLOWED_ORIGINS", value_delimiter = ',';
 }
@@ -185,11 +191,37 @@ pub async fn run_hub(args: HubArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
     let hub = cmdx_hub::open(config).await.context("opening the hub")?;
+    reload_tls_on_sighup(hub.tls.clone())?;
+    let scheme = if hub.tls.is_some() { "https" } else { "http" };
     // Tests and scripts read this line to learn the port.
-    println!("cmdx hub listening on http://{addr}");
+    println!("cmdx hub listening on {scheme}://{addr}");
     cmdx_hub::serve(hub, listener, shutdown_signal())
         .await
         .context("serving")?;
+    Ok(())
+}
+
+/// Rereads the TLS certificate and key on every SIGHUP (a renewal hook runs `systemctl reload`);
+/// a pair that does not load is logged and the hub keeps serving the previous one. Without TLS
+/// a SIGHUP is logged and ignored: a reload must never stop a hub.
+fn reload_tls_on_sighup(tls: Option<std::sync::Arc<cmdx_hub::tls::Tls>>) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = signal(SignalKind::hangup()).context("watching SIGHUP")?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            let Some(tls) = &tls else {
+                tracing::info!("SIGHUP: nothing to reload (no --tls-cert)");
+                continue;
+            };
+            match tls.reload() {
+                Ok(()) => tracing::info!("TLS certificate reloaded"),
+                Err(e) => tracing::error!(
+                    error = %e,
+                    "TLS reload failed; still serving the previous certificate"
+                ),
+            }
+        }
+    });
     Ok(())
 }
 
@@ -214,9 +246,13 @@ impl From<SandboxMode> for cmdx_sandbox::Mode {
 /// `cmdx agent`.
 #[derive(clap::Args)]
 pub struct AgentArgs {
-    /// Hub base URL.
+    /// Hub base URL (`https://` for a hub serving TLS).
     #[arg(long, env = "CMDX_HUB")]
     hub: String,
+    /// PEM file of a private CA to trust besides the system's roots, for an https:// hub whose
+    /// certificate it signed.
+    #[arg(long, env = "CMDX_CA_FILE", value_name = "PEM")]
+    ca_file: Option<PathBuf>,
     /// Worker token (minted with `cmdx token worker` or `POST /api/workers/tokens`). Set the
     /// environment variable or use --token-file: a token on the command line is moved out of
     /// argv at start, but a process listing taken before that moment still shows it.
@@ -407,6 +443,7 @@ fn agent_token(token: Option<String>, file: Option<&Path>) -> anyhow::Result<Str
 pub async fn run_agent(args: AgentArgs) -> anyhow::Result<i32> {
     let token = agent_token(args.token, args.token_file.as_deref())?;
     let mut config = cmdx_agent::AgentConfig::new(args.hub, token);
+    config.ca_file = args.ca_file;
     config.concurrency = args.concurrency.max(1);
     config.tags = args.tags;
     config.work_dir = args.work_dir;
@@ -484,6 +521,10 @@ pub async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
         ..Default::default()
     };
     args.settings.apply(&mut config);
+    if config.tls_cert.is_some() || config.tls_key.is_some() {
+        // Its agents reach it at 127.0.0.1, a name a real certificate does not carry.
+        anyhow::bail!("cmdx dev serves plain HTTP on its own address; use cmdx hub for TLS");
+    }
     let hub = cmdx_hub::open(config).await.context("opening the hub")?;
     let admin = hub
         .store
@@ -584,6 +625,10 @@ pub struct BackupArgs {
     /// Hub base URL.
     #[arg(long, env = "CMDX_HUB", default_value = "http://127.0.0.1:8080")]
     hub: String,
+    /// PEM file of a private CA to trust besides the system's roots, for an https:// hub whose
+    /// certificate it signed.
+    #[arg(long, env = "CMDX_CA_FILE", value_name = "PEM")]
+    ca_file: Option<PathBuf>,
     /// An admin's bearer token (`cmdx login` prints where it is saved; or CMDX_TOKEN).
     #[arg(long, env = "CMDX_TOKEN", hide_env_values = true)]
     token: String,
@@ -608,12 +653,21 @@ pub async fn run_backup(args: BackupArgs) -> anyhow::Result<i32> {
     use futures_util::StreamExt;
     use tokio::io::AsyncWriteExt;
     let url = format!("{}/api/admin/backup", args.hub.trim_end_matches('/'));
-    let resp = reqwest::Client::new()
+    let tls = cmdx_agent::tls::client_config(args.ca_file.as_deref())?;
+    let resp = crate::client::api::http_client(&tls)?
         .get(&url)
         .bearer_auth(&args.token)
         .send()
-        .await
-        .with_context(|| format!("cannot reach the hub at {}", args.hub))?;
+        .await;
+    let resp = match resp {
+        Ok(r) => r,
+        Err(e) => match crate::client::api::tls_failure(&args.hub, &e) {
+            Some(tls) => return Err(tls),
+            None => {
+                return Err(e).with_context(|| format!("cannot reach the hub at {}", args.hub));
+            }
+        },
+    };
     if !resp.status().is_success() {
         let status = resp.status();
         let body = resp.text().await.unwrap_or_default();
@@ -716,5 +770,15 @@ mod tests {
         assert_eq!(c.public_url.as_deref(), Some("https://cmdx.example"));
         assert!(c.cookie_secure);
         assert_eq!(c.read_rate_limit_burst, defaults.read_rate_limit_burst);
+        assert_eq!(c.tls_cert, None);
+
+        let c = config(&[
+            "--tls-cert",
+            "/etc/cmdx/hub.crt",
+            "--tls-key",
+            "/etc/cmdx/hub.key",
+        ]);
+        assert_eq!(c.tls_cert, Some(PathBuf::from("/etc/cmdx/hub.crt")));
+        assert_eq!(c.tls_key, Some(PathBuf::from("/etc/cmdx/hub.key")));
     }
 }

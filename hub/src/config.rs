@@ -75,8 +75,14 @@ pub struct HubConfig {
     /// The hub's public base URL (e.g. `https://cmdx.example.com`), used where the hub must
     /// hand out absolute URLs (legacy workers' `fileUrl`).
     pub public_url: Option<String>,
-    /// Mark the session cookie `Secure` (behind TLS).
+    /// Mark the session cookie `Secure` (behind a TLS-terminating proxy; implied when the hub
+    /// serves TLS itself).
     pub cookie_secure: bool,
+    /// PEM certificate chain (leaf first) the hub serves HTTPS with, together with `tls_key`;
+    /// reread on SIGHUP. Unset: plain HTTP (on a trusted network or behind a proxy).
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
     /// sled page cache, bytes.
     pub cache_bytes: u64,
     /// Where records live: `None` for sled in `data_dir/db` (one hub), or a PostgreSQL URL
@@ -148,6 +154,8 @@ impl Default for HubConfig {
             trusted_proxies: Vec::new(),
             public_url: None,
             cookie_secure: false,
+            tls_cert: None,
+            tls_key: None,
             cache_bytes: 64 << 20,
             store: None,
             store_pool_size: 16,
@@ -208,6 +216,8 @@ impl std::fmt::Debug for HubConfig {
                 &redact(&self.legacy_worker_jwt_secret),
             )
             .field("legacy_open_cidrs", &self.legacy_open_cidrs)
+            .field("tls_cert", &self.tls_cert)
+            .field("tls_key", &self.tls_key)
             .field("reconnect_grace_secs", &self.reconnect_grace_secs)
             .field("output_cap_bytes", &self.output_cap_bytes)
             .field("max_upload_bytes", &self.max_upload_bytes)

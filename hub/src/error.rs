@@ -26,6 +26,14 @@ pub enum HubError {
     /// Bad configuration.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// The TLS certificate or key file cannot be used.
+    #[error("TLS file {path}: {reason}")]
+    Tls {
+        /// The certificate or key file.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 /// Why a lifecycle operation refused or failed.

@@ -36,6 +36,8 @@ pub const PASSWORD_WAIT: std::time::Duration = std::time::Duration::from_secs(5)
 pub struct Hub {
     /// Settings, fixed for the hub's life.
     pub config: HubConfig,
+    /// The TLS server configuration when the hub serves HTTPS itself (reloadable on SIGHUP).
+    pub tls: Option<Arc<crate::tls::Tls>>,
     /// Durable state: the only truth about users, jobs, files, workers and tokens; everything
     /// in memory below is rebuilt from it at start.
     pub store: Arc<dyn Store>,
@@ -74,8 +76,15 @@ pub struct Hub {
 
 impl Hub {
     /// Assembles a hub over an opened store; nothing runs yet.
-    pub(crate) fn new(config: HubConfig, store: Arc<dyn Store>, auth: Auth, blobs: Blobs) -> Hub {
+    pub(crate) fn new(
+        config: HubConfig,
+        tls: Option<Arc<crate::tls::Tls>>,
+        store: Arc<dyn Store>,
+        auth: Auth,
+        blobs: Blobs,
+    ) -> Hub {
         Hub {
+            tls,
             relay: Relay::new(config.output_cap_bytes),
             password_hashing: tokio::sync::Semaphore::new(
                 config.password_hash_concurrency.max(1) as usize
@@ -98,6 +107,12 @@ impl Hub {
             sessions: ws::Sessions::default(),
             tasks: Tasks::default(),
         }
+    }
+
+    /// Whether the session cookie is marked `Secure`: asked for (a TLS-terminating proxy in
+    /// front), or implied by the hub serving TLS itself.
+    pub(crate) fn cookie_secure(&self) -> bool {
+        self.config.cookie_secure || self.tls.is_some()
     }
 
     /// Runs argon2 work (hashing or verifying a password) on the blocking pool, at most

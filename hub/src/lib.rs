@@ -27,6 +27,7 @@ pub mod ratelimit;
 pub mod relay;
 pub mod store;
 pub mod time;
+pub mod tls;
 pub mod urls;
 pub mod web;
 pub mod ws;
@@ -65,6 +66,10 @@ pub struct PeerAddr(pub std::net::SocketAddr);
 /// Accepts connections until `shutdown`, serving each with hyper (HTTP/1.1 with upgrades) under
 /// a header-read timeout (slowloris) and a connection cap, then waits (bounded) for in-flight
 /// requests. Upgraded WebSockets are closed by their sessions when `Hub::stop` flips.
+///
+/// With TLS the handshake runs in the connection's own task, under the same timeout as the
+/// headers, with the configuration current when the connection was accepted: a client that
+/// never finishes it holds one connection slot until then, never the accept loop.
 async fn accept_loop<F>(
     hub: Arc<Hub>,
     listener: TcpListener,
@@ -115,12 +120,26 @@ async fn accept_loop<F>(
             .timer(TokioTimer::new())
             .header_read_timeout(header_timeout)
             .keep_alive(true);
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), hyper_svc)
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let watcher = graceful.watcher();
+        let acceptor = hub.tls.as_ref().map(|t| t.acceptor());
         hub.tasks.spawn(async move {
-            if let Err(e) = conn.await {
+            let served = match acceptor {
+                None => {
+                    let conn =
+                        builder.serve_connection_with_upgrades(TokioIo::new(stream), hyper_svc);
+                    watcher.watch(conn.into_owned()).await
+                }
+                Some(acceptor) => {
+                    let Some(stream) = tls_handshake(acceptor, stream, peer, header_timeout).await
+                    else {
+                        return;
+                    };
+                    let conn =
+                        builder.serve_connection_with_upgrades(TokioIo::new(stream), hyper_svc);
+                    watcher.watch(conn.into_owned()).await
+                }
+            };
+            if let Err(e) = served {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
             drop(permit);
@@ -135,8 +154,63 @@ async fn accept_loop<F>(
     }
 }
 
+/// What a plain-HTTP request to the TLS port is answered with before the connection closes.
+const PLAIN_HTTP_ANSWER: &[u8] = concat!(
+    "HTTP/1.1 400 Bad Request\r\n",
+    "Content-Type: text/plain\r\n",
+    "Connection: close\r\n",
+    "Content-Length: 44\r\n",
+    "\r\n",
+    "this port serves HTTPS: use an https:// URL\n",
+)
+.as_bytes();
+
+/// Completes the TLS handshake of an accepted connection within `limit`; `None` (the
+/// connection closed) when it fails, times out, or the client speaks plain HTTP (answered
+/// with a 400 that says to use `https://`).
+async fn tls_handshake(
+    acceptor: tokio_rustls::TlsAcceptor,
+    stream: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    limit: std::time::Duration,
+) -> Option<tokio_rustls::server::TlsStream<tokio::net::TcpStream>> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    /// The first byte of a TLS record carrying a handshake message (a ClientHello).
+    const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+    let handshake = async {
+        let mut first = [0u8; 1];
+        let mut stream = stream;
+        if stream.peek(&mut first).await? == 1 && first[0] != TLS_HANDSHAKE_RECORD {
+            stream.write_all(PLAIN_HTTP_ANSWER).await?;
+            stream.shutdown().await?;
+            // Read what the client sent until it closes (bounded by `limit`): closing with
+            // unread bytes would reset the connection, and the answer could be lost with it.
+            let mut sink = [0u8; 4096];
+            while stream.read(&mut sink).await? > 0 {}
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "plain HTTP on the TLS port",
+            ));
+        }
+        acceptor.accept(stream).await
+    };
+    match tokio::time::timeout(limit, handshake).await {
+        Ok(Ok(stream)) => Some(stream),
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timed out");
+            None
+        }
+    }
+}
+
 /// Opens the hub state without serving (tests and `cmdx dev` use it to mint tokens first).
 pub async fn open(config: HubConfig) -> Result<Arc<Hub>, HubError> {
+    // First: a certificate that does not load stops the hub before it touches the data.
+    let tls = tls::Tls::from_config(&config)?;
     let data = config.data_dir.clone();
     let data_err = |path: &std::path::Path| {
         let path = path.to_path_buf();
@@ -171,7 +245,7 @@ pub async fn open(config: HubConfig) -> Result<Arc<Hub>, HubError> {
             auth.revoke_session(&sid, exp);
         }
     }
-    let hub = Arc::new(Hub::new(config, store, auth, blobs));
+    let hub = Arc::new(Hub::new(config, tls, store, auth, blobs));
     auth::bootstrap_admin(&hub).await?;
     jobs::recovery::recover(&hub).await?;
     Ok(hub)

@@ -38,6 +38,7 @@ mod relay;
 mod security;
 mod sessions;
 mod store;
+mod tls;
 mod worker_identity;
 
 /// Flags for a hub tuned for tests: short reconnect grace, no rate limits.

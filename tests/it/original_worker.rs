@@ -49,7 +49,7 @@ fn worker_jwt(worker_id: &str, secret: &str) -> String {
 /// A client whose connections come from `source` (127.0.0.1 is the admitted network; any other
 /// loopback address is outside it).
 fn client_from(source: [u8; 4]) -> reqwest::Client {
-    reqwest::Client::builder()
+    cmdx_e2e::http_client()
         .user_agent(USER_AGENT)
         .local_address(std::net::IpAddr::from(source))
         .timeout(Duration::from_secs(60))

@@ -935,7 +935,7 @@ async fn a_login_storm_from_many_addresses_costs_bounded_memory() {
     let before = peak_rss_kb(&hub);
     let mut storm = tokio::task::JoinSet::new();
     for i in 0..100u8 {
-        let http = reqwest::Client::builder()
+        let http = cmdx_e2e::http_client()
             .local_address(std::net::IpAddr::from([127, 0, 2, i + 1]))
             .timeout(Duration::from_secs(60))
             .build()

@@ -1,6 +1,8 @@
-//! A small REST client for the hub: bearer auth, JSON bodies, and one-line explanations of every
-//! failure (unreachable hub, 401, 403, 404, 413, 429, hub errors).
+//! A small REST client for the hub: bearer auth, JSON bodies, TLS for an `https://` hub
+//! (rustls, system roots plus `--ca-file`), and one-line explanations of every failure
+//! (unreachable hub, untrusted certificate, 401, 403, 404, 413, 429, hub errors).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::anyhow;
@@ -73,20 +75,20 @@ pub struct Api {
     /// Hub base URL.
     pub hub: String,
     token: Option<String>,
+    /// The TLS client configuration, shared by the REST client and the WebSocket.
+    pub tls: Arc<rustls::ClientConfig>,
 }
 
 impl Api {
     /// A client for `conn`.
     pub fn new(conn: &Conn) -> anyhow::Result<Api> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .user_agent(concat!("cmdx/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| anyhow!("cannot build the HTTP client: {e}"))?;
+        let tls = cmdx_agent::tls::client_config(conn.ca_file.as_deref())?;
+        let http = http_client(&tls)?;
         Ok(Api {
             http,
             hub: conn.hub.clone(),
             token: conn.token.clone(),
+            tls,
         })
     }
 
@@ -115,11 +117,14 @@ impl Api {
         check(resp, what).await
     }
 
-    /// Explains a transport failure (connection refused, timeout, reset) in one line.
+    /// Explains a transport failure (connection refused, untrusted certificate, timeout, reset)
+    /// in one line.
     pub fn transport_error(&self, e: &reqwest::Error) -> anyhow::Error {
         detail(format_args!("transport error: {e:?}"));
         let root = root_cause(e);
-        if e.is_connect() {
+        if let Some(tls) = tls_failure(&self.hub, e) {
+            tls
+        } else if e.is_connect() {
             anyhow!("cannot reach the hub at {}: {root}", self.hub)
         } else if e.is_timeout() {
             anyhow!("the hub at {} did not answer in time", self.hub)
@@ -149,6 +154,43 @@ impl Api {
             .json(body);
         decode(self.send(rb, what).await?, what).await
     }
+}
+
+/// The HTTP client of the CLI: TLS from `tls`, a connect timeout, our user agent.
+pub fn http_client(tls: &rustls::ClientConfig) -> anyhow::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .user_agent(concat!("cmdx/", env!("CARGO_PKG_VERSION")))
+        .tls_backend_preconfigured(tls.clone())
+        .build()
+        .map_err(|e| anyhow!("cannot build the HTTP client: {e}"))
+}
+
+/// A TLS failure somewhere in `e`'s chain, explained: an untrusted certificate says how to
+/// trust it. hyper and tokio-tungstenite pass rustls's error on inside (nested) `io::Error`s,
+/// whose `source()` skips what they wrap, so each `io::Error` is opened instead.
+pub fn tls_failure(hub: &str, e: &(dyn std::error::Error + 'static)) -> Option<anyhow::Error> {
+    let mut cur = Some(e);
+    let mut found = None;
+    while let Some(err) = cur {
+        if let Some(t) = err.downcast_ref::<rustls::Error>() {
+            found = Some(t);
+            break;
+        }
+        cur = match err.downcast_ref::<std::io::Error>() {
+            Some(io) => io
+                .get_ref()
+                .map(|inner| inner as &(dyn std::error::Error + 'static)),
+            None => err.source(),
+        };
+    }
+    Some(match found? {
+        rustls::Error::InvalidCertificate(why) => anyhow!(
+            "the hub at {hub} presented a TLS certificate this cmdx does not trust ({why}): if a \
+             private CA signed it, pass --ca-file with that CA's PEM file (or set CMDX_CA_FILE)"
+        ),
+        other => anyhow!("TLS with the hub at {hub} failed: {other}"),
+    })
 }
 
 /// The innermost error's text (e.g. "Connection refused (os error 111)").

@@ -1,6 +1,6 @@
-//! The client config file (hub URL and session token written by `cmdx login`) and the
-//! resolution of the hub and token for a command: flags > `CMDX_HUB`/`CMDX_TOKEN` > file >
-//! defaults.
+//! The client config file (hub URL, session token and CA file written by `cmdx login`) and the
+//! resolution of the hub, token and CA file for a command: flags > `CMDX_HUB`/`CMDX_TOKEN`/
+//! `CMDX_CA_FILE` > file > defaults.
 //!
 //! The file is `$CMDX_CONFIG`, else `$XDG_CONFIG_HOME/cmdx/config.json`, else
 //! `~/.config/cmdx/config.json`; it is written with mode 0600 (it holds a bearer token).
@@ -27,6 +27,10 @@ pub struct ConfigFile {
     /// Session bearer token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
+    /// PEM file of the private CA that signed the hub's certificate (`--ca-file` at login),
+    /// trusted besides the system's roots for this hub only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
     /// Who signed in, for people reading the file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub email: Option<String>,
@@ -36,6 +40,7 @@ impl std::fmt::Debug for ConfigFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ConfigFile")
             .field("hub", &self.hub)
+            .field("ca_file", &self.ca_file)
             .field("email", &self.email)
             .field("has_token", &self.token.is_some())
             .finish()
@@ -125,14 +130,17 @@ pub struct Conn {
     pub hub: String,
     /// Bearer token, when signed in.
     pub token: Option<String>,
+    /// PEM file of a private CA trusted besides the system's roots.
+    pub ca_file: Option<PathBuf>,
 }
 
 fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
 }
 
-/// Resolves the hub and token: flags > env > config file > defaults. The file's token is used
-/// only with the file's hub: a token is never sent to a hub it was not issued by.
+/// Resolves the hub, token and CA file: flags > env > config file > defaults. The file's token
+/// and CA file are used only with the file's hub: a token is never sent to a hub it was not
+/// issued by, and a CA trusted for one hub is not trusted for another.
 pub fn resolve(args: &ConnArgs) -> anyhow::Result<Conn> {
     let file = load()?;
     let file_hub = file.hub.as_deref().and_then(|h| normalize_hub(h).ok());
@@ -140,17 +148,21 @@ pub fn resolve(args: &ConnArgs) -> anyhow::Result<Conn> {
         Some(h) => normalize_hub(&h)?,
         None => file_hub.clone().unwrap_or_else(|| DEFAULT_HUB.to_string()),
     };
+    let same_hub = file_hub.as_deref() == Some(hub.as_str());
     let token = args
         .token
         .clone()
         .or_else(|| env("CMDX_TOKEN"))
-        .or_else(|| {
-            file.token
-                .filter(|_| file_hub.as_deref() == Some(hub.as_str()))
-        });
+        .or_else(|| file.token.filter(|_| same_hub));
+    let ca_file = args
+        .ca_file
+        .clone()
+        .or_else(|| env("CMDX_CA_FILE").map(PathBuf::from))
+        .or_else(|| file.ca_file.filter(|_| same_hub));
     Ok(Conn {
         hub,
         token: token.map(|t| t.trim().to_string()),
+        ca_file,
     })
 }
 

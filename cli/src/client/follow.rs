@@ -60,7 +60,10 @@ async fn connect(api: &Api, job_id: &str, offset: u64) -> anyhow::Result<Ws> {
         .parse()
         .map_err(|_| anyhow!("the session token is not a valid header value: run cmdx login"))?;
     req.headers_mut().insert("authorization", auth);
-    let (mut ws, _) = match tokio_tungstenite::connect_async(req).await {
+    let connector = tokio_tungstenite::Connector::Rustls(api.tls.clone());
+    let connecting =
+        tokio_tungstenite::connect_async_tls_with_config(req, None, false, Some(connector));
+    let (mut ws, _) = match connecting.await {
         Ok(ok) => ok,
         Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
             let status = resp.status();
@@ -76,6 +79,9 @@ async fn connect(api: &Api, job_id: &str, offset: u64) -> anyhow::Result<Ws> {
         }
         Err(e) => {
             detail(format_args!("output socket error: {e:?}"));
+            if let Some(tls) = super::api::tls_failure(&api.hub, &e) {
+                return Err(tls);
+            }
             bail!(
                 "cannot reach the hub at {}: {}",
                 api.hub,

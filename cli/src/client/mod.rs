@@ -2,8 +2,10 @@
 //! `artifacts`, `token`, `user`, `completions`): a thin layer of flags over the hub's REST and
 //! `/ws/client` APIs.
 //!
-//! Every command resolves its hub URL and token with the precedence flags > `CMDX_HUB` /
-//! `CMDX_TOKEN` > the config file written by `cmdx login` ([`config`]). Every failure becomes one
+//! Every command resolves its hub URL, token and CA file with the precedence flags >
+//! `CMDX_HUB` / `CMDX_TOKEN` / `CMDX_CA_FILE` > the config file written by `cmdx login`
+//! ([`config`]). An `https://` hub is reached over TLS (rustls), trusting the system's roots and
+//! the `--ca-file`. Every failure becomes one
 //! line on stderr and exit code 125 (see [`api::HubError`]); `-v` adds detail lines.
 //!
 //! Exit codes of the commands that wait for a job (`submit`, `logs -f`): the job's own exit
@@ -75,6 +77,10 @@ pub struct ConnArgs {
     /// Session token (default: CMDX_TOKEN, then the config file).
     #[arg(long, global = true)]
     pub token: Option<String>,
+    /// PEM file of a private CA to trust besides the system's roots, for an https:// hub whose
+    /// certificate it signed (default: CMDX_CA_FILE, then the one given at `cmdx login`).
+    #[arg(long, global = true, value_name = "PEM")]
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// `cmdx login`.

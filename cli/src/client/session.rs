@@ -89,6 +89,11 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<i32> {
     let mut file = config::load()?;
     file.hub = Some(conn.hub.clone());
     file.token = Some(resp.token);
+    file.ca_file = match &conn.ca_file {
+        // Kept absolute: later commands may run from another folder.
+        Some(p) => Some(std::path::absolute(p).context("resolving the CA file's path")?),
+        None => None,
+    };
     file.email = Some(resp.user.email.clone());
     let path = config::save(&file)?;
     detail(format_args!("saved {}", path.display()));
@@ -137,9 +142,13 @@ pub async fn token(args: TokenArgs) -> anyhow::Result<i32> {
                 .post_json("/api/workers/tokens", &req, "minting a worker token")
                 .await?;
             super::out(&format!("{}\n", resp.token))?;
+            let ca = match &conn.ca_file {
+                Some(p) => format!(" --ca-file {}", p.display()),
+                None => String::new(),
+            };
             super::note(format_args!(
                 "worker token {} expires {}; start an agent with: CMDX_AGENT_TOKEN=<TOKEN> cmdx \
-                 agent --hub {} (or --token-file FILE)",
+                 agent --hub {}{ca} (or --token-file FILE)",
                 resp.token_id, resp.expires_at, api.hub
             ));
             Ok(0)

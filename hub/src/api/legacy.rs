@@ -141,6 +141,7 @@ fn absolute_url(hub: &Hub, req: &Req, path: &str) -> String {
         .and_then(|v| v.to_str().ok())
     {
         Some("https") if peer_is_proxy => "https",
+        _ if hub.tls.is_some() => "https",
         _ => "http",
     };
     match req.headers.get("host").and_then(|h| h.to_str().ok()) {

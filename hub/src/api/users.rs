@@ -57,7 +57,7 @@ pub async fn login(hub: &Arc<Hub>, mut req: Req) -> ApiResult<Response> {
         token: token.clone(),
         user: view(&user),
     });
-    set_cookie(&mut resp, &token, ttl, hub.config.cookie_secure);
+    set_cookie(&mut resp, &token, ttl, hub.cookie_secure());
     tracing::info!(user = %user.email, "signed in");
     Ok(resp)
 }
@@ -81,7 +81,7 @@ pub async fn logout(hub: &Arc<Hub>, req: Req) -> ApiResult<Response> {
         tracing::info!(user = %caller.email, "signed out");
     }
     let mut resp = json(&serde_json::json!({"success": true}));
-    set_cookie(&mut resp, "", 0, hub.config.cookie_secure);
+    set_cookie(&mut resp, "", 0, hub.cookie_secure());
     Ok(resp)
 }
 
