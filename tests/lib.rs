@@ -693,7 +693,26 @@ impl AgentProc {
         uid_base: u32,
         concurrency: u32,
     ) -> AgentProc {
-        Self::spawn(hub, token, worker_id, work_dir, uid_base, concurrency, &[])
+        Self::spawn(
+            &hub.url,
+            token,
+            worker_id,
+            work_dir,
+            uid_base,
+            concurrency,
+            &[],
+        )
+    }
+
+    /// Starts `cmdx agent --hub URLS` (a comma-separated list: hubs of a cluster) with 2 slots.
+    pub async fn start_on(
+        hub_urls: &str,
+        token: &str,
+        worker_id: &str,
+        work_dir: &Path,
+        uid_base: u32,
+    ) -> AgentProc {
+        Self::spawn(hub_urls, token, Some(worker_id), work_dir, uid_base, 2, &[])
     }
 
     /// Starts `cmdx agent` with 2 slots and extra flags (e.g. `--disk-mb`).
@@ -705,11 +724,19 @@ impl AgentProc {
         uid_base: u32,
         extra: &[&str],
     ) -> AgentProc {
-        Self::spawn(hub, token, Some(worker_id), work_dir, uid_base, 2, extra)
+        Self::spawn(
+            &hub.url,
+            token,
+            Some(worker_id),
+            work_dir,
+            uid_base,
+            2,
+            extra,
+        )
     }
 
     fn spawn(
-        hub: &HubProc,
+        hub_url: &str,
         token: &str,
         worker_id: Option<&str>,
         work_dir: &Path,
@@ -720,7 +747,7 @@ impl AgentProc {
         let mut cmd = Command::new(cmdx_bin());
         cmd.arg("agent")
             .arg("--hub")
-            .arg(&hub.url)
+            .arg(hub_url)
             .arg("--work-dir")
             .arg(work_dir)
             .arg("--uid-base")

@@ -63,8 +63,8 @@ pub(crate) enum JobEvent {
 pub(crate) struct CoreSettings {
     /// Shared with job tasks.
     pub job: Arc<JobSettings>,
-    /// `ws(s)://.../ws/agent`.
-    pub ws_url: String,
+    /// The hubs to connect to (`/ws/agent` of the one in use), shared with downloads.
+    pub hubs: crate::fetch::HubSet,
     /// TLS client configuration for a `wss://` hub.
     pub tls: Arc<rustls::ClientConfig>,
     /// Worker token for the handshake.
@@ -241,7 +241,8 @@ impl Core {
 
     /// Waits `delay` then connects, handling job events and control meanwhile.
     async fn connect_phase(&mut self, delay: Duration) -> Option<Ws> {
-        let url = self.s.ws_url.clone();
+        let url = self.s.hubs.current().ws.clone();
+        let url_for_log = url.clone();
         let token = self.s.token.clone();
         let id = self.s.worker_id.clone();
         let timeout = self.s.connect_timeout;
@@ -256,7 +257,9 @@ impl Core {
                 r = &mut connecting => match r {
                     Ok(ws) => return Some(ws),
                     Err(e) => {
-                        tracing::warn!(worker_id = %self.s.worker_id, error = %e, "cannot connect to the hub");
+                        tracing::warn!(worker_id = %self.s.worker_id, hub = %url_for_log, error = %e, "cannot connect to the hub");
+                        // Several hubs of a cluster: the next one is tried next time.
+                        self.s.hubs.advance();
                         return None;
                     }
                 },

@@ -6,6 +6,8 @@
 //! could carry the `x-worker-token` header to another host).
 
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use reqwest::Url;
@@ -82,11 +84,69 @@ impl HubUrls {
     }
 }
 
+/// The hubs an agent may use (`--hub URL1,URL2,...`: hubs of one cluster, tried in turn), and
+/// the one it is connected to (or trying), whose address job downloads and uploads use.
+#[derive(Debug, Clone)]
+pub(crate) struct HubSet {
+    hubs: Arc<[HubUrls]>,
+    current: Arc<AtomicUsize>,
+}
+
+impl HubSet {
+    /// Parses a comma-separated list of hub URLs (one at least).
+    pub fn parse(list: &str) -> Result<Self, AgentError> {
+        let hubs = list
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(HubUrls::parse)
+            .collect::<Result<Vec<_>, _>>()?;
+        if hubs.is_empty() {
+            return Err(AgentError::HubUrl {
+                url: list.to_owned(),
+                reason: "no hub URL given".to_owned(),
+            });
+        }
+        Ok(Self {
+            hubs: hubs.into(),
+            current: Arc::new(AtomicUsize::new(0)),
+        })
+    }
+
+    /// The hub in use.
+    pub fn current(&self) -> &HubUrls {
+        &self.hubs[self.current.load(Ordering::Relaxed) % self.hubs.len()]
+    }
+
+    /// Moves to the next hub of the list (after a failed connection).
+    pub fn advance(&self) {
+        self.current.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Every hub's base URL, for logs.
+    pub fn bases(&self) -> Vec<&str> {
+        self.hubs.iter().map(|h| h.http_base.as_str()).collect()
+    }
+
+    /// [`HubUrls::resolve`] against the hub in use; an absolute URL belongs to the hubs (and
+    /// may receive the worker token) when it names any hub of the list.
+    pub fn resolve(&self, file_url: &str) -> Result<(Url, bool), String> {
+        let (url, mut is_hub) = self.current().resolve(file_url)?;
+        if !is_hub {
+            is_hub = self
+                .hubs
+                .iter()
+                .any(|h| h.resolve(url.as_str()).is_ok_and(|(_, ours)| ours));
+        }
+        Ok((url, is_hub))
+    }
+}
+
 /// Downloads job files.
 #[derive(Clone)]
 pub(crate) struct Fetcher {
     client: reqwest::Client,
-    urls: HubUrls,
+    hubs: HubSet,
     token: String,
     worker_id: String,
     max_bytes: u64,
@@ -96,7 +156,7 @@ pub(crate) struct Fetcher {
 impl Fetcher {
     /// A fetcher for this hub and worker.
     pub fn new(
-        urls: HubUrls,
+        hubs: HubSet,
         tls: &rustls::ClientConfig,
         token: String,
         worker_id: String,
@@ -114,7 +174,7 @@ impl Fetcher {
             .map_err(AgentError::HttpClient)?;
         Ok(Self {
             client,
-            urls,
+            hubs,
             token,
             worker_id,
             max_bytes,
@@ -163,7 +223,7 @@ impl Fetcher {
         if size.is_some_and(|s| s > self.max_bytes) {
             return Err(too_large());
         }
-        let (url, is_hub) = self.urls.resolve(file_url).map_err(failed)?;
+        let (url, is_hub) = self.hubs.resolve(file_url).map_err(failed)?;
         let mut req = self.client.get(url);
         if is_hub {
             req = req
@@ -253,7 +313,9 @@ impl Fetcher {
         let failed = |e: &dyn std::error::Error| UploadError::Failed(error_chain(e));
         let url = format!(
             "{}/api/jobs/{}/artifacts?attempt={}",
-            self.urls.http_base, job.job_id, job.attempt
+            self.hubs.current().http_base,
+            job.job_id,
+            job.attempt
         );
         let file = tokio::fs::File::open(zip).await.map_err(|e| failed(&e))?;
         let len = file.metadata().await.map_err(|e| failed(&e))?.len();
@@ -321,6 +383,19 @@ mod tests {
         let u = HubUrls::parse("https://hub.example/cmdx").unwrap();
         assert_eq!(u.ws, "wss://hub.example/cmdx/ws/agent");
         assert!(HubUrls::parse("ftp://x").is_err());
+        let set = HubSet::parse("http://a:1, http://b:2/p,").unwrap();
+        assert_eq!(set.bases(), ["http://a:1", "http://b:2/p"]);
+        assert_eq!(set.current().ws, "ws://a:1/ws/agent");
+        set.advance();
+        assert_eq!(set.current().ws, "ws://b:2/p/ws/agent");
+        // Files of the hub in use are relative to it; any hub of the list may get the token.
+        let (u, ours) = set.resolve("/api/files/x").unwrap();
+        assert_eq!((u.as_str(), ours), ("http://b:2/p/api/files/x", true));
+        assert!(set.resolve("http://a:1/api/files/x").unwrap().1);
+        assert!(!set.resolve("http://c:3/api/files/x").unwrap().1);
+        set.advance();
+        assert_eq!(set.current().http_base, "http://a:1", "wraps around");
+        assert!(HubSet::parse(" , ").is_err());
         assert!(HubUrls::parse("http://user:pw@x").is_err());
     }
 

@@ -91,7 +91,7 @@ pub async fn run(config: AgentConfig, control: watch::Receiver<Control>) -> Resu
             2 * output::BATCH_BYTES
         )));
     }
-    let urls = fetch::HubUrls::parse(&config.hub_url)?;
+    let hubs = fetch::HubSet::parse(&config.hub_url)?;
     // Built once: a bad CA file stops the agent now instead of failing every connection.
     let tls = tls::client_config(config.ca_file.as_deref())?;
     if config.token.is_empty() || !config.token.bytes().all(|b| b.is_ascii_graphic()) {
@@ -195,7 +195,7 @@ pub async fn run(config: AgentConfig, control: watch::Receiver<Control>) -> Resu
     };
     tracing::info!(
         %worker_id,
-        hub = %urls.http_base,
+        hubs = ?hubs.bases(),
         concurrency = config.concurrency,
         layers = ?isolation.active,
         root,
@@ -203,7 +203,7 @@ pub async fn run(config: AgentConfig, control: watch::Receiver<Control>) -> Resu
     );
 
     let fetcher = fetch::Fetcher::new(
-        urls.clone(),
+        hubs.clone(),
         &tls,
         config.token.clone(),
         worker_id.clone(),
@@ -241,7 +241,7 @@ pub async fn run(config: AgentConfig, control: watch::Receiver<Control>) -> Resu
     let core = core::Core::new(
         core::CoreSettings {
             job: job_settings,
-            ws_url: urls.ws.clone(),
+            hubs,
             tls,
             token: config.token.clone(),
             worker_id,

@@ -246,7 +246,9 @@ impl From<SandboxMode> for cmdx_sandbox::Mode {
 /// `cmdx agent`.
 #[derive(clap::Args)]
 pub struct AgentArgs {
-    /// Hub base URL (`https://` for a hub serving TLS).
+    /// Hub base URL (`https://` for a hub serving TLS); for several hubs of a cluster, a
+    /// comma-separated list: the agent connects to one and moves to the next when it cannot
+    /// reach it (one load-balanced URL works too).
     #[arg(long, env = "CMDX_HUB")]
     hub: String,
     /// PEM file of a private CA to trust besides the system's roots, for an https:// hub whose

@@ -24,6 +24,12 @@ use crate::Hub;
 /// How often a hub of a cluster rereads the queue from the records, in case notes were lost.
 pub const POLL: Duration = Duration::from_secs(5);
 
+/// How often a hub of a cluster marks the agents connected to it present.
+pub const PRESENCE_BEAT: Duration = Duration::from_secs(2);
+
+/// A worker marked present within this long is alive somewhere (three beats).
+const PRESENCE_FRESH_SECS: u64 = 6;
+
 /// Most notes published in one message.
 const BATCH: usize = 4096;
 
@@ -151,6 +157,31 @@ pub(crate) fn start(hub: &Arc<Hub>) {
     };
     hub.tasks.spawn(publish(hub.clone(), rx));
     hub.tasks.spawn(listen(hub.clone()));
+    hub.tasks.spawn(mark_present(hub.clone()));
+}
+
+/// Marks the agents connected here present, every [`PRESENCE_BEAT`].
+async fn mark_present(hub: Arc<Hub>) {
+    let mut beat = tokio::time::interval(PRESENCE_BEAT);
+    loop {
+        beat.tick().await;
+        let here = hub.dispatch.connected_agents();
+        if let Err(e) = hub.store.mark_present(&hub.cluster.id, &here).await {
+            tracing::warn!(error = %e, "marking workers present failed");
+        }
+    }
+}
+
+/// True when another hub of the cluster marked `worker` present lately.
+pub(crate) async fn present_elsewhere(hub: &Hub, worker: &str) -> bool {
+    match hub.store.present_workers(PRESENCE_FRESH_SECS).await {
+        Ok(Some(present)) => present
+            .iter()
+            .any(|(w, h)| w == worker && *h != hub.cluster.id),
+        Ok(None) => false,
+        // Cannot tell: keep the jobs rather than requeue a job that may be running.
+        Err(_) => true,
+    }
 }
 
 /// Sends pending notes, as many as are waiting in one message.
@@ -192,19 +223,62 @@ async fn listen(hub: Arc<Hub>) {
     }
 }
 
-/// Puts every queued job of the records in this hub's mirror of the queue.
+/// Puts every queued job of the records in this hub's mirror of the queue, and takes back the
+/// jobs of agents no hub has seen for longer than the reconnect grace (their hub died and they
+/// did not come back through another): whichever hub looks first requeues them, fenced on the
+/// attempt like every lost attempt, with presence timed by the database's clock.
 pub(crate) async fn catch_up(hub: &Hub) {
-    match hub.store.unfinished_jobs().await {
-        Ok(jobs) => {
-            for job in jobs {
-                if job.status == JobStatus::Queued
-                    && let Some(seq) = job.queue_seq
-                {
-                    hub.dispatch.enqueue(seq, &job.id, &job.tags);
-                }
-            }
+    let jobs = match hub.store.unfinished_jobs().await {
+        Ok(jobs) => jobs,
+        Err(e) => {
+            tracing::warn!(error = %e, "reading the queue failed");
+            return;
         }
-        Err(e) => tracing::warn!(error = %e, "reading the queue failed"),
+    };
+    let mut held = Vec::new();
+    for job in jobs {
+        match (job.status, job.queue_seq, job.worker_id) {
+            (JobStatus::Queued, Some(seq), _) => hub.dispatch.enqueue(seq, &job.id, &job.tags),
+            (JobStatus::Assigned | JobStatus::Running, _, Some(worker))
+                if !hub.dispatch.is_connected(&worker) =>
+            {
+                held.push((job.id, worker, job.attempt));
+            }
+            _ => {}
+        }
+    }
+    if held.is_empty() {
+        return;
+    }
+    let grace = hub.config.reconnect_grace_secs + PRESENCE_FRESH_SECS;
+    let (Ok(Some(present)), Ok(workers)) = (
+        hub.store.present_workers(grace).await,
+        hub.store.list_workers().await,
+    ) else {
+        return;
+    };
+    let present: std::collections::HashSet<String> = present.into_iter().map(|p| p.0).collect();
+    // Legacy pollers have no connection to lose: their watchdog decides.
+    let agents: std::collections::HashSet<String> = workers
+        .into_iter()
+        .filter(|w| w.kind != "legacy")
+        .map(|w| w.id)
+        .collect();
+    for (job_id, worker, attempt) in held {
+        if present.contains(&worker) || !agents.contains(&worker) {
+            continue;
+        }
+        if let Err(e) = crate::jobs::lifecycle::requeue_or_fail(
+            hub,
+            &job_id,
+            &worker,
+            attempt,
+            "worker gone from the cluster",
+        )
+        .await
+        {
+            tracing::warn!(job_id, error = %e, "requeue failed");
+        }
     }
 }
 

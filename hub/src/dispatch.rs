@@ -560,6 +560,16 @@ impl Dispatch {
         (connected, slots, used)
     }
 
+    /// Ids of the agents connected to this hub.
+    pub fn connected_agents(&self) -> Vec<String> {
+        self.lock()
+            .workers
+            .iter()
+            .filter(|(_, w)| w.conn.is_some())
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
     /// Every connected agent's sender (shutdown, drain broadcast).
     pub fn all_conns(&self) -> Vec<Conn> {
         self.lock()

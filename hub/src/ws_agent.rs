@@ -108,6 +108,14 @@ pub async fn session(hub: Arc<Hub>, mut ws: Socket, token_id: String) {
         old.kick.cancel();
     }
     tracing::info!(worker_id = %worker_id, generation, "agent connected");
+    // The other hubs of a cluster see at once that this hub holds the worker now.
+    if let Err(e) = hub
+        .store
+        .mark_present(&hub.cluster.id, std::slice::from_ref(&worker_id))
+        .await
+    {
+        tracing::warn!(error = %e, "marking the worker present failed");
+    }
 
     // Boxed: the resume path's state would otherwise be part of every idle session's task.
     let welcome = Box::pin(resume_held(

@@ -205,3 +205,113 @@ async fn a_hub_whose_database_is_down_answers_503_and_recovers() {
     );
     assert_eq!(hub.job(&admin, &before).await["status"], "queued");
 }
+
+/// The cluster's must-show: two hubs on one database; an agent given both URLs works through
+/// A; a job submitted and watched on B; A is `kill -9`ed mid-job: the agent moves to B and
+/// resumes there, and the job completes once with its whole output. Then A comes back and a
+/// cancel issued through it reaches the agent on B.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_hub_loses_nothing_its_agent_resumes_on_another() {
+    let url = pg::fresh_database("failover").expect("private PostgreSQL");
+    let flags = on(&url);
+    let (mut a, b) = tokio::join!(HubProc::start(&flags), HubProc::start(&flags));
+    let admin = b.admin().await;
+    let wt = b.worker_token(&admin).await;
+    let work = traversable_tempdir();
+    let mut agent = AgentProc::start_on(
+        &format!("{},{}", a.url, b.url),
+        &wt,
+        "mover",
+        &work.path().join("m"),
+        54_000,
+    )
+    .await;
+    let admin_a = a.admin().await;
+    wait_for(
+        "the agent connects to A, the first hub of its list",
+        || async {
+            let (_, w) = a.get(&admin_a, "/api/workers/list").await;
+            w["workers"]
+                .as_array()?
+                .iter()
+                .any(|w| w["workerId"] == "mover" && w["status"] == "online")
+                .then_some(())
+        },
+    )
+    .await;
+    let id = b
+        .submit(
+            &admin,
+            json!({"command": "for i in $(seq 1 40); do echo line $i; sleep 0.05; done"}),
+        )
+        .await;
+    wait_for("output before the kill", || async {
+        let v = b.job(&admin, &id).await;
+        v["stdout"].as_str()?.contains("line 3\n").then_some(())
+    })
+    .await;
+    a.kill9().await;
+    let done = b.wait_status(&admin, &id, "completed").await;
+    let expected: String = (1..=40).map(|i| format!("line {i}\n")).collect();
+    assert_eq!(done["stdout"], expected.as_str(), "whole, once, in order");
+    assert_eq!(
+        done["attempt"], 1,
+        "completed by the attempt that started on A"
+    );
+    assert_eq!(done["exitCode"], 0);
+
+    // A comes back; a cancel issued through it reaches the agent, which now lives on B.
+    a.restart().await;
+    let admin_a = a.admin().await;
+    let long = b
+        .submit(&admin, json!({"command": "echo started; sleep 1000"}))
+        .await;
+    wait_for("the long job's output", || async {
+        (b.job(&admin, &long).await["stdout"] == "started\n").then_some(())
+    })
+    .await;
+    a.post_json(&admin_a, "/api/jobs/cancel", json!({"jobId": long}))
+        .await;
+    let v = a.wait_status(&admin_a, &long, "cancelled").await;
+    assert!(
+        v["signal"].is_number() || v["exitCode"].is_number(),
+        "the agent ended it: {v}"
+    );
+    agent.kill9().await;
+}
+
+/// A hub dies with its agent: nobody comes back for the job. Another hub of the cluster sees,
+/// by the database's clock, that no hub has held the worker for longer than the reconnect
+/// grace, and requeues the job, which another agent runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_hub_and_agent_both_died_is_requeued_by_a_live_hub() {
+    let url = pg::fresh_database("orphans").expect("private PostgreSQL");
+    let flags = on(&url);
+    let (mut a, b) = tokio::join!(HubProc::start(&flags), HubProc::start(&flags));
+    let admin = b.admin().await;
+    let wt = b.worker_token(&admin).await;
+    let work = traversable_tempdir();
+    let mut doomed = AgentProc::start(&a, &wt, "doomed", &work.path().join("d"), 55_000).await;
+    let id = b
+        .submit(&admin, json!({"command": "echo go; sleep 1000"}))
+        .await;
+    wait_for("the job runs on A's agent", || async {
+        let v = b.job(&admin, &id).await;
+        (v["status"] == "running" && v["workerId"] == "doomed").then_some(())
+    })
+    .await;
+    doomed.kill9().await;
+    a.kill9().await;
+    let mut rescuer = AgentProc::start(&b, &wt, "rescuer", &work.path().join("r"), 56_000).await;
+    let v = cmdx_e2e::wait_for_within(
+        "another hub requeues the orphaned job",
+        std::time::Duration::from_secs(60),
+        || async {
+            let v = b.job(&admin, &id).await;
+            (v["workerId"] == "rescuer" && v["status"] == "running").then_some(v)
+        },
+    )
+    .await;
+    assert_eq!(v["attempt"], 2, "the lost attempt counted: {v}");
+    rescuer.kill9().await;
+}

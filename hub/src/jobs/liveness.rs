@@ -31,6 +31,13 @@ pub fn start_grace(hub: &Arc<Hub>, worker: String, generation: u64) {
         {
             return;
         }
+        if crate::cluster::present_elsewhere(&hub, &worker).await {
+            // It came back through another hub of the cluster, which holds its jobs now.
+            for job_id in hub.dispatch.held(&worker) {
+                hub.dispatch.release(&worker, &job_id);
+            }
+            return;
+        }
         expire_worker_jobs(&hub, &worker, "reconnect grace expired").await;
     });
 }

@@ -126,6 +126,20 @@ pub trait Store: Send + Sync + 'static {
         Ok(None)
     }
 
+    /// For a shared store: records, by the store's clock, that hub `hub_id` holds the
+    /// connections of `workers` now.
+    async fn mark_present(&self, hub_id: &str, workers: &[String]) -> StoreResult<()> {
+        let _ = (hub_id, workers);
+        Ok(())
+    }
+
+    /// For a shared store: the workers some hub marked present within the last `secs` seconds
+    /// (by the store's clock), each with that hub's id. `None`: the store is this hub's own.
+    async fn present_workers(&self, secs: u64) -> StoreResult<Option<Vec<(String, String)>>> {
+        let _ = secs;
+        Ok(None)
+    }
+
     /// Inserts a new job and its owner index entry (a queued job is found again by its record
     /// and `queue_seq`: there is no queue index in the store).
     async fn insert_job(&self, job: &JobRecord) -> StoreResult<()>;

@@ -380,6 +380,34 @@ impl Store for PgStore {
         Ok(row.map(|r| r.get::<_, Vec<u8>>(0)))
     }
 
+    async fn mark_present(&self, hub_id: &str, workers: &[String]) -> StoreResult<()> {
+        if workers.is_empty() {
+            return Ok(());
+        }
+        self.execute(
+            "mark workers present",
+            "INSERT INTO presence (worker_id, hub_id, seen_at) \
+             SELECT w, $2, now() FROM unnest($1::text[]) AS w \
+             ON CONFLICT (worker_id) DO UPDATE SET hub_id = EXCLUDED.hub_id, \
+             seen_at = EXCLUDED.seen_at",
+            &[&workers, &hub_id],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn present_workers(&self, secs: u64) -> StoreResult<Option<Vec<(String, String)>>> {
+        let rows = self
+            .query(
+                "present workers",
+                "SELECT worker_id, hub_id FROM presence \
+                 WHERE seen_at > now() - make_interval(secs => $1)",
+                &[&(secs as f64)],
+            )
+            .await?;
+        Ok(Some(rows.iter().map(|r| (r.get(0), r.get(1))).collect()))
+    }
+
     async fn insert_job(&self, job: &JobRecord) -> StoreResult<()> {
         self.execute(
             "insert job",

@@ -14,13 +14,15 @@
 //! | `worker_tokens` | `id` | `record` |
 //! | `revoked_sessions` | `sid` | `exp_s` |
 //! | `secrets` | `name` | `value`: keys every hub of a cluster must share (session JWT, worker tokens) |
+//! | `presence` | `worker_id` | `hub_id`, `seen_at` (the database's clock): which hub holds a worker's connection, refreshed every few seconds |
 //!
 //! A migration never edits an applied one: a change is a new entry at the end.
 
 /// `(version, SQL)`, in order.
-pub const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    r#"
+pub const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        r#"
 CREATE TABLE jobs (
     id text PRIMARY KEY,
     owner text NOT NULL,
@@ -54,7 +56,18 @@ CREATE TABLE worker_tokens (id text PRIMARY KEY, record jsonb NOT NULL);
 CREATE TABLE revoked_sessions (sid text PRIMARY KEY, exp_s bigint NOT NULL);
 CREATE TABLE secrets (name text PRIMARY KEY, value bytea NOT NULL);
 "#,
-)];
+    ),
+    (
+        2,
+        r#"
+CREATE TABLE presence (
+    worker_id text PRIMARY KEY,
+    hub_id text NOT NULL,
+    seen_at timestamptz NOT NULL
+);
+"#,
+    ),
+];
 
 /// Key of the advisory lock held while migrating ("cmdx" in ASCII).
 pub const MIGRATION_LOCK: i64 = 0x636d_6478;
