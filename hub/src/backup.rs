@@ -21,6 +21,9 @@ pub const FORMAT_VERSION: u32 = 1;
 /// Writes a backup of the running hub to a temp file under the data folder and returns its
 /// path (the caller streams it and deletes it).
 pub async fn write_backup(hub: &Hub) -> Result<PathBuf, BackupError> {
+    if hub.store.shared() {
+        return Err(BackupError::SharedStore);
+    }
     // Everything acknowledged so far is on disk and will be read below.
     hub.store.sync().await?;
     let dir = hub.config.data_dir.join("backup-tmp");

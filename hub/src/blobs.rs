@@ -1,24 +1,43 @@
 //! Uploaded file contents, by sha256: [`Blobs`] is the one way to them. Records (files, jobs'
 //! artifacts) only name a blob by its sha256; every write, read, listing and removal of the
 //! contents goes through here, so that a shared backend (several hubs) can sit behind the same
-//! methods. Today's backend is a folder: `DATA/blobs/<sha256>`, with uploads spooled in
-//! `DATA/blobs/tmp/` until their sha256 is known.
+//! methods. The folder `DATA/blobs/<sha256>` holds them, with uploads spooled in
+//! `DATA/blobs/tmp/` until their sha256 is known. With a store several hubs share
+//! (PostgreSQL), the store holds every blob and the folder is this hub's cache of it: a commit
+//! writes the blob to the store before it returns, and a blob another hub stored is fetched
+//! into the folder on first use.
 //!
 //! A blob is written once under its own hash and never changed; two files with the same content
 //! share it (the janitor removes it when no file record names it any more).
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
 use crate::private;
 
-/// The blob store of one data folder.
-#[derive(Debug, Clone)]
+/// The blob store of one data folder, and of the shared store behind it if any.
+#[derive(Clone)]
 pub struct Blobs {
     dir: PathBuf,
+    /// The store every hub of a cluster reads blobs from (the folder is then a cache).
+    shared: Option<Arc<dyn crate::store::Store>>,
+}
+
+impl std::fmt::Debug for Blobs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Blobs")
+            .field("dir", &self.dir)
+            .field("shared", &self.shared.is_some())
+            .finish()
+    }
+}
+
+fn store_error(e: crate::store::StoreError) -> io::Error {
+    io::Error::other(e.to_string())
 }
 
 impl Blobs {
@@ -26,6 +45,39 @@ impl Blobs {
     pub fn in_data_dir(data_dir: &Path) -> Blobs {
         Blobs {
             dir: data_dir.join("blobs"),
+            shared: None,
+        }
+    }
+
+    /// Keeps blobs in `store` too when several hubs share it (the folder becomes a cache).
+    pub fn shared_through(mut self, store: Arc<dyn crate::store::Store>) -> Blobs {
+        if store.shared() {
+            self.shared = Some(store);
+        }
+        self
+    }
+
+    /// Makes blob `sha256` present in the folder, fetching it from the shared store when
+    /// another hub stored it; `NotFound` when nobody has it.
+    pub async fn fetch(&self, sha256: &str) -> io::Result<()> {
+        let path = self.path(sha256)?;
+        if tokio::fs::metadata(&path).await.is_ok() {
+            return Ok(());
+        }
+        let Some(store) = &self.shared else {
+            return Err(io::Error::new(io::ErrorKind::NotFound, "no such blob"));
+        };
+        let tmp = self.dir.join("tmp").join(crate::store::new_id());
+        match store.get_blob(sha256, &tmp).await {
+            Ok(true) => tokio::fs::rename(&tmp, &path).await,
+            Ok(false) => {
+                let _ = tokio::fs::remove_file(&tmp).await;
+                Err(io::Error::new(io::ErrorKind::NotFound, "no such blob"))
+            }
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&tmp).await;
+                Err(store_error(e))
+            }
         }
     }
 
@@ -59,15 +111,22 @@ impl Blobs {
         } else {
             tokio::fs::rename(&spool.path, &dest).await?;
         }
+        if let Some(store) = &self.shared {
+            store.put_blob(&sha, &dest).await.map_err(store_error)?;
+        }
         Ok((sha, spool.size))
     }
 
-    /// Opens a blob for reading.
+    /// Opens a blob for reading (fetched from the shared store first if another hub stored it).
     pub async fn open(&self, sha256: &str) -> io::Result<tokio::fs::File> {
+        if self.shared.is_some() {
+            self.fetch(sha256).await?;
+        }
         tokio::fs::File::open(self.path(sha256)?).await
     }
 
-    /// Opens a blob for reading, blocking (for readers that need `std::io::Seek`, like ZIP).
+    /// Opens a blob for reading, blocking (for readers that need `std::io::Seek`, like ZIP);
+    /// with a shared store, [`Blobs::fetch`] it first.
     pub fn open_blocking(&self, sha256: &str) -> io::Result<std::fs::File> {
         std::fs::File::open(self.path(sha256)?)
     }
@@ -75,11 +134,15 @@ impl Blobs {
     /// Removes a blob; returns the bytes freed (0 when it was not there).
     pub async fn remove(&self, sha256: &str) -> io::Result<u64> {
         let path = self.path(sha256)?;
+        let shared = match &self.shared {
+            Some(store) => store.delete_blob(sha256).await.map_err(store_error)?,
+            None => 0,
+        };
         let Ok(meta) = tokio::fs::metadata(&path).await else {
-            return Ok(0);
+            return Ok(shared);
         };
         tokio::fs::remove_file(&path).await?;
-        Ok(meta.len())
+        Ok(meta.len().max(shared))
     }
 
     /// Every stored blob's sha256, blocking (backup).

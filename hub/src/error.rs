@@ -105,6 +105,11 @@ pub enum BackupError {
     /// Writing the archive failed.
     #[error("backup failed: {0}")]
     Write(String),
+    /// The hub's store is a database several hubs share: its backups are the database's own.
+    #[error(
+        "this hub stores in PostgreSQL: back it up with pg_dump (see docs/operations.md, Cluster)"
+    )]
+    SharedStore,
 }
 
 /// What a failed request answers.
@@ -280,6 +285,11 @@ impl From<BackupError> for ApiError {
         match e {
             BackupError::Store(e) => e.into(),
             BackupError::Write(_) => ApiError::internal(e),
+            BackupError::SharedStore => ApiError::new(
+                StatusCode::NOT_IMPLEMENTED,
+                "backup_with_pg_dump",
+                e.to_string(),
+            ),
         }
     }
 }

@@ -217,10 +217,10 @@ pub async fn open(config: HubConfig) -> Result<Arc<Hub>, HubError> {
         move |source| HubError::DataDir { path, source }
     };
     private::dir(&data, private::DATA_DIR_MODE).map_err(data_err(&data))?;
-    let blobs = Blobs::in_data_dir(&data);
-    blobs.prepare().map_err(data_err(&data.join("blobs")))?;
     metrics::install();
     let store = open_store(&config).await?;
+    let blobs = Blobs::in_data_dir(&data).shared_through(store.clone());
+    blobs.prepare().map_err(data_err(&data.join("blobs")))?;
     let mut config = config;
     // Several hubs on one database verify each other's sessions and worker tokens: the keys
     // come from the store (the first hub to start makes them) unless given explicitly.

@@ -315,3 +315,56 @@ async fn a_job_whose_hub_and_agent_both_died_is_requeued_by_a_live_hub() {
     assert_eq!(v["attempt"], 2, "the lost attempt counted: {v}");
     rescuer.kill9().await;
 }
+
+/// Uploads and artifacts live in the database: a ZIP uploaded through hub A is run by an agent
+/// that downloads it from hub B, and the artifacts it uploads to B are served by A. A backup
+/// of a hub on PostgreSQL is refused with where to look instead (pg_dump).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_and_artifacts_cross_hubs() {
+    let url = pg::fresh_database("blobs").expect("private PostgreSQL");
+    let flags = on(&url);
+    let (a, b) = tokio::join!(HubProc::start(&flags), HubProc::start(&flags));
+    let admin = a.admin().await;
+    let wt = a.worker_token(&admin).await;
+    let work = traversable_tempdir();
+    let mut agent = AgentProc::start(&b, &wt, "blob-agent", &work.path().join("a"), 57_000).await;
+    // More than one 1 MiB part in the database.
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    let zip = cmdx_e2e::zip_bytes(&[("hello.txt", b"hello from A\n"), ("big.bin", &big)]);
+    let file_id = a.upload_zip(&admin, zip).await;
+    let id = a
+        .submit(
+            &admin,
+            json!({
+                "command": "cat hello.txt; wc -c < big.bin; mkdir out; cp big.bin out/",
+                "fileId": file_id,
+                "artifacts": ["out/*"],
+            }),
+        )
+        .await;
+    let done = a.wait_status(&admin, &id, "completed").await;
+    assert_eq!(done["stdout"], "hello from A\n3000000\n", "{done}");
+    assert_eq!(done["workerId"], "blob-agent");
+    let r = a
+        .http
+        .get(format!("{}/api/jobs/{id}/artifacts/out/big.bin", a.url))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .expect("artifact");
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.bytes().await.expect("bytes").as_ref() == big.as_slice(),
+        "the same bytes"
+    );
+    let r = a
+        .http
+        .get(format!("{}/api/admin/backup", a.url))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .expect("backup");
+    assert_eq!(r.status(), 501);
+    assert!(r.text().await.unwrap_or_default().contains("pg_dump"));
+    agent.kill9().await;
+}

@@ -244,6 +244,11 @@ pub async fn download_file(
         .find(|f| f.path == path)
         .cloned()
         .ok_or_else(|| ApiError::not_found(format!("no artifact {path:?}")))?;
+    // Uploaded through another hub of a cluster: into this hub's folder first.
+    hub.blobs
+        .fetch(&a.sha256)
+        .await
+        .map_err(ApiError::internal)?;
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     let (blobs, sha256) = (hub.blobs.clone(), a.sha256.clone());
     let name = entry.path.clone();

@@ -140,6 +140,27 @@ pub trait Store: Send + Sync + 'static {
         Ok(None)
     }
 
+    /// For a shared store: stores the file at `path` as blob `sha256` (content that is already
+    /// there is not written twice). A store of one hub's own keeps no blobs (they live in its
+    /// data folder) and does nothing.
+    async fn put_blob(&self, sha256: &str, path: &std::path::Path) -> StoreResult<()> {
+        let _ = (sha256, path);
+        Ok(())
+    }
+
+    /// For a shared store: writes blob `sha256` to a new file at `dest`; false when the store
+    /// has no such blob (always, for a store that keeps none).
+    async fn get_blob(&self, sha256: &str, dest: &std::path::Path) -> StoreResult<bool> {
+        let _ = (sha256, dest);
+        Ok(false)
+    }
+
+    /// For a shared store: deletes blob `sha256`; returns the bytes freed.
+    async fn delete_blob(&self, sha256: &str) -> StoreResult<u64> {
+        let _ = sha256;
+        Ok(0)
+    }
+
     /// Inserts a new job and its owner index entry (a queued job is found again by its record
     /// and `queue_seq`: there is no queue index in the store).
     async fn insert_job(&self, job: &JobRecord) -> StoreResult<()>;

@@ -241,6 +241,9 @@ impl PgStore {
     }
 }
 
+/// Bytes of a blob per row of `blob_parts`.
+const BLOB_PART: usize = 1 << 20;
+
 /// The channel hubs publish notes on.
 const CHANNEL: &str = "cmdx";
 
@@ -406,6 +409,112 @@ impl Store for PgStore {
             )
             .await?;
         Ok(Some(rows.iter().map(|r| (r.get(0), r.get(1))).collect()))
+    }
+
+    async fn put_blob(&self, sha256: &str, path: &std::path::Path) -> StoreResult<()> {
+        use tokio::io::AsyncReadExt;
+        let op = "store a blob";
+        let io = |e: std::io::Error| StoreError::Backend {
+            op,
+            message: e.to_string(),
+        };
+        if self
+            .query_opt(op, "SELECT 1 FROM blobs WHERE sha256 = $1", &[&sha256])
+            .await?
+            .is_some()
+        {
+            return Ok(());
+        }
+        let mut file = tokio::fs::File::open(path).await.map_err(io)?;
+        let mut client = self.client(op).await?;
+        let tx = client.transaction().await.map_err(backend(op))?;
+        let insert = tx
+            .prepare(
+                "INSERT INTO blob_parts (sha256, part, data) VALUES ($1, $2, $3) \
+                 ON CONFLICT DO NOTHING",
+            )
+            .await
+            .map_err(backend(op))?;
+        let mut buf = vec![0u8; BLOB_PART];
+        let (mut part, mut size) = (0i32, 0i64);
+        loop {
+            let mut filled = 0;
+            while filled < BLOB_PART {
+                let n = file.read(&mut buf[filled..]).await.map_err(io)?;
+                if n == 0 {
+                    break;
+                }
+                filled += n;
+            }
+            if filled == 0 && part > 0 {
+                break;
+            }
+            tx.execute(&insert, &[&sha256, &part, &&buf[..filled]])
+                .await
+                .map_err(backend(op))?;
+            part += 1;
+            size += filled as i64;
+            if filled < BLOB_PART {
+                break;
+            }
+        }
+        tx.execute(
+            "INSERT INTO blobs (sha256, size, parts) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+            &[&sha256, &size, &part],
+        )
+        .await
+        .map_err(backend(op))?;
+        tx.commit().await.map_err(backend(op))
+    }
+
+    async fn get_blob(&self, sha256: &str, dest: &std::path::Path) -> StoreResult<bool> {
+        use tokio::io::AsyncWriteExt;
+        let op = "read a blob";
+        let io = |e: std::io::Error| StoreError::Backend {
+            op,
+            message: e.to_string(),
+        };
+        let Some(row) = self
+            .query_opt(op, "SELECT parts FROM blobs WHERE sha256 = $1", &[&sha256])
+            .await?
+        else {
+            return Ok(false);
+        };
+        let parts: i32 = row.get(0);
+        let mut out = crate::private::create_file_async(dest).await.map_err(io)?;
+        for part in 0..parts {
+            let row = self
+                .query_opt(
+                    op,
+                    "SELECT data FROM blob_parts WHERE sha256 = $1 AND part = $2",
+                    &[&sha256, &part],
+                )
+                .await?
+                .ok_or_else(|| corrupt(sha256, format!("part {part} missing")))?;
+            out.write_all(row.get::<_, &[u8]>(0)).await.map_err(io)?;
+        }
+        out.flush().await.map_err(io)?;
+        out.sync_all().await.map_err(io)?;
+        Ok(true)
+    }
+
+    async fn delete_blob(&self, sha256: &str) -> StoreResult<u64> {
+        let op = "delete a blob";
+        let mut client = self.client(op).await?;
+        let tx = client.transaction().await.map_err(backend(op))?;
+        let size: Option<i64> = tx
+            .query_opt(
+                "DELETE FROM blobs WHERE sha256 = $1 RETURNING size",
+                &[&sha256],
+            )
+            .await
+            .map_err(backend(op))?
+            .map(|r| r.get(0));
+        tx.execute("DELETE FROM blob_parts WHERE sha256 = $1", &[&sha256])
+            .await
+            .map_err(backend(op))?;
+        tx.commit().await.map_err(backend(op))?;
+        Ok(size.unwrap_or(0) as u64)
     }
 
     async fn insert_job(&self, job: &JobRecord) -> StoreResult<()> {

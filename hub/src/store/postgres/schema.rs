@@ -14,6 +14,7 @@
 //! | `worker_tokens` | `id` | `record` |
 //! | `revoked_sessions` | `sid` | `exp_s` |
 //! | `secrets` | `name` | `value`: keys every hub of a cluster must share (session JWT, worker tokens) |
+//! | `blobs`, `blob_parts` | `sha256`, `(sha256, part)` | uploaded contents every hub reads, in parts of 1 MiB; the `blobs` row is written last, in the same transaction: a blob is there whole or not at all |
 //! | `presence` | `worker_id` | `hub_id`, `seen_at` (the database's clock): which hub holds a worker's connection, refreshed every few seconds |
 //!
 //! A migration never edits an applied one: a change is a new entry at the end.
@@ -65,6 +66,18 @@ CREATE TABLE presence (
     hub_id text NOT NULL,
     seen_at timestamptz NOT NULL
 );
+"#,
+    ),
+    (
+        3,
+        r#"
+CREATE TABLE blob_parts (
+    sha256 text NOT NULL,
+    part int NOT NULL,
+    data bytea NOT NULL,
+    PRIMARY KEY (sha256, part)
+);
+CREATE TABLE blobs (sha256 text PRIMARY KEY, size bigint NOT NULL, parts int NOT NULL);
 "#,
     ),
 ];
