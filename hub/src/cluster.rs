@@ -60,6 +60,16 @@ pub(crate) enum Note {
         /// The token id.
         token_id: String,
     },
+    /// More of the job's log is stored: subscribers elsewhere read it.
+    Output {
+        /// The job.
+        job_id: String,
+    },
+    /// The job is terminal: subscribers elsewhere send the rest of its log and end.
+    Ended {
+        /// The job.
+        job_id: String,
+    },
 }
 
 impl Note {
@@ -73,6 +83,8 @@ impl Note {
             Note::Cancel { job_id } => format!("c\t{hub_id}\t{job_id}"),
             Note::Drain { worker_id } => format!("d\t{hub_id}\t{worker_id}"),
             Note::Revoked { token_id } => format!("r\t{hub_id}\t{token_id}"),
+            Note::Output { job_id } => format!("o\t{hub_id}\t{job_id}"),
+            Note::Ended { job_id } => format!("e\t{hub_id}\t{job_id}"),
         }
     }
 
@@ -95,6 +107,12 @@ impl Note {
             },
             "r" => Note::Revoked {
                 token_id: f.next()?.to_string(),
+            },
+            "o" => Note::Output {
+                job_id: f.next()?.to_string(),
+            },
+            "e" => Note::Ended {
+                job_id: f.next()?.to_string(),
             },
             _ => return None,
         };
@@ -188,7 +206,13 @@ pub(crate) async fn present_elsewhere(hub: &Hub, worker: &str) -> bool {
 async fn publish(hub: Arc<Hub>, mut rx: mpsc::UnboundedReceiver<Note>) {
     let mut batch = Vec::new();
     while rx.recv_many(&mut batch, BATCH).await > 0 {
-        let lines: Vec<String> = batch.drain(..).map(|n| n.encode(&hub.cluster.id)).collect();
+        // A job's output notes of one batch say one thing: more is stored.
+        let mut seen = std::collections::HashSet::new();
+        let lines: Vec<String> = batch
+            .drain(..)
+            .map(|n| n.encode(&hub.cluster.id))
+            .filter(|l| seen.insert(l.clone()))
+            .collect();
         if let Err(e) = hub.store.publish(&lines).await {
             // The others catch up from the records within POLL.
             tracing::warn!(error = %e, notes = lines.len(), "publishing notes failed");
@@ -235,6 +259,17 @@ pub(crate) async fn catch_up(hub: &Hub) {
             return;
         }
     };
+    // Subscribers here of jobs another hub appends to: read what notes may have missed, and end
+    // those of jobs that ended meanwhile.
+    let unfinished: std::collections::HashSet<&str> = jobs.iter().map(|j| j.id.as_str()).collect();
+    for job_id in hub.relay.followed() {
+        if let Err(e) = hub.relay.pull(hub.store.as_ref(), &job_id).await {
+            tracing::warn!(job_id, error = %e, "reading another hub's output failed");
+        }
+        if !unfinished.contains(job_id.as_str()) {
+            hub.relay.end(&job_id);
+        }
+    }
     let mut held = Vec::new();
     for job in jobs {
         match (job.status, job.queue_seq, job.worker_id) {
@@ -318,6 +353,12 @@ async fn heard(hub: &Arc<Hub>, line: &str) {
                 let _ = conn.send(HubMsg::Drain).await;
             }
         }
+        Note::Output { job_id } => {
+            if let Err(e) = hub.relay.pull(hub.store.as_ref(), &job_id).await {
+                tracing::warn!(job_id, error = %e, "reading another hub's output failed");
+            }
+        }
+        Note::Ended { job_id } => hub.relay.end(&job_id),
         Note::Revoked { token_id } => {
             for (_, conn) in hub.dispatch.by_token(&token_id) {
                 if let Some(conn) = conn {
@@ -348,6 +389,12 @@ mod tests {
             },
             Note::Revoked {
                 token_id: "t1".into(),
+            },
+            Note::Output {
+                job_id: "j3".into(),
+            },
+            Note::Ended {
+                job_id: "j3".into(),
             },
         ];
         for note in notes {

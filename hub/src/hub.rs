@@ -149,6 +149,15 @@ impl Hub {
         });
     }
 
+    /// The job is terminal: its subscribers, here and on every hub of a cluster, send what is
+    /// left of its log and end.
+    pub(crate) fn end_output(&self, job_id: &str) {
+        self.relay.end(job_id);
+        self.cluster.tell(crate::cluster::Note::Ended {
+            job_id: job_id.to_string(),
+        });
+    }
+
     /// Publishes a job's current state to the dashboards that may see it (its owner, admins).
     pub fn publish(&self, job: &JobRecord) {
         self.emit(

@@ -368,3 +368,122 @@ async fn files_and_artifacts_cross_hubs() {
     assert!(r.text().await.unwrap_or_default().contains("pg_dump"));
     agent.kill9().await;
 }
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A `/ws/client` socket following `job_id` from `offset`.
+async fn follow(hub: &HubProc, token: &str, job_id: &str, offset: u64) -> Ws {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = hub.ws_url("/ws/client").into_client_request().unwrap();
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let mut ws = tokio_tungstenite::connect_async(req).await.unwrap().0;
+    let m = cmdx_proto::client::ClientMsg::SubscribeOutput {
+        job_id: job_id.to_string(),
+        offset,
+    };
+    ws.send(tokio_tungstenite::tungstenite::Message::text(
+        serde_json::to_string(&m).unwrap(),
+    ))
+    .await
+    .unwrap();
+    ws
+}
+
+/// Reads output into `got` (checking each message starts where the last ended) until it holds
+/// `until` bytes, or until `outputEnd` when `until` is `None`.
+async fn read_output(ws: &mut Ws, got: &mut Vec<u8>, start: u64, until: Option<usize>) {
+    use cmdx_proto::client::ServerMsg;
+    use futures_util::StreamExt;
+    while until.is_none_or(|n| got.len() < n) {
+        let m = tokio::time::timeout(cmdx_e2e::WAIT, ws.next())
+            .await
+            .expect("output in time")
+            .expect("socket open")
+            .expect("message");
+        let tokio_tungstenite::tungstenite::Message::Text(t) = m else {
+            continue;
+        };
+        match serde_json::from_str::<ServerMsg>(&t).unwrap() {
+            ServerMsg::Output { offset, data, .. } => {
+                assert_eq!(offset, start + got.len() as u64, "gap or duplicate");
+                got.extend_from_slice(&data);
+            }
+            ServerMsg::OutputEnd { .. } if until.is_none() => return,
+            ServerMsg::OutputEnd { .. } => panic!("ended before {until:?} bytes"),
+            ServerMsg::Error(e) => panic!("error {e:?}"),
+            _ => {}
+        }
+    }
+}
+
+/// Output across hubs: a job submitted on A runs on an agent connected to B and is watched on
+/// C, live (the first half arrives on C before the agent has sent the second), with no gap and
+/// no duplicate, by a watcher there from the start, one joining mid-stream and one from an
+/// offset after the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_streams_live_to_watchers_on_another_hub() {
+    use cmdx_proto::agent::{AgentMsg, Finished, OutputChunk};
+    let url = pg::fresh_database("relay").expect("private PostgreSQL");
+    let flags = on(&url);
+    let (a, b, c) = tokio::join!(
+        HubProc::start(&flags),
+        HubProc::start(&flags),
+        HubProc::start(&flags)
+    );
+    let admin = a.admin().await;
+    let wt = a.worker_token(&admin).await;
+    let id = a.submit(&admin, json!({"command": "stream"})).await;
+    let (mut agent, _) = cmdx_e2e::FakeAgent::connect(&b, &wt, "streamer", 1, vec![])
+        .await
+        .unwrap();
+    let asg = agent.next_assignment().await.unwrap();
+    assert_eq!(asg.job_id, id);
+    let mut early = follow(&c, &admin, &id, 0).await;
+    const N: u64 = 2000;
+    let line = |seq: u64| format!("line {seq:05} {}\n", "z".repeat((seq % 40) as usize));
+    let expected: Vec<u8> = (0..N).flat_map(|s| line(s).into_bytes()).collect();
+    let half: usize = (0..N / 2).map(|s| line(s).len()).sum();
+    let chunk = |seq: u64| {
+        AgentMsg::Output(OutputChunk {
+            job_id: id.clone(),
+            attempt: 1,
+            seq,
+            stream: cmdx_proto::StreamKind::Stdout,
+            data: line(seq).into_bytes().into(),
+        })
+    };
+    for seq in 0..N / 2 {
+        agent.send(&chunk(seq)).await.unwrap();
+    }
+    let mut got_early = Vec::new();
+    read_output(&mut early, &mut got_early, 0, Some(half)).await;
+    let mut late = follow(&c, &admin, &id, 0).await;
+    for seq in N / 2..N {
+        agent.send(&chunk(seq)).await.unwrap();
+    }
+    agent
+        .send(&AgentMsg::Finished(Finished {
+            job_id: id.clone(),
+            attempt: 1,
+            chunks: N,
+            outcome: cmdx_proto::Outcome {
+                exit_code: Some(0),
+                ..Default::default()
+            },
+        }))
+        .await
+        .unwrap();
+    read_output(&mut early, &mut got_early, 0, None).await;
+    assert!(got_early == expected, "the early watcher's bytes differ");
+    let mut got_late = Vec::new();
+    read_output(&mut late, &mut got_late, 0, None).await;
+    assert!(got_late == expected, "the late watcher's bytes differ");
+    let from = expected.len() as u64 - 50;
+    let mut tail = follow(&c, &admin, &id, from).await;
+    let mut got_tail = Vec::new();
+    read_output(&mut tail, &mut got_tail, from, None).await;
+    assert_eq!(got_tail, expected[expected.len() - 50..].to_vec());
+}

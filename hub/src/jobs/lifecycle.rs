@@ -120,6 +120,10 @@ async fn store_chunk(
     }
     let len = data.len() as u64;
     let n = log.append(hub.store.as_ref(), stream, data).await?;
+    // Subscribers on other hubs of a cluster read it from the store (one note per batch).
+    hub.cluster.tell(crate::cluster::Note::Output {
+        job_id: log.job_id().to_string(),
+    });
     metrics::counter!("cmdx_output_bytes_total").increment(len);
     Ok(n)
 }
@@ -214,7 +218,7 @@ pub(crate) fn finished_cleanup(hub: &Hub, job: &JobRecord, worker: &str) {
             .record(c.saturating_sub(s) as f64 / 1000.0);
     }
     hub.dispatch.release(worker, &job.id);
-    hub.relay.end(&job.id);
+    hub.end_output(&job.id);
     hub.publish(job);
     tracing::info!(job_id = %job.id, worker_id = %worker, status = job.status.as_str(), "job finished");
 }
@@ -304,7 +308,7 @@ pub async fn cancel(hub: &Arc<Hub>, caller: &Caller, job_id: &str) -> LifecycleR
             if let Some(seq) = before.queue_seq {
                 hub.dispatch.dequeue(seq, &job.tags);
             }
-            hub.relay.end(&job.id);
+            hub.end_output(&job.id);
             hub.publish(&job);
         }
         JobStatus::Assigned | JobStatus::Running => {

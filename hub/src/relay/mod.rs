@@ -106,6 +106,9 @@ struct LiveJob {
     state: Arc<tokio::sync::Mutex<OutState>>,
     /// Live chunks.
     tx: broadcast::Sender<RelayItem>,
+    /// For a job another hub of the cluster appends to: the next chunk index to read from the
+    /// store and send live ([`Relay::pull`]).
+    pulled: tokio::sync::Mutex<Option<u64>>,
 }
 
 /// All live relays.
@@ -132,6 +135,7 @@ impl Relay {
                 Arc::new(LiveJob {
                     state: Arc::new(tokio::sync::Mutex::new(OutState::default())),
                     tx: broadcast::channel(RING).0,
+                    pulled: tokio::sync::Mutex::new(None),
                 })
             })
             .clone()
@@ -181,6 +185,52 @@ impl Relay {
         if map.get(job_id).is_some_and(|l| l.tx.receiver_count() == 0) {
             map.remove(job_id);
         }
+    }
+
+    /// Another hub of the cluster stored more of `job_id`'s log: when subscribers here follow
+    /// it, read the new chunks from the store once and send them live, as an appender here
+    /// would. Subscribers drop what they already have and fill any gap from the store, so where
+    /// the reading starts only costs, never loses or repeats.
+    pub async fn pull(&self, store: &dyn Store, job_id: &str) -> StoreResult<()> {
+        let live = {
+            let map = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+            match map.get(job_id) {
+                Some(l) if l.tx.receiver_count() > 0 => l.clone(),
+                _ => return Ok(()),
+            }
+        };
+        let mut next = live.pulled.lock().await;
+        let mut from = match *next {
+            Some(i) => i,
+            None => store.last_chunk(job_id).await?.map_or(0, |c| c.index),
+        };
+        loop {
+            let page = store.read_chunks(job_id, from, PAGE_BYTES).await?;
+            let bytes: usize = page.iter().map(|c| c.data.len()).sum();
+            let Some(last) = page.last() else { break };
+            from = last.index + 1;
+            for chunk in page {
+                let _ = live
+                    .tx
+                    .send(RelayItem::Chunk(Arc::new(LiveChunk::new(chunk))));
+            }
+            if bytes < PAGE_BYTES {
+                break;
+            }
+        }
+        *next = Some(from);
+        Ok(())
+    }
+
+    /// Jobs with subscribers here.
+    pub fn followed(&self) -> Vec<String> {
+        self.jobs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(_, l)| l.tx.receiver_count() > 0)
+            .map(|(id, _)| id.clone())
+            .collect()
     }
 
     /// Number of live subscribers over all jobs.
@@ -287,6 +337,11 @@ impl AppendLog {
         }
         *self.st = st;
         Ok(())
+    }
+
+    /// The job whose log this is.
+    pub fn job_id(&self) -> &str {
+        &self.job_id
     }
 
     /// Chunks stored for the attempt (the next expected agent sequence number).
