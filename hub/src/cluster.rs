@@ -133,7 +133,12 @@ pub(crate) struct Cluster {
 impl Cluster {
     /// A cluster side for a store that is `shared` (or not).
     pub fn new(shared: bool) -> Cluster {
-        let id = crate::store::new_id();
+        // People see it in worker lists: the host name, then a suffix unique to this start
+        // (hubs behind one address, or restarted, never share an id).
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_default();
+        let id = format!("{host}~{}", &crate::store::new_id()[12..]);
         if !shared {
             return Cluster {
                 id,
@@ -188,6 +193,71 @@ async fn mark_present(hub: Arc<Hub>) {
             tracing::warn!(error = %e, "marking workers present failed");
         }
     }
+}
+
+/// Every worker as people see it: this hub's registry, and on a cluster every worker another
+/// hub holds (from its stored record, the jobs it holds and its presence), each with the hub
+/// holding it.
+pub(crate) async fn worker_views(
+    hub: &Hub,
+) -> Result<Vec<cmdx_proto::rest::WorkerView>, crate::store::StoreError> {
+    let legacy_offline_ms = hub.config.legacy_offline_secs * 1000;
+    let mut views = hub.dispatch.views(legacy_offline_ms);
+    let Some(present) = hub.store.present_workers(PRESENCE_FRESH_SECS).await? else {
+        return Ok(views);
+    };
+    let elsewhere: std::collections::HashMap<String, String> = present
+        .into_iter()
+        .filter(|(w, h)| *h != hub.cluster.id && !hub.dispatch.is_connected(w))
+        .collect();
+    for v in &mut views {
+        if hub.dispatch.is_connected(&v.worker_id) {
+            v.hub = Some(hub.cluster.id.clone());
+        }
+    }
+    let mut held: std::collections::HashMap<String, Vec<String>> = Default::default();
+    if !elsewhere.is_empty() {
+        for job in hub.store.unfinished_jobs().await? {
+            if let Some(w) = job.worker_id.filter(|w| elsewhere.contains_key(w))
+                && job.status != JobStatus::Queued
+            {
+                held.entry(w).or_default().push(job.id);
+            }
+        }
+    }
+    for record in hub.store.list_workers().await? {
+        let Some(at) = elsewhere.get(&record.id) else {
+            continue;
+        };
+        let current_jobs = held.remove(&record.id).unwrap_or_default();
+        let view = cmdx_proto::rest::WorkerView {
+            worker_id: record.id.clone(),
+            status: "online".into(),
+            kind: record.kind.clone(),
+            hostname: record.hostname.clone(),
+            os: record.os.clone(),
+            version: record.version.clone(),
+            cpu_count: record.cpu_count,
+            total_memory_mb: record.total_memory_mb,
+            tags: record.tags.clone(),
+            slots: record.slots,
+            slots_used: current_jobs.len() as u32,
+            current_jobs,
+            isolation: cmdx_proto::agent::Isolation {
+                active: record.isolation_active.clone(),
+                missing: record.isolation_missing.clone(),
+                mode: record.isolation_mode.clone(),
+            },
+            connected_at: None,
+            last_heartbeat: Some(crate::time::rfc3339(record.last_seen_ms)),
+            hub: Some(at.clone()),
+        };
+        match views.iter_mut().find(|v| v.worker_id == record.id) {
+            Some(v) => *v = view,
+            None => views.push(view),
+        }
+    }
+    Ok(views)
 }
 
 /// True when another hub of the cluster marked `worker` present lately.

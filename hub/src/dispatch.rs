@@ -114,6 +114,7 @@ impl WorkerEntry {
             },
             connected_at: self.connected_ms.map(rfc3339),
             last_heartbeat: Some(rfc3339(self.last_seen_ms)),
+            hub: None,
         }
     }
 }

@@ -405,6 +405,9 @@ pub struct WorkerView {
     pub connected_at: Option<String>,
     /// RFC 3339.
     pub last_heartbeat: Option<String>,
+    /// On a cluster of hubs: the hub holding the worker's connection (absent on a single hub).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hub: Option<String>,
 }
 
 /// `GET /api/workers/list`.

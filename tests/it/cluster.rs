@@ -95,6 +95,24 @@ async fn two_hubs_on_one_database_share_credentials_queue_and_control() {
         "from a\n",
         "A serves B's output"
     );
+    // A lists the agent B holds, with the hub holding it and the same hub name B gives.
+    let (_, on_a) = a.get(&admin_a, "/api/workers/list").await;
+    let (_, on_b) = b.get(&admin_a, "/api/workers/list").await;
+    let find = |list: &serde_json::Value| {
+        list["workers"]
+            .as_array()
+            .and_then(|ws| ws.iter().find(|w| w["workerId"] == "on-b").cloned())
+    };
+    let (seen_a, seen_b) = (
+        find(&on_a).expect("listed on A"),
+        find(&on_b).expect("on B"),
+    );
+    assert_eq!(seen_a["status"], "online", "{seen_a}");
+    assert!(seen_a["hub"].is_string(), "{seen_a}");
+    assert_eq!(
+        seen_a["hub"], seen_b["hub"],
+        "one name for the hub holding it"
+    );
     let (status, list) = b.get(&alice, "/api/jobs/list").await;
     assert_eq!(status, 200);
     assert_eq!(list["jobs"][0]["jobId"], id.as_str());

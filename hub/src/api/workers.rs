@@ -47,7 +47,7 @@ pub async fn agent_socket(hub: &Arc<Hub>, mut req: Req) -> ApiResult<Response> {
 pub async fn list(hub: &Arc<Hub>, req: Req) -> ApiResult<Response> {
     let caller = user(hub, &req)?;
     let mut workers = Vec::new();
-    for v in hub.dispatch.views(hub.config.legacy_offline_secs * 1000) {
+    for v in crate::cluster::worker_views(hub).await? {
         workers.push(crate::jobs::views::worker_view_for(hub, &caller, v).await);
     }
     Ok(json(&WorkerList { workers }))
