@@ -40,6 +40,9 @@ enum Cmd {
     Backup(serve::BackupArgs),
     /// Write a new data folder from a backup archive.
     Restore(serve::RestoreArgs),
+    /// Copy a stopped sled hub's data folder into an empty PostgreSQL database (to grow into
+    /// several hubs).
+    Migrate(serve::MigrateArgs),
     // --- client commands (cli/src/client/) ---
     /// Sign in to a hub and remember it (and the session token) in the config file.
     Login(client::LoginArgs),
@@ -167,6 +170,7 @@ fn main() {
             Cmd::Agent(args) => serve::run_agent(args).await,
             Cmd::Backup(args) => serve::run_backup(args).await,
             Cmd::Restore(args) => serve::run_restore(args).await,
+            Cmd::Migrate(args) => serve::run_migrate(args).await,
             // --- client command dispatch ---
             Cmd::Login(a) => client::run(cli.verbose, client::session::login(a)).await,
             Cmd::Logout(a) => client::run(cli.verbose, client::session::logout(a)).await,

@@ -713,6 +713,31 @@ pub async fn run_restore(args: RestoreArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
+/// `cmdx migrate`.
+#[derive(clap::Args)]
+pub struct MigrateArgs {
+    /// The data folder of a stopped sled hub.
+    #[arg(long)]
+    from: PathBuf,
+    /// The PostgreSQL database to fill (`postgres://USER[:PASSWORD]@HOST:PORT/DB`, empty).
+    #[arg(long, env = "CMDX_STORE", hide_env_values = true)]
+    to: String,
+}
+
+/// Copies a sled hub into PostgreSQL, saying what it copies.
+pub async fn run_migrate(args: MigrateArgs) -> anyhow::Result<i32> {
+    let shown = cmdx_hub::config::redact_url_password(&args.to);
+    eprintln!("cmdx: copying {} into {shown}", args.from.display());
+    let progress = |step: &str| eprintln!("cmdx: copied {step}");
+    let c = cmdx_hub::migrate::migrate(&args.from, &args.to, &progress).await?;
+    eprintln!(
+        "cmdx: done: {} users, {} tokens/sessions/workers, {} files, {} blobs, {} jobs with {} \
+         output chunks; start the hubs with --store {shown}",
+        c.users, c.credentials, c.files, c.blobs, c.jobs, c.chunks
+    );
+    Ok(0)
+}
+
 #[cfg(test)]
 mod tests {
     use clap::Parser;

@@ -190,6 +190,12 @@ fn cidr_contains(net: &IpNet, ip: IpAddr) -> bool {
 impl Auth {
     /// Loads or generates the secrets and prepares keys.
     pub fn load(config: &HubConfig) -> Result<Auth, HubError> {
+        Self::load_with(config, [None, None])
+    }
+
+    /// [`Auth::load`], with the session and worker-token keys a shared store holds (`[jwt,
+    /// worker]`) used instead of the data folder's when the configuration gives none.
+    pub fn load_with(config: &HubConfig, shared: [Option<Vec<u8>>; 2]) -> Result<Auth, HubError> {
         let dir = config.data_dir.join("secrets");
         crate::private::dir(&dir, crate::private::DIR_MODE).map_err(|source| {
             HubError::DataDir {
@@ -197,8 +203,15 @@ impl Auth {
                 source,
             }
         })?;
-        let jwt = load_secret(&dir, "jwt.key", &config.jwt_secret)?;
-        let worker_key = load_secret(&dir, "worker.key", &config.worker_secret)?;
+        let [shared_jwt, shared_worker] = shared;
+        let jwt = match (&config.jwt_secret, shared_jwt) {
+            (None, Some(key)) => key,
+            _ => load_secret(&dir, "jwt.key", &config.jwt_secret)?,
+        };
+        let worker_key = match (&config.worker_secret, shared_worker) {
+            (None, Some(key)) => key,
+            _ => load_secret(&dir, "worker.key", &config.worker_secret)?,
+        };
         let mut validation = Validation::new(Algorithm::HS256);
         validation.algorithms = vec![Algorithm::HS256];
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);

@@ -22,6 +22,7 @@ pub mod error;
 mod hub;
 pub mod jobs;
 pub mod metrics;
+pub mod migrate;
 pub mod private;
 pub mod ratelimit;
 pub mod relay;
@@ -221,23 +222,19 @@ pub async fn open(config: HubConfig) -> Result<Arc<Hub>, HubError> {
     let store = open_store(&config).await?;
     let blobs = Blobs::in_data_dir(&data).shared_through(store.clone());
     blobs.prepare().map_err(data_err(&data.join("blobs")))?;
-    let mut config = config;
     // Several hubs on one database verify each other's sessions and worker tokens: the keys
     // come from the store (the first hub to start makes them) unless given explicitly.
-    for (name, slot) in [
-        ("jwt", &mut config.jwt_secret),
-        ("worker", &mut config.worker_secret),
-    ] {
-        if slot.is_none() {
-            let candidate = hex::encode(rand::random::<[u8; 32]>());
-            if let Some(shared) = store.shared_secret(name, candidate.as_bytes()).await? {
-                *slot = Some(String::from_utf8(shared).map_err(|_| {
-                    HubError::Config(format!("the store's {name} secret is not text"))
-                })?);
-            }
+    let mut shared = [None, None];
+    for (slot, (name, given)) in shared.iter_mut().zip([
+        (store::SECRET_JWT, &config.jwt_secret),
+        (store::SECRET_WORKER, &config.worker_secret),
+    ]) {
+        if given.is_none() {
+            let candidate: [u8; 32] = rand::random();
+            *slot = store.shared_secret(name, &candidate).await?;
         }
     }
-    let auth = Auth::load(&config)?;
+    let auth = Auth::load_with(&config, shared)?;
     // Sessions signed out before a restart stay signed out.
     let now_s = store::now_ms() / 1000;
     for (sid, exp) in store.revoked_sessions().await? {

@@ -91,18 +91,26 @@ impl Conn {
     }
 }
 
-/// A bounded pool of connections: at most `size` requests in flight.
+/// A bounded pool of connections: at most `size` requests in flight, new connections spread
+/// over the hubs in turn.
 pub struct Pool {
-    addr: String,
-    idle: Mutex<Vec<Conn>>,
+    addrs: Vec<String>,
+    next: std::sync::atomic::AtomicUsize,
+    idle: Mutex<Vec<(usize, Conn)>>,
     permits: Semaphore,
 }
 
 impl Pool {
     /// A pool of up to `size` connections to `addr`.
     pub fn new(addr: &str, size: usize) -> Arc<Pool> {
+        Self::spread(&[addr.to_string()], size)
+    }
+
+    /// A pool of up to `size` connections, opened to each of `addrs` in turn (several hubs).
+    pub fn spread(addrs: &[String], size: usize) -> Arc<Pool> {
         Arc::new(Pool {
-            addr: addr.to_string(),
+            addrs: addrs.to_vec(),
+            next: std::sync::atomic::AtomicUsize::new(0),
             idle: Mutex::new(Vec::with_capacity(size)),
             permits: Semaphore::new(size),
         })
@@ -122,19 +130,23 @@ impl Pool {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .pop()
-            .filter(Conn::is_open);
-        let mut conn = match pooled {
+            .filter(|(_, c)| c.is_open());
+        let (at, mut conn) = match pooled {
             Some(c) => c,
-            None => Conn::open(&self.addr).await?,
+            None => {
+                let at =
+                    self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.addrs.len();
+                (at, Conn::open(&self.addrs[at]).await?)
+            }
         };
         let r = conn
-            .request(method, &self.addr, path, headers, body)
+            .request(method, &self.addrs[at], path, headers, body)
             .await?;
         if conn.is_open() {
             self.idle
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .push(conn);
+                .push((at, conn));
         }
         Ok(r)
     }

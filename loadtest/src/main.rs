@@ -86,6 +86,14 @@ pub struct Cli {
     /// `CMDX_ADMIN_EMAIL` / `CMDX_ADMIN_PASSWORD`.
     #[arg(long)]
     pub hub: Option<String>,
+    /// Hubs to start on one shared store (needs `--store`): workers, subscribers and
+    /// submissions are spread over them.
+    #[arg(long, default_value_t = 1)]
+    pub hubs: usize,
+    /// Store of the hubs this generator starts: a PostgreSQL URL, or `postgres` for a private
+    /// server started from the system's binaries (default: sled).
+    #[arg(long)]
+    pub store: Option<String>,
     /// Pid of the `--hub` process, for its CPU and RSS.
     #[arg(long)]
     pub hub_pid: Option<u32>,

@@ -102,6 +102,15 @@ pub struct Target {
     pub url: String,
     /// `host:port`.
     pub addr: String,
+    /// `host:port` of every hub under load (several with `--hubs`; the first is `addr`).
+    pub addrs: Vec<String>,
+    /// Spreads WebSockets over `addrs`.
+    next_ws: std::sync::atomic::AtomicUsize,
+    /// The other hubs' processes and data folders (`--hubs`).
+    more: std::sync::Mutex<Vec<Child>>,
+    _more_data: Vec<tempfile::TempDir>,
+    /// A private PostgreSQL this generator started (`--store postgres`).
+    _pg: Option<cmdx_e2e::pg::PrivateServer>,
     /// Hub process id, when known (for `/proc` samples).
     pub pid: Option<u32>,
     /// The admin's bearer token.
@@ -191,17 +200,67 @@ impl Target {
         }
         Ok(Target {
             url,
+            addrs: vec![addr.clone()],
             addr,
             pid,
             admin: String::new(),
             child: std::sync::Mutex::new(None),
             _data: None,
+            next_ws: std::sync::atomic::AtomicUsize::new(0),
+            more: std::sync::Mutex::new(Vec::new()),
+            _more_data: Vec::new(),
+            _pg: None,
         })
     }
 
-    /// `ws://host:port{path}`.
+    /// `ws://host:port{path}`, on each hub under load in turn.
     pub fn ws_url(&self, path: &str) -> String {
-        format!("ws://{}{path}", self.addr)
+        let at = self
+            .next_ws
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            % self.addrs.len();
+        format!("ws://{}{path}", self.addrs[at])
+    }
+
+    /// Starts `hubs` hubs on one PostgreSQL store: `store` is its URL, or `postgres` for a
+    /// private server this generator starts (and stops). CPU and memory figures are the first
+    /// hub's.
+    pub async fn start_cluster(hubs: usize, store: &str) -> anyhow::Result<Target> {
+        let mut pg = None;
+        let url = if store == "postgres" {
+            let server = cmdx_e2e::pg::PrivateServer::start()?;
+            let url = server.create_database("loadtest")?;
+            pg = Some(server);
+            url
+        } else {
+            store.to_string()
+        };
+        let extra = vec!["--store".to_string(), url];
+        // The first hub migrates the schema; the others start after it.
+        let mut t = Target::start(&extra).await?;
+        for _ in 1..hubs.max(1) {
+            let data = tempfile::Builder::new()
+                .prefix("cmdx-loadtest-")
+                .tempdir()
+                .context("creating a hub's temp data folder")?;
+            let (child, url) = spawn_hub(
+                "127.0.0.1:0",
+                &data.path().join("data"),
+                &extra,
+                Stdio::inherit(),
+            )
+            .await?;
+            let addr = url
+                .strip_prefix("http://")
+                .context("hub URL")?
+                .trim_end_matches('/')
+                .to_string();
+            t.addrs.push(addr);
+            t.more.lock().unwrap_or_else(|p| p.into_inner()).push(child);
+            t._more_data.push(data);
+        }
+        t._pg = pg;
+        Ok(t)
     }
 
     /// One request on a fresh connection, JSON in and out; fails unless 2xx.
@@ -266,6 +325,12 @@ impl Target {
 
     /// Stops a hub this generator started (SIGTERM, then SIGKILL after 10 s).
     pub async fn stop(&self) {
+        let more: Vec<Child> =
+            std::mem::take(&mut *self.more.lock().unwrap_or_else(|p| p.into_inner()));
+        for mut c in more {
+            let _ = c.start_kill();
+            let _ = c.wait().await;
+        }
         let taken = self.child.lock().unwrap_or_else(|p| p.into_inner()).take();
         let Some(mut c) = taken else {
             return;

@@ -505,3 +505,82 @@ async fn output_streams_live_to_watchers_on_another_hub() {
     read_output(&mut tail, &mut got_tail, from, None).await;
     assert_eq!(got_tail, expected[expected.len() - 50..].to_vec());
 }
+
+/// Growing up: a sled hub with history (a user, a finished job with output, an uploaded file, a
+/// worker token, a signed-in session) is stopped and `cmdx migrate`d into PostgreSQL; a hub on
+/// the database, on a fresh data folder, has it all, and the old session and worker token
+/// still work. A second migration into the now full database is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cmdx_migrate_moves_a_sled_hub_into_postgres() {
+    let mut old = HubProc::start(FAST).await;
+    let admin = old.admin().await;
+    let wt = old.worker_token(&admin).await;
+    let alice = old.user(&admin, "alice@test.local").await;
+    let file_id = old
+        .upload_zip(&alice, cmdx_e2e::zip_bytes(&[("a.txt", b"kept\n")]))
+        .await;
+    let id = old
+        .submit(&alice, json!({"command": "cat a.txt", "fileId": file_id}))
+        .await;
+    let (mut agent, _) = cmdx_e2e::FakeAgent::connect(&old, &wt, "w-old", 1, vec![])
+        .await
+        .unwrap();
+    agent.next_assignment().await.unwrap();
+    agent
+        .send(&cmdx_proto::agent::AgentMsg::Output(
+            cmdx_proto::agent::OutputChunk {
+                job_id: id.clone(),
+                attempt: 1,
+                seq: 0,
+                stream: cmdx_proto::StreamKind::Stdout,
+                data: b"kept\n".to_vec().into(),
+            },
+        ))
+        .await
+        .unwrap();
+    agent.finish(&id, 1, 1, 0).await.unwrap();
+    drop(agent);
+    assert_eq!(old.terminate().await, Some(0));
+
+    let url = pg::fresh_database("migrate").expect("private PostgreSQL");
+    let run = |url: String, data: std::path::PathBuf| async move {
+        tokio::process::Command::new(cmdx_e2e::cmdx_bin())
+            .args(["migrate", "--from"])
+            .arg(&data)
+            .args(["--to", &url])
+            .output()
+            .await
+            .expect("cmdx migrate")
+    };
+    let out = run(url.clone(), old.data.clone()).await;
+    let said = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("1 jobs"), "{said}");
+
+    let new = HubProc::start(&on(&url)).await;
+    let (status, me) = new.get(&alice, "/api/auth/me").await;
+    assert_eq!(status, 200, "the sled hub's session still works: {me}");
+    let job = new.job(&alice, &id).await;
+    assert_eq!(job["status"], "completed");
+    assert_eq!(job["stdout"], "kept\n");
+    let r = new
+        .http
+        .get(format!("{}/api/files/download/{file_id}", new.url))
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .expect("download");
+    assert_eq!(r.status(), 200, "the uploaded file came along");
+    let (_agent, welcome) = cmdx_e2e::FakeAgent::connect(&new, &wt, "w-old", 1, vec![])
+        .await
+        .expect("the old worker token still enrols");
+    assert_eq!(welcome.worker_id, "w-old");
+
+    let again = run(url, old.data.clone()).await;
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("empty database"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+}

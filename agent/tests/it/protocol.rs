@@ -356,9 +356,13 @@ async fn bad_configurations_are_refused_up_front() {
             "concurrency",
         ),
         (Box::new(|c| c.hub_url = "ftp://x".into()), "scheme"),
+        // https:// is spoken now; a CA file that is not one stops the agent at once.
         (
-            Box::new(|c| c.hub_url = "https://hub.example".into()),
-            "TLS",
+            Box::new(|c| {
+                c.hub_url = "https://hub.example".into();
+                c.ca_file = Some("/nonexistent/ca.pem".into());
+            }),
+            "/nonexistent/ca.pem",
         ),
         (Box::new(|c| c.token = "two words".into()), "token"),
         (Box::new(|c| c.worker_id = Some("a/b".into())), "worker id"),

@@ -62,6 +62,11 @@ pub type JobUpdate<'a> = &'a (dyn Fn(&mut JobRecord) -> StoreResult<()> + Send +
 /// [`JobUpdate`] for the `i`th job of a batch ([`Store::update_jobs`]).
 pub type BatchUpdate<'a> = &'a (dyn Fn(usize, &mut JobRecord) -> StoreResult<()> + Send + Sync);
 
+/// Name of the session-signing key in a shared store ([`Store::shared_secret`]).
+pub const SECRET_JWT: &str = "jwt";
+/// Name of the worker-token key in a shared store.
+pub const SECRET_WORKER: &str = "worker";
+
 /// Notes from the other hubs of a cluster (see [`Store::listen`]).
 pub struct Listener {
     /// Notes as they arrive, one per line published; closed when the connection is lost

@@ -24,7 +24,7 @@ pub async fn run(cli: &Cli, target: &Arc<Target>) -> anyhow::Result<Report> {
     let token = setup(target.worker_token().await, "worker token")?;
 
     // 1. The backlog: as fast as 128 connections go (no window: nothing recorded).
-    let pool = Pool::new(&target.addr, 128);
+    let pool = Pool::spread(&target.addrs, 128);
     let t0 = Instant::now();
     let sub = open_loop(
         target,

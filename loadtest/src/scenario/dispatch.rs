@@ -26,7 +26,7 @@ pub async fn run(cli: &Cli, target: &Arc<Target>) -> anyhow::Result<Report> {
         output_bytes: cli.output_bytes.unwrap_or(0),
     };
     let fleet = Fleet::start(target, &token, n, b, cli.connect_rate.unwrap_or(2000.0)).await;
-    let pool = Pool::new(&target.addr, 256);
+    let pool = Pool::spread(&target.addrs, 256);
     let start_us = now_us() + 200_000;
     let (warm_us, end_us) = (start_us + us(warm), start_us + us(secs));
     fleet.shared.set_window(warm_us, end_us);

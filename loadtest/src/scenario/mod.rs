@@ -34,9 +34,13 @@ pub async fn run(cli: &Cli, nofile: u64) -> anyhow::Result<Report> {
         }
         return chaos::run(cli).await;
     }
-    let target_arc = Arc::new(match &cli.hub {
-        Some(url) => Target::attach(url, cli.hub_pid).await?,
-        None => Target::start(&[]).await?,
+    let target_arc = Arc::new(match (&cli.hub, &cli.store) {
+        (Some(url), _) => Target::attach(url, cli.hub_pid).await?,
+        (None, Some(store)) => Target::start_cluster(cli.hubs, store).await?,
+        (None, None) if cli.hubs > 1 => {
+            anyhow::bail!("--hubs needs --store (postgres://… or postgres for a private server)")
+        }
+        (None, None) => Target::start(&[]).await?,
     });
     let result = match cli.scenario {
         Scenario::Dispatch => dispatch::run(cli, &target_arc).await,
