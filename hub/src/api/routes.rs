@@ -210,6 +210,11 @@ pub(super) static ROUTES: &[Route] = &[
         with_id!(jobs_api::output),
     ),
     Route::new(
+        Method::POST,
+        "/api/jobs/*/rerun",
+        with_id!(jobs_api::rerun),
+    ),
+    Route::new(
         Method::GET,
         "/api/jobs/*/artifacts",
         with_id!(artifacts::download_zip),
