@@ -160,7 +160,7 @@ async fn ended(
     download: Option<(&Path, bool)>,
     progress: &Progress,
 ) -> anyhow::Result<i32> {
-    let code = exit_code(api, id, end, progress).await;
+    let code = exit_code(api, id, end, progress, true).await;
     let Some((dir, force)) = download else {
         return code;
     };
@@ -254,15 +254,21 @@ async fn wait_quietly(api: &Api, id: &str, progress: &Progress) -> anyhow::Resul
 }
 
 /// The process exit code for how job `id` ended. A non-zero code comes with a one-line
-/// summary on stderr through `progress` (what ended it, after how long, on which worker).
-/// Setup, sandbox and lost-worker failures are errors (125) carrying the hub's `error` text.
+/// summary on stderr through `progress` (what ended it, after how long, on which worker);
+/// a plain non-zero exit of the command only when `say_exit` (`logs -f` leaves the job's
+/// stderr as it was, and says only what the output cannot: timeout, signal, cancel). Setup,
+/// sandbox and lost-worker failures are errors (125) carrying the hub's `error` text.
 pub async fn exit_code(
     api: &Api,
     id: &str,
     end: &End,
     progress: &Progress,
+    say_exit: bool,
 ) -> anyhow::Result<i32> {
     progress.left_queue();
+    let plain_exit = end.status == JobStatus::Failed
+        && end.signal.is_none()
+        && matches!(end.failure, None | Some(FailureKind::ExitCode));
     let code = match end.status {
         JobStatus::Completed => return Ok(0),
         JobStatus::Cancelled => EXIT_CANCELLED,
@@ -300,7 +306,9 @@ pub async fn exit_code(
             .unwrap_or_else(|| "no detail".into());
         return Err(anyhow!("job {id} failed ({}): {error}", kind.as_str()));
     }
-    progress.line(&line);
+    if say_exit || !plain_exit {
+        progress.line(&line);
+    }
     Ok(code)
 }
 
@@ -416,7 +424,7 @@ pub async fn logs(args: LogsArgs) -> anyhow::Result<i32> {
     let progress = Progress::new(&id, &view.tags, false);
     let from = if args.no_replay { view.output_bytes } else { 0 };
     match follow(&api, &id, from, None, None).await? {
-        Stop::Ended(end) => exit_code(&api, &id, &end, &progress).await,
+        Stop::Ended(end) => exit_code(&api, &id, &end, &progress, false).await,
         Stop::Reached => Err(anyhow!("the output stream of job {id} ended early")),
     }
 }
