@@ -206,7 +206,12 @@ impl Dispatch {
     /// the older jobs whose tag set is a subset of this job's are counted: any worker that
     /// connects for this job could take those too. The job need not be in the index (a cluster's
     /// mirror may lag): the count is by `queue_seq`.
-    pub fn queue_state(&self, queue_seq: u64, tags: &[String], legacy_offline_ms: u64) -> QueueState {
+    pub fn queue_state(
+        &self,
+        queue_seq: u64,
+        tags: &[String],
+        legacy_offline_ms: u64,
+    ) -> QueueState {
         let st = self.lock();
         let subset = |small: &[String], big: &[String]| small.iter().all(|t| big.contains(t));
         let able: Vec<&[String]> = st

@@ -300,7 +300,10 @@ async fn submit_relays_stdout_stderr_and_exit_code_byte_for_byte() {
     // Stderr: the id and dashboard URL, the job's own stderr, the summary of the failure.
     let lines: Vec<&str> = out.stderr.lines().collect();
     assert_eq!(lines.len(), 3, "{:?}", out.stderr);
-    assert_eq!(lines[0], format!("job {id} submitted: {}/jobs/{id}", hub.url));
+    assert_eq!(
+        lines[0],
+        format!("job {id} submitted: {}/jobs/{id}", hub.url)
+    );
     assert_eq!(lines[1], "err");
     assert!(
         lines[2].starts_with(&format!("job {id} failed: exit 7 after "))
@@ -366,7 +369,12 @@ async fn exit_codes_follow_how_the_job_ended() {
         // The submitted line, then one line saying how it ended (none for a success).
         let lines: Vec<&str> = out.stderr.lines().collect();
         assert!(lines[0].contains(" submitted: "), "{:?}", out.stderr);
-        assert_eq!(lines.len(), if code == 0 { 1 } else { 2 }, "{:?}", out.stderr);
+        assert_eq!(
+            lines.len(),
+            if code == 0 { 1 } else { 2 },
+            "{:?}",
+            out.stderr
+        );
     }
 }
 
@@ -1551,7 +1559,9 @@ async fn queued_submissions_say_their_position_and_move_up() {
         "a worker is connected: {:?}",
         String::from_utf8_lossy(&got3)
     );
-    let (_, view) = hub.get(&user, &format!("/api/jobs/status?jobId={id3}")).await;
+    let (_, view) = hub
+        .get(&user, &format!("/api/jobs/status?jobId={id3}"))
+        .await;
     assert_eq!(view["queuePosition"], 2, "{view}");
     assert_eq!(view["noMatchingWorker"], false, "{view}");
 
@@ -1583,8 +1593,7 @@ async fn queued_submissions_say_their_position_and_move_up() {
     for (child, got, err, want) in [
         (second, got2, err2, b"two\n".as_slice()),
         (third, got3, err3, b"three\n".as_slice()),
-    ]
-    {
+    ] {
         let mut child = child;
         child.stderr = None;
         let out = finish(child).await;
@@ -1621,7 +1630,9 @@ async fn a_job_no_worker_can_run_is_flagged_until_cancelled() {
         )),
         "{text}"
     );
-    let (_, view) = hub.get(&user, &format!("/api/jobs/status?jobId={id}")).await;
+    let (_, view) = hub
+        .get(&user, &format!("/api/jobs/status?jobId={id}"))
+        .await;
     assert_eq!(view["noMatchingWorker"], true, "{view}");
     assert_eq!(view["queuePosition"], 1, "{view}");
     let show = cli.run(&["job", "show", &id]).await;
@@ -1686,13 +1697,26 @@ async fn the_folder_after_artifacts_is_uploaded_not_taken_as_a_glob() {
 }
 
 /// `PUT /api/jobs/{job}/artifacts?attempt=N` as the scripted worker.
-async fn upload_as_worker(hub: &HubProc, wt: &str, worker: &str, job: &str, attempt: u32, zip: Vec<u8>) {
+async fn upload_as_worker(
+    hub: &HubProc,
+    wt: &str,
+    worker: &str,
+    job: &str,
+    attempt: u32,
+    zip: Vec<u8>,
+) {
     let form = reqwest::multipart::Form::new()
         .text("manifest", r#"{"skipped":[],"skippedTotal":0}"#)
-        .part("file", reqwest::multipart::Part::bytes(zip).file_name("a.zip"));
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(zip).file_name("a.zip"),
+        );
     let r = hub
         .http
-        .put(format!("{}/api/jobs/{job}/artifacts?attempt={attempt}", hub.url))
+        .put(format!(
+            "{}/api/jobs/{job}/artifacts?attempt={attempt}",
+            hub.url
+        ))
         .header("x-worker-token", wt)
         .header("x-worker-id", worker)
         .multipart(form)
@@ -1766,12 +1790,21 @@ async fn job_show_and_rerun() {
     let admin = hub.admin().await;
     let wt = hub.worker_token(&admin).await;
     let user = hub.user(&admin, "rerun@test.local").await;
-    let (mut agent, _) = FakeAgent::connect_tagged(&hub, &wt, "rr-worker", 1, vec![], vec!["linux".into()])
-        .await
-        .unwrap();
+    let (mut agent, _) =
+        FakeAgent::connect_tagged(&hub, &wt, "rr-worker", 1, vec![], vec!["linux".into()])
+            .await
+            .unwrap();
     let cli = CliEnv::new(&hub, &user);
     let child = cli.spawn(&[
-        "submit", "--tag", "linux", "--env", "SECRET=s3", "--timeout", "42", "--", "make test",
+        "submit",
+        "--tag",
+        "linux",
+        "--env",
+        "SECRET=s3",
+        "--timeout",
+        "42",
+        "--",
+        "make test",
     ]);
     let (mut run, _) = Run::start(&mut agent).await;
     let id = run.job_id.clone();
@@ -1805,14 +1838,20 @@ async fn job_show_and_rerun() {
     assert_eq!(out.code(), 0, "stderr: {}", out.stderr);
     let new_id = String::from_utf8_lossy(&out.stdout).trim().to_string();
     assert_ne!(new_id, id);
-    assert!(out.stderr.contains(&format!("job {new_id} submitted: ")), "{}", out.stderr);
+    assert!(
+        out.stderr.contains(&format!("job {new_id} submitted: ")),
+        "{}",
+        out.stderr
+    );
     let (run, asg) = Run::start(&mut agent).await;
     assert_eq!(asg.job_id, new_id);
     assert_eq!(asg.command, "make test");
     assert_eq!(asg.timeout_secs, 42);
     assert_eq!(asg.env.get("SECRET").map(String::as_str), Some("s3"));
     run.finish(exited(0)).await;
-    let (_, v) = hub.get(&user, &format!("/api/jobs/status?jobId={new_id}")).await;
+    let (_, v) = hub
+        .get(&user, &format!("/api/jobs/status?jobId={new_id}"))
+        .await;
     assert_eq!(v["tags"], json!(["linux"]));
 
     // rerun --follow streams like submit and exits with the job's code.
@@ -1843,14 +1882,21 @@ async fn backup_uses_the_saved_login() {
     };
     let login = cli
         .run_stdin(
-            &["login", "--email", cmdx_e2e::ADMIN_EMAIL, "--password-stdin"],
+            &[
+                "login",
+                "--email",
+                cmdx_e2e::ADMIN_EMAIL,
+                "--password-stdin",
+            ],
             &format!("{}\n", cmdx_e2e::ADMIN_PASSWORD),
         )
         .await;
     assert_eq!(login.code(), 0, "stderr: {}", login.stderr);
     let dir = tempfile::tempdir().unwrap();
     let archive = dir.path().join("b.tar");
-    let out = cli.run(&["backup", "--out", archive.to_str().unwrap()]).await;
+    let out = cli
+        .run(&["backup", "--out", archive.to_str().unwrap()])
+        .await;
     assert_eq!(out.code(), 0, "stderr: {}", out.stderr);
     assert!(std::fs::metadata(&archive).unwrap().len() > 0);
     // Signed out: one line saying so, nothing written.

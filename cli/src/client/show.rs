@@ -115,7 +115,11 @@ fn describe(v: &JobView, hub: &str, now: SystemTime) -> String {
     };
     rows.push((
         "output",
-        format!("{}{truncated}: cmdx logs {}", bytes(v.output_bytes), v.job_id),
+        format!(
+            "{}{truncated}: cmdx logs {}",
+            bytes(v.output_bytes),
+            v.job_id
+        ),
     ));
     if let Some(m) = v.peak_memory_bytes {
         rows.push(("memory", format!("{} peak", bytes(m))));

@@ -70,8 +70,16 @@ pub fn unpack(
         check_target(dir, &a.path, overwrite)?;
     }
     let mut made = Made::default();
-    let written = write_all(&mut archive, dir, &expected, &found, overwrite, &mut made, &mut out)
-        .and_then(|()| made.commit());
+    let written = write_all(
+        &mut archive,
+        dir,
+        &expected,
+        &found,
+        overwrite,
+        &mut made,
+        &mut out,
+    )
+    .and_then(|()| made.commit());
     match written {
         Ok(()) => {
             made.keep();
@@ -505,7 +513,10 @@ mod tests {
         assert_eq!(done.written.len(), 2);
         assert_eq!(fs::read(dir.join("a.txt")).unwrap(), b"hello");
         assert_eq!(fs::read(dir.join("sub/b.txt")).unwrap(), b"abc");
-        let names: Vec<_> = fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names.len(), 2, "no temp file left: {names:?}");
         // A symlink where a file goes is refused even so, and nothing is written.
         let outside = root.path().join("outside");
@@ -568,7 +579,13 @@ mod tests {
         let z = zip_of(&[E::File("d", b"hello"), E::File("d/e", b"abc")]);
         let root = tempfile::tempdir().unwrap();
         let dir = root.path().join("out");
-        let e = unpack(z.path(), &dir, &[art("d", 5, HELLO), art("d/e", 3, ABC)], false).unwrap_err();
+        let e = unpack(
+            z.path(),
+            &dir,
+            &[art("d", 5, HELLO), art("d/e", 3, ABC)],
+            false,
+        )
+        .unwrap_err();
         assert!(format!("{e:#}").contains("not a plain folder"), "{e:#}");
         assert!(tree(&dir).is_empty(), "{:?}", tree(&dir));
     }

@@ -166,9 +166,9 @@ pub async fn view(hub: &Hub, job: &JobRecord) -> LifecycleResult<JobView> {
 /// this hub's registry.
 pub fn queue_state(hub: &Hub, job: &JobRecord) -> Option<QueueState> {
     let seq = job.queue_seq.filter(|_| job.status == JobStatus::Queued)?;
-    let mut state =
-        hub.dispatch
-            .queue_state(seq, &job.tags, hub.config.legacy_offline_secs * 1000);
+    let mut state = hub
+        .dispatch
+        .queue_state(seq, &job.tags, hub.config.legacy_offline_secs * 1000);
     if hub.cluster.is_shared() {
         state.no_matching_worker = false;
     }
