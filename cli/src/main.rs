@@ -50,10 +50,15 @@ enum Cmd {
     Logout(client::LogoutArgs),
     /// Run a command on the cluster (a folder or ZIP uploaded first) and stream its output.
     Submit(client::SubmitArgs),
+    /// Submit a job again (same command, file, tags, env, timeout) and print the new id;
+    /// --follow streams it as submit does.
+    Rerun(client::RerunArgs),
     /// Print a job's output; -f follows it to the end.
     Logs(client::LogsArgs),
     /// List jobs.
     Jobs(client::JobsArgs),
+    /// Show one job: `cmdx job show JOB` (--json for the whole document).
+    Job(client::JobArgs),
     /// List workers.
     Workers(client::WorkersArgs),
     /// Cancel a job.
@@ -175,7 +180,9 @@ fn main() {
             Cmd::Login(a) => client::run(cli.verbose, client::session::login(a)).await,
             Cmd::Logout(a) => client::run(cli.verbose, client::session::logout(a)).await,
             Cmd::Submit(a) => client::run(cli.verbose, client::submit::submit(a)).await,
+            Cmd::Rerun(a) => client::run(cli.verbose, client::show::rerun(a)).await,
             Cmd::Logs(a) => client::run(cli.verbose, client::submit::logs(a)).await,
+            Cmd::Job(a) => client::run(cli.verbose, client::show::job(a)).await,
             Cmd::Jobs(a) => client::run(cli.verbose, client::listing::jobs(a)).await,
             Cmd::Workers(a) => client::run(cli.verbose, client::listing::workers(a)).await,
             Cmd::Cancel(a) => client::run(cli.verbose, client::listing::cancel(a)).await,

@@ -624,16 +624,10 @@ fn remove_dev_agents_home(dir: &std::path::Path) {
 /// `cmdx backup`: downloads an online backup from a running hub (admin).
 #[derive(clap::Args)]
 pub struct BackupArgs {
-    /// Hub base URL.
-    #[arg(long, env = "CMDX_HUB", default_value = "http://127.0.0.1:8080")]
-    hub: String,
-    /// PEM file of a private CA to trust besides the system's roots, for an https:// hub whose
-    /// certificate it signed.
-    #[arg(long, env = "CMDX_CA_FILE", value_name = "PEM")]
-    ca_file: Option<PathBuf>,
-    /// An admin's bearer token (`cmdx login` prints where it is saved; or CMDX_TOKEN).
-    #[arg(long, env = "CMDX_TOKEN", hide_env_values = true)]
-    token: String,
+    /// Hub, token and CA file: flags, then CMDX_HUB / CMDX_TOKEN / CMDX_CA_FILE, then the login
+    /// saved by `cmdx login` (as every client command); the token must be an admin's.
+    #[command(flatten)]
+    conn: crate::client::ConnArgs,
     /// Where to write the archive.
     #[arg(long)]
     out: PathBuf,
@@ -654,27 +648,15 @@ pub struct RestoreArgs {
 pub async fn run_backup(args: BackupArgs) -> anyhow::Result<i32> {
     use futures_util::StreamExt;
     use tokio::io::AsyncWriteExt;
-    let url = format!("{}/api/admin/backup", args.hub.trim_end_matches('/'));
-    let tls = cmdx_agent::tls::client_config(args.ca_file.as_deref())?;
-    let resp = crate::client::api::http_client(&tls)?
-        .get(&url)
-        .bearer_auth(&args.token)
-        .send()
-        .await;
-    let resp = match resp {
-        Ok(r) => r,
-        Err(e) => match crate::client::api::tls_failure(&args.hub, &e) {
-            Some(tls) => return Err(tls),
-            None => {
-                return Err(e).with_context(|| format!("cannot reach the hub at {}", args.hub));
-            }
-        },
-    };
-    if !resp.status().is_success() {
-        let status = resp.status();
-        let body = resp.text().await.unwrap_or_default();
-        anyhow::bail!("backup refused ({status}): {body}");
-    }
+    let conn = crate::client::config::resolve(&args.conn)?;
+    let api = crate::client::api::Api::new(&conn)?;
+    api.token()?;
+    let resp = api
+        .send(
+            api.request(reqwest::Method::GET, "/api/admin/backup"),
+            "backup",
+        )
+        .await?;
     let tmp = args.out.with_extension("partial");
     // The archive holds the hub's signing keys: owner-only whatever the umask.
     let mut file = cmdx_hub::private::create_file_async(&tmp)

@@ -133,6 +133,15 @@ pub struct Planned {
     pub conn: Conn,
 }
 
+/// Where a queued job stands (see [`Dispatch::queue_state`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueState {
+    /// 1 + the older queued jobs a worker able to run this one could take first.
+    pub position: u32,
+    /// No connected, non-draining worker of this hub can run the job.
+    pub no_matching_worker: bool,
+}
+
 #[derive(Default)]
 struct State {
     /// Queued jobs by (sorted) tag set, each FIFO by queue seq.
@@ -187,6 +196,51 @@ impl Dispatch {
             st.queues.remove(tags);
         }
         removed
+    }
+
+    /// Where a job queued under `queue_seq` with (sorted) `tags` stands.
+    ///
+    /// The workers able to run it are the online, non-draining ones that serve all its tags
+    /// (agents) or, for a tagless job, legacy pollers too. Each of them takes the oldest job among
+    /// the tag sets it serves, so the jobs that may go first are the older queued jobs whose tag
+    /// set one of those workers serves; the position is 1 + their number. With no such worker,
+    /// the older jobs whose tag set is a subset of this job's are counted: any worker that
+    /// connects for this job could take those too. The job need not be in the index (a cluster's
+    /// mirror may lag): the count is by `queue_seq`.
+    pub fn queue_state(
+        &self,
+        queue_seq: u64,
+        tags: &[String],
+        legacy_offline_ms: u64,
+    ) -> QueueState {
+        let st = self.lock();
+        let subset = |small: &[String], big: &[String]| small.iter().all(|t| big.contains(t));
+        let able: Vec<&[String]> = st
+            .workers
+            .values()
+            .filter(|w| !w.draining && w.online(legacy_offline_ms))
+            .filter_map(|w| match w.kind {
+                WorkerKind::Agent if subset(tags, &w.info.tags) => Some(w.info.tags.as_slice()),
+                WorkerKind::Legacy if tags.is_empty() => Some(&[][..]),
+                _ => None,
+            })
+            .collect();
+        let older: usize = st
+            .queues
+            .iter()
+            .filter(|(key, _)| {
+                if able.is_empty() {
+                    subset(key, tags)
+                } else {
+                    able.iter().any(|served| subset(key, served))
+                }
+            })
+            .map(|(_, q)| q.partition_point(|(s, _)| *s < queue_seq))
+            .sum();
+        QueueState {
+            position: u32::try_from(older).unwrap_or(u32::MAX - 1) + 1,
+            no_matching_worker: able.is_empty(),
+        }
     }
 
     /// Number of queued jobs.
@@ -578,5 +632,67 @@ impl Dispatch {
             .values()
             .filter_map(|w| w.conn.clone())
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn agent(d: &Dispatch, id: &str, tags: &[&str]) {
+        let info = WorkerRecord {
+            v: 1,
+            id: id.into(),
+            kind: "agent".into(),
+            hostname: "h".into(),
+            os: "linux".into(),
+            version: String::new(),
+            cpu_count: 1,
+            total_memory_mb: 1,
+            tags: tags.iter().map(|t| t.to_string()).collect(),
+            slots: 1,
+            isolation_active: Vec::new(),
+            isolation_missing: Vec::new(),
+            isolation_mode: String::new(),
+            token_id: None,
+            last_seen_ms: 0,
+        };
+        let (tx, _rx) = mpsc::channel(1);
+        d.connect(info, "t".into(), tx, Default::default());
+    }
+
+    fn tags(t: &[&str]) -> Vec<String> {
+        t.iter().map(|t| t.to_string()).collect()
+    }
+
+    #[test]
+    fn the_position_counts_older_jobs_the_able_workers_could_take_first() {
+        let d = Dispatch::default();
+        d.enqueue(1, "a", &[]);
+        d.enqueue(2, "b", &tags(&["gpu"]));
+        d.enqueue(3, "c", &tags(&["arm"]));
+        d.enqueue(4, "d", &tags(&["gpu"]));
+        // Nobody connected: only older jobs a future gpu worker would surely take first.
+        let s = d.queue_state(4, &tags(&["gpu"]), 1000);
+        assert_eq!(
+            s,
+            QueueState {
+                position: 3,
+                no_matching_worker: true
+            }
+        );
+        // A plain worker cannot run it: still nobody.
+        agent(&d, "w0", &[]);
+        assert!(d.queue_state(4, &tags(&["gpu"]), 1000).no_matching_worker);
+        // A worker serving gpu and arm would take a, b and c first.
+        agent(&d, "w1", &["arm", "gpu"]);
+        let s = d.queue_state(4, &tags(&["gpu"]), 1000);
+        assert_eq!(s.position, 4);
+        assert!(!s.no_matching_worker);
+        // The tagless job is first for w0 and w1 alike.
+        assert_eq!(d.queue_state(1, &[], 1000).position, 1);
+        // Draining workers do not count.
+        d.set_draining("w1");
+        assert!(d.queue_state(4, &tags(&["gpu"]), 1000).no_matching_worker);
     }
 }

@@ -172,15 +172,17 @@ async fn handle(
                             .is_none_or(|j| j.status.is_terminal()))
                     }
                 };
-                let res = relay::subscribe(
-                    hub2.store.as_ref(),
-                    &hub2.relay,
-                    &id,
-                    offset,
-                    &out2,
-                    is_terminal,
-                )
-                .await;
+                let (res, ()) = tokio::join!(
+                    relay::subscribe(
+                        hub2.store.as_ref(),
+                        &hub2.relay,
+                        &id,
+                        offset,
+                        &out2,
+                        is_terminal,
+                    ),
+                    watch_queue(&hub2, &id, &out2),
+                );
                 match res {
                     Ok(SubEnd::Finished) => {
                         if let Ok(Some(job)) = hub2.store.get_job(&id).await {
@@ -229,6 +231,50 @@ async fn handle(
                 }
             }
             feeds.workers = Some(spawn_feed(hub, caller.clone(), out.clone(), false));
+        }
+    }
+}
+
+/// How often a subscription to a queued job looks at its place in the queue.
+const QUEUE_CHECK: Duration = Duration::from_secs(1);
+
+/// While job `id` is queued, sends `queued` (position and the no-worker verdict) at once and
+/// whenever it changes; when the job leaves the queue, one `job` message with its new status.
+/// Returns then, or when the client is gone. A look is one dispatch-index count and one record
+/// read per second per subscription to a queued job.
+async fn watch_queue(hub: &Hub, id: &str, out: &Outbox) {
+    let mut last = None;
+    let mut tick = tokio::time::interval(QUEUE_CHECK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let job = match hub.store.get_job(id).await {
+            Ok(Some(job)) => job,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(job_id = %id, error = %e, "reading a queued job failed");
+                continue;
+            }
+        };
+        let Some(state) = crate::jobs::views::queue_state(hub, &job) else {
+            // Only a job this watch saw queued is announced as having left the queue.
+            if last.is_some() {
+                let _ = out
+                    .send(encode(&ServerMsg::Job(crate::jobs::views::summary(&job))))
+                    .await;
+            }
+            return;
+        };
+        if last != Some(state) {
+            last = Some(state);
+            let msg = ServerMsg::Queued {
+                job_id: id.to_string(),
+                position: state.position,
+                no_matching_worker: state.no_matching_worker,
+            };
+            if !out.send(encode(&msg)).await {
+                return;
+            }
         }
     }
 }

@@ -75,7 +75,21 @@ pub enum ServerMsg {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         failure: Option<FailureKind>,
     },
-    /// A job changed (created, assigned, started, finished).
+    /// Sent on an output subscription while the job waits in the queue: at once, then whenever
+    /// its position or the no-worker verdict changes (checked about once a second). When the job
+    /// leaves the queue the subscription gets one `job` message with its new status. The fields
+    /// mean what `queuePosition` and `noMatchingWorker` of the REST job view mean.
+    #[serde(rename_all = "camelCase")]
+    Queued {
+        /// Job id.
+        job_id: String,
+        /// 1-based place in the queue of the workers that could run the job.
+        position: u32,
+        /// No connected worker can run the job.
+        no_matching_worker: bool,
+    },
+    /// A job changed (created, assigned, started, finished); on an output subscription, the
+    /// job left the queue.
     Job(JobSummary),
     /// A worker connected, changed load, or went offline.
     Worker(WorkerView),

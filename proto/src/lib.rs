@@ -49,6 +49,9 @@
 //! order the agent sent them) addressed by byte offset: the hub replays stored bytes from the
 //! requested offset, then follows live, with no gap or duplicate at the seam. A subscriber that
 //! falls behind is resynced from the store; `outputEnd` marks the end of a finished job's log.
+//! While the subscribed job is still queued the hub also sends `queued` (its queue position and
+//! whether any connected worker can run it) whenever that changes, and one `job` when it leaves
+//! the queue.
 
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]

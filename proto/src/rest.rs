@@ -269,6 +269,17 @@ pub struct JobView {
     pub artifacts_skipped_total: u64,
     /// Why no artifacts could be collected or stored, if so.
     pub artifacts_error: Option<String>,
+    /// While `queued`: 1 + the number of older queued jobs that could be taken before this one
+    /// by a worker able to run it (the jobs whose tags are served by one of the connected,
+    /// non-draining workers that match this job; with none connected, the older jobs whose tags
+    /// are a subset of this job's). `null` once the job left the queue. Older hubs omit it.
+    #[serde(default)]
+    pub queue_position: Option<u32>,
+    /// While `queued`: no connected, non-draining worker serves all of the job's tags (and, for a
+    /// tagless job, no legacy worker is online), so it waits until one connects. Always `false`
+    /// on a hub of a cluster, which sees only the workers connected to itself.
+    #[serde(default)]
+    pub no_matching_worker: bool,
 }
 
 /// One collected artifact file.

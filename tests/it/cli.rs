@@ -292,11 +292,25 @@ async fn submit_relays_stdout_stderr_and_exit_code_byte_for_byte() {
     run.out(StreamKind::Stdout, b"out\n").await;
     run.out(StreamKind::Stderr, b"err\n").await;
     run.out(StreamKind::Stdout, fancy).await;
+    let id = run.job_id.clone();
     run.finish(exited(7)).await;
     let out = finish(child).await;
     assert_eq!(out.code(), 7, "stderr: {}", out.stderr);
     assert_eq!(out.stdout, [b"out\n".as_slice(), fancy].concat());
-    assert_eq!(out.stderr, "err\n");
+    // Stderr: the id and dashboard URL, the job's own stderr, the summary of the failure.
+    let lines: Vec<&str> = out.stderr.lines().collect();
+    assert_eq!(lines.len(), 3, "{:?}", out.stderr);
+    assert_eq!(
+        lines[0],
+        format!("job {id} submitted: {}/jobs/{id}", hub.url)
+    );
+    assert_eq!(lines[1], "err");
+    assert!(
+        lines[2].starts_with(&format!("job {id} failed: exit 7 after "))
+            && lines[2].ends_with("s on worker cli-worker"),
+        "{:?}",
+        lines[2]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -352,7 +366,15 @@ async fn exit_codes_follow_how_the_job_ended() {
         let out = finish(child).await;
         assert_eq!(out.code(), code, "stderr: {}", out.stderr);
         assert!(out.stderr.contains(note), "{:?} lacks {note:?}", out.stderr);
-        assert!(out.stderr.lines().count() <= 1, "{:?}", out.stderr);
+        // The submitted line, then one line saying how it ended (none for a success).
+        let lines: Vec<&str> = out.stderr.lines().collect();
+        assert!(lines[0].contains(" submitted: "), "{:?}", out.stderr);
+        assert_eq!(
+            lines.len(),
+            if code == 0 { 1 } else { 2 },
+            "{:?}",
+            out.stderr
+        );
     }
 }
 
@@ -982,7 +1004,7 @@ async fn real_jobs_on_cmdx_dev() {
         .await;
     assert_eq!(out.code(), 7, "stderr: {}", out.stderr);
     assert_eq!(out.stdout, b"from the folder\nout\n");
-    assert_eq!(out.stderr, "err\n");
+    assert_eq!(without_status(&out.stderr), "err\n");
 
     // Timeout.
     let out = cli
@@ -1145,6 +1167,7 @@ async fn artifacts_of_a_real_job_are_downloaded_and_unpacked_byte_for_byte() {
             "submit",
             "--artifacts",
             "dist/**",
+            "--artifacts",
             "reports/*.xml",
             "--download",
             dl.to_str().unwrap(),
@@ -1455,4 +1478,433 @@ async fn the_jobs_table_shows_a_failed_jobs_exit_code() {
         .find(|l| l.starts_with(&id))
         .unwrap_or_else(|| panic!("no row for {id}: {table}"));
     assert!(row.contains("failed (exit 2)"), "{row}");
+}
+
+/// `stderr` without the CLI's status lines (`job … submitted: …`, `queued (…)`, `job … failed:
+/// …`): what is left is the job's own stderr.
+fn without_status(stderr: &str) -> String {
+    stderr
+        .lines()
+        .filter(|l| !(l.starts_with("job ") || l.starts_with("queued (")))
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+/// Reads from `r` until what was read contains `want` (or fails after [`WAIT`]).
+async fn read_until_contains<R: AsyncRead + Unpin>(r: &mut R, got: &mut Vec<u8>, want: &str) {
+    tokio::time::timeout(WAIT, async {
+        while !String::from_utf8_lossy(got).contains(want) {
+            let mut buf = [0u8; 4096];
+            let n = r.read(&mut buf).await.unwrap();
+            assert!(
+                n > 0,
+                "stream closed; got {:?}",
+                String::from_utf8_lossy(got)
+            );
+            got.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "timed out waiting for {want:?}; got {:?}",
+            String::from_utf8_lossy(got)
+        )
+    });
+}
+
+/// The job id in a `job <id> submitted: <url>` line.
+fn submitted_id(stderr: &[u8]) -> String {
+    let text = String::from_utf8_lossy(stderr);
+    let line = text
+        .lines()
+        .find(|l| l.contains(" submitted: "))
+        .unwrap_or_else(|| panic!("no submitted line in {text:?}"));
+    line["job ".len()..line.find(" submitted").unwrap()].to_string()
+}
+
+/// A single-slot worker busy with one job: the next two submissions wait at positions 1 and 2,
+/// say so on stderr (a new line per change, stderr not being a terminal), move up when the
+/// slot frees, and each one's stdout is exactly its job's output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_submissions_say_their_position_and_move_up() {
+    let (hub, user, mut agent) = setup("queue-pos@test.local").await;
+    let cli = CliEnv::new(&hub, &user);
+    let first = cli.spawn(&["submit", "--", "first"]);
+    let (run1, _) = Run::start(&mut agent).await;
+    let id1 = run1.job_id.clone();
+
+    let mut second = cli.spawn(&["submit", "--", "second"]);
+    let mut err2 = second.stderr.take().unwrap();
+    let mut got2 = Vec::new();
+    read_until_contains(
+        &mut err2,
+        &mut got2,
+        "queued (position 1, waiting for a free worker)\n",
+    )
+    .await;
+    let id2 = submitted_id(&got2);
+    let mut third = cli.spawn(&["submit", "--", "third"]);
+    let mut err3 = third.stderr.take().unwrap();
+    let mut got3 = Vec::new();
+    read_until_contains(
+        &mut err3,
+        &mut got3,
+        "queued (position 2, waiting for a free worker)\n",
+    )
+    .await;
+    let id3 = submitted_id(&got3);
+    assert!(
+        !String::from_utf8_lossy(&got3).contains("warning"),
+        "a worker is connected: {:?}",
+        String::from_utf8_lossy(&got3)
+    );
+    let (_, view) = hub
+        .get(&user, &format!("/api/jobs/status?jobId={id3}"))
+        .await;
+    assert_eq!(view["queuePosition"], 2, "{view}");
+    assert_eq!(view["noMatchingWorker"], false, "{view}");
+
+    // The first ends with exit 2: its summary; the second takes the slot, the third moves up.
+    run1.finish(exited(2)).await;
+    let out1 = finish(first).await;
+    assert_eq!(out1.code(), 2, "stderr: {}", out1.stderr);
+    assert!(out1.stdout.is_empty());
+    assert!(
+        out1.stderr
+            .contains(&format!("job {id1} failed: exit 2 after ")),
+        "{}",
+        out1.stderr
+    );
+    let (mut run2, asg2) = Run::start(&mut agent).await;
+    assert_eq!(asg2.job_id, id2);
+    read_until_contains(
+        &mut err3,
+        &mut got3,
+        "queued (position 1, waiting for a free worker)\n",
+    )
+    .await;
+    run2.out(StreamKind::Stdout, b"two\n").await;
+    run2.finish(exited(0)).await;
+    let (mut run3, asg3) = Run::start(&mut agent).await;
+    assert_eq!(asg3.job_id, id3);
+    run3.out(StreamKind::Stdout, b"three\n").await;
+    run3.finish(exited(0)).await;
+    for (child, got, err, want) in [
+        (second, got2, err2, b"two\n".as_slice()),
+        (third, got3, err3, b"three\n".as_slice()),
+    ] {
+        let mut child = child;
+        child.stderr = None;
+        let out = finish(child).await;
+        let mut err = err;
+        let mut rest = got;
+        err.read_to_end(&mut rest).await.unwrap();
+        let stderr = String::from_utf8_lossy(&rest);
+        assert_eq!(out.code(), 0, "stderr: {stderr}");
+        assert_eq!(out.stdout, want, "stdout is the job's output only");
+        assert_eq!(without_status(&stderr), "", "{stderr}");
+    }
+}
+
+/// A job whose tags no connected worker serves: a warning and the queued line, on the CLI and
+/// in the job view, until it is cancelled; `-q` says nothing of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_no_worker_can_run_is_flagged_until_cancelled() {
+    let (hub, user, _agent) = setup("no-worker@test.local").await;
+    let cli = CliEnv::new(&hub, &user);
+    let mut child = cli.spawn(&["submit", "--tag", "gpu", "--tag", "arm", "--", "true"]);
+    let mut err = child.stderr.take().unwrap();
+    let mut got = Vec::new();
+    read_until_contains(
+        &mut err,
+        &mut got,
+        "queued (position 1, waiting for a worker with tags gpu,arm)\n",
+    )
+    .await;
+    let id = submitted_id(&got);
+    let text = String::from_utf8_lossy(&got).into_owned();
+    assert!(
+        text.contains(&format!(
+            "cmdx: warning: no connected worker serves tags gpu,arm: job {id} waits"
+        )),
+        "{text}"
+    );
+    let (_, view) = hub
+        .get(&user, &format!("/api/jobs/status?jobId={id}"))
+        .await;
+    assert_eq!(view["noMatchingWorker"], true, "{view}");
+    assert_eq!(view["queuePosition"], 1, "{view}");
+    let show = cli.run(&["job", "show", &id]).await;
+    assert_eq!(show.code(), 0, "stderr: {}", show.stderr);
+    let shown = String::from_utf8_lossy(&show.stdout);
+    assert!(
+        shown.contains("position 1, no connected worker can run it"),
+        "{shown}"
+    );
+    assert!(shown.contains("arm,gpu"), "{shown}");
+
+    // Quiet: no status lines at all, only the cancellation's error-free exit code.
+    let mut quiet = cli.spawn(&["submit", "-q", "--tag", "gpu", "--", "true"]);
+    let quiet_id = wait_for("the quiet job", || async {
+        let (_, list) = hub.get(&user, "/api/jobs/list?limit=1").await;
+        let j = &list["jobs"][0];
+        (j["tags"] == json!(["gpu"])).then(|| j["jobId"].as_str().unwrap().to_string())
+    })
+    .await;
+
+    let c = cli.run(&["cancel", &id]).await;
+    assert_eq!(c.code(), 0, "stderr: {}", c.stderr);
+    let out = finish(child).await;
+    err.read_to_end(&mut got).await.unwrap();
+    assert_eq!(out.code(), 130, "stderr: {}", String::from_utf8_lossy(&got));
+    assert!(out.stdout.is_empty());
+    assert!(
+        String::from_utf8_lossy(&got).contains(&format!("job {id} cancelled while queued")),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+
+    let c = cli.run(&["cancel", &quiet_id]).await;
+    assert_eq!(c.code(), 0, "stderr: {}", c.stderr);
+    let mut err_q = quiet.stderr.take().unwrap();
+    let out = finish(quiet).await;
+    let mut q = Vec::new();
+    err_q.read_to_end(&mut q).await.unwrap();
+    assert_eq!(out.code(), 130);
+    assert_eq!(String::from_utf8_lossy(&q), "", "quiet is quiet");
+}
+
+/// `--artifacts GLOB` takes one value, so the project folder after it (`.`) is the folder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_folder_after_artifacts_is_uploaded_not_taken_as_a_glob() {
+    let (hub, user, mut agent) = setup("glob-dot@test.local").await;
+    let cli = CliEnv::new(&hub, &user);
+    let fixture = tempfile::tempdir().unwrap();
+    write(fixture.path(), "src.txt", b"x\n");
+    let mut c = cli.command(&["submit", "--artifacts", "dist/**", ".", "--", "true"]);
+    c.current_dir(fixture.path());
+    let child = c.spawn().unwrap();
+    let (run, asg) = Run::start(&mut agent).await;
+    assert_eq!(asg.artifacts, vec!["dist/**".to_string()]);
+    assert_eq!(
+        uploaded_names(&hub, &user, &run.job_id).await,
+        vec!["src.txt".to_string()]
+    );
+    run.finish(exited(0)).await;
+    let out = finish(child).await;
+    assert_eq!(out.code(), 0, "stderr: {}", out.stderr);
+}
+
+/// `PUT /api/jobs/{job}/artifacts?attempt=N` as the scripted worker.
+async fn upload_as_worker(
+    hub: &HubProc,
+    wt: &str,
+    worker: &str,
+    job: &str,
+    attempt: u32,
+    zip: Vec<u8>,
+) {
+    let form = reqwest::multipart::Form::new()
+        .text("manifest", r#"{"skipped":[],"skippedTotal":0}"#)
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(zip).file_name("a.zip"),
+        );
+    let r = hub
+        .http
+        .put(format!(
+            "{}/api/jobs/{job}/artifacts?attempt={attempt}",
+            hub.url
+        ))
+        .header("x-worker-token", wt)
+        .header("x-worker-id", worker)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+/// `--download` twice: each run unpacks into its own `./cmdx-artifacts/<job id>/`; into one
+/// named folder the second run refuses to overwrite unless `--force`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn download_twice_works_per_job_and_with_force() {
+    let hub = HubProc::start(FAST).await;
+    let admin = hub.admin().await;
+    let wt = hub.worker_token(&admin).await;
+    let user = hub.user(&admin, "download-twice@test.local").await;
+    let (mut agent, _) = FakeAgent::connect(&hub, &wt, "dl-worker", 1, vec![])
+        .await
+        .unwrap();
+    let cli = CliEnv::new(&hub, &user);
+    let cwd = tempfile::tempdir().unwrap();
+    let named = cwd.path().join("out");
+    let named_arg = format!("--download={}", named.display());
+    let runs: [(&[&str], &[u8], i32); 5] = [
+        (&["--download"], b"one", 0),
+        (&["--download"], b"two", 0),
+        (&[named_arg.as_str()], b"three", 0),
+        (&[named_arg.as_str()], b"four", 125),
+        (&[named_arg.as_str(), "--force"], b"five", 0),
+    ];
+    let mut ids = Vec::new();
+    for (flags, content, code) in runs {
+        let mut args = vec!["submit", "--artifacts", "out.txt"];
+        args.extend_from_slice(flags);
+        args.extend(["--", "true"]);
+        let mut c = cli.command(&args);
+        c.current_dir(cwd.path());
+        let child = c.spawn().unwrap();
+        let (run, asg) = Run::start(&mut agent).await;
+        upload_as_worker(
+            &hub,
+            &wt,
+            "dl-worker",
+            &asg.job_id,
+            asg.attempt,
+            hostile_zip(&[("out.txt", content)], &[]),
+        )
+        .await;
+        ids.push(run.job_id.clone());
+        run.finish(exited(0)).await;
+        let out = finish(child).await;
+        assert_eq!(out.code(), code, "{flags:?}: {}", out.stderr);
+        if code != 0 {
+            assert!(out.stderr.contains("--force"), "{}", out.stderr);
+        }
+    }
+    for (id, content) in ids.iter().zip([b"one", b"two"]) {
+        let file = cwd.path().join("cmdx-artifacts").join(id).join("out.txt");
+        assert_eq!(std::fs::read(&file).unwrap(), content, "{}", file.display());
+    }
+    assert_eq!(std::fs::read(named.join("out.txt")).unwrap(), b"five");
+}
+
+/// `cmdx job show` tells everything about a job (and `--json` is the hub's document);
+/// `cmdx rerun` submits the same command, tags, env and timeout again and prints the new id,
+/// or follows it with `--follow`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_show_and_rerun() {
+    let hub = HubProc::start(FAST).await;
+    let admin = hub.admin().await;
+    let wt = hub.worker_token(&admin).await;
+    let user = hub.user(&admin, "rerun@test.local").await;
+    let (mut agent, _) =
+        FakeAgent::connect_tagged(&hub, &wt, "rr-worker", 1, vec![], vec!["linux".into()])
+            .await
+            .unwrap();
+    let cli = CliEnv::new(&hub, &user);
+    let child = cli.spawn(&[
+        "submit",
+        "--tag",
+        "linux",
+        "--env",
+        "SECRET=s3",
+        "--timeout",
+        "42",
+        "--",
+        "make test",
+    ]);
+    let (mut run, _) = Run::start(&mut agent).await;
+    let id = run.job_id.clone();
+    run.out(StreamKind::Stdout, b"ok\n").await;
+    run.finish(exited(3)).await;
+    assert_eq!(finish(child).await.code(), 3);
+
+    let show = cli.run(&["job", "show", &id]).await;
+    assert_eq!(show.code(), 0, "stderr: {}", show.stderr);
+    let text = String::from_utf8_lossy(&show.stdout);
+    let first = text.lines().next().unwrap_or_default();
+    assert!(first.starts_with("job ") && first.ends_with(&id), "{text}");
+    for want in [
+        "failed (exit 3)".to_string(),
+        "make test".to_string(),
+        "rr-worker".to_string(),
+        "SECRET".to_string(),
+        "42s".to_string(),
+        format!("{}/jobs/{id}", hub.url),
+    ] {
+        assert!(text.contains(&want), "{want:?} not in {text}");
+    }
+    assert!(!text.contains("s3"), "env values are never shown: {text}");
+    let json_show = cli.run(&["job", "show", &id, "--json"]).await;
+    let doc: Value = serde_json::from_slice(&json_show.stdout).unwrap();
+    assert_eq!(doc["jobId"], id.as_str());
+    assert_eq!(doc["exitCode"], 3);
+
+    // rerun: a new id on stdout, the same job for the worker.
+    let out = cli.run(&["rerun", &id]).await;
+    assert_eq!(out.code(), 0, "stderr: {}", out.stderr);
+    let new_id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert_ne!(new_id, id);
+    assert!(
+        out.stderr.contains(&format!("job {new_id} submitted: ")),
+        "{}",
+        out.stderr
+    );
+    let (run, asg) = Run::start(&mut agent).await;
+    assert_eq!(asg.job_id, new_id);
+    assert_eq!(asg.command, "make test");
+    assert_eq!(asg.timeout_secs, 42);
+    assert_eq!(asg.env.get("SECRET").map(String::as_str), Some("s3"));
+    run.finish(exited(0)).await;
+    let (_, v) = hub
+        .get(&user, &format!("/api/jobs/status?jobId={new_id}"))
+        .await;
+    assert_eq!(v["tags"], json!(["linux"]));
+
+    // rerun --follow streams like submit and exits with the job's code.
+    let child = cli.spawn(&["rerun", "--follow", &id]);
+    let (mut run, _) = Run::start(&mut agent).await;
+    run.out(StreamKind::Stdout, b"again\n").await;
+    run.finish(exited(5)).await;
+    let out = finish(child).await;
+    assert_eq!(out.code(), 5, "stderr: {}", out.stderr);
+    assert_eq!(out.stdout, b"again\n");
+
+    // Someone else's job is not found.
+    let other = hub.user(&admin, "rerun-other@test.local").await;
+    CliEnv::new(&hub, &other)
+        .run(&["rerun", &id])
+        .await
+        .assert_one_line_error(&format!("job {id} not found"));
+}
+
+/// `cmdx backup` with nothing but the login saved by `cmdx login`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_uses_the_saved_login() {
+    let hub = HubProc::start(FAST).await;
+    let cli = CliEnv {
+        hub: hub.url.clone(),
+        token: None,
+        config: tempfile::tempdir().unwrap(),
+    };
+    let login = cli
+        .run_stdin(
+            &[
+                "login",
+                "--email",
+                cmdx_e2e::ADMIN_EMAIL,
+                "--password-stdin",
+            ],
+            &format!("{}\n", cmdx_e2e::ADMIN_PASSWORD),
+        )
+        .await;
+    assert_eq!(login.code(), 0, "stderr: {}", login.stderr);
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("b.tar");
+    let out = cli
+        .run(&["backup", "--out", archive.to_str().unwrap()])
+        .await;
+    assert_eq!(out.code(), 0, "stderr: {}", out.stderr);
+    assert!(std::fs::metadata(&archive).unwrap().len() > 0);
+    // Signed out: one line saying so, nothing written.
+    let logout = cli.run(&["logout"]).await;
+    assert_eq!(logout.code(), 0, "stderr: {}", logout.stderr);
+    let again = dir.path().join("c.tar");
+    cli.run(&["backup", "--out", again.to_str().unwrap()])
+        .await
+        .assert_one_line_error("cmdx login");
+    assert!(!again.exists());
 }

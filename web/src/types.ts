@@ -119,6 +119,10 @@ export interface JobView {
   artifactsSkippedTotal: number;
   /** Why no artifacts could be collected or stored, if so. */
   artifactsError: string | null;
+  /** While queued: 1 + the older queued jobs its able workers could take first; else null. */
+  queuePosition: number | null;
+  /** While queued: no connected worker can run it (its tags are served by nobody). */
+  noMatchingWorker: boolean;
 }
 
 /** One collected artifact file. */
@@ -208,6 +212,7 @@ export type ServerMsg =
       signal?: number;
       failure?: FailureKind;
     }
+  | { type: 'queued'; jobId: string; position: number; noMatchingWorker: boolean }
   | ({ type: 'job' } & JobSummary)
   | ({ type: 'worker' } & WorkerView)
   | { type: 'error'; code: string; message: string };

@@ -53,8 +53,8 @@ pub async fn artifacts(args: ArtifactsArgs) -> anyhow::Result<i32> {
     }
     if let Some(dir) = &args.out {
         let done = match &args.zip {
-            Some(file) => unpack_blocking(file.clone(), dir.clone(), &view).await?,
-            None => download(&api, &view, dir).await?,
+            Some(file) => unpack_blocking(file.clone(), dir.clone(), &view, args.force).await?,
+            None => download(&api, &view, dir, args.force).await?,
         };
         let mut text = String::new();
         for f in &done.written {
@@ -70,8 +70,9 @@ pub async fn artifacts(args: ArtifactsArgs) -> anyhow::Result<i32> {
 }
 
 /// After `cmdx submit --download DIR`: reports what the job skipped, then downloads and unpacks
-/// its artifacts into `dir`, listing what was written on stderr (stdout is the job's).
-pub async fn after_job(api: &Api, id: &str, dir: &Path) -> anyhow::Result<()> {
+/// its artifacts into `dir` (replacing existing files when `force`), listing what was written
+/// on stderr (stdout is the job's).
+pub async fn after_job(api: &Api, id: &str, dir: &Path, force: bool) -> anyhow::Result<()> {
     let view = job_view(api, id).await?;
     report(&view);
     if view.artifacts.is_empty() {
@@ -80,7 +81,7 @@ pub async fn after_job(api: &Api, id: &str, dir: &Path) -> anyhow::Result<()> {
         ));
         return Ok(());
     }
-    let done = download(api, &view, dir)
+    let done = download(api, &view, dir, force)
         .await
         .with_context(|| format!("downloading the artifacts of job {id} failed"))?;
     for f in &done.written {
@@ -207,8 +208,14 @@ fn left_out(done: &Unpacked, view: &JobView) {
 }
 
 /// Downloads the job's artifact ZIP into a temp file inside `dir` (created if missing) and
-/// unpacks it there; the temp file is removed either way.
-pub async fn download(api: &Api, view: &JobView, dir: &Path) -> anyhow::Result<Unpacked> {
+/// unpacks it there (replacing existing files when `force`); the temp file is removed either
+/// way.
+pub async fn download(
+    api: &Api,
+    view: &JobView,
+    dir: &Path,
+    force: bool,
+) -> anyhow::Result<Unpacked> {
     tokio::fs::create_dir_all(dir)
         .await
         .with_context(|| format!("cannot create {}", dir.display()))?;
@@ -219,7 +226,7 @@ pub async fn download(api: &Api, view: &JobView, dir: &Path) -> anyhow::Result<U
         .with_context(|| format!("cannot create a temp file in {}", dir.display()))?;
     fetch_zip(api, view, spool.path()).await?;
     let path = spool.path().to_path_buf();
-    let done = unpack_blocking(path, dir.to_path_buf(), view).await;
+    let done = unpack_blocking(path, dir.to_path_buf(), view, force).await;
     drop(spool);
     done
 }
@@ -242,9 +249,14 @@ async fn save_zip(api: &Api, view: &JobView, file: &Path) -> anyhow::Result<u64>
     Ok(size)
 }
 
-async fn unpack_blocking(zip: PathBuf, dir: PathBuf, view: &JobView) -> anyhow::Result<Unpacked> {
+async fn unpack_blocking(
+    zip: PathBuf,
+    dir: PathBuf,
+    view: &JobView,
+    force: bool,
+) -> anyhow::Result<Unpacked> {
     let listed = view.artifacts.clone();
-    tokio::task::spawn_blocking(move || unpack(&zip, &dir, &listed))
+    tokio::task::spawn_blocking(move || unpack(&zip, &dir, &listed, force))
         .await
         .map_err(|e| anyhow!("unpacking failed: {e}"))?
 }

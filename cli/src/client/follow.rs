@@ -15,6 +15,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use super::api::{Api, SIGNED_OUT, one_line};
 use super::detail;
+use super::progress::Progress;
 
 /// How long to keep trying to reopen a dropped output socket.
 const RECONNECT_FOR: Duration = Duration::from_secs(30);
@@ -115,12 +116,14 @@ fn write_out(stream: StreamKind, data: &[u8]) -> anyhow::Result<()> {
 }
 
 /// Streams job `job_id`'s output from byte `offset` until the job ends, or until `stop_at` bytes
-/// when given (the job may still be running then).
+/// when given (the job may still be running then). While the job is queued, the hub's `queued`
+/// messages go to `progress`, which is told when the job leaves the queue.
 pub async fn follow(
     api: &Api,
     job_id: &str,
     offset: u64,
     stop_at: Option<u64>,
+    progress: Option<&Progress>,
 ) -> anyhow::Result<Stop> {
     let mut next = offset;
     if stop_at.is_some_and(|s| next >= s) {
@@ -174,6 +177,9 @@ pub async fn follow(
                     continue; // seen already (replayed after a reconnect)
                 }
                 let skip = next.saturating_sub(offset) as usize;
+                if let Some(p) = progress {
+                    p.left_queue();
+                }
                 write_out(stream, &data[skip..])?;
                 next = end;
                 if stop_at.is_some_and(|s| next >= s) {
@@ -195,12 +201,29 @@ pub async fn follow(
                 failure,
                 ..
             } if id == job_id => {
+                if let Some(p) = progress {
+                    p.left_queue();
+                }
                 return Ok(Stop::Ended(End {
                     status,
                     exit_code,
                     signal,
                     failure,
                 }));
+            }
+            ServerMsg::Queued {
+                job_id: id,
+                position,
+                no_matching_worker,
+            } if id == job_id => {
+                if let Some(p) = progress {
+                    p.queued(position, no_matching_worker);
+                }
+            }
+            ServerMsg::Job(j) if j.job_id == job_id && j.status != JobStatus::Queued => {
+                if let Some(p) = progress {
+                    p.left_queue();
+                }
             }
             ServerMsg::Error(e) if e.code == "not_found" => bail!("job {job_id} not found"),
             ServerMsg::Error(e) => bail!(

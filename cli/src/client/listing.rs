@@ -143,7 +143,7 @@ pub async fn cancel(args: CancelArgs) -> anyhow::Result<i32> {
 
 /// A job's STATUS cell: a failed job says why, and a non-zero exit says its code
 /// (`failed (exit 2)`), so a glance at the table tells a test failure from a crash.
-fn status_cell(status: &str, failure: Option<FailureKind>, exit_code: Option<i32>) -> String {
+pub fn status_cell(status: &str, failure: Option<FailureKind>, exit_code: Option<i32>) -> String {
     match (failure, exit_code) {
         (Some(FailureKind::ExitCode), Some(code)) => format!("{status} (exit {code})"),
         (Some(f), _) => format!("{status} ({})", f.as_str()),

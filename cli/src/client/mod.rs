@@ -1,5 +1,5 @@
-//! The client commands of `cmdx` (`login`, `submit`, `logs`, `jobs`, `workers`, `cancel`,
-//! `artifacts`, `token`, `user`, `completions`): a thin layer of flags over the hub's REST and
+//! The client commands of `cmdx` (`login`, `submit`, `rerun`, `logs`, `jobs`, `job show`,
+//! `workers`, `cancel`, `artifacts`, `token`, `user`, `completions`): a thin layer of flags over the hub's REST and
 //! `/ws/client` APIs.
 //!
 //! Every command resolves its hub URL, token and CA file with the precedence flags >
@@ -8,7 +8,7 @@
 //! the `--ca-file`. Every failure becomes one
 //! line on stderr and exit code 125 (see [`api::HubError`]); `-v` adds detail lines.
 //!
-//! Exit codes of the commands that wait for a job (`submit`, `logs -f`): the job's own exit
+//! Exit codes of the commands that wait for a job (`submit`, `rerun -f`, `logs -f`): the job's own exit
 //! code; 128+N when a signal N killed it (OOM kills count as SIGKILL, 137); 124 when its timeout
 //! fired; 130 when it was cancelled (or the CLI detached on a second Ctrl-C); 125 for a hub or
 //! CLI error, including `setup`, `sandbox` and `worker_lost` failures, and a `submit --download`
@@ -20,7 +20,9 @@ pub mod artifacts;
 pub mod config;
 pub mod follow;
 pub mod listing;
+pub mod progress;
 pub mod session;
+pub mod show;
 pub mod submit;
 pub mod table;
 pub mod unzip;
@@ -131,26 +133,35 @@ pub struct SubmitArgs {
     /// Print the job id and return without waiting.
     #[arg(long, short = 'd')]
     pub detach: bool,
+    /// No status lines on stderr (the job id and URL, the queue position, the warning when no
+    /// worker can run the job, the summary of a failure); errors are still printed.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
     /// Machine output: with --detach `{"jobId":…}`; otherwise wait without streaming and print
     /// the final job document as one JSON line.
     #[arg(long)]
     pub json: bool,
-    /// Keep the files matching these globs as the job's artifacts, collected when the command
+    /// Keep the files matching this glob as the job's artifacts, collected when the command
     /// ends whatever its outcome. Relative to the job folder: `*` stays within one folder, `**`
-    /// crosses folders (`dist/**`, `reports/*.xml`). Takes several values, and repeats; put DIR
-    /// before it.
-    #[arg(long = "artifacts", value_name = "GLOB", num_args = 1..)]
+    /// crosses folders (`dist/**`, `reports/*.xml`). One glob per flag; repeat it for more.
+    #[arg(long = "artifacts", value_name = "GLOB")]
     pub artifacts: Vec<String>,
-    /// When the job has ended, download its artifacts and unpack them into this folder
-    /// (created if missing; existing files are never overwritten). What was written, and what
-    /// the job skipped, go to stderr.
+    /// When the job has ended, download its artifacts and unpack them: into DIR when given
+    /// (`--download=DIR`, or `--download DIR`), else into a new folder for the job,
+    /// `./cmdx-artifacts/<job id>/`. Existing files are not overwritten unless --force. What was
+    /// written, and what the job skipped, go to stderr.
     #[arg(
         long,
         value_name = "DIR",
+        num_args = 0..=1,
         requires = "artifacts",
         conflicts_with = "detach"
     )]
-    pub download: Option<std::path::PathBuf>,
+    pub download: Option<Option<std::path::PathBuf>>,
+    /// With --download: replace files that already exist in the folder (regular files only;
+    /// a symlink on the way is still refused).
+    #[arg(long, requires = "download")]
+    pub force: bool,
     /// The shell command (after `--`), run as `sh -c` in the job folder.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
@@ -236,6 +247,54 @@ pub enum WorkersAction {
     },
 }
 
+/// `cmdx job`.
+#[derive(Args)]
+pub struct JobArgs {
+    /// Connection flags.
+    #[command(flatten)]
+    pub conn: ConnArgs,
+    /// What to do.
+    #[command(subcommand)]
+    pub what: JobCmd,
+}
+
+/// One job.
+#[derive(Subcommand)]
+pub enum JobCmd {
+    /// Everything about one job, for people: status and how it ended, command, tags, worker,
+    /// times, queue position, attempts, output and artifacts (not the output itself: cmdx logs).
+    Show {
+        /// Job id.
+        job: String,
+        /// The hub's whole job document as one JSON line instead.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `cmdx rerun`.
+#[derive(Args)]
+#[command(after_help = SUBMIT_EXIT_CODES)]
+pub struct RerunArgs {
+    /// Connection flags.
+    #[command(flatten)]
+    pub conn: ConnArgs,
+    /// The job to run again (its command, file, tags, env, timeout, attempts and artifact globs
+    /// are reused; the hub keeps the env values, which clients never see).
+    pub job: String,
+    /// Follow the new job as `cmdx submit` does (stream its output, exit with its code) instead
+    /// of printing its id and returning.
+    #[arg(long, short = 'f')]
+    pub follow: bool,
+    /// No status lines on stderr (as `cmdx submit -q`).
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+    /// Machine output: `{"jobId":…}`; with --follow, wait without streaming and print the final
+    /// job document as one JSON line.
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// `cmdx cancel`.
 #[derive(Args)]
 pub struct CancelArgs {
@@ -262,6 +321,9 @@ pub struct ArtifactsArgs {
     /// Save the artifacts as one ZIP file, as stored on the hub.
     #[arg(long, value_name = "FILE")]
     pub zip: Option<std::path::PathBuf>,
+    /// With --out: replace files that already exist in the folder (regular files only).
+    #[arg(long, requires = "out")]
+    pub force: bool,
     /// Without --out/--zip: one JSON line with the listing (the default when stdout is not a
     /// terminal).
     #[arg(long)]

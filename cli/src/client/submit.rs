@@ -15,6 +15,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use super::api::{Api, one_line};
 use super::follow::{End, Stop, follow};
+use super::progress::{Progress, summary};
 use super::{LogsArgs, SubmitArgs, config, detail};
 
 /// Exit code of a job stopped by its timeout (as `timeout(1)`).
@@ -81,18 +82,56 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<i32> {
     let resp: SubmitResponse = api
         .post_json("/api/jobs/submit", &req, "job submission")
         .await?;
-    let id = resp.job_id;
-    if args.detach {
-        if args.json {
+    let wait = Wait {
+        detach: args.detach,
+        json: args.json,
+        quiet: args.quiet,
+        download: args.download.clone(),
+        force: args.force,
+    };
+    wait_for(&api, &resp.job_id, &args.tags, &wait).await
+}
+
+/// What to do once a job is submitted (`submit` and `rerun` share it).
+pub struct Wait {
+    /// Print the id and return.
+    pub detach: bool,
+    /// Machine output (see `--json`).
+    pub json: bool,
+    /// No status lines on stderr.
+    pub quiet: bool,
+    /// `--download[=DIR]`: `Some(None)` is the default folder, `./cmdx-artifacts/<job id>`.
+    pub download: Option<Option<std::path::PathBuf>>,
+    /// Replace existing files when downloading.
+    pub force: bool,
+}
+
+/// The folder `--download` without a value unpacks into: one per job, so a command run twice
+/// never meets its previous run's files.
+pub fn default_download_dir(id: &str) -> std::path::PathBuf {
+    Path::new("cmdx-artifacts").join(id)
+}
+
+/// Says that job `id` (asking for `tags`) was submitted, then follows it as `wait` says and
+/// returns the exit code.
+pub async fn wait_for(api: &Api, id: &str, tags: &[String], wait: &Wait) -> anyhow::Result<i32> {
+    let progress = Progress::new(id, tags, wait.quiet);
+    progress.submitted(&api.hub);
+    if wait.detach {
+        if wait.json {
             super::out(&format!("{}\n", serde_json::json!({ "jobId": id })))?;
         } else {
             super::out(&format!("{id}\n"))?;
         }
         return Ok(0);
     }
-    detail(format_args!("job {id} submitted"));
-    if args.json {
-        let end = watch(&api, &id, None).await?;
+    let download = wait
+        .download
+        .as_ref()
+        .map(|d| d.clone().unwrap_or_else(|| default_download_dir(id)));
+    let download = download.as_deref().map(|dir| (dir, wait.force));
+    if wait.json {
+        let end = watch(api, id, None, &progress).await?;
         let Some(end) = end else {
             return Ok(EXIT_CANCELLED);
         };
@@ -103,22 +142,29 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<i32> {
             )
             .await?;
         super::out(&format!("{}\n", serde_json::to_string(&view)?))?;
-        return ended(&api, &id, &end, args.download.as_deref()).await;
+        return ended(api, id, &end, download, &progress).await;
     }
-    match watch(&api, &id, Some(0)).await? {
-        Some(end) => ended(&api, &id, &end, args.download.as_deref()).await,
+    match watch(api, id, Some(0), &progress).await? {
+        Some(end) => ended(api, id, &end, download, &progress).await,
         None => Ok(EXIT_CANCELLED),
     }
 }
 
-/// The exit code for how job `id` ended, after downloading its artifacts into `download` when
-/// asked. A failed download turns success into [`EXIT_ARTIFACTS`]; any other code stays.
-async fn ended(api: &Api, id: &str, end: &End, download: Option<&Path>) -> anyhow::Result<i32> {
-    let code = exit_code(api, id, end).await;
-    let Some(dir) = download else {
+/// The exit code for how job `id` ended, after downloading its artifacts into `download` (the
+/// folder, and whether to replace existing files) when asked. A failed download turns success
+/// into [`EXIT_ARTIFACTS`]; any other code stays.
+async fn ended(
+    api: &Api,
+    id: &str,
+    end: &End,
+    download: Option<(&Path, bool)>,
+    progress: &Progress,
+) -> anyhow::Result<i32> {
+    let code = exit_code(api, id, end, progress, true).await;
+    let Some((dir, force)) = download else {
         return code;
     };
-    match super::artifacts::after_job(api, id, dir).await {
+    match super::artifacts::after_job(api, id, dir, force).await {
         Ok(()) => code,
         Err(e) => {
             super::note(format_args!("cmdx: {e:#}"));
@@ -131,13 +177,19 @@ async fn ended(api: &Api, id: &str, end: &End, download: Option<&Path>) -> anyho
 }
 
 /// Follows job `id` (streaming output from `offset`, or silently when `None`) until it ends,
-/// handling Ctrl-C: the first cancels the remote job, the second detaches (returns `None`).
-async fn watch(api: &Api, id: &str, offset: Option<u64>) -> anyhow::Result<Option<End>> {
+/// telling `progress` where it stands while queued, and handling Ctrl-C: the first cancels the
+/// remote job, the second detaches (returns `None`).
+async fn watch(
+    api: &Api,
+    id: &str,
+    offset: Option<u64>,
+    progress: &Progress,
+) -> anyhow::Result<Option<End>> {
     let mut sigint = signal(SignalKind::interrupt()).context("cannot handle Ctrl-C")?;
     let fut = async {
         match offset {
-            Some(o) => follow(api, id, o, None).await,
-            None => wait_quietly(api, id).await,
+            Some(o) => follow(api, id, o, None, Some(progress)).await,
+            None => wait_quietly(api, id, progress).await,
         }
     };
     tokio::pin!(fut);
@@ -153,7 +205,7 @@ async fn watch(api: &Api, id: &str, offset: Option<u64>) -> anyhow::Result<Optio
             _ = sigint.recv() => {
                 presses += 1;
                 if presses == 1 {
-                    super::note(format_args!("cmdx: cancelling job {id} (Ctrl-C again to detach)"));
+                    progress.always(&format!("cmdx: cancelling job {id} (Ctrl-C again to detach)"));
                     let r: anyhow::Result<serde_json::Value> = api
                         .post_json(
                             "/api/jobs/cancel",
@@ -162,10 +214,10 @@ async fn watch(api: &Api, id: &str, offset: Option<u64>) -> anyhow::Result<Optio
                         )
                         .await;
                     if let Err(e) = r {
-                        super::note(format_args!("cmdx: cancelling job {id} failed: {e:#}"));
+                        progress.always(&format!("cmdx: cancelling job {id} failed: {e:#}"));
                     }
                 } else {
-                    super::note(format_args!("cmdx: detached; job {id} goes on: cmdx logs -f {id}"));
+                    progress.always(&format!("cmdx: detached; job {id} goes on: cmdx logs -f {id}"));
                     return Ok(None);
                 }
             }
@@ -173,8 +225,9 @@ async fn watch(api: &Api, id: &str, offset: Option<u64>) -> anyhow::Result<Optio
     }
 }
 
-/// Waits for the end of job `id` without printing its output (`--json`).
-async fn wait_quietly(api: &Api, id: &str) -> anyhow::Result<Stop> {
+/// Waits for the end of job `id` without printing its output (`--json`), polling its status
+/// (which also says where it stands in the queue).
+async fn wait_quietly(api: &Api, id: &str, progress: &Progress) -> anyhow::Result<Stop> {
     loop {
         let view: JobView = api
             .get_json(
@@ -182,6 +235,12 @@ async fn wait_quietly(api: &Api, id: &str) -> anyhow::Result<Stop> {
                 &format!("job {id}"),
             )
             .await?;
+        match view.queue_position {
+            Some(pos) if view.status == JobStatus::Queued => {
+                progress.queued(pos, view.no_matching_worker);
+            }
+            _ => progress.left_queue(),
+        }
         if view.status.is_terminal() {
             return Ok(Stop::Ended(End {
                 status: view.status,
@@ -194,48 +253,63 @@ async fn wait_quietly(api: &Api, id: &str) -> anyhow::Result<Stop> {
     }
 }
 
-/// The process exit code for how job `id` ended, with a note on stderr when the job's own
-/// output would not say what happened. Setup, sandbox and lost-worker failures are errors (125)
-/// carrying the hub's `error` text.
-pub async fn exit_code(api: &Api, id: &str, end: &End) -> anyhow::Result<i32> {
-    match end.status {
-        JobStatus::Completed => Ok(0),
-        JobStatus::Cancelled => {
-            super::note(format_args!("cmdx: job {id} was cancelled"));
-            Ok(EXIT_CANCELLED)
-        }
+/// The process exit code for how job `id` ended. A non-zero code comes with a one-line
+/// summary on stderr through `progress` (what ended it, after how long, on which worker);
+/// a plain non-zero exit of the command only when `say_exit` (`logs -f` leaves the job's
+/// stderr as it was, and says only what the output cannot: timeout, signal, cancel). Setup,
+/// sandbox and lost-worker failures are errors (125) carrying the hub's `error` text.
+pub async fn exit_code(
+    api: &Api,
+    id: &str,
+    end: &End,
+    progress: &Progress,
+    say_exit: bool,
+) -> anyhow::Result<i32> {
+    progress.left_queue();
+    let plain_exit = end.status == JobStatus::Failed
+        && end.signal.is_none()
+        && matches!(end.failure, None | Some(FailureKind::ExitCode));
+    let code = match end.status {
+        JobStatus::Completed => return Ok(0),
+        JobStatus::Cancelled => EXIT_CANCELLED,
         _ => match end.failure {
-            Some(FailureKind::Timeout) => {
-                super::note(format_args!("cmdx: job {id} timed out"));
-                Ok(EXIT_TIMEOUT)
+            Some(FailureKind::Timeout) => EXIT_TIMEOUT,
+            Some(FailureKind::Oom) => 128 + end.signal.unwrap_or(9),
+            Some(FailureKind::Setup | FailureKind::Sandbox | FailureKind::WorkerLost) => {
+                EXIT_ARTIFACTS
             }
-            Some(FailureKind::Oom) => {
-                super::note(format_args!("cmdx: job {id} was killed: out of memory"));
-                Ok(128 + end.signal.unwrap_or(9))
-            }
-            Some(kind @ (FailureKind::Setup | FailureKind::Sandbox | FailureKind::WorkerLost)) => {
-                let error = api
-                    .get_json::<JobView>(
-                        &format!("/api/jobs/status?jobId={id}"),
-                        &format!("job {id}"),
-                    )
-                    .await
-                    .ok()
-                    .and_then(|v| v.error)
-                    .map(|e| one_line(&e))
-                    .unwrap_or_else(|| "no detail".into());
-                Err(anyhow!("job {id} failed ({}): {error}", kind.as_str()))
-            }
-            _ => Ok(match (end.signal, end.exit_code) {
-                (Some(sig), _) => {
-                    super::note(format_args!("cmdx: job {id} was killed by signal {sig}"));
-                    128 + sig
-                }
+            _ => match (end.signal, end.exit_code) {
+                (Some(sig), _) => 128 + sig,
                 (None, Some(code)) => code,
                 (None, None) => 1,
-            }),
+            },
         },
+    };
+    let view = api
+        .get_json::<JobView>(
+            &format!("/api/jobs/status?jobId={}", encode_query(id)),
+            &format!("job {id}"),
+        )
+        .await;
+    let line = match &view {
+        Ok(v) => summary(v, code),
+        Err(_) => format!("job {id} ended with exit code {code}"),
+    };
+    if let Some(kind @ (FailureKind::Setup | FailureKind::Sandbox | FailureKind::WorkerLost)) =
+        end.failure.filter(|_| end.status == JobStatus::Failed)
+    {
+        // An error, printed once by `main` (also under --quiet).
+        let error = view
+            .ok()
+            .and_then(|v| v.error)
+            .map(|e| one_line(&e))
+            .unwrap_or_else(|| "no detail".into());
+        return Err(anyhow!("job {id} failed ({}): {error}", kind.as_str()));
     }
+    if say_exit || !plain_exit {
+        progress.line(&line);
+    }
+    Ok(code)
 }
 
 /// The archive name for a folder: its last component, `.zip` added.
@@ -342,13 +416,15 @@ pub async fn logs(args: LogsArgs) -> anyhow::Result<i32> {
     if !args.follow {
         // Everything stored now; a finished job's log is complete.
         let stop_at = (!view.status.is_terminal()).then_some(view.output_bytes);
-        follow(&api, &id, 0, stop_at).await?;
+        follow(&api, &id, 0, stop_at, None).await?;
         return Ok(0);
     }
-    // Ctrl-C here just stops watching (the default signal action): the job goes on.
+    // Ctrl-C here just stops watching (the default signal action): the job goes on. The job
+    // is not this command's: no queued line, but the summary of a non-zero end.
+    let progress = Progress::new(&id, &view.tags, false);
     let from = if args.no_replay { view.output_bytes } else { 0 };
-    match follow(&api, &id, from, None).await? {
-        Stop::Ended(end) => exit_code(&api, &id, &end).await,
+    match follow(&api, &id, from, None, None).await? {
+        Stop::Ended(end) => exit_code(&api, &id, &end, &progress, false).await,
         Stop::Reached => Err(anyhow!("the output stream of job {id} ended early")),
     }
 }

@@ -7,7 +7,10 @@
 //! symlink entries and anything not listed are left out and reported. Inside the target folder
 //! nothing is followed or overwritten: an existing symlink or file on the way is an error, new
 //! folders are made with `mkdir` (which never follows) and files with `create_new` (`O_EXCL`,
-//! which fails on an existing name, symlink or not). Entries, files and bytes are capped, and
+//! which fails on an existing name, symlink or not). With `overwrite` (`--force`) an existing
+//! regular file may be replaced: each file is written under a fresh temp name beside it, and
+//! only when all are written are they renamed over their targets (a rename replaces the name,
+//! never writes through it). Entries, files and bytes are capped, and
 //! each file is read through a limit of its listed size. All or nothing: every target is checked
 //! before the first byte is written, and a failure while writing removes what this run wrote.
 //!
@@ -42,8 +45,14 @@ pub struct Unpacked {
     pub left_out: Vec<(String, String)>,
 }
 
-/// Unpacks the listed files of the ZIP at `zip` into `dir` (created if missing).
-pub fn unpack(zip: &Path, dir: &Path, listed: &[ArtifactView]) -> anyhow::Result<Unpacked> {
+/// Unpacks the listed files of the ZIP at `zip` into `dir` (created if missing); existing
+/// regular files are replaced only when `overwrite`.
+pub fn unpack(
+    zip: &Path,
+    dir: &Path,
+    listed: &[ArtifactView],
+    overwrite: bool,
+) -> anyhow::Result<Unpacked> {
     let expected = check_listing(listed)?;
     let file = fs::File::open(zip).with_context(|| format!("cannot open {}", zip.display()))?;
     let mut archive =
@@ -58,10 +67,20 @@ pub fn unpack(zip: &Path, dir: &Path, listed: &[ArtifactView]) -> anyhow::Result
     let found = verified(zip, listed, &expected, &mut out.left_out)?;
     fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     for a in listed {
-        check_target(dir, &a.path)?;
+        check_target(dir, &a.path, overwrite)?;
     }
     let mut made = Made::default();
-    match write_all(&mut archive, dir, &expected, &found, &mut made, &mut out) {
+    let written = write_all(
+        &mut archive,
+        dir,
+        &expected,
+        &found,
+        overwrite,
+        &mut made,
+        &mut out,
+    )
+    .and_then(|()| made.commit());
+    match written {
         Ok(()) => {
             made.keep();
             Ok(out)
@@ -150,8 +169,9 @@ fn verified(
 }
 
 /// Checks, without writing, that `rel` can be created in `dir`: no component on the way is a
-/// symlink or a file, and the file itself does not exist yet.
-fn check_target(dir: &Path, rel: &str) -> anyhow::Result<()> {
+/// symlink or a file, and the file itself does not exist yet (or, with `overwrite`, is a
+/// regular file).
+fn check_target(dir: &Path, rel: &str, overwrite: bool) -> anyhow::Result<()> {
     let parts: Vec<&str> = rel.split('/').collect();
     let mut path = dir.to_path_buf();
     for (i, part) in parts.iter().enumerate() {
@@ -167,9 +187,12 @@ fn check_target(dir: &Path, rel: &str) -> anyhow::Result<()> {
                 path.display()
             );
         }
+        if i + 1 == parts.len() && overwrite && meta.is_file() {
+            return Ok(());
+        }
         if i + 1 == parts.len() {
             bail!(
-                "{} already exists: not overwritten, nothing written",
+                "{} already exists: not overwritten (--force replaces it), nothing written",
                 path.display()
             );
         }
@@ -188,9 +211,20 @@ fn check_target(dir: &Path, rel: &str) -> anyhow::Result<()> {
 struct Made {
     files: Vec<PathBuf>,
     dirs: Vec<PathBuf>,
+    /// Files written under a temp name, each with the name it replaces at [`Made::commit`].
+    renames: Vec<(PathBuf, PathBuf)>,
 }
 
 impl Made {
+    /// Renames the files written under temp names over their targets.
+    fn commit(&mut self) -> anyhow::Result<()> {
+        for (tmp, target) in &self.renames {
+            fs::rename(tmp, target)
+                .with_context(|| format!("cannot replace {}", target.display()))?;
+        }
+        Ok(())
+    }
+
     fn keep(&mut self) {
         self.files.clear();
         self.dirs.clear();
@@ -213,6 +247,7 @@ fn write_all<R: Read + std::io::Seek>(
     dir: &Path,
     expected: &HashMap<&str, &ArtifactView>,
     found: &HashSet<String>,
+    overwrite: bool,
     made: &mut Made,
     out: &mut Unpacked,
 ) -> anyhow::Result<()> {
@@ -233,13 +268,24 @@ fn write_all<R: Read + std::io::Seek>(
         }
         let target = make_parents(dir, &name, made)?;
         let exec = entry.unix_mode().is_some_and(|m| m & 0o111 != 0);
+        // An existing file (checked to be a regular one) is replaced by a rename at the end.
+        let exists = overwrite && fs::symlink_metadata(&target).is_ok();
+        let path = if exists {
+            let parent = target.parent().unwrap_or(dir);
+            parent.join(format!(".cmdx-new-{}-{i}", std::process::id()))
+        } else {
+            target.clone()
+        };
         let mut f = fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(if exec { 0o755 } else { 0o644 })
-            .open(&target)
-            .with_context(|| format!("cannot create {}", target.display()))?;
-        made.files.push(target.clone());
+            .open(&path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
+        made.files.push(path.clone());
+        if exists {
+            made.renames.push((path, target.clone()));
+        }
         let want = listed.size;
         let n = std::io::copy(&mut (&mut entry).take(want.saturating_add(1)), &mut f)
             .with_context(|| format!("cannot write {}", target.display()))?;
@@ -359,7 +405,7 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let dir = root.path().join("new/out");
         let listed = [art("dist/app.txt", 5, HELLO), art("dist/bin/run", 3, ABC)];
-        let done = unpack(z.path(), &dir, &listed).unwrap();
+        let done = unpack(z.path(), &dir, &listed, false).unwrap();
         assert_eq!(done.written, listed);
         assert!(done.left_out.is_empty(), "{:?}", done.left_out);
         assert_eq!(fs::read(dir.join("dist/app.txt")).unwrap(), b"hello");
@@ -387,7 +433,7 @@ mod tests {
         ]);
         let root = tempfile::tempdir().unwrap();
         let dir = root.path().join("a/b/out");
-        let done = unpack(z.path(), &dir, &[art("ok/file", 5, HELLO)]).unwrap();
+        let done = unpack(z.path(), &dir, &[art("ok/file", 5, HELLO)], false).unwrap();
         assert_eq!(done.written, [art("ok/file", 5, HELLO)]);
         assert_eq!(
             tree(root.path()),
@@ -425,11 +471,11 @@ mod tests {
         let dir = root.path().join("out");
         for bad in ["../x", "/x", "a/../../x", "a\\b", "a\0b", "", "a//b", "./a"] {
             let listed = [art("a", 1, X), art(bad, 1, X)];
-            let e = unpack(z.path(), &dir, &listed).unwrap_err();
+            let e = unpack(z.path(), &dir, &listed, false).unwrap_err();
             assert!(format!("{e:#}").contains("unsafe"), "{bad:?}: {e:#}");
         }
         assert!(!dir.exists());
-        let twice = unpack(z.path(), &dir, &[art("a", 1, X), art("a", 1, X)]).unwrap_err();
+        let twice = unpack(z.path(), &dir, &[art("a", 1, X), art("a", 1, X)], false).unwrap_err();
         assert!(format!("{twice:#}").contains("twice"));
     }
 
@@ -447,10 +493,41 @@ mod tests {
             vec![art("a.txt", 5, HELLO), art("c.txt", 1, X)],
         ];
         for listed in cases {
-            let e = unpack(z.path(), &dir, &listed).unwrap_err();
+            let e = unpack(z.path(), &dir, &listed, false).unwrap_err();
             assert!(format!("{e:#}").contains("nothing written"), "{e:#}");
             assert!(!dir.join("a.txt").exists(), "a.txt written despite {e:#}");
         }
+    }
+
+    #[test]
+    fn overwrite_replaces_regular_files_and_still_never_follows_a_symlink() {
+        let z = zip_of(&[E::File("a.txt", b"hello"), E::File("sub/b.txt", b"abc")]);
+        let listed = [art("a.txt", 5, HELLO), art("sub/b.txt", 3, ABC)];
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("out");
+        unpack(z.path(), &dir, &listed, false).unwrap();
+        fs::write(dir.join("a.txt"), b"old").unwrap();
+        let e = unpack(z.path(), &dir, &listed, false).unwrap_err();
+        assert!(format!("{e:#}").contains("--force"), "{e:#}");
+        let done = unpack(z.path(), &dir, &listed, true).unwrap();
+        assert_eq!(done.written.len(), 2);
+        assert_eq!(fs::read(dir.join("a.txt")).unwrap(), b"hello");
+        assert_eq!(fs::read(dir.join("sub/b.txt")).unwrap(), b"abc");
+        let names: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 2, "no temp file left: {names:?}");
+        // A symlink where a file goes is refused even so, and nothing is written.
+        let outside = root.path().join("outside");
+        fs::write(&outside, b"keep").unwrap();
+        fs::remove_file(dir.join("sub/b.txt")).unwrap();
+        symlink(&outside, dir.join("sub/b.txt")).unwrap();
+        fs::write(dir.join("a.txt"), b"old").unwrap();
+        let e = unpack(z.path(), &dir, &listed, true).unwrap_err();
+        assert!(format!("{e:#}").contains("symlink"), "{e:#}");
+        assert_eq!(fs::read(&outside).unwrap(), b"keep");
+        assert_eq!(fs::read(dir.join("a.txt")).unwrap(), b"old");
     }
 
     #[test]
@@ -465,7 +542,7 @@ mod tests {
         let dir = root.path().join("one");
         fs::create_dir(&dir).unwrap();
         symlink(&outside, dir.join("sub")).unwrap();
-        let e = unpack(z.path(), &dir, &listed).unwrap_err();
+        let e = unpack(z.path(), &dir, &listed, false).unwrap_err();
         assert!(format!("{e:#}").contains("symlink"), "{e:#}");
         assert!(tree(&outside).is_empty(), "wrote through the symlink");
         assert!(!dir.join("a.txt").exists(), "not all or nothing");
@@ -474,7 +551,7 @@ mod tests {
         let dir = root.path().join("two");
         fs::create_dir(&dir).unwrap();
         symlink(outside.join("created"), dir.join("a.txt")).unwrap();
-        let e = unpack(z.path(), &dir, &listed).unwrap_err();
+        let e = unpack(z.path(), &dir, &listed, false).unwrap_err();
         assert!(format!("{e:#}").contains("symlink"), "{e:#}");
         assert!(tree(&outside).is_empty(), "created the symlink's target");
 
@@ -482,7 +559,7 @@ mod tests {
         let dir = root.path().join("three");
         fs::create_dir_all(dir.join("sub")).unwrap();
         fs::write(dir.join("sub/b.txt"), b"mine").unwrap();
-        let e = unpack(z.path(), &dir, &listed).unwrap_err();
+        let e = unpack(z.path(), &dir, &listed, false).unwrap_err();
         assert!(format!("{e:#}").contains("already exists"), "{e:#}");
         assert_eq!(fs::read(dir.join("sub/b.txt")).unwrap(), b"mine");
         assert!(!dir.join("a.txt").exists());
@@ -491,7 +568,7 @@ mod tests {
         let dir = root.path().join("four");
         fs::create_dir(&dir).unwrap();
         fs::write(dir.join("sub"), b"file").unwrap();
-        let e = unpack(z.path(), &dir, &listed).unwrap_err();
+        let e = unpack(z.path(), &dir, &listed, false).unwrap_err();
         assert!(format!("{e:#}").contains("not a folder"), "{e:#}");
     }
 
@@ -502,7 +579,13 @@ mod tests {
         let z = zip_of(&[E::File("d", b"hello"), E::File("d/e", b"abc")]);
         let root = tempfile::tempdir().unwrap();
         let dir = root.path().join("out");
-        let e = unpack(z.path(), &dir, &[art("d", 5, HELLO), art("d/e", 3, ABC)]).unwrap_err();
+        let e = unpack(
+            z.path(),
+            &dir,
+            &[art("d", 5, HELLO), art("d/e", 3, ABC)],
+            false,
+        )
+        .unwrap_err();
         assert!(format!("{e:#}").contains("not a plain folder"), "{e:#}");
         assert!(tree(&dir).is_empty(), "{:?}", tree(&dir));
     }
@@ -514,14 +597,14 @@ mod tests {
         let many: Vec<ArtifactView> = (0..=MAX_FILES)
             .map(|i| art(&format!("f{i}"), 1, X))
             .collect();
-        let e = unpack(z.path(), root.path(), &many).unwrap_err();
+        let e = unpack(z.path(), root.path(), &many, false).unwrap_err();
         assert!(format!("{e:#}").contains("cap"), "{e:#}");
         let huge = [art("a", MAX_BYTES, X), art("b", 1, X)];
-        let e = unpack(z.path(), root.path(), &huge).unwrap_err();
+        let e = unpack(z.path(), root.path(), &huge, false).unwrap_err();
         assert!(format!("{e:#}").contains("cap"), "{e:#}");
         let garbage = tempfile::NamedTempFile::new().unwrap();
         fs::write(garbage.path(), b"not a zip").unwrap();
-        let e = unpack(garbage.path(), root.path(), &[art("a", 1, X)]).unwrap_err();
+        let e = unpack(garbage.path(), root.path(), &[art("a", 1, X)], false).unwrap_err();
         assert!(format!("{e:#}").contains("not valid"), "{e:#}");
     }
 }

@@ -21,6 +21,14 @@ pub async fn submit(hub: &Arc<Hub>, mut req: Req) -> ApiResult<Response> {
     Ok(json_status(&SubmitResponse { job_id }, StatusCode::CREATED))
 }
 
+/// `POST /api/jobs/{id}/rerun` -> 201 `{jobId}` of a new job with the same command, file, tags,
+/// env, timeout, attempts and artifact globs, once durable.
+pub async fn rerun(hub: &Arc<Hub>, req: Req, id: &str) -> ApiResult<Response> {
+    let caller = user(hub, &req)?;
+    let job_id = jobs::submit::rerun(hub, &caller, id).await?;
+    Ok(json_status(&SubmitResponse { job_id }, StatusCode::CREATED))
+}
+
 /// `GET /api/jobs/status?jobId=`.
 pub async fn status(hub: &Arc<Hub>, req: Req) -> ApiResult<Response> {
     let caller = user(hub, &req)?;

@@ -209,6 +209,7 @@ pub(super) static ROUTES: &[Route] = &[
         "/api/jobs/*/output",
         with_id!(jobs_api::output),
     ),
+    Route::new(Method::POST, "/api/jobs/*/rerun", with_id!(jobs_api::rerun)),
     Route::new(
         Method::GET,
         "/api/jobs/*/artifacts",

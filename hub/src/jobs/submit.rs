@@ -26,6 +26,24 @@ pub async fn submit_legacy(
     accept(hub, caller, req, true).await
 }
 
+/// Submits job `job_id` (one `caller` may see) again as a new job of the caller's: the same
+/// command, file, tags, env, timeout, attempts and artifact globs, through the same checks as
+/// a submission (the file must still be there). Returns the new job's id once it is durable.
+pub async fn rerun(hub: &Hub, caller: &Caller, job_id: &str) -> LifecycleResult<String> {
+    let old = super::views::visible_job(hub, caller, job_id).await?;
+    let req = SubmitRequest {
+        command: old.command,
+        file_id: old.file.map(|f| f.file_id),
+        file_url: None,
+        timeout: Some(old.timeout_secs),
+        tags: old.tags,
+        env: old.env,
+        max_attempts: Some(old.max_attempts),
+        artifacts: old.artifact_globs,
+    };
+    accept(hub, caller, req, old.legacy).await
+}
+
 async fn accept(
     hub: &Hub,
     caller: &Caller,

@@ -10,6 +10,7 @@ use cmdx_proto::rest::{
 use super::{LifecycleError, LifecycleResult};
 use crate::Hub;
 use crate::auth::Caller;
+use crate::dispatch::QueueState;
 use crate::relay;
 use crate::store::JobRecord;
 use crate::time::rfc3339;
@@ -74,6 +75,7 @@ pub async fn view(hub: &Hub, job: &JobRecord) -> LifecycleResult<JobView> {
             .await
             .unwrap_or(job.output.total_bytes)
     };
+    let queue = queue_state(hub, job);
     let duration = match (job.started_ms, job.completed_ms) {
         (Some(s), Some(c)) => c.saturating_sub(s),
         _ => outcome.duration_ms,
@@ -154,5 +156,21 @@ pub async fn view(hub: &Hub, job: &JobRecord) -> LifecycleResult<JobView> {
             .unwrap_or_default(),
         artifacts_skipped_total: job.current_artifacts().map_or(0, |a| a.skipped_total),
         artifacts_error: outcome.artifacts_error.clone(),
+        queue_position: queue.map(|q| q.position),
+        no_matching_worker: queue.is_some_and(|q| q.no_matching_worker),
     })
+}
+
+/// Where a queued job stands in this hub's dispatch index; `None` for a job not queued. On a
+/// hub of a cluster the no-worker verdict is never given: the other hubs' workers are not in
+/// this hub's registry.
+pub fn queue_state(hub: &Hub, job: &JobRecord) -> Option<QueueState> {
+    let seq = job.queue_seq.filter(|_| job.status == JobStatus::Queued)?;
+    let mut state = hub
+        .dispatch
+        .queue_state(seq, &job.tags, hub.config.legacy_offline_secs * 1000);
+    if hub.cluster.is_shared() {
+        state.no_matching_worker = false;
+    }
+    Some(state)
 }

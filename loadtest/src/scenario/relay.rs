@@ -128,7 +128,7 @@ async fn subscriber(mut ws: Ws, job_id: String, size: usize, live: Arc<Live>) ->
             }
             ServerMsg::OutputEnd { .. } => break,
             ServerMsg::OutputSkipped { .. } | ServerMsg::Error(_) => res.errors += 1,
-            ServerMsg::Job(_) | ServerMsg::Worker(_) => {}
+            ServerMsg::Queued { .. } | ServerMsg::Job(_) | ServerMsg::Worker(_) => {}
         }
     }
     res.hash = fnv.0;

@@ -233,6 +233,18 @@ export function JobPage({ jobId }: { jobId: string }) {
         </a>
       </PageHeader>
       <ErrorBanner error={actionError} />
+      {job.status === 'queued' && job.noMatchingWorker && (
+        <div class="alert alert-error" role="status">
+          No connected worker can run this job
+          {job.tags.length > 0 ? ` (it needs tags ${job.tags.join(', ')})` : ''}: it waits until one connects.
+        </div>
+      )}
+      {job.status === 'queued' && job.queuePosition !== null && job.queuePosition !== undefined && (
+        <div class="alert alert-info" role="status">
+          Queued, position {job.queuePosition}
+          {job.tags.length > 0 ? `, waiting for a worker with tags ${job.tags.join(', ')}` : ', waiting for a free worker'}.
+        </div>
+      )}
       <section class="card job-summary" aria-label="Job details">
         <pre class="command" aria-label="Command">
           <code>{job.command}</code>
