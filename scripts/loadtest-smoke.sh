@@ -41,6 +41,10 @@ run connections --workers 300 --duration 2
 run relay --subscribers 10 --rate 200 --duration 3
 run poll --workers 5 --jobs 10 --duration 2
 run legacy --workers 20 --rate 5 --duration 3 --poll-interval-ms 200
+# Three hubs on one private PostgreSQL (started from the system's server binaries): workers,
+# watchers and submissions spread over the hubs.
+run dispatch --hubs 3 --store postgres --workers 30 --rate 100 --duration 4
+run relay --hubs 3 --store postgres --subscribers 9 --rate 200 --duration 3
 if [[ "$(id -u)" == 0 ]]; then
     run sandbox --workers 1 --concurrency 2 --rate 10 --duration 3
     # Chaos: hub and agent kill -9s, link cuts in a private network namespace; exits 1 on any

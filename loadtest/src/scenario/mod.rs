@@ -55,6 +55,18 @@ pub async fn run(cli: &Cli, nofile: u64) -> anyhow::Result<Report> {
     target_arc.stop().await;
     let mut r = result?;
     r.scenario = cli.scenario.name().to_string();
+    if let Some(store) = &cli.store {
+        let store = if store == "postgres" {
+            "PostgreSQL (private server)".to_string()
+        } else {
+            "PostgreSQL".to_string()
+        };
+        note(
+            &mut r,
+            "store",
+            format!("{store}, {} hub(s); CPU/RSS: the first hub", cli.hubs),
+        );
+    }
     Ok(r)
 }
 
