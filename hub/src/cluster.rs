@@ -30,6 +30,9 @@ pub const PRESENCE_BEAT: Duration = Duration::from_secs(2);
 /// A worker marked present within this long is alive somewhere (three beats).
 const PRESENCE_FRESH_SECS: u64 = 6;
 
+/// An assignment older than this that its agent's hub does not hold was never delivered.
+const UNDELIVERED_MS: u64 = 10_000;
+
 /// Most notes published in one message.
 const BATCH: usize = 4096;
 
@@ -341,15 +344,40 @@ pub(crate) async fn catch_up(hub: &Hub) {
         }
     }
     let mut held = Vec::new();
+    let mut undelivered = Vec::new();
+    let now = crate::store::now_ms();
     for job in jobs {
         match (job.status, job.queue_seq, job.worker_id) {
             (JobStatus::Queued, Some(seq), _) => hub.dispatch.enqueue(seq, &job.id, &job.tags),
+            // Assigned to an agent connected here that this hub never handed it to: the claim
+            // was committed but its answer lost with the database connection, so the dispatcher
+            // took it as failed. The agent never heard of it: run it again.
+            (JobStatus::Assigned, _, Some(worker))
+                if hub.dispatch.is_connected(&worker)
+                    && !hub.dispatch.held(&worker).contains(&job.id)
+                    && now.saturating_sub(job.assigned_ms.unwrap_or(now)) > UNDELIVERED_MS =>
+            {
+                undelivered.push((job.id, worker, job.attempt));
+            }
             (JobStatus::Assigned | JobStatus::Running, _, Some(worker))
                 if !hub.dispatch.is_connected(&worker) =>
             {
                 held.push((job.id, worker, job.attempt));
             }
             _ => {}
+        }
+    }
+    for (job_id, worker, attempt) in undelivered {
+        if let Err(e) = crate::jobs::lifecycle::requeue_or_fail(
+            hub,
+            &job_id,
+            &worker,
+            attempt,
+            "assignment not delivered",
+        )
+        .await
+        {
+            tracing::warn!(job_id, error = %e, "requeue failed");
         }
     }
     if held.is_empty() {

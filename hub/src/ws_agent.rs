@@ -170,25 +170,41 @@ pub async fn session(hub: Arc<Hub>, mut ws: Socket, token_id: String) {
                     Ok(None) | Ok(Some(Err(_))) => break,
                     Ok(Some(Ok(m))) => m,
                 };
-                match msg {
-                    Message::Text(t) => match serde_json::from_str::<AgentMsg>(&t) {
-                        // Boxed: keeps the handlers' state out of the idle session's task.
-                        Ok(m) => {
-                            Box::pin(handle(&hub, &worker_id, &token_id, m, &tx, &mut acker)).await
+                let mut next = Some(msg);
+                while let Some(msg) = next.take() {
+                    match msg {
+                        Message::Text(t) => match serde_json::from_str::<AgentMsg>(&t) {
+                            Ok(AgentMsg::Output(first)) => {
+                                // Output chunks already received are stored as one batch (one
+                                // store write, one acknowledgement).
+                                let (batch, after) = ready_output(&mut stream, first);
+                                next = after;
+                                Box::pin(lifecycle_output(&hub, &worker_id, &token_id, batch, &tx, &mut acker)).await;
+                            }
+                            // Boxed: keeps the handlers' state out of the idle session's task.
+                            Ok(m) => {
+                                Box::pin(handle(&hub, &worker_id, &token_id, m, &tx, &mut acker)).await
+                            }
+                            Err(e) => {
+                                let _ = tx.send(Box::new(HubMsg::Error(ErrorMsg {
+                                    code: "bad_message".into(),
+                                    message: format!("unreadable message: {e}"),
+                                }))).await;
+                            }
+                        },
+                        Message::Binary(_) => {
+                            close_reason = Some((CloseCode::Unsupported, "binary frames are not used"));
                         }
-                        Err(e) => {
-                            let _ = tx.send(Box::new(HubMsg::Error(ErrorMsg {
-                                code: "bad_message".into(),
-                                message: format!("unreadable message: {e}"),
-                            }))).await;
-                        }
-                    },
-                    Message::Binary(_) => {
-                        close_reason = Some((CloseCode::Unsupported, "binary frames are not used"));
-                        break;
+                        Message::Close(_) => close_reason = Some((CloseCode::Normal, "")),
+                        Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
                     }
-                    Message::Close(_) => break,
-                    Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+                }
+                if let Some((CloseCode::Normal, _)) = close_reason {
+                    close_reason = None;
+                    break;
+                }
+                if close_reason.is_some() {
+                    break;
                 }
             }
             _ = ping.tick() => {
@@ -486,16 +502,80 @@ async fn run_acker(hub: Arc<Hub>, out: AgentTx, mut rx: mpsc::Receiver<AckItem>)
 /// The agent's side of a refused report (the one place a [`LifecycleError`] meets the agent
 /// protocol): an attempt the hub no longer gives this worker (stale, or the job is gone) is
 /// abandoned; anything else is logged, and the agent sends the report again later.
-async fn refused(tx: &AgentTx, job_id: &str, attempt: u32, what: &str, e: &LifecycleError) {
+async fn refused(
+    hub: &Hub,
+    worker_id: &str,
+    tx: &AgentTx,
+    job_id: &str,
+    attempt: u32,
+    what: &str,
+    e: &LifecycleError,
+) {
     match e {
         LifecycleError::Stale(_)
         | LifecycleError::NotFound(_)
         | LifecycleError::Store(StoreError::NotFound(_)) => {
             abandon(tx, job_id, attempt, "stale attempt").await;
         }
+        LifecycleError::Store(StoreError::Unavailable { .. } | StoreError::Backend { .. }) => {
+            // The report was not recorded and the agent will not send it again on this
+            // connection: close it, so the agent reconnects and its hello and resume replay what
+            // the store lacks (unacknowledged output, its finish report).
+            tracing::warn!(job_id, worker_id, error = %e, "{what} not stored; the agent reconnects");
+            if let Some(conn) = hub.dispatch.conn(worker_id) {
+                conn.kick.cancel();
+            }
+        }
         LifecycleError::Invalid(_) | LifecycleError::Unavailable(_) | LifecycleError::Store(_) => {
             tracing::warn!(job_id, error = %e, "{what} rejected");
         }
+    }
+}
+
+/// Most output chunks stored as one batch.
+const OUTPUT_BATCH: usize = 256;
+
+/// `first` and the output chunks of the same attempt that were already received behind it (no
+/// waiting), up to [`OUTPUT_BATCH`]; and the first message that is not one of them, if read.
+fn ready_output<S>(
+    stream: &mut S,
+    first: cmdx_proto::agent::OutputChunk,
+) -> (Vec<cmdx_proto::agent::OutputChunk>, Option<Message>)
+where
+    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    use futures_util::FutureExt;
+    let mut batch = vec![first];
+    while batch.len() < OUTPUT_BATCH {
+        let Some(Some(Ok(msg))) = stream.next().now_or_never() else {
+            break;
+        };
+        if let Message::Text(t) = &msg
+            && let Ok(AgentMsg::Output(c)) = serde_json::from_str::<AgentMsg>(t)
+            && c.job_id == batch[0].job_id
+            && c.attempt == batch[0].attempt
+        {
+            batch.push(c);
+            continue;
+        }
+        return (batch, Some(msg));
+    }
+    (batch, None)
+}
+
+/// Stores a batch of one attempt's output chunks and acknowledges what is stored.
+async fn lifecycle_output(
+    hub: &Arc<Hub>,
+    worker_id: &str,
+    token_id: &str,
+    batch: Vec<cmdx_proto::agent::OutputChunk>,
+    tx: &AgentTx,
+    acker: &mut Acker,
+) {
+    let (job_id, attempt) = (batch[0].job_id.clone(), batch[0].attempt);
+    match lifecycle::append_output(hub, worker_id, token_id, batch).await {
+        Ok(stored) => acker.ack(job_id, attempt, stored).await,
+        Err(e) => refused(hub, worker_id, tx, &job_id, attempt, "output", &e).await,
     }
 }
 
@@ -535,19 +615,19 @@ async fn handle(
             }
         }
         AgentMsg::Started(s) => {
-            if lifecycle::started(hub, worker_id, token_id, &s.job_id, s.attempt)
-                .await
-                .is_err()
-            {
-                abandon(tx, &s.job_id, s.attempt, "stale attempt").await;
+            match lifecycle::started(hub, worker_id, token_id, &s.job_id, s.attempt).await {
+                Ok(()) => {}
+                // Not recorded: the agent reconnects and resumes the job.
+                Err(
+                    e @ LifecycleError::Store(
+                        StoreError::Unavailable { .. } | StoreError::Backend { .. },
+                    ),
+                ) => refused(hub, worker_id, tx, &s.job_id, s.attempt, "start", &e).await,
+                Err(_) => abandon(tx, &s.job_id, s.attempt, "stale attempt").await,
             }
         }
         AgentMsg::Output(chunk) => {
-            let (job_id, attempt) = (chunk.job_id.clone(), chunk.attempt);
-            match lifecycle::append_output(hub, worker_id, token_id, chunk).await {
-                Ok(stored) => acker.ack(job_id, attempt, stored).await,
-                Err(e) => refused(tx, &job_id, attempt, "output", &e).await,
-            }
+            lifecycle_output(hub, worker_id, token_id, vec![chunk], tx, acker).await;
         }
         AgentMsg::Finished(Finished {
             job_id,
@@ -571,7 +651,7 @@ async fn handle(
                         lifecycle::finished_cleanup(hub, &job, worker_id);
                     }
                 }
-                Err(e) => refused(tx, &job_id, attempt, "finish", &e).await,
+                Err(e) => refused(hub, worker_id, tx, &job_id, attempt, "finish", &e).await,
             }
         }
         AgentMsg::Heartbeat(h) => {

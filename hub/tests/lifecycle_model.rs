@@ -462,7 +462,7 @@ impl StateMachineTest for LifecycleTest {
                         stream: StreamKind::Stdout,
                         data: Bytes64(vec![b'x'; len]),
                     };
-                    let r = lifecycle::append_output(sut.hub(), w, TOKEN_ID, chunk).await;
+                    let r = lifecycle::append_output(sut.hub(), w, TOKEN_ID, vec![chunk]).await;
                     sut.hub().store.sync().await.expect("sync");
                     r
                 });

@@ -58,28 +58,43 @@ async fn fenced_log(
     Ok(log)
 }
 
-/// Stores an agent's numbered output chunk: a duplicate (a resend after a reconnect) is ignored
-/// and a gap refused. Returns the attempt's stored chunk count (not yet durable: sync before
+/// Stores an agent's numbered output chunks, all of one attempt of one job, in one store write:
+/// duplicates (resends after a reconnect) are ignored and a gap refused (the chunks before it
+/// are stored). Returns the attempt's stored chunk count (not yet durable: sync before
 /// acknowledging).
 pub async fn append_output(
     hub: &Hub,
     worker: &str,
     token_id: &str,
-    chunk: OutputChunk,
+    chunks: Vec<OutputChunk>,
 ) -> LifecycleResult<u64> {
-    let attempt = Some(chunk.attempt);
-    let mut log = fenced_log(hub, &chunk.job_id, worker, token_id, attempt).await?;
-    let expected = log.next_seq();
-    if chunk.seq < expected {
-        return Ok(expected);
+    let Some(first) = chunks.first() else {
+        return Err(LifecycleError::Invalid("no output chunk".into()));
+    };
+    let attempt = Some(first.attempt);
+    let mut log = fenced_log(hub, &first.job_id, worker, token_id, attempt).await?;
+    let mut expected = log.next_seq();
+    let mut data = Vec::with_capacity(chunks.len());
+    let mut gap = None;
+    for chunk in chunks {
+        if chunk.seq < expected {
+            continue;
+        }
+        // An empty chunk stores nothing and so is not counted: the next one is a gap.
+        if chunk.seq > expected || chunk.data.0.is_empty() {
+            gap = Some(chunk.seq);
+            break;
+        }
+        expected += 1;
+        data.push((chunk.stream, chunk.data.0));
     }
-    if chunk.seq > expected {
-        return Err(LifecycleError::Invalid(format!(
-            "output chunk {} out of order (expected {expected})",
-            chunk.seq
-        )));
+    let stored = store_chunks(hub, &mut log, data).await?;
+    match gap {
+        Some(seq) if seq > stored => Err(LifecycleError::Invalid(format!(
+            "output chunk {seq} out of order (expected {stored})"
+        ))),
+        _ => Ok(stored),
     }
-    store_chunk(hub, &mut log, chunk.stream, chunk.data.0).await
 }
 
 /// Appends a legacy worker's output (unnumbered) to the job's current attempt; returns the
@@ -115,11 +130,21 @@ async fn store_chunk(
     stream: StreamKind,
     data: Vec<u8>,
 ) -> LifecycleResult<u64> {
-    if data.is_empty() {
+    store_chunks(hub, log, vec![(stream, data)]).await
+}
+
+/// Stores chunks of a fenced attempt in one store write (empty ones are nothing).
+async fn store_chunks(
+    hub: &Hub,
+    log: &mut AppendLog,
+    mut chunks: Vec<(StreamKind, Vec<u8>)>,
+) -> LifecycleResult<u64> {
+    chunks.retain(|(_, d)| !d.is_empty());
+    if chunks.is_empty() {
         return Ok(log.next_seq());
     }
-    let len = data.len() as u64;
-    let n = log.append(hub.store.as_ref(), stream, data).await?;
+    let len: u64 = chunks.iter().map(|(_, d)| d.len() as u64).sum();
+    let n = log.append_many(hub.store.as_ref(), chunks).await?;
     // Subscribers on other hubs of a cluster read it from the store (one note per batch).
     hub.cluster.tell(crate::cluster::Note::Output {
         job_id: log.job_id().to_string(),

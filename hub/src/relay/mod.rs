@@ -358,29 +358,49 @@ impl AppendLog {
         stream: StreamKind,
         data: Vec<u8>,
     ) -> StoreResult<u64> {
+        self.append_many(store, vec![(stream, data)]).await
+    }
+
+    /// [`AppendLog::append`] for several chunks, stored in one store write.
+    pub async fn append_many(
+        &mut self,
+        store: &dyn Store,
+        chunks: Vec<(StreamKind, Vec<u8>)>,
+    ) -> StoreResult<u64> {
         let (job_id, cap) = (self.job_id.as_str(), self.cap);
         let st = &mut *self.st;
-        let chunk = ChunkRecord {
-            index: st.next_index,
-            attempt: st.attempt,
-            seq: st.next_seq,
-            offset: st.end_offset,
-            stream,
-            time_ms: crate::store::now_ms(),
-            data,
-        };
-        store.append_chunk(job_id, &chunk).await?;
-        st.next_seq += 1;
-        st.next_index += 1;
-        st.end_offset = chunk.end();
-        st.lines += chunk.data.iter().filter(|b| **b == b'\n').count() as u64;
-        // Without receivers `send` would drop the item anyway; a subscriber that attaches later
-        // replays this chunk from the store.
-        if self.live.tx.receiver_count() > 0 {
-            let _ = self
-                .live
-                .tx
-                .send(RelayItem::Chunk(Arc::new(LiveChunk::new(chunk))));
+        let now = crate::store::now_ms();
+        let mut records = Vec::with_capacity(chunks.len());
+        let (mut index, mut seq, mut offset) = (st.next_index, st.next_seq, st.end_offset);
+        for (stream, data) in chunks {
+            let chunk = ChunkRecord {
+                index,
+                attempt: st.attempt,
+                seq,
+                offset,
+                stream,
+                time_ms: now,
+                data,
+            };
+            index += 1;
+            seq += 1;
+            offset = chunk.end();
+            records.push(chunk);
+        }
+        store.append_chunks(job_id, &records).await?;
+        for chunk in records {
+            st.next_seq += 1;
+            st.next_index += 1;
+            st.end_offset = chunk.end();
+            st.lines += chunk.data.iter().filter(|b| **b == b'\n').count() as u64;
+            // Without receivers `send` would drop the item anyway; a subscriber that attaches
+            // later replays this chunk from the store.
+            if self.live.tx.receiver_count() > 0 {
+                let _ = self
+                    .live
+                    .tx
+                    .send(RelayItem::Chunk(Arc::new(LiveChunk::new(chunk))));
+            }
         }
         // Keep the tail: drop whole chunks from the head once over the cap (with some slack so
         // that trimming is not per chunk).

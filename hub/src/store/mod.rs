@@ -200,6 +200,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// Stores one output chunk under `(job id, chunk.index)`.
     async fn append_chunk(&self, job_id: &str, chunk: &ChunkRecord) -> StoreResult<()>;
+    /// Stores several chunks of one job (consecutive indexes), in one write where the backend
+    /// can.
+    async fn append_chunks(&self, job_id: &str, chunks: &[ChunkRecord]) -> StoreResult<()> {
+        for chunk in chunks {
+            self.append_chunk(job_id, chunk).await?;
+        }
+        Ok(())
+    }
     /// Chunks from `from_index` on, in order, until their data reaches `max_bytes` (so fewer bytes
     /// than `max_bytes` means the log ended) or the log ends.
     async fn read_chunks(

@@ -721,6 +721,25 @@ impl Store for PgStore {
         Ok(())
     }
 
+    async fn append_chunks(&self, job_id: &str, chunks: &[ChunkRecord]) -> StoreResult<()> {
+        if chunks.len() == 1 {
+            return self.append_chunk(job_id, &chunks[0]).await;
+        }
+        let indexes: Vec<i64> = chunks.iter().map(|c| c.index as i64).collect();
+        let offsets: Vec<i64> = chunks.iter().map(|c| c.offset as i64).collect();
+        let encoded: Vec<Vec<u8>> = chunks.iter().map(ChunkRecord::encode).collect();
+        self.execute(
+            "append chunks",
+            "INSERT INTO output (job_id, idx, byte_offset, chunk) \
+             SELECT $1, i, o, c FROM unnest($2::bigint[], $3::bigint[], $4::bytea[]) AS u(i, o, c) \
+             ON CONFLICT (job_id, idx) DO UPDATE SET byte_offset = EXCLUDED.byte_offset, \
+             chunk = EXCLUDED.chunk",
+            &[&job_id, &indexes, &offsets, &encoded],
+        )
+        .await?;
+        Ok(())
+    }
+
     async fn read_chunks(
         &self,
         job_id: &str,
