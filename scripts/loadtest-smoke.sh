@@ -61,6 +61,13 @@ if [[ "$(id -u)" == 0 ]]; then
         echo "FAIL: loadtest chaos made no hub kill or no cut, or found duplicated or stuck jobs" >&2
         fail=1
     fi
+    # The same on three hubs sharing a PostgreSQL server the scenario kill -9s and restarts.
+    run chaos --hubs 3 --store postgres --workers 4 --rate 10 --duration 25
+    if ! grep -Eq '"kills":[1-9][0-9]*,' <<<"$out" || ! grep -Eq '"dbRestarts":[1-9][0-9]*,' <<<"$out" \
+        || ! grep -q '"duplicated":0,' <<<"$out" || ! grep -q '"stuck":0,' <<<"$out"; then
+        echo "FAIL: cluster chaos made no hub kill or no database restart, or found duplicated or stuck jobs" >&2
+        fail=1
+    fi
 else
     echo "==> loadtest sandbox and chaos skipped: they run real sandboxed agents and need root"
 fi

@@ -99,7 +99,21 @@ pub async fn session(hub: Arc<Hub>, mut ws: Socket, token_id: String) {
     if let Err(e) = hub.store.put_worker(&record).await {
         tracing::error!(error = %e, "storing worker failed");
     }
-    let held_before = hub.dispatch.held(&worker_id);
+    let mut held_before = hub.dispatch.held(&worker_id);
+    if hub.cluster.is_shared() {
+        // Another hub of the cluster may have handed it jobs: the records say which, and a
+        // job the agent does not report now is a lost attempt wherever it was assigned.
+        match hub.store.jobs_held_by(&worker_id).await {
+            Ok(ids) => {
+                for id in ids {
+                    if !held_before.contains(&id) {
+                        held_before.push(id);
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "reading the worker's jobs failed"),
+        }
+    }
     let kick = tokio_util::sync::CancellationToken::new();
     let (generation, old) =
         hub.dispatch

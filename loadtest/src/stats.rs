@@ -168,6 +168,11 @@ pub struct ChaosFigures {
     pub cuts: u64,
     /// Periods of a degraded link (random loss and a throttled rate).
     pub degradations: u64,
+    /// `kill -9`s of the PostgreSQL server several hubs share (`--hubs N --store postgres`),
+    /// each followed by a restart.
+    pub db_restarts: u64,
+    /// Hubs under fire (one unless `--hubs`).
+    pub hubs: u64,
     /// Submissions the hub acknowledged (201).
     pub acknowledged: u64,
     /// Submissions refused or unanswered (mostly while the hub was down): not acknowledged,
@@ -294,6 +299,10 @@ impl Report {
             push("agent kills", c.agent_kills.to_string());
             push("link cuts", c.cuts.to_string());
             push("link degradations", c.degradations.to_string());
+            if c.hubs > 1 || c.db_restarts > 0 {
+                push("hubs", c.hubs.to_string());
+                push("PostgreSQL restarts", c.db_restarts.to_string());
+            }
             push("acknowledged", c.acknowledged.to_string());
             push("unacknowledged", c.unacknowledged.to_string());
             push("duplicated", c.duplicated.to_string());
@@ -321,8 +330,15 @@ impl Report {
         }
         if let Some(c) = &self.chaos {
             out += &format!(
-                "{} hub kills, {} agent kills, {} link cuts, {} acknowledged: lost {}, duplicated {}, stuck {}\n",
-                c.kills, c.agent_kills, c.cuts, c.acknowledged, self.lost, c.duplicated, c.stuck
+                "{} hub kills, {} PostgreSQL restarts, {} agent kills, {} link cuts, {} acknowledged: lost {}, duplicated {}, stuck {}\n",
+                c.kills,
+                c.db_restarts,
+                c.agent_kills,
+                c.cuts,
+                c.acknowledged,
+                self.lost,
+                c.duplicated,
+                c.stuck
             );
         }
         out

@@ -179,6 +179,19 @@ impl Target {
         Ok(t)
     }
 
+    /// Spreads WebSockets and pooled requests over the hubs at `urls` (`http://host:port`)
+    /// besides this one (the chaos scenario's cluster).
+    pub fn spread_over(&mut self, urls: &[String]) {
+        self.addrs = urls
+            .iter()
+            .map(|u| {
+                u.trim_start_matches("http://")
+                    .trim_end_matches('/')
+                    .to_string()
+            })
+            .collect();
+    }
+
     /// Uses a running hub at `url` (its `/proc` figures only when `pid` is given).
     pub async fn attach(url: &str, pid: Option<u32>) -> anyhow::Result<Target> {
         let mut t = Target::new(url.trim_end_matches('/').to_string(), pid)?;

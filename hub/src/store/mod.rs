@@ -191,6 +191,21 @@ pub trait Store: Send + Sync + 'static {
     }
     /// Every job that is not terminal: queued, assigned or running (for recovery).
     async fn unfinished_jobs(&self) -> StoreResult<Vec<JobRecord>>;
+    /// Ids of the unfinished jobs whose current attempt `worker` holds.
+    async fn jobs_held_by(&self, worker: &str) -> StoreResult<Vec<String>> {
+        Ok(self
+            .unfinished_jobs()
+            .await?
+            .into_iter()
+            .filter(|j| {
+                matches!(
+                    j.status,
+                    cmdx_proto::JobStatus::Assigned | cmdx_proto::JobStatus::Running
+                ) && j.worker_id.as_deref() == Some(worker)
+            })
+            .map(|j| j.id)
+            .collect())
+    }
     /// Jobs newest first.
     async fn list_jobs(&self, query: JobQuery<'_>) -> StoreResult<Vec<JobRecord>>;
     /// Number of jobs stored (a counter: O(1)).

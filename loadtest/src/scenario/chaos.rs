@@ -305,6 +305,8 @@ fn remove_stale() {
 
 /// The hub process, killed and restarted on the same data folder and port.
 struct HubProc {
+    /// Extra flags (the shared store of a cluster).
+    extra: Vec<String>,
     listen: String,
     data: PathBuf,
     log: PathBuf,
@@ -316,7 +318,8 @@ struct HubProc {
 impl HubProc {
     /// Starts the hub (retrying for 30 s while the port is not yet free); returns its URL.
     async fn start(&mut self) -> anyhow::Result<String> {
-        let extra = ["--reconnect-grace-secs".to_string(), GRACE_SECS.to_string()];
+        let mut extra = vec!["--reconnect-grace-secs".to_string(), GRACE_SECS.to_string()];
+        extra.extend(self.extra.iter().cloned());
         let until = Instant::now() + Duration::from_secs(30);
         loop {
             let log = std::fs::OpenOptions::new()
@@ -478,6 +481,7 @@ struct Faults {
     agent_kills: u64,
     cuts: u64,
     degradations: u64,
+    db_restarts: u64,
 }
 
 /// Runs the scenario: sets up the network (unless `--no-netns`), runs it, always tears down.
@@ -519,21 +523,48 @@ async fn chaos(cli: &Cli, mut net: Option<Net>, tmp: &Path) -> anyhow::Result<Re
     });
     let mut rng = Rng(seed);
 
-    // The hub: a fixed port on the private address (or loopback), the same across restarts.
-    let ip = net.as_ref().map_or("127.0.0.1", |n| n.hub_ip.as_str());
-    let port = std::net::TcpListener::bind((ip, 0))
-        .and_then(|l| l.local_addr())
-        .context("choosing the hub's port")?
-        .port();
-    let mut hub = HubProc {
-        listen: format!("{ip}:{port}"),
-        data: tmp.join("hub-data"),
-        log: tmp.join("hub.log"),
-        child: None,
-        downtime: Hist::default(),
+    // Several hubs share a PostgreSQL server this scenario owns (and restarts).
+    let n_hubs = cli.hubs.max(1);
+    let mut db = match cli.store.as_deref() {
+        Some("postgres") => Some(cmdx_e2e::pg::PrivateServer::start()?),
+        Some(_) => bail!("chaos restarts its own database: use --store postgres"),
+        None if n_hubs > 1 => bail!("--hubs needs --store postgres"),
+        None => None,
     };
-    let url = hub.start().await?;
-    let target = Arc::new(Target::private(&url).await?);
+    let store_flags = match &db {
+        Some(server) => vec!["--store".to_string(), server.create_database("chaos")?],
+        None => Vec::new(),
+    };
+    // The hubs: each a fixed port on the private address (or loopback), the same across
+    // restarts.
+    let ip = net.as_ref().map_or("127.0.0.1", |n| n.hub_ip.as_str());
+    let mut hubs = Vec::with_capacity(n_hubs);
+    let mut urls = Vec::with_capacity(n_hubs);
+    for h in 0..n_hubs {
+        let port = std::net::TcpListener::bind((ip, 0))
+            .and_then(|l| l.local_addr())
+            .context("choosing a hub's port")?
+            .port();
+        let suffix = if h == 0 {
+            String::new()
+        } else {
+            format!("-{h}")
+        };
+        let mut hub = HubProc {
+            extra: store_flags.clone(),
+            listen: format!("{ip}:{port}"),
+            data: tmp.join(format!("hub-data{suffix}")),
+            log: tmp.join(format!("hub{suffix}.log")),
+            child: None,
+            downtime: Hist::default(),
+        };
+        urls.push(hub.start().await?);
+        hubs.push(hub);
+    }
+    let url = urls.join(",");
+    let mut target = Target::private(&urls[0]).await?;
+    target.spread_over(&urls);
+    let target = Arc::new(target);
     let token = target.worker_token().await.context("setup: worker token")?;
 
     // Agents: the first half (rounded up) inside the namespace when there is one.
@@ -559,17 +590,20 @@ async fn chaos(cli: &Cli, mut net: Option<Net>, tmp: &Path) -> anyhow::Result<Re
     let outcome = async {
         wait_online(&target, n, Duration::from_secs(60)).await?;
         drive(
-            &target, &mut hub, &mut net, &mut slots, secs, offered, &mut rng,
+            &target, &mut hubs, &mut db, &mut net, &mut slots, secs, offered, &mut rng,
         )
         .await
     }
     .await;
     let mut children: Vec<Child> = slots.into_iter().filter_map(|s| s.child).collect();
     let forced = shutdown_agents(&mut children).await;
-    if let Some(mut c) = hub.child.take() {
-        let _ = c.start_kill();
-        let _ = c.wait().await;
+    for hub in &mut hubs {
+        if let Some(mut c) = hub.child.take() {
+            let _ = c.start_kill();
+            let _ = c.wait().await;
+        }
     }
+    drop(db);
     let (mut r, faults, score, acked, unacked, quiesced) = outcome?;
     // Nothing of a job may outlive it: once every agent has stopped, no workspace of theirs
     // is still mounted.
@@ -588,6 +622,8 @@ async fn chaos(cli: &Cli, mut net: Option<Net>, tmp: &Path) -> anyhow::Result<Re
         agent_kills: faults.agent_kills,
         cuts: faults.cuts,
         degradations: faults.degradations,
+        db_restarts: faults.db_restarts,
+        hubs: n_hubs as u64,
         acknowledged: acked,
         unacknowledged: unacked,
         duplicated: score.duplicated,
@@ -614,7 +650,11 @@ async fn chaos(cli: &Cli, mut net: Option<Net>, tmp: &Path) -> anyhow::Result<Re
             GRACE_SECS + 3
         ),
     );
-    if let Some(p) = hub.downtime.summary() {
+    let mut downtime = Hist::default();
+    for hub in &hubs {
+        downtime.merge(&hub.downtime);
+    }
+    if let Some(p) = downtime.summary() {
         note(
             &mut r,
             "hub kill -> listening",
@@ -640,9 +680,14 @@ async fn chaos(cli: &Cli, mut net: Option<Net>, tmp: &Path) -> anyhow::Result<Re
 
 /// The loaded phase under faults, healing, quiescence and scoring: (report with the window's
 /// duration, faults, score, acknowledged, unacknowledged, quiescence seconds).
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the scenario's whole state, passed once"
+)]
 async fn drive(
     target: &Arc<Target>,
-    hub: &mut HubProc,
+    hubs: &mut [HubProc],
+    db: &mut Option<cmdx_e2e::pg::PrivateServer>,
     net: &mut Option<Net>,
     slots: &mut [Slot],
     secs: f64,
@@ -654,7 +699,7 @@ async fn drive(
         let target = target.clone();
         let record = acked_ids.clone();
         tokio::spawn(async move {
-            let pool = Pool::new(&target.addr, 32);
+            let pool = Pool::spread(&target.addrs, 32);
             let start_us = now_us() + 100_000;
             open_loop(
                 &target,
@@ -682,18 +727,28 @@ async fn drive(
     let mut next_hub = started + rng.secs(2.0, 4.0);
     let mut next_agent = started + rng.secs(4.0, 8.0);
     let mut next_link = started + rng.secs(2.0, 5.0);
+    let mut next_db = started + rng.secs(4.0, 8.0);
     loop {
         let t = next_hub
             .min(next_agent)
-            .min(if net.is_some() { next_link } else { end });
+            .min(if net.is_some() { next_link } else { end })
+            .min(if db.is_some() { next_db } else { end });
         if t >= end {
             tokio::time::sleep_until(end).await;
             break;
         }
         tokio::time::sleep_until(t).await;
-        faults.exits += unbidden_exits(hub, slots)?;
-        if t == next_hub {
-            hub.kill_and_restart().await?;
+        faults.exits += unbidden_exits(hubs, slots)?;
+        if let Some(server) = db.as_mut().filter(|_| t == next_db) {
+            // kill -9 of the database every hub shares, back after 0.3-2 s.
+            server.stop(true);
+            tokio::time::sleep(rng.secs(0.3, 2.0)).await;
+            tokio::task::block_in_place(|| server.resume())?;
+            faults.db_restarts += 1;
+            next_db = Instant::now() + rng.secs(5.0, 9.0);
+        } else if t == next_hub {
+            let i = rng.below(hubs.len() as u64) as usize;
+            hubs[i].kill_and_restart().await?;
             faults.kills += 1;
             // One kill in five lands right after a restart: during recovery and the agents'
             // reconnect storm.
@@ -737,7 +792,7 @@ async fn drive(
         }
     }
     let window = started.elapsed().as_secs_f64();
-    faults.exits += unbidden_exits(hub, slots)?;
+    faults.exits += unbidden_exits(hubs, slots)?;
     if let Some(n) = net.as_mut() {
         n.heal()?;
     }
@@ -754,7 +809,7 @@ async fn drive(
 
     // Quiescence: every acknowledged job terminal (or the bound passes), then the score.
     let healed = Instant::now();
-    let pool = Pool::new(&target.addr, 8);
+    let pool = Pool::spread(&target.addrs, 8);
     let mut views: HashMap<String, Option<JobView>> = HashMap::new();
     let mut pending: Vec<&String> = ids.keys().collect();
     loop {
@@ -787,15 +842,17 @@ async fn drive(
 
 /// Counts (and reports, and restarts) the hub and agent processes that exited on their own
 /// since the last look: a crash, or an agent that refused to start.
-fn unbidden_exits(hub: &mut HubProc, slots: &mut [Slot]) -> anyhow::Result<u64> {
+fn unbidden_exits(hubs: &mut [HubProc], slots: &mut [Slot]) -> anyhow::Result<u64> {
     let mut n = 0;
-    if let Some(c) = hub.child.as_mut()
-        && let Ok(Some(status)) = c.try_wait()
-    {
-        bail!(
-            "the hub exited on its own ({status}); see {}",
-            hub.log.display()
-        );
+    for hub in hubs.iter_mut() {
+        if let Some(c) = hub.child.as_mut()
+            && let Ok(Some(status)) = c.try_wait()
+        {
+            bail!(
+                "a hub exited on its own ({status}); see {}",
+                hub.log.display()
+            );
+        }
     }
     for s in slots.iter_mut() {
         if let Some(c) = s.child.as_mut()

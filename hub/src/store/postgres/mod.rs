@@ -647,6 +647,20 @@ impl Store for PgStore {
         .await
     }
 
+    async fn jobs_held_by(&self, worker: &str) -> StoreResult<Vec<String>> {
+        Ok(self
+            .query(
+                "jobs held by a worker",
+                "SELECT id FROM jobs WHERE unfinished AND record->>'worker_id' = $1 \
+                 AND record->>'status' IN ('assigned', 'running')",
+                &[&worker],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect())
+    }
+
     async fn list_jobs(&self, q: JobQuery<'_>) -> StoreResult<Vec<JobRecord>> {
         let mut out = Vec::new();
         let mut scanned = 0usize;
