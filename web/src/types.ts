@@ -184,6 +184,8 @@ export interface WorkerView {
   isolation: Isolation;
   connectedAt: string | null;
   lastHeartbeat: string | null;
+  /** On a cluster of hubs: the hub holding the worker's connection. */
+  hub?: string;
 }
 
 export interface MintTokenResponse {

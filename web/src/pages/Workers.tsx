@@ -15,9 +15,13 @@ export function Workers() {
   const now = useNow(1000);
 
   useEffect(() => {
+    // On a cluster of hubs (workers carry the hub holding them), the live feed carries this
+    // hub's workers only: the list is reread every 10 s for the rest.
+    let clustered = false;
     const load = () =>
       api.workers().then(
         (r) => {
+          clustered = r.workers.some((w) => w.hub);
           setWorkers(r.workers.slice().sort(compareWorkers));
           setError(null);
         },
@@ -26,9 +30,13 @@ export function Workers() {
     void load();
     const offWorker = hubSocket.onWorker((w) => setWorkers((prev) => upsertWorker(prev ?? [], w)));
     const offOpen = hubSocket.onOpen(() => void load());
+    const every = window.setInterval(() => {
+      if (clustered) void load();
+    }, 10_000);
     return () => {
       offWorker();
       offOpen();
+      window.clearInterval(every);
     };
   }, []);
 
@@ -76,6 +84,7 @@ export function Workers() {
                     <div class="muted small mono" title={w.workerId}>
                       {w.workerId} · {w.kind} {w.version && `· v${w.version}`}
                       {w.tags.length > 0 && ` · ${w.tags.join(', ')}`}
+                      {w.hub && ` · on hub ${w.hub}`}
                     </div>
                   </td>
                   <td>
