@@ -30,9 +30,12 @@
 //!
 //! # What the caller gets
 //! [`Terminal`], the master: one stream holding everything the job wrote to stdout and
-//! stderr, in the order it wrote it, with the terminal's line discipline applied (`\n`
-//! becomes `\r\n`). It ends when the last descriptor of the slave is closed (the kernel then
-//! answers `EIO`, which [`Terminal`] reads as end-of-file).
+//! stderr, in the order it wrote it. The terminal starts with `ONLCR` off, so a `\n` stays a
+//! `\n` as on a pipe (the log reads the same whether or not the job had a terminal; whoever
+//! displays it adds the carriage return, as the CLI's own terminal and the dashboard's
+//! `convertEol` do), and a job can turn it back on with `stty onlcr`. It ends when the last
+//! descriptor of the slave is closed (the kernel then answers `EIO`, which [`Terminal`]
+//! reads as end-of-file).
 
 use std::ffi::CStr;
 use std::io;
@@ -196,7 +199,7 @@ pub(crate) fn open(
             check(libc::fchmod(slave.as_raw_fd(), 0o600).into())?;
         }
     }
-    type_eof(&master, &slave)?;
+    settle(&master, &slave)?;
     // SAFETY: fcntl with integer arguments on our own descriptor.
     unsafe {
         let fl = check(libc::fcntl(m, libc::F_GETFL).into())? as libc::c_int;
@@ -209,13 +212,17 @@ pub(crate) fn open(
     })
 }
 
-/// Types the terminal's EOF character once (see the module docs): in canonical mode it
-/// ends the first read of the terminal with nothing, and is not echoed.
-fn type_eof(master: &OwnedFd, slave: &OwnedFd) -> io::Result<()> {
+/// Turns `ONLCR` off (see the module docs), then types the terminal's EOF character once:
+/// in canonical mode it ends the first read of the terminal with nothing, and is not echoed.
+fn settle(master: &OwnedFd, slave: &OwnedFd) -> io::Result<()> {
     // SAFETY: termios is plain data that tcgetattr fills.
     let mut t: libc::termios = unsafe { std::mem::zeroed() };
-    // SAFETY: tcgetattr on our own slave descriptor, into `t`.
-    check(unsafe { libc::tcgetattr(slave.as_raw_fd(), &mut t) }.into())?;
+    // SAFETY: tcgetattr/tcsetattr on our own slave descriptor, with `t` on the stack.
+    unsafe {
+        check(libc::tcgetattr(slave.as_raw_fd(), &mut t).into())?;
+        t.c_oflag &= !libc::ONLCR;
+        check(libc::tcsetattr(slave.as_raw_fd(), libc::TCSANOW, &t).into())?;
+    }
     let eof = [t.c_cc[libc::VEOF]];
     // SAFETY: writes one byte from `eof`, on the stack.
     let n = check(unsafe { libc::write(master.as_raw_fd(), eof.as_ptr().cast(), 1) } as _)?;

@@ -21,14 +21,14 @@ fn in_terminal(mut spec: Spec) -> Spec {
     spec
 }
 
-/// Reads the terminal to its end while waiting; the output with `\r\n` turned into `\n`.
+/// Reads the terminal to its end while waiting.
 async fn finish_tty(mut child: Child) -> (Report, String) {
     assert!(child.stdout.is_none() && child.stderr.is_none());
     let mut term = child.terminal.take().expect("a terminal");
     let mut out = Vec::new();
     let (read, report) = tokio::join!(term.read_to_end(&mut out), child.wait());
     read.expect("read the terminal");
-    let out = String::from_utf8_lossy(&out).replace("\r\n", "\n");
+    let out = String::from_utf8_lossy(&out).into_owned();
     (report.expect("wait"), out)
 }
 
@@ -46,7 +46,8 @@ async fn a_job_in_a_terminal_sees_one_of_the_size_asked_for() {
     // `cat` and `head` show that neither stdin nor /dev/tty leaves the job waiting.
     let cmd = "[ -t 1 ] && echo out-tty; [ -t 2 ] && echo err-tty; [ -t 0 ] || echo in-null; \
                stty size </dev/tty; tput cols; tput lines; readlink /proc/self/fd/1; cat; head -c1 /dev/tty; \
-               echo tty-eof; echo uid=$(stat -c %u /dev/pts/0) mine=$(id -u); ls -1 /dev/pts";
+               echo tty-eof; echo uid=$(stat -c %u /dev/pts/0) mine=$(id -u); ls -1 /dev/pts; \
+               stty onlcr </dev/tty; echo crlf";
     let (report, out) = run_tty(&in_terminal(f.root_spec(cmd))).await;
     assert_eq!(report.exit_code, Some(0), "{out}");
     let uid = f.uid;
@@ -54,7 +55,7 @@ async fn a_job_in_a_terminal_sees_one_of_the_size_asked_for() {
         out,
         format!(
             "out-tty\nerr-tty\nin-null\n43 132\n132\n43\n/dev/pts/0\ntty-eof\n\
-             uid={uid} mine={uid}\n0\nptmx\n"
+             uid={uid} mine={uid}\n0\nptmx\ncrlf\r\n"
         )
     );
 }
