@@ -884,17 +884,20 @@ async fn network_tty_setuid_and_inherited_fds_give_nothing() {
     );
     let tty = "python3 - <<'EOF'\n\
         import fcntl, os, termios\n\
+        fds = [0, 1, 2]\n\
         try:\n\
-        \x20   os.open('/dev/tty', os.O_RDWR)\n\
-        \x20   print('LEAK tty')\n\
+        \x20   tty = os.open('/dev/tty', os.O_RDWR)\n\
+        \x20   fds.append(tty)\n\
+        \x20   os.write(tty, b'own-terminal\\n')\n\
+        \x20   print('DENIED tty')\n\
         except OSError:\n\
         \x20   print('DENIED tty')\n\
-        for fd in (0, 1, 2):\n\
+        for i, fd in enumerate(fds):\n\
         \x20   try:\n\
         \x20       fcntl.ioctl(fd, termios.TIOCSTI, b'x')\n\
-        \x20       print('LEAK tiocsti', fd)\n\
+        \x20       print('LEAK tiocsti', i)\n\
         \x20   except OSError:\n\
-        \x20       print('DENIED tiocsti-%d' % fd)\n\
+        \x20       print('DENIED tiocsti-%d' % i)\n\
         EOF\n"
         .to_owned();
     let setuid = format!(
@@ -934,7 +937,15 @@ async fn network_tty_setuid_and_inherited_fds_give_nothing() {
 
     let v = &r["tty"];
     assert_end("tty", v, "completed", None);
-    assert_denied("tty", v, &["tty", "tiocsti-0", "tiocsti-1", "tiocsti-2"]);
+    // `/dev/tty` is at most the job's own terminal (it runs in one by default), and
+    // nothing can be typed into any terminal it holds.
+    assert_denied(
+        "tty",
+        v,
+        &["tty", "tiocsti-0", "tiocsti-1", "tiocsti-2", "tiocsti-3"],
+    );
+    // What it wrote to `/dev/tty` landed in its own log.
+    assert!(s(v, "stdout").lines().any(|l| l == "own-terminal"), "{v:#}");
 
     let v = &r["setuid"];
     assert_end("setuid", v, "completed", None);
