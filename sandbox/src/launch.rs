@@ -141,6 +141,9 @@ pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
+/// The read ends of a job's stdout and stderr pipes.
+pub(crate) type Pipes = (ChildStdout, ChildStderr);
+
 /// Starts the child: stdin `/dev/null`, stdout and stderr piped, or both on `terminal`
 /// (the slave of the job's pseudo-terminal, which `setup.ctty` makes its controlling
 /// terminal), `setup` applied, then `exec` (of the program, or of the init in a new PID
@@ -153,7 +156,7 @@ pub(crate) fn spawn(
     setup: &ChildSetup,
     init: Option<InitLaunch>,
     terminal: Option<RawFd>,
-) -> Result<(MainProcess, Option<(ChildStdout, ChildStderr)>), (Step, io::Error)> {
+) -> Result<(MainProcess, Option<Pipes>), (Step, io::Error)> {
     let fork_err = |e| (Step::Fork, e);
     let (init_fd, status_rx, status_tx) = match init {
         Some(i) => (Some(i.program), Some(i.status_rx), Some(i.status_tx)),
