@@ -49,6 +49,7 @@ pub fn queued_job(queue_seq: u64) -> JobRecord {
         rejections: 0,
         artifact_globs: Vec::new(),
         artifacts: None,
+        tty: None,
     }
 }
 

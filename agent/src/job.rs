@@ -193,6 +193,10 @@ async fn run(
             mode: settings.mode,
             output_cap: settings.output_cap,
             cgroup_group: settings.cgroup_group.clone(),
+            terminal: a.tty.map(|t| cmdx_sandbox::TerminalSize {
+                cols: t.cols,
+                rows: t.rows,
+            }),
         };
         let sink = OutputSink {
             job: job.clone(),
@@ -344,7 +348,8 @@ const WORKSPACE: &str = "/workspace";
 
 /// The job's complete environment: a fixed base plus the assignment's variables. In the
 /// private root `HOME` is `/workspace` and `TMPDIR` `/tmp` (both in the workspace's size
-/// cap); without one, their host paths.
+/// cap); without one, their host paths. `CI=true` always; with a terminal also `TERM`,
+/// `COLUMNS` and `LINES`. The assignment's variables override any of these.
 fn job_env(
     ws: &Workspace,
     a: &Assignment,
@@ -360,7 +365,16 @@ fn job_env(
         ("HOME".into(), home),
         ("TMPDIR".into(), tmp),
         ("LANG".into(), "C.UTF-8".into()),
+        // Tools that behave differently under CI (no prompts, no spinners) know they are.
+        ("CI".into(), "true".into()),
     ];
+    if let Some(t) = a.tty {
+        // What a terminal emulator tells its programs: colours, and the window's size for
+        // tools that read the variables rather than ask the terminal.
+        env.push(("TERM".into(), "xterm-256color".into()));
+        env.push(("COLUMNS".into(), t.cols.to_string()));
+        env.push(("LINES".into(), t.rows.to_string()));
+    }
     for (k, v) in &a.env {
         if k.is_empty() || k.contains('=') || k.contains('\0') {
             return Err(JobError::Assignment(format!(

@@ -8,7 +8,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use cmdx_proto::{FailureKind, Outcome};
-use cmdx_sandbox::{Limits, Mode, Report, Root, Spec};
+use cmdx_sandbox::{Limits, Mode, Report, Root, Spec, TerminalSize};
+use tokio::process::ChildStderr;
 use tokio::sync::watch;
 
 use crate::core::JobEvent;
@@ -41,6 +42,8 @@ pub(crate) struct Launch {
     pub output_cap: Option<OutputCap>,
     /// The agent's cgroup group.
     pub cgroup_group: String,
+    /// Run in a pseudo-terminal of this size; `None`: pipes.
+    pub terminal: Option<TerminalSize>,
 }
 
 /// Runs the command to its end and returns the outcome; output goes to `sink`.
@@ -67,6 +70,7 @@ pub(crate) async fn run(
         mode: launch.mode,
         cgroup_group: Some(launch.cgroup_group),
         root: launch.root,
+        terminal: launch.terminal,
     };
     let spawn_start = Instant::now();
     let mut child = match spawner.spawn(spec).await {
@@ -90,13 +94,23 @@ pub(crate) async fn run(
         .await;
 
     let (exited_tx, exited_rx) = watch::channel(false);
-    let pump = tokio::spawn(output::pump(
-        child.stdout.take(),
-        child.stderr.take(),
-        sink,
-        exited_rx,
-        output_cap,
-    ));
+    // A terminal is one ordered stream: it goes out as stdout.
+    let pump = match child.terminal.take() {
+        Some(term) => tokio::spawn(output::pump(
+            Some(term),
+            None::<ChildStderr>,
+            sink,
+            exited_rx,
+            output_cap,
+        )),
+        None => tokio::spawn(output::pump(
+            child.stdout.take(),
+            child.stderr.take(),
+            sink,
+            exited_rx,
+            output_cap,
+        )),
+    };
 
     let mut stop: Option<JobCtl> = None;
     let waited = loop {

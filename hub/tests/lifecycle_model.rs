@@ -403,6 +403,8 @@ impl StateMachineTest for LifecycleTest {
                     env: Default::default(),
                     max_attempts: Some(max_attempts),
                     artifacts: Vec::new(),
+                    tty: None,
+                    tty_size: None,
                 };
                 let id = sut
                     .block(submit::submit(sut.hub(), &caller(), req))

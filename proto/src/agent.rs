@@ -256,6 +256,11 @@ pub struct Assignment {
     /// The hub's cap on the number of artifact files for this job.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub artifact_max_files: Option<u32>,
+    /// Run the command in a pseudo-terminal of this size (stdout and stderr one ordered
+    /// stream, reported as `stdout`); absent: stdout and stderr on pipes of their own, as
+    /// before this field existed (so an older hub's assignments keep their pipes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tty: Option<crate::WindowSize>,
 }
 
 impl std::fmt::Debug for Assignment {
@@ -269,6 +274,7 @@ impl std::fmt::Debug for Assignment {
             .field("timeout_secs", &self.timeout_secs)
             .field("env_keys", &self.env.keys().collect::<Vec<_>>())
             .field("artifacts", &self.artifacts)
+            .field("tty", &self.tty)
             .finish()
     }
 }

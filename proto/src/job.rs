@@ -87,7 +87,8 @@ impl FailureKind {
     }
 }
 
-/// Which of the child's output pipes a chunk came from.
+/// Which of the child's output pipes a chunk came from. A job run in a pseudo-terminal has
+/// one ordered stream, reported as [`StreamKind::Stdout`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StreamKind {
@@ -95,6 +96,27 @@ pub enum StreamKind {
     Stdout,
     /// Standard error.
     Stderr,
+}
+
+/// The size of a job's terminal in character cells (`COLUMNS` x `LINES`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct WindowSize {
+    /// Columns (`COLUMNS`, `tput cols`).
+    pub cols: u16,
+    /// Rows (`LINES`, `tput lines`).
+    pub rows: u16,
+}
+
+impl WindowSize {
+    /// The size a job's terminal gets when the submitter sent none: a classic 80x24.
+    pub const DEFAULT: WindowSize = WindowSize { cols: 80, rows: 24 };
+    /// The largest side a submitter may ask for.
+    pub const MAX_SIDE: u16 = 1000;
+
+    /// Whether both sides are between 1 and [`WindowSize::MAX_SIDE`].
+    pub fn is_valid(self) -> bool {
+        (1..=Self::MAX_SIDE).contains(&self.cols) && (1..=Self::MAX_SIDE).contains(&self.rows)
+    }
 }
 
 /// How one attempt of a job ended, as reported by the agent.

@@ -17,7 +17,8 @@
 //!    either `resume` (with the last output sequence number it has durably stored) or `abandon`
 //!    (the attempt is stale: kill it and forget it). A version mismatch gets `error` and a close.
 //! 2. **Assignment.** The hub pushes `assign` (job id, `attempt`, command, file URL and sha256,
-//!    timeout, env) while the agent has free slots. The agent answers `accept` or `reject`, then
+//!    timeout, env, and `tty`, the window size of the job's pseudo-terminal, absent for a job
+//!    that wants pipes) while the agent has free slots. The agent answers `accept` or `reject`, then
 //!    `started` once the sandboxed child runs.
 //! 3. **Output.** The agent batches output (about 20 ms or 32 KiB) into `output` chunks numbered
 //!    by `seq` from 0 per attempt. The hub stores chunk `seq` only if it is the next one expected
@@ -64,7 +65,7 @@ pub mod legacy;
 pub mod rest;
 
 pub use bytes64::Bytes64;
-pub use job::{FailureKind, JobStatus, Outcome, StreamKind};
+pub use job::{FailureKind, JobStatus, Outcome, StreamKind, WindowSize};
 
 /// Version of the agent and client WebSocket protocols; exchanged in `hello`/`welcome`.
 pub const PROTOCOL_VERSION: u32 = 1;

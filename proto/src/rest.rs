@@ -136,6 +136,15 @@ pub struct SubmitRequest {
     /// `*` stays within one path component, `**` crosses them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub artifacts: Vec<String>,
+    /// Run the command in a pseudo-terminal (the default: `None` or `true`): `TERM`,
+    /// `COLUMNS` and `LINES` set, stdout and stderr one ordered stream. `false`: stdout and
+    /// stderr on pipes of their own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tty: Option<bool>,
+    /// The terminal's size, e.g. the submitter's own window (default 80x24; each side 1 to
+    /// 1000). Only with a terminal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tty_size: Option<crate::WindowSize>,
 }
 
 impl std::fmt::Debug for SubmitRequest {
@@ -149,6 +158,8 @@ impl std::fmt::Debug for SubmitRequest {
             .field("env_keys", &self.env.keys().collect::<Vec<_>>())
             .field("max_attempts", &self.max_attempts)
             .field("artifacts", &self.artifacts)
+            .field("tty", &self.tty)
+            .field("tty_size", &self.tty_size)
             .finish()
     }
 }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use cmdx_proto::agent::*;
 use cmdx_proto::client::{ClientMsg, ServerMsg};
-use cmdx_proto::{Bytes64, FailureKind, JobStatus, Outcome, StreamKind};
+use cmdx_proto::{Bytes64, FailureKind, JobStatus, Outcome, StreamKind, WindowSize};
 use proptest::prelude::*;
 
 fn id() -> impl Strategy<Value = String> {
@@ -178,9 +178,10 @@ fn hub_msg() -> impl Strategy<Value = HubMsg> {
             any::<u64>(),
             prop::collection::btree_map("[A-Z]{1,5}", ".{0,10}", 0..3),
             prop::collection::vec("[a-z*/]{1,12}", 0..3),
+            prop::option::of((any::<u16>(), any::<u16>())),
         )
             .prop_map(
-                |(job_id, attempt, command, f, timeout_secs, env, artifacts)| HubMsg::Assign(
+                |(job_id, attempt, command, f, timeout_secs, env, artifacts, tty)| HubMsg::Assign(
                     Assignment {
                         job_id,
                         attempt,
@@ -193,6 +194,7 @@ fn hub_msg() -> impl Strategy<Value = HubMsg> {
                         artifact_max_bytes: (!artifacts.is_empty()).then_some(1 << 20),
                         artifact_max_files: (!artifacts.is_empty()).then_some(100),
                         artifacts,
+                        tty: tty.map(|(cols, rows)| WindowSize { cols, rows }),
                     }
                 )
             ),

@@ -15,7 +15,8 @@ use crate::cgroup::JobCgroup;
 use crate::error::{Error, Result};
 use crate::launch::{InitLaunch, MainProcess, Prepared};
 use crate::preexec::{ChildSetup, LandlockOutcome, MountSetup, NetSetup, ParentCheck, SharedStep};
-use crate::{CgroupVersion, Mode, Spec, fs_policy, netns, root, seccomp};
+use crate::pty::Terminal;
+use crate::{CgroupVersion, Mode, Spec, fs_policy, netns, pty, root, seccomp};
 
 /// How long [`Child::wait`] lets a job's init exit on its own before the kill passes.
 const INIT_EXIT_WAIT: Duration = Duration::from_millis(100);
@@ -64,13 +65,17 @@ pub struct Report {
 /// daemon, say) may hold the pipes open until `wait` kills the cgroup, so reading them to
 /// the end *before* calling `wait` can block forever (the wall timeout is enforced by `wait`).
 ///
+/// The same holds for `terminal`.
+///
 /// Dropping it without [`Child::wait`] kills the whole job; a background thread reaps it.
 #[derive(Debug)]
 pub struct Child {
-    /// The command's standard output.
+    /// The command's standard output (`None` when it runs in a terminal).
     pub stdout: Option<ChildStdout>,
-    /// The command's standard error.
+    /// The command's standard error (`None` when it runs in a terminal).
     pub stderr: Option<ChildStderr>,
+    /// With [`Spec::terminal`]: the command's stdout and stderr as one ordered stream.
+    pub terminal: Option<Terminal>,
     inner: Option<MainProcess>,
     pid: u32,
     run_uid: Option<u32>,
@@ -240,8 +245,8 @@ pub fn spawn(spec: &Spec) -> Result<Child> {
     let result = spawn_in(spec, c, strict, cgroup.as_ref(), &mut layers);
     let Started {
         main: inner,
-        stdout,
-        stderr,
+        pipes,
+        terminal,
         netns: job_netns,
         mntns,
     } = match result {
@@ -255,9 +260,11 @@ pub fn spawn(spec: &Spec) -> Result<Child> {
     };
     let started = Instant::now();
     let pid = u32::try_from(inner.pid()).unwrap_or(0);
+    let (stdout, stderr) = pipes.unzip();
     Ok(Child {
-        stdout: Some(stdout),
-        stderr: Some(stderr),
+        stdout,
+        stderr,
+        terminal,
         inner: Some(inner),
         pid,
         // Orphans are recognised by uid only when the job has a uid of its own; a job running
@@ -304,11 +311,13 @@ fn self_pidfd() -> std::io::Result<i32> {
     }
 }
 
-/// A started main process: its pipes, and the namespaces held for the job's end.
+/// A started main process: its pipes or terminal, and the namespaces held for the job's end.
 struct Started {
     main: MainProcess,
-    stdout: ChildStdout,
-    stderr: ChildStderr,
+    /// Stdout and stderr, without a terminal.
+    pipes: Option<(ChildStdout, ChildStderr)>,
+    /// The terminal's master, with one.
+    terminal: Option<Terminal>,
     /// The network namespace to return to the pool once the job is drained.
     netns: Option<std::os::fd::OwnedFd>,
     /// The job's mount namespace (see `root::release`).
@@ -332,12 +341,25 @@ fn spawn_in(
         None => Vec::new(),
     };
     let landlock_planned = abi >= 1;
+    // The job's terminal (see the `pty` module): the master is the caller's from here on,
+    // the slave and the devpts instance are held until the child has started.
+    let (terminal, slave, devpts) = match spec.terminal {
+        Some(size) => {
+            let owner = spec.run_as.filter(|_| c.uid_drop);
+            let p = pty::open(size, owner, spec.root.is_none())
+                .and_then(|p| Ok((Terminal::new(p.master)?, p.slave, p.devpts)))
+                .map_err(|source| Error::Terminal { source })?;
+            (Some(p.0), Some(p.1), p.2)
+        }
+        None => (None, None, None),
+    };
     let landlock = if landlock_planned {
         Some(fs_policy::build(
             landlock_crate_abi(abi),
             spec,
             strict,
             template.as_ref().map(|t| t.root_fd()),
+            devpts.as_ref().or(slave.as_ref()),
         )?)
     } else {
         None
@@ -390,6 +412,7 @@ fn spawn_in(
     };
     let setup = ChildSetup {
         cgroup_fds: procs_files.iter().map(AsRawFd::as_raw_fd).collect(),
+        ctty: slave.is_some(),
         netns: net,
         ipc_uts: c.ipcns,
         mounts: template.as_ref().map(|t| MountSetup {
@@ -397,6 +420,11 @@ fn spawn_in(
             binds: job_binds
                 .iter()
                 .map(|b| (b.tree.as_raw_fd(), b.target.clone()))
+                .chain(
+                    devpts
+                        .as_ref()
+                        .map(|d| (d.as_raw_fd(), pty::PTS_TARGET.to_owned())),
+                )
                 .collect(),
         }),
         cwd,
@@ -418,15 +446,22 @@ fn spawn_in(
     // Held across the clone so the new main process is registered before anyone can look for
     // orphans.
     let mut pids = main_pids();
-    let (child, stdout, stderr) =
-        crate::launch::spawn(&prepared, &setup, init).map_err(|(step, source)| Error::Spawn {
-            program: spec.program.clone(),
-            step: step.name(),
-            source,
-        })?;
+    let (child, pipes) = crate::launch::spawn(
+        &prepared,
+        &setup,
+        init,
+        slave.as_ref().map(AsRawFd::as_raw_fd),
+    )
+    .map_err(|(step, source)| Error::Spawn {
+        program: spec.program.clone(),
+        step: step.name(),
+        source,
+    })?;
     pids.get_or_insert_with(HashSet::new).insert(child.pid());
     drop(pids);
-    drop((procs_files, job_binds));
+    // The job holds its end of the terminal now: the master reads end-of-file once the job's
+    // last process closed it.
+    drop((procs_files, job_binds, slave, devpts));
     let job_netns = match (pooled, net) {
         (Some(fd), _) => Some(fd),
         (None, NetSetup::New) if reuse_netns => netns::of_child(child.pid()),
@@ -447,8 +482,8 @@ fn spawn_in(
     }
     Ok(Started {
         main: child,
-        stdout,
-        stderr,
+        pipes,
+        terminal,
         netns: job_netns,
         mntns,
     })

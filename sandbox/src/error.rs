@@ -58,6 +58,12 @@ pub enum Error {
         /// The underlying error.
         source: io::Error,
     },
+    /// Making the job's pseudo-terminal (see [`crate::Spec::terminal`]) failed.
+    #[error("pseudo-terminal: {source}")]
+    Terminal {
+        /// The underlying error.
+        source: io::Error,
+    },
     /// A workspace operation (mount, chown, unmount, delete) failed.
     #[error("workspace {op} {}: {source}", path.display())]
     Workspace {

@@ -32,6 +32,11 @@ const DEVICES: [&str; 5] = [
 /// writes on the sources of the read-write binds (bind mounts share their inodes).
 /// Otherwise `spec.read_only_paths` and `spec.read_write_paths`.
 ///
+/// With a terminal (`terminal`: the job's devpts instance, or the slave itself when it is
+/// the host's), file rights (read, write, ioctl) on it and on `/dev/tty`, so the job can
+/// reopen its own terminal (`/dev/stdout`, `/dev/tty`) and, on its own instance, open more;
+/// nothing else on a devpts is reachable.
+///
 /// With `strict`, every requested right must be supported (`HardRequirement`), otherwise the
 /// build fails here in the parent instead of silently weakening in the child.
 pub(crate) fn build(
@@ -39,6 +44,7 @@ pub(crate) fn build(
     spec: &Spec,
     strict: bool,
     root: Option<&OwnedFd>,
+    terminal: Option<&OwnedFd>,
 ) -> Result<RulesetCreated> {
     let level = if strict {
         CompatLevel::HardRequirement
@@ -72,5 +78,11 @@ pub(crate) fn build(
                 AccessFs::from_all(abi),
             ))?,
     };
-    Ok(created.add_rules(path_beneath_rules(DEVICES, AccessFs::from_file(abi)))?)
+    let created = created.add_rules(path_beneath_rules(DEVICES, AccessFs::from_file(abi)))?;
+    Ok(match terminal {
+        Some(fd) => created
+            .add_rule(PathBeneath::new(fd, AccessFs::from_file(abi)))?
+            .add_rules(path_beneath_rules(["/dev/tty"], AccessFs::from_file(abi)))?,
+        None => created,
+    })
 }

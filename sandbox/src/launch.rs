@@ -141,31 +141,44 @@ pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-/// Starts the child: stdin `/dev/null`, stdout and stderr piped, `setup` applied, then
-/// `exec` (of the program, or of the init in a new PID namespace when `setup.mounts` is set
-/// and `status` is the read end of the pipe whose write end is `setup.status_fd`). Returns
-/// the process and the read ends of its pipes, or the step that failed. Must run inside a
-/// tokio runtime (the pidfd and pipes are registered with it).
+/// The read ends of a job's stdout and stderr pipes.
+pub(crate) type Pipes = (ChildStdout, ChildStderr);
+
+/// Starts the child: stdin `/dev/null`, stdout and stderr piped, or both on `terminal`
+/// (the slave of the job's pseudo-terminal, which `setup.ctty` makes its controlling
+/// terminal), `setup` applied, then `exec` (of the program, or of the init in a new PID
+/// namespace when `setup.mounts` is set and `status` is the read end of the pipe whose write
+/// end is `setup.status_fd`). Returns the process and the read ends of its pipes (none with
+/// a terminal), or the step that failed. Must run inside a tokio runtime (the pidfd and
+/// pipes are registered with it).
 pub(crate) fn spawn(
     prep: &Prepared,
     setup: &ChildSetup,
     init: Option<InitLaunch>,
-) -> Result<(MainProcess, ChildStdout, ChildStderr), (Step, io::Error)> {
+    terminal: Option<RawFd>,
+) -> Result<(MainProcess, Option<Pipes>), (Step, io::Error)> {
     let fork_err = |e| (Step::Fork, e);
     let (init_fd, status_rx, status_tx) = match init {
         Some(i) => (Some(i.program), Some(i.status_rx), Some(i.status_tx)),
         None => (None, None, None),
     };
     let devnull = std::fs::File::open("/dev/null").map_err(fork_err)?;
-    let (out_r, out_w) = pipe().map_err(fork_err)?;
-    let (err_r, err_w) = pipe().map_err(fork_err)?;
+    let pipes = match terminal {
+        Some(_) => None,
+        None => Some((pipe().map_err(fork_err)?, pipe().map_err(fork_err)?)),
+    };
+    let (stdout, stderr) = match (&pipes, terminal) {
+        (Some(((_, out_w), (_, err_w))), _) => (out_w.as_raw_fd(), err_w.as_raw_fd()),
+        (None, Some(slave)) => (slave, slave),
+        (None, None) => unreachable!("pipes are made when there is no terminal"),
+    };
     let ctx = ChildCtx {
         setup,
         prep,
         init_fd,
         stdin: devnull.as_raw_fd(),
-        stdout: out_w.as_raw_fd(),
-        stderr: err_w.as_raw_fd(),
+        stdout,
+        stderr,
     };
     let mut stack: Vec<u8> = Vec::with_capacity(CHILD_STACK);
     // The stack grows down from its 16-byte aligned top.
@@ -202,7 +215,11 @@ pub(crate) fn spawn(
     drop(stack);
     // Our copy of the status channel's write end goes now: the channel ends (EOF) when the
     // init does.
-    drop((out_w, err_w, devnull, status_tx));
+    let pipes = pipes.map(|((out_r, out_w), (err_r, err_w))| {
+        drop((out_w, err_w));
+        (out_r, err_r)
+    });
+    drop((devnull, status_tx));
     // SAFETY: CLONE_PIDFD stored a new close-on-exec pidfd that nobody else owns.
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
     if let Some(errno) = setup.step.errno() {
@@ -241,16 +258,21 @@ pub(crate) fn spawn(
             }),
             None => None,
         };
-        let stdout = ChildStdout::from_std(std::process::ChildStdout::from(out_r))?;
-        let stderr = ChildStderr::from_std(std::process::ChildStderr::from(err_r))?;
+        let pipes = match pipes {
+            Some((out_r, err_r)) => Some((
+                ChildStdout::from_std(std::process::ChildStdout::from(out_r))?,
+                ChildStderr::from_std(std::process::ChildStderr::from(err_r))?,
+            )),
+            None => None,
+        };
         // SAFETY: the AsyncFd owns the pidfd, so it stays open and the same for its lifetime.
         let pidfd =
             unsafe { AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE) }
                 .map_err(io::Error::from)?;
-        Ok((stdout, stderr, pidfd, init))
+        Ok((pipes, pidfd, init))
     };
     match finish() {
-        Ok((stdout, stderr, pidfd, init)) => Ok((
+        Ok((pipes, pidfd, init)) => Ok((
             MainProcess {
                 pid,
                 pidfd,
@@ -258,8 +280,7 @@ pub(crate) fn spawn(
                 init,
                 reaped: false,
             },
-            stdout,
-            stderr,
+            pipes,
         )),
         Err(e) => {
             // SAFETY: kill and reap our own unreaped child (nobody else waits for it).

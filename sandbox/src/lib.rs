@@ -2,22 +2,25 @@
 //!
 //! The sandbox knows nothing about jobs, hubs or networks: it takes a [`Spec`] (argv, cwd,
 //! environment, [`Limits`], filesystem policy, network on/off, uid/gid, [`Mode`]) and
-//! returns a [`Child`] with stdout/stderr pipes. [`Child::wait`] enforces the wall timeout,
+//! returns a [`Child`] with stdout/stderr pipes, or with [`Spec::terminal`] the master of
+//! its pseudo-terminal. [`Child::wait`] enforces the wall timeout,
 //! kills the *whole* job cgroup once the main process ends, reaps everything, and returns a
 //! [`Report`] (exit code or signal, OOM, timeout, wall and CPU time, peak memory, layers).
 //!
 //! # Layers, in the order they are applied in the child (between `clone` and `exec`)
 //! 1. join the job cgroup (memory, pids, cpu; v1 or v2) by writing `0` to `cgroup.procs`
 //!    files opened by the parent (so no fork can escape the limits);
-//! 2. `setsid` (new session, no controlling tty);
+//! 2. `setsid` (new session, no controlling tty), then with [`Spec::terminal`] `TIOCSCTTY`
+//!    on the job's pseudo-terminal (its controlling terminal);
 //! 3. a private network namespace when `spec.network` is false (only a down `lo`):
 //!    `unshare(CLONE_NEWNET)`, or `setns` into an idle one an earlier job left once its
 //!    cgroup was empty (strict mode with landlock scopes only; the `netns` module says why
 //!    that is safe);
 //! 4. new IPC and UTS namespaces;
 //! 5. with a [`Root`]: the job's mount namespace (a copy of the root's template, see the
-//!    `root` module), its read-write binds, a `/proc` of its PID namespace (the child was
-//!    cloned into a new one), and the working directory;
+//!    `root` module), its read-write binds, its devpts instance at `/dev/pts` when it has a
+//!    terminal, a `/proc` of its PID namespace (the child was cloned into a new one), and the
+//!    working directory;
 //! 6. drop to `spec.run_as` (`setgroups`, `setresgid`, `setresuid`);
 //! 7. `PR_SET_PDEATHSIG(SIGKILL)` (after the uid drop, which clears it) plus a check that the
 //!    caller is still alive (`getppid`, or a pidfd of it in a new PID namespace);
@@ -53,7 +56,7 @@
 //! `waitpid(-1)`, so other children of the caller are left alone.
 //!
 //! # What the caller must know
-//! - Read a [`Child`]'s pipes concurrently with [`Child::wait`].
+//! - Read a [`Child`]'s pipes (or terminal) concurrently with [`Child::wait`].
 //! - Call [`spawn`] from a long-lived thread (a runtime worker): `PR_SET_PDEATHSIG` fires
 //!   when the spawning *thread* exits.
 //! - Give every concurrent job its own `run_as` uid. Without a [`Root`], every ancestor of a
@@ -72,6 +75,7 @@ mod init;
 mod launch;
 mod netns;
 mod preexec;
+mod pty;
 mod root;
 mod seccomp;
 mod workspace;
@@ -82,6 +86,7 @@ use std::time::Duration;
 pub use caps::{Capabilities, CgroupVersion, LANDLOCK_ABI_MAX_ENV, probe, set_cgroup_parent};
 pub use child::{Child, Report, spawn};
 pub use error::{Error, Result};
+pub use pty::{MAX_PTYS, Terminal, TerminalSize};
 pub use root::{Bind, Root};
 pub use workspace::Workspace;
 
@@ -200,6 +205,13 @@ pub struct Spec {
     /// writes on the read-write binds, instead of `read_only_paths` and `read_write_paths`.
     /// `None`: the host's tree, behind landlock.
     pub root: Option<Root>,
+    /// Run the command in a pseudo-terminal of this size (see the `pty` module): stdout and
+    /// stderr are the terminal, which is also the job's controlling terminal, and reach the
+    /// caller as one ordered stream ([`Child::terminal`]); stdin stays `/dev/null`. On a
+    /// devpts instance of the job's own (at `/dev/pts` in a [`Root`]). `None`: stdout and
+    /// stderr on pipes of their own ([`Child::stdout`], [`Child::stderr`]). The environment
+    /// (`TERM`, `COLUMNS`, `LINES`) is the caller's to set.
+    pub terminal: Option<TerminalSize>,
 }
 
 impl std::fmt::Debug for Spec {
@@ -221,6 +233,7 @@ impl std::fmt::Debug for Spec {
             .field("mode", &self.mode)
             .field("cgroup_group", &self.cgroup_group)
             .field("root", &self.root)
+            .field("terminal", &self.terminal)
             .finish()
     }
 }
@@ -243,6 +256,7 @@ impl Spec {
             mode: Mode::Strict,
             cgroup_group: None,
             root: None,
+            terminal: None,
         }
     }
 

@@ -21,6 +21,7 @@ pub(crate) enum Step {
     Fork = 0,
     JoinCgroup,
     Setsid,
+    ControllingTerminal,
     UnshareNet,
     UnshareIpc,
     MountNs,
@@ -35,10 +36,11 @@ pub(crate) enum Step {
 }
 
 impl Step {
-    const ALL: [Step; 14] = [
+    const ALL: [Step; 15] = [
         Step::Fork,
         Step::JoinCgroup,
         Step::Setsid,
+        Step::ControllingTerminal,
         Step::UnshareNet,
         Step::UnshareIpc,
         Step::MountNs,
@@ -58,6 +60,7 @@ impl Step {
             Step::Fork => "fork",
             Step::JoinCgroup => "join cgroup",
             Step::Setsid => "setsid",
+            Step::ControllingTerminal => "controlling terminal",
             Step::UnshareNet => "unshare network namespace",
             Step::UnshareIpc => "unshare IPC and UTS namespaces",
             Step::MountNs => "private root (mount namespace, /proc, working directory)",
@@ -169,6 +172,8 @@ pub(crate) enum ParentCheck {
 pub(crate) struct ChildSetup {
     /// `cgroup.procs` files (kept open by the parent until `spawn` returns).
     pub(crate) cgroup_fds: Vec<RawFd>,
+    /// Make stdout (the job's pseudo-terminal) the controlling terminal of the new session.
+    pub(crate) ctty: bool,
     /// Which network namespace the job gets.
     pub(crate) netns: NetSetup,
     /// New IPC and UTS namespaces for the job.
@@ -221,6 +226,14 @@ impl ChildSetup {
         self.step.set(Step::Setsid);
         // SAFETY: setsid has no memory arguments.
         check(unsafe { libc::setsid() }.into())?;
+
+        if self.ctty {
+            self.step.set(Step::ControllingTerminal);
+            // The session leader (the job's init, or its program) takes its terminal: the
+            // job then runs in the terminal's foreground process group, and `/dev/tty` is it.
+            // SAFETY: an ioctl with an integer argument on descriptor 1 (the pty slave).
+            check(unsafe { libc::ioctl(1, libc::TIOCSCTTY, 0) }.into())?;
+        }
 
         match self.netns {
             NetSetup::Host => {}

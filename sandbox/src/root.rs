@@ -11,7 +11,9 @@
 //!   merged-`/usr` system) becomes the same symlink; a missing source is skipped;
 //! - `/dev`: its own tmpfs holding bind mounts of the host's `null`, `zero`, `full`,
 //!   `random`, `urandom` and `tty` nodes, the `fd`, `stdin`, `stdout` and `stderr` links
-//!   into `/proc/self/fd`, and `shm`; then read-only (`nosuid`, `noexec`);
+//!   into `/proc/self/fd`, `shm`, and `pts` with the `ptmx` link into it (a job with a
+//!   terminal gets its own devpts instance there, see the `pty` module); then read-only
+//!   (`nosuid`, `noexec`);
 //! - empty mount points for `/proc` and for every read-write bind of the layout.
 //!
 //! The host tree is then detached (`umount2(MNT_DETACH)`) and the root tmpfs made
@@ -22,7 +24,8 @@
 //! # Per job (in the cloned child, raw system calls only)
 //! `setns` into the template, `unshare(CLONE_NEWNS)` (a private copy of its dozen mounts),
 //! `move_mount` of each read-write bind, detached trees the parent cloned with
-//! `open_tree(OPEN_TREE_CLONE)` before the clone (the child never needs a host path), a new
+//! `open_tree(OPEN_TREE_CLONE)` before the clone (the child never needs a host path), and of
+//! the job's devpts instance when it has a terminal, a new
 //! `/proc` for the job's PID namespace (`hidepid=invisible`, `nosuid,nodev,noexec`), and
 //! `chdir` to the job's working directory. The job's mount namespace dies with its last
 //! process. No directory is created or removed per job.
@@ -100,7 +103,8 @@ impl Root {
         }
     }
 
-    /// Checks the layout: absolute paths, no `..`, no bind over `/`, `/proc` or `/dev`.
+    /// Checks the layout: absolute paths, no `..`, no bind over `/`, `/proc`, `/dev` or
+    /// `/dev/pts`.
     pub(crate) fn validate(&self) -> Result<()> {
         for b in self.read_only.iter().chain(&self.read_write) {
             let ok = |p: &Path| {
@@ -116,7 +120,11 @@ impl Root {
                 )));
             }
             let t = relative(&b.target);
-            if t.as_os_str().is_empty() || t == Path::new("proc") || t == Path::new("dev") {
+            if t.as_os_str().is_empty()
+                || t == Path::new("proc")
+                || t == Path::new("dev")
+                || t == Path::new("dev/pts")
+            {
                 return Err(Error::InvalidSpec(format!(
                     "root bind target {} is reserved",
                     b.target.display()
@@ -190,8 +198,9 @@ fn relative(p: &Path) -> PathBuf {
 
 const OLD: &str = "oldroot";
 const DEV_NODES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
-const DEV_LINKS: [(&str, &str); 4] = [
+const DEV_LINKS: [(&str, &str); 5] = [
     ("fd", "/proc/self/fd"),
+    ("ptmx", "pts/ptmx"),
     ("stdin", "/proc/self/fd/0"),
     ("stdout", "/proc/self/fd/1"),
     ("stderr", "/proc/self/fd/2"),
@@ -408,6 +417,11 @@ fn build_dev(old: &Path) -> Result<()> {
         .mode(0o755)
         .create("/dev/shm")
         .map_err(step("create /dev/shm"))?;
+    // Where a job with a terminal gets its devpts instance (empty for the others).
+    fs::DirBuilder::new()
+        .mode(0o755)
+        .create("/dev/pts")
+        .map_err(step("create /dev/pts"))?;
     Ok(())
 }
 

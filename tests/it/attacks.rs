@@ -246,6 +246,12 @@ fn s<'a>(v: &'a Value, k: &str) -> &'a str {
     v[k].as_str().unwrap_or("")
 }
 
+/// Everything the job printed: in its terminal (the default) stderr comes in the same
+/// stream as stdout.
+fn printed(v: &Value) -> String {
+    format!("{}{}", s(v, "stdout"), s(v, "stderr"))
+}
+
 /// Asserts a job ended with `status` (and `failure` when given), printing the document
 /// otherwise.
 #[track_caller]
@@ -372,11 +378,9 @@ async fn secrets_other_jobs_and_the_agent_are_out_of_reach() {
 
     let v = &r["shadow"];
     assert_end("shadow", v, "failed", Some("exit_code"));
-    assert!(
-        s(v, "stderr").contains("Permission denied"),
-        "shadow: {v:#}"
-    );
-    assert_eq!(s(v, "stdout"), "", "shadow leaked: {v:#}");
+    assert!(printed(v).contains("Permission denied"), "shadow: {v:#}");
+    // Only cat's complaint was printed (in the job's terminal, on the one stream).
+    assert_eq!(printed(v).lines().count(), 1, "shadow leaked: {v:#}");
 
     let v = &r["victim dir"];
     assert_end("victim dir", v, "completed", None);
@@ -410,12 +414,13 @@ async fn secrets_other_jobs_and_the_agent_are_out_of_reach() {
     let v = &r["agent cmdline"];
     assert_end("agent cmdline", v, "completed", None);
     assert!(!s(v, "stdout").contains(" agent "), "cmdline read: {v:#}");
-    assert!(s(v, "stderr").contains("No such file"), "{v:#}");
+    assert!(printed(v).contains("No such file"), "{v:#}");
 
     let v = &r["env"];
     assert_end("env", v, "completed", None);
     let allowed = [
-        "PATH", "HOME", "TMPDIR", "LANG", "PWD", "SHLVL", "_", "OLDPWD",
+        "PATH", "HOME", "TMPDIR", "LANG", "PWD", "SHLVL", "_", "OLDPWD", "CI", "TERM", "COLUMNS",
+        "LINES",
     ];
     for line in s(v, "stdout").lines() {
         let name = line.split('=').next().unwrap_or("");
@@ -619,7 +624,7 @@ async fn fork_and_memory_bombs_cpu_spin_and_sleep_are_contained() {
     let v = rig.hub.wait_done(&rig.admin, &fork).await;
     assert_eq!(s(&v, "status"), "failed", "fork bomb: {v:#}");
     assert!(
-        s(&v, "stderr").contains("fork"),
+        printed(&v).contains("fork"),
         "fork bomb: the pids limit should have refused forks: {v:#}"
     );
 
@@ -721,7 +726,7 @@ async fn disk_fills_and_output_floods_are_capped() {
         "small files: {v:#}"
     );
     assert!(
-        s(v, "stderr").contains("No space left on device") || s(v, "failure") == "oom",
+        printed(v).contains("No space left on device") || s(v, "failure") == "oom",
         "small files: {v:#}"
     );
     let grew = host_avail.saturating_sub(avail_kib(rig.dir.path()));
@@ -879,17 +884,20 @@ async fn network_tty_setuid_and_inherited_fds_give_nothing() {
     );
     let tty = "python3 - <<'EOF'\n\
         import fcntl, os, termios\n\
+        fds = [0, 1, 2]\n\
         try:\n\
-        \x20   os.open('/dev/tty', os.O_RDWR)\n\
-        \x20   print('LEAK tty')\n\
+        \x20   tty = os.open('/dev/tty', os.O_RDWR)\n\
+        \x20   fds.append(tty)\n\
+        \x20   os.write(tty, b'own-terminal\\n')\n\
+        \x20   print('DENIED tty')\n\
         except OSError:\n\
         \x20   print('DENIED tty')\n\
-        for fd in (0, 1, 2):\n\
+        for i, fd in enumerate(fds):\n\
         \x20   try:\n\
         \x20       fcntl.ioctl(fd, termios.TIOCSTI, b'x')\n\
-        \x20       print('LEAK tiocsti', fd)\n\
+        \x20       print('LEAK tiocsti', i)\n\
         \x20   except OSError:\n\
-        \x20       print('DENIED tiocsti-%d' % fd)\n\
+        \x20       print('DENIED tiocsti-%d' % i)\n\
         EOF\n"
         .to_owned();
     let setuid = format!(
@@ -929,7 +937,15 @@ async fn network_tty_setuid_and_inherited_fds_give_nothing() {
 
     let v = &r["tty"];
     assert_end("tty", v, "completed", None);
-    assert_denied("tty", v, &["tty", "tiocsti-0", "tiocsti-1", "tiocsti-2"]);
+    // `/dev/tty` is at most the job's own terminal (it runs in one by default), and
+    // nothing can be typed into any terminal it holds.
+    assert_denied(
+        "tty",
+        v,
+        &["tty", "tiocsti-0", "tiocsti-1", "tiocsti-2", "tiocsti-3"],
+    );
+    // What it wrote to `/dev/tty` landed in its own log.
+    assert!(s(v, "stdout").lines().any(|l| l == "own-terminal"), "{v:#}");
 
     let v = &r["setuid"];
     assert_end("setuid", v, "completed", None);
@@ -1355,7 +1371,7 @@ async fn a_job_sees_only_its_own_processes_and_root() {
     assert_eq!(line("pwd"), "/workspace home /workspace tmpdir /tmp");
     assert_eq!(
         line("dev"),
-        "fd full null random shm stderr stdin stdout tty urandom zero"
+        "fd full null ptmx pts random shm stderr stdin stdout tty urandom zero"
     );
     for ok in ["sh-runs", "python-runs", "orphan-started"] {
         assert!(out.lines().any(|l| l == ok), "{ok}: {v:#}");

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use cmdx_e2e::{FakeAgent, HubProc, WAIT, cmdx_bin, wait_for};
 use cmdx_proto::agent::{AgentMsg, Assignment, Finished, HubMsg, JobRef, OutputChunk, Started};
-use cmdx_proto::{FailureKind, Outcome, StreamKind};
+use cmdx_proto::{FailureKind, Outcome, StreamKind, WindowSize};
 use serde_json::{Value, json};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
@@ -258,6 +258,18 @@ fn write(dir: &Path, rel: &str, content: &[u8]) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_no_tty_asks_for_pipes() {
+    let (hub, user, mut agent) = setup("pipes@test.local").await;
+    let cli = CliEnv::new(&hub, &user);
+    let child = cli.spawn(&["submit", "--no-tty", "--", "echo out"]);
+    let (run, asg) = Run::start(&mut agent).await;
+    assert_eq!(asg.tty, None);
+    run.finish(exited(0)).await;
+    let out = finish(child).await;
+    assert_eq!(out.code(), 0, "stderr: {}", out.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn submit_relays_stdout_stderr_and_exit_code_byte_for_byte() {
     let (hub, user, mut agent) = setup("relay@test.local").await;
     let cli = CliEnv::new(&hub, &user);
@@ -278,6 +290,8 @@ async fn submit_relays_stdout_stderr_and_exit_code_byte_for_byte() {
     ]);
     let (mut run, asg) = Run::start(&mut agent).await;
     assert_eq!(asg.command, "echo out; echo err >&2; exit 7");
+    // A terminal by default; the CLI's stdout is a pipe here, so it sends no size.
+    assert_eq!(asg.tty, Some(WindowSize::DEFAULT));
     assert_eq!(
         asg.env.get("GREETING").map(String::as_str),
         Some("hi=there")

@@ -33,6 +33,7 @@ mod legacy;
 mod ops;
 mod original_worker;
 mod packaging;
+mod pty;
 mod ratelimit;
 mod relay;
 mod security;

@@ -414,6 +414,7 @@ pub fn assignment(job_id: &str, command: &str) -> Assignment {
         artifacts: Vec::new(),
         artifact_max_bytes: None,
         artifact_max_files: None,
+        tty: None,
     }
 }
 

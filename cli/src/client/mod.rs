@@ -162,6 +162,11 @@ pub struct SubmitArgs {
     /// a symlink on the way is still refused).
     #[arg(long, requires = "download")]
     pub force: bool,
+    /// Run the command with stdout and stderr on pipes of their own instead of in a
+    /// pseudo-terminal (the default, which gets this terminal's size when the output is
+    /// followed here, 80x24 otherwise).
+    #[arg(long)]
+    pub no_tty: bool,
     /// The shell command (after `--`), run as `sh -c` in the job folder.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use cmdx_proto::rest::{CancelRequest, FileView, JobView, SubmitRequest, SubmitResponse};
-use cmdx_proto::{FailureKind, JobStatus};
+use cmdx_proto::{FailureKind, JobStatus, WindowSize};
 use futures_util::StreamExt;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -77,6 +77,12 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<i32> {
         tags: args.tags.clone(),
         env: args.env.iter().cloned().collect::<BTreeMap<_, _>>(),
         artifacts: args.artifacts.clone(),
+        tty: args.no_tty.then_some(false),
+        tty_size: if args.no_tty || args.detach || args.json {
+            None
+        } else {
+            window_size()
+        },
         ..Default::default()
     };
     let resp: SubmitResponse = api
@@ -148,6 +154,14 @@ pub async fn wait_for(api: &Api, id: &str, tags: &[String], wait: &Wait) -> anyh
         Some(end) => ended(api, id, &end, download, &progress).await,
         None => Ok(EXIT_CANCELLED),
     }
+}
+
+/// The size of the terminal the job's output is followed in (stdout), for the job's own
+/// terminal; `None` when stdout is no terminal or its size is unknown or out of range.
+fn window_size() -> Option<WindowSize> {
+    let (rows, cols) = console::Term::stdout().size_checked()?;
+    let size = WindowSize { cols, rows };
+    size.is_valid().then_some(size)
 }
 
 /// The exit code for how job `id` ended, after downloading its artifacts into `download` (the

@@ -119,6 +119,10 @@ pub(crate) fn assignment(job: &JobRecord, config: &crate::config::HubConfig) -> 
         artifacts: job.artifact_globs.clone(),
         artifact_max_bytes: wants_artifacts.then_some(config.max_artifact_bytes),
         artifact_max_files: wants_artifacts.then_some(config.max_artifact_files),
+        tty: job.tty.map(|t| cmdx_proto::WindowSize {
+            cols: t.cols,
+            rows: t.rows,
+        }),
     }
 }
 

@@ -4,7 +4,7 @@
 
 use cmdx_proto::{FailureKind, JobStatus, Outcome};
 
-use crate::store::{AttemptRecord, FileRef, JobRecord, OutputMeta};
+use crate::store::{AttemptRecord, FileRef, JobRecord, OutputMeta, TtyRecord};
 
 /// Most refusals before a job fails: nobody wants it.
 pub const MAX_REJECTIONS: u32 = 100;
@@ -32,6 +32,8 @@ pub struct NewJob {
     pub legacy: bool,
     /// Artifact globs, checked.
     pub artifact_globs: Vec<String>,
+    /// The job's pseudo-terminal; `None`: pipes.
+    pub tty: Option<TtyRecord>,
 }
 
 impl JobRecord {
@@ -66,6 +68,7 @@ impl JobRecord {
             rejections: 0,
             artifact_globs: new.artifact_globs,
             artifacts: None,
+            tty: new.tty,
         }
     }
 

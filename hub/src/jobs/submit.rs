@@ -3,13 +3,14 @@
 
 use std::sync::atomic::Ordering;
 
+use cmdx_proto::WindowSize;
 use cmdx_proto::rest::SubmitRequest;
 
 use super::record::NewJob;
 use super::{LifecycleError, LifecycleResult};
 use crate::Hub;
 use crate::auth::Caller;
-use crate::store::{FileRef, JobRecord, new_id, now_ms};
+use crate::store::{FileRef, JobRecord, TtyRecord, new_id, now_ms};
 
 /// Accepts a submission; returns the job id once it is durable.
 pub async fn submit(hub: &Hub, caller: &Caller, req: SubmitRequest) -> LifecycleResult<String> {
@@ -40,6 +41,12 @@ pub async fn rerun(hub: &Hub, caller: &Caller, job_id: &str) -> LifecycleResult<
         env: old.env,
         max_attempts: Some(old.max_attempts),
         artifacts: old.artifact_globs,
+        // The same terminal (or pipes) as the first run.
+        tty: Some(old.tty.is_some()),
+        tty_size: old.tty.map(|t| cmdx_proto::WindowSize {
+            cols: t.cols,
+            rows: t.rows,
+        }),
     };
     accept(hub, caller, req, old.legacy).await
 }
@@ -90,6 +97,7 @@ async fn accept(
             "env: at most 128 variables, names without '=' or NUL",
         ));
     }
+    let tty = terminal(&req, legacy)?;
     let artifact_globs =
         crate::artifacts::validate_globs(&req.artifacts).map_err(LifecycleError::Invalid)?;
     let file_id =
@@ -132,6 +140,7 @@ async fn accept(
         max_attempts,
         legacy,
         artifact_globs,
+        tty,
     };
     let job = JobRecord::queued(new, seq, now_ms());
     hub.store.insert_job(&job).await?;
@@ -148,6 +157,32 @@ async fn accept(
     Ok(job.id)
 }
 
+/// The job's pseudo-terminal: by default one of the size asked for (80x24 without one),
+/// none with `tty: false`. Jobs from the legacy routes keep the pipes the original workers
+/// gave them.
+fn terminal(req: &SubmitRequest, legacy: bool) -> LifecycleResult<Option<TtyRecord>> {
+    if legacy {
+        return Ok(None);
+    }
+    match (req.tty, req.tty_size) {
+        (Some(false), Some(_)) => Err(invalid("ttySize needs a terminal (tty is false)")),
+        (Some(false), None) => Ok(None),
+        (_, size) => {
+            let size = size.unwrap_or(WindowSize::DEFAULT);
+            if !size.is_valid() {
+                return Err(invalid(format!(
+                    "ttySize: cols and rows must be between 1 and {}",
+                    WindowSize::MAX_SIDE
+                )));
+            }
+            Ok(Some(TtyRecord {
+                cols: size.cols,
+                rows: size.rows,
+            }))
+        }
+    }
+}
+
 fn sorted_tags(tags: &[String]) -> Vec<String> {
     let mut t: Vec<String> = tags
         .iter()
@@ -161,4 +196,74 @@ fn sorted_tags(tags: &[String]) -> Vec<String> {
 
 fn invalid(message: impl Into<String>) -> LifecycleError {
     LifecycleError::Invalid(message.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jobs::testkit::{Kit, owner};
+
+    fn req(tty: Option<bool>, tty_size: Option<WindowSize>) -> SubmitRequest {
+        SubmitRequest {
+            command: "true".into(),
+            tty,
+            tty_size,
+            ..SubmitRequest::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn jobs_get_a_terminal_unless_they_ask_for_pipes_or_come_from_a_legacy_route() {
+        let kit = Kit::open(|_| {}).await;
+        let hub = &kit.hub;
+        let caller = owner();
+        let default = submit(hub, &caller, req(None, None)).await.expect("submit");
+        assert_eq!(
+            kit.record(&default).await.tty,
+            Some(TtyRecord { cols: 80, rows: 24 })
+        );
+        let size = WindowSize {
+            cols: 132,
+            rows: 50,
+        };
+        let sized = submit(hub, &caller, req(Some(true), Some(size)))
+            .await
+            .expect("submit");
+        assert_eq!(
+            kit.record(&sized).await.tty,
+            Some(TtyRecord {
+                cols: 132,
+                rows: 50
+            })
+        );
+        let pipes = submit(hub, &caller, req(Some(false), None))
+            .await
+            .expect("submit");
+        assert_eq!(kit.record(&pipes).await.tty, None);
+        let legacy = submit_legacy(hub, &caller, req(None, None))
+            .await
+            .expect("submit");
+        assert_eq!(
+            kit.record(&legacy).await.tty,
+            None,
+            "legacy jobs keep pipes"
+        );
+        for bad in [
+            req(Some(false), Some(size)),
+            req(None, Some(WindowSize { cols: 0, rows: 24 })),
+            req(
+                None,
+                Some(WindowSize {
+                    cols: 80,
+                    rows: 1001,
+                }),
+            ),
+        ] {
+            assert!(matches!(
+                submit(hub, &caller, bad).await,
+                Err(LifecycleError::Invalid(_))
+            ));
+        }
+        kit.shutdown().await;
+    }
 }

@@ -161,7 +161,8 @@ async fn settle() {
     }
 }
 
-fn owner() -> Caller {
+/// The user every kit job belongs to.
+pub(crate) fn owner() -> Caller {
     Caller {
         user_id: "kit-user".into(),
         email: "kit@test.local".into(),

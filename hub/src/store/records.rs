@@ -95,6 +95,19 @@ pub struct JobRecord {
     /// The artifacts stored for an attempt (only the current attempt's are shown).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub artifacts: Option<ArtifactsRecord>,
+    /// The pseudo-terminal the job runs in; `None`: stdout and stderr on pipes. Records
+    /// written before jobs had terminals load as `None`, the pipes they were submitted with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tty: Option<TtyRecord>,
+}
+
+/// The size of a job's pseudo-terminal, in character cells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TtyRecord {
+    /// Columns.
+    pub cols: u16,
+    /// Rows.
+    pub rows: u16,
 }
 
 impl JobRecord {
@@ -424,6 +437,7 @@ mod tests {
         let j: JobRecord = serde_json::from_str(job).expect("v1 job loads");
         assert_eq!(j.rejections, 0);
         assert_eq!(j.status, cmdx_proto::JobStatus::Completed);
+        assert_eq!(j.tty, None, "an old job keeps its pipes");
         let file = r#"{"v":1,"id":"f1","owner":"u1","filename":"a.zip","size":3,
             "sha256":"ab","created_ms":5}"#;
         let f: FileRecord = serde_json::from_str(file).expect("v1 file loads");

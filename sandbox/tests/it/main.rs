@@ -7,6 +7,7 @@ mod fs;
 mod limits;
 mod net;
 mod procs;
+mod pty;
 mod root;
 
 use std::os::unix::fs::PermissionsExt;

@@ -57,8 +57,8 @@ async fn a_job_sees_its_own_processes_and_root_only() {
     assert_eq!(
         dev,
         [
-            "fd", "full", "null", "random", "shm", "stderr", "stdin", "stdout", "tty", "urandom",
-            "zero"
+            "fd", "full", "null", "ptmx", "pts", "random", "shm", "stderr", "stdin", "stdout",
+            "tty", "urandom", "zero"
         ],
         "{o:?}"
     );
