@@ -373,11 +373,19 @@ impl HubProc {
 
     /// Waits until the job has `status`.
     pub async fn wait_status(&self, token: &str, id: &str, status: &str) -> Value {
-        wait_for(&format!("job {id} to be {status}"), || async {
+        let start = Instant::now();
+        loop {
             let v = self.job(token, id).await;
-            (v["status"] == status).then_some(v)
-        })
-        .await
+            if v["status"] == status {
+                return v;
+            }
+            // The job's last state says why, when it never gets there.
+            assert!(
+                start.elapsed() < WAIT,
+                "timed out after {WAIT:?} waiting for job {id} to be {status}; it is: {v}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 

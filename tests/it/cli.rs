@@ -1012,6 +1012,8 @@ async fn real_jobs_on_cmdx_dev() {
         .run(&[
             "submit",
             dir,
+            // Pipes: stdout and stderr arrive apart (a terminal, the default, has one stream).
+            "--no-tty",
             "--",
             "cat data.txt; test ! -e junk.txt; echo out; echo err >&2; exit 7",
         ])

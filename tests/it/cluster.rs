@@ -26,7 +26,7 @@ async fn a_hub_on_postgres_keeps_everything_in_the_database() {
     let wt = hub.worker_token(&admin).await;
     let user = hub.user(&admin, "alice@test.local").await;
     let work = traversable_tempdir();
-    let mut agent = AgentProc::start(&hub, &wt, "pg-agent", &work.path().join("a"), 51_000).await;
+    let mut agent = AgentProc::start(&hub, &wt, "pg-agent", &work.path().join("a"), 60_000).await;
     let id = hub
         .submit(
             &user,
@@ -85,7 +85,7 @@ async fn two_hubs_on_one_database_share_credentials_queue_and_control() {
     // A worker token minted on A enrols an agent on B.
     let wt = a.worker_token(&admin_a).await;
     let work = traversable_tempdir();
-    let mut agent = AgentProc::start(&b, &wt, "on-b", &work.path().join("b"), 52_000).await;
+    let mut agent = AgentProc::start(&b, &wt, "on-b", &work.path().join("b"), 60_100).await;
     let id = a.submit(&alice, json!({"command": "echo from a"})).await;
     let done = b.wait_status(&alice_on_b, &id, "completed").await;
     assert_eq!(done["exitCode"], 0, "{done}");
@@ -241,7 +241,7 @@ async fn a_killed_hub_loses_nothing_its_agent_resumes_on_another() {
         &wt,
         "mover",
         &work.path().join("m"),
-        54_000,
+        60_200,
     )
     .await;
     let admin_a = a.admin().await;
@@ -309,7 +309,7 @@ async fn a_job_whose_hub_and_agent_both_died_is_requeued_by_a_live_hub() {
     let admin = b.admin().await;
     let wt = b.worker_token(&admin).await;
     let work = traversable_tempdir();
-    let mut doomed = AgentProc::start(&a, &wt, "doomed", &work.path().join("d"), 55_000).await;
+    let mut doomed = AgentProc::start(&a, &wt, "doomed", &work.path().join("d"), 60_300).await;
     let id = b
         .submit(&admin, json!({"command": "echo go; sleep 1000"}))
         .await;
@@ -320,7 +320,7 @@ async fn a_job_whose_hub_and_agent_both_died_is_requeued_by_a_live_hub() {
     .await;
     doomed.kill9().await;
     a.kill9().await;
-    let mut rescuer = AgentProc::start(&b, &wt, "rescuer", &work.path().join("r"), 56_000).await;
+    let mut rescuer = AgentProc::start(&b, &wt, "rescuer", &work.path().join("r"), 60_400).await;
     let v = cmdx_e2e::wait_for_within(
         "another hub requeues the orphaned job",
         std::time::Duration::from_secs(60),
@@ -345,7 +345,7 @@ async fn files_and_artifacts_cross_hubs() {
     let admin = a.admin().await;
     let wt = a.worker_token(&admin).await;
     let work = traversable_tempdir();
-    let mut agent = AgentProc::start(&b, &wt, "blob-agent", &work.path().join("a"), 57_000).await;
+    let mut agent = AgentProc::start(&b, &wt, "blob-agent", &work.path().join("a"), 60_500).await;
     // More than one 1 MiB part in the database.
     let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
     let zip = cmdx_e2e::zip_bytes(&[("hello.txt", b"hello from A\n"), ("big.bin", &big)]);
@@ -597,7 +597,7 @@ async fn postgres_restarted_under_load_loses_no_acknowledged_job() {
     let admin = hub.admin().await;
     let wt = hub.worker_token(&admin).await;
     let work = traversable_tempdir();
-    let mut agent = AgentProc::start(&hub, &wt, "steady", &work.path().join("s"), 58_000).await;
+    let mut agent = AgentProc::start(&hub, &wt, "steady", &work.path().join("s"), 60_600).await;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut submitters = tokio::task::JoinSet::new();
     for t in 0..8 {

@@ -37,7 +37,7 @@ async fn a_job_gets_a_terminal_by_default_and_pipes_when_it_asks() {
     let admin = hub.admin().await;
     let wt = hub.worker_token(&admin).await;
     let dir = traversable_tempdir();
-    let _agent = AgentProc::start(&hub, &wt, "pty-agent", &dir.path().join("a"), 46_000).await;
+    let _agent = AgentProc::start(&hub, &wt, "pty-agent", &dir.path().join("a"), 46_400).await;
     let tty = hub
         .submit(
             &admin,

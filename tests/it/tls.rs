@@ -222,6 +222,8 @@ async fn a_job_runs_end_to_end_over_https_and_wss() {
         &config,
         &[
             "submit",
+            // Pipes, so stderr is checked apart below.
+            "--no-tty",
             "--",
             "echo first; echo to-stderr >&2; sleep 2; echo second; exit 3",
         ],
