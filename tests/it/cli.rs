@@ -528,6 +528,33 @@ async fn logs_follow_attached_mid_run_prints_every_byte_once_in_order() {
     assert_eq!(again.code(), 3, "stderr: {}", again.stderr);
     assert!(again.stdout == out_all, "logs -f of a finished job differs");
     assert_eq!(again.stderr.as_bytes(), &err_all[..]);
+    // --tail N: the last N lines of the log (both streams, in order), as docker and kubectl.
+    let last3: Vec<u8> = (597..600).flat_map(line).collect();
+    let tail3 = cli.run(&["logs", "--tail", "3", &id]).await;
+    assert_eq!(tail3.code(), 0, "stderr: {}", tail3.stderr);
+    assert_eq!(
+        String::from_utf8_lossy(&tail3.stdout),
+        String::from_utf8_lossy(&last3)
+    );
+    assert_eq!(
+        tail3.stderr, "",
+        "line 595, on stderr, is not among the last 3"
+    );
+    let tail6 = cli.run(&["logs", "-f", "--tail", "6", &id]).await;
+    assert_eq!(tail6.code(), 3, "with -f: the job's code, as before");
+    let last6_out: Vec<u8> = [594u32, 596, 597, 598, 599]
+        .into_iter()
+        .flat_map(line)
+        .collect();
+    assert_eq!(
+        String::from_utf8_lossy(&tail6.stdout),
+        String::from_utf8_lossy(&last6_out)
+    );
+    assert_eq!(tail6.stderr.as_bytes(), &line(595)[..]);
+    let none = cli.run(&["logs", "--tail", "0", &id]).await;
+    assert!(none.stdout.is_empty() && none.code() == 0);
+    let all = cli.run(&["logs", "--tail", "100000", &id]).await;
+    assert!(all.stdout == out_all, "more lines than the log: all of it");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -209,6 +209,10 @@ pub struct LogsArgs {
     /// With -f: replay the stored output first (the default; kept for older scripts).
     #[arg(long, hide = true)]
     pub from_start: bool,
+    /// Only the last N lines of what is stored now (then, with -f, what comes next), as
+    /// `docker logs --tail` and `kubectl logs --tail`.
+    #[arg(long, value_name = "N", conflicts_with_all = ["no_replay", "from_start"])]
+    pub tail: Option<u64>,
 }
 
 /// `cmdx jobs`.

@@ -427,19 +427,71 @@ pub async fn logs(args: LogsArgs) -> anyhow::Result<i32> {
             &format!("job {id}"),
         )
         .await?;
+    let start = match args.tail {
+        Some(lines) => tail_offset(&api, &id, view.output_bytes, lines).await?,
+        None => 0,
+    };
     if !args.follow {
         // Everything stored now; a finished job's log is complete.
         let stop_at = (!view.status.is_terminal()).then_some(view.output_bytes);
-        follow(&api, &id, 0, stop_at, None).await?;
+        follow(&api, &id, start, stop_at, None).await?;
         return Ok(0);
     }
     // Ctrl-C here just stops watching (the default signal action): the job goes on. The job
     // is not this command's: no queued line, but the summary of a non-zero end.
     let progress = Progress::new(&id, &view.tags, false);
-    let from = if args.no_replay { view.output_bytes } else { 0 };
+    let from = if args.no_replay {
+        view.output_bytes
+    } else {
+        start
+    };
     match follow(&api, &id, from, None, None).await? {
         Stop::Ended(end) => exit_code(&api, &id, &end, &progress, false).await,
         Stop::Reached => Err(anyhow!("the output stream of job {id} ended early")),
+    }
+}
+
+/// Where the last `lines` lines of job `id`'s log begin, the log ending at `end` now: reads
+/// the stored log backwards in growing windows (raw `GET /api/jobs/{id}/output` ranges) until
+/// it has seen that many line ends, or reaches what the hub kept. A last line without its
+/// newline counts as a line.
+async fn tail_offset(api: &Api, id: &str, end: u64, lines: u64) -> anyhow::Result<u64> {
+    if lines == 0 {
+        return Ok(end);
+    }
+    let mut window = 64 * 1024u64;
+    loop {
+        let want = end.saturating_sub(window);
+        let path = format!(
+            "/api/jobs/{}/output?offset={want}&limit={}",
+            encode_query(id),
+            end - want
+        );
+        let resp = api
+            .send(api.request(reqwest::Method::GET, &path), "the job's output")
+            .await?;
+        let resp = super::api::check(resp, &format!("job {id}")).await?;
+        let got: u64 = resp
+            .headers()
+            .get("x-output-offset")
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+            .unwrap_or(want);
+        let bytes = resp.bytes().await.map_err(|e| api.transport_error(&e))?;
+        let body = bytes.strip_suffix(b"\n").unwrap_or(&bytes);
+        let mut seen = 0;
+        for (i, b) in body.iter().enumerate().rev() {
+            if *b == b'\n' {
+                seen += 1;
+                if seen == lines {
+                    return Ok(got + i as u64 + 1);
+                }
+            }
+        }
+        // The whole kept log holds fewer lines: all of it.
+        if got > want || want == 0 {
+            return Ok(got);
+        }
+        window = window.saturating_mul(4);
     }
 }
 
