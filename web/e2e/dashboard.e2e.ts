@@ -174,6 +174,25 @@ describe('dashboard against cmdx dev', () => {
     await screenshot(page, '07-job-cancelled');
   });
 
+  it('runs a job again with its env values, which the page never sees', async () => {
+    const jobId = await page.evaluate(async () => {
+      const r = await fetch('/api/jobs/submit', {
+        method: 'POST',
+        headers: { 'Content-Type': 'application/json' },
+        body: JSON.stringify({ command: 'echo "value=$GREETING"', env: { GREETING: 'hidden-hello' } }),
+      });
+      return ((await r.json()) as { jobId: string }).jobId;
+    });
+    await page.goto(`/jobs/${encodeURIComponent(jobId)}`);
+    await page.locator('.page-header .badge[data-status="completed"]').waitFor({ timeout: 60_000 });
+    await page.getByRole('button', { name: 'Run again' }).click();
+    await page.waitForURL((url) => url.pathname.startsWith('/jobs/') && !url.pathname.endsWith(jobId));
+    await page.locator('.page-header .badge[data-status="completed"]').waitFor({ timeout: 60_000 });
+    await waitFor('the rerun to print the env value', async () =>
+      (await terminalText(page)).includes('value=hidden-hello'),
+    );
+  });
+
   it('lists a job’s artifacts and downloads them', async () => {
     // Through the API (the page's cookie authenticates): two files kept, a symlink skipped.
     const jobId = await page.evaluate(async () => {

@@ -104,6 +104,10 @@ export const api = {
     request<UserView>('/api/auth/register', { body: { email, password, role } }),
   users: () => request<{ users: UserView[] }>('/api/users/list'),
   submit: (req: SubmitRequest) => request<SubmitResponse>('/api/jobs/submit', { body: req }),
+  /** The same job again (command, file, tags, env values, timeout, terminal): only the hub
+   * knows the env values, so it builds the new job itself. */
+  rerun: (jobId: string) =>
+    request<SubmitResponse>(`/api/jobs/${encodeURIComponent(jobId)}/rerun`, { body: {} }),
   job: (jobId: string) => request<JobView>(`/api/jobs/status?jobId=${encodeURIComponent(jobId)}`),
   jobs: (query: string) => request<JobList>(`/api/jobs/list?${query}`),
   cancel: (jobId: string) => request<unknown>('/api/jobs/cancel', { body: { jobId } }),

@@ -18,7 +18,7 @@ import { isNewer, isTerminal } from '../lib/jobs';
 import { OutputFollower } from '../lib/outputFollower';
 import { jobPath } from '../lib/routes';
 import { navigate } from '../state';
-import type { JobSummary, JobView, SubmitRequest } from '../types';
+import type { JobSummary, JobView } from '../types';
 import { hubSocket } from '../ws';
 
 type Load = { state: 'loading' } | { state: 'notFound' } | { state: 'error'; message: string } | { state: 'ok'; job: JobView };
@@ -187,13 +187,8 @@ export function JobPage({ jobId }: { jobId: string }) {
   const runAgain = async () => {
     setBusy('rerun');
     setActionError(null);
-    const req: SubmitRequest = { command: job.command, timeout: job.timeout };
-    if (job.fileUrl) req.fileUrl = job.fileUrl;
-    if (job.tags.length > 0) req.tags = job.tags;
-    if (job.maxAttempts) req.maxAttempts = job.maxAttempts;
-    if (job.artifactPatterns.length > 0) req.artifacts = job.artifactPatterns;
     try {
-      const res = await api.submit(req);
+      const res = await api.rerun(job.jobId);
       navigate(jobPath(res.jobId));
     } catch (err) {
       setActionError(err instanceof Error ? err.message : 'Could not submit');
