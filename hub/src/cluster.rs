@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cmdx_proto::JobStatus;
-use cmdx_proto::agent::{Cancel, HubMsg};
+use cmdx_proto::agent::HubMsg;
 use tokio::sync::mpsc;
 
 use crate::Hub;
@@ -436,11 +436,7 @@ async fn heard(hub: &Arc<Hub>, line: &str) {
             }
             if let Some(conn) = hub.dispatch.conn(&worker) {
                 let _ = conn
-                    .send(HubMsg::Cancel(Cancel {
-                        job_id: job.id.clone(),
-                        attempt: job.attempt,
-                        grace_secs: hub.config.cancel_grace_secs,
-                    }))
+                    .send(crate::jobs::lifecycle::cancel_message(hub, &job))
                     .await;
             }
         }

@@ -377,11 +377,7 @@ async fn resume_held(
                     log.next_seq()
                 };
                 if job.cancel_requested {
-                    cancels.push(HubMsg::Cancel(cmdx_proto::agent::Cancel {
-                        job_id: job.id.clone(),
-                        attempt: job.attempt,
-                        grace_secs: hub.config.cancel_grace_secs,
-                    }));
+                    cancels.push(lifecycle::cancel_message(hub, &job));
                 }
                 resume.push(Resume {
                     job_id: job.id,

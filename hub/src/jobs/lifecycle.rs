@@ -340,13 +340,7 @@ pub async fn cancel(hub: &Arc<Hub>, caller: &Caller, job_id: &str) -> LifecycleR
             let worker = job.worker_id.clone().unwrap_or_default();
             match hub.dispatch.conn(&worker) {
                 Some(conn) => {
-                    let _ = conn
-                        .send(HubMsg::Cancel(Cancel {
-                            job_id: job.id.clone(),
-                            attempt: job.attempt,
-                            grace_secs: hub.config.cancel_grace_secs,
-                        }))
-                        .await;
+                    let _ = conn.send(cancel_message(hub, &job)).await;
                 }
                 // Perhaps connected to another hub of the cluster: the one holding it tells it,
                 // and the cancel watchdog below ends the job if nobody does.
@@ -369,6 +363,15 @@ pub async fn cancel(hub: &Arc<Hub>, caller: &Caller, job_id: &str) -> LifecycleR
         .get_job(job_id)
         .await?
         .ok_or(LifecycleError::NotFound("job"))
+}
+
+/// The `cancel` telling a job's worker to stop its current attempt.
+pub(crate) fn cancel_message(hub: &Hub, job: &JobRecord) -> HubMsg {
+    HubMsg::Cancel(Cancel {
+        job_id: job.id.clone(),
+        attempt: job.attempt,
+        grace_secs: hub.config.cancel_grace_secs,
+    })
 }
 
 /// Marks a held job cancelled without the worker's report.
