@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use cmdx_benches::{queued_job, temp_store, worker};
 use cmdx_hub::dispatch::Dispatch;
+use cmdx_hub::queue::Entry;
 use cmdx_hub::relay::{self, Relay};
 use cmdx_hub::store::{JobRecord, Store};
 use cmdx_proto::agent::HubMsg;
@@ -115,7 +116,8 @@ fn store(c: &mut Criterion) {
 
 fn dispatch_plan(c: &mut Criterion) {
     let mut g = c.benchmark_group("dispatch");
-    for tag_sets in [1usize, 8] {
+    // One user, then 100 users with mixed priorities (the fair queue's worst ordinary case).
+    for (tag_sets, users) in [(1usize, 1usize), (8, 1), (1, 100), (8, 100)] {
         let d = Dispatch::default();
         let mut rxs = Vec::new();
         let tags: Vec<Vec<String>> = (0..tag_sets)
@@ -141,14 +143,20 @@ fn dispatch_plan(c: &mut Criterion) {
         let mut seq = 0u64;
         g.throughput(Throughput::Elements(512));
         g.bench_function(
-            format!("plan_512_of_1000_workers_{tag_sets}_tag_sets"),
+            format!("plan_512_of_1000_workers_{tag_sets}_tag_sets_{users}_users"),
             |b| {
                 b.iter_custom(|iters| {
                     let mut total = Duration::ZERO;
                     for _ in 0..iters {
                         for i in 0..512 {
                             seq += 1;
-                            d.enqueue(seq, &format!("job{seq}"), &tags[i % tag_sets]);
+                            let entry = Entry {
+                                seq,
+                                job_id: format!("job{seq}"),
+                                priority: if users > 1 { (i % 3) as i32 - 1 } else { 0 },
+                                owner: format!("user{}", i % users),
+                            };
+                            d.enqueue(&tags[i % tag_sets], entry);
                         }
                         let t = Instant::now();
                         let planned = d.plan(512);

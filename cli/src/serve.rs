@@ -100,6 +100,13 @@ hub_settings! {
     legacy_open_cidrs: Vec<String> => legacy_open_cidrs, "CMDX_LEGACY_OPEN_CIDRS", value_delimiter = ',';
     /// Default attempts before worker_lost.
     max_attempts: Option<u32> => default_max_attempts, "CMDX_MAX_ATTEMPTS";
+    /// Most jobs one user may have queued; more submissions get 429 quota_exceeded (0: no
+    /// limit). `cmdx user quota` sets a user's own.
+    max_queued_per_user: Option<u32> => max_queued_per_user, "CMDX_MAX_QUEUED_PER_USER";
+    /// Most jobs one user may have assigned or running; more wait in the queue (0: no limit).
+    max_running_per_user: Option<u32> => max_running_per_user, "CMDX_MAX_RUNNING_PER_USER";
+    /// Highest job priority users other than admins may ask for (admins: up to 100).
+    max_user_priority: Option<i32> => max_user_priority, "CMDX_MAX_USER_PRIORITY", allow_negative_numbers = true;
     /// Seconds between SIGTERM and closing connections (readyz 503 meanwhile).
     drain_delay_secs: Option<u64> => drain_delay_secs, "CMDX_DRAIN_DELAY_SECS";
     /// Finished jobs are deleted this many seconds after they finished.

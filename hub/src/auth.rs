@@ -511,6 +511,8 @@ pub async fn bootstrap_admin(hub: &crate::Hub) -> Result<(), HubError> {
         password_hash: hash,
         role: "admin".into(),
         created_ms: now_ms(),
+        max_queued: None,
+        max_running: None,
     };
     match hub.store.insert_user(&user).await {
         // Another hub on the same database made the first admin a moment before.

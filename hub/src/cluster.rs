@@ -47,6 +47,10 @@ pub(crate) enum Note {
         job_id: String,
         /// Its tag set.
         tags: Vec<String>,
+        /// Its priority (0 from hubs that predate priorities).
+        priority: i32,
+        /// Its owner (empty from hubs that predate fair share).
+        owner: String,
     },
     /// The job's owner or an admin asked to cancel it: whoever holds its worker tells it.
     Cancel {
@@ -79,8 +83,14 @@ impl Note {
     /// One line: a kind letter, the sending hub, then fields, tab-separated.
     fn encode(&self, hub_id: &str) -> String {
         match self {
-            Note::Queued { seq, job_id, tags } => format!(
-                "q\t{hub_id}\t{seq}\t{job_id}\t{}",
+            Note::Queued {
+                seq,
+                job_id,
+                tags,
+                priority,
+                owner,
+            } => format!(
+                "q\t{hub_id}\t{seq}\t{job_id}\t{}\t{priority}\t{owner}",
                 serde_json::to_string(tags).unwrap_or_else(|_| "[]".into())
             ),
             Note::Cancel { job_id } => format!("c\t{hub_id}\t{job_id}"),
@@ -101,6 +111,8 @@ impl Note {
                 seq: f.next()?.parse().ok()?,
                 job_id: f.next()?.to_string(),
                 tags: serde_json::from_str(f.next()?).ok()?,
+                priority: f.next().and_then(|p| p.parse().ok()).unwrap_or(0),
+                owner: f.next().unwrap_or_default().to_string(),
             },
             "c" => Note::Cancel {
                 job_id: f.next()?.to_string(),
@@ -320,7 +332,9 @@ async fn listen(hub: Arc<Hub>) {
     }
 }
 
-/// Puts every queued job of the records in this hub's mirror of the queue, and takes back the
+/// Puts every queued job of the records in this hub's mirror of the queue, counts each user's
+/// jobs running on other hubs and rereads users' quotas (fair share and the running quota are
+/// cluster-wide to within this period), and takes back the
 /// jobs of agents no hub has seen for longer than the reconnect grace (their hub died and they
 /// did not come back through another): whichever hub looks first requeues them, fenced on the
 /// attempt like every lost attempt, with presence timed by the database's clock.
@@ -332,6 +346,19 @@ pub(crate) async fn catch_up(hub: &Hub) {
             return;
         }
     };
+    hub.dispatch.set_elsewhere(
+        jobs.iter()
+            .filter(|j| matches!(j.status, JobStatus::Assigned | JobStatus::Running))
+            .map(|j| (j.id.as_str(), j.owner.as_str())),
+    );
+    match hub.store.list_users().await {
+        Ok(users) => hub.dispatch.set_quotas(crate::dispatch::Quotas::new(
+            hub.config.max_queued_per_user,
+            hub.config.max_running_per_user,
+            &users,
+        )),
+        Err(e) => tracing::warn!(error = %e, "reading users' quotas failed"),
+    }
     // Subscribers here of jobs another hub appends to: read what notes may have missed, and end
     // those of jobs that ended meanwhile.
     let unfinished: std::collections::HashSet<&str> = jobs.iter().map(|j| j.id.as_str()).collect();
@@ -347,8 +374,12 @@ pub(crate) async fn catch_up(hub: &Hub) {
     let mut undelivered = Vec::new();
     let now = crate::store::now_ms();
     for job in jobs {
+        if let (JobStatus::Queued, Some(seq)) = (job.status, job.queue_seq) {
+            hub.dispatch
+                .enqueue(&job.tags, crate::queue::Entry::of(seq, &job));
+            continue;
+        }
         match (job.status, job.queue_seq, job.worker_id) {
-            (JobStatus::Queued, Some(seq), _) => hub.dispatch.enqueue(seq, &job.id, &job.tags),
             // Assigned to an agent connected here that this hub never handed it to: the claim
             // was committed but its answer lost with the database connection, so the dispatcher
             // took it as failed. The agent never heard of it: run it again.
@@ -425,7 +456,21 @@ async fn heard(hub: &Arc<Hub>, line: &str) {
         return;
     }
     match note {
-        Note::Queued { seq, job_id, tags } => hub.dispatch.enqueue(seq, &job_id, &tags),
+        Note::Queued {
+            seq,
+            job_id,
+            tags,
+            priority,
+            owner,
+        } => hub.dispatch.enqueue(
+            &tags,
+            crate::queue::Entry {
+                seq,
+                job_id,
+                priority,
+                owner,
+            },
+        ),
         Note::Cancel { job_id } => {
             let Ok(Some(job)) = hub.store.get_job(&job_id).await else {
                 return;
@@ -474,6 +519,8 @@ mod tests {
                 seq: 17,
                 job_id: "j1".into(),
                 tags: vec!["gpu".into(), "odd\ttag".into()],
+                priority: -7,
+                owner: "u1".into(),
             },
             Note::Cancel {
                 job_id: "j2".into(),

@@ -32,6 +32,14 @@ pub struct HubConfig {
     pub default_max_attempts: u32,
     /// Upper bound for `maxAttempts`.
     pub max_attempts_limit: u32,
+    /// Most jobs one user may have queued at once; a submission beyond is refused with 429
+    /// `quota_exceeded` (0: no limit). An admin may set a user's own.
+    pub max_queued_per_user: u32,
+    /// Most jobs one user may have assigned or running at once; more wait in the queue (0: no
+    /// limit). An admin may set a user's own.
+    pub max_running_per_user: u32,
+    /// Highest priority users other than admins may give a job (admins: up to 100).
+    pub max_user_priority: i32,
     /// Timeout when the submission does not say, seconds.
     pub default_timeout_secs: u64,
     /// Upper bound for `timeout`, seconds.
@@ -134,6 +142,9 @@ impl Default for HubConfig {
             legacy_offline_secs: 30,
             default_max_attempts: 3,
             max_attempts_limit: 10,
+            max_queued_per_user: 0,
+            max_running_per_user: 0,
+            max_user_priority: 50,
             default_timeout_secs: 600,
             max_timeout_secs: 7 * 24 * 3600,
             cancel_grace_secs: 10,

@@ -1,18 +1,19 @@
-//! In-memory dispatch state: the queue index (FIFO per tag set) and the worker registry with
-//! slots. The store is the durable truth; this is the fast index over it, rebuilt at start.
+//! In-memory dispatch state: the queue index (ordered as `queue.rs` says: tags, priority, fair
+//! share between users, FIFO per user), the worker registry with slots, and each user's quotas. The store is the durable truth; this is the fast index over it, rebuilt at start.
 //!
 //! One std `Mutex` guards it and is never held across an `.await`. Planning (which job goes to
 //! which worker) happens under the lock and reserves the slot; the durable claim happens after,
 //! in `jobs::dispatcher::pump`, and a failed claim gives the slot back.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Mutex;
 
 use cmdx_proto::agent::{HubMsg, Isolation};
-use cmdx_proto::rest::WorkerView;
+use cmdx_proto::rest::{WaitReason, WorkerView};
 use tokio::sync::{Notify, mpsc};
 
-use crate::store::{WorkerRecord, now_ms};
+use crate::queue::{Entry, Queue, Usage};
+use crate::store::{UserRecord, WorkerRecord, now_ms};
 use crate::time::rfc3339;
 
 /// How a worker talks to the hub.
@@ -125,6 +126,8 @@ pub struct Planned {
     pub job_id: String,
     /// Its queue key.
     pub queue_seq: u64,
+    /// Its owner.
+    pub owner: String,
     /// Worker id.
     pub worker_id: String,
     /// Token id the assignment binds to.
@@ -136,20 +139,107 @@ pub struct Planned {
 /// Where a queued job stands (see [`Dispatch::queue_state`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueueState {
-    /// 1 + the older queued jobs a worker able to run this one could take first.
+    /// 1 + the queued jobs a worker able to run this one would take first.
     pub position: u32,
     /// No connected, non-draining worker of this hub can run the job.
     pub no_matching_worker: bool,
+    /// Why it waits.
+    pub reason: WaitReason,
+}
+
+/// How many jobs users may have queued and running (0: no limit).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Quotas {
+    /// The hub's `max_queued_per_user`.
+    pub max_queued: u32,
+    /// The hub's `max_running_per_user`.
+    pub max_running: u32,
+    /// Users' own limits set by an admin: (queued, running), `None` for the hub's.
+    pub users: HashMap<String, (Option<u32>, Option<u32>)>,
+}
+
+impl Quotas {
+    /// The hub's limits and every user's own.
+    pub fn new(max_queued: u32, max_running: u32, users: &[UserRecord]) -> Quotas {
+        Quotas {
+            max_queued,
+            max_running,
+            users: users
+                .iter()
+                .filter(|u| u.max_queued.is_some() || u.max_running.is_some())
+                .map(|u| (u.id.clone(), (u.max_queued, u.max_running)))
+                .collect(),
+        }
+    }
+
+    /// `owner`'s limit on queued jobs (0: none).
+    pub fn queued(&self, owner: &str) -> u32 {
+        self.users
+            .get(owner)
+            .and_then(|(q, _)| *q)
+            .unwrap_or(self.max_queued)
+    }
+
+    /// `owner`'s limit on running jobs (0: none).
+    pub fn running(&self, owner: &str) -> u32 {
+        self.users
+            .get(owner)
+            .and_then(|(_, r)| *r)
+            .unwrap_or(self.max_running)
+    }
+
+    /// Whether `owner` with `usage` may not start another job now.
+    fn at_running(&self, owner: &str, usage: &Usage) -> bool {
+        let limit = self.running(owner);
+        limit > 0 && usage.active() >= limit
+    }
+}
+
+/// A submission counted against its owner's queued quota until it is enqueued or dropped.
+pub struct Admission<'a> {
+    dispatch: &'a Dispatch,
+    owner: String,
+}
+
+impl Drop for Admission<'_> {
+    fn drop(&mut self) {
+        let mut st = self.dispatch.lock();
+        if let Some(n) = st.admitting.get_mut(&self.owner) {
+            *n -= 1;
+            if *n == 0 {
+                st.admitting.remove(&self.owner);
+            }
+        }
+    }
 }
 
 #[derive(Default)]
 struct State {
-    /// Queued jobs by (sorted) tag set, each FIFO by queue seq.
-    queues: BTreeMap<Vec<String>, VecDeque<(u64, String)>>,
+    /// Queued jobs in dispatch order.
+    queue: Queue,
+    /// Owner of every job a worker here holds (running counts per user).
+    held_owner: HashMap<String, String>,
+    /// Submissions being stored, per owner (queued quota).
+    admitting: HashMap<String, u32>,
+    quotas: Quotas,
     workers: HashMap<String, WorkerEntry>,
     /// Agents that may have a free slot (stale entries are skipped).
     available: VecDeque<String>,
     next_generation: u64,
+}
+
+impl State {
+    /// `job_id` no longer runs here: its owner's running count drops. False when it was not
+    /// counted.
+    fn stop_running(&mut self, job_id: &str) -> bool {
+        match self.held_owner.remove(job_id) {
+            Some(owner) => {
+                self.queue.stopped(&owner);
+                true
+            }
+            None => false,
+        }
+    }
 }
 
 /// The dispatch index.
@@ -165,54 +255,93 @@ impl Dispatch {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Adds a queued job to the index and wakes the dispatcher.
-    pub fn enqueue(&self, queue_seq: u64, job_id: &str, tags: &[String]) {
-        {
-            let mut st = self.lock();
-            let q = st.queues.entry(tags.to_vec()).or_default();
-            // Recovery and requeues may insert out of order: keep each queue sorted.
-            let pos = q.partition_point(|(s, _)| *s < queue_seq);
-            // Already there: a cluster hub hears of its queue twice (a note, a catch-up).
-            if q.get(pos)
-                .is_some_and(|(s, id)| *s == queue_seq && id == job_id)
-            {
-                return;
-            }
-            q.insert(pos, (queue_seq, job_id.to_string()));
+    /// Adds a queued job (with sorted `tags`) to the index and wakes the dispatcher. A job
+    /// already there (a cluster hub hears of its queue twice: a note, a catch-up) is left as it is.
+    pub fn enqueue(&self, tags: &[String], entry: Entry) {
+        if self.lock().queue.insert(tags, entry) {
+            self.wake.notify_one();
         }
-        self.wake.notify_one();
     }
 
     /// Removes a queued job (cancel). Returns whether it was there.
     pub fn dequeue(&self, queue_seq: u64, tags: &[String]) -> bool {
-        let mut st = self.lock();
-        let Some(q) = st.queues.get_mut(tags) else {
-            return false;
-        };
-        let before = q.len();
-        q.retain(|(s, _)| *s != queue_seq);
-        let removed = q.len() != before;
-        if q.is_empty() {
-            st.queues.remove(tags);
-        }
-        removed
+        self.lock().queue.remove(tags, queue_seq)
     }
 
-    /// Where a job queued under `queue_seq` with (sorted) `tags` stands.
+    /// Counts a submission of `owner`'s against their queued quota while it is stored: `Err`
+    /// with the limit when they already have that many queued (or being submitted).
+    pub fn admit(&self, owner: &str) -> Result<Admission<'_>, u32> {
+        let mut st = self.lock();
+        let limit = st.quotas.queued(owner);
+        let admitting = st.admitting.get(owner).copied().unwrap_or(0);
+        if limit > 0 && st.queue.usage(owner).queued + admitting >= limit {
+            return Err(limit);
+        }
+        *st.admitting.entry(owner.to_string()).or_default() += 1;
+        Ok(Admission {
+            dispatch: self,
+            owner: owner.to_string(),
+        })
+    }
+
+    /// Replaces the quotas (start, a cluster's catch-up).
+    pub fn set_quotas(&self, quotas: Quotas) {
+        self.lock().quotas = quotas;
+        // A raised running limit may let waiting jobs start.
+        self.wake.notify_one();
+    }
+
+    /// Sets one user's own limits (`None`: the hub's).
+    pub fn set_user_quota(&self, owner: &str, queued: Option<u32>, running: Option<u32>) {
+        {
+            let mut st = self.lock();
+            if queued.is_none() && running.is_none() {
+                st.quotas.users.remove(owner);
+            } else {
+                st.quotas.users.insert(owner.to_string(), (queued, running));
+            }
+        }
+        self.wake.notify_one();
+    }
+
+    /// The quotas in force.
+    pub fn quotas(&self) -> Quotas {
+        self.lock().quotas.clone()
+    }
+
+    /// Replaces each user's count of jobs assigned or running on other hubs of a cluster, from
+    /// `active`: every unfinished job's `(id, owner)` that is assigned or running anywhere (the
+    /// ones held here are left out).
+    pub fn set_elsewhere<'a>(&self, active: impl Iterator<Item = (&'a str, &'a str)>) {
+        {
+            let mut st = self.lock();
+            let mut counts: HashMap<String, u32> = HashMap::new();
+            for (job, owner) in active {
+                if !st.held_owner.contains_key(job) {
+                    *counts.entry(owner.to_string()).or_default() += 1;
+                }
+            }
+            st.queue.set_elsewhere(&counts);
+        }
+        self.wake.notify_one();
+    }
+
+    /// Queued jobs per priority band (`low` < 0, `normal` 0, `high` > 0).
+    pub fn depth_by_band(&self) -> [(&'static str, usize); 3] {
+        self.lock().queue.depth_by_band()
+    }
+
+    /// Where a job queued under `queue_seq` with (sorted) `tags`, `priority` and `owner`
+    /// stands, and why it waits.
     ///
     /// The workers able to run it are the online, non-draining ones that serve all its tags
-    /// (agents) or, for a tagless job, legacy pollers too. Each of them takes the oldest job among
-    /// the tag sets it serves, so the jobs that may go first are the older queued jobs whose tag
-    /// set one of those workers serves; the position is 1 + their number. With no such worker,
-    /// the older jobs whose tag set is a subset of this job's are counted: any worker that
-    /// connects for this job could take those too. The job need not be in the index (a cluster's
-    /// mirror may lag): the count is by `queue_seq`.
-    pub fn queue_state(
-        &self,
-        queue_seq: u64,
-        tags: &[String],
-        legacy_offline_ms: u64,
-    ) -> QueueState {
+    /// (agents) or, for a tagless job, legacy pollers too. The jobs that may go first are those
+    /// in a tag set one of those workers serves, ahead in the queue's order (`queue.rs`:
+    /// priority, then users in turn, then FIFO); the position is 1 + their number. With no such
+    /// worker, the jobs whose tag set is a subset of this job's are counted: any worker that
+    /// connects for this job could take those too. The job need not be in the index (a
+    /// cluster's mirror may lag): the count is by `queue_seq`.
+    pub fn queue_state(&self, job: &Entry, tags: &[String], legacy_offline_ms: u64) -> QueueState {
         let st = self.lock();
         let subset = |small: &[String], big: &[String]| small.iter().all(|t| big.contains(t));
         let able: Vec<&[String]> = st
@@ -225,27 +354,35 @@ impl Dispatch {
                 _ => None,
             })
             .collect();
-        let older: usize = st
-            .queues
-            .iter()
-            .filter(|(key, _)| {
-                if able.is_empty() {
-                    subset(key, tags)
-                } else {
-                    able.iter().any(|served| subset(key, served))
-                }
-            })
-            .map(|(_, q)| q.partition_point(|(s, _)| *s < queue_seq))
-            .sum();
+        let standing = st.queue.standing(job.seq, job.priority, &job.owner, |key| {
+            if able.is_empty() {
+                subset(key, tags)
+            } else {
+                able.iter().any(|served| subset(key, served))
+            }
+        });
+        let reason = if able.is_empty() {
+            WaitReason::NoMatchingWorker
+        } else if st
+            .quotas
+            .at_running(&job.owner, &st.queue.usage(&job.owner))
+        {
+            WaitReason::UserAtRunningQuota
+        } else if standing.higher > 0 {
+            WaitReason::BehindHigherPriority
+        } else {
+            WaitReason::NoFreeSlot
+        };
         QueueState {
-            position: u32::try_from(older).unwrap_or(u32::MAX - 1) + 1,
+            position: standing.ahead.saturating_add(1),
             no_matching_worker: able.is_empty(),
+            reason,
         }
     }
 
     /// Number of queued jobs.
     pub fn queue_depth(&self) -> usize {
-        self.lock().queues.values().map(VecDeque::len).sum()
+        self.lock().queue.len()
     }
 
     /// Plans up to `max` assignments, reserving the slots.
@@ -253,7 +390,7 @@ impl Dispatch {
         let mut st = self.lock();
         let mut out = Vec::new();
         let mut skipped = Vec::new();
-        while out.len() < max && !st.queues.is_empty() {
+        while out.len() < max && !st.queue.is_empty() {
             let Some(wid) = st.available.pop_front() else {
                 break;
             };
@@ -266,26 +403,16 @@ impl Dispatch {
             if w.draining || w.free_slots() == 0 {
                 continue;
             }
-            let wtags: BTreeSet<&String> = w.info.tags.iter().collect();
-            // The matching tag set whose head is oldest.
-            let key = st
-                .queues
-                .iter()
-                .filter(|(tags, q)| !q.is_empty() && tags.iter().all(|t| wtags.contains(t)))
-                .min_by_key(|(_, q)| q.front().map(|(s, _)| *s))
-                .map(|(tags, _)| tags.clone());
-            let Some(key) = key else {
+            let wtags: BTreeSet<String> = w.info.tags.iter().cloned().collect();
+            let State { queue, quotas, .. } = &mut *st;
+            let Some((seq, job_id, owner)) = queue.take_next(
+                |tags| tags.iter().all(|t| wtags.contains(t)),
+                |owner, usage| quotas.at_running(owner, usage),
+            ) else {
                 skipped.push(wid);
                 continue;
             };
-            let (seq, job_id) = {
-                let q = st.queues.get_mut(&key).expect("key just found");
-                let item = q.pop_front().expect("queue not empty");
-                if q.is_empty() {
-                    st.queues.remove(&key);
-                }
-                item
-            };
+            st.held_owner.insert(job_id.clone(), owner.clone());
             let w = st.workers.get_mut(&wid).expect("worker just found");
             w.held.insert(job_id.clone());
             let token_id = w.token_id.clone();
@@ -295,6 +422,7 @@ impl Dispatch {
             out.push(Planned {
                 job_id,
                 queue_seq: seq,
+                owner,
                 worker_id: wid,
                 token_id,
                 conn,
@@ -304,22 +432,24 @@ impl Dispatch {
         out
     }
 
-    /// Takes the oldest tagless queued job for a legacy worker, reserving it.
+    /// Takes the next tagless queued job (in the queue's order) for a legacy worker, reserving
+    /// it.
     pub fn take_for_legacy(&self, worker_id: &str) -> Option<(u64, String)> {
         let mut st = self.lock();
         let w = st.workers.get(worker_id)?;
         if w.free_slots() == 0 || w.draining {
             return None;
         }
-        let q = st.queues.get_mut(&Vec::<String>::new())?;
-        let item = q.pop_front()?;
-        if q.is_empty() {
-            st.queues.remove(&Vec::<String>::new());
-        }
+        let State { queue, quotas, .. } = &mut *st;
+        let (seq, job_id, owner) = queue.take_next(
+            |tags| tags.is_empty(),
+            |owner, usage| quotas.at_running(owner, usage),
+        )?;
+        st.held_owner.insert(job_id.clone(), owner);
         if let Some(w) = st.workers.get_mut(worker_id) {
-            w.held.insert(item.1.clone());
+            w.held.insert(job_id.clone());
         }
-        Some(item)
+        Some((seq, job_id))
     }
 
     /// Gives back a reserved slot whose claim failed (the job moved on: it is not requeued).
@@ -329,6 +459,7 @@ impl Dispatch {
             if let Some(w) = st.workers.get_mut(worker_id) {
                 w.held.remove(job_id);
             }
+            st.stop_running(job_id);
             st.available.push_back(worker_id.to_string());
         }
         self.wake.notify_one();
@@ -341,17 +472,27 @@ impl Dispatch {
         if let Some(w) = st.workers.get_mut(worker_id) {
             freed = w.held.remove(job_id) && w.conn.is_some();
         }
+        // The owner's running count drops even when the slot was held elsewhere: their waiting
+        // jobs may start on any worker.
+        let stopped = st.stop_running(job_id);
         if freed {
             st.available.push_back(worker_id.to_string());
-            drop(st);
+        }
+        drop(st);
+        if freed || stopped {
             self.wake.notify_one();
         }
     }
 
-    /// Records that `worker_id` holds `job_id` (recovery, resume).
-    pub fn hold(&self, worker_id: &str, job_id: &str) {
-        if let Some(w) = self.lock().workers.get_mut(worker_id) {
+    /// Records that `worker_id` holds `job_id` of `owner`'s (recovery, resume).
+    pub fn hold(&self, worker_id: &str, job_id: &str, owner: &str) {
+        let mut st = self.lock();
+        if let Some(w) = st.workers.get_mut(worker_id) {
             w.held.insert(job_id.to_string());
+        }
+        if !st.held_owner.contains_key(job_id) {
+            st.held_owner.insert(job_id.to_string(), owner.to_string());
+            st.queue.started(owner);
         }
     }
 
@@ -573,10 +714,12 @@ impl Dispatch {
 
     /// Forgets a worker; returns the jobs it held.
     pub fn remove(&self, worker_id: &str) -> Option<Vec<String>> {
-        self.lock()
-            .workers
-            .remove(worker_id)
-            .map(|w| w.held.into_iter().collect())
+        let mut st = self.lock();
+        let held: Vec<String> = st.workers.remove(worker_id)?.held.into_iter().collect();
+        for job in &held {
+            st.stop_running(job);
+        }
+        Some(held)
     }
 
     /// People's view of every worker, online first.
@@ -638,6 +781,7 @@ impl Dispatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::queue::tests::entry;
 
     fn agent(d: &Dispatch, id: &str, tags: &[&str]) {
         let info = WorkerRecord {
@@ -666,33 +810,88 @@ mod tests {
     }
 
     #[test]
-    fn the_position_counts_older_jobs_the_able_workers_could_take_first() {
+    fn the_position_counts_jobs_the_able_workers_would_take_first() {
         let d = Dispatch::default();
-        d.enqueue(1, "a", &[]);
-        d.enqueue(2, "b", &tags(&["gpu"]));
-        d.enqueue(3, "c", &tags(&["arm"]));
-        d.enqueue(4, "d", &tags(&["gpu"]));
+        d.enqueue(&[], entry(1, "u", 0));
+        d.enqueue(&tags(&["gpu"]), entry(2, "u", 0));
+        d.enqueue(&tags(&["arm"]), entry(3, "u", 0));
+        d.enqueue(&tags(&["gpu"]), entry(4, "u", 0));
         // Nobody connected: only older jobs a future gpu worker would surely take first.
-        let s = d.queue_state(4, &tags(&["gpu"]), 1000);
+        let s = d.queue_state(&entry(4, "u", 0), &tags(&["gpu"]), 1000);
         assert_eq!(
             s,
             QueueState {
                 position: 3,
-                no_matching_worker: true
+                no_matching_worker: true,
+                reason: WaitReason::NoMatchingWorker,
             }
         );
         // A plain worker cannot run it: still nobody.
         agent(&d, "w0", &[]);
-        assert!(d.queue_state(4, &tags(&["gpu"]), 1000).no_matching_worker);
+        assert!(
+            d.queue_state(&entry(4, "u", 0), &tags(&["gpu"]), 1000)
+                .no_matching_worker
+        );
         // A worker serving gpu and arm would take a, b and c first.
         agent(&d, "w1", &["arm", "gpu"]);
-        let s = d.queue_state(4, &tags(&["gpu"]), 1000);
+        let s = d.queue_state(&entry(4, "u", 0), &tags(&["gpu"]), 1000);
         assert_eq!(s.position, 4);
         assert!(!s.no_matching_worker);
+        assert_eq!(s.reason, WaitReason::NoFreeSlot);
         // The tagless job is first for w0 and w1 alike.
-        assert_eq!(d.queue_state(1, &[], 1000).position, 1);
+        assert_eq!(d.queue_state(&entry(1, "u", 0), &[], 1000).position, 1);
+        // Another user's job goes before u's second: users take turns.
+        d.enqueue(&[], entry(5, "v", 0));
+        assert_eq!(d.queue_state(&entry(5, "v", 0), &[], 1000).position, 2);
+        // A higher priority goes first, and says so.
+        d.enqueue(&[], entry(6, "v", 7));
+        let s = d.queue_state(&entry(1, "u", 0), &[], 1000);
+        assert_eq!(
+            (s.position, s.reason),
+            (2, WaitReason::BehindHigherPriority)
+        );
         // Draining workers do not count.
+        d.set_draining("w0");
         d.set_draining("w1");
-        assert!(d.queue_state(4, &tags(&["gpu"]), 1000).no_matching_worker);
+        assert!(
+            d.queue_state(&entry(4, "u", 0), &tags(&["gpu"]), 1000)
+                .no_matching_worker
+        );
+    }
+
+    #[test]
+    fn the_running_quota_holds_jobs_back_and_the_queued_quota_refuses_more() {
+        let d = Dispatch::default();
+        d.set_quotas(Quotas {
+            max_queued: 2,
+            max_running: 1,
+            users: HashMap::from([("big".to_string(), (Some(0), None))]),
+        });
+        agent(&d, "w0", &[]);
+        agent(&d, "w1", &[]);
+        let first = d.admit("u").expect("under quota");
+        let second = d.admit("u").expect("under quota");
+        assert_eq!(d.admit("u").err(), Some(2), "two being submitted count");
+        d.enqueue(&[], entry(1, "u", 0));
+        drop(first);
+        d.enqueue(&[], entry(2, "u", 0));
+        drop(second);
+        assert_eq!(d.admit("u").err(), Some(2));
+        assert!(d.admit("big").is_ok(), "an admin gave big no limit");
+        // Two free slots, but u may run one job at a time.
+        let planned = d.plan(10);
+        assert_eq!(planned.len(), 1);
+        assert_eq!(planned[0].job_id, "u1");
+        let s = d.queue_state(&entry(2, "u", 0), &[], 1000);
+        assert_eq!(s.reason, WaitReason::UserAtRunningQuota);
+        // The first ends: the second may start, on the other worker too.
+        d.release(&planned[0].worker_id, "u1");
+        let planned = d.plan(10);
+        assert_eq!(planned.len(), 1);
+        assert_eq!(planned[0].job_id, "u2");
+        // A failed claim gives the running count back.
+        d.unreserve(&planned[0].worker_id, "u2");
+        d.enqueue(&[], entry(3, "u", 0));
+        assert_eq!(d.plan(10).len(), 1);
     }
 }

@@ -52,6 +52,19 @@ pub enum LifecycleError {
     /// The hub takes no new work now (it is shutting down).
     #[error("{0}")]
     Unavailable(&'static str),
+    /// The caller may not ask for this (a priority above the hub's ceiling for users).
+    #[error("{0}")]
+    Forbidden(String),
+    /// The submission would exceed one of its owner's quotas.
+    #[error(
+        "{name} is {limit}: you have {limit} jobs queued; wait for some to start or cancel some"
+    )]
+    Quota {
+        /// The setting, e.g. `max_queued_per_user`.
+        name: &'static str,
+        /// Its value for this user.
+        limit: u32,
+    },
     /// The store failed, or refused an update on its own terms.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -123,6 +136,8 @@ pub struct ApiError {
     pub message: String,
     /// Seconds for `Retry-After` (429).
     pub retry_after: Option<u64>,
+    /// The quota a refused submission would exceed (429 `quota_exceeded`).
+    pub quota: Option<cmdx_proto::rest::QuotaHit>,
 }
 
 impl ApiError {
@@ -133,6 +148,7 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after: None,
+            quota: None,
         }
     }
     /// 400.
@@ -197,6 +213,7 @@ impl ApiError {
         let body = ErrorBody {
             error: self.message,
             code: self.code.to_string(),
+            quota: self.quota,
         };
         let mut resp = warp::Reply::into_response(warp::reply::with_status(
             warp::reply::json(&body),
@@ -235,6 +252,18 @@ impl From<LifecycleError> for ApiError {
             LifecycleError::NotFound(what) => ApiError::not_found(format!("{what} not found")),
             LifecycleError::Invalid(m) => ApiError::bad_request(m),
             LifecycleError::Unavailable(m) => ApiError::unavailable(m),
+            LifecycleError::Forbidden(m) => ApiError::forbidden(m),
+            e @ LifecycleError::Quota { name, limit } => ApiError {
+                quota: Some(cmdx_proto::rest::QuotaHit {
+                    name: name.to_string(),
+                    limit,
+                }),
+                ..ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "quota_exceeded",
+                    e.to_string(),
+                )
+            },
             LifecycleError::Store(e) => e.into(),
         }
     }

@@ -139,13 +139,17 @@ impl Hub {
         Ok(out)
     }
 
-    /// Puts a job in the queue: this hub's dispatch index, and every other hub's of a cluster.
-    pub(crate) fn enqueue(&self, seq: u64, job_id: &str, tags: &[String]) {
-        self.dispatch.enqueue(seq, job_id, tags);
+    /// Puts `job`, queued under `seq`, in the queue: this hub's dispatch index, and every other
+    /// hub's of a cluster.
+    pub(crate) fn enqueue(&self, seq: u64, job: &crate::store::JobRecord) {
+        self.dispatch
+            .enqueue(&job.tags, crate::queue::Entry::of(seq, job));
         self.cluster.tell(crate::cluster::Note::Queued {
             seq,
-            job_id: job_id.to_string(),
-            tags: tags.to_vec(),
+            job_id: job.id.clone(),
+            tags: job.tags.clone(),
+            priority: job.priority,
+            owner: job.owner.clone(),
         });
     }
 

@@ -24,6 +24,7 @@ pub mod jobs;
 pub mod metrics;
 pub mod migrate;
 pub mod private;
+pub mod queue;
 pub mod ratelimit;
 pub mod relay;
 pub mod store;

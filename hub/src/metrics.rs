@@ -41,6 +41,10 @@ fn describe() {
         "Jobs that reached a terminal state"
     );
     describe_gauge!("cmdx_queue_depth", "Jobs waiting for a worker");
+    describe_gauge!(
+        "cmdx_queue_depth_by_priority",
+        "Jobs waiting for a worker by priority band: low (< 0), normal (0), high (> 0)"
+    );
     describe_gauge!("cmdx_workers_connected", "Agents connected now");
     describe_gauge!("cmdx_worker_slots", "Slots of connected agents by state");
     describe_histogram!(
@@ -96,6 +100,9 @@ pub async fn render(hub: &Hub) -> String {
         return "# metrics recorder unavailable\n".into();
     };
     metrics::gauge!("cmdx_queue_depth").set(hub.dispatch.queue_depth() as f64);
+    for (band, n) in hub.dispatch.depth_by_band() {
+        metrics::gauge!("cmdx_queue_depth_by_priority", "band" => band).set(n as f64);
+    }
     let (connected, slots, used) = hub.dispatch.counts();
     metrics::gauge!("cmdx_workers_connected").set(connected as f64);
     metrics::gauge!("cmdx_worker_slots", "state" => "total").set(slots as f64);

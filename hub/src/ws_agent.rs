@@ -363,7 +363,7 @@ async fn resume_held(
         let job = hub.store.get_job(&h.job_id).await.ok().flatten();
         match job {
             Some(job) if job.held_by(worker_id, h.attempt, token_id) => {
-                hub.dispatch.hold(worker_id, &job.id);
+                hub.dispatch.hold(worker_id, &job.id, &job.owner);
                 let stored = {
                     let mut log = hub.relay.log(&job.id).await;
                     if log.loaded_attempt() != Some(h.attempt) {
@@ -536,7 +536,11 @@ async fn refused(
                 conn.kick.cancel();
             }
         }
-        LifecycleError::Invalid(_) | LifecycleError::Unavailable(_) | LifecycleError::Store(_) => {
+        LifecycleError::Invalid(_)
+        | LifecycleError::Unavailable(_)
+        | LifecycleError::Forbidden(_)
+        | LifecycleError::Quota { .. }
+        | LifecycleError::Store(_) => {
             tracing::warn!(job_id, error = %e, "{what} rejected");
         }
     }

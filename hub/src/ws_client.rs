@@ -271,6 +271,7 @@ async fn watch_queue(hub: &Hub, id: &str, out: &Outbox) {
                 job_id: id.to_string(),
                 position: state.position,
                 no_matching_worker: state.no_matching_worker,
+                reason: Some(state.reason),
             };
             if !out.send(encode(&msg)).await {
                 return;

@@ -128,6 +128,13 @@ pub struct Cli {
     /// Warm-up excluded from the figures, seconds (default 10% of the duration, 0.5..5 s).
     #[arg(long)]
     pub warmup: Option<f64>,
+    /// Dispatch: submit as this many users in turn (fair share between them), instead of the
+    /// admin alone.
+    #[arg(long)]
+    pub users: Option<usize>,
+    /// Dispatch: give submissions priorities 0, 10 and -10 in turn.
+    #[arg(long)]
+    pub priorities: bool,
 }
 
 impl Cli {

@@ -115,6 +115,9 @@ pub struct Target {
     pub pid: Option<u32>,
     /// The admin's bearer token.
     pub admin: String,
+    /// Who submits and at which priorities (`--users`, `--priorities`); unset: the admin, all
+    /// at priority 0.
+    pub mix: std::sync::OnceLock<Mix>,
     child: std::sync::Mutex<Option<Child>>,
     _data: Option<tempfile::TempDir>,
 }
@@ -217,6 +220,7 @@ impl Target {
             addr,
             pid,
             admin: String::new(),
+            mix: std::sync::OnceLock::new(),
             child: std::sync::Mutex::new(None),
             _data: None,
             next_ws: std::sync::atomic::AtomicUsize::new(0),
@@ -366,10 +370,57 @@ impl Target {
 
 /// The body of a submission whose command carries its intended send time (`lt:<µs>`), so the
 /// worker that receives it can measure from when it *should* have been sent.
-pub fn submit_body(command: &str, intended_us: u64) -> Bytes {
-    Bytes::from(
-        json!({"command": format!("{command} # lt:{intended_us}"), "timeout": 600}).to_string(),
-    )
+pub fn submit_body(command: &str, intended_us: u64, priority: i32) -> Bytes {
+    let mut body = json!({"command": format!("{command} # lt:{intended_us}"), "timeout": 600});
+    if priority != 0 {
+        body["priority"] = json!(priority);
+    }
+    Bytes::from(body.to_string())
+}
+
+/// Several submitters and priorities (`--users N --priorities`).
+pub struct Mix {
+    /// `Bearer …` of each submitting user; submission `i` goes as user `i % len`.
+    pub auths: Vec<std::sync::Arc<str>>,
+    /// Give submissions priorities -10, 0 and 10 in turn (else all 0).
+    pub priorities: bool,
+}
+
+impl Mix {
+    /// The `Authorization` value and priority of submission `i`.
+    pub fn of(&self, i: u64) -> (std::sync::Arc<str>, i32) {
+        let auth = self.auths[(i % self.auths.len() as u64) as usize].clone();
+        let priority = if self.priorities {
+            [0, 10, -10][(i % 3) as usize]
+        } else {
+            0
+        };
+        (auth, priority)
+    }
+}
+
+impl Target {
+    /// Creates `users` submitting users (signed in) and sets the mix of submissions.
+    pub async fn set_mix(&self, users: usize, priorities: bool) -> anyhow::Result<()> {
+        let mut auths = Vec::with_capacity(users);
+        let run = std::process::id();
+        for i in 0..users {
+            let email = format!("lt-{run}-{i}@loadtest.local");
+            let password = "loadtest-password";
+            self.call(
+                http::Method::POST,
+                "/api/auth/register",
+                Some(&self.admin),
+                Some(json!({"email": email, "password": password})),
+            )
+            .await
+            .with_context(|| format!("registering submitter {email}"))?;
+            let token = self.login(&email, password).await?;
+            auths.push(std::sync::Arc::from(format!("Bearer {token}")));
+        }
+        let _ = self.mix.set(Mix { auths, priorities });
+        Ok(())
+    }
 }
 
 /// The intended send time stamped into a command by [`submit_body`].

@@ -87,6 +87,9 @@ pub enum ServerMsg {
         position: u32,
         /// No connected worker can run the job.
         no_matching_worker: bool,
+        /// Why it waits (older hubs omit it).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<crate::rest::WaitReason>,
     },
     /// A job changed (created, assigned, started, finished); on an output subscription, the
     /// job left the queue.

@@ -14,7 +14,26 @@ pub struct ErrorBody {
     pub error: String,
     /// Machine-readable, e.g. `bad_request`, `unauthorized`, `not_found`, `stale_attempt`.
     pub code: String,
+    /// With `quota_exceeded` (429): the quota the request would exceed
+    /// (`max_queued_per_user`) and its value for this user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<QuotaHit>,
 }
+
+/// Which quota a refused submission would exceed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QuotaHit {
+    /// The setting's name, e.g. `max_queued_per_user`.
+    pub name: String,
+    /// Its value for this user.
+    pub limit: u32,
+}
+
+/// The lowest job priority.
+pub const MIN_PRIORITY: i32 = -100;
+/// The highest job priority.
+pub const MAX_PRIORITY: i32 = 100;
 
 /// `POST /api/auth/login`.
 #[derive(Clone, Serialize, Deserialize)]
@@ -56,6 +75,26 @@ pub struct UserView {
     pub role: String,
     /// RFC 3339.
     pub created_at: String,
+    /// This user's own limit on queued jobs, set by an admin (`null`: the hub's
+    /// `max_queued_per_user`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_queued: Option<u32>,
+    /// This user's own limit on running jobs (`null`: the hub's `max_running_per_user`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_running: Option<u32>,
+}
+
+/// `PUT /api/users/{id}/quota` (admin): a user's own limits; `null` (or absent) puts a limit
+/// back to the hub's setting, `0` means no limit.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct QuotaRequest {
+    /// Most jobs queued at once.
+    #[serde(default)]
+    pub max_queued: Option<u32>,
+    /// Most jobs assigned or running at once (more wait in the queue).
+    #[serde(default)]
+    pub max_running: Option<u32>,
 }
 
 /// `POST /api/auth/register` (admin only).
@@ -145,6 +184,10 @@ pub struct SubmitRequest {
     /// 1000). Only with a terminal.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tty_size: Option<crate::WindowSize>,
+    /// Higher runs first, from -100 to 100 (default 0); above the hub's `max_user_priority`
+    /// (default 50) only for admins. A running job is never preempted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i32>,
 }
 
 impl std::fmt::Debug for SubmitRequest {
@@ -160,6 +203,7 @@ impl std::fmt::Debug for SubmitRequest {
             .field("artifacts", &self.artifacts)
             .field("tty", &self.tty)
             .field("tty_size", &self.tty_size)
+            .field("priority", &self.priority)
             .finish()
     }
 }
@@ -291,6 +335,39 @@ pub struct JobView {
     /// on a hub of a cluster, which sees only the workers connected to itself.
     #[serde(default)]
     pub no_matching_worker: bool,
+    /// While `queued`: why it waits (see [`WaitReason`]). Older hubs omit it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_reason: Option<WaitReason>,
+    /// Higher runs first (-100 to 100). Older hubs omit it (0).
+    #[serde(default)]
+    pub priority: i32,
+}
+
+/// Why a queued job has not started yet (the first that applies).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WaitReason {
+    /// No connected, non-draining worker serves all its tags.
+    NoMatchingWorker,
+    /// Its owner has as many jobs assigned or running as their `max_running_per_user`.
+    UserAtRunningQuota,
+    /// Jobs of a higher priority that its workers could run are queued.
+    BehindHigherPriority,
+    /// Every slot of the workers that could run it is busy (or goes first to other jobs of its
+    /// priority: other users' in turn, then its owner's older ones).
+    NoFreeSlot,
+}
+
+impl WaitReason {
+    /// A short sentence for people.
+    pub fn describe(self) -> &'static str {
+        match self {
+            WaitReason::NoMatchingWorker => "no connected worker has its tags",
+            WaitReason::UserAtRunningQuota => "its owner is at their running-jobs quota",
+            WaitReason::BehindHigherPriority => "behind jobs of a higher priority",
+            WaitReason::NoFreeSlot => "waiting for a free slot",
+        }
+    }
 }
 
 /// One collected artifact file.
@@ -379,6 +456,9 @@ pub struct JobSummary {
     pub failure: Option<FailureKind>,
     /// Total output bytes so far.
     pub output_bytes: u64,
+    /// Higher runs first. Older hubs omit it (0).
+    #[serde(default)]
+    pub priority: i32,
 }
 
 /// `GET /api/jobs/list`.

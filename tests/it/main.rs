@@ -36,6 +36,7 @@ mod packaging;
 mod pty;
 mod ratelimit;
 mod relay;
+mod scheduling;
 mod security;
 mod sessions;
 mod store;

@@ -385,6 +385,8 @@ async fn users_files_workers_tokens_and_revoked_sessions_round_trip() {
             password_hash: "$argon2id$x".into(),
             role: "user".into(),
             created_ms: 1,
+            max_queued: None,
+            max_running: None,
         };
         s.insert_user(&user("u1", "a@x")).await.unwrap();
         s.insert_user(&user("u2", "b@x")).await.unwrap();
@@ -405,6 +407,36 @@ async fn users_files_workers_tokens_and_revoked_sessions_round_trip() {
         );
         assert!(s.get_user("u3").await.unwrap().is_none(), "{name}");
         assert_eq!(s.list_users().await.unwrap().len(), 2, "{name}");
+        let mut limited = user("u2", "b@x");
+        limited.max_queued = Some(7);
+        s.replace_user(&limited).await.unwrap();
+        assert_eq!(
+            s.get_user("u2").await.unwrap().and_then(|u| u.max_queued),
+            Some(7),
+            "{name}: replaced"
+        );
+        assert_eq!(
+            s.get_user_by_email("b@x")
+                .await
+                .unwrap()
+                .and_then(|u| u.max_queued),
+            Some(7),
+            "{name}"
+        );
+        assert!(
+            matches!(
+                s.replace_user(&user("u9", "b@x")).await,
+                Err(StoreError::NotFound(_))
+            ),
+            "{name}: another id under that email is not replaced"
+        );
+        assert!(
+            matches!(
+                s.replace_user(&user("u9", "z@x")).await,
+                Err(StoreError::NotFound(_))
+            ),
+            "{name}: nobody to replace"
+        );
 
         let file = |id: &str, owner: &str| FileRecord {
             v: 1,

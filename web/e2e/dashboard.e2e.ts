@@ -164,6 +164,21 @@ describe('dashboard against cmdx dev', () => {
     await page.getByLabel('Status').selectOption('');
   });
 
+  it('runs a job at the priority the form gives, refusing one out of range in place', async () => {
+    await page.getByRole('link', { name: 'New job', exact: true }).first().click();
+    await page.getByRole('heading', { name: 'New job' }).waitFor();
+    await page.getByLabel('Command').fill('echo prioritised');
+    await page.getByLabel('Priority').fill('101');
+    await page.getByRole('button', { name: 'Run', exact: true }).click();
+    await page.getByText('Priority must be between -100 and 100').waitFor();
+    expect(page.url()).toMatch(/\/jobs\/new/);
+    await page.getByLabel('Priority').fill('7');
+    await page.getByRole('button', { name: 'Run', exact: true }).click();
+    await page.waitForURL(/\/jobs\/(?!new)[^/]+$/);
+    const fact = page.locator('.facts dt', { hasText: /^Priority$/ }).locator('xpath=following-sibling::dd[1]');
+    await expect.poll(async () => (await fact.textContent())?.trim(), { timeout: 10_000 }).toBe('7');
+  });
+
   it('cancels a long job', async () => {
     await submitFromForm(page, 'echo started; sleep 600');
     await page.locator('.page-header .badge[data-status="running"]').waitFor({ timeout: 60_000 });

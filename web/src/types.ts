@@ -59,6 +59,8 @@ export interface SubmitRequest {
   maxAttempts?: number;
   /** Globs of result files to keep, relative to the job dir (`dist/**`, `reports/*.xml`). */
   artifacts?: string[];
+  /** Higher runs first, -100 to 100 (default 0; above the hub's ceiling, 50, admins only). */
+  priority?: number;
 }
 
 export interface SubmitResponse {
@@ -123,7 +125,14 @@ export interface JobView {
   queuePosition: number | null;
   /** While queued: no connected worker can run it (its tags are served by nobody). */
   noMatchingWorker: boolean;
+  /** While queued: why it waits. */
+  waitReason?: WaitReason;
+  /** Higher runs first (-100 to 100). */
+  priority: number;
 }
+
+/** Why a queued job has not started. */
+export type WaitReason = 'no_matching_worker' | 'user_at_running_quota' | 'behind_higher_priority' | 'no_free_slot';
 
 /** One collected artifact file. */
 export interface ArtifactView {
@@ -154,6 +163,8 @@ export interface JobSummary {
   exitCode: number | null;
   failure: FailureKind | null;
   outputBytes: number;
+  /** Higher runs first (-100 to 100). */
+  priority: number;
 }
 
 export interface JobList {
@@ -214,7 +225,7 @@ export type ServerMsg =
       signal?: number;
       failure?: FailureKind;
     }
-  | { type: 'queued'; jobId: string; position: number; noMatchingWorker: boolean }
+  | { type: 'queued'; jobId: string; position: number; noMatchingWorker: boolean; reason?: WaitReason }
   | ({ type: 'job' } & JobSummary)
   | ({ type: 'worker' } & WorkerView)
   | { type: 'error'; code: string; message: string };

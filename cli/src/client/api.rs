@@ -28,6 +28,9 @@ pub struct HubError {
     pub what: String,
     /// `Retry-After` seconds of a 429.
     pub retry_after: Option<u64>,
+    /// The hub's machine-readable code (`rate_limited`, `quota_exceeded`, …; empty when the
+    /// body had none).
+    pub code: String,
 }
 
 impl std::fmt::Display for HubError {
@@ -39,6 +42,9 @@ impl std::fmt::Display for HubError {
             }
             StatusCode::NOT_FOUND => write!(f, "{} not found", self.what),
             StatusCode::PAYLOAD_TOO_LARGE => write!(f, "upload too large: {}", self.message),
+            StatusCode::TOO_MANY_REQUESTS if self.code == "quota_exceeded" => {
+                write!(f, "{} refused: {}", self.what, self.message)
+            }
             StatusCode::TOO_MANY_REQUESTS => match self.retry_after {
                 Some(s) => write!(f, "the hub is rate limiting requests: retry in {s} s"),
                 None => f.write_str("the hub is rate limiting requests: retry later"),
@@ -148,8 +154,20 @@ impl Api {
         body: &B,
         what: &str,
     ) -> anyhow::Result<T> {
+        self.send_json(reqwest::Method::POST, path, body, what)
+            .await
+    }
+
+    /// Sends a JSON body with `method` and decodes the JSON answer.
+    pub async fn send_json<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: &B,
+        what: &str,
+    ) -> anyhow::Result<T> {
         let rb = self
-            .request(reqwest::Method::POST, path)
+            .request(method, path)
             .timeout(Duration::from_secs(60))
             .json(body);
         decode(self.send(rb, what).await?, what).await
@@ -215,18 +233,20 @@ pub async fn check(resp: Response, what: &str) -> anyhow::Result<Response> {
         .and_then(|v| v.trim().parse().ok());
     let text = resp.text().await.unwrap_or_default();
     detail(format_args!("{what}: HTTP {status}: {}", one_line(&text)));
-    let message = match serde_json::from_str::<ErrorBody>(&text) {
-        Ok(b) => one_line(&b.error),
-        Err(_) if text.trim().is_empty() => {
-            status.canonical_reason().unwrap_or("error").to_lowercase()
-        }
-        Err(_) => one_line(&text),
+    let (message, code) = match serde_json::from_str::<ErrorBody>(&text) {
+        Ok(b) => (one_line(&b.error), b.code),
+        Err(_) if text.trim().is_empty() => (
+            status.canonical_reason().unwrap_or("error").to_lowercase(),
+            String::new(),
+        ),
+        Err(_) => (one_line(&text), String::new()),
     };
     Err(HubError {
         status,
         message,
         what: what.to_string(),
         retry_after,
+        code,
     }
     .into())
 }

@@ -215,9 +215,10 @@ pub async fn follow(
                 job_id: id,
                 position,
                 no_matching_worker,
+                reason,
             } if id == job_id => {
                 if let Some(p) = progress {
-                    p.queued(position, no_matching_worker);
+                    p.queued(position, no_matching_worker, reason);
                 }
             }
             ServerMsg::Job(j) if j.job_id == job_id && j.status != JobStatus::Queued => {

@@ -167,6 +167,10 @@ pub struct SubmitArgs {
     /// followed here, 80x24 otherwise).
     #[arg(long)]
     pub no_tty: bool,
+    /// Higher runs first, from -100 to 100 (default 0; above the hub's ceiling, 50 by default,
+    /// admins only). Within a priority users take turns; a running job is never preempted.
+    #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(i32).range(-100..=100))]
+    pub priority: Option<i32>,
     /// The shell command (after `--`), run as `sh -c` in the job folder.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
@@ -405,6 +409,41 @@ pub enum UserCmd {
         #[arg(long)]
         password_stdin: bool,
     },
+    /// Show or set a user's own quotas (admin): most jobs queued (more are refused) and most
+    /// running (more wait). Without flags, shows them.
+    Quota {
+        /// The user's email or id.
+        user: String,
+        /// Most jobs queued at once: a number (0: no limit) or `default` (the hub's setting).
+        #[arg(long, value_name = "N|default")]
+        max_queued: Option<QuotaValue>,
+        /// Most jobs assigned or running at once: a number (0: no limit) or `default`.
+        #[arg(long, value_name = "N|default")]
+        max_running: Option<QuotaValue>,
+    },
+}
+
+/// A quota given on the command line: a number, or `default` for the hub's setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuotaValue {
+    /// This many (0: no limit).
+    Limit(u32),
+    /// The hub's setting.
+    Default,
+}
+
+impl std::str::FromStr for QuotaValue {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "default" => Ok(QuotaValue::Default),
+            n => n
+                .parse()
+                .map(QuotaValue::Limit)
+                .map_err(|_| format!("{n:?} is not a number of jobs or `default`")),
+        }
+    }
 }
 
 /// `cmdx completions`.

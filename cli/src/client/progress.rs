@@ -9,7 +9,7 @@ use std::io::{IsTerminal, Write};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use cmdx_proto::rest::JobView;
+use cmdx_proto::rest::{JobView, WaitReason};
 use cmdx_proto::{FailureKind, JobStatus};
 
 /// Erases the current terminal line (carriage return, then "erase in line").
@@ -63,8 +63,9 @@ impl Progress {
         self.line(&format!("job {id} submitted: {url}"));
     }
 
-    /// The job waits at `position`; `no_worker`: no connected worker can run it.
-    pub fn queued(&self, position: u32, no_worker: bool) {
+    /// The job waits at `position`; `no_worker`: no connected worker can run it; `reason`: why
+    /// it waits (older hubs do not say).
+    pub fn queued(&self, position: u32, no_worker: bool, reason: Option<WaitReason>) {
         if self.quiet {
             return;
         }
@@ -89,10 +90,13 @@ impl Progress {
             );
         }
         st.warned &= no_worker;
-        let waiting = if self.tags.is_empty() {
-            "waiting for a free worker".to_string()
-        } else {
-            format!("waiting for a worker with tags {}", self.tags.join(","))
+        let waiting = match reason {
+            Some(WaitReason::UserAtRunningQuota) => {
+                "you have as many jobs running as your quota allows".to_string()
+            }
+            Some(WaitReason::BehindHigherPriority) => "behind higher-priority jobs".to_string(),
+            _ if self.tags.is_empty() => "waiting for a free worker".to_string(),
+            _ => format!("waiting for a worker with tags {}", self.tags.join(",")),
         };
         let text = format!("queued (position {position}, {waiting})");
         if st.shown.as_deref() == Some(text.as_str()) && (st.drawn || !self.tty) {

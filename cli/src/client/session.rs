@@ -1,17 +1,17 @@
-//! `cmdx login`, `cmdx logout`, `cmdx token worker|list|revoke` and `cmdx user add`.
+//! `cmdx login`, `cmdx logout`, `cmdx token worker|list|revoke` and `cmdx user add|quota`.
 
 use std::io::{BufRead, IsTerminal, Write};
 
 use anyhow::{Context, anyhow, bail};
 use cmdx_proto::rest::{
-    LoginRequest, LoginResponse, MintTokenRequest, MintTokenResponse, RegisterRequest, UserView,
-    WorkerTokenList,
+    LoginRequest, LoginResponse, MintTokenRequest, MintTokenResponse, QuotaRequest,
+    RegisterRequest, UserView, WorkerTokenList,
 };
 use reqwest::StatusCode;
 
 use super::api::{Api, hub_status};
 use super::config::{self, ConfigFile};
-use super::{LoginArgs, LogoutArgs, TokenArgs, TokenCmd, UserArgs, UserCmd, detail};
+use super::{LoginArgs, LogoutArgs, QuotaValue, TokenArgs, TokenCmd, UserArgs, UserCmd, detail};
 
 /// Reads the first line of stdin (without its line ending).
 fn read_stdin_line() -> anyhow::Result<String> {
@@ -229,6 +229,54 @@ pub async fn user(args: UserArgs) -> anyhow::Result<i32> {
             })?;
             super::out(&format!("{}\n", user.id))?;
             super::note(format_args!("created {} ({})", user.email, user.role));
+            Ok(0)
+        }
+        UserCmd::Quota {
+            user,
+            max_queued,
+            max_running,
+        } => {
+            #[derive(serde::Deserialize)]
+            struct Users {
+                users: Vec<UserView>,
+            }
+            let list: Users = api.get_json("/api/users/list", "the user list").await?;
+            let wanted = user.to_lowercase();
+            let mut u = list
+                .users
+                .into_iter()
+                .find(|u| u.id == user || u.email == wanted)
+                .ok_or_else(|| anyhow!("no user {user}"))?;
+            if max_queued.is_some() || max_running.is_some() {
+                let pick = |given: Option<QuotaValue>, now: Option<u32>| match given {
+                    None => now,
+                    Some(QuotaValue::Default) => None,
+                    Some(QuotaValue::Limit(n)) => Some(n),
+                };
+                let req = QuotaRequest {
+                    max_queued: pick(max_queued, u.max_queued),
+                    max_running: pick(max_running, u.max_running),
+                };
+                u = api
+                    .send_json(
+                        reqwest::Method::PUT,
+                        &format!("/api/users/{}/quota", u.id),
+                        &req,
+                        &format!("setting the quota of {}", u.email),
+                    )
+                    .await?;
+            }
+            let shown = |v: Option<u32>| match v {
+                None => "hub default".to_string(),
+                Some(0) => "no limit".to_string(),
+                Some(n) => n.to_string(),
+            };
+            super::out(&format!(
+                "{}\tmax queued: {}\tmax running: {}\n",
+                u.email,
+                shown(u.max_queued),
+                shown(u.max_running)
+            ))?;
             Ok(0)
         }
     }

@@ -72,12 +72,12 @@ fn describe(v: &JobView, hub: &str, now: SystemTime) -> String {
     rows.push(("job", v.job_id.clone()));
     rows.push(("status", status));
     if let (JobStatus::Queued, Some(pos)) = (v.status, v.queue_position) {
-        let why = if v.no_matching_worker {
-            ", no connected worker can run it"
-        } else {
-            ""
+        let why = match (v.no_matching_worker, v.wait_reason) {
+            (true, _) => "no connected worker can run it",
+            (false, Some(r)) => r.describe(),
+            (false, None) => "waiting for a free slot",
         };
-        rows.push(("queue", format!("position {pos}{why}")));
+        rows.push(("queue", format!("position {pos}, {why}")));
     }
     if v.cancel_requested && !v.status.is_terminal() {
         rows.push(("cancel", "requested".into()));
@@ -90,6 +90,7 @@ fn describe(v: &JobView, hub: &str, now: SystemTime) -> String {
     rows.push(("env", list_or_dash(&v.env_keys)));
     rows.push(("file", v.file_url.clone().unwrap_or_else(|| "-".into())));
     rows.push(("timeout", format!("{}s", v.timeout)));
+    rows.push(("priority", v.priority.to_string()));
     rows.push(("worker", v.worker_id.clone().unwrap_or_else(|| "-".into())));
     rows.push(("attempt", format!("{} of {}", v.attempt, v.max_attempts)));
     rows.push((

@@ -83,6 +83,7 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<i32> {
         } else {
             window_size()
         },
+        priority: args.priority,
         ..Default::default()
     };
     let resp: SubmitResponse = api
@@ -251,7 +252,7 @@ async fn wait_quietly(api: &Api, id: &str, progress: &Progress) -> anyhow::Resul
             .await?;
         match view.queue_position {
             Some(pos) if view.status == JobStatus::Queued => {
-                progress.queued(pos, view.no_matching_worker);
+                progress.queued(pos, view.no_matching_worker, view.wait_reason);
             }
             _ => progress.left_queue(),
         }

@@ -165,6 +165,11 @@ pub(super) static ROUTES: &[Route] = &[
     Route::new(Method::GET, "/api/auth/me", plain!(users::me)),
     Route::new(Method::POST, "/api/auth/register", plain!(users::register)),
     Route::new(Method::GET, "/api/users/list", plain!(users::list)),
+    Route::new(
+        Method::PUT,
+        "/api/users/*/quota",
+        with_id!(users::set_quota),
+    ),
     Route::new(Method::POST, "/api/admin/janitor", plain!(super::janitor)),
     Route::new(Method::GET, "/api/admin/backup", plain!(super::backup)),
     // files

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use cmdx_proto::rest::{LoginRequest, LoginResponse, RegisterRequest, UserView};
+use cmdx_proto::rest::{LoginRequest, LoginResponse, QuotaRequest, RegisterRequest, UserView};
 use warp::http::StatusCode;
 use warp::reply::Response;
 
@@ -20,6 +20,8 @@ fn view(u: &UserRecord) -> UserView {
         email: u.email.clone(),
         role: u.role.clone(),
         created_at: rfc3339(u.created_ms),
+        max_queued: u.max_queued,
+        max_running: u.max_running,
     }
 }
 
@@ -126,6 +128,8 @@ pub async fn register(hub: &Arc<Hub>, mut req: Req) -> ApiResult<Response> {
         password_hash: hash,
         role,
         created_ms: now_ms(),
+        max_queued: None,
+        max_running: None,
     };
     hub.store.insert_user(&u).await?;
     hub.store.sync().await?;
@@ -137,6 +141,27 @@ pub async fn list(hub: &Arc<Hub>, req: Req) -> ApiResult<Response> {
     admin(hub, &req).await?;
     let users: Vec<UserView> = hub.store.list_users().await?.iter().map(view).collect();
     Ok(json(&serde_json::json!({ "users": users })))
+}
+
+/// `PUT /api/users/{id}/quota` (admin): a user's own limits on queued and running jobs
+/// (`null`: the hub's setting; 0: none). Takes effect at once on this hub, within the cluster's
+/// catch-up period on the others.
+pub async fn set_quota(hub: &Arc<Hub>, mut req: Req, id: &str) -> ApiResult<Response> {
+    admin(hub, &req).await?;
+    let body: QuotaRequest = read_json(&mut req, hub.config.max_json_bytes).await?;
+    let mut u = hub
+        .store
+        .get_user(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("user not found"))?;
+    u.max_queued = body.max_queued;
+    u.max_running = body.max_running;
+    hub.store.replace_user(&u).await?;
+    hub.store.sync().await?;
+    hub.dispatch
+        .set_user_quota(&u.id, u.max_queued, u.max_running);
+    tracing::info!(user = %u.id, max_queued = ?u.max_queued, max_running = ?u.max_running, "quota set");
+    Ok(json(&view(&u)))
 }
 
 /// `GET /ws/client`: browser and CLI live socket.

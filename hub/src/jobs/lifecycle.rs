@@ -281,7 +281,7 @@ pub async fn requeue_or_fail(
     } else {
         hub.dispatch.release(worker, job_id);
         hub.relay.unload(job_id).await;
-        hub.enqueue(seq, job_id, &job.tags);
+        hub.enqueue(seq, &job);
         hub.publish(&job);
     }
     Ok(())

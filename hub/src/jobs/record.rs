@@ -34,6 +34,8 @@ pub struct NewJob {
     pub artifact_globs: Vec<String>,
     /// The job's pseudo-terminal; `None`: pipes.
     pub tty: Option<TtyRecord>,
+    /// Higher runs first.
+    pub priority: i32,
 }
 
 impl JobRecord {
@@ -69,6 +71,7 @@ impl JobRecord {
             artifact_globs: new.artifact_globs,
             artifacts: None,
             tty: new.tty,
+            priority: new.priority,
         }
     }
 

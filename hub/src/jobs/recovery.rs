@@ -13,6 +13,11 @@ use crate::store::JobRecord;
 /// Rebuilds the in-memory index from the store and starts reconnect graces for workers that
 /// held jobs when the hub stopped.
 pub async fn recover(hub: &Arc<Hub>) -> Result<(), HubError> {
+    hub.dispatch.set_quotas(crate::dispatch::Quotas::new(
+        hub.config.max_queued_per_user,
+        hub.config.max_running_per_user,
+        &hub.store.list_users().await?,
+    ));
     for w in hub.store.list_workers().await? {
         let kind = if w.kind == "legacy" {
             WorkerKind::Legacy
@@ -47,12 +52,13 @@ pub async fn recover(hub: &Arc<Hub>) -> Result<(), HubError> {
                         seq
                     }
                 };
-                hub.dispatch.enqueue(seq, &job.id, &job.tags);
+                hub.dispatch
+                    .enqueue(&job.tags, crate::queue::Entry::of(seq, &job));
                 n_queued += 1;
             }
             _ => {
                 if let Some(w) = &job.worker_id {
-                    hub.dispatch.hold(w, &job.id);
+                    hub.dispatch.hold(w, &job.id, &job.owner);
                     workers.insert(w.clone());
                 }
                 n_active += 1;

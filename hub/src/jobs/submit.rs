@@ -47,6 +47,8 @@ pub async fn rerun(hub: &Hub, caller: &Caller, job_id: &str) -> LifecycleResult<
             cols: t.cols,
             rows: t.rows,
         }),
+        // Through the same ceiling as a submission: a user cannot rerun an admin's priority.
+        priority: Some(old.priority),
     };
     accept(hub, caller, req, old.legacy).await
 }
@@ -98,6 +100,7 @@ async fn accept(
         ));
     }
     let tty = terminal(&req, legacy)?;
+    let priority = priority(hub, caller, req.priority)?;
     let artifact_globs =
         crate::artifacts::validate_globs(&req.artifacts).map_err(LifecycleError::Invalid)?;
     let file_id =
@@ -128,6 +131,14 @@ async fn accept(
         None => None,
     };
     let tags = sorted_tags(&req.tags);
+    // Counted against the owner's queued quota from here until it is in the queue.
+    let admission = hub
+        .dispatch
+        .admit(&caller.user_id)
+        .map_err(|limit| LifecycleError::Quota {
+            name: "max_queued_per_user",
+            limit,
+        })?;
     let seq = hub.store.next_seq()?;
     let new = NewJob {
         id: new_id(),
@@ -141,6 +152,7 @@ async fn accept(
         legacy,
         artifact_globs,
         tty,
+        priority,
     };
     let job = JobRecord::queued(new, seq, now_ms());
     hub.store.insert_job(&job).await?;
@@ -150,7 +162,8 @@ async fn accept(
     // submission and the claim share one flush instead of waiting for two in a row. (The event
     // goes out first so that watchers never see `queued` after `assigned`.)
     hub.publish(&job);
-    hub.enqueue(seq, &job.id, &tags);
+    hub.enqueue(seq, &job);
+    drop(admission);
     hub.store.sync().await?;
     metrics::counter!("cmdx_jobs_submitted_total").increment(1);
     tracing::info!(job_id = %job.id, owner = %job.owner, "job submitted");
@@ -181,6 +194,24 @@ fn terminal(req: &SubmitRequest, legacy: bool) -> LifecycleResult<Option<TtyReco
             }))
         }
     }
+}
+
+/// The job's priority: -100 to 100, above the hub's `max_user_priority` for admins only.
+fn priority(hub: &Hub, caller: &Caller, asked: Option<i32>) -> LifecycleResult<i32> {
+    use cmdx_proto::rest::{MAX_PRIORITY, MIN_PRIORITY};
+    let p = asked.unwrap_or(0);
+    if !(MIN_PRIORITY..=MAX_PRIORITY).contains(&p) {
+        return Err(invalid(format!(
+            "priority must be between {MIN_PRIORITY} and {MAX_PRIORITY}"
+        )));
+    }
+    let ceiling = hub.config.max_user_priority;
+    if p > ceiling && !caller.is_admin() {
+        return Err(LifecycleError::Forbidden(format!(
+            "priority above {ceiling} is for admins"
+        )));
+    }
+    Ok(p)
 }
 
 fn sorted_tags(tags: &[String]) -> Vec<String> {

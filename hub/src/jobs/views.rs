@@ -59,6 +59,7 @@ pub fn summary(job: &JobRecord) -> JobSummary {
         exit_code: job.outcome.as_ref().and_then(|o| o.exit_code),
         failure: job.failure,
         output_bytes: job.output.total_bytes,
+        priority: job.priority,
     }
 }
 
@@ -158,6 +159,8 @@ pub async fn view(hub: &Hub, job: &JobRecord) -> LifecycleResult<JobView> {
         artifacts_error: outcome.artifacts_error.clone(),
         queue_position: queue.map(|q| q.position),
         no_matching_worker: queue.is_some_and(|q| q.no_matching_worker),
+        wait_reason: queue.map(|q| q.reason),
+        priority: job.priority,
     })
 }
 
@@ -166,11 +169,13 @@ pub async fn view(hub: &Hub, job: &JobRecord) -> LifecycleResult<JobView> {
 /// this hub's registry.
 pub fn queue_state(hub: &Hub, job: &JobRecord) -> Option<QueueState> {
     let seq = job.queue_seq.filter(|_| job.status == JobStatus::Queued)?;
-    let mut state = hub
-        .dispatch
-        .queue_state(seq, &job.tags, hub.config.legacy_offline_secs * 1000);
-    if hub.cluster.is_shared() {
+    let entry = crate::queue::Entry::of(seq, job);
+    let mut state =
+        hub.dispatch
+            .queue_state(&entry, &job.tags, hub.config.legacy_offline_secs * 1000);
+    if hub.cluster.is_shared() && state.no_matching_worker {
         state.no_matching_worker = false;
+        state.reason = cmdx_proto::rest::WaitReason::NoFreeSlot;
     }
     Some(state)
 }

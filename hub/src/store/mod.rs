@@ -246,6 +246,9 @@ pub trait Store: Send + Sync + 'static {
     async fn insert_user(&self, user: &UserRecord) -> StoreResult<()>;
     /// All users.
     async fn list_users(&self) -> StoreResult<Vec<UserRecord>>;
+    /// Replaces the stored record of an existing user (same id and email); `NotFound` when
+    /// there is none.
+    async fn replace_user(&self, user: &UserRecord) -> StoreResult<()>;
 
     /// Stores a file record.
     async fn put_file(&self, file: &FileRecord) -> StoreResult<()>;

@@ -99,6 +99,13 @@ pub struct JobRecord {
     /// written before jobs had terminals load as `None`, the pipes they were submitted with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tty: Option<TtyRecord>,
+    /// Higher runs first (-100..=100); records written before priorities load as 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub priority: i32,
+}
+
+fn is_zero(n: &i32) -> bool {
+    *n == 0
 }
 
 /// The size of a job's pseudo-terminal, in character cells.
@@ -316,6 +323,13 @@ pub struct UserRecord {
     pub role: String,
     /// Created (ms).
     pub created_ms: u64,
+    /// This user's own limit on queued jobs, set by an admin (`None`: the hub's setting; 0: no
+    /// limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_queued: Option<u32>,
+    /// This user's own limit on running jobs (`None`: the hub's setting; 0: no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_running: Option<u32>,
 }
 
 impl std::fmt::Debug for UserRecord {

@@ -526,6 +526,27 @@ impl Store for SledStore {
         self.scan_json(&self.users)
     }
 
+    async fn replace_user(&self, user: &UserRecord) -> StoreResult<()> {
+        let key = user.email.as_bytes();
+        loop {
+            let old = self.users.get(key).map_err(backend("replace user"))?;
+            let Some(old) = old else {
+                return Err(StoreError::NotFound(format!("user {}", user.id)));
+            };
+            let stored: UserRecord = decode(key, &old)?;
+            if stored.id != user.id {
+                return Err(StoreError::NotFound(format!("user {}", user.id)));
+            }
+            let swapped = self
+                .users
+                .compare_and_swap(key, Some(old), Some(encode(user)))
+                .map_err(backend("replace user"))?;
+            if swapped.is_ok() {
+                return Ok(());
+            }
+        }
+    }
+
     async fn put_file(&self, file: &FileRecord) -> StoreResult<()> {
         self.files
             .insert(file.id.as_bytes(), encode(file))

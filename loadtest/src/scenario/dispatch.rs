@@ -20,6 +20,13 @@ pub async fn run(cli: &Cli, target: &Arc<Target>) -> anyhow::Result<Report> {
     let secs = duration(cli, 60.0);
     let warm = cli.warmup_for(secs);
     let token = setup(target.worker_token().await, "worker token")?;
+    let users = cli.users.unwrap_or(0);
+    if users > 0 || cli.priorities {
+        setup(
+            target.set_mix(users.max(1), cli.priorities).await,
+            "submitting users",
+        )?;
+    }
     let b = Behaviour {
         concurrency: cli.concurrency.unwrap_or(1),
         job_ms: cli.job_ms,
@@ -62,6 +69,21 @@ pub async fn run(cli: &Cli, target: &Arc<Target>) -> anyhow::Result<Report> {
     r.latency_ms.submit_to_assigned = h.assigned.summary();
     r.latency_ms.submit_to_done = h.done.summary();
     note(&mut r, "offered", format!("{offered:.0} jobs/s"));
+    if let Some(mix) = target.mix.get() {
+        note(
+            &mut r,
+            "submitters",
+            format!(
+                "{} users{}",
+                mix.auths.len(),
+                if mix.priorities {
+                    ", priorities 0/10/-10"
+                } else {
+                    ""
+                }
+            ),
+        );
+    }
     note(&mut r, "acknowledged", acked.to_string());
     if let Some(p) = sub
         .latency

@@ -108,22 +108,25 @@ pub async fn open_loop(
     let out = Arc::new(Submitted::default());
     let n = (rate * secs).round() as u64;
     let gap_us = 1e6 / rate.max(1e-3);
-    let auth = Arc::new(format!("Bearer {}", target.admin));
+    let admin: Arc<str> = Arc::from(format!("Bearer {}", target.admin));
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..n {
         let intended = start_us + (i as f64 * gap_us) as u64;
         tokio::time::sleep_until(at_us(intended).into()).await;
         let pool = pool.clone();
-        let auth = auth.clone();
+        let (auth, priority) = match target.mix.get() {
+            Some(mix) => mix.of(i),
+            None => (admin.clone(), 0),
+        };
         let out = out.clone();
         let on_ack = on_ack.clone();
-        let body = submit_body(&command(intended), intended);
+        let body = submit_body(&command(intended), intended, priority);
         tasks.spawn(async move {
             let r = pool
                 .request(
                     http::Method::POST,
                     "/api/jobs/submit",
-                    &[("authorization", auth.as_str())],
+                    &[("authorization", &auth)],
                     Some(body),
                 )
                 .await;

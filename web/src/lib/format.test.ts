@@ -7,6 +7,7 @@ import {
   formatRelative,
   jobDurationMs,
   parseTags,
+  parsePriority,
   parseTimeout,
   shortId,
 } from './format';
@@ -59,6 +60,16 @@ describe('format', () => {
   it('parseTags splits on commas and spaces, dropping duplicates', () => {
     expect(parseTags(' linux, gpu  linux,,')).toEqual(['linux', 'gpu']);
     expect(parseTags('')).toEqual([]);
+  });
+
+  it('parsePriority', () => {
+    expect(parsePriority('')).toEqual({ value: null });
+    expect(parsePriority(' -5 ')).toEqual({ value: -5 });
+    expect(parsePriority('100')).toEqual({ value: 100 });
+    expect(parsePriority('101')).toHaveProperty('error');
+    expect(parsePriority('-101')).toHaveProperty('error');
+    expect(parsePriority('high')).toHaveProperty('error');
+    expect(parsePriority('1.5')).toHaveProperty('error');
   });
 
   it('parseTimeout', () => {

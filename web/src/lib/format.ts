@@ -122,6 +122,16 @@ export function parseTags(s: string): string[] {
 }
 
 /** Parses a timeout field in seconds; `null` when empty, an error text when invalid. */
+/** A job priority typed in a form: empty (the default, 0) or a whole number from -100 to 100. */
+export function parsePriority(s: string): { value: number | null } | { error: string } {
+  const t = s.trim();
+  if (!t) return { value: null };
+  if (!/^-?\d+$/.test(t)) return { error: 'Priority must be a whole number' };
+  const v = Number(t);
+  if (v < -100 || v > 100) return { error: 'Priority must be between -100 and 100' };
+  return { value: v };
+}
+
 export function parseTimeout(s: string): { value: number | null } | { error: string } {
   const t = s.trim();
   if (!t) return { value: null };

@@ -27,6 +27,7 @@ function job(over: Partial<JobSummary> = {}): JobSummary {
     exitCode: null,
     failure: null,
     outputBytes: 0,
+    priority: 0,
     ...over,
   };
 }

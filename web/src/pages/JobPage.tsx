@@ -237,7 +237,7 @@ export function JobPage({ jobId }: { jobId: string }) {
       {job.status === 'queued' && job.queuePosition !== null && job.queuePosition !== undefined && (
         <div class="alert alert-info" role="status">
           Queued, position {job.queuePosition}
-          {job.tags.length > 0 ? `, waiting for a worker with tags ${job.tags.join(', ')}` : ', waiting for a free worker'}.
+          {waitText(job)}.
         </div>
       )}
       <section class="card job-summary" aria-label="Job details">
@@ -264,6 +264,7 @@ export function JobPage({ jobId }: { jobId: string }) {
           <Fact label="Peak memory">{formatBytes(job.peakMemoryBytes)}</Fact>
           <Fact label="CPU time">{job.cpuMs === null ? '—' : formatDuration(job.cpuMs)}</Fact>
           <Fact label="Timeout">{formatDuration(job.timeout * 1000)}</Fact>
+          <Fact label="Priority">{job.priority ?? 0}</Fact>
           <Fact label="Created">{formatTime(job.createdAt)}</Fact>
           <Fact label="Started">{formatTime(job.startedAt)}</Fact>
           <Fact label="Finished">{formatTime(job.completedAt)}</Fact>
@@ -392,4 +393,16 @@ function Fact({ label, children }: { label: string; children: preact.ComponentCh
       <dd>{children}</dd>
     </div>
   );
+}
+
+/** Why a queued job waits, as the end of the "Queued, position N" sentence. */
+function waitText(job: JobView): string {
+  switch (job.waitReason) {
+    case 'user_at_running_quota':
+      return ': its owner has as many jobs running as their quota allows';
+    case 'behind_higher_priority':
+      return ', behind jobs of a higher priority';
+    default:
+      return job.tags.length > 0 ? `, waiting for a worker with tags ${job.tags.join(', ')}` : ', waiting for a free worker';
+  }
 }

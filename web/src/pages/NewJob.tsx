@@ -2,7 +2,7 @@ import { useEffect, useRef, useState } from 'preact/hooks';
 import { api, ApiError, uploadFile, type UploadHandle } from '../api';
 import { ErrorBanner, PageHeader } from '../components/Layout';
 import { parseGlobs } from '../lib/artifacts';
-import { formatBytes, parseTags, parseTimeout, shortId } from '../lib/format';
+import { formatBytes, parsePriority, parseTags, parseTimeout, shortId } from '../lib/format';
 import { jobPath } from '../lib/routes';
 import { location$, navigate } from '../state';
 import type { FileView, SubmitRequest } from '../types';
@@ -17,12 +17,13 @@ export function NewJob() {
   const [command, setCommand] = useState('');
   const [timeout, setTimeoutText] = useState('');
   const [tags, setTags] = useState('');
+  const [priority, setPriority] = useState('');
   const [globs, setGlobs] = useState('');
   const [upload, setUpload] = useState<Upload>({ state: 'none' });
   const [reuse, setReuse] = useState<{ fileUrl: string; jobId: string } | null>(null);
   const [dragging, setDragging] = useState(false);
   const [error, setError] = useState<string | null>(null);
-  const [fieldError, setFieldError] = useState<{ command?: string; timeout?: string }>({});
+  const [fieldError, setFieldError] = useState<{ command?: string; timeout?: string; priority?: string }>({});
   const [busy, setBusy] = useState(false);
   const handle = useRef<UploadHandle | null>(null);
   const input = useRef<HTMLInputElement>(null);
@@ -37,6 +38,7 @@ export function NewJob() {
         setCommand(job.command);
         setTimeoutText(String(job.timeout));
         setTags(job.tags.join(', '));
+        if (job.priority) setPriority(String(job.priority));
         setGlobs(job.artifactPatterns.join(' '));
         if (job.fileUrl) setReuse({ fileUrl: job.fileUrl, jobId: job.jobId });
       })
@@ -87,17 +89,20 @@ export function NewJob() {
   const submit = async (e: Event) => {
     e.preventDefault();
     setError(null);
-    const errs: { command?: string; timeout?: string } = {};
+    const errs: { command?: string; timeout?: string; priority?: string } = {};
     if (!command.trim()) errs.command = 'Enter a command to run';
     const t = parseTimeout(timeout);
     if ('error' in t) errs.timeout = t.error;
+    const p = parsePriority(priority);
+    if ('error' in p) errs.priority = p.error;
     setFieldError(errs);
-    if (errs.command || errs.timeout) return;
+    if (errs.command || errs.timeout || errs.priority) return;
     if (upload.state === 'uploading') return;
     const req: SubmitRequest = { command };
     if (upload.state === 'done') req.fileId = upload.file.fileId;
     else if (reuse) req.fileUrl = reuse.fileUrl;
     if ('value' in t && t.value !== null) req.timeout = t.value;
+    if ('value' in p && p.value !== null) req.priority = p.value;
     const tagList = parseTags(tags);
     if (tagList.length > 0) req.tags = tagList;
     const globList = parseGlobs(globs);
@@ -242,6 +247,27 @@ export function NewJob() {
               onInput={(e) => setTags(e.currentTarget.value)}
             />
             <span class="hint">Only workers with all these tags run the job.</span>
+          </div>
+          <div class="field">
+            <label for="job-priority">Priority</label>
+            <input
+              id="job-priority"
+              inputMode="numeric"
+              placeholder="0"
+              value={priority}
+              onInput={(e) => setPriority(e.currentTarget.value)}
+              aria-invalid={fieldError.priority ? true : undefined}
+              aria-describedby={fieldError.priority ? 'job-priority-error' : 'job-priority-hint'}
+            />
+            {fieldError.priority ? (
+              <span id="job-priority-error" class="field-error">
+                {fieldError.priority}
+              </span>
+            ) : (
+              <span id="job-priority-hint" class="hint">
+                -100 to 100, higher first; users take turns within a priority.
+              </span>
+            )}
           </div>
         </div>
         <div class="field">

@@ -867,6 +867,20 @@ impl Store for PgStore {
             .await
     }
 
+    async fn replace_user(&self, user: &UserRecord) -> StoreResult<()> {
+        let updated = self
+            .execute(
+                "replace user",
+                "UPDATE users SET record = $3 WHERE id = $1 AND email = $2",
+                &[&user.id, &user.email, &Json(user)],
+            )
+            .await?;
+        if updated == 0 {
+            return Err(StoreError::NotFound(format!("user {}", user.id)));
+        }
+        Ok(())
+    }
+
     async fn put_file(&self, file: &FileRecord) -> StoreResult<()> {
         self.execute(
             "put file",
