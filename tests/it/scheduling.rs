@@ -320,3 +320,49 @@ async fn legacy_pollers_take_jobs_in_the_same_order() {
         [urgent, a_jobs[0].clone(), b_job.clone(), a_jobs[1].clone()]
     );
 }
+
+/// Two hubs on one database: user A's burst goes in through one hub, user B's jobs through the
+/// other, the only worker is on the first. B's jobs still take their turn: the queue notes carry
+/// owner and priority, and every hub orders its mirror of the one queue the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_take_turns_across_hubs() {
+    let url = cmdx_e2e::pg::fresh_database("fair_two_hubs").expect("private PostgreSQL");
+    let mut flags = FAST.to_vec();
+    flags.extend(["--store", url.as_str()]);
+    let (hub_a, hub_b) = tokio::join!(HubProc::start(&flags), HubProc::start(&flags));
+    let admin = hub_a.admin().await;
+    let wt = hub_a.worker_token(&admin).await;
+    let a = hub_a.user(&admin, "fair-a@test.local").await;
+    let b = hub_a.user(&admin, "fair-b@test.local").await;
+    let (mut agent, _) = FakeAgent::connect(&hub_a, &wt, "only-slot", 1, vec![])
+        .await
+        .unwrap();
+    let busy = hub_a.submit(&a, json!({"command": "busy"})).await;
+    assert_eq!(agent.next_assignment().await.unwrap().job_id, busy);
+    let mut a_jobs = Vec::new();
+    for i in 0..10 {
+        a_jobs.push(hub_a.submit(&a, json!({"command": format!("a{i}")})).await);
+    }
+    let mut b_jobs = Vec::new();
+    for i in 0..3 {
+        b_jobs.push(hub_b.submit(&b, json!({"command": format!("b{i}")})).await);
+    }
+    // Hub A has heard of B's jobs once A's last job stands behind them: 9 of A's and 3 of B's.
+    cmdx_e2e::wait_for("hub A's mirror holds B's jobs", || async {
+        (hub_a.job(&a, &a_jobs[9]).await["queuePosition"] == 13).then_some(())
+    })
+    .await;
+    agent.finish(&busy, 1, 0, 0).await.unwrap();
+    let mut order = Vec::new();
+    for _ in 0..13 {
+        let asg = agent.next_assignment().await.unwrap();
+        order.push(asg.job_id.clone());
+        agent.finish(&asg.job_id, asg.attempt, 0, 0).await.unwrap();
+    }
+    for j in &b_jobs {
+        let at = order.iter().position(|x| x == j).expect("ran");
+        assert!(at < 6, "B's {j} ran {at}th: {order:?}");
+    }
+    let a_order: Vec<&String> = order.iter().filter(|j| a_jobs.contains(j)).collect();
+    assert_eq!(a_order, a_jobs.iter().collect::<Vec<_>>(), "A's keep FIFO");
+}
