@@ -1951,3 +1951,91 @@ async fn backup_uses_the_saved_login() {
         .assert_one_line_error("cmdx login");
     assert!(!again.exists());
 }
+
+/// `cmdx submit --priority`, the refusals it can meet (above the users' ceiling, over the queued
+/// quota: one line each, exit 125; out of range: the flag itself), `cmdx job show` saying why a
+/// job waits, and `cmdx user quota` showing and setting a user's own limits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn priorities_and_quotas_from_the_command_line() {
+    let mut flags = FAST.to_vec();
+    flags.extend(["--max-queued-per-user", "2"]);
+    let hub = HubProc::start(&flags).await;
+    let admin = hub.admin().await;
+    let user = hub.user(&admin, "prio-cli@test.local").await;
+    let cli = CliEnv::new(&hub, &user);
+    let as_admin = CliEnv::new(&hub, &admin);
+
+    let low = cli
+        .run(&["submit", "--detach", "--priority", "-5", "--", "true"])
+        .await;
+    assert_eq!(low.code(), 0, "stderr: {}", low.stderr);
+    let low_id = String::from_utf8_lossy(&low.stdout).trim().to_string();
+    let high = as_admin
+        .run(&["submit", "--detach", "--priority", "90", "--", "true"])
+        .await;
+    assert_eq!(high.code(), 0, "stderr: {}", high.stderr);
+    cli.run(&["submit", "--detach", "--priority", "60", "--", "true"])
+        .await
+        .assert_one_line_error("priority above 50 is for admins");
+    let out_of_range = cli
+        .run(&["submit", "--detach", "--priority", "101", "--", "true"])
+        .await;
+    assert_eq!(
+        out_of_range.code(),
+        2,
+        "a usage error: {}",
+        out_of_range.stderr
+    );
+
+    // No worker: the low job waits behind the admin's; `job show` says so.
+    let show = cli.run(&["job", "show", &low_id]).await;
+    let text = String::from_utf8_lossy(&show.stdout);
+    assert!(text.contains("-5"), "{text}");
+    assert!(text.contains("position 2"), "{text}");
+
+    cli.run(&["submit", "--detach", "--", "true"]).await;
+    cli.run(&["submit", "--detach", "--", "one too many"])
+        .await
+        .assert_one_line_error("max_queued_per_user is 2");
+
+    let shown = as_admin
+        .run(&["user", "quota", "prio-cli@test.local"])
+        .await;
+    assert_eq!(shown.code(), 0, "stderr: {}", shown.stderr);
+    let text = String::from_utf8_lossy(&shown.stdout);
+    assert!(text.contains("max queued: hub default"), "{text}");
+    let set = as_admin
+        .run(&["user", "quota", "prio-cli@test.local", "--max-queued", "3"])
+        .await;
+    assert_eq!(set.code(), 0, "stderr: {}", set.stderr);
+    assert!(String::from_utf8_lossy(&set.stdout).contains("max queued: 3"));
+    let third = cli.run(&["submit", "--detach", "--", "true"]).await;
+    assert_eq!(
+        third.code(),
+        0,
+        "the raised quota admits one more: {}",
+        third.stderr
+    );
+    cli.run(&["user", "quota", "prio-cli@test.local", "--max-queued", "99"])
+        .await
+        .assert_one_line_error("permission denied");
+    as_admin
+        .run(&["user", "quota", "nobody@test.local"])
+        .await
+        .assert_one_line_error("no user nobody@test.local");
+    let bad = as_admin
+        .run(&[
+            "user",
+            "quota",
+            "prio-cli@test.local",
+            "--max-queued",
+            "lots",
+        ])
+        .await;
+    assert_eq!(bad.code(), 2, "{}", bad.stderr);
+    assert!(
+        bad.stderr.contains("is not a number of jobs or `default`"),
+        "{}",
+        bad.stderr
+    );
+}
