@@ -6,7 +6,8 @@
 //! 3. Fair share within a priority: the job of the user with the fewest jobs assigned or running
 //!    now; between users with as many, the one served longest ago (round robin); between users
 //!    never served, the older head job.
-//! 4. FIFO within a user: by queue sequence (submission order, requeues keep their place).
+//! 4. FIFO within a user: by queue sequence (submission order; a lost attempt is queued again
+//!    under a new sequence).
 //!
 //! Users at their running quota are passed over (their jobs wait, they are not refused).
 //! Everything the order needs is a column of the job record (priority, owner, queue sequence)
