@@ -25,8 +25,8 @@
 //! fails instead of waiting for the wall timeout; a second read waits like a terminal
 //! nobody types at. The window size is set on the master (`TIOCSWINSZ`) before the start.
 //!
-//! `TIOCSTI` (typing into a terminal's input) and `TIOCLINUX` are refused by the seccomp
-//! filter whatever the descriptor (the `seccomp` module).
+//! `TIOCSTI` (typing into a terminal's input), `TIOCLINUX` and `TIOCSETD` (another line
+//! discipline) are refused by the seccomp filter whatever the descriptor (the `seccomp` module).
 //!
 //! # What the caller gets
 //! [`Terminal`], the master: one stream holding everything the job wrote to stdout and

@@ -6,8 +6,8 @@
 //!   `clone` with any namespace flag, tracing and cross-process memory access (`ptrace`,
 //!   `process_vm_readv/writev`, `kcmp`, `pidfd_getfd`), kexec, module loading,
 //!   `open_by_handle_at` / `name_to_handle_at`, reboot, swap, accounting, quotas, clock
-//!   setting, `syslog`, `ioctl(TIOCSTI)` and `ioctl(TIOCLINUX)`, `socket(AF_VSOCK)` (host and
-//!   VM sockets that the network namespace does not cover), and `personality` with any persona
+//!   setting, `syslog`, `ioctl(TIOCSTI)`, `ioctl(TIOCLINUX)` and `ioctl(TIOCSETD)`,
+//!   `socket(AF_VSOCK)` (host and VM sockets that the network namespace does not cover), and `personality` with any persona
 //!   but the ones Docker's profile allows (Linux, its 32-bit variant, `UNAME26`, and the query
 //!   `0xffffffff`): other personas change how the kernel treats the process (e.g.
 //!   `READ_IMPLIES_EXEC`, `ADDR_NO_RANDOMIZE`);
@@ -149,7 +149,7 @@ fn build() -> Result<Filters> {
         })
         .collect::<Result<Vec<_>>>()?;
     rules.insert(libc::SYS_clone, clone_rules);
-    let ioctl_rules = [libc::TIOCSTI, libc::TIOCLINUX]
+    let ioctl_rules = [libc::TIOCSTI, libc::TIOCLINUX, libc::TIOCSETD]
         .iter()
         .map(|&req| {
             rule(vec![cond(

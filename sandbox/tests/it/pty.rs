@@ -95,15 +95,17 @@ async fn stdout_and_stderr_arrive_in_the_order_they_were_written() {
 }
 
 #[tokio::test]
-async fn tiocsti_and_tioclinux_are_refused_on_the_terminal() {
-    if !require_root("tiocsti_and_tioclinux_are_refused_on_the_terminal") {
+async fn tiocsti_tioclinux_and_tiocsetd_are_refused_on_the_terminal() {
+    if !require_root("tiocsti_tioclinux_and_tiocsetd_are_refused_on_the_terminal") {
         return;
     }
     let f = Fixture::new(1 << 20);
-    let script = "import fcntl, termios, errno, os\n\
+    // TIOCSETD (0x5423) would switch the terminal's line discipline: N_HDLC, N_GSM and the
+    // like have been the way into kernel bugs from an unprivileged terminal owner.
+    let script = "import fcntl, termios, errno, os, struct\n\
                   tty = os.open('/dev/tty', os.O_RDWR)\n\
                   for fd in (1, 2, tty):\n\
-                  \x20   for name, req, arg in (('tiocsti', termios.TIOCSTI, b'x'), ('tioclinux', 0x541C, b'\\x0b')):\n\
+                  \x20   for name, req, arg in (('tiocsti', termios.TIOCSTI, b'x'), ('tioclinux', 0x541C, b'\\x0b'), ('tiocsetd', 0x5423, struct.pack('i', 0))):\n\
                   \x20       try:\n\
                   \x20           fcntl.ioctl(fd, req, arg); print(name, 'ALLOWED')\n\
                   \x20       except OSError as e: print(name, errno.errorcode[e.errno])\n";
@@ -116,6 +118,7 @@ async fn tiocsti_and_tioclinux_are_refused_on_the_terminal() {
         assert_eq!(report.exit_code, Some(0), "{out}");
         assert_eq!(out.matches("tiocsti EPERM").count(), 3, "{out}");
         assert_eq!(out.matches("tioclinux EPERM").count(), 3, "{out}");
+        assert_eq!(out.matches("tiocsetd EPERM").count(), 3, "{out}");
     }
 }
 
