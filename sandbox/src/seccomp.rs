@@ -7,10 +7,10 @@
 //!   `process_vm_readv/writev`, `kcmp`, `pidfd_getfd`), kexec, module loading,
 //!   `open_by_handle_at` / `name_to_handle_at`, reboot, swap, accounting, quotas, clock
 //!   setting, `syslog`, `ioctl(TIOCSTI)`, `ioctl(TIOCLINUX)` and `ioctl(TIOCSETD)`,
-//!   `socket(AF_VSOCK)` (host and VM sockets that the network namespace does not cover), and `personality` with any persona
-//!   but the ones Docker's profile allows (Linux, its 32-bit variant, `UNAME26`, and the query
-//!   `0xffffffff`): other personas change how the kernel treats the process (e.g.
-//!   `READ_IMPLIES_EXEC`, `ADDR_NO_RANDOMIZE`);
+//!   `socket(AF_VSOCK)` (host and VM sockets that the network namespace does not cover), and
+//!   `personality` with any persona but the ones Docker's profile allows (Linux, its 32-bit
+//!   variant, `UNAME26`, and the query `0xffffffff`): other personas change how the kernel
+//!   treats the process (e.g. `READ_IMPLIES_EXEC`, `ADDR_NO_RANDOMIZE`);
 //! - `ENOSYS` for `clone3` (its flags live in memory a filter cannot inspect; libc falls
 //!   back to `clone`, whose flags are checked);
 //! - on x86_64, `ENOSYS` for the x32 syscall range, and a foreign architecture kills the
