@@ -2039,3 +2039,37 @@ async fn priorities_and_quotas_from_the_command_line() {
         bad.stderr
     );
 }
+
+/// `cmdx rerun` of a job whose ZIP the janitor has deleted says so (409), instead of calling the
+/// job missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rerun_of_a_job_whose_zip_is_gone_says_so() {
+    let mut flags = FAST.to_vec();
+    flags.extend(["--file-retention-secs", "1"]);
+    let hub = HubProc::start(&flags).await;
+    let admin = hub.admin().await;
+    let wt = hub.worker_token(&admin).await;
+    let user = hub.user(&admin, "rerun-gone@test.local").await;
+    let file = hub
+        .upload_zip(&user, cmdx_e2e::zip_bytes(&[("a.txt", b"a")]))
+        .await;
+    let id = hub
+        .submit(&user, json!({"command": "cat a.txt", "fileId": file}))
+        .await;
+    let (mut agent, _) = FakeAgent::connect(&hub, &wt, "gone-w", 1, vec![])
+        .await
+        .unwrap();
+    let asg = agent.next_assignment().await.unwrap();
+    agent.finish(&asg.job_id, asg.attempt, 0, 0).await.unwrap();
+    hub.wait_status(&user, &id, "completed").await;
+    wait_for("the unused ZIP to be deleted", || async {
+        hub.post_json(&admin, "/api/admin/janitor", json!({})).await;
+        let (s, _) = hub.get(&user, &format!("/api/files/download/{file}")).await;
+        (s == 404).then_some(())
+    })
+    .await;
+    let cli = CliEnv::new(&hub, &user);
+    cli.run(&["rerun", &id])
+        .await
+        .assert_one_line_error(&format!("the ZIP of job {id} (upload.zip) is gone"));
+}

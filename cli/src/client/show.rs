@@ -40,7 +40,7 @@ pub async fn rerun(args: RerunArgs) -> anyhow::Result<i32> {
         .post_json(
             &format!("/api/jobs/{}/rerun", encode_query(id)),
             &serde_json::json!({}),
-            &format!("job {id}"),
+            &format!("rerun of job {id}"),
         )
         .await?;
     let wait = Wait {

@@ -32,6 +32,18 @@ pub async fn submit_legacy(
 /// a submission (the file must still be there). Returns the new job's id once it is durable.
 pub async fn rerun(hub: &Hub, caller: &Caller, job_id: &str) -> LifecycleResult<String> {
     let old = super::views::visible_job(hub, caller, job_id).await?;
+    if let Some(f) = &old.file
+        && hub.store.get_file(&f.file_id).await?.is_none()
+    {
+        return Err(LifecycleError::Store(crate::store::StoreError::Conflict(
+            format!(
+                "the ZIP of job {job_id} ({}) is gone: files unused for {} days are deleted; submit \
+             the job again with its ZIP",
+                f.filename,
+                hub.config.file_retention_secs / 86_400
+            ),
+        )));
+    }
     let req = SubmitRequest {
         command: old.command,
         file_id: old.file.map(|f| f.file_id),
