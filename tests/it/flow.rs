@@ -102,6 +102,18 @@ async fn websocket_worker_runs_a_submitted_job_on(store: Backend) {
     assert_eq!(done["attempt"], 1);
     assert_eq!(done["result"]["success"], true);
     assert_eq!(done["result"]["lines"], 2);
+    // The same document without the log, for clients that only say how the job went.
+    let (s, lean) = hub
+        .get(&user, &format!("/api/jobs/status?jobId={id}&output=false"))
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!((&lean["stdout"], &lean["stderr"]), (&json!(""), &json!("")));
+    assert_eq!(lean["outputBytes"], done["outputBytes"]);
+    assert_eq!(lean["exitCode"], 0);
+    let (s, bad) = hub
+        .get(&user, &format!("/api/jobs/status?jobId={id}&output=maybe"))
+        .await;
+    assert_eq!(s, 400, "{bad}");
     for k in ["createdAt", "startedAt", "completedAt"] {
         assert!(done[k].is_string(), "{k} missing: {done}");
     }

@@ -147,6 +147,21 @@ impl Api {
         decode(self.send(rb, what).await?, what).await
     }
 
+    /// Job `id`'s document; `with_output`: with its stored stdout and stderr (up to 8 MiB each),
+    /// else without them (what to say about a job, not its log).
+    pub async fn job(
+        &self,
+        id: &str,
+        with_output: bool,
+    ) -> anyhow::Result<cmdx_proto::rest::JobView> {
+        let path = format!(
+            "/api/jobs/status?jobId={}{}",
+            super::submit::encode_query(id),
+            if with_output { "" } else { "&output=false" }
+        );
+        self.get_json(&path, &format!("job {id}")).await
+    }
+
     /// POST a JSON body and decode the JSON answer.
     pub async fn post_json<B: Serialize, T: DeserializeOwned>(
         &self,

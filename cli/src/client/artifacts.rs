@@ -26,7 +26,7 @@ pub async fn artifacts(args: ArtifactsArgs) -> anyhow::Result<i32> {
     let api = Api::new(&conn)?;
     api.token()?;
     let id = args.job.trim().to_string();
-    let view = job_view(&api, &id).await?;
+    let view = api.job(&id, false).await?;
     if args.out.is_none() && args.zip.is_none() {
         return list(&view, args.json);
     }
@@ -73,7 +73,7 @@ pub async fn artifacts(args: ArtifactsArgs) -> anyhow::Result<i32> {
 /// its artifacts into `dir` (replacing existing files when `force`), listing what was written
 /// on stderr (stdout is the job's).
 pub async fn after_job(api: &Api, id: &str, dir: &Path, force: bool) -> anyhow::Result<()> {
-    let view = job_view(api, id).await?;
+    let view = api.job(id, false).await?;
     report(&view);
     if view.artifacts.is_empty() {
         note(format_args!(
@@ -93,14 +93,6 @@ pub async fn after_job(api: &Api, id: &str, dir: &Path, force: bool) -> anyhow::
     }
     left_out(&done, &view);
     Ok(())
-}
-
-async fn job_view(api: &Api, id: &str) -> anyhow::Result<JobView> {
-    api.get_json(
-        &format!("/api/jobs/status?jobId={}", super::submit::encode_query(id)),
-        &format!("job {id}"),
-    )
-    .await
 }
 
 /// Prints the artifacts as a table (then the skipped paths), or as one JSON line.

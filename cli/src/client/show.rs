@@ -18,7 +18,8 @@ pub async fn job(args: JobArgs) -> anyhow::Result<i32> {
     api.token()?;
     match args.what {
         JobCmd::Show { job, json } => {
-            let view = job_view(&api, job.trim()).await?;
+            // --json is the hub's whole document, output included.
+            let view = api.job(job.trim(), json).await?;
             if json {
                 super::out(&format!("{}\n", serde_json::to_string(&view)?))?;
             } else {
@@ -35,7 +36,7 @@ pub async fn rerun(args: RerunArgs) -> anyhow::Result<i32> {
     let api = Api::new(&conn)?;
     api.token()?;
     let id = args.job.trim();
-    let old = job_view(&api, id).await?;
+    let old = api.job(id, false).await?;
     let resp: SubmitResponse = api
         .post_json(
             &format!("/api/jobs/{}/rerun", encode_query(id)),
@@ -51,14 +52,6 @@ pub async fn rerun(args: RerunArgs) -> anyhow::Result<i32> {
         force: false,
     };
     wait_for(&api, &resp.job_id, &old.tags, &wait).await
-}
-
-async fn job_view(api: &Api, id: &str) -> anyhow::Result<JobView> {
-    api.get_json(
-        &format!("/api/jobs/status?jobId={}", encode_query(id)),
-        &format!("job {id}"),
-    )
-    .await
 }
 
 /// The job as `name  value` lines, then its attempts as a table.

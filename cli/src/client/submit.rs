@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
-use cmdx_proto::rest::{CancelRequest, FileView, JobView, SubmitRequest, SubmitResponse};
+use cmdx_proto::rest::{CancelRequest, FileView, SubmitRequest, SubmitResponse};
 use cmdx_proto::{FailureKind, JobStatus, WindowSize};
 use futures_util::StreamExt;
 use tokio::signal::unix::{SignalKind, signal};
@@ -142,12 +142,8 @@ pub async fn wait_for(api: &Api, id: &str, tags: &[String], wait: &Wait) -> anyh
         let Some(end) = end else {
             return Ok(EXIT_CANCELLED);
         };
-        let view: JobView = api
-            .get_json(
-                &format!("/api/jobs/status?jobId={id}"),
-                &format!("job {id}"),
-            )
-            .await?;
+        // The hub's whole document, output included.
+        let view = api.job(id, true).await?;
         super::out(&format!("{}\n", serde_json::to_string(&view)?))?;
         return ended(api, id, &end, download, &progress).await;
     }
@@ -244,12 +240,7 @@ async fn watch(
 /// (which also says where it stands in the queue).
 async fn wait_quietly(api: &Api, id: &str, progress: &Progress) -> anyhow::Result<Stop> {
     loop {
-        let view: JobView = api
-            .get_json(
-                &format!("/api/jobs/status?jobId={id}"),
-                &format!("job {id}"),
-            )
-            .await?;
+        let view = api.job(id, false).await?;
         match view.queue_position {
             Some(pos) if view.status == JobStatus::Queued => {
                 progress.queued(pos, view.no_matching_worker, view.wait_reason);
@@ -300,12 +291,7 @@ pub async fn exit_code(
             },
         },
     };
-    let view = api
-        .get_json::<JobView>(
-            &format!("/api/jobs/status?jobId={}", encode_query(id)),
-            &format!("job {id}"),
-        )
-        .await;
+    let view = api.job(id, false).await;
     let line = match &view {
         Ok(v) => summary(v, code),
         Err(_) => format!("job {id} ended with exit code {code}"),
@@ -422,12 +408,7 @@ pub async fn logs(args: LogsArgs) -> anyhow::Result<i32> {
     let api = Api::new(&conn)?;
     api.token()?;
     let id = args.job.trim().to_string();
-    let view: JobView = api
-        .get_json(
-            &format!("/api/jobs/status?jobId={}", encode_query(&id)),
-            &format!("job {id}"),
-        )
-        .await?;
+    let view = api.job(&id, false).await?;
     let start = match args.tail {
         Some(lines) => tail_offset(&api, &id, view.output_bytes, lines).await?,
         None => 0,

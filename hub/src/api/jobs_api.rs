@@ -35,8 +35,13 @@ pub async fn status(hub: &Arc<Hub>, req: Req) -> ApiResult<Response> {
     let id = req
         .param("jobId")
         .ok_or_else(|| ApiError::bad_request("jobId query parameter required"))?;
+    let with_output = match req.param("output").as_deref() {
+        None | Some("true") => true,
+        Some("false") => false,
+        Some(_) => return Err(ApiError::bad_request("output must be true or false")),
+    };
     let job = jobs::views::visible_job(hub, &caller, &id).await?;
-    Ok(json(&jobs::views::view(hub, &job).await?))
+    Ok(json(&jobs::views::view(hub, &job, with_output).await?))
 }
 
 /// `GET /api/jobs/list?status=&limit=&cursor=&q=`: newest first.

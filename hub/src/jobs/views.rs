@@ -63,10 +63,14 @@ pub fn summary(job: &JobRecord) -> JobSummary {
     }
 }
 
-/// The whole job, with its stored output split by stream.
-pub async fn view(hub: &Hub, job: &JobRecord) -> LifecycleResult<JobView> {
-    let (stdout, stderr) =
-        relay::read_split(hub.store.as_ref(), &job.id, STATUS_STREAM_CAP).await?;
+/// The whole job, with its stored output split by stream (`with_output`) or without it (empty
+/// `stdout` and `stderr`: a client that wants the rest, not megabytes of log).
+pub async fn view(hub: &Hub, job: &JobRecord, with_output: bool) -> LifecycleResult<JobView> {
+    let (stdout, stderr) = if with_output {
+        relay::read_split(hub.store.as_ref(), &job.id, STATUS_STREAM_CAP).await?
+    } else {
+        Default::default()
+    };
     let outcome = job.outcome.clone().unwrap_or_default();
     let total = if job.status.is_terminal() {
         job.output.total_bytes
