@@ -318,6 +318,19 @@ impl HubProc {
         self.login(email, "user-password-1").await
     }
 
+    /// The id of the account `email` (as admin).
+    pub async fn user_id(&self, admin: &str, email: &str) -> String {
+        let (_, list) = self.get(admin, "/api/users/list").await;
+        list["users"]
+            .as_array()
+            .expect("users")
+            .iter()
+            .find(|u| u["email"] == email)
+            .and_then(|u| u["id"].as_str())
+            .expect("user listed")
+            .to_string()
+    }
+
     /// Mints a worker token (as admin).
     pub async fn worker_token(&self, admin: &str) -> String {
         let v = self

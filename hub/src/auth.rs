@@ -44,6 +44,10 @@ pub struct Caller {
     pub session_id: String,
     /// When the session expires (seconds since the epoch).
     pub expires_s: u64,
+    /// The user's session epoch when it was issued: an admin's change to the account
+    /// (disabled, new password, other role, deleted) raises the user's epoch and ends every
+    /// session issued before. 0 for tokens issued before epochs existed.
+    pub epoch: u64,
 }
 
 impl Caller {
@@ -103,6 +107,9 @@ struct Claims {
     iat: u64,
     #[serde(default)]
     jti: String,
+    /// The user's session epoch at issue (absent in older tokens: 0).
+    #[serde(default)]
+    ep: u64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -137,7 +144,13 @@ pub struct Auth {
     revoked: std::sync::Mutex<std::collections::HashMap<String, u64>>,
     /// Bumped on every revocation: open client sockets check whether theirs was revoked.
     revocations: tokio::sync::watch::Sender<u64>,
+    /// Each user's current session epoch, where not 0 ([`Caller::epoch`]); `u64::MAX` for a
+    /// deleted user. Loaded from the user records at start and kept current.
+    epochs: std::sync::Mutex<std::collections::HashMap<String, u64>>,
 }
+
+/// The session epoch of a deleted user: every session of theirs is refused.
+pub const DELETED_EPOCH: u64 = u64::MAX;
 
 /// Most cached session verifications.
 const SESSION_CACHE: usize = 10_000;
@@ -256,11 +269,18 @@ impl Auth {
             sessions: std::sync::Mutex::new(std::collections::HashMap::new()),
             revoked: std::sync::Mutex::new(std::collections::HashMap::new()),
             revocations: tokio::sync::watch::Sender::new(0),
+            epochs: std::sync::Mutex::new(std::collections::HashMap::new()),
         })
     }
 
     /// Issues a session token; returns it with its lifetime in seconds.
-    pub fn issue_session(&self, user_id: &str, email: &str, role: &str) -> (String, u64) {
+    pub fn issue_session(
+        &self,
+        user_id: &str,
+        email: &str,
+        role: &str,
+        epoch: u64,
+    ) -> (String, u64) {
         let now = now_ms() / 1000;
         let claims = Claims {
             sub: user_id.to_string(),
@@ -271,6 +291,7 @@ impl Auth {
             exp: now + self.session_ttl_secs,
             iat: now,
             jti: crate::store::new_id(),
+            ep: epoch,
         };
         let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.enc)
             .unwrap_or_default();
@@ -301,6 +322,7 @@ impl Auth {
             role: data.claims.role,
             session_id: data.claims.jti,
             expires_s: data.claims.exp,
+            epoch: data.claims.ep,
         };
         let caller = self.not_revoked(caller)?;
         let mut cache = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
@@ -317,7 +339,43 @@ impl Auth {
                 "this session was signed out; sign in again".into(),
             ));
         }
+        if self.is_stale(&caller) {
+            return Err(AuthError::Unauthorized(
+                "an admin changed or disabled this account, which ended its sessions; sign in \
+                 again"
+                    .into(),
+            ));
+        }
         Ok(caller)
+    }
+
+    /// Whether `caller`'s session was issued before an admin's change to the account.
+    fn is_stale(&self, caller: &Caller) -> bool {
+        self.epochs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&caller.user_id)
+            .is_some_and(|e| caller.epoch < *e)
+    }
+
+    /// Whether `caller`'s session no longer holds: signed out, or ended by an admin's change.
+    pub fn is_ended(&self, caller: &Caller) -> bool {
+        self.is_revoked(&caller.session_id) || self.is_stale(caller)
+    }
+
+    /// Sets user `user_id`'s session epoch (raising it ends their older sessions, here and on
+    /// their open sockets). Never lowers it.
+    pub fn set_epoch(&self, user_id: &str, epoch: u64) {
+        let raised = {
+            let mut epochs = self.epochs.lock().unwrap_or_else(|p| p.into_inner());
+            let e = epochs.entry(user_id.to_string()).or_insert(0);
+            let raised = epoch > *e;
+            *e = (*e).max(epoch);
+            raised
+        };
+        if raised {
+            self.revocations.send_modify(|n| *n += 1);
+        }
     }
 
     /// Whether session `sid` was revoked (signed out).
@@ -513,6 +571,8 @@ pub async fn bootstrap_admin(hub: &crate::Hub) -> Result<(), HubError> {
         created_ms: now_ms(),
         max_queued: None,
         max_running: None,
+        disabled: false,
+        session_epoch: 0,
     };
     match hub.store.insert_user(&user).await {
         // Another hub on the same database made the first admin a moment before.

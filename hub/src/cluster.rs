@@ -77,6 +77,18 @@ pub(crate) enum Note {
         /// The job.
         job_id: String,
     },
+    /// An admin changed or deleted the user: every hub rereads the record (sessions, quotas).
+    User {
+        /// The user.
+        user_id: String,
+    },
+    /// A session was signed out: every hub refuses it and closes its sockets.
+    SignedOut {
+        /// The session id.
+        sid: String,
+        /// When it would have expired (seconds).
+        exp_s: u64,
+    },
 }
 
 impl Note {
@@ -98,6 +110,8 @@ impl Note {
             Note::Revoked { token_id } => format!("r\t{hub_id}\t{token_id}"),
             Note::Output { job_id } => format!("o\t{hub_id}\t{job_id}"),
             Note::Ended { job_id } => format!("e\t{hub_id}\t{job_id}"),
+            Note::User { user_id } => format!("u\t{hub_id}\t{user_id}"),
+            Note::SignedOut { sid, exp_s } => format!("s\t{hub_id}\t{sid}\t{exp_s}"),
         }
     }
 
@@ -128,6 +142,13 @@ impl Note {
             },
             "e" => Note::Ended {
                 job_id: f.next()?.to_string(),
+            },
+            "u" => Note::User {
+                user_id: f.next()?.to_string(),
+            },
+            "s" => Note::SignedOut {
+                sid: f.next()?.to_string(),
+                exp_s: f.next()?.parse().ok()?,
             },
             _ => return None,
         };
@@ -352,12 +373,20 @@ pub(crate) async fn catch_up(hub: &Hub) {
             .map(|j| (j.id.as_str(), j.owner.as_str())),
     );
     match hub.store.list_users().await {
-        Ok(users) => hub.dispatch.set_quotas(crate::dispatch::Quotas::new(
-            hub.config.max_queued_per_user,
-            hub.config.max_running_per_user,
-            &users,
-        )),
-        Err(e) => tracing::warn!(error = %e, "reading users' quotas failed"),
+        Ok(users) => hub.apply_users(&users),
+        Err(e) => tracing::warn!(error = %e, "reading users failed"),
+    }
+    // Sessions signed out through another hub.
+    match hub.store.revoked_sessions().await {
+        Ok(revoked) => {
+            let now_s = crate::store::now_ms() / 1000;
+            for (sid, exp) in revoked {
+                if exp > now_s && !hub.auth.is_revoked(&sid) {
+                    hub.auth.revoke_session(&sid, exp);
+                }
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "reading signed-out sessions failed"),
     }
     // Subscribers here of jobs another hub appends to: read what notes may have missed, and end
     // those of jobs that ended meanwhile.
@@ -498,6 +527,12 @@ async fn heard(hub: &Arc<Hub>, line: &str) {
             }
         }
         Note::Ended { job_id } => hub.relay.end(&job_id),
+        Note::User { user_id } => match hub.store.get_user(&user_id).await {
+            Ok(Some(u)) => hub.apply_user(&u),
+            Ok(None) => hub.forget_user(&user_id),
+            Err(e) => tracing::warn!(user_id, error = %e, "reading a changed user failed"),
+        },
+        Note::SignedOut { sid, exp_s } => hub.auth.revoke_session(&sid, exp_s),
         Note::Revoked { token_id } => {
             for (_, conn) in hub.dispatch.by_token(&token_id) {
                 if let Some(conn) = conn {
@@ -536,6 +571,13 @@ mod tests {
             },
             Note::Ended {
                 job_id: "j3".into(),
+            },
+            Note::User {
+                user_id: "u7".into(),
+            },
+            Note::SignedOut {
+                sid: "s1".into(),
+                exp_s: 99,
             },
         ];
         for note in notes {

@@ -153,6 +153,49 @@ impl Hub {
         });
     }
 
+    /// An admin changed user `u` (quotas, role, password, disabled): applies it here (session
+    /// epoch, quotas) and tells the other hubs of a cluster.
+    pub(crate) fn user_changed(&self, u: &crate::store::UserRecord) {
+        self.apply_user(u);
+        self.cluster.tell(crate::cluster::Note::User {
+            user_id: u.id.clone(),
+        });
+    }
+
+    /// User `user_id` was deleted: every session of theirs ends, here and on the other hubs.
+    pub(crate) fn user_deleted(&self, user_id: &str) {
+        self.forget_user(user_id);
+        self.cluster.tell(crate::cluster::Note::User {
+            user_id: user_id.to_string(),
+        });
+    }
+
+    /// Applies every user record as stored (start, a cluster's catch-up): session epochs and the
+    /// quotas, the hub's and users' own.
+    pub(crate) fn apply_users(&self, users: &[crate::store::UserRecord]) {
+        for u in users {
+            self.auth.set_epoch(&u.id, u.session_epoch);
+        }
+        self.dispatch.set_quotas(crate::dispatch::Quotas::new(
+            self.config.max_queued_per_user,
+            self.config.max_running_per_user,
+            users,
+        ));
+    }
+
+    /// User `user_id` is gone: their sessions end, their own quotas go.
+    pub(crate) fn forget_user(&self, user_id: &str) {
+        self.auth.set_epoch(user_id, crate::auth::DELETED_EPOCH);
+        self.dispatch.set_user_quota(user_id, None, None);
+    }
+
+    /// Applies a user record as stored: its session epoch and its own quotas.
+    pub(crate) fn apply_user(&self, u: &crate::store::UserRecord) {
+        self.auth.set_epoch(&u.id, u.session_epoch);
+        self.dispatch
+            .set_user_quota(&u.id, u.max_queued, u.max_running);
+    }
+
     /// The job is terminal: its subscribers, here and on every hub of a cluster, send what is
     /// left of its log and end.
     pub(crate) fn end_output(&self, job_id: &str) {

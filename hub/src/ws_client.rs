@@ -61,8 +61,13 @@ pub async fn session(hub: Arc<Hub>, ws: Socket, caller: Caller) {
                 break;
             }
             Ok(()) = revocations.changed() => {
-                if hub.auth.is_revoked(&caller.session_id) {
-                    close = Some((CloseCode::Policy, "signed out"));
+                if hub.auth.is_ended(&caller) {
+                    let why = if hub.auth.is_revoked(&caller.session_id) {
+                        "signed out"
+                    } else {
+                        "an admin changed this account; sign in again"
+                    };
+                    close = Some((CloseCode::Policy, why));
                     break;
                 }
             }

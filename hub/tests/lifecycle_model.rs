@@ -267,6 +267,7 @@ fn caller() -> Caller {
         role: "user".into(),
         session_id: String::new(),
         expires_s: u64::MAX,
+        epoch: 0,
     }
 }
 

@@ -82,6 +82,49 @@ pub struct UserView {
     /// This user's own limit on running jobs (`null`: the hub's `max_running_per_user`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_running: Option<u32>,
+    /// Disabled by an admin: cannot sign in. Older hubs omit it.
+    #[serde(default)]
+    pub disabled: bool,
+}
+
+/// `PATCH /api/users/{id}` (admin): what to change; absent fields stay. Disabling, a new
+/// password and a new role end the user's sessions.
+#[derive(Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UpdateUserRequest {
+    /// Disable (`true`) or enable (`false`) the account.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disabled: Option<bool>,
+    /// `admin` or `user`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    /// A new password (8 to 1024 characters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for UpdateUserRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpdateUserRequest")
+            .field("disabled", &self.disabled)
+            .field("role", &self.role)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// `DELETE /api/users/{id}?jobs=keep|remove` (admin): what became of the user's jobs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeleteUserResponse {
+    /// The deleted user.
+    pub user_id: String,
+    /// `kept` (the jobs stay, listed for admins under the old owner id) or `removed`.
+    pub jobs: String,
+    /// Jobs deleted with their output (0 when kept).
+    pub jobs_removed: u64,
+    /// Uploaded files deleted (0 when jobs are kept).
+    pub files_removed: u64,
 }
 
 /// `PUT /api/users/{id}/quota` (admin): a user's own limits; `null` (or absent) puts a limit

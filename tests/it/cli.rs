@@ -2073,3 +2073,69 @@ async fn rerun_of_a_job_whose_zip_is_gone_says_so() {
         .await
         .assert_one_line_error(&format!("the ZIP of job {id} (upload.zip) is gone"));
 }
+
+/// `cmdx user list|disable|enable|role|passwd|delete` as an admin would type them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_are_managed_from_the_command_line() {
+    let hub = HubProc::start(FAST).await;
+    let admin = hub.admin().await;
+    let gina = hub.user(&admin, "gina@test.local").await;
+    let cli = CliEnv::new(&hub, &admin);
+    let list = cli.run(&["user", "list"]).await;
+    assert_eq!(list.code(), 0, "{}", list.stderr);
+    let text = String::from_utf8_lossy(&list.stdout);
+    assert!(text.contains("gina@test.local\tuser\tactive"), "{text}");
+
+    let out = cli.run(&["user", "disable", "gina@test.local"]).await;
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("gina@test.local disabled"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(hub.get(&gina, "/api/jobs/list").await.0, 401);
+    let text = String::from_utf8_lossy(&cli.run(&["user", "list"]).await.stdout).to_string();
+    assert!(text.contains("gina@test.local\tuser\tdisabled"), "{text}");
+    assert_eq!(
+        cli.run(&["user", "enable", "gina@test.local"]).await.code(),
+        0
+    );
+    let out = cli
+        .run_stdin(
+            &["user", "passwd", "gina@test.local", "--password-stdin"],
+            "another-pass-9\n",
+        )
+        .await;
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    let gina = hub.login("gina@test.local", "another-pass-9").await;
+    // Refusals are one line each.
+    cli.run(&["user", "role", "admin@test.local", "user"])
+        .await
+        .assert_one_line_error("last active admin");
+    assert_eq!(
+        cli.run(&["user", "role", "gina@test.local", "admin"])
+            .await
+            .code(),
+        0
+    );
+    assert_eq!(hub.get(&gina, "/api/jobs/list").await.0, 401);
+    cli.run(&["user", "disable", "nobody@test.local"])
+        .await
+        .assert_one_line_error("no user nobody@test.local");
+    let bare = cli.run(&["user", "delete", "gina@test.local"]).await;
+    assert_eq!(
+        bare.code(),
+        2,
+        "--keep-jobs or --remove-jobs is required: {}",
+        bare.stderr
+    );
+    let out = cli
+        .run(&["user", "delete", "gina@test.local", "--keep-jobs"])
+        .await;
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    assert!(out.stderr.contains("their jobs kept"), "{}", out.stderr);
+    CliEnv::new(&hub, &gina)
+        .run(&["user", "list"])
+        .await
+        .assert_one_line_error("");
+}

@@ -682,3 +682,73 @@ async fn postgres_restarted_under_load_loses_no_acknowledged_job() {
     }
     agent.kill9().await;
 }
+
+/// Two hubs on one database: an admin disables a user through hub A, and the user's session on
+/// hub B answers 401 and its open socket there closes; a sign-out through A ends the session on
+/// B too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn account_changes_and_sign_outs_reach_every_hub() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let url = pg::fresh_database("users_two_hubs").expect("private PostgreSQL");
+    let flags = on(&url);
+    let (a, b) = tokio::join!(HubProc::start(&flags), HubProc::start(&flags));
+    let admin = a.admin().await;
+    let frank = a.user(&admin, "frank@test.local").await;
+    let frank_b = b.login("frank@test.local", "user-password-1").await;
+    let id = a.user_id(&admin, "frank@test.local").await;
+    let mut req = b.ws_url("/ws/client").into_client_request().unwrap();
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {frank_b}").parse().unwrap(),
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    ws.send(Message::text(r#"{"type":"subscribeJobs"}"#))
+        .await
+        .unwrap();
+    assert_eq!(b.get(&frank_b, "/api/jobs/list").await.0, 200);
+
+    let r = a
+        .http
+        .patch(format!("{}/api/users/{id}", a.url))
+        .bearer_auth(&admin)
+        .json(&json!({"disabled": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    wait_for("hub B to end frank's session", || async {
+        (b.get(&frank_b, "/api/jobs/list").await.0 == 401).then_some(())
+    })
+    .await;
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                _ => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "frank's socket on hub B stayed open");
+    assert_eq!(a.get(&frank, "/api/jobs/list").await.0, 401);
+
+    // A sign-out through A ends that session on B as well.
+    let admin_b = b
+        .login(cmdx_e2e::ADMIN_EMAIL, cmdx_e2e::ADMIN_PASSWORD)
+        .await;
+    assert_eq!(b.get(&admin_b, "/api/jobs/list").await.0, 200);
+    let r = a
+        .http
+        .post(format!("{}/api/auth/logout", a.url))
+        .bearer_auth(&admin_b)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    wait_for("hub B to hear of the sign-out", || async {
+        (b.get(&admin_b, "/api/jobs/list").await.0 == 401).then_some(())
+    })
+    .await;
+}

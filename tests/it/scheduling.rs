@@ -122,18 +122,6 @@ async fn put_quota(hub: &HubProc, token: &str, user: &str, body: Value) -> (u16,
     send(hub, reqwest::Method::PUT, &path, token, body).await
 }
 
-async fn user_id(hub: &HubProc, admin: &str, email: &str) -> String {
-    let (_, list) = hub.get(admin, "/api/users/list").await;
-    list["users"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|u| u["email"] == email)
-        .and_then(|u| u["id"].as_str())
-        .expect("user listed")
-        .to_string()
-}
-
 on_both_stores!(
     quotas_refuse_extra_submissions_and_hold_back_running_jobs,
     quotas_refuse_extra_submissions_and_hold_back_running_jobs_on_postgres,
@@ -148,7 +136,7 @@ async fn quotas_refuse_extra_submissions_and_hold_back_running_jobs_on(store: Ba
     let wt = hub.worker_token(&admin).await;
     let u = hub.user(&admin, "quota-u@test.local").await;
     let v = hub.user(&admin, "quota-v@test.local").await;
-    let u_id = user_id(&hub, &admin, "quota-u@test.local").await;
+    let u_id = hub.user_id(&admin, "quota-u@test.local").await;
 
     // Queued quota: three queued, the fourth refused with which quota and its value.
     let mut mine = Vec::new();

@@ -196,3 +196,222 @@ async fn admin_routes_check_the_accounts_role_now() {
     let (s, v): (u16, Value) = hub.get(&ghost, "/api/users/list").await;
     assert_eq!(s, 401, "{v}");
 }
+
+async fn patch_user(hub: &HubProc, token: &str, id: &str, body: Value) -> (u16, Value) {
+    let r = hub
+        .http
+        .patch(format!("{}/api/users/{id}", hub.url))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
+async fn delete_user(hub: &HubProc, token: &str, id: &str, jobs: &str) -> (u16, Value) {
+    let r = hub
+        .http
+        .delete(format!("{}/api/users/{id}{jobs}", hub.url))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
+async fn login_status(hub: &HubProc, email: &str, password: &str) -> (u16, Value) {
+    let r = hub
+        .http
+        .post(format!("{}/api/auth/login", hub.url))
+        .json(&json!({"email": email, "password": password}))
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
+/// An admin disables a user: the user's live session answers 401 at once (REST) and its open
+/// socket closes, they cannot sign in (403, saying why), another user is untouched; enabled
+/// again, they sign in. Only admins may do it, and unknown users are 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disabled_user_is_signed_out_at_once_and_cannot_sign_in() {
+    let hub = HubProc::start(FAST).await;
+    let admin = hub.admin().await;
+    let mallory = hub.user(&admin, "mallory@test.local").await;
+    let bob = hub.user(&admin, "bob@test.local").await;
+    let id = hub.user_id(&admin, "mallory@test.local").await;
+    let job = hub.submit(&mallory, json!({"command": "true"})).await;
+    let mut ws = client_ws(&hub, &mallory).await;
+
+    let (s, _) = patch_user(&hub, &bob, &id, json!({"disabled": true})).await;
+    assert_eq!(s, 403, "a user cannot disable another");
+    let (s, _) = patch_user(&hub, &admin, "no-such-user", json!({"disabled": true})).await;
+    assert_eq!(s, 404);
+    let (s, _) = patch_user(&hub, &admin, &id, json!({"disabled": "yes"})).await;
+    assert_eq!(s, 400);
+
+    let started = Instant::now();
+    let (s, v) = patch_user(&hub, &admin, &id, json!({"disabled": true})).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["disabled"], true);
+    let (s, v) = hub.get(&mallory, "/api/jobs/list").await;
+    assert_eq!(s, 401, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("an admin changed or disabled"),
+        "{v}"
+    );
+    let (reason, at) = closed(&mut ws, Duration::from_secs(5)).await;
+    assert!(reason.contains("an admin changed this account"), "{reason}");
+    assert!(at - started < Duration::from_secs(1), "{:?}", at - started);
+    let (s, v) = login_status(&hub, "mallory@test.local", "user-password-1").await;
+    assert_eq!(s, 403, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("disabled"), "{v}");
+    let (s, v) = login_status(&hub, "mallory@test.local", "wrong-password").await;
+    assert_eq!(
+        s, 401,
+        "a wrong password does not learn the account is disabled: {v}"
+    );
+    let (s, _) = hub.get(&bob, "/api/jobs/list").await;
+    assert_eq!(s, 200, "others are untouched");
+    // Their job is kept as it was.
+    assert_eq!(hub.job(&admin, &job).await["status"], "queued");
+    let (_, list) = hub.get(&admin, "/api/users/list").await;
+    assert!(list.to_string().contains("\"disabled\":true"), "{list}");
+
+    let (s, _) = patch_user(&hub, &admin, &id, json!({"disabled": false})).await;
+    assert_eq!(s, 200);
+    let again = hub.login("mallory@test.local", "user-password-1").await;
+    let (s, _) = hub.get(&again, "/api/jobs/list").await;
+    assert_eq!(s, 200);
+    let (s, _) = hub.get(&mallory, "/api/jobs/list").await;
+    assert_eq!(s, 401, "enabling does not bring old sessions back");
+}
+
+/// A new password or another role ends the user's sessions; the new password works, the old
+/// does not; the promoted user's new session is an admin's. The last active admin cannot be
+/// demoted, disabled or deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn password_resets_and_role_changes_end_sessions_and_the_last_admin_stays() {
+    let mut hub = HubProc::start(FAST).await;
+    let admin = hub.admin().await;
+    let carol = hub.user(&admin, "carol@test.local").await;
+    let id = hub.user_id(&admin, "carol@test.local").await;
+    let (s, _) = patch_user(&hub, &admin, &id, json!({"password": "short"})).await;
+    assert_eq!(s, 400);
+    let (s, _) = patch_user(&hub, &admin, &id, json!({"password": "brand-new-pass"})).await;
+    assert_eq!(s, 200);
+    assert_eq!(hub.get(&carol, "/api/jobs/list").await.0, 401);
+    assert_eq!(
+        login_status(&hub, "carol@test.local", "user-password-1")
+            .await
+            .0,
+        401
+    );
+    let carol = hub.login("carol@test.local", "brand-new-pass").await;
+
+    let admin_id = hub.user_id(&admin, cmdx_e2e::ADMIN_EMAIL).await;
+    for change in [json!({"role": "user"}), json!({"disabled": true})] {
+        let (s, v) = patch_user(&hub, &admin, &admin_id, change).await;
+        assert_eq!(s, 409, "{v}");
+        assert!(
+            v["error"].as_str().unwrap().contains("last active admin"),
+            "{v}"
+        );
+    }
+    let (s, _) = delete_user(&hub, &admin, &admin_id, "?jobs=keep").await;
+    assert_eq!(s, 409);
+
+    let (s, v) = patch_user(&hub, &admin, &id, json!({"role": "admin"})).await;
+    assert_eq!((s, &v["role"]), (200, &json!("admin")));
+    assert_eq!(hub.get(&carol, "/api/jobs/list").await.0, 401);
+    let carol = hub.login("carol@test.local", "brand-new-pass").await;
+    assert_eq!(
+        hub.get(&carol, "/api/users/list").await.0,
+        200,
+        "an admin now"
+    );
+    // Now the first admin may step down: carol remains.
+    let (s, _) = patch_user(&hub, &carol, &admin_id, json!({"role": "user"})).await;
+    assert_eq!(s, 200);
+    assert_eq!(hub.get(&admin, "/api/users/list").await.0, 401);
+    // Everything holds after a restart (the epochs live in the records).
+    hub.terminate().await;
+    hub.restart().await;
+    assert_eq!(hub.get(&admin, "/api/jobs/list").await.0, 401);
+    assert_eq!(hub.get(&carol, "/api/users/list").await.0, 200);
+}
+
+/// Deleting a user says what becomes of their jobs, and nothing is implied: `jobs` is required.
+/// Kept jobs stay for admins; removed ones go with their output and files, but not while one has
+/// not finished. The deleted user's sessions end and they cannot sign in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_user_keeps_or_removes_their_jobs_as_asked() {
+    let hub = HubProc::start(FAST).await;
+    let admin = hub.admin().await;
+    let dave = hub.user(&admin, "dave@test.local").await;
+    let erin = hub.user(&admin, "erin@test.local").await;
+    let dave_id = hub.user_id(&admin, "dave@test.local").await;
+    let erin_id = hub.user_id(&admin, "erin@test.local").await;
+    let dave_job = hub.submit(&dave, json!({"command": "true"})).await;
+    let file = hub
+        .upload_zip(&erin, cmdx_e2e::zip_bytes(&[("a.txt", b"a")]))
+        .await;
+    let erin_job = hub
+        .submit(&erin, json!({"command": "true", "fileId": file}))
+        .await;
+
+    let (s, v) = delete_user(&hub, &admin, &dave_id, "").await;
+    assert_eq!(s, 400, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("jobs=keep"), "{v}");
+    let (s, _) = delete_user(&hub, &erin, &dave_id, "?jobs=keep").await;
+    assert_eq!(s, 403);
+
+    let (s, v) = delete_user(&hub, &admin, &dave_id, "?jobs=keep").await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        v,
+        json!({"userId": dave_id, "jobs": "kept", "jobsRemoved": 0, "filesRemoved": 0})
+    );
+    assert_eq!(hub.get(&dave, "/api/jobs/list").await.0, 401);
+    assert_eq!(
+        login_status(&hub, "dave@test.local", "user-password-1")
+            .await
+            .0,
+        401
+    );
+    assert_eq!(hub.job(&admin, &dave_job).await["owner"], dave_id.as_str());
+    let (s, _) = delete_user(&hub, &admin, &dave_id, "?jobs=keep").await;
+    assert_eq!(s, 404, "gone");
+
+    // erin's job has not run: removing is refused until it is cancelled.
+    let (s, v) = delete_user(&hub, &admin, &erin_id, "?jobs=remove").await;
+    assert_eq!(s, 409, "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("cancel them first"),
+        "{v}"
+    );
+    hub.post_json(&admin, "/api/jobs/cancel", json!({"jobId": erin_job}))
+        .await;
+    let (s, v) = delete_user(&hub, &admin, &erin_id, "?jobs=remove").await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["jobs"], "removed");
+    assert_eq!(v["jobsRemoved"], 1);
+    assert_eq!(v["filesRemoved"], 1);
+    let (s, _) = hub
+        .get(&admin, &format!("/api/jobs/status?jobId={erin_job}"))
+        .await;
+    assert_eq!(s, 404);
+    // A new account may take the email again, with nothing of the old one.
+    let erin2 = hub.user(&admin, "erin@test.local").await;
+    let (_, list) = hub.get(&erin2, "/api/jobs/list").await;
+    assert_eq!(list["count"], 0, "{list}");
+    assert_eq!(
+        hub.get(&erin, "/api/jobs/list").await.0,
+        401,
+        "the old session stays dead"
+    );
+}

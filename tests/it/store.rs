@@ -387,6 +387,8 @@ async fn users_files_workers_tokens_and_revoked_sessions_round_trip() {
             created_ms: 1,
             max_queued: None,
             max_running: None,
+            disabled: false,
+            session_epoch: 0,
         };
         s.insert_user(&user("u1", "a@x")).await.unwrap();
         s.insert_user(&user("u2", "b@x")).await.unwrap();
@@ -436,6 +438,27 @@ async fn users_files_workers_tokens_and_revoked_sessions_round_trip() {
                 Err(StoreError::NotFound(_))
             ),
             "{name}: nobody to replace"
+        );
+        s.insert_user(&user("u4", "d@x")).await.unwrap();
+        assert!(
+            matches!(
+                s.delete_user(&user("u9", "d@x")).await,
+                Err(StoreError::NotFound(_))
+            ),
+            "{name}: another id under that email is not deleted"
+        );
+        s.delete_user(&user("u4", "d@x")).await.unwrap();
+        assert!(s.get_user("u4").await.unwrap().is_none(), "{name}");
+        assert!(
+            s.get_user_by_email("d@x").await.unwrap().is_none(),
+            "{name}"
+        );
+        assert!(
+            matches!(
+                s.delete_user(&user("u4", "d@x")).await,
+                Err(StoreError::NotFound(_))
+            ),
+            "{name}: deleted once"
         );
 
         let file = |id: &str, owner: &str| FileRecord {

@@ -409,6 +409,50 @@ pub enum UserCmd {
         #[arg(long)]
         password_stdin: bool,
     },
+    /// List the accounts (admin): id, email, role, disabled or not, own quotas.
+    List,
+    /// Disable an account (admin): it cannot sign in and its sessions end at once.
+    Disable {
+        /// The user's email or id.
+        user: String,
+    },
+    /// Enable a disabled account again (admin).
+    Enable {
+        /// The user's email or id.
+        user: String,
+    },
+    /// Make a user an admin or a plain user (admin); their sessions end (they sign in again).
+    Role {
+        /// The user's email or id.
+        user: String,
+        /// `admin` or `user`.
+        #[arg(value_parser = ["admin", "user"])]
+        role: String,
+    },
+    /// Set a new password for a user (admin); their sessions end.
+    Passwd {
+        /// The user's email or id.
+        user: String,
+        /// Read the password from the first line of stdin instead of prompting.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Delete an account (admin); say what becomes of its jobs.
+    Delete {
+        /// The user's email or id.
+        user: String,
+        /// Keep the user's jobs and their output (admins still see them).
+        #[arg(
+            long,
+            conflicts_with = "remove_jobs",
+            required_unless_present = "remove_jobs"
+        )]
+        keep_jobs: bool,
+        /// Delete the user's jobs, their output and the user's files (refused while any job
+        /// has not finished).
+        #[arg(long)]
+        remove_jobs: bool,
+    },
     /// Show or set a user's own quotas (admin): most jobs queued (more are refused) and most
     /// running (more wait). Without flags, shows them.
     Quota {

@@ -1,11 +1,11 @@
-//! `cmdx login`, `cmdx logout`, `cmdx token worker|list|revoke` and `cmdx user add|quota`.
+//! `cmdx login`, `cmdx logout`, `cmdx token worker|list|revoke` and `cmdx user …`.
 
 use std::io::{BufRead, IsTerminal, Write};
 
 use anyhow::{Context, anyhow, bail};
 use cmdx_proto::rest::{
-    LoginRequest, LoginResponse, MintTokenRequest, MintTokenResponse, QuotaRequest,
-    RegisterRequest, UserView, WorkerTokenList,
+    DeleteUserResponse, LoginRequest, LoginResponse, MintTokenRequest, MintTokenResponse,
+    QuotaRequest, RegisterRequest, UpdateUserRequest, UserView, WorkerTokenList,
 };
 use reqwest::StatusCode;
 
@@ -231,22 +231,105 @@ pub async fn user(args: UserArgs) -> anyhow::Result<i32> {
             super::note(format_args!("created {} ({})", user.email, user.role));
             Ok(0)
         }
+        UserCmd::List => {
+            let mut out = String::from("ID\tEMAIL\tROLE\tSTATE\n");
+            for u in users(&api).await? {
+                out.push_str(&format!(
+                    "{}\t{}\t{}\t{}\n",
+                    u.id,
+                    u.email,
+                    u.role,
+                    if u.disabled { "disabled" } else { "active" }
+                ));
+            }
+            super::out(&out)?;
+            Ok(0)
+        }
+        UserCmd::Disable { user } => {
+            update_user(
+                &api,
+                &user,
+                UpdateUserRequest {
+                    disabled: Some(true),
+                    ..Default::default()
+                },
+                "disabled; their sessions ended",
+            )
+            .await
+        }
+        UserCmd::Enable { user } => {
+            update_user(
+                &api,
+                &user,
+                UpdateUserRequest {
+                    disabled: Some(false),
+                    ..Default::default()
+                },
+                "enabled",
+            )
+            .await
+        }
+        UserCmd::Role { user, role } => {
+            let done = format!("now {role}; their sessions ended");
+            update_user(
+                &api,
+                &user,
+                UpdateUserRequest {
+                    role: Some(role),
+                    ..Default::default()
+                },
+                &done,
+            )
+            .await
+        }
+        UserCmd::Passwd {
+            user,
+            password_stdin,
+        } => {
+            let password = password(password_stdin, &format!("new password for {user}: "), true)?;
+            update_user(
+                &api,
+                &user,
+                UpdateUserRequest {
+                    password: Some(password),
+                    ..Default::default()
+                },
+                "has a new password; their sessions ended",
+            )
+            .await
+        }
+        UserCmd::Delete {
+            user,
+            keep_jobs: _,
+            remove_jobs,
+        } => {
+            let u = find_user(&api, &user).await?;
+            let mode = if remove_jobs { "remove" } else { "keep" };
+            let r: DeleteUserResponse = api
+                .send_json(
+                    reqwest::Method::DELETE,
+                    &format!("/api/users/{}?jobs={mode}", u.id),
+                    &serde_json::json!({}),
+                    &format!("deleting user {}", u.email),
+                )
+                .await?;
+            let jobs = if r.jobs == "removed" {
+                format!(
+                    "{} jobs and {} files removed",
+                    r.jobs_removed, r.files_removed
+                )
+            } else {
+                "their jobs kept".to_string()
+            };
+            super::note(format_args!("deleted {}; {jobs}", u.email));
+            Ok(0)
+        }
         UserCmd::Quota {
             user,
             max_queued,
             max_running,
         } => {
-            #[derive(serde::Deserialize)]
-            struct Users {
-                users: Vec<UserView>,
-            }
-            let list: Users = api.get_json("/api/users/list", "the user list").await?;
-            let wanted = user.to_lowercase();
-            let mut u = list
-                .users
-                .into_iter()
-                .find(|u| u.id == user || u.email == wanted)
-                .ok_or_else(|| anyhow!("no user {user}"))?;
+            let mut u = find_user(&api, &user).await?;
             if max_queued.is_some() || max_running.is_some() {
                 let pick = |given: Option<QuotaValue>, now: Option<u32>| match given {
                     None => now,
@@ -280,4 +363,44 @@ pub async fn user(args: UserArgs) -> anyhow::Result<i32> {
             Ok(0)
         }
     }
+}
+
+/// Every account (admin).
+async fn users(api: &Api) -> anyhow::Result<Vec<UserView>> {
+    #[derive(serde::Deserialize)]
+    struct Users {
+        users: Vec<UserView>,
+    }
+    let list: Users = api.get_json("/api/users/list", "the user list").await?;
+    Ok(list.users)
+}
+
+/// The account with email or id `user`.
+async fn find_user(api: &Api, user: &str) -> anyhow::Result<UserView> {
+    let wanted = user.to_lowercase();
+    users(api)
+        .await?
+        .into_iter()
+        .find(|u| u.id == user || u.email == wanted)
+        .ok_or_else(|| anyhow!("no user {user}"))
+}
+
+/// Applies `change` to the account `user` and says `done` about it on stderr.
+async fn update_user(
+    api: &Api,
+    user: &str,
+    change: UpdateUserRequest,
+    done: &str,
+) -> anyhow::Result<i32> {
+    let u = find_user(api, user).await?;
+    let changed: UserView = api
+        .send_json(
+            reqwest::Method::PATCH,
+            &format!("/api/users/{}", u.id),
+            &change,
+            &format!("changing user {}", u.email),
+        )
+        .await?;
+    super::note(format_args!("{} {done}", changed.email));
+    Ok(0)
 }

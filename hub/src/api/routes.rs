@@ -170,6 +170,8 @@ pub(super) static ROUTES: &[Route] = &[
         "/api/users/*/quota",
         with_id!(users::set_quota),
     ),
+    Route::new(Method::PATCH, "/api/users/*", with_id!(users::update)),
+    Route::new(Method::DELETE, "/api/users/*", with_id!(users::delete)),
     Route::new(Method::POST, "/api/admin/janitor", plain!(super::janitor)),
     Route::new(Method::GET, "/api/admin/backup", plain!(super::backup)),
     // files

@@ -13,11 +13,7 @@ use crate::store::JobRecord;
 /// Rebuilds the in-memory index from the store and starts reconnect graces for workers that
 /// held jobs when the hub stopped.
 pub async fn recover(hub: &Arc<Hub>) -> Result<(), HubError> {
-    hub.dispatch.set_quotas(crate::dispatch::Quotas::new(
-        hub.config.max_queued_per_user,
-        hub.config.max_running_per_user,
-        &hub.store.list_users().await?,
-    ));
+    hub.apply_users(&hub.store.list_users().await?);
     for w in hub.store.list_workers().await? {
         let kind = if w.kind == "legacy" {
             WorkerKind::Legacy

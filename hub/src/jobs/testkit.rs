@@ -169,6 +169,7 @@ pub(crate) fn owner() -> Caller {
         role: "user".into(),
         session_id: String::new(),
         expires_s: u64::MAX,
+        epoch: 0,
     }
 }
 

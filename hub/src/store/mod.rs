@@ -249,6 +249,8 @@ pub trait Store: Send + Sync + 'static {
     /// Replaces the stored record of an existing user (same id and email); `NotFound` when
     /// there is none.
     async fn replace_user(&self, user: &UserRecord) -> StoreResult<()>;
+    /// Deletes a user record (not their jobs or files); `NotFound` when there is none.
+    async fn delete_user(&self, user: &UserRecord) -> StoreResult<()>;
 
     /// Stores a file record.
     async fn put_file(&self, file: &FileRecord) -> StoreResult<()>;

@@ -330,6 +330,17 @@ pub struct UserRecord {
     /// This user's own limit on running jobs (`None`: the hub's setting; 0: no limit).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_running: Option<u32>,
+    /// Disabled by an admin: cannot sign in, sessions ended.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub disabled: bool,
+    /// Raised by an admin's change (disable, password, role): sessions issued under a lower
+    /// epoch are refused.
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub session_epoch: u64,
+}
+
+fn is_zero_u64(n: &u64) -> bool {
+    *n == 0
 }
 
 impl std::fmt::Debug for UserRecord {

@@ -526,6 +526,23 @@ impl Store for SledStore {
         self.scan_json(&self.users)
     }
 
+    async fn delete_user(&self, user: &UserRecord) -> StoreResult<()> {
+        let key = user.email.as_bytes();
+        let old = self.users.get(key).map_err(backend("delete user"))?;
+        let Some(old) = old else {
+            return Err(StoreError::NotFound(format!("user {}", user.id)));
+        };
+        let stored: UserRecord = decode(key, &old)?;
+        if stored.id != user.id {
+            return Err(StoreError::NotFound(format!("user {}", user.id)));
+        }
+        // Only the record read: a user re-created under the email meanwhile stays.
+        self.users
+            .compare_and_swap(key, Some(old), None as Option<&[u8]>)
+            .map_err(backend("delete user"))?
+            .map_err(|_| StoreError::Conflict(format!("user {} changed meanwhile", user.id)))
+    }
+
     async fn replace_user(&self, user: &UserRecord) -> StoreResult<()> {
         let key = user.email.as_bytes();
         loop {

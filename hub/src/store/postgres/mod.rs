@@ -867,6 +867,20 @@ impl Store for PgStore {
             .await
     }
 
+    async fn delete_user(&self, user: &UserRecord) -> StoreResult<()> {
+        let deleted = self
+            .execute(
+                "delete user",
+                "DELETE FROM users WHERE id = $1 AND email = $2",
+                &[&user.id, &user.email],
+            )
+            .await?;
+        if deleted == 0 {
+            return Err(StoreError::NotFound(format!("user {}", user.id)));
+        }
+        Ok(())
+    }
+
     async fn replace_user(&self, user: &UserRecord) -> StoreResult<()> {
         let updated = self
             .execute(
