@@ -282,6 +282,41 @@ describe('dashboard against cmdx dev', () => {
     await screenshot(page, '08-admin');
   });
 
+  it('manages a user: quotas, disable (sign-in refused), delete keeping their jobs', async () => {
+    const email = 'managed@test.local';
+    await page.getByLabel('New user email').fill(email);
+    await page.getByLabel('New user password').fill('managed-pass-1');
+    await page.getByRole('button', { name: 'Add user' }).click();
+    await page.getByRole('status').filter({ hasText: `Added ${email}` }).waitFor();
+    const row = page.locator('tr', { has: page.getByRole('cell', { name: email, exact: true }) });
+    await row.locator('summary').click();
+    const panel = page.getByRole('group', { name: `Manage ${email}` });
+    await panel.getByLabel('Max queued jobs').fill('five');
+    await panel.getByRole('button', { name: 'Save quotas' }).click();
+    await panel.getByRole('alert').filter({ hasText: 'whole numbers' }).waitFor();
+    await panel.getByLabel('Max queued jobs').fill('5');
+    await panel.getByRole('button', { name: 'Save quotas' }).click();
+    await page.getByRole('status').filter({ hasText: `Quotas of ${email} saved` }).waitFor();
+    await row.getByText('queued 5, running hub default').waitFor();
+    await panel.getByRole('button', { name: 'Disable' }).click();
+    await page.getByRole('status').filter({ hasText: `${email} disabled` }).waitFor();
+    await row.getByText('disabled', { exact: true }).waitFor();
+    // From outside the page (a refused request would be a console error there).
+    const login = await fetch(`${hub.url}/api/auth/login`, {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json' },
+      body: JSON.stringify({ email, password: 'managed-pass-1' }),
+    });
+    expect(login.status).toBe(403);
+    await screenshot(page, '08b-admin-manage');
+    const del = panel.getByRole('button', { name: `Delete ${email}` });
+    expect(await del.isDisabled()).toBe(true);
+    await panel.getByLabel('keep their jobs').check();
+    await del.click();
+    await page.getByRole('status').filter({ hasText: `${email} deleted; their jobs are kept` }).waitFor();
+    await expect.poll(async () => row.count()).toBe(0);
+  });
+
   it('does not show the first user’s job to a second user', async () => {
     const second = await newPage(browser, hub.url);
     try {

@@ -1,6 +1,7 @@
 // REST client for the hub. Same origin; the HttpOnly `auth_token` cookie authenticates.
 
 import type {
+  DeleteUserResponse,
   ErrorBody,
   FileView,
   JobList,
@@ -9,6 +10,7 @@ import type {
   MintTokenResponse,
   SubmitRequest,
   SubmitResponse,
+  UpdateUserRequest,
   UserView,
   WorkerView,
 } from './types';
@@ -103,6 +105,15 @@ export const api = {
   register: (email: string, password: string, role: string) =>
     request<UserView>('/api/auth/register', { body: { email, password, role } }),
   users: () => request<{ users: UserView[] }>('/api/users/list'),
+  updateUser: (id: string, change: UpdateUserRequest) =>
+    request<UserView>(`/api/users/${encodeURIComponent(id)}`, { method: 'PATCH', body: change }),
+  deleteUser: (id: string, jobs: 'keep' | 'remove') =>
+    request<DeleteUserResponse>(`/api/users/${encodeURIComponent(id)}?jobs=${jobs}`, { method: 'DELETE' }),
+  setQuota: (id: string, maxQueued: number | null, maxRunning: number | null) =>
+    request<UserView>(`/api/users/${encodeURIComponent(id)}/quota`, {
+      method: 'PUT',
+      body: { maxQueued, maxRunning },
+    }),
   submit: (req: SubmitRequest) => request<SubmitResponse>('/api/jobs/submit', { body: req }),
   /** The same job again (command, file, tags, env values, timeout, terminal): only the hub
    * knows the env values, so it builds the new job itself. */

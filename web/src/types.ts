@@ -33,6 +33,27 @@ export interface UserView {
   email: string;
   role: 'admin' | 'user' | string;
   createdAt: string;
+  /** The user's own limit on queued jobs (0: none); absent: the hub's. */
+  maxQueued?: number;
+  /** The user's own limit on running jobs (0: none); absent: the hub's. */
+  maxRunning?: number;
+  /** Disabled by an admin: cannot sign in. */
+  disabled?: boolean;
+}
+
+/** `PATCH /api/users/{id}`: absent fields stay. */
+export interface UpdateUserRequest {
+  disabled?: boolean;
+  role?: string;
+  password?: string;
+}
+
+/** `DELETE /api/users/{id}?jobs=keep|remove`. */
+export interface DeleteUserResponse {
+  userId: string;
+  jobs: 'kept' | 'removed';
+  jobsRemoved: number;
+  filesRemoved: number;
 }
 
 export interface LoginResponse {

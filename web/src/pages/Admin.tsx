@@ -86,22 +86,215 @@ function Users() {
               <tr>
                 <th scope="col">Email</th>
                 <th scope="col">Role</th>
+                <th scope="col">State</th>
+                <th scope="col">Quotas</th>
                 <th scope="col">Created</th>
+                <th scope="col">
+                  <span class="visually-hidden">Actions</span>
+                </th>
               </tr>
             </thead>
             <tbody>
               {users.map((u) => (
-                <tr key={u.id}>
-                  <td>{u.email}</td>
-                  <td>{u.role}</td>
-                  <td>{formatTime(u.createdAt)}</td>
-                </tr>
+                <UserRow
+                  key={u.id}
+                  user={u}
+                  onChanged={(message) => {
+                    setDone(message);
+                    void load();
+                  }}
+                />
               ))}
             </tbody>
           </table>
         </div>
       )}
     </section>
+  );
+}
+
+/** A quota as shown: the user's own, or the hub's. */
+function quotaText(v: number | undefined): string {
+  if (v === undefined) return 'hub default';
+  return v === 0 ? 'no limit' : String(v);
+}
+
+/** A quota typed in: empty for the hub's, else a whole number (0: no limit). */
+function parseQuota(s: string): { value: number | null } | { error: string } {
+  const t = s.trim();
+  if (!t) return { value: null };
+  if (!/^\d+$/.test(t)) return { error: 'Quotas are whole numbers (0: no limit), or empty for the hub default' };
+  return { value: Number(t) };
+}
+
+/** One account, with what an admin can do to it behind a Manage disclosure. */
+function UserRow({ user: u, onChanged }: { user: UserView; onChanged: (message: string) => void }) {
+  const [role, setRole] = useState(u.role);
+  const [password, setPassword] = useState('');
+  const [queued, setQueued] = useState(u.maxQueued === undefined ? '' : String(u.maxQueued));
+  const [running, setRunning] = useState(u.maxRunning === undefined ? '' : String(u.maxRunning));
+  const [jobs, setJobs] = useState<'keep' | 'remove' | null>(null);
+  const [error, setError] = useState<string | null>(null);
+  const [busy, setBusy] = useState(false);
+  const id = `user-${u.id}`;
+
+  const act = async (what: () => Promise<string>) => {
+    setError(null);
+    setBusy(true);
+    try {
+      onChanged(await what());
+    } catch (err) {
+      setError(err instanceof Error ? err.message : 'The change failed');
+    } finally {
+      setBusy(false);
+    }
+  };
+
+  const saveQuotas = () => {
+    const q = parseQuota(queued);
+    const r = parseQuota(running);
+    if ('error' in q) return setError(q.error);
+    if ('error' in r) return setError(r.error);
+    void act(async () => {
+      await api.setQuota(u.id, q.value, r.value);
+      return `Quotas of ${u.email} saved`;
+    });
+  };
+
+  return (
+    <tr>
+      <td>{u.email}</td>
+      <td>{u.role}</td>
+      <td>{u.disabled ? <span class="badge" data-status="cancelled">disabled</span> : 'active'}</td>
+      <td class="small">
+        queued {quotaText(u.maxQueued)}, running {quotaText(u.maxRunning)}
+      </td>
+      <td>{formatTime(u.createdAt)}</td>
+      <td>
+        <details class="manage">
+          <summary>
+            Manage<span class="visually-hidden"> {u.email}</span>
+          </summary>
+          <div class="manage-panel" role="group" aria-label={`Manage ${u.email}`}>
+            <div class="inline-form">
+              <button
+                type="button"
+                class="btn btn-small"
+                disabled={busy}
+                onClick={() =>
+                  void act(async () => {
+                    await api.updateUser(u.id, { disabled: !u.disabled });
+                    return u.disabled ? `${u.email} enabled` : `${u.email} disabled: their sessions ended`;
+                  })
+                }
+              >
+                {u.disabled ? 'Enable' : 'Disable'}
+              </button>
+              <div class="field">
+                <label for={`${id}-role`}>Role</label>
+                <select id={`${id}-role`} value={role} onChange={(e) => setRole(e.currentTarget.value)}>
+                  <option value="user">user</option>
+                  <option value="admin">admin</option>
+                </select>
+              </div>
+              <button
+                type="button"
+                class="btn btn-small"
+                disabled={busy || role === u.role}
+                onClick={() =>
+                  void act(async () => {
+                    await api.updateUser(u.id, { role });
+                    return `${u.email} is now ${role}: their sessions ended`;
+                  })
+                }
+              >
+                Save role
+              </button>
+            </div>
+            <div class="inline-form">
+              <div class="field">
+                <label for={`${id}-password`}>New password</label>
+                <input
+                  id={`${id}-password`}
+                  type="password"
+                  autoComplete="new-password"
+                  value={password}
+                  onInput={(e) => setPassword(e.currentTarget.value)}
+                />
+              </div>
+              <button
+                type="button"
+                class="btn btn-small"
+                disabled={busy}
+                onClick={() => {
+                  if (password.length < 8) return setError('The password needs at least 8 characters');
+                  void act(async () => {
+                    await api.updateUser(u.id, { password });
+                    setPassword('');
+                    return `${u.email} has a new password: their sessions ended`;
+                  });
+                }}
+              >
+                Set password
+              </button>
+            </div>
+            <div class="inline-form">
+              <div class="field">
+                <label for={`${id}-queued`}>Max queued jobs</label>
+                <input
+                  id={`${id}-queued`}
+                  inputMode="numeric"
+                  placeholder="hub default"
+                  value={queued}
+                  onInput={(e) => setQueued(e.currentTarget.value)}
+                />
+              </div>
+              <div class="field">
+                <label for={`${id}-running`}>Max running jobs</label>
+                <input
+                  id={`${id}-running`}
+                  inputMode="numeric"
+                  placeholder="hub default"
+                  value={running}
+                  onInput={(e) => setRunning(e.currentTarget.value)}
+                />
+              </div>
+              <button type="button" class="btn btn-small" disabled={busy} onClick={saveQuotas}>
+                Save quotas
+              </button>
+            </div>
+            <fieldset class="inline-form">
+              <legend>Delete the account and</legend>
+              <label>
+                <input type="radio" name={`${id}-jobs`} checked={jobs === 'keep'} onChange={() => setJobs('keep')} /> keep
+                their jobs
+              </label>
+              <label>
+                <input type="radio" name={`${id}-jobs`} checked={jobs === 'remove'} onChange={() => setJobs('remove')} />{' '}
+                remove their jobs and files
+              </label>
+              <button
+                type="button"
+                class="btn btn-small btn-danger"
+                disabled={busy || jobs === null}
+                onClick={() =>
+                  jobs &&
+                  void act(async () => {
+                    const r = await api.deleteUser(u.id, jobs);
+                    return r.jobs === 'removed'
+                      ? `${u.email} deleted with ${r.jobsRemoved} jobs and ${r.filesRemoved} files`
+                      : `${u.email} deleted; their jobs are kept`;
+                  })
+                }
+              >
+                Delete {u.email}
+              </button>
+            </fieldset>
+            <ErrorBanner error={error} />
+          </div>
+        </details>
+      </td>
+    </tr>
   );
 }
 
