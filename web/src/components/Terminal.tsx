@@ -66,6 +66,23 @@ export function Terminal({ onReady, onFollowChange, label }: Props) {
     term.loadAddon(new WebLinksAddon());
     term.open(el);
     term.textarea?.setAttribute('aria-label', label);
+    term.textarea?.setAttribute('aria-describedby', 'term-keys');
+    // xterm keeps Tab, Shift+Tab and Escape for the terminal. Escape, then Tab (or Shift+Tab),
+    // hands the key back to the page, so keyboard users can always leave the output.
+    let escaped = false;
+    term.attachCustomKeyEventHandler((e) => {
+      if (e.type !== 'keydown') return !(escaped && e.key === 'Tab');
+      if (e.key === 'Escape') {
+        escaped = true;
+        return false;
+      }
+      if (e.key === 'Tab' && escaped) {
+        escaped = false;
+        return false;
+      }
+      if (e.key !== 'Shift') escaped = false;
+      return true;
+    });
     const refit = () => {
       try {
         fit.fit();
@@ -107,5 +124,12 @@ export function Terminal({ onReady, onFollowChange, label }: Props) {
       term.dispose();
     };
   }, []);
-  return <div class="term-host" ref={host} role="log" aria-label={label} data-testid="terminal" />;
+  return (
+    <>
+      <div class="term-host" ref={host} role="log" aria-label={label} data-testid="terminal" />
+      <p id="term-keys" class="visually-hidden">
+        Press Escape, then Tab, to leave the output.
+      </p>
+    </>
+  );
 }

@@ -7,6 +7,7 @@ import {
   formatRelative,
   jobDurationMs,
   parseTags,
+  formatTime,
   parsePriority,
   parseTimeout,
   shortId,
@@ -60,6 +61,13 @@ describe('format', () => {
   it('parseTags splits on commas and spaces, dropping duplicates', () => {
     expect(parseTags(' linux, gpu  linux,,')).toEqual(['linux', 'gpu']);
     expect(parseTags('')).toEqual([]);
+  });
+
+  it('formatTime names the zone', () => {
+    expect(formatTime('2026-01-02T13:04:05Z', 'UTC')).toBe('2026-01-02 13:04:05 UTC');
+    expect(formatTime('2026-01-02T13:04:05Z', 'Europe/Paris')).toMatch(/^2026-01-02 14:04:05 (CET|GMT\+1)$/);
+    expect(formatTime(null)).toBe('—');
+    expect(formatTime('garbage')).toBe('—');
   });
 
   it('parsePriority', () => {

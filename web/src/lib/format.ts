@@ -58,16 +58,25 @@ export function formatRelative(iso: string | null | undefined, now: number = Dat
   return formatTime(iso);
 }
 
-/** `2026-01-02 13:04:05` in the viewer's time zone. */
-export function formatTime(iso: string | null | undefined): string {
+/** `2026-01-02 13:04:05 CET` in the viewer's time zone, named (`UTC`, `GMT+1`, `CET`, …) so a
+ * time copied into a ticket means the same to everyone. */
+export function formatTime(iso: string | null | undefined, timeZone?: string): string {
   if (!iso) return '—';
   const t = new Date(iso);
   if (Number.isNaN(t.getTime())) return '—';
-  const p = (x: number) => String(x).padStart(2, '0');
-  return (
-    `${t.getFullYear()}-${p(t.getMonth() + 1)}-${p(t.getDate())} ` +
-    `${p(t.getHours())}:${p(t.getMinutes())}:${p(t.getSeconds())}`
-  );
+  const parts = new Intl.DateTimeFormat('en-GB', {
+    timeZone,
+    year: 'numeric',
+    month: '2-digit',
+    day: '2-digit',
+    hour: '2-digit',
+    minute: '2-digit',
+    second: '2-digit',
+    hourCycle: 'h23',
+    timeZoneName: 'short',
+  }).formatToParts(t);
+  const get = (type: Intl.DateTimeFormatPartTypes) => parts.find((p) => p.type === type)?.value ?? '';
+  return `${get('year')}-${get('month')}-${get('day')} ${get('hour')}:${get('minute')}:${get('second')} ${get('timeZoneName')}`;
 }
 
 const FAILURE_LABELS: Record<FailureKind, string> = {

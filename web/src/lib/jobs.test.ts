@@ -2,6 +2,8 @@ import { describe, expect, it } from 'vitest';
 import type { JobSummary } from '../types';
 import {
   applyLive,
+  filterFromSearch,
+  searchOfFilter,
   initialJobsState,
   isNewer,
   jobsReducer,
@@ -149,5 +151,15 @@ describe('helpers', () => {
     expect(listQuery({ status: 'running', q: ' a&b ' }, 'c 1', 20)).toBe(
       'status=running&q=a%26b&limit=20&cursor=c+1',
     );
+  });
+});
+
+describe('the filter in the URL', () => {
+  it('round-trips and ignores what it does not know', () => {
+    expect(filterFromSearch('?status=failed&q=make%20test')).toEqual({ status: 'failed', q: 'make test' });
+    expect(searchOfFilter({ status: 'failed', q: 'make test' })).toBe('?status=failed&q=make+test');
+    expect(filterFromSearch(searchOfFilter({ status: 'running', q: 'a&b=c' }))).toEqual({ status: 'running', q: 'a&b=c' });
+    expect(filterFromSearch('?status=bogus')).toEqual({ status: '', q: '' });
+    expect(searchOfFilter({ status: '', q: '' })).toBe('');
   });
 });

@@ -1,7 +1,7 @@
 // The jobs table's state: one page from `GET /api/jobs/list`, kept current by live `job`
 // events from the WebSocket. Pure functions, so the merge rules are unit-tested.
 
-import type { JobList, JobStatus, JobSummary } from '../types';
+import { JOB_STATUSES, type JobList, type JobStatus, type JobSummary } from '../types';
 
 export interface JobsFilter {
   /** Only this status, or every status when empty. */
@@ -129,6 +129,27 @@ export function jobsReducer(state: JobsState, action: JobsAction): JobsState {
     case 'live':
       return applyLive(state, action.job);
   }
+}
+
+/** The jobs page's filter from its URL query (`?status=failed&q=make`); unknown statuses are
+ * ignored, so a hand-edited link still shows a page. */
+export function filterFromSearch(search: string): JobsFilter {
+  const p = new URLSearchParams(search);
+  const status = p.get('status') ?? '';
+  return {
+    status: (JOB_STATUSES as readonly string[]).includes(status) ? (status as JobStatus) : '',
+    q: p.get('q') ?? '',
+  };
+}
+
+/** The jobs page's URL query for `filter` (`''` when unfiltered), the inverse of
+ * [`filterFromSearch`]. */
+export function searchOfFilter(filter: JobsFilter): string {
+  const p = new URLSearchParams();
+  if (filter.status) p.set('status', filter.status);
+  if (filter.q) p.set('q', filter.q);
+  const s = p.toString();
+  return s ? `?${s}` : '';
 }
 
 /** Builds the `GET /api/jobs/list` query string. */

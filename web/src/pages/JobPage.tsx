@@ -259,7 +259,7 @@ export function JobPage({ jobId }: { jobId: string }) {
             <span class="mono">{job.workerId ?? '—'}</span>
           </Fact>
           <Fact label="Attempt">
-            {job.attempt} of {job.maxAttempts}
+            {job.attempt === 0 ? '—' : job.maxAttempts > 1 ? `${job.attempt} of ${job.maxAttempts}` : job.attempt}
           </Fact>
           <Fact label="Peak memory">{formatBytes(job.peakMemoryBytes)}</Fact>
           <Fact label="CPU time">{job.cpuMs === null ? '—' : formatDuration(job.cpuMs)}</Fact>
@@ -289,6 +289,16 @@ export function JobPage({ jobId }: { jobId: string }) {
       </section>
 
       <section class="output" aria-label="Output">
+        <a
+          class="skip-link"
+          href="#after-output"
+          onClick={(e) => {
+            e.preventDefault();
+            document.getElementById('after-output')?.focus();
+          }}
+        >
+          Skip past the output
+        </a>
         <div class="output-toolbar">
           <h2>Output</h2>
           <div class="field field-inline output-search">
@@ -345,8 +355,9 @@ export function JobPage({ jobId }: { jobId: string }) {
           <a href={outputUrl(job.jobId)} download={`cmdx-${job.jobId}.log`}>
             the download
           </a>
-          .
+          . Drag the terminal's bottom-right corner to resize it; Escape, then Tab, leaves it.
         </p>
+        <div id="after-output" tabIndex={-1} />
       </section>
 
       <Artifacts job={job} />

@@ -3,19 +3,29 @@ import { api } from '../api';
 import { EmptyState, ErrorBanner, PageHeader } from '../components/Layout';
 import { Link } from '../components/Link';
 import { StatusBadge } from '../components/StatusBadge';
-import { commandPreview, formatDuration, formatRelative, jobDurationMs, shortId } from '../lib/format';
-import { initialJobsState, jobsReducer, listQuery, type JobsFilter } from '../lib/jobs';
+import { commandPreview, formatDuration, formatRelative, formatTime, jobDurationMs, shortId } from '../lib/format';
+import {
+  filterFromSearch,
+  initialJobsState,
+  jobsReducer,
+  listQuery,
+  searchOfFilter,
+  type JobsFilter,
+} from '../lib/jobs';
 import { jobPath } from '../lib/routes';
 import { JOB_STATUSES, type JobStatus, type JobSummary } from '../types';
 import { hubSocket } from '../ws';
 import { useNow } from '../components/useNow';
-import { currentUser } from '../state';
+import { currentUser, location$ } from '../state';
 
 const PAGE_SIZE = 50;
 
 export function Jobs() {
-  const [state, dispatch] = useReducer(jobsReducer, undefined, () => initialJobsState());
-  const [search, setSearch] = useState('');
+  // The filter lives in the URL (`?status=&q=`): reload, back/forward and shared links keep it.
+  const [state, dispatch] = useReducer(jobsReducer, undefined, () =>
+    initialJobsState(filterFromSearch(location$.value.search)),
+  );
+  const [search, setSearch] = useState(state.filter.q);
   const [loading, setLoading] = useState(true);
   const [error, setError] = useState<string | null>(null);
   const seq = useRef(0);
@@ -77,14 +87,36 @@ export function Jobs() {
     void load(state.filter, null, []);
   }, [state.filter]);
 
-  // Debounced command search.
+  // Back and forward: the URL's filter wins.
+  const urlSearch = location$.value.search;
+  useEffect(() => {
+    const f = filterFromSearch(urlSearch);
+    if (f.status !== state.filter.status || f.q !== state.filter.q) {
+      dispatch({ type: 'filter', filter: f });
+      setSearch(f.q);
+    }
+  }, [urlSearch]);
+
+  /** Applies `filter` and records it in the URL (a new history entry, or in place). */
+  const applyFilter = (filter: JobsFilter, replace: boolean) => {
+    dispatch({ type: 'filter', filter });
+    const path = location$.value.pathname === '/' ? '/' : '/jobs';
+    const url = `${path}${searchOfFilter(filter)}`;
+    if (url !== location$.value.pathname + location$.value.search) {
+      if (replace) history.replaceState(null, '', url);
+      else history.pushState(null, '', url);
+      location$.value = { pathname: path, search: searchOfFilter(filter) };
+    }
+  };
+
+  // Debounced command search (typing replaces the history entry instead of adding one per key).
   useEffect(() => {
     if (search === state.filter.q) return;
-    const t = setTimeout(() => dispatch({ type: 'filter', filter: { ...state.filter, q: search } }), 250);
+    const t = setTimeout(() => applyFilter({ ...state.filter, q: search }, true), 250);
     return () => clearTimeout(t);
   }, [search]);
 
-  const setStatus = (status: JobStatus | '') => dispatch({ type: 'filter', filter: { ...state.filter, status } });
+  const setStatus = (status: JobStatus | '') => applyFilter({ ...state.filter, status }, false);
   const older = () => void load(state.filter, state.nextCursor, [...state.previous, state.cursor]);
   const newer = () => {
     const previous = state.previous.slice();
@@ -162,7 +194,9 @@ export function Jobs() {
                 <th scope="col" class="hide-narrow">Worker</th>
                 <th scope="col" class="hide-narrow">Exit</th>
                 <th scope="col" class="hide-narrow">Duration</th>
-                <th scope="col">Created</th>
+                <th scope="col" class="col-created">
+                  Created
+                </th>
               </tr>
             </thead>
             <tbody>
@@ -191,7 +225,11 @@ export function Jobs() {
                   </td>
                   <td class="mono hide-narrow">{j.exitCode ?? '—'}</td>
                   <td class="hide-narrow">{formatDuration(jobDurationMs(j.startedAt, j.completedAt, now))}</td>
-                  <td title={j.createdAt}>{formatRelative(j.createdAt, now)}</td>
+                  <td class="col-created">
+                    <time dateTime={j.createdAt} title={formatTime(j.createdAt)}>
+                      {formatRelative(j.createdAt, now)}
+                    </time>
+                  </td>
                 </tr>
               ))}
             </tbody>
