@@ -73,6 +73,20 @@ describe('accessibility and keyboard use', () => {
     await page.goto(jobUrl);
     await page.locator('.page-header .badge[data-status="completed"]').waitFor({ timeout: 60_000 });
     expect(await audit(page), 'job page').toEqual([]);
+    // "1 of 3" where a lost attempt would be retried, a plain "1" where it would not.
+    const attempt = page.locator('.facts dt', { hasText: /^Attempt$/ }).locator('xpath=following-sibling::dd[1]');
+    expect((await attempt.textContent())?.trim()).toBe('1 of 3');
+    const once = await page.evaluate(async () => {
+      const r = await fetch('/api/jobs/submit', {
+        method: 'POST',
+        headers: { 'Content-Type': 'application/json' },
+        body: JSON.stringify({ command: 'true', maxAttempts: 1 }),
+      });
+      return ((await r.json()) as { jobId: string }).jobId;
+    });
+    await page.goto(`/jobs/${once}`);
+    await page.locator('.page-header .badge[data-status="completed"]').waitFor({ timeout: 60_000 });
+    await expect.poll(async () => (await attempt.textContent())?.trim()).toBe('1');
     for (const [link, heading] of [
       ['Jobs', 'Jobs'],
       ['New job', 'New job'],
