@@ -145,6 +145,11 @@ pub struct SubmitRequest {
     /// 1000). Only with a terminal.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tty_size: Option<crate::WindowSize>,
+    /// Run the command in this OCI image's root instead of the agent host's
+    /// (`registry/repository:tag`, `…@sha256:` to pin; see `cmdx_proto::image`). Absent: the
+    /// hub's default image if it has one, else the host's root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
 }
 
 impl std::fmt::Debug for SubmitRequest {
@@ -160,6 +165,7 @@ impl std::fmt::Debug for SubmitRequest {
             .field("artifacts", &self.artifacts)
             .field("tty", &self.tty)
             .field("tty_size", &self.tty_size)
+            .field("image", &self.image)
             .finish()
     }
 }
@@ -266,6 +272,16 @@ pub struct JobView {
     pub peak_memory_bytes: Option<u64>,
     /// CPU time in milliseconds.
     pub cpu_ms: Option<u64>,
+    /// The image the job runs in (normalised reference); `null`: the agent host's root.
+    #[serde(default)]
+    pub image: Option<String>,
+    /// The manifest digest the agent ran, once known.
+    #[serde(default)]
+    pub image_digest: Option<String>,
+    /// Time the agent spent pulling and unpacking the image for this attempt, in milliseconds
+    /// (0 when it was cached; `null` without an image).
+    #[serde(default)]
+    pub pull_ms: Option<u64>,
     /// Attempt history.
     pub attempts: Vec<AttemptView>,
     /// The artifact globs asked for at submission.

@@ -19,7 +19,8 @@ export type FailureKind =
   | 'killed'
   | 'setup'
   | 'sandbox'
-  | 'worker_lost';
+  | 'worker_lost'
+  | 'image';
 
 export type StreamKind = 'stdout' | 'stderr';
 

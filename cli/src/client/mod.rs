@@ -167,6 +167,10 @@ pub struct SubmitArgs {
     /// followed here, 80x24 otherwise).
     #[arg(long)]
     pub no_tty: bool,
+    /// Run the command in this OCI image (`alpine:3.20`, `registry.example.com/team/tool:1`,
+    /// `…@sha256:HEX`) instead of the worker host's root; the job folder is `/workspace`.
+    #[arg(long, value_name = "REF")]
+    pub image: Option<String>,
     /// The shell command (after `--`), run as `sh -c` in the job folder.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,

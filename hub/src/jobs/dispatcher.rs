@@ -123,6 +123,7 @@ pub(crate) fn assignment(job: &JobRecord, config: &crate::config::HubConfig) -> 
             cols: t.cols,
             rows: t.rows,
         }),
+        image: job.image.clone(),
     }
 }
 

@@ -34,6 +34,8 @@ pub struct NewJob {
     pub artifact_globs: Vec<String>,
     /// The job's pseudo-terminal; `None`: pipes.
     pub tty: Option<TtyRecord>,
+    /// The normalised image reference; `None`: the host's root.
+    pub image: Option<String>,
 }
 
 impl JobRecord {
@@ -69,6 +71,7 @@ impl JobRecord {
             artifact_globs: new.artifact_globs,
             artifacts: None,
             tty: new.tty,
+            image: new.image,
         }
     }
 

@@ -4,6 +4,7 @@
 use std::sync::atomic::Ordering;
 
 use cmdx_proto::WindowSize;
+use cmdx_proto::image::{ImageRef, registry_matches};
 use cmdx_proto::rest::SubmitRequest;
 
 use super::record::NewJob;
@@ -47,6 +48,7 @@ pub async fn rerun(hub: &Hub, caller: &Caller, job_id: &str) -> LifecycleResult<
             cols: t.cols,
             rows: t.rows,
         }),
+        image: old.image,
     };
     accept(hub, caller, req, old.legacy).await
 }
@@ -98,6 +100,7 @@ async fn accept(
         ));
     }
     let tty = terminal(&req, legacy)?;
+    let image = image(&hub.config, &req, legacy)?;
     let artifact_globs =
         crate::artifacts::validate_globs(&req.artifacts).map_err(LifecycleError::Invalid)?;
     let file_id =
@@ -141,6 +144,7 @@ async fn accept(
         legacy,
         artifact_globs,
         tty,
+        image,
     };
     let job = JobRecord::queued(new, seq, now_ms());
     hub.store.insert_job(&job).await?;
@@ -180,6 +184,61 @@ fn terminal(req: &SubmitRequest, legacy: bool) -> LifecycleResult<Option<TtyReco
                 rows: size.rows,
             }))
         }
+    }
+}
+
+/// The job's image, normalised: the one asked for, else (for legacy submitters with the
+/// mapping on) the one the original system picked from the command, else the hub's default;
+/// refused when malformed or from a registry the operator did not allow.
+fn image(
+    config: &crate::config::HubConfig,
+    req: &SubmitRequest,
+    legacy: bool,
+) -> LifecycleResult<Option<String>> {
+    let asked = req
+        .image
+        .as_deref()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned);
+    let chosen = asked
+        .or_else(|| {
+            (legacy && config.legacy_image_mapping).then(|| legacy_image(&req.command).to_owned())
+        })
+        .or_else(|| config.default_image.clone());
+    let Some(reference) = chosen else {
+        return Ok(None);
+    };
+    let parsed = ImageRef::parse(&reference).map_err(|e| invalid(format!("image: {e}")))?;
+    if !config.allowed_registries.is_empty()
+        && !config
+            .allowed_registries
+            .iter()
+            .any(|p| registry_matches(p, &parsed.registry))
+    {
+        return Err(invalid(format!(
+            "image: registry {} is not allowed on this hub (allowed: {})",
+            parsed.registry,
+            config.allowed_registries.join(", ")
+        )));
+    }
+    Ok(Some(parsed.canonical()))
+}
+
+/// The image the original system ran a command in, chosen by its first word.
+pub(crate) fn legacy_image(command: &str) -> &'static str {
+    let first = command.split_whitespace().next().unwrap_or("");
+    let program = first.rsplit('/').next().unwrap_or(first);
+    if program.starts_with("python") || program == "pip" || program == "pip3" {
+        "python:3.11-slim"
+    } else if matches!(program, "node" | "npm" | "npx") {
+        "node:22-alpine"
+    } else if matches!(program, "gcc" | "g++" | "cc" | "make") {
+        "gcc:14-alpine"
+    } else if matches!(program, "java" | "javac") {
+        "eclipse-temurin:21-alpine"
+    } else {
+        "alpine:latest"
     }
 }
 

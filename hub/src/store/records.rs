@@ -99,6 +99,10 @@ pub struct JobRecord {
     /// written before jobs had terminals load as `None`, the pipes they were submitted with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tty: Option<TtyRecord>,
+    /// The normalised image reference the job runs in; `None`: the agent host's root (and
+    /// every record written before jobs had images).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
 }
 
 /// The size of a job's pseudo-terminal, in character cells.
