@@ -50,6 +50,7 @@ pub fn queued_job(queue_seq: u64) -> JobRecord {
         artifact_globs: Vec::new(),
         artifacts: None,
         tty: None,
+        image: None,
     }
 }
 

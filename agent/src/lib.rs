@@ -52,6 +52,7 @@ mod extract;
 mod fetch;
 pub mod fuzzing;
 mod host;
+mod image;
 mod job;
 mod output;
 mod runner;
@@ -72,6 +73,7 @@ use tracing::Instrument as _;
 
 pub use config::{AgentConfig, Control};
 pub use error::AgentError;
+pub use image::{ImageSettings, RegistryCredential, read_credentials};
 
 /// Runs the agent until `control` asks it to drain (and the held jobs are done and
 /// acknowledged) or to abort (running jobs terminated and reported).
@@ -237,6 +239,13 @@ pub async fn run(config: AgentConfig, control: watch::Receiver<Control>) -> Resu
                 path: work_dir.to_path_buf(),
                 source,
             })?,
+        images: image::Images::open(work_dir, config.images.clone()).map_err(|source| {
+            AgentError::WorkDir {
+                op: "open the image cache in",
+                path: work_dir.join("images"),
+                source,
+            }
+        })?,
     });
     let core = core::Core::new(
         core::CoreSettings {

@@ -405,6 +405,7 @@ impl StateMachineTest for LifecycleTest {
                     artifacts: Vec::new(),
                     tty: None,
                     tty_size: None,
+                    image: None,
                 };
                 let id = sut
                     .block(submit::submit(sut.hub(), &caller(), req))
