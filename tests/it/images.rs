@@ -332,20 +332,30 @@ async fn a_job_runs_in_its_image_pulled_once() {
         "cached image fetched again"
     );
 
-    // Whiteouts, an opaque directory and a hard link from a second layer.
-    let v = run_job(
-        &hub,
-        &admin,
-        json!({"command": "test -e /etc/gone && echo GONE-VISIBLE; ls /opt/data; \
-                           stat -c %i /opt/data/new /opt/data/linked",
-               "image": format!("{}/cmdx/layered:1", reg.addr), "tty": false}),
-    )
-    .await;
-    assert_eq!(v["status"], "completed", "{v}");
-    let s = v["stdout"].as_str().unwrap();
-    assert!(!s.contains("GONE-VISIBLE") && !s.contains("old"), "{s}");
-    let inodes: Vec<&str> = s.lines().rev().take(2).collect();
-    assert_eq!(inodes[0], inodes[1], "hard link kept: {s}");
+    // Whiteouts, an opaque directory and a hard link from a second layer; two jobs wanting
+    // the image at once share one pull (each blob fetched once).
+    let layered = json!({"command": "test -e /etc/gone && echo GONE-VISIBLE; ls /opt/data; \
+                                     stat -c %i /opt/data/new /opt/data/linked",
+                         "image": format!("{}/cmdx/layered:1", reg.addr), "tty": false});
+    let (a, b) = tokio::join!(
+        hub.submit(&admin, layered.clone()),
+        hub.submit(&admin, layered.clone())
+    );
+    let (va, vb) = tokio::join!(hub.wait_done(&admin, &a), hub.wait_done(&admin, &b));
+    for v in [&va, &vb] {
+        assert_eq!(v["status"], "completed", "{v}");
+        let s = v["stdout"].as_str().unwrap();
+        assert!(!s.contains("GONE-VISIBLE") && !s.contains("old"), "{s}");
+        let inodes: Vec<&str> = s.lines().rev().take(2).collect();
+        assert_eq!(inodes[0], inodes[1], "hard link kept: {s}");
+    }
+    // Two jobs, one pull: the config and the two layers, once each.
+    assert_eq!(reg.blob_gets("cmdx/layered"), 3, "one shared pull");
+    assert!(
+        va["stderr"].as_str().unwrap().contains("[cmdx] pulling")
+            && vb["stderr"].as_str().unwrap().contains("[cmdx] pulling"),
+        "both waiting jobs show the pull: {va} {vb}"
+    );
 
     // A job may write only its workspace and /tmp; the image is read-only.
     let v = run_job(

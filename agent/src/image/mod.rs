@@ -852,4 +852,48 @@ mod tests {
         );
         assert!(!format!("{:?}", c[0]).contains("s3cret"));
     }
+
+    #[test]
+    fn eviction_takes_the_least_recently_used_images_no_job_holds() {
+        let d = tempfile::tempdir().unwrap();
+        let settings = ImageSettings {
+            cache_bytes: 150,
+            ..ImageSettings::default()
+        };
+        let images = Images::open(d.path(), settings).unwrap();
+        {
+            let mut st = images.lock();
+            for (id, used) in [("a", 1), ("b", 2), ("c", 3)] {
+                fs::create_dir(d.path().join("images/roots").join(id)).unwrap();
+                st.index.refs.insert(format!("r/{id}:1"), id.into());
+                st.index.images.insert(
+                    id.into(),
+                    ImageEntry {
+                        manifest_digest: String::new(),
+                        bytes: 100,
+                        entries: 1,
+                        env: Vec::new(),
+                        working_dir: None,
+                        last_used_ms: used,
+                    },
+                );
+            }
+        }
+        // A job holds the oldest image: it stays, the next ones go until the cache fits.
+        let lease = {
+            let mut st = images.lock();
+            images.lease_locked(&mut st, "r/a:1").unwrap()
+        };
+        images.evict();
+        let roots = d.path().join("images/roots");
+        assert!(roots.join("a").exists());
+        assert!(!roots.join("b").exists() && !roots.join("c").exists());
+        drop(lease);
+        // The index on disk says the same after a restart.
+        drop(images);
+        let again = Images::open(d.path(), ImageSettings::default()).unwrap();
+        let st = again.lock();
+        assert_eq!(st.index.images.keys().collect::<Vec<_>>(), ["a"]);
+        assert_eq!(st.index.refs.len(), 1);
+    }
 }

@@ -325,4 +325,52 @@ mod tests {
         }
         kit.shutdown().await;
     }
+
+    #[tokio::test]
+    async fn images_are_normalised_defaulted_and_mapped_for_legacy_submitters() {
+        let image = |image: &str| SubmitRequest {
+            image: Some(image.into()),
+            ..req(None, None)
+        };
+        let kit = Kit::open(|_| {}).await;
+        let (hub, caller) = (&kit.hub, owner());
+        let id = submit(hub, &caller, image("alpine:3.20"))
+            .await
+            .expect("submit");
+        assert_eq!(
+            kit.record(&id).await.image.as_deref(),
+            Some("docker.io/library/alpine:3.20")
+        );
+        let id = submit(hub, &caller, req(None, None)).await.expect("submit");
+        assert_eq!(kit.record(&id).await.image, None, "host root");
+        let bad = submit(hub, &caller, image("Not An Image")).await;
+        assert!(matches!(bad, Err(LifecycleError::Invalid(_))), "{bad:?}");
+
+        let kit = Kit::open(|c| {
+            c.legacy_image_mapping = true;
+            c.default_image = Some("registry.example.com/base:1".into());
+            c.allowed_registries = vec!["docker.io".into(), "registry.example.com".into()];
+        })
+        .await;
+        let hub = &kit.hub;
+        let python = SubmitRequest {
+            command: "python3 main.py".into(),
+            ..req(None, None)
+        };
+        let id = submit_legacy(hub, &caller, python.clone())
+            .await
+            .expect("submit");
+        assert_eq!(
+            kit.record(&id).await.image.as_deref(),
+            Some("docker.io/library/python:3.11-slim")
+        );
+        let id = submit(hub, &caller, python).await.expect("submit");
+        assert_eq!(
+            kit.record(&id).await.image.as_deref(),
+            Some("registry.example.com/base:1"),
+            "the mapping is for legacy submitters only"
+        );
+        let refused = submit(hub, &caller, image("quay.io/x/y:1")).await;
+        assert!(matches!(refused, Err(LifecycleError::Invalid(m)) if m.contains("not allowed")));
+    }
 }
