@@ -43,15 +43,15 @@ fi
 # Distribution registry on loopback, build small images with umoci from busybox-static and push
 # them with skopeo; the image benchmark compares with podman.
 missing_image_tools=""
-for t in docker-registry skopeo umoci busybox podman; do
+for t in docker-registry skopeo umoci busybox podman runc; do
   command -v "$t" >/dev/null 2>&1 || missing_image_tools="$missing_image_tools $t"
 done
 if [ -n "$missing_image_tools" ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-      docker-registry skopeo umoci busybox-static podman >/dev/null
+      docker-registry skopeo umoci busybox-static podman runc >/dev/null
   else
-    echo "missing:$missing_image_tools: install Debian's docker-registry skopeo umoci busybox-static podman" >&2
+    echo "missing:$missing_image_tools: install Debian's docker-registry skopeo umoci busybox-static podman runc" >&2
     exit 1
   fi
 fi

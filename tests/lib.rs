@@ -5,6 +5,7 @@
 //! store there.
 
 pub mod pg;
+pub mod registry;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
