@@ -60,6 +60,8 @@ export interface SubmitRequest {
   maxAttempts?: number;
   /** Globs of result files to keep, relative to the job dir (`dist/**`, `reports/*.xml`). */
   artifacts?: string[];
+  /** OCI image to run in (`alpine:3.20`, `registry/repo:tag`, `…@sha256:…`); absent: the host's root. */
+  image?: string;
 }
 
 export interface SubmitResponse {
@@ -107,6 +109,12 @@ export interface JobView {
   outputTruncated: boolean;
   peakMemoryBytes: number | null;
   cpuMs: number | null;
+  /** The image the job runs in (normalised); null: the worker host's root. Older hubs omit it. */
+  image?: string | null;
+  /** The manifest digest the agent ran. */
+  imageDigest?: string | null;
+  /** Time the agent spent pulling the image for this attempt, ms (0: cached). */
+  pullMs?: number | null;
   attempts: AttemptView[];
   /** Artifact globs asked for at submission. */
   artifactPatterns: string[];

@@ -18,6 +18,7 @@ export function NewJob() {
   const [timeout, setTimeoutText] = useState('');
   const [tags, setTags] = useState('');
   const [globs, setGlobs] = useState('');
+  const [image, setImage] = useState('');
   const [upload, setUpload] = useState<Upload>({ state: 'none' });
   const [reuse, setReuse] = useState<{ fileUrl: string; jobId: string } | null>(null);
   const [dragging, setDragging] = useState(false);
@@ -38,6 +39,7 @@ export function NewJob() {
         setTimeoutText(String(job.timeout));
         setTags(job.tags.join(', '));
         setGlobs(job.artifactPatterns.join(' '));
+        setImage(job.image ?? '');
         if (job.fileUrl) setReuse({ fileUrl: job.fileUrl, jobId: job.jobId });
       })
       .catch(() => setError('Could not load the job to copy'));
@@ -102,6 +104,7 @@ export function NewJob() {
     if (tagList.length > 0) req.tags = tagList;
     const globList = parseGlobs(globs);
     if (globList.length > 0) req.artifacts = globList;
+    if (image.trim()) req.image = image.trim();
     setBusy(true);
     try {
       const res = await api.submit(req);
@@ -243,6 +246,23 @@ export function NewJob() {
             />
             <span class="hint">Only workers with all these tags run the job.</span>
           </div>
+        </div>
+        <div class="field">
+          <label for="job-image">
+            Image <span class="muted">(optional)</span>
+          </label>
+          <input
+            id="job-image"
+            spellcheck={false}
+            placeholder="python:3.11-slim"
+            value={image}
+            onInput={(e) => setImage(e.currentTarget.value)}
+          />
+          <span class="hint">
+            An OCI image to run the command in (<code>registry/repository:tag</code>, or{' '}
+            <code>@sha256:…</code> to pin), its folder at <code>/workspace</code>. Empty: the worker's own
+            system.
+          </span>
         </div>
         <div class="field">
           <label for="job-artifacts">Artifacts</label>
