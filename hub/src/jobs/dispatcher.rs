@@ -173,7 +173,12 @@ async fn claim_all(hub: &Hub, reqs: &[ClaimReq<'_>]) -> Vec<Result<JobRecord, St
     results
 }
 
-/// A legacy worker asks for work: claims the oldest tagless job, durably.
+/// Most image jobs one legacy poll steps over before it gives up (and takes nothing).
+const LEGACY_IMAGE_SKIPS: usize = 64;
+
+/// A legacy worker asks for work: claims the oldest tagless job, durably. Jobs that run in an
+/// image are left for the agents (a legacy worker would run the command on its own host): they
+/// go back to the queue where they were.
 pub async fn claim_legacy(
     hub: &Hub,
     worker: &str,
@@ -182,7 +187,38 @@ pub async fn claim_legacy(
     if hub.draining.load(Ordering::SeqCst) {
         return Ok(None);
     }
+    let mut skipped = Vec::new();
+    let claimed = claim_legacy_skipping(hub, worker, token_id, &mut skipped).await;
+    for (seq, job_id) in skipped {
+        hub.enqueue(seq, &job_id, &[]);
+    }
+    claimed
+}
+
+async fn claim_legacy_skipping(
+    hub: &Hub,
+    worker: &str,
+    token_id: &str,
+    skipped: &mut Vec<(u64, String)>,
+) -> LifecycleResult<Option<JobRecord>> {
     while let Some((seq, job_id)) = hub.dispatch.take_for_legacy(worker) {
+        let record = match hub.store.get_job(&job_id).await {
+            Ok(r) => r,
+            Err(e) => {
+                hub.dispatch.unreserve(worker, &job_id);
+                skipped.push((seq, job_id));
+                return Err(e.into());
+            }
+        };
+        let in_image = record.is_some_and(|j| j.image.is_some());
+        if in_image {
+            hub.dispatch.unreserve(worker, &job_id);
+            skipped.push((seq, job_id));
+            if skipped.len() >= LEGACY_IMAGE_SKIPS {
+                return Ok(None);
+            }
+            continue;
+        }
         let req = ClaimReq {
             job_id: &job_id,
             queue_seq: seq,

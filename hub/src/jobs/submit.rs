@@ -373,4 +373,39 @@ mod tests {
         let refused = submit(hub, &caller, image("quay.io/x/y:1")).await;
         assert!(matches!(refused, Err(LifecycleError::Invalid(m)) if m.contains("not allowed")));
     }
+
+    #[tokio::test]
+    async fn legacy_workers_leave_image_jobs_to_the_agents() {
+        use crate::jobs::testkit::{TOKEN_ID, WORKERS};
+        let kit = Kit::open(|_| {}).await;
+        let (hub, caller) = (&kit.hub, owner());
+        let in_image = SubmitRequest {
+            image: Some("127.0.0.1:5000/tools:1".into()),
+            ..req(None, None)
+        };
+        let image_job = submit(hub, &caller, in_image).await.expect("submit");
+        let plain = submit(hub, &caller, req(None, None)).await.expect("submit");
+        let w = WORKERS[0];
+        let got = crate::jobs::dispatcher::claim_legacy(hub, w, TOKEN_ID)
+            .await
+            .expect("claim");
+        assert_eq!(
+            got.map(|j| j.id),
+            Some(plain),
+            "the older image job is stepped over"
+        );
+        let again = crate::jobs::dispatcher::claim_legacy(hub, w, TOKEN_ID)
+            .await
+            .expect("claim");
+        assert!(again.is_none());
+        assert_eq!(
+            kit.record(&image_job).await.status,
+            cmdx_proto::JobStatus::Queued
+        );
+        assert_eq!(
+            hub.dispatch.queue_depth(),
+            1,
+            "the image job is back in the queue"
+        );
+    }
 }
