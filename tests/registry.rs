@@ -41,6 +41,12 @@ fn run(cmd: &mut std::process::Command) {
 
 impl Registry {
     pub async fn start() -> Registry {
+        Self::start_with_htpasswd(None).await
+    }
+
+    /// A registry that asks for HTTP basic credentials: `htpasswd` holds `user:bcrypt-hash`
+    /// lines.
+    pub async fn start_with_htpasswd(htpasswd: Option<&str>) -> Registry {
         let dir = tempfile::tempdir().unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -59,6 +65,16 @@ impl Registry {
             ),
         )
         .unwrap();
+        if let Some(lines) = htpasswd {
+            let path = dir.path().join("htpasswd");
+            std::fs::write(&path, lines).unwrap();
+            let mut c = std::fs::read_to_string(&config).unwrap();
+            c.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: cmdx-test\n    path: {}\n",
+                path.display()
+            ));
+            std::fs::write(&config, c).unwrap();
+        }
         let log = dir.path().join("registry.log");
         let child = tokio::process::Command::new(tool("docker-registry"))
             .arg("serve")
@@ -75,7 +91,7 @@ impl Registry {
                 .send()
                 .await
                 .ok()
-                .filter(|r| r.status() == 200)
+                .filter(|r| r.status() == 200 || r.status() == 401)
                 .map(|_| ())
         })
         .await;
@@ -89,8 +105,19 @@ impl Registry {
 
     /// Copies image `tag` of the OCI layout `layout` to `repo:tag2` in the registry.
     pub fn push_layout(&self, layout: &Path, tag: &str, dest: &str) {
-        run(std::process::Command::new(tool("skopeo"))
-            .args(["copy", "--quiet", "--dest-tls-verify=false"])
+        self.push_layout_as(layout, tag, dest, None);
+    }
+
+    /// [`Registry::push_layout`] with `user:password` credentials.
+    pub fn push_layout_as(&self, layout: &Path, tag: &str, dest: &str, creds: Option<&str>) {
+        let mut cmd = std::process::Command::new(tool("skopeo"));
+        if let Some(c) = creds {
+            cmd.arg("copy").arg("--dest-creds").arg(c);
+        } else {
+            cmd.arg("copy");
+        }
+        run(cmd
+            .args(["--quiet", "--dest-tls-verify=false"])
             .arg(format!("oci:{}:{tag}", layout.display()))
             .arg(format!("docker://{}/{dest}", self.addr)));
     }

@@ -220,6 +220,71 @@ async fn hostile_layers_are_neutralised() {
     );
 }
 
+/// `tester` / `s3cret` (bcrypt, cost 4).
+const HTPASSWD: &str = "tester:$2b$04$dpnC2Gzx1bO216AX.G.QjOTIaMQYP..cAbfuxgx3qayiVbVJGrbQ6\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_credentials_come_from_the_agents_config() {
+    let tmp = traversable_tempdir();
+    let layout = busybox_layout(tmp.path());
+    let reg = Registry::start_with_htpasswd(Some(HTPASSWD)).await;
+    reg.push_layout_as(&layout, "busybox", "cmdx/private:1", Some("tester:s3cret"));
+    let hub = HubProc::start(FAST).await;
+    let admin = hub.admin().await;
+    let wt = hub.worker_token(&admin).await;
+    use base64::Engine as _;
+    let auth = base64::engine::general_purpose::STANDARD.encode("tester:s3cret");
+    let creds = tmp.path().join("auth.json");
+    std::fs::write(
+        &creds,
+        format!(r#"{{"auths": {{"{}": {{"auth": "{auth}"}}}}}}"#, reg.addr),
+    )
+    .unwrap();
+    let creds_arg = creds.to_str().unwrap().to_owned();
+    let _with = AgentProc::start_with_args(
+        &hub,
+        &wt,
+        "img-creds",
+        &tmp.path().join("a"),
+        62_200,
+        &["--tags", "creds", "--registry-auth-file", &creds_arg],
+    )
+    .await;
+    let _without = AgentProc::start_with_args(
+        &hub,
+        &wt,
+        "img-nocreds",
+        &tmp.path().join("b"),
+        62_300,
+        &["--tags", "nocreds"],
+    )
+    .await;
+    let image = format!("{}/cmdx/private:1", reg.addr);
+    let v = run_job(
+        &hub,
+        &admin,
+        json!({"command": "cat /etc/os-release", "image": image, "tags": ["nocreds"], "tty": false}),
+    )
+    .await;
+    assert_eq!(v["failure"], "image", "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("authentication refused"),
+        "{v}"
+    );
+    let v = run_job(
+        &hub,
+        &admin,
+        json!({"command": "cat /etc/os-release", "image": image, "tags": ["creds"], "tty": false}),
+    )
+    .await;
+    assert_eq!(v["status"], "completed", "{v}");
+    assert!(v["stdout"].as_str().unwrap().contains("ID=cmdxtest"), "{v}");
+    assert!(!out(&v).contains("s3cret"), "{v}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn submissions_check_the_image() {
     let hub = HubProc::start(

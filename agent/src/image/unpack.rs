@@ -610,6 +610,58 @@ mod tests {
     }
 
     #[test]
+    fn a_layer_that_is_not_its_diff_id_is_refused() {
+        use std::io::{Seek as _, Write as _};
+        use tar::EntryType as T;
+        let outer = tempfile::tempdir().unwrap();
+        let bytes = layer(&[("f", T::Regular, 0o644, b"x", None)]);
+        let right = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
+        for (diff_id, ok) in [(right.as_str(), true), ("sha256:00", false)] {
+            let mut f = tempfile::tempfile().unwrap();
+            f.write_all(&bytes).unwrap();
+            f.rewind().unwrap();
+            let fd = open_root(outer.path()).unwrap();
+            let limits = UnpackLimits {
+                max_bytes: 1 << 20,
+                max_entries: 100,
+            };
+            let r = apply_layer(&fd, f, Some(diff_id), limits, &mut Totals::default());
+            assert_eq!(r.is_ok(), ok, "{diff_id}");
+            if !ok {
+                assert!(matches!(r, Err(UnpackError::DiffId { .. })));
+            }
+        }
+    }
+
+    #[test]
+    fn gzip_and_multi_frame_zstd_layers_unpack() {
+        use ruzstd::encoding::{CompressionLevel, compress_to_vec};
+        use std::io::Write as _;
+        use tar::EntryType as T;
+        let plain = layer(&[
+            ("a/one", T::Regular, 0o644, b"first", None),
+            ("a/two", T::Regular, 0o644, &[7u8; 100_000], None),
+        ]);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&plain).unwrap();
+        let gz = gz.finish().unwrap();
+        // Two zstd frames (as zstd:chunked writes), then a skippable frame.
+        let (head, tail) = plain.split_at(1000);
+        let mut zst = compress_to_vec(head, CompressionLevel::Fastest);
+        zst.extend(compress_to_vec(tail, CompressionLevel::Fastest));
+        zst.extend([0x50, 0x2a, 0x4d, 0x18, 3, 0, 0, 0, 1, 2, 3]);
+        for bytes in [gz, zst] {
+            let outer = tempfile::tempdir().unwrap();
+            apply(outer.path(), bytes).unwrap();
+            assert_eq!(std::fs::read(outer.path().join("a/one")).unwrap(), b"first");
+            assert_eq!(
+                std::fs::read(outer.path().join("a/two")).unwrap().len(),
+                100_000
+            );
+        }
+    }
+
+    #[test]
     fn caps_stop_a_large_layer() {
         use tar::EntryType as T;
         let outer = tempfile::tempdir().unwrap();
