@@ -122,7 +122,7 @@ hub_settings! {
     tls_key: Option<PathBuf> => tls_key, "CMDX_TLS_KEY", value_name = "PEM";
     /// Extra origins allowed for browser WebSockets (comma-separated).
     allowed_origins: Vec<String> => allowed_origins, "CMDX_ALLOWED_ORIGINS", value_delimiter = ',';
-    /// Registries job images may come from (comma-separated host[:port] or *.domain; default:
+    /// Registries job images may come from (comma-separated `host[:port]` or `*.domain`; default:
     /// any).
     allowed_registries: Vec<String> => allowed_registries, "CMDX_ALLOWED_REGISTRIES", value_delimiter = ',';
     /// Image of jobs that name none (default: the agent host's root).
