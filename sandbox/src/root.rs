@@ -181,17 +181,14 @@ pub(crate) fn template(root: &Root) -> Result<Arc<Template>> {
     Ok(t)
 }
 
-/// Forgets the template of `root`'s layout (if one was built): the next job with that layout
-/// builds a fresh one. For a caller about to remove or replace the directories the layout
-/// binds (an evicted image); jobs running in the old template keep it until they end.
-pub fn release_template(root: &Root) {
-    let key: Key = (
-        root.read_only.clone(),
-        root.read_write.iter().map(|b| b.target.clone()).collect(),
-    );
+/// Forgets every template built over `read_only` (whatever its read-write mount points): the
+/// next job with such a layout builds a fresh one. For a caller about to remove or replace the
+/// directories those binds name (an evicted image); jobs running in an old template keep it
+/// until they end.
+pub fn release_template(read_only: &[Bind]) {
     let mut guard = TEMPLATES.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(map) = guard.as_mut() {
-        map.remove(&key);
+        map.retain(|key, _| key.0 != read_only);
     }
 }
 

@@ -220,6 +220,44 @@ async fn hostile_layers_are_neutralised() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cache_evicts_the_least_recently_used_image_and_pulls_it_again() {
+    let tmp = traversable_tempdir();
+    let layout = busybox_layout(tmp.path());
+    let reg = Registry::start().await;
+    reg.push_layout(&layout, "busybox", "cmdx/one:1");
+    reg.push_layout(&layout, "layered", "cmdx/two:1");
+    let hub = HubProc::start(FAST).await;
+    let admin = hub.admin().await;
+    let wt = hub.worker_token(&admin).await;
+    // A 1 MiB budget holds less than one image (busybox unpacks to about 2 MB).
+    let _agent = AgentProc::start_with_args(
+        &hub,
+        &wt,
+        "img-evict",
+        &tmp.path().join("a"),
+        62_600,
+        &["--image-cache-mb", "1"],
+    )
+    .await;
+    let job = |repo: &str| json!({"command": "grep ^ID= /etc/os-release", "image": format!("{}/{repo}", reg.addr), "tty": false});
+    for (repo, pulls) in [("cmdx/one:1", 1), ("cmdx/two:1", 1), ("cmdx/one:1", 2)] {
+        let v = run_job(&hub, &admin, job(repo)).await;
+        assert_eq!(v["status"], "completed", "{v}");
+        assert_eq!(v["stdout"], "ID=cmdxtest\n", "{v}");
+        let name = repo.split(':').next().unwrap();
+        // Config and layer per pull (`two` has two layers).
+        let per_pull = if name == "cmdx/two" { 3 } else { 2 };
+        assert_eq!(reg.blob_gets(name), per_pull * pulls, "{repo}");
+    }
+    let roots = tmp.path().join("a/images/roots");
+    assert_eq!(
+        std::fs::read_dir(roots).unwrap().count(),
+        1,
+        "one image kept"
+    );
+}
+
 /// `tester` / `s3cret` (bcrypt, cost 4).
 const HTPASSWD: &str = "tester:$2b$04$dpnC2Gzx1bO216AX.G.QjOTIaMQYP..cAbfuxgx3qayiVbVJGrbQ6\n";
 

@@ -322,6 +322,8 @@ impl Images {
                 }),
             }),
         };
+        // A budget lowered since the last run applies at once.
+        images.evict();
         images.publish_metrics();
         Ok(images)
     }
@@ -365,7 +367,19 @@ impl Images {
                         });
                         st.inflight.insert(key.clone(), f.clone());
                         let (me, image, f2) = (self.clone(), image.clone(), f.clone());
-                        tokio::spawn(async move { me.pull(image, f2).await });
+                        let pull = tokio::spawn(async move { me.pull(image, f2).await });
+                        // A pull that panics still ends every wait for it.
+                        let (me, key, f2) = (self.clone(), key.clone(), f.clone());
+                        tokio::spawn(async move {
+                            if pull.await.is_err() {
+                                me.lock().inflight.remove(&key);
+                                f2.state.send_modify(|s| {
+                                    s.1 = Some(Err(ImageError::Local(
+                                        "the pull stopped unexpectedly".into(),
+                                    )));
+                                });
+                            }
+                        });
                         f
                     }
                 }
@@ -439,18 +453,21 @@ impl Images {
         metrics::counter!(crate::telemetry::IMAGE_PULLS_TOTAL, "result" => label).increment(1);
         metrics::histogram!(crate::telemetry::IMAGE_PULL_SECONDS)
             .record(started.elapsed().as_secs_f64());
+        let mut pulled = None;
         let result = result.map(|(id, entry)| {
             let mut st = self.lock();
             st.index.refs.insert(image.canonical(), id.clone());
-            st.index.images.insert(id, entry);
+            st.index.images.insert(id.clone(), entry);
             self.save(&st);
+            pulled = Some(id);
         });
         if let Err(e) = &result {
             tracing::warn!(image = %image, error = %e, "image pull failed");
         }
         self.lock().inflight.remove(&image.canonical());
         f.state.send_modify(|s| s.1 = Some(result));
-        self.evict();
+        // The image just pulled stays (its jobs have not leased it yet), even over the budget.
+        self.evict_except(pulled.as_deref());
         self.publish_metrics();
     }
 
@@ -652,6 +669,11 @@ impl Images {
 
     /// Evicts least recently used images no job holds until the cache fits its budget.
     pub(crate) fn evict(&self) {
+        self.evict_except(None);
+    }
+
+    /// [`Images::evict`], sparing `keep`.
+    fn evict_except(&self, keep: Option<&str>) {
         let mut removed = Vec::new();
         {
             let mut st = self.lock();
@@ -661,7 +683,7 @@ impl Images {
                     .index
                     .images
                     .iter()
-                    .filter(|(id, _)| !st.in_use.contains_key(*id))
+                    .filter(|(id, _)| !st.in_use.contains_key(*id) && Some(id.as_str()) != keep)
                     .min_by_key(|(_, e)| e.last_used_ms)
                     .map(|(id, e)| (id.clone(), e.bytes));
                 let Some((id, bytes)) = victim else { break };
@@ -679,7 +701,7 @@ impl Images {
             // Its template namespace (if any job ran in it) goes first: a later pull of the
             // same image must not find the old mounts.
             if let Ok(r) = image_root(&root, &[]) {
-                cmdx_sandbox::release_template(&r);
+                cmdx_sandbox::release_template(&r.read_only);
             }
             tracing::info!(image = %id, "image evicted from the cache");
             let _ = remove_tree(&root);
