@@ -415,3 +415,101 @@ fn tar_of(entries: &[RawEntry<'_>]) -> Vec<u8> {
     out.resize(out.len() + 1024, 0);
     out
 }
+
+/// A registry that lies: it serves `manifest` for `evil/x:1`, and for each blob digest the
+/// bytes it was given (which need not match).
+async fn lying_registry(blobs: Vec<(String, Vec<u8>)>, manifest: Value) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let manifest = serde_json::to_vec(&manifest).unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                return;
+            };
+            let (blobs, manifest) = (blobs.clone(), manifest.clone());
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match sock.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&buf).into_owned();
+                let path = head.split_whitespace().nth(1).unwrap_or("").to_owned();
+                let (ctype, body): (&str, Vec<u8>) = if path == "/v2/" {
+                    ("application/json", b"{}".to_vec())
+                } else if path.ends_with("/manifests/1") {
+                    ("application/vnd.oci.image.manifest.v1+json", manifest)
+                } else if let Some((_, b)) = blobs.iter().find(|(d, _)| path.ends_with(d.as_str()))
+                {
+                    ("application/octet-stream", b.clone())
+                } else {
+                    let r =
+                        "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+                    let _ = sock.write_all(r.as_bytes()).await;
+                    return;
+                };
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = sock.write_all(head.as_bytes()).await;
+                let _ = sock.write_all(&body).await;
+            });
+        }
+    });
+    addr
+}
+
+fn sha(b: &[u8]) -> String {
+    use sha2::Digest as _;
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(b)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lying_registry_fails_the_job_clearly() {
+    let config = serde_json::to_vec(&json!({"architecture": "amd64", "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": [sha(b"x")]}}))
+    .unwrap();
+    let good = vec![1u8; 64];
+    let manifest = |layer_digest: &str, layer_size: u64| {
+        json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+               "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                          "digest": sha(&config), "size": config.len()},
+               "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
+                           "digest": layer_digest, "size": layer_size}]})
+    };
+    // The layer served is not the one the manifest names.
+    let swapped = lying_registry(
+        vec![(sha(&config), config.clone()), (sha(&good), vec![2u8; 64])],
+        manifest(&sha(&good), 64),
+    )
+    .await;
+    // A layer larger than the agent accepts (declared 5 GiB; never downloaded).
+    let huge = lying_registry(
+        vec![(sha(&config), config.clone())],
+        manifest(&sha(&good), 5 << 30),
+    )
+    .await;
+    let tmp = traversable_tempdir();
+    let hub = HubProc::start(FAST).await;
+    let admin = hub.admin().await;
+    let wt = hub.worker_token(&admin).await;
+    let _agent = AgentProc::start(&hub, &wt, "img-liar", &tmp.path().join("a"), 62_700).await;
+    for (addr, want) in [(swapped, "digest"), (huge, "too large")] {
+        let v = run_job(
+            &hub,
+            &admin,
+            json!({"command": "true", "image": format!("{addr}/evil/x:1")}),
+        )
+        .await;
+        assert_eq!(v["failure"], "image", "{v}");
+        assert!(v["error"].as_str().unwrap().contains(want), "{want}: {v}");
+    }
+    let v = run_job(&hub, &admin, json!({"command": "echo served"})).await;
+    assert_eq!(v["status"], "completed", "{v}");
+}
