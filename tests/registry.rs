@@ -209,8 +209,10 @@ impl Drop for Registry {
     }
 }
 
-/// An OCI layout at `dir/layout` holding `busybox:1`: one layer with a static busybox, applet
-/// links, an `/etc/os-release` of its own and `/etc/passwd`; `Env` sets `IMAGE_VAR`.
+/// An OCI layout at `dir/layout` holding `busybox`: one layer with a static busybox, applet
+/// links, an `/etc/os-release` of its own and `/etc/passwd`; `Env` sets `IMAGE_VAR`. Also
+/// `workdir` (the same with `WorkingDir` `/opt/data`) and `layered` (a second layer with a
+/// whiteout, an opaque directory and a hard link).
 pub fn busybox_layout(dir: &Path) -> PathBuf {
     let umoci = tool("umoci");
     let layout = dir.join("layout");
@@ -257,6 +259,11 @@ pub fn busybox_layout(dir: &Path) -> PathBuf {
             "--config.env",
             "PATH=/bin",
         ]));
+    // The same image with a working directory of its own.
+    run(std::process::Command::new(&umoci)
+        .args(["config", "--image"])
+        .arg(format!("{}:busybox", layout.display()))
+        .args(["--tag", "workdir", "--config.workingdir", "/opt/data"]));
     // A second image on top: a whiteout, an opaque directory and a hard link.
     run(std::process::Command::new(&umoci)
         .args(["unpack", "--image"])

@@ -120,6 +120,19 @@ async fn a_job_runs_in_its_image_pulled_once() {
         "both waiting jobs show the pull: {va} {vb}"
     );
 
+    // The image's WorkingDir is the job's cwd; its files are still at /workspace.
+    reg.push_layout(&layout, "workdir", "cmdx/workdir:1");
+    let zip = cmdx_e2e::zip_bytes(&[("mine.txt", b"from the zip")]);
+    let file_id = hub.upload_zip(&admin, zip).await;
+    let v = run_job(
+        &hub,
+        &admin,
+        json!({"command": "pwd; cat /workspace/mine.txt", "fileId": file_id,
+               "image": format!("{}/cmdx/workdir:1", reg.addr), "tty": false}),
+    )
+    .await;
+    assert_eq!(v["stdout"], "/opt/data\nfrom the zip", "{v}");
+
     // A job may write only its workspace and /tmp; the image is read-only.
     let v = run_job(
         &hub,
