@@ -244,13 +244,19 @@ async fn the_cache_evicts_the_least_recently_used_image_and_pulls_it_again() {
     let admin = hub.admin().await;
     let wt = hub.worker_token(&admin).await;
     // A 1 MiB budget holds less than one image (busybox unpacks to about 2 MB).
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let metrics_addr = format!("127.0.0.1:{metrics_port}");
     let _agent = AgentProc::start_with_args(
         &hub,
         &wt,
         "img-evict",
         &tmp.path().join("a"),
         62_600,
-        &["--image-cache-mb", "1"],
+        &["--image-cache-mb", "1", "--metrics-listen", &metrics_addr],
     )
     .await;
     let job = |repo: &str| json!({"command": "grep ^ID= /etc/os-release", "image": format!("{}/{repo}", reg.addr), "tty": false});
@@ -268,6 +274,32 @@ async fn the_cache_evicts_the_least_recently_used_image_and_pulls_it_again() {
         std::fs::read_dir(roots).unwrap().count(),
         1,
         "one image kept"
+    );
+    // The agent's metrics say so.
+    let text = cmdx_e2e::http_client()
+        .build()
+        .unwrap()
+        .get(format!("http://{metrics_addr}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+    };
+    assert_eq!(value("cmdx_agent_images_cached "), Some(1.0), "{text}");
+    assert!(
+        value("cmdx_agent_image_cache_bytes ").unwrap_or(0.0) > 1e6,
+        "{text}"
+    );
+    assert!(
+        text.contains("cmdx_agent_image_pulls_total{result=\"pulled\"} 3"),
+        "{text}"
     );
 }
 
