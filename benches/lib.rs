@@ -51,6 +51,7 @@ pub fn queued_job(queue_seq: u64) -> JobRecord {
         artifacts: None,
         tty: None,
         priority: 0,
+        image: None,
     }
 }
 

@@ -39,6 +39,23 @@ if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 && ! command -v postg
   fi
 fi
 
+# Job images without the internet: the image tests (tests/it/images.rs) start a private
+# Distribution registry on loopback, build small images with umoci from busybox-static and push
+# them with skopeo; the image benchmark compares with podman.
+missing_image_tools=""
+for t in docker-registry skopeo umoci busybox podman runc; do
+  command -v "$t" >/dev/null 2>&1 || missing_image_tools="$missing_image_tools $t"
+done
+if [ -n "$missing_image_tools" ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+      docker-registry skopeo umoci busybox-static podman runc >/dev/null
+  else
+    echo "missing:$missing_image_tools: install Debian's docker-registry skopeo umoci busybox-static podman runc" >&2
+    exit 1
+  fi
+fi
+
 step "build the cmdx binary (end-to-end tests run it)"
 cargo build -p cmdx
 

@@ -5,6 +5,7 @@
 //! store there.
 
 pub mod pg;
+pub mod registry;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -341,6 +342,13 @@ impl HubProc {
 
     /// POST JSON with a bearer token; asserts 2xx and returns the body.
     pub async fn post_json(&self, token: &str, path: &str, body: Value) -> Value {
+        let (status, v) = self.post_status(token, path, body).await;
+        assert!((200..300).contains(&status), "POST {path} -> {status}: {v}");
+        v
+    }
+
+    /// POST JSON with a bearer token; returns (status, body) whatever the status.
+    pub async fn post_status(&self, token: &str, path: &str, body: Value) -> (u16, Value) {
         let r = self
             .http
             .post(format!("{}{path}", self.url))
@@ -349,10 +357,9 @@ impl HubProc {
             .send()
             .await
             .expect("request");
-        let status = r.status();
+        let status = r.status().as_u16();
         let text = r.text().await.unwrap_or_default();
-        assert!(status.is_success(), "POST {path} -> {status}: {text}");
-        serde_json::from_str(&text).expect("json body")
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 
     /// GET JSON with a bearer token; returns (status, body).

@@ -74,6 +74,8 @@ pub struct AgentConfig {
     pub max_backoff: Duration,
     /// Longest time a ZIP download may take.
     pub download_timeout: Duration,
+    /// Job images: cache budget, size caps, insecure registries, credentials.
+    pub images: crate::image::ImageSettings,
 }
 
 impl AgentConfig {
@@ -107,6 +109,7 @@ impl AgentConfig {
             connect_timeout: Duration::from_secs(10),
             max_backoff: Duration::from_secs(5),
             download_timeout: Duration::from_secs(600),
+            images: crate::image::ImageSettings::default(),
         }
     }
 }
@@ -145,6 +148,7 @@ impl fmt::Debug for AgentConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("max_backoff", &self.max_backoff)
             .field("download_timeout", &self.download_timeout)
+            .field("images", &self.images)
             .finish()
     }
 }

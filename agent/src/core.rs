@@ -52,8 +52,8 @@ pub(crate) enum JobEvent {
     Done {
         /// The job.
         job: JobRef,
-        /// How it ended.
-        outcome: Outcome,
+        /// How it ended (boxed: it is much larger than the other events).
+        outcome: Box<Outcome>,
         /// Its workspace, removed by the core once the hub acknowledged the result.
         workspace: Option<Workspace>,
     },
@@ -690,6 +690,7 @@ impl Core {
                     return Ok(());
                 }
                 tracing::info!(job_id = %job.job_id, attempt = job.attempt, status = ?outcome.status(), failure = ?outcome.failure, "job ended");
+                let outcome = *outcome;
                 e.outcome = Some(outcome.clone());
                 let fin = Finished {
                     job_id: job.job_id.clone(),

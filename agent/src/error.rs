@@ -118,6 +118,9 @@ pub(crate) enum JobError {
     /// The sandbox refused to start the command.
     #[error("sandbox failed: {0}")]
     Sandbox(String),
+    /// The job's image could not be pulled, unpacked or run.
+    #[error("{0}")]
+    Image(#[from] crate::image::ImageError),
 }
 
 impl JobError {
@@ -125,6 +128,7 @@ impl JobError {
     pub fn failure_kind(&self) -> FailureKind {
         match self {
             Self::Sandbox(_) | Self::Workspace(_) => FailureKind::Sandbox,
+            Self::Image(_) => FailureKind::Image,
             _ => FailureKind::Setup,
         }
     }

@@ -360,7 +360,7 @@ impl Fetcher {
 }
 
 /// An error with its sources, for one-line messages.
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(inner) = cur {

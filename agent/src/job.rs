@@ -59,6 +59,8 @@ pub(crate) struct JobSettings {
     pub cgroup_group: String,
     /// The threads that start jobs (see the `spawner` module).
     pub spawner: crate::spawner::Spawner,
+    /// The image cache and puller.
+    pub images: crate::image::Images,
 }
 
 /// Starts the task for one accepted assignment. A panic in the task still reports a result.
@@ -88,7 +90,7 @@ pub(crate) fn spawn(
             let _ = events
                 .send(JobEvent::Done {
                     job,
-                    outcome,
+                    outcome: Box::new(outcome),
                     workspace: None,
                 })
                 .await;
@@ -168,9 +170,58 @@ async fn run(
             return stopped_outcome(now, start);
         }
 
-        // 3. Run, in the job's private root when the host can build one.
+        // 3. The image, when the job names one (pulled once, shared by concurrent jobs).
         let private = cmdx_sandbox::probe().private_root;
-        let env = match job_env(ws, &a, private) {
+        let sink = OutputSink {
+            job: job.clone(),
+            window,
+            events: events.clone(),
+        };
+        let lease = match a.image.as_deref() {
+            None => None,
+            Some(reference) => {
+                let pull_start = Instant::now();
+                let failed = |e: crate::image::ImageError| {
+                    let mut o = setup_failed(JobError::Image(e), start);
+                    o.pull_ms = Some(millis(pull_start.elapsed()));
+                    o
+                };
+                if !private {
+                    return failed(crate::image::ImageError::Unusable(
+                        "this agent cannot run jobs in images: its host cannot build a private \
+                         root (needs root, CAP_SYS_ADMIN and Linux 5.12)"
+                            .into(),
+                    ));
+                }
+                // A terminal is one stream; on pipes the agent's lines go to stderr.
+                let stream = if a.tty.is_some() {
+                    cmdx_proto::StreamKind::Stdout
+                } else {
+                    cmdx_proto::StreamKind::Stderr
+                };
+                let sink = &sink;
+                let acquire = settings.images.acquire(reference, |line| async move {
+                    sink.say(stream, &line).await;
+                });
+                let lease = tokio::select! {
+                    r = acquire => r,
+                    s = runner::stop_requested(&mut ctl) => return stopped_outcome(s, start),
+                };
+                match lease {
+                    Ok(l) => Some(l),
+                    Err(e) => return failed(e),
+                }
+            }
+        };
+        let now = *ctl.borrow();
+        if now != JobCtl::Run {
+            return stopped_outcome(now, start);
+        }
+
+        // 4. Run, in the job's private root (the image's, or the host's system directories)
+        // when the host can build one.
+        let image_env = lease.as_ref().map_or(&[][..], |l| &l.env[..]);
+        let env = match job_env(ws, &a, private, image_env) {
             Ok(env) => env,
             Err(e) => return setup_failed(e, start),
         };
@@ -178,15 +229,24 @@ async fn run(
         if a.timeout_secs > 0 {
             limits.wall_timeout = Duration::from_secs(a.timeout_secs);
         }
+        let (root, cwd) = match &lease {
+            Some(l) => match image_launch(l, ws) {
+                Ok(rc) => rc,
+                Err(e) => {
+                    let mut o = setup_failed(JobError::Image(e), start);
+                    o.pull_ms = Some(millis(l.pulled_for));
+                    o.image_digest = Some(l.digest.clone());
+                    return o;
+                }
+            },
+            None if private => (Some(ws.private_root()), PathBuf::from(WORKSPACE)),
+            None => (None, ws.dir.clone()),
+        };
         let launch = runner::Launch {
             command: a.command.clone(),
-            cwd: if private {
-                PathBuf::from(WORKSPACE)
-            } else {
-                ws.dir.clone()
-            },
+            cwd,
             rw_paths: vec![ws.dir.clone(), ws.tmp.clone()],
-            root: private.then(|| ws.private_root()),
+            root,
             env,
             limits,
             run_as: owner,
@@ -198,12 +258,11 @@ async fn run(
                 rows: t.rows,
             }),
         };
-        let sink = OutputSink {
-            job: job.clone(),
-            window,
-            events: events.clone(),
-        };
         let mut outcome = runner::run(&settings.spawner, launch, sink, &mut ctl, start).await;
+        if let Some(l) = &lease {
+            outcome.pull_ms = Some(millis(l.pulled_for));
+            outcome.image_digest = Some(l.digest.clone());
+        }
         if !a.artifacts.is_empty() {
             let dir = ws.dir.clone();
             outcome.artifacts_error =
@@ -217,7 +276,7 @@ async fn run(
     let _ = events
         .send(JobEvent::Done {
             job,
-            outcome,
+            outcome: Box::new(outcome),
             workspace,
         })
         .await;
@@ -354,6 +413,7 @@ fn job_env(
     ws: &Workspace,
     a: &Assignment,
     private: bool,
+    image_env: &[String],
 ) -> Result<Vec<(String, String)>, JobError> {
     let (home, tmp) = if private {
         (WORKSPACE.to_owned(), "/tmp".to_owned())
@@ -375,6 +435,24 @@ fn job_env(
         env.push(("COLUMNS".into(), t.cols.to_string()));
         env.push(("LINES".into(), t.rows.to_string()));
     }
+    // The image's variables (its PATH, language settings), except those that place the job in
+    // its sandbox: its home, tmp, terminal and CI marker stay the agent's.
+    for kv in image_env {
+        let Some((k, v)) = kv.split_once('=') else {
+            continue;
+        };
+        if k.is_empty()
+            || k.contains('\0')
+            || v.contains('\0')
+            || matches!(k, "HOME" | "TMPDIR" | "CI" | "TERM" | "COLUMNS" | "LINES")
+        {
+            continue;
+        }
+        match env.iter_mut().find(|(name, _)| name == k) {
+            Some(slot) => v.clone_into(&mut slot.1),
+            None => env.push((k.to_owned(), v.to_owned())),
+        }
+    }
     for (k, v) in &a.env {
         if k.is_empty() || k.contains('=') || k.contains('\0') {
             return Err(JobError::Assignment(format!(
@@ -393,6 +471,32 @@ fn job_env(
         }
     }
     Ok(env)
+}
+
+/// The root and working directory of a job in the image `l`: the image's tree read-only with
+/// the job's workspace, tmp and shm; the image's `WorkingDir` when it is a directory of the
+/// image, else `/workspace`. Fails when the image has no `/bin/sh` to run the command with.
+fn image_launch(
+    l: &crate::image::Lease,
+    ws: &Workspace,
+) -> Result<(Option<cmdx_sandbox::Root>, PathBuf), crate::image::ImageError> {
+    use crate::image::{ImageError, image_root, resolve_in};
+    use std::os::unix::fs::PermissionsExt as _;
+    let shell = resolve_in(&l.root, "/bin/sh").and_then(|p| std::fs::metadata(p).ok());
+    if !shell.is_some_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0) {
+        return Err(ImageError::Unusable(
+            "the image has no /bin/sh (a job's command runs as /bin/sh -c COMMAND)".into(),
+        ));
+    }
+    let root = image_root(&l.root, &ws.private_root().read_write)
+        .map_err(|e| ImageError::Local(format!("cannot read the image's tree: {e}")))?;
+    let cwd = l
+        .working_dir
+        .as_deref()
+        .filter(|w| w.starts_with('/') && *w != "/")
+        .filter(|w| resolve_in(&l.root, w).is_some_and(|p| p.is_dir()))
+        .map_or_else(|| PathBuf::from(WORKSPACE), PathBuf::from);
+    Ok((Some(root), cwd))
 }
 
 fn setup_failed(e: JobError, start: Instant) -> Outcome {

@@ -12,6 +12,7 @@
 //! - `telemetry`: the metrics the agent records (`metrics` facade);
 //! - `fetch`: hub URLs, the capped, hashed ZIP download and the artifact upload; `extract`:
 //!   safe extraction; `collect`: safe artifact collection;
+//! - `image`: job images (registry pulls, safe layer unpacking, the cache, the image's root);
 //! - `tls`: the rustls client configuration (system roots plus an optional private CA) of
 //!   both the WebSocket and the HTTP client, also used by the `cmdx` CLI;
 //! - `host`: host facts and the persistent worker id; `config`, `error`.
@@ -22,7 +23,8 @@
 //! `job/`, `tmp/` and `shm/` bound at `/workspace` (cwd and `HOME`), `/tmp` (`TMPDIR`) and
 //! `/dev/shm` of the job's private root; on a host without one, `job/` and `tmp/` by their host
 //! paths). Jobs can reach only their own workspace: the agent's files are outside the private
-//! root and every landlock rule. `work_dir/agent.lock` is
+//! root and every landlock rule. `work_dir/images/` is the job image cache (mode 0700; see the `image`
+//! module). `work_dir/agent.lock` is
 //! held (`flock`) while the agent runs: a second agent on the same work dir refuses to start.
 //!
 //! # Crash recovery
@@ -37,8 +39,9 @@
 //! # Metrics
 //! Recorded through the `metrics` facade (no-ops until the binary installs a recorder):
 //! `cmdx_agent_sandbox_start_seconds`, `cmdx_agent_jobs_total{outcome}`,
-//! `cmdx_agent_kills_total{reason}`, `cmdx_agent_jobs_running`, `cmdx_agent_reconnects_total`
-//! (details in the `telemetry` module).
+//! `cmdx_agent_kills_total{reason}`, `cmdx_agent_jobs_running`, `cmdx_agent_reconnects_total`,
+//! `cmdx_agent_images_cached`, `cmdx_agent_image_cache_bytes`, `cmdx_agent_image_pulls_total`,
+//! `cmdx_agent_image_pull_seconds` (details in the `telemetry` module).
 
 #![warn(missing_docs)]
 #![deny(unsafe_code)]
@@ -52,6 +55,7 @@ mod extract;
 mod fetch;
 pub mod fuzzing;
 mod host;
+mod image;
 mod job;
 mod output;
 mod runner;
@@ -72,6 +76,7 @@ use tracing::Instrument as _;
 
 pub use config::{AgentConfig, Control};
 pub use error::AgentError;
+pub use image::{ImageSettings, RegistryCredential, read_credentials};
 
 /// Runs the agent until `control` asks it to drain (and the held jobs are done and
 /// acknowledged) or to abort (running jobs terminated and reported).
@@ -237,6 +242,13 @@ pub async fn run(config: AgentConfig, control: watch::Receiver<Control>) -> Resu
                 path: work_dir.to_path_buf(),
                 source,
             })?,
+        images: image::Images::open(work_dir, config.images.clone()).map_err(|source| {
+            AgentError::WorkDir {
+                op: "open the image cache in",
+                path: work_dir.join("images"),
+                source,
+            }
+        })?,
     });
     let core = core::Core::new(
         core::CoreSettings {

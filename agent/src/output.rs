@@ -42,6 +42,16 @@ pub(crate) struct OutputSink {
 impl OutputSink {
     /// Waits for window space, then hands the batch to the core. False when the job is
     /// abandoned (window closed) or the core is gone: stop reading.
+    /// Sends a line of the agent's own (a pull's progress) in the job's output.
+    pub(crate) async fn say(&self, stream: StreamKind, text: &str) -> bool {
+        for part in text.as_bytes().chunks(BATCH_BYTES) {
+            if !self.emit(stream, part.to_vec()).await {
+                return false;
+            }
+        }
+        true
+    }
+
     async fn emit(&self, stream: StreamKind, data: Vec<u8>) -> bool {
         let n = u32::try_from(data.len()).expect("batches are at most 32 KiB");
         match self.window.acquire_many(n).await {

@@ -9,7 +9,11 @@
 //! - `cmdx_agent_kills_total{reason}` (counter): jobs the agent or the kernel stopped, by
 //!   reason: `timeout`, `oom`, `cancel`, `abort`, `pids` (a fork hit the pids limit);
 //! - `cmdx_agent_jobs_running` (gauge): commands running in the sandbox now;
-//! - `cmdx_agent_reconnects_total` (counter): successful hub connections after the first.
+//! - `cmdx_agent_reconnects_total` (counter): successful hub connections after the first;
+//! - `cmdx_agent_images_cached` (gauge) and `cmdx_agent_image_cache_bytes` (gauge): images in
+//!   the cache and the bytes of their unpacked trees;
+//! - `cmdx_agent_image_pulls_total{result}` (counter, `pulled` or `failed`) and
+//!   `cmdx_agent_image_pull_seconds` (histogram): pulls and their duration.
 
 use cmdx_proto::Outcome;
 use cmdx_sandbox::Report;
@@ -26,6 +30,15 @@ pub(crate) const KILLS_TOTAL: &str = "cmdx_agent_kills_total";
 pub(crate) const JOBS_RUNNING: &str = "cmdx_agent_jobs_running";
 /// Counter name: reconnections to the hub.
 pub(crate) const RECONNECTS_TOTAL: &str = "cmdx_agent_reconnects_total";
+
+/// Gauge name: images in the cache.
+pub(crate) const IMAGES_CACHED: &str = "cmdx_agent_images_cached";
+/// Gauge name: bytes of the cached images' unpacked trees.
+pub(crate) const IMAGE_CACHE_BYTES: &str = "cmdx_agent_image_cache_bytes";
+/// Counter name: image pulls by result.
+pub(crate) const IMAGE_PULLS_TOTAL: &str = "cmdx_agent_image_pulls_total";
+/// Histogram name: image pull (download + unpack) seconds.
+pub(crate) const IMAGE_PULL_SECONDS: &str = "cmdx_agent_image_pull_seconds";
 
 /// Counts one running command in [`JOBS_RUNNING`] for as long as it lives.
 pub(crate) struct RunningGuard(());

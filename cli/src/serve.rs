@@ -129,6 +129,13 @@ hub_settings! {
     tls_key: Option<PathBuf> => tls_key, "CMDX_TLS_KEY", value_name = "PEM";
     /// Extra origins allowed for browser WebSockets (comma-separated).
     allowed_origins: Vec<String> => allowed_origins, "CMDX_ALLOWED_ORIGINS", value_delimiter = ',';
+    /// Registries job images may come from (comma-separated `host[:port]` or `*.domain`; default:
+    /// any).
+    allowed_registries: Vec<String> => allowed_registries, "CMDX_ALLOWED_REGISTRIES", value_delimiter = ',';
+    /// Image of jobs that name none (default: the agent host's root).
+    default_image: Option<String> => default_image, "CMDX_DEFAULT_IMAGE", value_name = "REF";
+    /// Give legacy submitters' jobs the image the original system picked from their command.
+    legacy_image_mapping: Option<bool> => legacy_image_mapping, "CMDX_LEGACY_IMAGE_MAPPING";
 }
 
 /// `cmdx hub`.
@@ -307,6 +314,21 @@ pub struct AgentArgs {
     /// Serve Prometheus metrics (`GET /metrics`) on this address, e.g. 127.0.0.1:9187.
     #[arg(long, env = "CMDX_AGENT_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
+    /// Disk budget of the job image cache in MiB (unpacked images); images no job uses are
+    /// evicted, least recently used first, beyond it.
+    #[arg(long, env = "CMDX_IMAGE_CACHE_MB", default_value_t = 10240)]
+    image_cache_mb: u64,
+    /// Largest job image accepted, in MiB downloaded (compressed layers); unpacked images may
+    /// be twice as large.
+    #[arg(long, env = "CMDX_MAX_IMAGE_MB", default_value_t = 2048)]
+    max_image_mb: u64,
+    /// Registries pulled over plain HTTP besides loopback ones (comma-separated host:port).
+    #[arg(long, env = "CMDX_INSECURE_REGISTRIES", value_delimiter = ',')]
+    insecure_registries: Vec<String>,
+    /// Registry credentials in Docker's config.json form (`{"auths": {"REGISTRY": {"auth":
+    /// "base64(user:password)"}}}`); only the agent reads them, never a job.
+    #[arg(long, env = "CMDX_REGISTRY_AUTH_FILE", value_name = "FILE")]
+    registry_auth_file: Option<PathBuf>,
 }
 
 /// Serves `GET /metrics` (Prometheus text of this process's recorder) on `listener` through
@@ -465,6 +487,14 @@ pub async fn run_agent(args: AgentArgs) -> anyhow::Result<i32> {
     config.limits.memory_bytes = args.memory_mb.max(16) << 20;
     config.limits.disk_bytes = args.disk_mb.max(1) << 20;
     config.limits.pids = args.pids.max(4);
+    config.images.cache_bytes = args.image_cache_mb << 20;
+    config.images.max_download_bytes = args.max_image_mb.max(1) << 20;
+    config.images.max_unpacked_bytes = args.max_image_mb.max(1) << 21;
+    config.images.insecure_registries = args.insecure_registries;
+    if let Some(path) = &args.registry_auth_file {
+        config.images.credentials = cmdx_agent::read_credentials(path)
+            .map_err(|e| anyhow::anyhow!("registry auth: {e}"))?;
+    }
     if let Some(addr) = args.metrics_listen {
         let listener = tokio::net::TcpListener::bind(addr)
             .await

@@ -125,6 +125,16 @@ pub struct HubConfig {
     /// On SIGTERM, seconds during which `/readyz` answers 503 and new work is refused while the
     /// hub still serves (load balancers notice), before connections close.
     pub drain_delay_secs: u64,
+    /// Registries a job's `image` may come from (`docker.io`, `127.0.0.1:5000`,
+    /// `*.example.com`); empty: any.
+    pub allowed_registries: Vec<String>,
+    /// The image of jobs that name none; unset: they run in the agent host's root.
+    pub default_image: Option<String>,
+    /// Give jobs from the original system's submitters (`/api/jobs/create`, `/api/execute`)
+    /// the image the original system picked from their command (`python` ->
+    /// `python:3.11-slim`, `node` -> `node:22-alpine`, `gcc` -> `gcc:14-alpine`, `java` ->
+    /// `eclipse-temurin:21-alpine`, anything else `alpine:latest`); off by default.
+    pub legacy_image_mapping: bool,
 }
 
 impl Default for HubConfig {
@@ -182,11 +192,46 @@ impl Default for HubConfig {
             file_retention_secs: 7 * 24 * 3600,
             janitor_interval_secs: 3600,
             drain_delay_secs: 2,
+            allowed_registries: Vec::new(),
+            default_image: None,
+            legacy_image_mapping: false,
         }
     }
 }
 
 impl HubConfig {
+    /// Checks the image settings: a default image that parses and comes from an allowed
+    /// registry, and allowed-registry entries that are host names (`*.domain` allowed).
+    pub fn check_images(&self) -> Result<(), crate::HubError> {
+        for p in &self.allowed_registries {
+            let host = p.strip_prefix("*.").unwrap_or(p);
+            if host.is_empty()
+                || host.contains('/')
+                || host.bytes().any(|b| b.is_ascii_whitespace())
+            {
+                return Err(crate::HubError::Config(format!(
+                    "allowed_registries: {p:?} is not a registry host (host[:port] or *.domain)"
+                )));
+            }
+        }
+        if let Some(d) = &self.default_image {
+            let r = cmdx_proto::image::ImageRef::parse(d)
+                .map_err(|e| crate::HubError::Config(format!("default_image: {e}")))?;
+            if !self.allowed_registries.is_empty()
+                && !self
+                    .allowed_registries
+                    .iter()
+                    .any(|p| cmdx_proto::image::registry_matches(p, &r.registry))
+            {
+                return Err(crate::HubError::Config(format!(
+                    "default_image: registry {} is not in allowed_registries",
+                    r.registry
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Reads a TOML file over the defaults (unknown keys are an error).
     pub fn from_toml_file(path: &std::path::Path) -> Result<HubConfig, crate::HubError> {
         let text = std::fs::read_to_string(path).map_err(|source| crate::HubError::DataDir {

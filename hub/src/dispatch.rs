@@ -405,10 +405,13 @@ impl Dispatch {
             }
             let wtags: BTreeSet<String> = w.info.tags.iter().cloned().collect();
             let State { queue, quotas, .. } = &mut *st;
-            let Some((seq, job_id, owner)) = queue.take_next(
+            let Some(Entry {
+                seq, job_id, owner, ..
+            }) = queue.take_next(
                 |tags| tags.iter().all(|t| wtags.contains(t)),
                 |owner, usage| quotas.at_running(owner, usage),
-            ) else {
+            )
+            else {
                 skipped.push(wid);
                 continue;
             };
@@ -433,23 +436,24 @@ impl Dispatch {
     }
 
     /// Takes the next tagless queued job (in the queue's order) for a legacy worker, reserving
-    /// it.
-    pub fn take_for_legacy(&self, worker_id: &str) -> Option<(u64, String)> {
+    /// it; the entry lets the caller put it back where it was ([`Dispatch::enqueue`]).
+    pub fn take_for_legacy(&self, worker_id: &str) -> Option<Entry> {
         let mut st = self.lock();
         let w = st.workers.get(worker_id)?;
         if w.free_slots() == 0 || w.draining {
             return None;
         }
         let State { queue, quotas, .. } = &mut *st;
-        let (seq, job_id, owner) = queue.take_next(
+        let entry = queue.take_next(
             |tags| tags.is_empty(),
             |owner, usage| quotas.at_running(owner, usage),
         )?;
-        st.held_owner.insert(job_id.clone(), owner);
+        st.held_owner
+            .insert(entry.job_id.clone(), entry.owner.clone());
         if let Some(w) = st.workers.get_mut(worker_id) {
-            w.held.insert(job_id.clone());
+            w.held.insert(entry.job_id.clone());
         }
-        Some((seq, job_id))
+        Some(entry)
     }
 
     /// Gives back a reserved slot whose claim failed (the job moved on: it is not requeued).

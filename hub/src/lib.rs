@@ -213,6 +213,7 @@ async fn tls_handshake(
 pub async fn open(config: HubConfig) -> Result<Arc<Hub>, HubError> {
     // First: a certificate that does not load stops the hub before it touches the data.
     let tls = tls::Tls::from_config(&config)?;
+    config.check_images()?;
     let data = config.data_dir.clone();
     let data_err = |path: &std::path::Path| {
         let path = path.to_path_buf();

@@ -335,10 +335,15 @@ impl Queue {
         &mut self,
         serves: impl Fn(&[String]) -> bool,
         blocked: impl Fn(&str, &Usage) -> bool,
-    ) -> Option<(u64, String, String)> {
+    ) -> Option<Entry> {
         let pick = self.pick(serves, blocked)?;
-        let (seq, id) = self.take(&pick)?;
-        Some((seq, id, pick.owner))
+        let (seq, job_id) = self.take(&pick)?;
+        Some(Entry {
+            seq,
+            job_id,
+            priority: pick.priority,
+            owner: pick.owner,
+        })
     }
 
     fn forget_if_empty(&mut self, tags: &[String], prio: i32, owner: &str) {
@@ -385,7 +390,10 @@ pub(crate) mod tests {
     fn run_one_slot(q: &mut Queue, n: usize) -> Vec<String> {
         let mut order = Vec::new();
         for _ in 0..n {
-            let Some((_, id, owner)) = q.take_next(any, free) else {
+            let Some(Entry {
+                job_id: id, owner, ..
+            }) = q.take_next(any, free)
+            else {
                 break;
             };
             q.stopped(&owner);
@@ -399,7 +407,7 @@ pub(crate) mod tests {
         let mut q = Queue::default();
         // One slot busy with a's job.
         q.insert(&[], entry(0, "a", 0));
-        let (_, busy, _) = q.take_next(any, free).expect("first");
+        let busy = q.take_next(any, free).expect("first").job_id;
         assert_eq!(busy, "a0");
         for seq in 1..=30 {
             q.insert(&[], entry(seq, "a", 0));
@@ -443,13 +451,13 @@ pub(crate) mod tests {
         // a already runs two jobs (two slots), b none: b's job is next though younger.
         q.started("a");
         q.started("a");
-        let (_, id, _) = q.take_next(any, free).expect("pick");
+        let id = q.take_next(any, free).expect("pick").job_id;
         assert_eq!(id, "b5");
         // a at its quota of 2: nothing for a; the queue still has a's jobs.
         let at_two = |_: &str, u: &Usage| u.active() >= 2;
         assert!(q.take_next(any, at_two).is_none());
         q.stopped("a");
-        let (_, id, _) = q.take_next(any, at_two).expect("pick");
+        let id = q.take_next(any, at_two).expect("pick").job_id;
         assert_eq!(id, "a1");
         // Jobs on other hubs count too.
         q.set_elsewhere(&HashMap::from([("a".to_string(), 5)]));
@@ -470,12 +478,12 @@ pub(crate) mod tests {
         assert_eq!(q.depth_by_band(), [("low", 1), ("normal", 1), ("high", 1)]);
         // A plain worker never gets the gpu job, whatever its priority.
         let plain = |t: &[String]| t.is_empty();
-        let (_, id, _) = q.take_next(plain, free).expect("pick");
+        let id = q.take_next(plain, free).expect("pick").job_id;
         assert_eq!(id, "a2");
         assert!(q.remove(&[], 3));
         assert!(!q.remove(&[], 3));
         assert!(q.take_next(plain, free).is_none());
-        let (_, id, _) = q.take_next(any, free).expect("pick");
+        let id = q.take_next(any, free).expect("pick").job_id;
         assert_eq!(id, "a1");
         assert!(q.is_empty());
         assert_eq!(q.usage("b").queued, 0);

@@ -407,6 +407,7 @@ impl StateMachineTest for LifecycleTest {
                     tty: None,
                     tty_size: None,
                     priority: None,
+                    image: None,
                 };
                 let id = sut
                     .block(submit::submit(sut.hub(), &caller(), req))

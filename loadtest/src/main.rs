@@ -44,6 +44,10 @@ pub enum Scenario {
     /// Real agents under steady submissions while the hub and agents are `kill -9`ed and the
     /// agent<->hub link is cut and degraded; scores every acknowledged job (needs root).
     Chaos,
+    /// Jobs in OCI images from a private loopback registry: cached image vs host root, `podman
+    /// run --rm` vs a cached image, first pull of a 30 MB image (needs root, docker-registry,
+    /// umoci, skopeo, busybox-static, podman).
+    Images,
 }
 
 impl Scenario {
@@ -57,6 +61,7 @@ impl Scenario {
             Scenario::Legacy => "legacy",
             Scenario::Sandbox => "sandbox",
             Scenario::Chaos => "chaos",
+            Scenario::Images => "images",
         }
     }
 }

@@ -261,6 +261,10 @@ pub struct Assignment {
     /// before this field existed (so an older hub's assignments keep their pipes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tty: Option<crate::WindowSize>,
+    /// Run in this image's root (a normalised reference the hub checked); absent: the host's
+    /// root, as before this field existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
 }
 
 impl std::fmt::Debug for Assignment {
@@ -275,6 +279,7 @@ impl std::fmt::Debug for Assignment {
             .field("env_keys", &self.env.keys().collect::<Vec<_>>())
             .field("artifacts", &self.artifacts)
             .field("tty", &self.tty)
+            .field("image", &self.image)
             .finish()
     }
 }

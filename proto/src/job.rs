@@ -70,6 +70,9 @@ pub enum FailureKind {
     Sandbox,
     /// The worker vanished and the job ran out of attempts.
     WorkerLost,
+    /// The job's image could not be used: unknown, registry unreachable, authentication
+    /// refused, digest mismatch, over the size cap, unsafe or without a shell.
+    Image,
 }
 
 impl FailureKind {
@@ -83,6 +86,7 @@ impl FailureKind {
             Self::Setup => "setup",
             Self::Sandbox => "sandbox",
             Self::WorkerLost => "worker_lost",
+            Self::Image => "image",
         }
     }
 }
@@ -161,6 +165,13 @@ pub struct Outcome {
     /// skipped one by one are listed with the artifacts instead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub artifacts_error: Option<String>,
+    /// Time spent pulling and unpacking the job's image before the command started, in
+    /// milliseconds (0: it was cached); absent for jobs without an image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull_ms: Option<u64>,
+    /// The manifest digest of the image the job ran in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_digest: Option<String>,
 }
 
 impl Outcome {

@@ -60,6 +60,7 @@
 pub mod agent;
 pub mod bytes64;
 pub mod client;
+pub mod image;
 pub mod job;
 pub mod legacy;
 pub mod rest;

@@ -231,6 +231,11 @@ pub struct SubmitRequest {
     /// (default 50) only for admins. A running job is never preempted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority: Option<i32>,
+    /// Run the command in this OCI image's root instead of the agent host's
+    /// (`registry/repository:tag`, `…@sha256:` to pin; see `cmdx_proto::image`). Absent: the
+    /// hub's default image if it has one, else the host's root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
 }
 
 impl std::fmt::Debug for SubmitRequest {
@@ -247,6 +252,7 @@ impl std::fmt::Debug for SubmitRequest {
             .field("tty", &self.tty)
             .field("tty_size", &self.tty_size)
             .field("priority", &self.priority)
+            .field("image", &self.image)
             .finish()
     }
 }
@@ -353,6 +359,16 @@ pub struct JobView {
     pub peak_memory_bytes: Option<u64>,
     /// CPU time in milliseconds.
     pub cpu_ms: Option<u64>,
+    /// The image the job runs in (normalised reference); `null`: the agent host's root.
+    #[serde(default)]
+    pub image: Option<String>,
+    /// The manifest digest the agent ran, once known.
+    #[serde(default)]
+    pub image_digest: Option<String>,
+    /// Time the agent spent pulling and unpacking the image for this attempt, in milliseconds
+    /// (0 when it was cached; `null` without an image).
+    #[serde(default)]
+    pub pull_ms: Option<u64>,
     /// Attempt history.
     pub attempts: Vec<AttemptView>,
     /// The artifact globs asked for at submission.

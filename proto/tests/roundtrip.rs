@@ -25,6 +25,7 @@ fn failure() -> impl Strategy<Value = Option<FailureKind>> {
         Just(FailureKind::Setup),
         Just(FailureKind::Sandbox),
         Just(FailureKind::WorkerLost),
+        Just(FailureKind::Image),
     ])
 }
 
@@ -54,6 +55,8 @@ fn outcome() -> impl Strategy<Value = Outcome> {
                     peak_memory_bytes: mem,
                     output_truncated: tr,
                     artifacts_error,
+                    pull_ms: cpu.map(|c| c / 2),
+                    image_digest: None,
                 }
             },
         )
@@ -195,6 +198,8 @@ fn hub_msg() -> impl Strategy<Value = HubMsg> {
                         artifact_max_files: (!artifacts.is_empty()).then_some(100),
                         artifacts,
                         tty: tty.map(|(cols, rows)| WindowSize { cols, rows }),
+                        image: (timeout_secs % 2 == 0)
+                            .then(|| "127.0.0.1:5000/team/tool:1".to_owned()),
                     }
                 )
             ),

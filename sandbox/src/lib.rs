@@ -87,7 +87,7 @@ pub use caps::{Capabilities, CgroupVersion, LANDLOCK_ABI_MAX_ENV, probe, set_cgr
 pub use child::{Child, Report, spawn};
 pub use error::{Error, Result};
 pub use pty::{MAX_PTYS, Terminal, TerminalSize};
-pub use root::{Bind, Root};
+pub use root::{Bind, Root, release_template};
 pub use workspace::Workspace;
 
 /// Whether `group` can name a cgroup group ([`Spec::cgroup_group`]): 1 to 200 bytes, a plain

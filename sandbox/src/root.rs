@@ -181,6 +181,17 @@ pub(crate) fn template(root: &Root) -> Result<Arc<Template>> {
     Ok(t)
 }
 
+/// Forgets every template built over `read_only` (whatever its read-write mount points): the
+/// next job with such a layout builds a fresh one. For a caller about to remove or replace the
+/// directories those binds name (an evicted image); jobs running in an old template keep it
+/// until they end.
+pub fn release_template(read_only: &[Bind]) {
+    let mut guard = TEMPLATES.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(map) = guard.as_mut() {
+        map.retain(|key, _| key.0 != read_only);
+    }
+}
+
 fn root_err(op: &'static str, source: io::Error) -> Error {
     Error::Root { op, source }
 }

@@ -1142,7 +1142,7 @@ async fn hostile_zips_fail_setup_and_write_nothing_outside() {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     top.sort();
-    assert_eq!(top, ["agent.lock", "downloads", "jobs"]);
+    assert_eq!(top, ["agent.lock", "downloads", "images", "jobs"]);
     rig.finish().await;
 }
 

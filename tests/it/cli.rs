@@ -2139,3 +2139,39 @@ async fn users_are_managed_from_the_command_line() {
         .await
         .assert_one_line_error("");
 }
+
+/// `cmdx submit --image`: the job runs in the image, its output on stdout and the exit code
+/// its own; an image that does not exist is one line on stderr and exit 125.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_runs_the_command_in_the_image_it_names() {
+    use cmdx_e2e::registry::{Registry, busybox_layout};
+    let work = cmdx_e2e::traversable_tempdir();
+    let layout = busybox_layout(work.path());
+    let reg = Registry::start().await;
+    reg.push_layout(&layout, "busybox", "cli/busybox:1");
+    let hub = HubProc::start(FAST).await;
+    let admin = hub.admin().await;
+    let wt = hub.worker_token(&admin).await;
+    let _agent =
+        cmdx_e2e::AgentProc::start(&hub, &wt, "cli-img", &work.path().join("a"), 62_400).await;
+    let cli = CliEnv::new(&hub, &admin);
+    let image = format!("{}/cli/busybox:1", reg.addr);
+    let out = cli
+        .run(&[
+            "submit",
+            "-q",
+            "--no-tty",
+            "--image",
+            &image,
+            "--",
+            "grep ^ID= /etc/os-release; exit 3",
+        ])
+        .await;
+    assert_eq!(out.code(), 3, "stderr: {}", out.stderr);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ID=cmdxtest\n");
+    let missing = format!("{}/cli/missing:1", reg.addr);
+    let out = cli
+        .run(&["submit", "-q", "--image", &missing, "--", "true"])
+        .await;
+    out.assert_one_line_error("image not found");
+}

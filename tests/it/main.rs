@@ -29,6 +29,7 @@ mod durability;
 mod fencing;
 mod flow;
 mod hardening;
+mod images;
 mod legacy;
 mod ops;
 mod original_worker;

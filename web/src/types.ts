@@ -19,7 +19,8 @@ export type FailureKind =
   | 'killed'
   | 'setup'
   | 'sandbox'
-  | 'worker_lost';
+  | 'worker_lost'
+  | 'image';
 
 export type StreamKind = 'stdout' | 'stderr';
 
@@ -82,6 +83,8 @@ export interface SubmitRequest {
   artifacts?: string[];
   /** Higher runs first, -100 to 100 (default 0; above the hub's ceiling, 50, admins only). */
   priority?: number;
+  /** OCI image to run in (`alpine:3.20`, `registry/repo:tag`, `…@sha256:…`); absent: the host's root. */
+  image?: string;
 }
 
 export interface SubmitResponse {
@@ -129,6 +132,12 @@ export interface JobView {
   outputTruncated: boolean;
   peakMemoryBytes: number | null;
   cpuMs: number | null;
+  /** The image the job runs in (normalised); null: the worker host's root. Older hubs omit it. */
+  image?: string | null;
+  /** The manifest digest the agent ran. */
+  imageDigest?: string | null;
+  /** Time the agent spent pulling the image for this attempt, ms (0: cached). */
+  pullMs?: number | null;
   attempts: AttemptView[];
   /** Artifact globs asked for at submission. */
   artifactPatterns: string[];

@@ -415,6 +415,7 @@ pub fn assignment(job_id: &str, command: &str) -> Assignment {
         artifact_max_bytes: None,
         artifact_max_files: None,
         tty: None,
+        image: None,
     }
 }
 

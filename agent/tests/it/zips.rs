@@ -153,7 +153,7 @@ async fn hostile_zips_fail_setup_and_write_nothing_outside() {
         );
         assert_eq!(
             dir_entries(&agent.work_dir),
-            vec!["agent.lock", "downloads", "jobs", "worker-id"],
+            vec!["agent.lock", "downloads", "images", "jobs", "worker-id"],
             "{id}: stray files in the work dir"
         );
         assert!(dir_entries(&agent.work_dir.join("downloads")).is_empty());

@@ -171,6 +171,10 @@ pub struct SubmitArgs {
     /// admins only). Within a priority users take turns; a running job is never preempted.
     #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(i32).range(-100..=100))]
     pub priority: Option<i32>,
+    /// Run the command in this OCI image (`alpine:3.20`, `registry.example.com/team/tool:1`,
+    /// `…@sha256:HEX`) instead of the worker host's root; the job folder is `/workspace`.
+    #[arg(long, value_name = "REF")]
+    pub image: Option<String>,
     /// The shell command (after `--`), run as `sh -c` in the job folder.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,

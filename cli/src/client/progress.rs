@@ -174,7 +174,15 @@ pub fn summary(view: &JobView, code: i32) -> String {
     let what = match (view.failure, view.signal, view.exit_code) {
         (Some(FailureKind::Timeout), ..) => format!("timed out ({}s timeout)", view.timeout),
         (Some(FailureKind::Oom), ..) => "out of memory".to_string(),
-        (Some(k @ (FailureKind::Setup | FailureKind::Sandbox | FailureKind::WorkerLost)), ..) => {
+        (
+            Some(
+                k @ (FailureKind::Setup
+                | FailureKind::Sandbox
+                | FailureKind::WorkerLost
+                | FailureKind::Image),
+            ),
+            ..,
+        ) => {
             let why = view
                 .error
                 .as_deref()

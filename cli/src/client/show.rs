@@ -79,6 +79,19 @@ fn describe(v: &JobView, hub: &str, now: SystemTime) -> String {
         rows.push(("error", one_line(e)));
     }
     rows.push(("command", one_line(&v.command)));
+    if let Some(image) = &v.image {
+        let digest = v
+            .image_digest
+            .as_deref()
+            .map(|d| format!(" ({d})"))
+            .unwrap_or_default();
+        let pull = match v.pull_ms {
+            Some(ms) if ms > 0 => format!(", pulled in {:.2}s", ms as f64 / 1000.0),
+            Some(_) => ", cached".to_owned(),
+            None => String::new(),
+        };
+        rows.push(("image", format!("{image}{digest}{pull}")));
+    }
     rows.push(("tags", list_or_dash(&v.tags)));
     rows.push(("env", list_or_dash(&v.env_keys)));
     rows.push(("file", v.file_url.clone().unwrap_or_else(|| "-".into())));

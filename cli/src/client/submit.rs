@@ -84,6 +84,7 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<i32> {
             window_size()
         },
         priority: args.priority,
+        image: args.image.clone(),
         ..Default::default()
     };
     let resp: SubmitResponse = api
@@ -281,9 +282,12 @@ pub async fn exit_code(
         _ => match end.failure {
             Some(FailureKind::Timeout) => EXIT_TIMEOUT,
             Some(FailureKind::Oom) => 128 + end.signal.unwrap_or(9),
-            Some(FailureKind::Setup | FailureKind::Sandbox | FailureKind::WorkerLost) => {
-                EXIT_ARTIFACTS
-            }
+            Some(
+                FailureKind::Setup
+                | FailureKind::Sandbox
+                | FailureKind::WorkerLost
+                | FailureKind::Image,
+            ) => EXIT_ARTIFACTS,
             _ => match (end.signal, end.exit_code) {
                 (Some(sig), _) => 128 + sig,
                 (None, Some(code)) => code,
@@ -296,8 +300,12 @@ pub async fn exit_code(
         Ok(v) => summary(v, code),
         Err(_) => format!("job {id} ended with exit code {code}"),
     };
-    if let Some(kind @ (FailureKind::Setup | FailureKind::Sandbox | FailureKind::WorkerLost)) =
-        end.failure.filter(|_| end.status == JobStatus::Failed)
+    if let Some(
+        kind @ (FailureKind::Setup
+        | FailureKind::Sandbox
+        | FailureKind::WorkerLost
+        | FailureKind::Image),
+    ) = end.failure.filter(|_| end.status == JobStatus::Failed)
     {
         // An error, printed once by `main` (also under --quiet).
         let error = view

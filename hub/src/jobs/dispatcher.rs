@@ -123,6 +123,7 @@ pub(crate) fn assignment(job: &JobRecord, config: &crate::config::HubConfig) -> 
             cols: t.cols,
             rows: t.rows,
         }),
+        image: job.image.clone(),
     }
 }
 
@@ -172,7 +173,12 @@ async fn claim_all(hub: &Hub, reqs: &[ClaimReq<'_>]) -> Vec<Result<JobRecord, St
     results
 }
 
-/// A legacy worker asks for work: claims the oldest tagless job, durably.
+/// Most image jobs one legacy poll steps over before it gives up (and takes nothing).
+const LEGACY_IMAGE_SKIPS: usize = 64;
+
+/// A legacy worker asks for work: claims the oldest tagless job, durably. Jobs that run in an
+/// image are left for the agents (a legacy worker would run the command on its own host): they
+/// go back to the queue where they were.
 pub async fn claim_legacy(
     hub: &Hub,
     worker: &str,
@@ -181,7 +187,40 @@ pub async fn claim_legacy(
     if hub.draining.load(Ordering::SeqCst) {
         return Ok(None);
     }
-    while let Some((seq, job_id)) = hub.dispatch.take_for_legacy(worker) {
+    let mut skipped = Vec::new();
+    let claimed = claim_legacy_skipping(hub, worker, token_id, &mut skipped).await;
+    // Back in this hub's index only: the other hubs' mirrors never lost them.
+    for entry in skipped {
+        hub.dispatch.enqueue(&[], entry);
+    }
+    claimed
+}
+
+async fn claim_legacy_skipping(
+    hub: &Hub,
+    worker: &str,
+    token_id: &str,
+    skipped: &mut Vec<crate::queue::Entry>,
+) -> LifecycleResult<Option<JobRecord>> {
+    while let Some(entry) = hub.dispatch.take_for_legacy(worker) {
+        let (seq, job_id) = (entry.seq, entry.job_id.clone());
+        let record = match hub.store.get_job(&job_id).await {
+            Ok(r) => r,
+            Err(e) => {
+                hub.dispatch.unreserve(worker, &job_id);
+                skipped.push(entry);
+                return Err(e.into());
+            }
+        };
+        let in_image = record.is_some_and(|j| j.image.is_some());
+        if in_image {
+            hub.dispatch.unreserve(worker, &job_id);
+            skipped.push(entry);
+            if skipped.len() >= LEGACY_IMAGE_SKIPS {
+                return Ok(None);
+            }
+            continue;
+        }
         let req = ClaimReq {
             job_id: &job_id,
             queue_seq: seq,

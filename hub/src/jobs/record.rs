@@ -36,6 +36,8 @@ pub struct NewJob {
     pub tty: Option<TtyRecord>,
     /// Higher runs first.
     pub priority: i32,
+    /// The normalised image reference; `None`: the host's root.
+    pub image: Option<String>,
 }
 
 impl JobRecord {
@@ -72,6 +74,7 @@ impl JobRecord {
             artifacts: None,
             tty: new.tty,
             priority: new.priority,
+            image: new.image,
         }
     }
 

@@ -4,6 +4,7 @@
 use std::sync::atomic::Ordering;
 
 use cmdx_proto::WindowSize;
+use cmdx_proto::image::{ImageRef, registry_matches};
 use cmdx_proto::rest::SubmitRequest;
 
 use super::record::NewJob;
@@ -61,6 +62,7 @@ pub async fn rerun(hub: &Hub, caller: &Caller, job_id: &str) -> LifecycleResult<
         }),
         // Through the same ceiling as a submission: a user cannot rerun an admin's priority.
         priority: Some(old.priority),
+        image: old.image,
     };
     accept(hub, caller, req, old.legacy).await
 }
@@ -113,6 +115,7 @@ async fn accept(
     }
     let tty = terminal(&req, legacy)?;
     let priority = priority(hub, caller, req.priority)?;
+    let image = image(&hub.config, &req, legacy)?;
     let artifact_globs =
         crate::artifacts::validate_globs(&req.artifacts).map_err(LifecycleError::Invalid)?;
     let file_id =
@@ -165,6 +168,7 @@ async fn accept(
         artifact_globs,
         tty,
         priority,
+        image,
     };
     let job = JobRecord::queued(new, seq, now_ms());
     hub.store.insert_job(&job).await?;
@@ -224,6 +228,61 @@ fn priority(hub: &Hub, caller: &Caller, asked: Option<i32>) -> LifecycleResult<i
         )));
     }
     Ok(p)
+}
+
+/// The job's image, normalised: the one asked for, else (for legacy submitters with the
+/// mapping on) the one the original system picked from the command, else the hub's default;
+/// refused when malformed or from a registry the operator did not allow.
+fn image(
+    config: &crate::config::HubConfig,
+    req: &SubmitRequest,
+    legacy: bool,
+) -> LifecycleResult<Option<String>> {
+    let asked = req
+        .image
+        .as_deref()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned);
+    let chosen = asked
+        .or_else(|| {
+            (legacy && config.legacy_image_mapping).then(|| legacy_image(&req.command).to_owned())
+        })
+        .or_else(|| config.default_image.clone());
+    let Some(reference) = chosen else {
+        return Ok(None);
+    };
+    let parsed = ImageRef::parse(&reference).map_err(|e| invalid(format!("image: {e}")))?;
+    if !config.allowed_registries.is_empty()
+        && !config
+            .allowed_registries
+            .iter()
+            .any(|p| registry_matches(p, &parsed.registry))
+    {
+        return Err(invalid(format!(
+            "image: registry {} is not allowed on this hub (allowed: {})",
+            parsed.registry,
+            config.allowed_registries.join(", ")
+        )));
+    }
+    Ok(Some(parsed.canonical()))
+}
+
+/// The image the original system ran a command in, chosen by its first word.
+pub(crate) fn legacy_image(command: &str) -> &'static str {
+    let first = command.split_whitespace().next().unwrap_or("");
+    let program = first.rsplit('/').next().unwrap_or(first);
+    if program.starts_with("python") || program == "pip" || program == "pip3" {
+        "python:3.11-slim"
+    } else if matches!(program, "node" | "npm" | "npx") {
+        "node:22-alpine"
+    } else if matches!(program, "gcc" | "g++" | "cc" | "make") {
+        "gcc:14-alpine"
+    } else if matches!(program, "java" | "javac") {
+        "eclipse-temurin:21-alpine"
+    } else {
+        "alpine:latest"
+    }
 }
 
 fn sorted_tags(tags: &[String]) -> Vec<String> {
@@ -308,5 +367,88 @@ mod tests {
             ));
         }
         kit.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn images_are_normalised_defaulted_and_mapped_for_legacy_submitters() {
+        let image = |image: &str| SubmitRequest {
+            image: Some(image.into()),
+            ..req(None, None)
+        };
+        let kit = Kit::open(|_| {}).await;
+        let (hub, caller) = (&kit.hub, owner());
+        let id = submit(hub, &caller, image("alpine:3.20"))
+            .await
+            .expect("submit");
+        assert_eq!(
+            kit.record(&id).await.image.as_deref(),
+            Some("docker.io/library/alpine:3.20")
+        );
+        let id = submit(hub, &caller, req(None, None)).await.expect("submit");
+        assert_eq!(kit.record(&id).await.image, None, "host root");
+        let bad = submit(hub, &caller, image("Not An Image")).await;
+        assert!(matches!(bad, Err(LifecycleError::Invalid(_))), "{bad:?}");
+
+        let kit = Kit::open(|c| {
+            c.legacy_image_mapping = true;
+            c.default_image = Some("registry.example.com/base:1".into());
+            c.allowed_registries = vec!["docker.io".into(), "registry.example.com".into()];
+        })
+        .await;
+        let hub = &kit.hub;
+        let python = SubmitRequest {
+            command: "python3 main.py".into(),
+            ..req(None, None)
+        };
+        let id = submit_legacy(hub, &caller, python.clone())
+            .await
+            .expect("submit");
+        assert_eq!(
+            kit.record(&id).await.image.as_deref(),
+            Some("docker.io/library/python:3.11-slim")
+        );
+        let id = submit(hub, &caller, python).await.expect("submit");
+        assert_eq!(
+            kit.record(&id).await.image.as_deref(),
+            Some("registry.example.com/base:1"),
+            "the mapping is for legacy submitters only"
+        );
+        let refused = submit(hub, &caller, image("quay.io/x/y:1")).await;
+        assert!(matches!(refused, Err(LifecycleError::Invalid(m)) if m.contains("not allowed")));
+    }
+
+    #[tokio::test]
+    async fn legacy_workers_leave_image_jobs_to_the_agents() {
+        use crate::jobs::testkit::{TOKEN_ID, WORKERS};
+        let kit = Kit::open(|_| {}).await;
+        let (hub, caller) = (&kit.hub, owner());
+        let in_image = SubmitRequest {
+            image: Some("127.0.0.1:5000/tools:1".into()),
+            ..req(None, None)
+        };
+        let image_job = submit(hub, &caller, in_image).await.expect("submit");
+        let plain = submit(hub, &caller, req(None, None)).await.expect("submit");
+        let w = WORKERS[0];
+        let got = crate::jobs::dispatcher::claim_legacy(hub, w, TOKEN_ID)
+            .await
+            .expect("claim");
+        assert_eq!(
+            got.map(|j| j.id),
+            Some(plain),
+            "the older image job is stepped over"
+        );
+        let again = crate::jobs::dispatcher::claim_legacy(hub, w, TOKEN_ID)
+            .await
+            .expect("claim");
+        assert!(again.is_none());
+        assert_eq!(
+            kit.record(&image_job).await.status,
+            cmdx_proto::JobStatus::Queued
+        );
+        assert_eq!(
+            hub.dispatch.queue_depth(),
+            1,
+            "the image job is back in the queue"
+        );
     }
 }

@@ -119,6 +119,9 @@ pub async fn view(hub: &Hub, job: &JobRecord, with_output: bool) -> LifecycleRes
         output_truncated: job.output.truncated,
         peak_memory_bytes: outcome.peak_memory_bytes,
         cpu_ms: outcome.cpu_ms,
+        image: job.image.clone(),
+        image_digest: outcome.image_digest.clone(),
+        pull_ms: outcome.pull_ms,
         attempts: job
             .attempts
             .iter()

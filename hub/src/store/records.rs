@@ -102,6 +102,10 @@ pub struct JobRecord {
     /// Higher runs first (-100..=100); records written before priorities load as 0.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub priority: i32,
+    /// The normalised image reference the job runs in; `None`: the agent host's root (and
+    /// every record written before jobs had images).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
 }
 
 fn is_zero(n: &i32) -> bool {

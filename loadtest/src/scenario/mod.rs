@@ -4,6 +4,7 @@ mod burst;
 mod chaos;
 mod connections;
 mod dispatch;
+mod images;
 mod legacy;
 mod poll;
 mod relay;
@@ -34,6 +35,10 @@ pub async fn run(cli: &Cli, nofile: u64) -> anyhow::Result<Report> {
         }
         return chaos::run(cli).await;
     }
+    if cli.scenario == Scenario::Images {
+        // Runs its own registry, hub and agent.
+        return images::run(cli).await;
+    }
     let target_arc = Arc::new(match (&cli.hub, &cli.store) {
         (Some(url), _) => Target::attach(url, cli.hub_pid).await?,
         (None, Some(store)) => Target::start_cluster(cli.hubs, store).await?,
@@ -50,7 +55,7 @@ pub async fn run(cli: &Cli, nofile: u64) -> anyhow::Result<Report> {
         Scenario::Poll => poll::run(cli, &target_arc).await,
         Scenario::Legacy => legacy::run(cli, &target_arc).await,
         Scenario::Sandbox => sandbox::run(cli, &target_arc).await,
-        Scenario::Chaos => unreachable!("handled above"),
+        Scenario::Chaos | Scenario::Images => unreachable!("handled above"),
     };
     target_arc.stop().await;
     let mut r = result?;

@@ -87,6 +87,7 @@ const FAILURE_LABELS: Record<FailureKind, string> = {
   setup: 'setup failed (download or extract)',
   sandbox: 'sandbox error',
   worker_lost: 'worker lost',
+  image: 'image unusable (pull or unpack)',
 };
 
 export function failureLabel(f: FailureKind | null | undefined): string {

@@ -273,6 +273,18 @@ export function JobPage({ jobId }: { jobId: string }) {
             {job.outputTruncated && <span class="muted"> (head dropped by the cap)</span>}
           </Fact>
           <Fact label="Tags">{job.tags.length > 0 ? job.tags.join(', ') : '—'}</Fact>
+          <Fact label="Image">
+            {job.image ? (
+              <span class="mono" title={job.imageDigest ?? undefined}>
+                {job.image}
+              </span>
+            ) : (
+              'worker host'
+            )}
+            {job.pullMs != null && job.pullMs > 0 && (
+              <span class="muted"> (pulled in {formatDuration(job.pullMs)})</span>
+            )}
+          </Fact>
           {job.fileUrl && (
             <Fact label="Files">
               <a href={job.fileUrl} download>

@@ -19,6 +19,7 @@ export function NewJob() {
   const [tags, setTags] = useState('');
   const [priority, setPriority] = useState('');
   const [globs, setGlobs] = useState('');
+  const [image, setImage] = useState('');
   const [upload, setUpload] = useState<Upload>({ state: 'none' });
   const [reuse, setReuse] = useState<{ fileUrl: string; jobId: string } | null>(null);
   const [dragging, setDragging] = useState(false);
@@ -40,6 +41,7 @@ export function NewJob() {
         setTags(job.tags.join(', '));
         if (job.priority) setPriority(String(job.priority));
         setGlobs(job.artifactPatterns.join(' '));
+        setImage(job.image ?? '');
         if (job.fileUrl) setReuse({ fileUrl: job.fileUrl, jobId: job.jobId });
       })
       .catch(() => setError('Could not load the job to copy'));
@@ -107,6 +109,7 @@ export function NewJob() {
     if (tagList.length > 0) req.tags = tagList;
     const globList = parseGlobs(globs);
     if (globList.length > 0) req.artifacts = globList;
+    if (image.trim()) req.image = image.trim();
     setBusy(true);
     try {
       const res = await api.submit(req);
@@ -269,6 +272,23 @@ export function NewJob() {
               </span>
             )}
           </div>
+        </div>
+        <div class="field">
+          <label for="job-image">
+            Image <span class="muted">(optional)</span>
+          </label>
+          <input
+            id="job-image"
+            spellcheck={false}
+            placeholder="python:3.11-slim"
+            value={image}
+            onInput={(e) => setImage(e.currentTarget.value)}
+          />
+          <span class="hint">
+            An OCI image to run the command in (<code>registry/repository:tag</code>, or{' '}
+            <code>@sha256:…</code> to pin), its folder at <code>/workspace</code>. Empty: the worker's own
+            system.
+          </span>
         </div>
         <div class="field">
           <label for="job-artifacts">Artifacts</label>
