@@ -41,17 +41,18 @@ fi
 
 # Job images without the internet: the image tests (tests/it/images.rs) start a private
 # Distribution registry on loopback, build small images with umoci from busybox-static and push
-# them with skopeo; the image benchmark compares with podman.
+# them with skopeo; the image benchmark compares with podman. The container image of cmdx itself
+# is built with podman on a Debian base made by mmdebstrap (scripts/container-smoke.sh).
 missing_image_tools=""
-for t in docker-registry skopeo umoci busybox podman runc; do
+for t in docker-registry skopeo umoci busybox podman runc mmdebstrap; do
   command -v "$t" >/dev/null 2>&1 || missing_image_tools="$missing_image_tools $t"
 done
 if [ -n "$missing_image_tools" ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-      docker-registry skopeo umoci busybox-static podman runc >/dev/null
+      docker-registry skopeo umoci busybox-static podman runc mmdebstrap >/dev/null
   else
-    echo "missing:$missing_image_tools: install Debian's docker-registry skopeo umoci busybox-static podman runc" >&2
+    echo "missing:$missing_image_tools: install Debian's docker-registry skopeo umoci busybox-static podman runc mmdebstrap" >&2
     exit 1
   fi
 fi
@@ -61,6 +62,10 @@ cargo build -p cmdx
 
 step "rust tests"
 cargo test --workspace --no-fail-fast
+
+step "container image: built with podman, hub and agent run from it, one job through them"
+# ~30 s the first time on a machine (mmdebstrap of the base, cached), ~4 s after.
+./scripts/container-smoke.sh
 
 step "load test smoke: every scenario, tiny numbers"
 ./scripts/loadtest-smoke.sh

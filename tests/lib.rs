@@ -810,10 +810,15 @@ impl AgentProc {
 
     /// SIGTERM (drain: finish running jobs, then exit) and wait; returns the exit code.
     pub async fn terminate(&mut self) -> Option<i32> {
+        self.sigterm();
+        self.wait_exit().await
+    }
+
+    /// Sends SIGTERM without waiting (a second one stops the running jobs).
+    pub fn sigterm(&self) {
         if let Some(pid) = self.child.id() {
             sigterm(pid);
         }
-        self.wait_exit().await
     }
 
     /// Waits (at most [`WAIT`]) for the process to exit by itself; returns its exit code.

@@ -336,8 +336,15 @@ impl Core {
                     self.on_job_event(ev, welcomed.then_some(&mut ws)).await
                 }
                 c = next_control(&mut self.control, self.control_open) => {
+                    let was_draining = self.draining;
                     self.control_changed(c);
-                    Ok(())
+                    if self.draining && !was_draining && welcomed {
+                        // Tell the hub now, not at the next heartbeat: it stops assigning here
+                        // (and lists the worker as draining) at once.
+                        self.send_heartbeat(&mut ws).await
+                    } else {
+                        Ok(())
+                    }
                 }
                 () = tokio::time::sleep_until(welcome_deadline), if !welcomed => {
                     tracing::warn!("no welcome from the hub in time");

@@ -326,6 +326,12 @@ impl Dispatch {
         self.wake.notify_one();
     }
 
+    /// Queued jobs per tag set, the `max` deepest and the rest summed (see
+    /// [`Queue::depth_by_tags`]).
+    pub fn depth_by_tags(&self, max: usize) -> (Vec<(String, usize)>, Option<usize>) {
+        self.lock().queue.depth_by_tags(max)
+    }
+
     /// Queued jobs per priority band (`low` < 0, `normal` 0, `high` > 0).
     pub fn depth_by_band(&self) -> [(&'static str, usize); 3] {
         self.lock().queue.depth_by_band()

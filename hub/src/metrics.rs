@@ -131,5 +131,45 @@ pub async fn render(hub: &Hub) -> String {
         }
     };
     metrics::gauge!("cmdx_data_dir_bytes").set(bytes as f64);
-    handle.render()
+    let mut text = handle.render();
+    text.push_str(&queue_depth_by_tags(hub));
+    text
+}
+
+/// Most tag sets with a series of their own in `cmdx_queue_depth_by_tags`.
+pub const TAG_SET_SERIES: usize = 50;
+
+/// `cmdx_queue_depth_by_tags{tags="gpu,linux"}`: what an autoscaler (KEDA, an HPA on an
+/// external metric) scales the agents serving those tags on. Rendered at each scrape from the
+/// queue as it is, so a drained tag set's series goes away instead of staying at its last
+/// value; the 50 deepest tag sets get a series each, the rest one `tags="_other"` series.
+fn queue_depth_by_tags(hub: &Hub) -> String {
+    use std::fmt::Write as _;
+    let (mut sets, rest) = hub.dispatch.depth_by_tags(TAG_SET_SERIES);
+    // Untagged jobs always have a series (0 when none wait), so the metric exists for an
+    // autoscaler from the first scrape.
+    if rest.is_none() && !sets.iter().any(|(t, _)| t.is_empty()) {
+        sets.push((String::new(), 0));
+    }
+    let mut out = String::from(
+        "# HELP cmdx_queue_depth_by_tags Jobs waiting for a worker, by the tag set they need \
+         (sorted, comma-joined; \"\" for untagged jobs; the 50 deepest, the rest as \"_other\")\n\
+         # TYPE cmdx_queue_depth_by_tags gauge\n",
+    );
+    let escape = |s: &str| {
+        s.replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n")
+    };
+    for (tags, n) in sets {
+        let _ = writeln!(
+            out,
+            "cmdx_queue_depth_by_tags{{tags=\"{}\"}} {n}",
+            escape(&tags)
+        );
+    }
+    if let Some(n) = rest {
+        let _ = writeln!(out, "cmdx_queue_depth_by_tags{{tags=\"_other\"}} {n}");
+    }
+    out
 }

@@ -324,6 +324,26 @@ impl Queue {
         bands
     }
 
+    /// Queued jobs per tag set (sorted tags joined by `,`; `""` for untagged jobs), the `max`
+    /// deepest, with the rest summed under `None`.
+    pub fn depth_by_tags(&self, max: usize) -> (Vec<(String, usize)>, Option<usize>) {
+        let mut all: Vec<(String, usize)> = self
+            .sets
+            .iter()
+            .map(|(tags, levels)| {
+                let n = levels
+                    .values()
+                    .flat_map(|l| l.values())
+                    .map(VecDeque::len)
+                    .sum();
+                (tags.join(","), n)
+            })
+            .collect();
+        all.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        let rest = (all.len() > max).then(|| all.split_off(max).iter().map(|(_, n)| n).sum());
+        (all, rest)
+    }
+
     /// The tag sets with queued jobs (for the position of a job no worker can run yet).
     pub fn tag_sets(&self) -> impl Iterator<Item = &Vec<String>> {
         self.sets.keys()
@@ -464,6 +484,36 @@ pub(crate) mod tests {
         assert!(q.take_next(any, at_two).is_none());
         q.set_elsewhere(&HashMap::new());
         assert_eq!(q.usage("a").elsewhere, 0);
+    }
+
+    #[test]
+    fn depth_by_tag_set_keeps_the_deepest_and_sums_the_rest() {
+        let mut q = Queue::default();
+        let set = |t: &str| vec![t.to_string()];
+        for (seq, tags) in [
+            (1, set("a")),
+            (2, set("a")),
+            (3, set("b")),
+            (4, vec![]),
+            (5, set("c")),
+        ] {
+            q.insert(&tags, entry(seq, "u", 0));
+        }
+        assert_eq!(
+            q.depth_by_tags(10),
+            (
+                vec![
+                    ("a".to_string(), 2),
+                    (String::new(), 1),
+                    ("b".to_string(), 1),
+                    ("c".to_string(), 1)
+                ],
+                None
+            )
+        );
+        let (top, rest) = q.depth_by_tags(2);
+        assert_eq!(top, vec![("a".to_string(), 2), (String::new(), 1)]);
+        assert_eq!(rest, Some(2));
     }
 
     #[test]

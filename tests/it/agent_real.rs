@@ -401,3 +401,79 @@ async fn agents_on_one_host_never_share_job_uids() {
     let _ = c.start_kill();
     let _ = c.wait().await;
 }
+
+/// How Kubernetes and systemd stop an agent: SIGTERM. It takes no new job (the hub lists it as
+/// draining and gives the next job to nobody else's slot of it), finishes the job it runs,
+/// reports it and exits 0; the queued job waits for another agent, which then runs it. A second
+/// SIGTERM stops what runs: the job fails as `killed`, saying the agent shut down (never lost).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_the_agent_and_a_second_one_stops_its_jobs() {
+    let hub = HubProc::start(FAST).await;
+    let admin = hub.admin().await;
+    let wt = hub.worker_token(&admin).await;
+    let work = traversable_tempdir();
+    let status_of = |id: &'static str| {
+        let (hub, admin) = (&hub, admin.clone());
+        async move {
+            let (_, list) = hub.get(&admin, "/api/workers/list").await;
+            list["workers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|w| w["workerId"] == id)
+                .map(|w| w["status"].as_str().unwrap_or_default().to_string())
+        }
+    };
+    let mut a = AgentProc::start_with(
+        &hub,
+        &wt,
+        Some("drain-me"),
+        &work.path().join("a"),
+        65_000,
+        1,
+    )
+    .await;
+    let first = hub
+        .submit(&admin, json!({"command": "sleep 3; echo finished"}))
+        .await;
+    hub.wait_status(&admin, &first, "running").await;
+    a.sigterm();
+    wait_for("the agent to say it is draining", || async {
+        (status_of("drain-me").await.as_deref() == Some("draining")).then_some(())
+    })
+    .await;
+    let second = hub.submit(&admin, json!({"command": "echo second"})).await;
+    let done = hub.wait_status(&admin, &first, "completed").await;
+    assert_eq!(done["stdout"], "finished\n", "{done}");
+    assert_eq!(a.wait_exit().await, Some(0), "a drained agent exits 0");
+    assert_eq!(hub.job(&admin, &second).await["status"], "queued");
+
+    let mut b = AgentProc::start_with(
+        &hub,
+        &wt,
+        Some("stop-me"),
+        &work.path().join("b"),
+        65_010,
+        1,
+    )
+    .await;
+    hub.wait_status(&admin, &second, "completed").await;
+    let long = hub.submit(&admin, json!({"command": "sleep 300"})).await;
+    hub.wait_status(&admin, &long, "running").await;
+    b.sigterm();
+    wait_for("the second agent to drain", || async {
+        (status_of("stop-me").await.as_deref() == Some("draining")).then_some(())
+    })
+    .await;
+    b.sigterm();
+    let v = hub.wait_status(&admin, &long, "failed").await;
+    assert_eq!(v["failure"], "killed", "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("agent shut down"),
+        "{v}"
+    );
+    assert!(b.wait_exit().await.is_some(), "the agent exits");
+}

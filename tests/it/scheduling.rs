@@ -354,3 +354,41 @@ async fn users_take_turns_across_hubs() {
     let a_order: Vec<&String> = order.iter().filter(|j| a_jobs.contains(j)).collect();
     assert_eq!(a_order, a_jobs.iter().collect::<Vec<_>>(), "A's keep FIFO");
 }
+
+/// What an autoscaler reads: queue depth per tag set, one series each, gone when drained.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_give_queue_depth_per_tag_set() {
+    let hub = HubProc::start(FAST).await;
+    let admin = hub.admin().await;
+    let (_, text) = metrics_text(&hub).await;
+    assert!(
+        text.contains("cmdx_queue_depth_by_tags{tags=\"\"} 0"),
+        "{text}"
+    );
+    let mut gpu = Vec::new();
+    for _ in 0..3 {
+        gpu.push(
+            hub.submit(&admin, json!({"command": "x", "tags": ["linux", "gpu"]}))
+                .await,
+        );
+    }
+    hub.submit(&admin, json!({"command": "x"})).await;
+    let (_, text) = metrics_text(&hub).await;
+    assert!(
+        text.contains("cmdx_queue_depth_by_tags{tags=\"gpu,linux\"} 3"),
+        "{text}"
+    );
+    assert!(
+        text.contains("cmdx_queue_depth_by_tags{tags=\"\"} 1"),
+        "{text}"
+    );
+    for id in &gpu {
+        hub.post_json(&admin, "/api/jobs/cancel", json!({"jobId": id}))
+            .await;
+    }
+    let (_, text) = metrics_text(&hub).await;
+    assert!(
+        !text.contains("gpu,linux"),
+        "a drained tag set has no series: {text}"
+    );
+}
