@@ -12,7 +12,7 @@ use cmdx_proto::agent::{HubMsg, Isolation};
 use cmdx_proto::rest::{WaitReason, WorkerView};
 use tokio::sync::{Notify, mpsc};
 
-use crate::queue::{Entry, Queue, Usage};
+use crate::queue::{Entry, OwnerMap, Queue, Usage};
 use crate::store::{UserRecord, WorkerRecord, now_ms};
 use crate::time::rfc3339;
 
@@ -155,7 +155,7 @@ pub struct Quotas {
     /// The hub's `max_running_per_user`.
     pub max_running: u32,
     /// Users' own limits set by an admin: (queued, running), `None` for the hub's.
-    pub users: HashMap<String, (Option<u32>, Option<u32>)>,
+    pub users: OwnerMap<(Option<u32>, Option<u32>)>,
 }
 
 impl Quotas {
@@ -188,6 +188,11 @@ impl Quotas {
             .unwrap_or(self.max_running)
     }
 
+    /// Whether no user has a running limit (then nobody is ever passed over).
+    fn no_running_limit(&self) -> bool {
+        self.max_running == 0 && self.users.values().all(|(_, r)| r.unwrap_or(0) == 0)
+    }
+
     /// Whether `owner` with `usage` may not start another job now.
     fn at_running(&self, owner: &str, usage: &Usage) -> bool {
         let limit = self.running(owner);
@@ -218,7 +223,7 @@ struct State {
     /// Queued jobs in dispatch order.
     queue: Queue,
     /// Owner of every job a worker here holds (running counts per user).
-    held_owner: HashMap<String, String>,
+    held_owner: OwnerMap<String>,
     /// Submissions being stored, per owner (queued quota).
     admitting: HashMap<String, u32>,
     quotas: Quotas,
@@ -393,10 +398,15 @@ impl Dispatch {
 
     /// Plans up to `max` assignments, reserving the slots.
     pub fn plan(&self, max: usize) -> Vec<Planned> {
-        let mut st = self.lock();
         let mut out = Vec::new();
         let mut skipped = Vec::new();
-        while out.len() < max && !st.queue.is_empty() {
+        while out.len() < max {
+            // The lock is taken per assignment: submissions and reports interleave with a long
+            // plan instead of waiting for the whole batch.
+            let mut st = self.lock();
+            if st.queue.is_empty() {
+                break;
+            }
             let Some(wid) = st.available.pop_front() else {
                 break;
             };
@@ -411,11 +421,12 @@ impl Dispatch {
             }
             let wtags: BTreeSet<String> = w.info.tags.iter().cloned().collect();
             let State { queue, quotas, .. } = &mut *st;
+            let unlimited = quotas.no_running_limit();
             let Some(Entry {
                 seq, job_id, owner, ..
             }) = queue.take_next(
                 |tags| tags.iter().all(|t| wtags.contains(t)),
-                |owner, usage| quotas.at_running(owner, usage),
+                |owner, usage| !unlimited && quotas.at_running(owner, usage),
             )
             else {
                 skipped.push(wid);
@@ -437,7 +448,7 @@ impl Dispatch {
                 conn,
             });
         }
-        st.available.extend(skipped);
+        self.lock().available.extend(skipped);
         out
     }
 
@@ -875,7 +886,7 @@ mod tests {
         d.set_quotas(Quotas {
             max_queued: 2,
             max_running: 1,
-            users: HashMap::from([("big".to_string(), (Some(0), None))]),
+            users: [("big".to_string(), (Some(0), None))].into_iter().collect(),
         });
         agent(&d, "w0", &[]);
         agent(&d, "w1", &[]);

@@ -20,6 +20,10 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
+/// Maps keyed by owner id, looked up for every owner on every pick: foldhash, not SipHash (the
+/// keys are user ids, not attacker-chosen: a user cannot pick their own id).
+pub(crate) type OwnerMap<V> = HashMap<String, V, foldhash::fast::RandomState>;
+
 /// A queued job as the queue sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
@@ -54,7 +58,7 @@ impl Usage {
 }
 
 /// The jobs of one priority in one tag set, FIFO per owner.
-type Level = HashMap<String, VecDeque<(u64, String)>>;
+type Level = OwnerMap<VecDeque<(u64, String)>>;
 
 /// Where a job stands (see [`Queue::standing`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,7 +73,7 @@ pub struct Standing {
 #[derive(Default)]
 pub struct Queue {
     sets: BTreeMap<Vec<String>, BTreeMap<i32, Level>>,
-    users: HashMap<String, Usage>,
+    users: OwnerMap<Usage>,
     tick: u64,
     len: usize,
 }
