@@ -30,6 +30,7 @@ mod fencing;
 mod flow;
 mod hardening;
 mod legacy;
+mod log_search;
 mod ops;
 mod original_worker;
 mod packaging;
