@@ -643,3 +643,38 @@ impl std::fmt::Debug for MintTokenResponse {
             .finish_non_exhaustive()
     }
 }
+
+/// `GET /api/jobs/{id}/output/search`: one page of a literal search over the stored log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OutputSearch {
+    /// Matching lines, in log order.
+    pub matches: Vec<OutputMatch>,
+    /// Lines this request read (a line is counted once it ends or the log ends).
+    pub lines_scanned: u64,
+    /// Bytes this request read.
+    pub bytes_scanned: u64,
+    /// Byte offset of the first stored byte: line 1 starts here (later than 0 when the output
+    /// cap dropped the head).
+    pub start_offset: u64,
+    /// Where this request stopped: the line number and byte offset of the next line to read.
+    pub line: u64,
+    /// Byte offset matching `line`.
+    pub offset: u64,
+    /// Pass as `cursor` to read on; absent once the stored log was read to its end.
+    pub next: Option<String>,
+}
+
+/// One matching line of an [`OutputSearch`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OutputMatch {
+    /// Line number, 1-based from the first stored byte.
+    pub line: u64,
+    /// Byte offset of the line's first byte in the combined log.
+    pub offset: u64,
+    /// The line without terminal escape sequences, lossy UTF-8, capped.
+    pub text: String,
+    /// The line was longer than `text`.
+    pub text_truncated: bool,
+}

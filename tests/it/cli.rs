@@ -2175,3 +2175,61 @@ async fn submit_runs_the_command_in_the_image_it_names() {
         .await;
     out.assert_one_line_error("image not found");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_since_prints_what_the_hub_stored_after_a_time() {
+    let (hub, user, mut agent) = setup("since@test.local").await;
+    let cli = CliEnv::new(&hub, &user);
+    let id = hub.submit(&user, json!({"command": "two phases"})).await;
+    let (mut run, _) = Run::start(&mut agent).await;
+    run.out(StreamKind::Stdout, b"before 1\nbefore 2\n").await;
+    wait_for("the first phase to be stored", || async {
+        (hub.job(&user, &id).await["outputBytes"].as_u64() == Some(18)).then_some(())
+    })
+    .await;
+    // A millisecond after everything of the first phase was stored, before the second.
+    let now_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    };
+    let cut = now_ms() + 1;
+    wait_for("the clock to pass the cut", || async {
+        (now_ms() > cut).then_some(())
+    })
+    .await;
+    run.out(StreamKind::Stdout, b"after 1\n").await;
+    run.out(StreamKind::Stderr, b"after 2\n").await;
+    run.finish(exited(0)).await;
+    let at = cmdx_hub::time::rfc3339(cut);
+    let since = cli.run(&["logs", "--since", &at, &id]).await;
+    assert_eq!(since.code(), 0, "stderr: {}", since.stderr);
+    assert_eq!(String::from_utf8_lossy(&since.stdout), "after 1\n");
+    assert_eq!(since.stderr, "after 2\n");
+    // A duration: the last hour is all of it; with -f, the job's code too.
+    let hour = cli.run(&["logs", "-f", "--since", "1h", &id]).await;
+    assert_eq!(hour.code(), 0, "stderr: {}", hour.stderr);
+    assert_eq!(
+        String::from_utf8_lossy(&hour.stdout),
+        "before 1\nbefore 2\nafter 1\n"
+    );
+    // After the end: nothing. --tail and --since together: whichever starts later.
+    let later = cli
+        .run(&["logs", "--since", "2999-01-01T00:00:00Z", &id])
+        .await;
+    assert!(later.stdout.is_empty() && later.stderr.is_empty() && later.code() == 0);
+    let both = cli
+        .run(&["logs", "--since", "1h", "--tail", "1", &id])
+        .await;
+    assert_eq!(both.stderr, "after 2\n");
+    assert!(both.stdout.is_empty());
+    // Bad input is a usage error that says what it wants.
+    let bad = cli.run(&["logs", "--since", "yesterday-ish", &id]).await;
+    assert_eq!(bad.code(), 2);
+    assert!(bad.stderr.contains("RFC 3339"), "{}", bad.stderr);
+    let (s, body) = hub
+        .get(&user, &format!("/api/jobs/{id}/output?since=nope"))
+        .await;
+    assert_eq!(s, 400, "{body}");
+}

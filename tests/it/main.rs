@@ -31,6 +31,7 @@ mod flow;
 mod hardening;
 mod images;
 mod legacy;
+mod log_search;
 mod ops;
 mod original_worker;
 mod packaging;

@@ -400,6 +400,71 @@ describe('dashboard against cmdx dev', () => {
     }
   });
 
+  it('searches the whole log, says what the terminal dropped, links to lines and folds sections', async () => {
+    const logs = await newPage(browser, hub.url);
+    try {
+      await signIn(logs.page, ADMIN_EMAIL, ADMIN_PASSWORD);
+      // Line 2 (in a GitHub Actions group) is far above the 20,000 lines the terminal keeps;
+      // line 30,004 is near the end.
+      const url = await submitFromForm(
+        logs.page,
+        "printf '::group::Setup\\nNeedle early\\n::endgroup::\\n'; seq 1 30000 | sed 's/^/row /'; echo needle late",
+      );
+      const p = logs.page;
+      await p.locator('.page-header .badge[data-status="completed"]').waitFor({ timeout: 60_000 });
+      const notice = p.locator('.log-truncated');
+      await notice.waitFor({ timeout: 30_000 });
+      await waitFor('the line count', async () => /of 30,004 are not shown/.test(await notice.innerText()));
+
+      // Search runs on the hub over the whole log: line 2 is found, grouped under its section,
+      // and shown with its neighbours in the lines viewer since the terminal dropped it.
+      await p.getByLabel('Search output').fill('needle');
+      await p.getByRole('button', { name: 'Next' }).click();
+      const results = p.getByRole('region', { name: 'Search results' });
+      await results.getByText('2 lines match “needle” in the whole log').waitFor();
+      await results.locator('summary', { hasText: 'Setup (lines 1–3): 1 match' }).waitFor();
+      expect(await results.getByRole('link', { name: 'Line 30004' }).count()).toBe(1);
+      await waitFor('the URL at #L2', async () => new URL(p.url()).hash === '#L2');
+      const viewer = p.getByRole('region', { name: 'Earlier lines' });
+      await viewer.locator('.log-line.current', { hasText: 'Needle early' }).waitFor();
+      expect(await viewer.locator('.log-line.current .log-no').innerText()).toBe('2');
+      await screenshot(p, '13-log-search-earlier-line');
+
+      // The next match is in the terminal: it scrolls there and the viewer closes.
+      await p.getByRole('button', { name: 'Next' }).click();
+      await waitFor('line 30004 in view', async () => (await terminalText(p)).includes('needle late'));
+      expect(await viewer.count()).toBe(0);
+      await waitFor('the URL at #L30004', async () => new URL(p.url()).hash === '#L30004');
+
+      // "Show earlier lines" pages through what the terminal dropped; sections fold.
+      await p.getByRole('button', { name: 'Show earlier lines' }).click();
+      await viewer.locator('[data-line="1"]').waitFor();
+      await viewer.locator('summary', { hasText: 'Setup' }).click();
+      expect(await viewer.locator('[data-line="2"]').isVisible()).toBe(false);
+      expect(await viewer.locator('.log-line').count()).toBe(2000);
+      await viewer.getByRole('button', { name: 'Load more lines' }).click();
+      await viewer.locator('[data-line="4000"]').waitFor();
+
+      // A link to a line: opening the URL with #L5 shows line 5 (row 2) highlighted.
+      const linked = await newPage(browser, hub.url);
+      try {
+        await signIn(linked.page, ADMIN_EMAIL, ADMIN_PASSWORD);
+        await linked.page.goto(`${url}#L5`);
+        const v = linked.page.getByRole('region', { name: 'Earlier lines' });
+        await v.locator('.log-line.current', { hasText: 'row 2' }).waitFor({ timeout: 30_000 });
+        expect(linked.errors).toEqual([]);
+      } finally {
+        await linked.context.close();
+      }
+      // The sections list links to each one.
+      await p.locator('.log-sections summary').click();
+      await p.locator('.log-sections').getByRole('link', { name: 'Setup' }).waitFor();
+      expect(logs.errors).toEqual([]);
+    } finally {
+      await logs.context.close();
+    }
+  });
+
   it('reads well on a narrow window', async () => {
     const narrow = await newPage(browser, hub.url, 390, 844);
     try {

@@ -131,6 +131,33 @@ export const api = {
 export const outputUrl = (jobId: string, offset = 0): string =>
   `/api/jobs/${encodeURIComponent(jobId)}/output${offset > 0 ? `?offset=${offset}` : ''}`;
 
+/** One matching line of a search over the whole stored log. */
+export interface OutputMatch {
+  line: number;
+  offset: number;
+  text: string;
+  textTruncated: boolean;
+}
+
+/** One page of `GET /api/jobs/{id}/output/search`. */
+export interface OutputSearch {
+  matches: OutputMatch[];
+  linesScanned: number;
+  bytesScanned: number;
+  startOffset: number;
+  line: number;
+  offset: number;
+  next?: string | null;
+}
+
+/** Searches the job's whole stored log (a page: the hub bounds the work per request). */
+export const searchOutput = (jobId: string, q: string, caseSensitive: boolean, cursor?: string | null): Promise<OutputSearch> => {
+  const params = new URLSearchParams({ q, limit: '200' });
+  if (caseSensitive) params.set('case', 'sensitive');
+  if (cursor) params.set('cursor', cursor);
+  return request<OutputSearch>(`/api/jobs/${encodeURIComponent(jobId)}/output/search?${params}`);
+};
+
 /** Bytes of the stored log and the offset they start at. */
 export interface OutputSlice {
   offset: number;
@@ -142,8 +169,10 @@ export interface OutputSlice {
  * `x-output-offset` header says where they start: later than asked when the output cap dropped
  * the head of the log.
  */
-export async function fetchOutput(jobId: string, offset: number): Promise<OutputSlice> {
-  const res = await fetch(outputUrl(jobId, offset), { credentials: 'same-origin' });
+export async function fetchOutput(jobId: string, offset: number, limit?: number): Promise<OutputSlice> {
+  const url = outputUrl(jobId, offset);
+  const ranged = limit === undefined ? url : `${url}${url.includes('?') ? '&' : '?'}limit=${limit}`;
+  const res = await fetch(ranged, { credentials: 'same-origin' });
   if (!res.ok) throw errorFrom(res.status, await res.text());
   const start = Number(res.headers.get('x-output-offset') ?? offset);
   return {

@@ -221,6 +221,23 @@ pub struct LogsArgs {
     /// `docker logs --tail` and `kubectl logs --tail`.
     #[arg(long, value_name = "N", conflicts_with_all = ["no_replay", "from_start"])]
     pub tail: Option<u64>,
+    /// Only output the hub stored since this time: a duration before now (`10m`, `1h30m`) or
+    /// an RFC 3339 UTC time (`2026-12-04T03:00:00Z`), as `docker logs --since`. Times are the
+    /// hub's (when it stored each chunk of output). With --tail, whichever starts later.
+    #[arg(long, value_name = "DURATION|TIME", value_parser = parse_since, conflicts_with_all = ["no_replay", "from_start"])]
+    pub since: Option<std::time::SystemTime>,
+}
+
+/// `--since`: a duration before now, or an RFC 3339 time (UTC).
+fn parse_since(s: &str) -> Result<std::time::SystemTime, String> {
+    if let Ok(d) = humantime::parse_duration(s) {
+        return std::time::SystemTime::now()
+            .checked_sub(d)
+            .ok_or_else(|| format!("{s} reaches before the epoch"));
+    }
+    humantime::parse_rfc3339_weak(s).map_err(|_| {
+        format!("`{s}` is neither a duration (10m, 2h) nor an RFC 3339 time (2026-12-04T03:00:00Z)")
+    })
 }
 
 /// `cmdx jobs`.

@@ -417,10 +417,13 @@ pub async fn logs(args: LogsArgs) -> anyhow::Result<i32> {
     api.token()?;
     let id = args.job.trim().to_string();
     let view = api.job(&id, false).await?;
-    let start = match args.tail {
+    let mut start = match args.tail {
         Some(lines) => tail_offset(&api, &id, view.output_bytes, lines).await?,
         None => 0,
     };
+    if let Some(since) = args.since {
+        start = start.max(since_offset(&api, &id, since).await?);
+    }
     if !args.follow {
         // Everything stored now; a finished job's log is complete.
         let stop_at = (!view.status.is_terminal()).then_some(view.output_bytes);
@@ -483,6 +486,24 @@ async fn tail_offset(api: &Api, id: &str, end: u64, lines: u64) -> anyhow::Resul
         }
         window = window.saturating_mul(4);
     }
+}
+
+/// Where the output job `id`'s hub stored since `since` begins (`GET /api/jobs/{id}/output`
+/// with `since` and no bytes: the `x-output-offset` header).
+async fn since_offset(api: &Api, id: &str, since: std::time::SystemTime) -> anyhow::Result<u64> {
+    let path = format!(
+        "/api/jobs/{}/output?since={}&limit=0",
+        encode_query(id),
+        encode_query(&humantime::format_rfc3339_millis(since).to_string())
+    );
+    let resp = api
+        .send(api.request(reqwest::Method::GET, &path), "the job's output")
+        .await?;
+    let resp = super::api::check(resp, &format!("job {id}")).await?;
+    resp.headers()
+        .get("x-output-offset")
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+        .ok_or_else(|| anyhow!("the hub did not say where the output since then starts"))
 }
 
 /// `--zip FILE` must be a readable ZIP archive (its central directory parses).

@@ -54,14 +54,7 @@ pub async fn list(hub: &Arc<Hub>, req: Req) -> ApiResult<Response> {
         ),
         None => None,
     };
-    let limit = match req.param("limit") {
-        Some(l) => l
-            .parse::<usize>()
-            .ok()
-            .filter(|l| (1..=1000).contains(l))
-            .ok_or_else(|| ApiError::bad_request("limit must be 1..=1000"))?,
-        None => 50,
-    };
+    let limit = page_limit(&req, 50)?;
     let cursor = req.param("cursor").filter(|c| !c.is_empty());
     let q = req
         .param("q")
@@ -97,6 +90,18 @@ pub async fn list(hub: &Arc<Hub>, req: Req) -> ApiResult<Response> {
     }))
 }
 
+/// The `limit` query parameter of a paged list: 1 to 1000, `default` when absent.
+fn page_limit(req: &Req, default: usize) -> ApiResult<usize> {
+    match req.param("limit") {
+        Some(l) => l
+            .parse::<usize>()
+            .ok()
+            .filter(|l| (1..=1000).contains(l))
+            .ok_or_else(|| ApiError::bad_request("limit must be 1..=1000")),
+        None => Ok(default),
+    }
+}
+
 /// `POST /api/jobs/cancel {jobId}`.
 pub async fn cancel(hub: &Arc<Hub>, mut req: Req) -> ApiResult<Response> {
     let caller = user(hub, &req)?;
@@ -110,7 +115,8 @@ pub async fn cancel(hub: &Arc<Hub>, mut req: Req) -> ApiResult<Response> {
     })))
 }
 
-/// `GET /api/jobs/{id}/output?offset=N&limit=M`: raw bytes of the combined log. The
+/// `GET /api/jobs/{id}/output?offset=N&limit=M&since=T`: raw bytes of the combined log (from
+/// the first chunk stored at or after the RFC 3339 time `T`, if given and later). The
 /// `x-output-offset` header says where the bytes start (later than asked when the cap dropped
 /// the head), `x-output-end` where they end (at most where the stored log ends now). The body
 /// streams from the store a page at a time as the client reads it, with its `Content-Length`.
@@ -123,6 +129,16 @@ pub async fn output(hub: &Arc<Hub>, req: Req, id: &str) -> ApiResult<Response> {
             .map_err(|_| ApiError::bad_request("offset must be a byte count"))?,
         None => 0,
     };
+    let since_ms = match req.param("since").filter(|s| !s.is_empty()) {
+        Some(s) => Some(
+            humantime::parse_rfc3339_weak(&s)
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .ok_or_else(|| ApiError::bad_request("since must be an RFC 3339 time"))?
+                .as_millis() as u64,
+        ),
+        None => None,
+    };
     let limit = match req.param("limit") {
         Some(l) => l
             .parse::<usize>()
@@ -130,6 +146,10 @@ pub async fn output(hub: &Arc<Hub>, req: Req, id: &str) -> ApiResult<Response> {
         None => hub.config.output_cap_bytes as usize,
     }
     .min(hub.config.output_cap_bytes as usize + (1 << 20));
+    let offset = match since_ms {
+        Some(ms) => offset.max(crate::relay::offset_since(hub.store.as_ref(), &job.id, ms).await?),
+        None => offset,
+    };
     let (start, end, idx) =
         crate::relay::raw_bounds(hub.store.as_ref(), &job.id, offset, limit as u64).await?;
     let mut resp = match idx {
@@ -154,4 +174,44 @@ pub async fn output(hub: &Arc<Hub>, req: Req, id: &str) -> ApiResult<Response> {
         }
     }
     Ok(resp)
+}
+
+/// `GET /api/jobs/{id}/output/search?q=TEXT&cursor=LINE:OFFSET&limit=N&case=sensitive`: one
+/// page of a literal search over the whole stored log (see `relay::search`), with the same
+/// visibility as the log itself.
+pub async fn search_output(hub: &Arc<Hub>, req: Req, id: &str) -> ApiResult<Response> {
+    use crate::relay::search;
+    let caller = user(hub, &req)?;
+    let q = req.param("q").unwrap_or_default();
+    if q.is_empty() || q.len() > search::MAX_QUERY {
+        return Err(ApiError::bad_request(format!(
+            "q must be 1 to {} bytes of text",
+            search::MAX_QUERY
+        )));
+    }
+    let case_sensitive = match req.param("case").as_deref() {
+        None | Some("insensitive") => false,
+        Some("sensitive") => true,
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "case must be sensitive or insensitive",
+            ));
+        }
+    };
+    let limit = page_limit(&req, 100)?;
+    let from = match req.param("cursor").filter(|c| !c.is_empty()) {
+        Some(c) => Some(search::Cursor::parse(&c).ok_or_else(|| {
+            ApiError::bad_request("cursor must be LINE:OFFSET, as the last page's next")
+        })?),
+        None => None,
+    };
+    let query = search::Query::new(&q, case_sensitive, limit)
+        .ok_or_else(|| ApiError::bad_request("q must not be empty"))?;
+    let job = jobs::views::visible_job(hub, &caller, id).await?;
+    match search::search(hub.store.as_ref(), &job.id, &query, from).await? {
+        Ok(page) => Ok(json(&page)),
+        Err(search::SearchEnd::CursorGone) => Err(ApiError::conflict(
+            "the output cap dropped that part of the log meanwhile: search again from the start",
+        )),
+    }
 }

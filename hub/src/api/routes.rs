@@ -216,6 +216,11 @@ pub(super) static ROUTES: &[Route] = &[
         "/api/jobs/*/output",
         with_id!(jobs_api::output),
     ),
+    Route::new(
+        Method::GET,
+        "/api/jobs/*/output/search",
+        with_id!(jobs_api::search_output),
+    ),
     Route::new(Method::POST, "/api/jobs/*/rerun", with_id!(jobs_api::rerun)),
     Route::new(
         Method::GET,

@@ -23,9 +23,10 @@ use tokio::sync::broadcast;
 use crate::store::{ChunkRecord, OutputMeta, Store, StoreResult};
 
 mod read;
+pub mod search;
 mod subscribe;
 
-pub use read::{raw_bounds, raw_stream, read_split};
+pub use read::{offset_since, raw_bounds, raw_stream, read_split};
 pub use subscribe::{Encoded, Outbox, Queued, SubEnd, encode, subscribe};
 
 /// Broadcast ring size per job (chunks).

@@ -139,3 +139,27 @@ async fn raw_page(
     }
     Ok((bytes::Bytes::from(out), next, at))
 }
+
+/// Offset of the first stored chunk stored at or after `since_ms` (epoch ms): where the output
+/// printed since then begins; the end of the stored log when nothing was stored since, 0 for
+/// an empty log. Reads the chunks' headers page by page from the first stored one (chunks are
+/// stored in time order), so the work is bounded by the output cap.
+pub async fn offset_since(store: &dyn Store, job_id: &str, since_ms: u64) -> StoreResult<u64> {
+    let Some(mut idx) = store.chunk_index_at(job_id, 0).await? else {
+        return Ok(0);
+    };
+    let mut end = 0;
+    loop {
+        let page = store.read_chunks(job_id, idx, PAGE_BYTES).await?;
+        let Some(tail) = page.last() else {
+            return Ok(end);
+        };
+        if let Some(c) = page.iter().find(|c| c.time_ms >= since_ms) {
+            return Ok(c.offset);
+        }
+        (idx, end) = (tail.index + 1, tail.end());
+        if is_last_page(&page) {
+            return Ok(end);
+        }
+    }
+}

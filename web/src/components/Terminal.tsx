@@ -133,3 +133,43 @@ export function Terminal({ onReady, onFollowChange, label }: Props) {
     </>
   );
 }
+
+// Log lines and terminal rows. The terminal cannot number or fold its rows, so the page keeps
+// line numbers beside it (search results, "go to line", the lines viewer): the row where the
+// cursor is holds line `current` (the line being written), and each row above it that is not
+// the wrapped continuation of the row before starts an earlier line. Cursor-moving escape
+// sequences would break this; job logs rarely use them outside one line (`\r` stays on its line).
+
+/** The buffer row where log line `n` starts, or null when the terminal no longer holds it. */
+export function rowOfLine(term: XTerm, current: number, n: number): number | null {
+  const b = term.buffer.active;
+  let line = current;
+  for (let r = b.baseY + b.cursorY; r >= 0 && line >= n; r--) {
+    const row = b.getLine(r);
+    if (!row) return null;
+    if (!row.isWrapped) {
+      if (line === n) return r;
+      line--;
+    }
+  }
+  return null;
+}
+
+/** The first log line the terminal still holds (1 until the scrollback trims the head). */
+export function firstLineShown(term: XTerm, current: number): number {
+  const b = term.buffer.active;
+  let line = current;
+  for (let r = b.baseY + b.cursorY; r > 0; r--) {
+    if (!b.getLine(r)?.isWrapped) line--;
+  }
+  return Math.max(1, line);
+}
+
+/** Scrolls line `n` into view and selects it (the highlight); false when it is not held. */
+export function showLine(term: XTerm, current: number, n: number): boolean {
+  const row = rowOfLine(term, current, n);
+  if (row === null) return false;
+  term.scrollToLine(Math.max(0, row - Math.floor(term.rows / 3)));
+  term.selectLines(row, row);
+  return true;
+}

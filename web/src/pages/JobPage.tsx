@@ -1,10 +1,11 @@
 import { useEffect, useRef, useState } from 'preact/hooks';
-import { api, ApiError, fetchOutput, outputUrl } from '../api';
+import { api, ApiError, fetchOutput, outputUrl, searchOutput } from '../api';
 import { Artifacts } from '../components/Artifacts';
 import { EmptyState, ErrorBanner, PageHeader } from '../components/Layout';
 import { Link } from '../components/Link';
 import { StatusBadge } from '../components/StatusBadge';
-import { Terminal, SCROLLBACK_LINES, type TerminalHandle } from '../components/Terminal';
+import { LinesViewer, SearchResults, SectionList, type SearchState } from '../components/LogTools';
+import { Terminal, SCROLLBACK_LINES, firstLineShown, showLine, type TerminalHandle } from '../components/Terminal';
 import { useNow } from '../components/useNow';
 import {
   failureLabel,
@@ -15,6 +16,7 @@ import {
   shortId,
 } from '../lib/format';
 import { isNewer, isTerminal } from '../lib/jobs';
+import { LineTracker, lineFromHash, type Section } from '../lib/logLines';
 import { OutputFollower } from '../lib/outputFollower';
 import { jobPath } from '../lib/routes';
 import { navigate } from '../state';
@@ -45,8 +47,21 @@ export function JobPage({ jobId }: { jobId: string }) {
   const [busy, setBusy] = useState<'cancel' | 'rerun' | null>(null);
   const [following, setFollowing] = useState(true);
   const [query, setQuery] = useState('');
+  const [caseSensitive, setCaseSensitive] = useState(false);
   const [searchNote, setSearchNote] = useState<string | null>(null);
+  const [search, setSearch] = useState<SearchState | null>(null);
+  const [hit, setHit] = useState(-1);
   const [hasOutput, setHasOutput] = useState(false);
+  // Lines of the log so far, and the first one the terminal still holds.
+  const [lineCount, setLineCount] = useState({ total: 0, first: 1 });
+  const [sections, setSections] = useState<Section[]>([]);
+  const [viewer, setViewer] = useState<{ line: number; offset: number; target: number; before: number } | null>(null);
+  const [currentLine, setCurrentLine] = useState<number | null>(null);
+  const tracker = useRef(new LineTracker());
+  const followerRef = useRef<OutputFollower | null>(null);
+  /** The log offset of the first byte the tracker took (the first stored byte). */
+  const baseOffset = () => (followerRef.current?.offset ?? 0) - tracker.current.bytes;
+  const pendingLine = useRef<number | null>(lineFromHash(window.location.hash));
   const term = useRef<TerminalHandle | null>(null);
   const unsub = useRef<(() => void) | null>(null);
   const restart = useRef<(() => void) | null>(null);
@@ -110,6 +125,7 @@ export function JobPage({ jobId }: { jobId: string }) {
     restart.current = () => {
       unsub.current?.();
       h.term.reset();
+      tracker.current = new LineTracker();
       setHasOutput(false);
       follow(h);
     };
@@ -125,17 +141,85 @@ export function JobPage({ jobId }: { jobId: string }) {
           setHasOutput(true);
         }
         h.term.write(d);
+        if (typeof d !== 'string') {
+          tracker.current.push(d);
+          countSoon();
+          const want = pendingLine.current;
+          if (want !== null && tracker.current.lines >= want) goToLine(want);
+        }
       },
       fetchFrom: (offset) => fetchOutput(jobId, offset),
       resubscribe: () => hubSocket.resubscribeOutput(jobId),
-      onComplete: () => void refresh(),
+      onComplete: () => {
+        void refresh();
+        countSoon();
+        // Also a line shown early in the replay and trimmed from the terminal since.
+        const n = pendingLine.current ?? lineFromHash(window.location.hash);
+        if (n !== null) goToLine(n);
+      },
     });
+    followerRef.current = follower;
     const off = hubSocket.subscribeOutput(jobId, () => follower.offset, (m) => follower.handle(m));
     unsub.current = () => {
       follower.stop();
       off();
     };
   };
+
+  // Line counts and sections are refreshed at most every 300 ms while output streams in.
+  const countTimer = useRef<ReturnType<typeof setTimeout> | null>(null);
+  const countSoon = () => {
+    if (countTimer.current) return;
+    countTimer.current = setTimeout(() => {
+      countTimer.current = null;
+      const h = term.current;
+      if (!h) return;
+      h.term.write('', () => {
+        const t = tracker.current;
+        setLineCount({ total: t.lines, first: firstLineShown(h.term, t.line) });
+        setSections([...t.sections]);
+      });
+    }, 300);
+  };
+  useEffect(() => () => {
+    if (countTimer.current) clearTimeout(countTimer.current);
+  }, []);
+
+  /** Shows line `n`: in the terminal when it holds it, else in the lines viewer. */
+  const goToLine = (n: number, offset?: number) => {
+    const h = term.current;
+    if (!h) return;
+    pendingLine.current = null;
+    h.term.write('', () => {
+      const t = tracker.current;
+      setCurrentLine(n);
+      if (n > t.lines) {
+        // Not written yet: try again as output comes.
+        pendingLine.current = n;
+        setSearchNote(`Line ${n} is not in the log yet`);
+        return;
+      }
+      if (showLine(h.term, t.line, n)) {
+        setViewer(null);
+        return;
+      }
+      const first = firstLineShown(h.term, t.line);
+      // From the checkpoint before it, for context (a search's offset when there is none).
+      const c = t.checkpointFor(n);
+      const from = c.line > 1 || offset === undefined ? { line: c.line, offset: baseOffset() + c.at } : { line: n, offset };
+      setViewer({ ...from, target: n, before: first });
+    });
+  };
+
+  // `#L123` links (search results, line numbers, a shared URL) go to their line.
+  useEffect(() => {
+    const onHash = () => {
+      const n = lineFromHash(window.location.hash);
+      if (n !== null) goToLine(n, search?.matches.find((m) => m.line === n)?.offset);
+    };
+    window.addEventListener('hashchange', onHash);
+    return () => window.removeEventListener('hashchange', onHash);
+  }, [search]);
 
   if (load.state === 'loading') {
     return <p class="muted" role="status">Loading job…</p>;
@@ -196,11 +280,52 @@ export function JobPage({ jobId }: { jobId: string }) {
     }
   };
 
-  const find = (forward: boolean) => {
-    const h = term.current;
-    if (!h || !query) return;
-    const found = forward ? h.search.findNext(query) : h.search.findPrevious(query);
-    setSearchNote(found ? null : 'No matches');
+  /** Runs (or continues) the search over the whole stored log; returns the state after it. */
+  const runSearch = async (prev: SearchState | null): Promise<SearchState | null> => {
+    const base: SearchState = prev ?? { query, caseSensitive, matches: [], next: null, linesScanned: 0, loading: true, error: null };
+    setSearch({ ...base, loading: true });
+    try {
+      let st = base;
+      let cursor = prev?.next ?? null;
+      // Pages until a match or the end: the hub reads 8 MiB per request at most.
+      do {
+        const page = await searchOutput(job.jobId, st.query, st.caseSensitive, cursor);
+        cursor = page.next ?? null;
+        st = { ...st, matches: [...st.matches, ...page.matches], next: cursor, linesScanned: st.linesScanned + page.linesScanned };
+        setSearch({ ...st, loading: cursor !== null });
+      } while (cursor !== null && st.matches.length === (prev?.matches.length ?? 0));
+      st = { ...st, loading: false };
+      setSearch(st);
+      return st;
+    } catch (err) {
+      const st = { ...base, loading: false, error: err instanceof Error ? err.message : 'Search failed' };
+      setSearch(st);
+      return null;
+    }
+  };
+
+  const find = async (forward: boolean) => {
+    if (!query) return;
+    let st = search;
+    let i = hit;
+    if (!st || st.query !== query || st.caseSensitive !== caseSensitive) {
+      st = await runSearch(null);
+      i = -1;
+    } else if (forward && i + 1 >= st.matches.length && st.next) {
+      st = await runSearch(st);
+    }
+    if (!st) return;
+    if (st.matches.length === 0) {
+      setSearchNote('No matches');
+      return;
+    }
+    const n = st.matches.length;
+    const next = forward ? (i + 1) % n : (i - 1 + n) % n;
+    setHit(next);
+    const m = st.matches[next]!;
+    setSearchNote(`Match ${next + 1} of ${n}${st.next ? '+' : ''}`);
+    history.replaceState(null, '', `#L${m.line}`);
+    goToLine(m.line, m.offset);
   };
 
   return (
@@ -322,18 +447,22 @@ export function JobPage({ jobId }: { jobId: string }) {
               onInput={(e) => {
                 setQuery(e.currentTarget.value);
                 setSearchNote(null);
+                setHit(-1);
               }}
               onKeyDown={(e) => {
                 if (e.key === 'Enter') {
                   e.preventDefault();
-                  find(!e.shiftKey);
+                  void find(!e.shiftKey);
                 }
               }}
             />
-            <button type="button" class="btn btn-small" onClick={() => find(false)} disabled={!query}>
+            <label class="check">
+              <input type="checkbox" checked={caseSensitive} onChange={(e) => setCaseSensitive(e.currentTarget.checked)} /> Match case
+            </label>
+            <button type="button" class="btn btn-small" onClick={() => void find(false)} disabled={!query}>
               Previous
             </button>
-            <button type="button" class="btn btn-small" onClick={() => find(true)} disabled={!query}>
+            <button type="button" class="btn btn-small" onClick={() => void find(true)} disabled={!query}>
               Next
             </button>
             {searchNote && <span class="muted" role="status">{searchNote}</span>}
@@ -362,13 +491,52 @@ export function JobPage({ jobId }: { jobId: string }) {
             </div>
           )}
         </div>
-        <p class="hint">
-          The terminal keeps the last {SCROLLBACK_LINES.toLocaleString('en')} lines; the full log is in{' '}
-          <a href={outputUrl(job.jobId)} download={`cmdx-${job.jobId}.log`}>
-            the download
-          </a>
-          . Drag the terminal's bottom-right corner to resize it; Escape, then Tab, leaves it.
-        </p>
+        {lineCount.first > 1 ? (
+          <p class="alert alert-info log-truncated" role="status">
+            The terminal holds the last lines only: lines 1–{(lineCount.first - 1).toLocaleString('en')} of{' '}
+            {lineCount.total.toLocaleString('en')} are not shown. Search covers the whole log.{' '}
+            <button
+              type="button"
+              class="btn btn-small"
+              onClick={() => setViewer({ line: 1, offset: baseOffset(), target: 1, before: lineCount.first })}
+            >
+              Show earlier lines
+            </button>{' '}
+            <a href={outputUrl(job.jobId)} download={`cmdx-${job.jobId}.log`}>
+              Download the full log
+            </a>
+          </p>
+        ) : (
+          <p class="hint">
+            {lineCount.total > 0 && `${lineCount.total.toLocaleString('en')} ${lineCount.total === 1 ? 'line' : 'lines'}. `}
+            The terminal keeps the last {SCROLLBACK_LINES.toLocaleString('en')} lines; the full log is in{' '}
+            <a href={outputUrl(job.jobId)} download={`cmdx-${job.jobId}.log`}>
+              the download
+            </a>
+            .
+          </p>
+        )}
+        <SectionList sections={sections} />
+        {viewer && (
+          <LinesViewer
+            jobId={job.jobId}
+            line={viewer.line}
+            offset={viewer.offset}
+            target={viewer.target}
+            before={viewer.before}
+            sectionOf={(n) => tracker.current.sectionOf(n)}
+            onClose={() => setViewer(null)}
+          />
+        )}
+        {search && (
+          <SearchResults
+            search={search}
+            sectionOf={(n) => tracker.current.sectionOf(n)}
+            onMore={() => void runSearch(search)}
+            current={currentLine}
+          />
+        )}
+        <p class="hint">Drag the terminal's bottom-right corner to resize it; Escape, then Tab, leaves it.</p>
         <div id="after-output" tabIndex={-1} />
       </section>
 
