@@ -28,7 +28,7 @@ say() { printf 'container-smoke: %s\n' "$*" >&2; }
 pm() { podman --runtime runc "$@"; }
 limits=(--ulimit "nofile=$(ulimit -Hn):$(ulimit -Hn)" --ulimit nproc=32768:32768)
 cleanup() {
-  podman rm -f "$name-hub" "$name-agent" >/dev/null 2>&1 || true
+  podman --runtime runc rm -f "$name-hub" "$name-agent" >/dev/null 2>&1 || true
   rm -rf "$work"
 }
 trap cleanup EXIT
