@@ -41,16 +41,11 @@ const BATCH: usize = 4096;
 pub(crate) enum Note {
     /// A job entered the queue (submitted or requeued) under `seq` with `tags`.
     Queued {
-        /// Queue order.
-        seq: u64,
-        /// The job.
-        job_id: String,
         /// Its tag set.
         tags: Vec<String>,
-        /// Its priority (0 from hubs that predate priorities).
-        priority: i32,
-        /// Its owner (empty from hubs that predate fair share).
-        owner: String,
+        /// Queue order, job, priority (0 from hubs that predate priorities) and owner (empty
+        /// from hubs that predate fair share).
+        entry: crate::queue::Entry,
     },
     /// The job's owner or an admin asked to cancel it: whoever holds its worker tells it.
     Cancel {
@@ -95,15 +90,13 @@ impl Note {
     /// One line: a kind letter, the sending hub, then fields, tab-separated.
     fn encode(&self, hub_id: &str) -> String {
         match self {
-            Note::Queued {
-                seq,
-                job_id,
-                tags,
-                priority,
-                owner,
-            } => format!(
-                "q\t{hub_id}\t{seq}\t{job_id}\t{}\t{priority}\t{owner}",
-                serde_json::to_string(tags).unwrap_or_else(|_| "[]".into())
+            Note::Queued { tags, entry: e } => format!(
+                "q\t{hub_id}\t{}\t{}\t{}\t{}\t{}",
+                e.seq,
+                e.job_id,
+                serde_json::to_string(tags).unwrap_or_else(|_| "[]".into()),
+                e.priority,
+                e.owner
             ),
             Note::Cancel { job_id } => format!("c\t{hub_id}\t{job_id}"),
             Note::Drain { worker_id } => format!("d\t{hub_id}\t{worker_id}"),
@@ -121,13 +114,19 @@ impl Note {
         let kind = f.next()?;
         let from = f.next()?;
         let note = match kind {
-            "q" => Note::Queued {
-                seq: f.next()?.parse().ok()?,
-                job_id: f.next()?.to_string(),
-                tags: serde_json::from_str(f.next()?).ok()?,
-                priority: f.next().and_then(|p| p.parse().ok()).unwrap_or(0),
-                owner: f.next().unwrap_or_default().to_string(),
-            },
+            "q" => {
+                let seq = f.next()?.parse().ok()?;
+                let job_id = f.next()?.to_string();
+                Note::Queued {
+                    tags: serde_json::from_str(f.next()?).ok()?,
+                    entry: crate::queue::Entry {
+                        seq,
+                        job_id,
+                        priority: f.next().and_then(|p| p.parse().ok()).unwrap_or(0),
+                        owner: f.next().unwrap_or_default().to_string(),
+                    },
+                }
+            }
             "c" => Note::Cancel {
                 job_id: f.next()?.to_string(),
             },
@@ -485,21 +484,7 @@ async fn heard(hub: &Arc<Hub>, line: &str) {
         return;
     }
     match note {
-        Note::Queued {
-            seq,
-            job_id,
-            tags,
-            priority,
-            owner,
-        } => hub.dispatch.enqueue(
-            &tags,
-            crate::queue::Entry {
-                seq,
-                job_id,
-                priority,
-                owner,
-            },
-        ),
+        Note::Queued { tags, entry } => hub.dispatch.enqueue(&tags, entry),
         Note::Cancel { job_id } => {
             let Ok(Some(job)) = hub.store.get_job(&job_id).await else {
                 return;
@@ -551,11 +536,13 @@ mod tests {
     fn notes_round_trip_and_unknown_lines_are_skipped() {
         let notes = [
             Note::Queued {
-                seq: 17,
-                job_id: "j1".into(),
                 tags: vec!["gpu".into(), "odd\ttag".into()],
-                priority: -7,
-                owner: "u1".into(),
+                entry: crate::queue::Entry {
+                    seq: 17,
+                    job_id: "j1".into(),
+                    priority: -7,
+                    owner: "u1".into(),
+                },
             },
             Note::Cancel {
                 job_id: "j2".into(),

@@ -142,14 +142,11 @@ impl Hub {
     /// Puts `job`, queued under `seq`, in the queue: this hub's dispatch index, and every other
     /// hub's of a cluster.
     pub(crate) fn enqueue(&self, seq: u64, job: &crate::store::JobRecord) {
-        self.dispatch
-            .enqueue(&job.tags, crate::queue::Entry::of(seq, job));
+        let entry = crate::queue::Entry::of(seq, job);
+        self.dispatch.enqueue(&job.tags, entry.clone());
         self.cluster.tell(crate::cluster::Note::Queued {
-            seq,
-            job_id: job.id.clone(),
             tags: job.tags.clone(),
-            priority: job.priority,
-            owner: job.owner.clone(),
+            entry,
         });
     }
 
