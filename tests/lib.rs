@@ -362,6 +362,26 @@ impl HubProc {
         (status, serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 
+    /// Any method with a JSON body and a bearer token; returns (status, body) whatever the
+    /// status (`null` when the answer is not JSON).
+    pub async fn send_json(
+        &self,
+        token: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Value,
+    ) -> (u16, Value) {
+        let r = self
+            .http
+            .request(method, format!("{}{path}", self.url))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .expect("request");
+        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    }
+
     /// GET JSON with a bearer token; returns (status, body).
     pub async fn get(&self, token: &str, path: &str) -> (u16, Value) {
         let r = self

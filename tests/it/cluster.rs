@@ -709,15 +709,16 @@ async fn account_changes_and_sign_outs_reach_every_hub() {
         .unwrap();
     assert_eq!(b.get(&frank_b, "/api/jobs/list").await.0, 200);
 
-    let r = a
-        .http
-        .patch(format!("{}/api/users/{id}", a.url))
-        .bearer_auth(&admin)
-        .json(&json!({"disabled": true}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    let path = format!("/api/users/{id}");
+    let (status, _) = a
+        .send_json(
+            &admin,
+            reqwest::Method::PATCH,
+            &path,
+            json!({"disabled": true}),
+        )
+        .await;
+    assert_eq!(status, 200);
     wait_for("hub B to end frank's session", || async {
         (b.get(&frank_b, "/api/jobs/list").await.0 == 401).then_some(())
     })

@@ -94,32 +94,15 @@ async fn metrics_text(hub: &HubProc) -> (u16, String) {
     (r.status().as_u16(), r.text().await.unwrap())
 }
 
-/// Sends `body` with `method` to `path` as `token`; returns (status, body) whatever the status.
-async fn send(
-    hub: &HubProc,
-    method: reqwest::Method,
-    path: &str,
-    token: &str,
-    body: Value,
-) -> (u16, Value) {
-    let r = hub
-        .http
-        .request(method, format!("{}{path}", hub.url))
-        .bearer_auth(token)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
-}
-
 async fn try_submit(hub: &HubProc, token: &str, body: Value) -> (u16, Value) {
-    send(hub, reqwest::Method::POST, "/api/jobs/submit", token, body).await
+    hub.send_json(token, reqwest::Method::POST, "/api/jobs/submit", body)
+        .await
 }
 
 async fn put_quota(hub: &HubProc, token: &str, user: &str, body: Value) -> (u16, Value) {
     let path = format!("/api/users/{user}/quota");
-    send(hub, reqwest::Method::PUT, &path, token, body).await
+    hub.send_json(token, reqwest::Method::PUT, &path, body)
+        .await
 }
 
 on_both_stores!(

@@ -198,26 +198,15 @@ async fn admin_routes_check_the_accounts_role_now() {
 }
 
 async fn patch_user(hub: &HubProc, token: &str, id: &str, body: Value) -> (u16, Value) {
-    let r = hub
-        .http
-        .patch(format!("{}/api/users/{id}", hub.url))
-        .bearer_auth(token)
-        .json(&body)
-        .send()
+    let path = format!("/api/users/{id}");
+    hub.send_json(token, reqwest::Method::PATCH, &path, body)
         .await
-        .unwrap();
-    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
 }
 
 async fn delete_user(hub: &HubProc, token: &str, id: &str, jobs: &str) -> (u16, Value) {
-    let r = hub
-        .http
-        .delete(format!("{}/api/users/{id}{jobs}", hub.url))
-        .bearer_auth(token)
-        .send()
+    let path = format!("/api/users/{id}{jobs}");
+    hub.send_json(token, reqwest::Method::DELETE, &path, Value::Null)
         .await
-        .unwrap();
-    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
 }
 
 async fn login_status(hub: &HubProc, email: &str, password: &str) -> (u16, Value) {
