@@ -47,6 +47,10 @@ pub enum ServerMsg {
         stream: StreamKind,
         /// The bytes.
         data: Bytes64,
+        /// When the hub stored them (Unix time, ms): the time of the output, for per-line
+        /// timestamps. 0 from a hub before this field.
+        #[serde(default)]
+        time_ms: u64,
     },
     /// The requested bytes were dropped by the output cap; the stream continues at `offset`.
     #[serde(rename_all = "camelCase")]

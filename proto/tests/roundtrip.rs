@@ -252,7 +252,7 @@ proptest! {
             let text = serde_json::to_string(&m).unwrap();
             prop_assert_eq!(serde_json::from_str::<ClientMsg>(&text).unwrap(), m);
         }
-        let m = ServerMsg::Output { job_id, offset, stream: s, data: Bytes64(data) };
+        let m = ServerMsg::Output { job_id, offset, stream: s, data: Bytes64(data), time_ms: offset / 3 };
         let text = serde_json::to_string(&m).unwrap();
         prop_assert_eq!(serde_json::from_str::<ServerMsg>(&text).unwrap(), m);
     }
@@ -280,11 +280,18 @@ fn documented_json_shapes() {
         offset: 0,
         stream: StreamKind::Stderr,
         data: Bytes64(b"hi".to_vec()),
+        time_ms: 1_767_225_600_000,
     };
     assert_eq!(
         serde_json::to_value(&o).unwrap(),
-        serde_json::json!({"type": "output", "jobId": "j1", "offset": 0, "stream": "stderr", "data": "aGk="})
+        serde_json::json!({"type": "output", "jobId": "j1", "offset": 0, "stream": "stderr", "data": "aGk=", "timeMs": 1_767_225_600_000_u64})
     );
+    // A hub before `timeMs` sent none: it reads as 0 (unknown).
+    let old: ServerMsg = serde_json::from_str(
+        r#"{"type": "output", "jobId": "j1", "offset": 0, "stream": "stdout", "data": "aGk="}"#,
+    )
+    .unwrap();
+    assert!(matches!(old, ServerMsg::Output { time_ms: 0, .. }));
     assert_eq!(
         serde_json::to_value(FailureKind::WorkerLost).unwrap(),
         "worker_lost"

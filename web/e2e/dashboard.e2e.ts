@@ -465,6 +465,88 @@ describe('dashboard against cmdx dev', () => {
     }
   });
 
+  it('folds sections inside the terminal and shows when each line was stored', async () => {
+    const folds = await newPage(browser, hub.url);
+    try {
+      const p = folds.page;
+      await signIn(p, ADMIN_EMAIL, ADMIN_PASSWORD);
+      await p.evaluate(() => localStorage.removeItem('cmdx.timestamps'));
+      // A live job: everything shows as it comes; the reader folds a section while it runs
+      // and its later lines stay out of the terminal.
+      const live = await submitFromForm(
+        p,
+        "printf '::group::Live\\nfirst in live\\n'; sleep 3; printf 'second in live\\n::endgroup::\\nafter live\\n'",
+      );
+      await waitFor('the first line', async () => (await terminalText(p)).includes('first in live'));
+      expect(await terminalText(p)).toContain('▾ Live');
+      await p.locator('.log-sections summary').click();
+      await p.getByRole('button', { name: 'Fold Live' }).click();
+      await waitFor('the section folded', async () => (await terminalText(p)).includes('▸ Live'));
+      await p.locator('.page-header .badge[data-status="completed"]').waitFor({ timeout: 60_000 });
+      await waitFor('the line after the section', async () => (await terminalText(p)).includes('after live'));
+      expect(await terminalText(p)).not.toContain('second in live');
+      expect(await p.getByRole('button', { name: 'Fold Live' }).getAttribute('aria-pressed')).toBe('true');
+
+      // A finished log opens folded as its markers ask: GitHub groups and `---` folded, `+++`
+      // open; a click on a header row in the terminal unfolds it.
+      const done = await submitFromForm(
+        p,
+        "printf 'start\\n::group::Setup\\nsetup line a\\nsetup line b\\n::endgroup::\\n--- Build\\nbuild line\\n+++ Test\\ntest line\\n'",
+      );
+      await p.locator('.page-header .badge[data-status="completed"]').waitFor({ timeout: 60_000 });
+      await p.reload();
+      await waitFor('the finished log', async () => (await terminalText(p)).includes('test line'));
+      let text = await terminalText(p);
+      expect(text).toContain('▸ Setup (3 lines)');
+      expect(text).toContain('▸ Build (1 line)');
+      expect(text).toContain('▾ Test');
+      expect(text).not.toContain('setup line a');
+      expect(text).not.toContain('::group::');
+      // Hover (xterm finds links on mouse moves), then click, as a reader's mouse would.
+      const header = (await p.locator('.term-host .xterm-rows > div', { hasText: '▸ Setup' }).boundingBox())!;
+      await p.mouse.move(header.x + 20, header.y + header.height / 2);
+      await waitFor('the header as a link', async () => (await p.locator('.term-host .xterm-screen').evaluate((e) => getComputedStyle(e).cursor)) === 'pointer' ||
+        (await p.locator('.term-host .xterm').evaluate((e) => e.classList.contains('xterm-cursor-pointer'))));
+      await p.mouse.click(header.x + 20, header.y + header.height / 2);
+      await waitFor('Setup unfolded', async () => (await terminalText(p)).includes('setup line a'));
+      expect(await terminalText(p)).toContain('▸ Build (1 line)');
+      // Back folded from the list; a link to a line inside it unfolds it and selects the line.
+      await p.locator('.log-sections summary').click();
+      await p.getByRole('button', { name: 'Fold Setup' }).click();
+      await waitFor('Setup folded', async () => !(await terminalText(p)).includes('setup line a'));
+      await p.goto(`${done}#L4`);
+      await waitFor('line 4 shown', async () => (await terminalText(p)).includes('setup line b'));
+      await waitFor('line 4 selected', async () => (await p.evaluate(() => window.getSelection()?.toString() ?? '')).length > 0 ||
+        (await p.locator('.xterm-selection div').count()) > 0);
+
+      // Timestamps: each line starts with the time the hub stored it, in the viewer's zone;
+      // the choice survives a reload.
+      await p.getByLabel('Timestamps').check();
+      await waitFor('stamped lines', async () => /\d\d:\d\d:\d\d\.\d{3} test line/.test(await terminalText(p)));
+      const stamp = /(\d\d):(\d\d):(\d\d)\.\d{3} test line/.exec(await terminalText(p))!;
+      // The job's end in the page's zone, as seconds of the day: the stamp is within its run.
+      const endSec = await p.evaluate(async (id) => {
+        const job = await (await fetch(`/api/jobs/status?jobId=${id}&output=false`)).json();
+        const [h, m, sec] = new Date(job.completedAt).toLocaleTimeString('en-GB', { hourCycle: 'h23' }).split(':').map(Number);
+        return h! * 3600 + m! * 60 + sec!;
+      }, done.split('/').pop()!);
+      const stampSec = +stamp[1]! * 3600 + +stamp[2]! * 60 + +stamp[3]!;
+      expect((endSec - stampSec + 86_400) % 86_400).toBeLessThan(5);
+      await p.reload();
+      await waitFor('stamped after a reload', async () => /\d\d:\d\d:\d\d\.\d{3} test line/.test(await terminalText(p)));
+      expect(await p.getByLabel('Timestamps').isChecked()).toBe(true);
+      // Written once: a reload with #L4 unfolds Setup while the log streams in.
+      expect((await terminalText(p)).match(/test line/g)).toHaveLength(1);
+      await screenshot(p, '14-folds-and-timestamps');
+      await p.getByLabel('Timestamps').uncheck();
+      await waitFor('plain lines', async () => (await terminalText(p)).includes('\ntest line') || (await terminalText(p)).startsWith('test line'));
+      expect(live).not.toBe(done);
+      expect(folds.errors).toEqual([]);
+    } finally {
+      await folds.context.close();
+    }
+  });
+
   it('reads well on a narrow window', async () => {
     const narrow = await newPage(browser, hub.url, 390, 844);
     try {

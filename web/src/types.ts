@@ -244,7 +244,7 @@ export type ClientMsg =
 
 /** Hub -> browser on /ws/client. */
 export type ServerMsg =
-  | { type: 'output'; jobId: string; offset: number; stream: StreamKind; data: string }
+  | { type: 'output'; jobId: string; offset: number; stream: StreamKind; data: string; /** When the hub stored the bytes (Unix ms; 0 or absent: unknown). */ timeMs?: number }
   | { type: 'outputSkipped'; jobId: string; offset: number }
   | {
       type: 'outputEnd';

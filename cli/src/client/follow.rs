@@ -171,6 +171,7 @@ pub async fn follow(
                 offset,
                 stream,
                 data,
+                ..
             } if id == job_id => {
                 let end = offset + data.len() as u64;
                 if end <= next {

@@ -61,6 +61,7 @@ impl LiveChunk {
                     offset: self.record.offset,
                     stream: self.record.stream,
                     data: Bytes64(self.record.data.clone()),
+                    time_ms: self.record.time_ms,
                 })
             })
             .clone()

@@ -145,6 +145,7 @@ where
                         offset,
                         stream: c.stream,
                         data: Bytes64(c.data[skip..].to_vec()),
+                        time_ms: c.time_ms,
                     })
                 };
                 if !out.send_output(msg).await {
@@ -220,6 +221,7 @@ async fn replay(
                 offset: *offset,
                 stream: c.stream,
                 data: Bytes64(data),
+                time_ms: c.time_ms,
             });
             // The message takes its share of the page's room; a chunk larger than what is left
             // takes the rest (a chunk is bounded by the agent message limit).

@@ -88,18 +88,50 @@ export function SearchResults({
   );
 }
 
-/** The sections of the log as a list of links (shown when the log has any). */
-export function SectionList({ sections }: { sections: Section[] }) {
+/** The sections of the log: links to each, and buttons that fold or unfold them in the
+ * terminal (also done by clicking a header row there). */
+export function SectionList({
+  sections,
+  folded,
+  onToggle,
+  onFoldAll,
+}: {
+  sections: Section[];
+  folded: (s: Section) => boolean;
+  onToggle: (s: Section) => void;
+  onFoldAll: (folded: boolean) => void;
+}) {
   if (sections.length === 0) return null;
   return (
     <details class="log-sections">
       <summary>Sections ({sections.length})</summary>
+      <p class="log-sections-all">
+        <button type="button" class="btn btn-small" onClick={() => onFoldAll(true)}>
+          Fold all
+        </button>{' '}
+        <button type="button" class="btn btn-small" onClick={() => onFoldAll(false)}>
+          Unfold all
+        </button>
+      </p>
       <ol>
-        {sections.map((s) => (
-          <li key={s.line} class={s.depth > 0 ? 'nested' : undefined}>
-            <a href={`#L${s.line}`}>{s.name}</a> <span class="muted">lines {s.line}–{s.end ?? '…'}</span>
-          </li>
-        ))}
+        {sections.map((s) => {
+          const isFolded = folded(s);
+          return (
+            <li key={s.line} class={s.depth > 0 ? 'nested' : undefined}>
+              <button
+                type="button"
+                class="btn btn-small fold-toggle"
+                aria-pressed={isFolded}
+                aria-label={`Fold ${s.name}`}
+                title={isFolded ? 'Folded in the terminal: press to unfold' : 'Press to fold in the terminal'}
+                onClick={() => onToggle(s)}
+              >
+                {isFolded ? '▸' : '▾'}
+              </button>{' '}
+              <a href={`#L${s.line}`}>{s.name}</a> <span class="muted">lines {s.line}–{s.end ?? '…'}</span>
+            </li>
+          );
+        })}
       </ol>
     </details>
   );

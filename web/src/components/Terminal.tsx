@@ -135,39 +135,68 @@ export function Terminal({ onReady, onFollowChange, label }: Props) {
 }
 
 // Log lines and terminal rows. The terminal cannot number or fold its rows, so the page keeps
-// line numbers beside it (search results, "go to line", the lines viewer): the row where the
-// cursor is holds line `current` (the line being written), and each row above it that is not
-// the wrapped continuation of the row before starts an earlier line. Cursor-moving escape
-// sequences would break this; job logs rarely use them outside one line (`\r` stays on its line).
+// the line each row started with (the renderer's `RowMap`, `lib/logRender.ts`): the cursor's
+// row is the last one started (or a fresh one after a newline), and each row above it that is
+// not the wrapped continuation of the row before is the row started before it.
 
-/** The buffer row where log line `n` starts, or null when the terminal no longer holds it. */
-export function rowOfLine(term: XTerm, current: number, n: number): number | null {
-  const b = term.buffer.active;
-  let line = current;
-  for (let r = b.baseY + b.cursorY; r >= 0 && line >= n; r--) {
-    const row = b.getLine(r);
-    if (!row) return null;
-    if (!row.isWrapped) {
-      if (line === n) return r;
-      line--;
-    }
-  }
-  return null;
+/** Which log line each row the page wrote starts. */
+export interface RowMap {
+  readonly rowCount: number;
+  readonly atFreshRow: boolean;
+  lineOfRow(i: number): number | null;
 }
 
-/** The first log line the terminal still holds (1 until the scrollback trims the head). */
-export function firstLineShown(term: XTerm, current: number): number {
+/** Visits the buffer's rows that start a written row, from the cursor's up, with the index of
+ * the row in `map`, until `visit` returns true. */
+function walkRows(term: XTerm, map: RowMap, visit: (bufferRow: number, index: number) => boolean): void {
   const b = term.buffer.active;
-  let line = current;
-  for (let r = b.baseY + b.cursorY; r > 0; r--) {
-    if (!b.getLine(r)?.isWrapped) line--;
+  let i = map.atFreshRow ? map.rowCount : map.rowCount - 1;
+  for (let r = b.baseY + b.cursorY; r >= 0 && i >= 0; r--) {
+    const row = b.getLine(r);
+    if (!row) return;
+    if (!row.isWrapped) {
+      if (visit(r, i)) return;
+      i--;
+    }
   }
-  return Math.max(1, line);
+}
+
+/** The buffer row where log line `n` starts, or null when the terminal does not hold it. */
+export function rowOfLine(term: XTerm, map: RowMap, n: number): number | null {
+  let found: number | null = null;
+  walkRows(term, map, (r, i) => {
+    const line = map.lineOfRow(i);
+    if (line === n) found = r;
+    return line !== null && line !== 0 && line < n;
+  });
+  return found;
+}
+
+/** The log line buffer row `row` (or the row it wraps from) holds; null for none or a notice. */
+export function lineAtRow(term: XTerm, map: RowMap, row: number): number | null {
+  let found: number | null = null;
+  walkRows(term, map, (r, i) => {
+    if (r > row) return false;
+    found = map.lineOfRow(i) || null;
+    return true;
+  });
+  return found;
+}
+
+/** The first log line the terminal still holds (null when it holds none). */
+export function firstLineShown(term: XTerm, map: RowMap): number | null {
+  let first: number | null = null;
+  walkRows(term, map, (_r, i) => {
+    const line = map.lineOfRow(i);
+    if (line) first = line;
+    return false;
+  });
+  return first;
 }
 
 /** Scrolls line `n` into view and selects it (the highlight); false when it is not held. */
-export function showLine(term: XTerm, current: number, n: number): boolean {
-  const row = rowOfLine(term, current, n);
+export function showLine(term: XTerm, map: RowMap, n: number): boolean {
+  const row = rowOfLine(term, map, n);
   if (row === null) return false;
   term.scrollToLine(Math.max(0, row - Math.floor(term.rows / 3)));
   term.selectLines(row, row);

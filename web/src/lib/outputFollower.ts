@@ -8,8 +8,9 @@ type OutputMsg = Extract<ServerMsg, { type: 'output' | 'outputSkipped' | 'output
 type EndMsg = Extract<ServerMsg, { type: 'outputEnd' }>;
 
 export interface FollowerDeps {
-  /** Writes contiguous bytes (and notices) to the terminal. */
-  write: (data: Uint8Array | string) => void;
+  /** Writes contiguous bytes (and notices) to the terminal, with when the hub stored the
+   * bytes (Unix ms; null when unknown). */
+  write: (data: Uint8Array | string, time: number | null) => void;
   /** Fetches the stored log from `offset` (REST `/output?offset=`); `offset` in the answer is
    * where the bytes really start (later when the output cap dropped them). */
   fetchFrom: (offset: number) => Promise<{ offset: number; bytes: Uint8Array }>;
@@ -44,7 +45,7 @@ export class OutputFollower {
     if (this.stopped) return;
     switch (msg.type) {
       case 'output':
-        this.deliver(this.asm.push(msg.offset, decodeBase64(msg.data)));
+        this.deliver(this.asm.push(msg.offset, decodeBase64(msg.data), msg.timeMs || null));
         break;
       case 'outputSkipped':
         this.deliver(this.asm.skip(msg.offset));
@@ -59,9 +60,9 @@ export class OutputFollower {
   private deliver(d: Delivery): void {
     if (d.skipped) {
       const n = d.skipped.to - d.skipped.from;
-      this.deps.write(`\x1b[0m\r\n\x1b[33m[… ${n} bytes dropped by the output cap …]\x1b[0m\r\n`);
+      this.deps.write(`[… ${n} bytes dropped by the output cap …]`, null);
     }
-    for (const chunk of d.write) this.deps.write(chunk);
+    d.write.forEach((chunk, i) => this.deps.write(chunk, d.times[i] ?? null));
     if (d.complete && this.endMsg && !this.done) {
       this.done = true;
       this.deps.onComplete(this.endMsg);

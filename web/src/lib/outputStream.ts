@@ -10,6 +10,8 @@
 export interface Delivery {
   /** Contiguous bytes to write to the terminal, in order. */
   write: Uint8Array[];
+  /** When the hub stored each of `write` (Unix ms), null when unknown (a REST refetch). */
+  times: (number | null)[];
   /** Bytes dropped by the hub's output cap, now unrecoverable: `[from, to)`. */
   skipped: { from: number; to: number } | null;
   /** A hole `[from, to)` precedes parked data (or the log's end): refetch from `from`. */
@@ -21,6 +23,13 @@ export interface Delivery {
 interface Parked {
   offset: number;
   bytes: Uint8Array;
+  time: number | null;
+}
+
+/** What one delivery writes: bytes and when each was stored. */
+interface Out {
+  write: Uint8Array[];
+  times: (number | null)[];
 }
 
 /** Default bound on parked (out-of-order) bytes; past it they are dropped and refetched. */
@@ -59,20 +68,21 @@ export class OutputAssembler {
     return this.finalOffset !== null && this.nextOffset >= this.finalOffset;
   }
 
-  /** Bytes `data` found at `offset` (a live chunk or a refetch). */
-  push(offset: number, data: Uint8Array): Delivery {
-    const out: Uint8Array[] = [];
-    this.accept(offset, data, out);
+  /** Bytes `data` found at `offset` (a live chunk or a refetch), stored at `time` (Unix ms)
+   * when known. */
+  push(offset: number, data: Uint8Array, time: number | null = null): Delivery {
+    const out = newOut();
+    this.accept(offset, data, time, out);
     return this.result(out, null);
   }
 
   /** The hub dropped everything below `offset` (output cap); continue from there. */
   skip(offset: number): Delivery {
-    if (offset <= this.nextOffset) return this.result([], null);
+    if (offset <= this.nextOffset) return this.result(newOut(), null);
     const skipped = { from: this.nextOffset, to: offset };
     this.skippedBytes += offset - this.nextOffset;
     this.nextOffset = offset;
-    const out: Uint8Array[] = [];
+    const out = newOut();
     this.drain(out);
     return this.result(out, skipped);
   }
@@ -80,28 +90,29 @@ export class OutputAssembler {
   /** The job finished and its log is `offset` bytes long. */
   finish(offset: number): Delivery {
     this.finalOffset = offset;
-    return this.result([], null);
+    return this.result(newOut(), null);
   }
 
-  private accept(offset: number, data: Uint8Array, out: Uint8Array[]): void {
+  private accept(offset: number, data: Uint8Array, time: number | null, out: Out): void {
     if (data.length === 0) return;
     const stop = offset + data.length;
     if (stop <= this.nextOffset) return; // entirely old: duplicate
     if (offset <= this.nextOffset) {
       const fresh = data.subarray(this.nextOffset - offset);
-      out.push(fresh);
+      out.write.push(fresh);
+      out.times.push(time);
       this.nextOffset = stop;
       this.drain(out);
       return;
     }
-    this.park(offset, data);
+    this.park(offset, data, time);
   }
 
-  private park(offset: number, data: Uint8Array): void {
+  private park(offset: number, data: Uint8Array, time: number | null): void {
     // Insert sorted by offset; duplicates and overlaps are trimmed when drained.
     let i = this.parked.length;
     while (i > 0 && this.parked[i - 1]!.offset > offset) i--;
-    this.parked.splice(i, 0, { offset, bytes: data });
+    this.parked.splice(i, 0, { offset, bytes: data, time });
     this.parkedBytes += data.length;
     while (this.parkedBytes > this.maxParked && this.parked.length > 0) {
       // Drop the furthest chunk: it is refetched after the hole before it is filled.
@@ -110,26 +121,31 @@ export class OutputAssembler {
     }
   }
 
-  private drain(out: Uint8Array[]): void {
+  private drain(out: Out): void {
     while (this.parked.length > 0 && this.parked[0]!.offset <= this.nextOffset) {
       const p = this.parked.shift()!;
       this.parkedBytes -= p.bytes.length;
       const stop = p.offset + p.bytes.length;
       if (stop <= this.nextOffset) continue;
-      out.push(p.bytes.subarray(this.nextOffset - p.offset));
+      out.write.push(p.bytes.subarray(this.nextOffset - p.offset));
+      out.times.push(p.time);
       this.nextOffset = stop;
     }
   }
 
-  private result(write: Uint8Array[], skipped: Delivery['skipped']): Delivery {
+  private result(out: Out, skipped: Delivery['skipped']): Delivery {
     let gap: Delivery['gap'] = null;
     if (this.parked.length > 0) {
       gap = { from: this.nextOffset, to: this.parked[0]!.offset };
     } else if (this.finalOffset !== null && this.nextOffset < this.finalOffset) {
       gap = { from: this.nextOffset, to: this.finalOffset };
     }
-    return { write, skipped, gap, complete: this.complete };
+    return { ...out, skipped, gap, complete: this.complete };
   }
+}
+
+function newOut(): Out {
+  return { write: [], times: [] };
 }
 
 /** Decodes standard base64 (the wire form of output bytes) into bytes. */

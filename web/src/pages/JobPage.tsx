@@ -5,7 +5,7 @@ import { EmptyState, ErrorBanner, PageHeader } from '../components/Layout';
 import { Link } from '../components/Link';
 import { StatusBadge } from '../components/StatusBadge';
 import { LinesViewer, SearchResults, SectionList, type SearchState } from '../components/LogTools';
-import { Terminal, SCROLLBACK_LINES, firstLineShown, showLine, type TerminalHandle } from '../components/Terminal';
+import { Terminal, SCROLLBACK_LINES, firstLineShown, lineAtRow, rowOfLine, showLine, type TerminalHandle } from '../components/Terminal';
 import { useNow } from '../components/useNow';
 import {
   failureLabel,
@@ -17,11 +17,15 @@ import {
 } from '../lib/format';
 import { isNewer, isTerminal } from '../lib/jobs';
 import { LineTracker, lineFromHash, type Section } from '../lib/logLines';
+import { LogRenderer } from '../lib/logRender';
 import { OutputFollower } from '../lib/outputFollower';
 import { jobPath } from '../lib/routes';
 import { navigate } from '../state';
 import type { JobSummary, JobView } from '../types';
 import { hubSocket } from '../ws';
+
+/** Where the page remembers whether lines show their times. */
+const TIMESTAMPS_KEY = 'cmdx.timestamps';
 
 type Load = { state: 'loading' } | { state: 'notFound' } | { state: 'error'; message: string } | { state: 'ok'; job: JobView };
 
@@ -58,6 +62,10 @@ export function JobPage({ jobId }: { jobId: string }) {
   const [viewer, setViewer] = useState<{ line: number; offset: number; target: number; before: number } | null>(null);
   const [currentLine, setCurrentLine] = useState<number | null>(null);
   const tracker = useRef(new LineTracker());
+  const [timestamps, setTimestamps] = useState(() => localStorage.getItem(TIMESTAMPS_KEY) === 'on');
+  const renderer = useRef<LogRenderer | null>(null);
+  /** Bumped when sections fold or unfold, to draw their list again. */
+  const [, setFoldsVersion] = useState(0);
   const followerRef = useRef<OutputFollower | null>(null);
   /** The log offset of the first byte the tracker took (the first stored byte). */
   const baseOffset = () => (followerRef.current?.offset ?? 0) - tracker.current.bytes;
@@ -119,38 +127,74 @@ export function JobPage({ jobId }: { jobId: string }) {
     };
   }, [jobId]);
 
-  // Once the terminal exists: replay the stored log from 0 and follow it live.
-  const onReady = (h: TerminalHandle) => {
+  // Once the terminal exists: replay the stored log from 0 and follow it live. A log complete
+  // when the page opened folds its sections as their markers ask (GitHub Actions groups,
+  // Buildkite `---`); a live one shows everything as it comes, the reader folds.
+  const onReady = (h: TerminalHandle, complete: boolean) => {
     term.current = h;
+    const fresh = (foldByDefault: boolean) => {
+      tracker.current = new LineTracker();
+      const shown = renderer.current?.options.timestamps ?? timestamps;
+      renderer.current = new LogRenderer(tracker.current, { timestamps: shown, foldByDefault });
+    };
+    fresh(complete);
     restart.current = () => {
       unsub.current?.();
-      h.term.reset();
-      tracker.current = new LineTracker();
+      h.term.write('\x1bc'); // RIS through the write queue: `reset()` acts before queued writes
+      fresh(false);
       setHasOutput(false);
       follow(h);
     };
+    h.term.registerLinkProvider({
+      // A section's header row folds or unfolds it when clicked.
+      provideLinks: (y, done) => {
+        const r = renderer.current;
+        const line = r ? lineAtRow(h.term, r, y - 1) : null;
+        const s = line === null ? undefined : tracker.current.sections.find((x) => x.line === line);
+        const text = h.term.buffer.active.getLine(y - 1)?.translateToString(true) ?? '';
+        if (!s || !text) return done(undefined);
+        done([
+          {
+            range: { start: { x: 1, y }, end: { x: text.length, y } },
+            text,
+            decorations: { pointerCursor: true, underline: false },
+            activate: () => toggleSection(s),
+          },
+        ]);
+      },
+    });
     follow(h);
   };
 
   const follow = (h: TerminalHandle) => {
     let seen = false;
     const follower = new OutputFollower({
-      write: (d) => {
+      write: (d, time) => {
+        const r = renderer.current!;
         if (!seen && d.length > 0) {
           seen = true;
           setHasOutput(true);
         }
-        h.term.write(d);
-        if (typeof d !== 'string') {
-          tracker.current.push(d);
-          countSoon();
-          const want = pendingLine.current;
-          if (want !== null && tracker.current.lines >= want) goToLine(want);
+        if (typeof d === 'string') {
+          h.term.write(r.notice(d));
+          return;
         }
+        h.term.write(r.push(d, time));
+        countSoon();
+        const want = pendingLine.current;
+        if (want !== null && tracker.current.lines >= want) goToLine(want);
       },
       fetchFrom: (offset) => fetchOutput(jobId, offset),
       resubscribe: () => hubSocket.resubscribeOutput(jobId),
-      onComplete: () => {
+      onComplete: (end) => {
+        const r = renderer.current!;
+        h.term.write(r.end());
+        // A failed job's last section is where it failed: show it (as Buildkite does).
+        const last = tracker.current.sectionOf(tracker.current.lines);
+        if (end.status !== 'completed' && last && r.isFolded(last)) {
+          r.setFolded(last, false);
+          rerender();
+        }
         void refresh();
         countSoon();
         // Also a line shown early in the replay and trimmed from the terminal since.
@@ -176,7 +220,7 @@ export function JobPage({ jobId }: { jobId: string }) {
       if (!h) return;
       h.term.write('', () => {
         const t = tracker.current;
-        setLineCount({ total: t.lines, first: firstLineShown(h.term, t.line) });
+        setLineCount({ total: t.lines, first: firstLineShown(h.term, renderer.current!) ?? 1 });
         setSections([...t.sections]);
       });
     }, 300);
@@ -185,11 +229,64 @@ export function JobPage({ jobId }: { jobId: string }) {
     if (countTimer.current) clearTimeout(countTimer.current);
   }, []);
 
+  /** Writes the log to the terminal again (after folding or unfolding, or turning timestamps
+   * on or off), keeping the view on the line at its top unless it followed the end; then
+   * calls `then`. Waits for the writes queued before it, so the rows map to lines. */
+  const rerender = (then?: () => void) => {
+    const h = term.current;
+    const r = renderer.current;
+    if (!h || !r) return;
+    setFoldsVersion((v) => v + 1);
+    h.term.write('', () => {
+      const b = h.term.buffer.active;
+      const following = b.viewportY >= b.baseY;
+      const top = lineAtRow(h.term, r, b.viewportY);
+      // A reset through the write queue (RIS), as `reset()` would act before queued writes.
+      h.term.write('\x1bc');
+      for (const part of r.rerender(SCROLLBACK_LINES + h.term.rows)) h.term.write(part);
+      h.term.write('', () => {
+        if (following || top === null) h.term.scrollToBottom();
+        else {
+          // The line at the top, or the header of the section that now hides it.
+          let line = top;
+          while (line > 1 && r.hidden(line)) line--;
+          const row = rowOfLineIn(h, line);
+          if (row !== null) h.term.scrollToLine(row);
+        }
+        countSoon();
+        then?.();
+      });
+    });
+  };
+  const rowOfLineIn = (h: TerminalHandle, n: number) => rowOfLine(h.term, renderer.current!, n);
+
+  const toggleSection = (s: Section) => {
+    const r = renderer.current;
+    if (!r) return;
+    r.setFolded(s, !r.isFolded(s));
+    rerender();
+  };
+  const foldAll = (folded: boolean) => {
+    renderer.current?.setAllFolded(folded);
+    rerender();
+  };
+  const showTimestamps = (on: boolean) => {
+    setTimestamps(on);
+    localStorage.setItem(TIMESTAMPS_KEY, on ? 'on' : 'off');
+    renderer.current?.setOptions({ timestamps: on });
+    rerender();
+  };
+
   /** Shows line `n`: in the terminal when it holds it, else in the lines viewer. */
   const goToLine = (n: number, offset?: number) => {
     const h = term.current;
     if (!h) return;
     pendingLine.current = null;
+    // A line in a folded section: unfold it first.
+    if (renderer.current?.reveal(n)) {
+      rerender(() => goToLine(n, offset));
+      return;
+    }
     h.term.write('', () => {
       const t = tracker.current;
       setCurrentLine(n);
@@ -199,11 +296,11 @@ export function JobPage({ jobId }: { jobId: string }) {
         setSearchNote(`Line ${n} is not in the log yet`);
         return;
       }
-      if (showLine(h.term, t.line, n)) {
+      if (showLine(h.term, renderer.current!, n)) {
         setViewer(null);
         return;
       }
-      const first = firstLineShown(h.term, t.line);
+      const first = firstLineShown(h.term, renderer.current!) ?? t.lines + 1;
       // From the checkpoint before it, for context (a search's offset when there is none).
       const c = t.checkpointFor(n);
       const from = c.line > 1 || offset === undefined ? { line: c.line, offset: baseOffset() + c.at } : { line: n, offset };
@@ -467,6 +564,9 @@ export function JobPage({ jobId }: { jobId: string }) {
             </button>
             {searchNote && <span class="muted" role="status">{searchNote}</span>}
           </div>
+          <label class="check" title={`When the hub stored each line, in your time zone (${timeZoneName()})`}>
+            <input type="checkbox" checked={timestamps} onChange={(e) => showTimestamps(e.currentTarget.checked)} /> Timestamps
+          </label>
           <div class="follow">
             {following ? (
               <span class="muted" title="New output scrolls into view">
@@ -480,7 +580,7 @@ export function JobPage({ jobId }: { jobId: string }) {
           </div>
         </div>
         <div class="term-wrap">
-          <Terminal key={job.jobId} label="Job output" onReady={onReady} onFollowChange={setFollowing} />
+          <Terminal key={job.jobId} label="Job output" onReady={(h) => onReady(h, terminal)} onFollowChange={setFollowing} />
           {!hasOutput && (
             <div class="term-empty" role="status">
               {terminal
@@ -516,7 +616,12 @@ export function JobPage({ jobId }: { jobId: string }) {
             .
           </p>
         )}
-        <SectionList sections={sections} />
+        <SectionList
+          sections={sections}
+          folded={(s) => renderer.current?.isFolded(s) ?? false}
+          onToggle={toggleSection}
+          onFoldAll={foldAll}
+        />
         {viewer && (
           <LinesViewer
             jobId={job.jobId}
@@ -596,4 +701,9 @@ function waitText(job: JobView): string {
     default:
       return job.tags.length > 0 ? `, waiting for a worker with tags ${job.tags.join(', ')}` : ', waiting for a free worker';
   }
+}
+
+/** The viewer's time zone, as timestamps are shown in it. */
+function timeZoneName(): string {
+  return Intl.DateTimeFormat().resolvedOptions().timeZone || 'local time';
 }
