@@ -52,6 +52,12 @@ pub(crate) enum Note {
         /// The job.
         job_id: String,
     },
+    /// The job's terminal was resized (the new size is in its record): whoever holds its
+    /// worker tells it.
+    Resize {
+        /// The job.
+        job_id: String,
+    },
     /// An admin drained the worker: whoever holds it tells it.
     Drain {
         /// The worker.
@@ -99,6 +105,7 @@ impl Note {
                 e.owner
             ),
             Note::Cancel { job_id } => format!("c\t{hub_id}\t{job_id}"),
+            Note::Resize { job_id } => format!("w\t{hub_id}\t{job_id}"),
             Note::Drain { worker_id } => format!("d\t{hub_id}\t{worker_id}"),
             Note::Revoked { token_id } => format!("r\t{hub_id}\t{token_id}"),
             Note::Output { job_id } => format!("o\t{hub_id}\t{job_id}"),
@@ -128,6 +135,9 @@ impl Note {
                 }
             }
             "c" => Note::Cancel {
+                job_id: f.next()?.to_string(),
+            },
+            "w" => Note::Resize {
                 job_id: f.next()?.to_string(),
             },
             "d" => Note::Drain {
@@ -499,6 +509,18 @@ async fn heard(hub: &Arc<Hub>, line: &str) {
                     .await;
             }
         }
+        Note::Resize { job_id } => {
+            let Ok(Some(job)) = hub.store.get_job(&job_id).await else {
+                return;
+            };
+            let worker = job.worker_id.clone().unwrap_or_default();
+            if let (Some(conn), Some(msg)) = (
+                hub.dispatch.conn(&worker),
+                crate::jobs::lifecycle::resize_message(&job),
+            ) {
+                let _ = conn.send(msg).await;
+            }
+        }
         Note::Drain { worker_id } => {
             if let Some(conn) = hub.dispatch.conn(&worker_id)
                 && hub.dispatch.set_draining(&worker_id)
@@ -549,6 +571,9 @@ mod tests {
             },
             Note::Drain {
                 worker_id: "w1".into(),
+            },
+            Note::Resize {
+                job_id: "j4".into(),
             },
             Note::Revoked {
                 token_id: "t1".into(),

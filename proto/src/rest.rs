@@ -273,6 +273,31 @@ pub struct CancelRequest {
     pub job_id: String,
 }
 
+/// `POST /api/jobs/resize`: a new window size for a running job's terminal.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResizeRequest {
+    /// Job to resize.
+    pub job_id: String,
+    /// Columns, 1 to [`crate::WindowSize::MAX_SIDE`] (wider than a side so that a size out
+    /// of range gets the hub's own refusal).
+    pub cols: u32,
+    /// Rows, 1 to [`crate::WindowSize::MAX_SIDE`].
+    pub rows: u32,
+}
+
+/// `200` answer to a resize.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResizeResponse {
+    /// Always true.
+    pub success: bool,
+    /// The job.
+    pub job_id: String,
+    /// The size the job's terminal has now (stored in the job).
+    pub tty_size: crate::WindowSize,
+}
+
 /// Summary of a finished job, for the original system's clients.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -400,6 +425,10 @@ pub struct JobView {
     /// Higher runs first (-100 to 100). Older hubs omit it (0).
     #[serde(default)]
     pub priority: i32,
+    /// The size of the job's pseudo-terminal now (the submitted one, or the last resize);
+    /// `null` for a job on pipes. Older hubs omit it.
+    #[serde(default)]
+    pub tty_size: Option<crate::WindowSize>,
 }
 
 /// Why a queued job has not started yet (the first that applies).

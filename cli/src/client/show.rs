@@ -27,6 +27,15 @@ pub async fn job(args: JobArgs) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
+        JobCmd::Resize { job, size } => {
+            let id = job.trim();
+            let now = super::resize::resize(&api, id, size).await?;
+            super::out(&format!(
+                "job {id}: terminal is now {}x{}\n",
+                now.cols, now.rows
+            ))?;
+            Ok(0)
+        }
     }
 }
 
@@ -50,6 +59,8 @@ pub async fn rerun(args: RerunArgs) -> anyhow::Result<i32> {
         quiet: args.quiet,
         download: None,
         force: false,
+        // The new job's terminal starts at the old one's size; the user's resizes follow.
+        tty: old.tty_size,
     };
     wait_for(&api, &resp.job_id, &old.tags, &wait).await
 }
