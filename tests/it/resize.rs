@@ -394,10 +394,10 @@ async fn a_foreground_submit_forwards_its_terminal_resizes() {
     })
     .await;
 
-    // A window dragged by its corner: many sizes within a few tens of milliseconds.
+    // A window dragged by its corner: many sizes in a row (well within the 100 ms cmdx waits
+    // for the window to settle; the debounce's timing is unit-tested on a paused clock).
     for cols in 95..=100 {
         set_size(&master, cols, 30);
-        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(next_resize(&mut agent, &id).await, (a.attempt, 100, 30));
     assert_eq!(
@@ -416,4 +416,31 @@ async fn a_foreground_submit_forwards_its_terminal_resizes() {
     assert_eq!(status.code(), Some(0));
     drop(master);
     reader.join().unwrap();
+}
+
+/// A legacy polling worker runs every job on pipes: a job it holds has no terminal to resize,
+/// whatever it was submitted with.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_a_legacy_worker_holds_has_no_terminal() {
+    let hub = HubProc::start(FAST).await;
+    let admin = hub.admin().await;
+    let wt = hub.worker_token(&admin).await;
+    let user = hub.user(&admin, "erin@test.local").await;
+    let (s, v) = hub
+        .send_json(
+            &wt,
+            Method::POST,
+            "/api/workers/register",
+            json!({"workerId": "old-1", "hostname": "h", "os": "linux", "cpuCount": 2, "ramTotalMb": 1024}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let id = hub.submit(&user, json!({"command": "sleep 5"})).await;
+    assert_eq!(
+        hub.job(&user, &id).await["ttySize"],
+        json!({"cols": 80, "rows": 24})
+    );
+    let (s, v) = hub.get(&wt, "/api/jobs/get-job?workerId=old-1").await;
+    assert_eq!((s, v["jobId"].as_str()), (200, Some(id.as_str())), "{v}");
+    refused(&hub, &user, &id, "no_terminal", "legacy worker").await;
 }
