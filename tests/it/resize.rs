@@ -321,16 +321,14 @@ fn set_size(master: &OwnedFd, cols: u16, rows: u16) {
 
 /// `cmdx submit` in the foreground in a real terminal: the job's terminal starts at the
 /// user's size, and when the user's terminal is resized (`SIGWINCH`) the new size reaches the
-/// worker; the burst of a dragged window is sent once, its last size.
+/// worker: a resize while the job waits in the queue once it starts, and the burst of a dragged
+/// window once, its last size.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_foreground_submit_forwards_its_terminal_resizes() {
     let hub = HubProc::start(FAST).await;
     let admin = hub.admin().await;
     let wt = hub.worker_token(&admin).await;
     let user = hub.user(&admin, "dave@test.local").await;
-    let (mut agent, _) = FakeAgent::connect(&hub, &wt, "winch-worker", 1, vec![])
-        .await
-        .unwrap();
 
     let (master, slave) = openpty(91, 27);
     let mut c = cmdx(&hub, &user, &["submit", "--", "vim"]);
@@ -369,13 +367,35 @@ async fn a_foreground_submit_forwards_its_terminal_resizes() {
         })
     };
 
+    // No worker yet: the job waits in the queue, and cmdx says so (it follows the job, and its
+    // terminal's resizes, from now on).
+    wait_for("the queued line on the user's terminal", || async {
+        String::from_utf8_lossy(&screen.lock().unwrap())
+            .contains("queued")
+            .then_some(())
+    })
+    .await;
+    let (_, list) = hub.get(&user, "/api/jobs/list").await;
+    let id = list["jobs"][0]["jobId"].as_str().unwrap().to_string();
+    set_size(&master, 100, 30);
+    // The hub refuses a size for a queued job: the job keeps the size it was submitted with.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let v = hub.job(&user, &id).await;
+    assert_eq!(v["status"], "queued");
+    assert_eq!(v["ttySize"], json!({"cols": 91, "rows": 27}), "{v}");
+
+    let (mut agent, _) = FakeAgent::connect(&hub, &wt, "winch-worker", 1, vec![])
+        .await
+        .unwrap();
     let a = agent.start_next().await.unwrap();
+    assert_eq!(a.job_id, id);
     assert_eq!(
         a.tty,
         Some(cmdx_proto::WindowSize { cols: 91, rows: 27 }),
-        "the job's terminal starts at the user's size"
+        "the job's terminal starts at the user's size at submission"
     );
-    let id = a.job_id.clone();
+    // Once the job left the queue, cmdx sends the size the terminal has had since.
+    assert_eq!(next_resize(&mut agent, &id).await, (a.attempt, 100, 30));
     agent
         .send(&AgentMsg::Output(OutputChunk {
             job_id: id.clone(),
@@ -396,13 +416,13 @@ async fn a_foreground_submit_forwards_its_terminal_resizes() {
 
     // A window dragged by its corner: many sizes in a row (well within the 100 ms cmdx waits
     // for the window to settle; the debounce's timing is unit-tested on a paused clock).
-    for cols in 95..=100 {
-        set_size(&master, cols, 30);
+    for cols in 105..=110 {
+        set_size(&master, cols, 35);
     }
-    assert_eq!(next_resize(&mut agent, &id).await, (a.attempt, 100, 30));
+    assert_eq!(next_resize(&mut agent, &id).await, (a.attempt, 110, 35));
     assert_eq!(
         hub.job(&user, &id).await["ttySize"],
-        json!({"cols": 100, "rows": 30})
+        json!({"cols": 110, "rows": 35})
     );
     // Once, the last size: nothing else comes before the next resize.
     set_size(&master, 120, 40);

@@ -16,9 +16,13 @@ use super::detail;
 /// by its corner signals many sizes in a row).
 pub const DEBOUNCE: Duration = Duration::from_millis(100);
 
-/// How often a size the hub could not take yet (the job is still queued, or the hub was
-/// unreachable) is sent again, while the job is followed.
+/// How long after a size the hub could not take (the job is still queued, or the hub was
+/// unreachable) it is sent again, doubling each time up to [`RETRY_MAX`]; a job that leaves
+/// the queue gets it at once.
 pub const RETRY: Duration = Duration::from_secs(1);
+
+/// The longest wait between two tries of the same size.
+pub const RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// Parses `COLSxROWS` (`120x40`), each side 1 to [`WindowSize::MAX_SIDE`].
 pub fn parse_size(s: &str) -> Result<WindowSize, String> {
@@ -83,17 +87,26 @@ pub fn classify(e: &anyhow::Error) -> Sent {
 /// terminal (`SIGWINCH`); `now` reads its size (`None`: unknown); `send` posts a size. A burst of
 /// changes is sent once, [`DEBOUNCE`] after the last; a size equal to the last one the job
 /// got (`first`, the size it was submitted with) is not sent; a size the hub could not take
-/// yet is sent again every [`RETRY`] until it can, or a newer size replaces it.
-pub async fn forward<C, N, S, F>(changes: C, first: Option<WindowSize>, now: N, mut send: S)
-where
+/// yet is sent again after [`RETRY`], doubling up to [`RETRY_MAX`], and at once when `started`
+/// (the job left the queue) resolves, until it is taken or a newer size replaces it.
+pub async fn forward<C, N, S, F>(
+    changes: C,
+    started: impl Future<Output = ()>,
+    first: Option<WindowSize>,
+    now: N,
+    mut send: S,
+) where
     C: Stream<Item = ()>,
     N: Fn() -> Option<WindowSize>,
     S: FnMut(WindowSize) -> F,
     F: Future<Output = Sent>,
 {
     tokio::pin!(changes);
+    tokio::pin!(started);
+    let mut started_seen = false;
     let mut last = first;
     let mut pending = false;
+    let mut retry = RETRY;
     loop {
         tokio::select! {
             change = changes.next() => {
@@ -109,7 +122,8 @@ where
                     }
                 }
             }
-            () = tokio::time::sleep(RETRY), if pending => {}
+            () = &mut started, if pending && !started_seen => started_seen = true,
+            () = tokio::time::sleep(retry), if pending => retry = (retry * 2).min(RETRY_MAX),
         }
         let Some(size) = now().filter(|s| s.is_valid()) else {
             continue;
@@ -122,6 +136,7 @@ where
             Sent::Done => {
                 last = Some(size);
                 pending = false;
+                retry = RETRY;
             }
             Sent::Later => pending = true,
             Sent::Never => return,
@@ -131,7 +146,12 @@ where
 
 /// [`forward`] of the process's own `SIGWINCH` and stdout terminal size to job `id`; returns
 /// at once when the signal cannot be caught. Failures are said only with `--verbose`.
-pub async fn forward_winch(api: &Api, id: &str, first: Option<WindowSize>) {
+pub async fn forward_winch(
+    api: &Api,
+    id: &str,
+    first: Option<WindowSize>,
+    started: impl Future<Output = ()>,
+) {
     let winch = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change())
     {
         Ok(s) => s,
@@ -147,6 +167,7 @@ pub async fn forward_winch(api: &Api, id: &str, first: Option<WindowSize>) {
         );
     forward(
         changes,
+        started,
         first,
         super::submit::window_size,
         |size| async move {
@@ -216,10 +237,20 @@ mod tests {
             }
         }
 
+        /// Forwards with `first` as the job's size; the job leaves the queue after
+        /// `started_ms` (never: `None`).
         fn run(
             &self,
             first: Option<WindowSize>,
+            started_ms: Option<u64>,
         ) -> (mpsc::Sender<()>, tokio::task::JoinHandle<()>) {
+            let starts = started_ms.map(|n| tokio::time::Instant::now() + Duration::from_millis(n));
+            let started = async move {
+                match starts {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             let (tx, rx) = mpsc::channel::<()>(64);
             let changes = futures_util::stream::unfold(rx, |mut rx| async move {
                 rx.recv().await.map(|()| ((), rx))
@@ -230,6 +261,7 @@ mod tests {
             let task = tokio::spawn(async move {
                 forward(
                     changes,
+                    started,
                     first,
                     move || *size.lock().unwrap(),
                     move |s| {
@@ -268,7 +300,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_burst_of_resizes_is_sent_once_after_it_settles() {
         let s = Script::new();
-        let (tx, task) = s.run(Some(ws(80, 24)));
+        let (tx, task) = s.run(Some(ws(80, 24)), None);
         for cols in 81..=90 {
             s.set(ws(cols, 24));
             tx.send(()).await.unwrap();
@@ -292,7 +324,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_submitted_size_and_unknown_sizes_are_not_sent() {
         let s = Script::new();
-        let (tx, task) = s.run(Some(ws(80, 24)));
+        let (tx, task) = s.run(Some(ws(80, 24)), None);
         tx.send(()).await.unwrap(); // no size known
         ms(200).await;
         s.set(ws(80, 24));
@@ -310,12 +342,42 @@ mod tests {
             .lock()
             .unwrap()
             .extend([Sent::Later, Sent::Later, Sent::Done]);
-        let (tx, task) = s.run(Some(ws(80, 24)));
+        let (tx, task) = s.run(Some(ws(80, 24)), None);
         s.set(ws(100, 30));
         tx.send(()).await.unwrap();
         ms(5000).await;
         let times: Vec<u64> = s.sent().iter().map(|(t, _)| *t).collect();
-        assert_eq!(times, vec![100, 1100, 2100], "then no more: it was taken");
+        assert_eq!(times, vec![100, 1100, 3100], "then no more: it was taken");
+        drop(tx);
+        task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_size_refused_while_queued_is_sent_when_the_job_starts() {
+        let s = Script::new();
+        s.answers.lock().unwrap().push(Sent::Later);
+        let (tx, task) = s.run(Some(ws(80, 24)), Some(400));
+        s.set(ws(100, 30));
+        tx.send(()).await.unwrap();
+        ms(5000).await;
+        assert_eq!(s.sent(), vec![(100, ws(100, 30)), (400, ws(100, 30))]);
+        drop(tx);
+        task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_back_off_to_one_every_30_seconds() {
+        let s = Script::new();
+        s.answers.lock().unwrap().extend([Sent::Later; 10]);
+        let (tx, task) = s.run(Some(ws(80, 24)), None);
+        s.set(ws(100, 30));
+        tx.send(()).await.unwrap();
+        ms(120_000).await;
+        let times: Vec<u64> = s.sent().iter().map(|(t, _)| *t).collect();
+        assert_eq!(
+            times,
+            vec![100, 1100, 3100, 7100, 15100, 31100, 61100, 91100]
+        );
         drop(tx);
         task.await.unwrap();
     }
@@ -324,7 +386,7 @@ mod tests {
     async fn a_job_that_never_takes_a_size_ends_the_forwarding() {
         let s = Script::new();
         s.answers.lock().unwrap().push(Sent::Never);
-        let (tx, task) = s.run(Some(ws(80, 24)));
+        let (tx, task) = s.run(Some(ws(80, 24)), None);
         s.set(ws(100, 30));
         tx.send(()).await.unwrap();
         ms(200).await;

@@ -211,7 +211,7 @@ async fn watch(
         }
     };
     tokio::pin!(fut);
-    let resizes = super::resize::forward_winch(api, id, tty);
+    let resizes = super::resize::forward_winch(api, id, tty, progress.left());
     tokio::pin!(resizes);
     let mut forwarding = tty.is_some();
     let mut presses = 0;
