@@ -1,14 +1,16 @@
 //! What crosses hubs that share one store (PostgreSQL): each hub dispatches to the agents
 //! connected to it from its own mirror of the one queue, and tells the others, in batched
 //! notes through the store, what they cannot see for themselves: a job queued (submitted or
-//! requeued), a cancel or drain for a worker that may be connected elsewhere, a worker token
-//! revoked. The job records stay the only truth: a claim is a compare-and-swap on the record,
+//! requeued), a cancel, terminal resize or drain for a worker that may be connected
+//! elsewhere, a worker token revoked. The job records stay the only truth: a claim is a compare-and-swap on the record,
 //! so two hubs racing for one job leave it with exactly one worker, and a mirror entry for a
 //! job another hub took just fails its claim and is dropped.
 //!
 //! Notes are a hint for promptness, never needed for correctness: a hub that missed some (its
 //! listening connection dropped) catches up from the records when it listens again and every
-//! [`POLL`] anyway.
+//! [`POLL`] anyway. The one exception is a resize, which only makes a terminal look right: a
+//! lost resize note leaves the job at its old size until the user resizes again or its agent
+//! reconnects (the hub it reconnects to sends the size its record holds).
 //!
 //! On a store of its own (sled) nothing here runs and notes go nowhere.
 
