@@ -254,6 +254,18 @@ async fn cmdx_job_resize_sends_the_size_to_the_agent() {
         hub.job(&user, &id).await["ttySize"],
         json!({"cols": 100, "rows": 30})
     );
+    // `cmdx job show` says the size the job's terminal has now.
+    let out = cmdx(&hub, &user, &["job", "show", &id])
+        .output()
+        .await
+        .unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown
+            .lines()
+            .any(|l| l.starts_with("terminal") && l.ends_with(" 100x30")),
+        "{shown}"
+    );
 
     // A size that is not one: a usage error before anything is sent.
     for bad in ["100", "0x30", "100x1001"] {

@@ -107,6 +107,13 @@ fn describe(v: &JobView, hub: &str, now: SystemTime) -> String {
     rows.push(("env", list_or_dash(&v.env_keys)));
     rows.push(("file", v.file_url.clone().unwrap_or_else(|| "-".into())));
     rows.push(("timeout", format!("{}s", v.timeout)));
+    rows.push((
+        "terminal",
+        match v.tty_size {
+            Some(t) => format!("{}x{}", t.cols, t.rows),
+            None => "none (pipes)".into(),
+        },
+    ));
     rows.push(("priority", v.priority.to_string()));
     rows.push(("worker", v.worker_id.clone().unwrap_or_else(|| "-".into())));
     rows.push(("attempt", format!("{} of {}", v.attempt, v.max_attempts)));
