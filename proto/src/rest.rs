@@ -707,3 +707,39 @@ pub struct OutputMatch {
     /// The line was longer than `text`.
     pub text_truncated: bool,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resize_bodies_use_their_wire_names() {
+        let req: ResizeRequest =
+            serde_json::from_str(r#"{"jobId":"j1","cols":100,"rows":30}"#).unwrap();
+        assert_eq!(
+            req,
+            ResizeRequest {
+                job_id: "j1".into(),
+                cols: 100,
+                rows: 30
+            }
+        );
+        // Wider than a side, so the hub answers an out-of-range size itself.
+        let wide: ResizeRequest =
+            serde_json::from_str(r#"{"jobId":"j1","cols":70000,"rows":30}"#).unwrap();
+        assert_eq!(wide.cols, 70000);
+        assert!(serde_json::from_str::<ResizeRequest>(r#"{"jobId":"j1","cols":1}"#).is_err());
+        let resp = ResizeResponse {
+            success: true,
+            job_id: "j1".into(),
+            tty_size: crate::WindowSize {
+                cols: 100,
+                rows: 30,
+            },
+        };
+        assert_eq!(
+            serde_json::to_string(&resp).unwrap(),
+            r#"{"success":true,"jobId":"j1","ttySize":{"cols":100,"rows":30}}"#
+        );
+    }
+}
