@@ -446,7 +446,7 @@ fn resize_refused(job: &JobRecord, r: ResizeRefusal) -> LifecycleError {
 
 /// Tells the agent holding `job` its terminal's size, as a cancel reaches it: this hub sends it
 /// if it holds the agent's socket, else (on a cluster) the hub that does. An agent that is away
-/// gets no resize; its job keeps the size it had.
+/// gets the stored size when it reconnects (with its resumed jobs, `ws_agent::resume_held`).
 async fn send_resize(hub: &Hub, job: &JobRecord) {
     let worker = job.worker_id.clone().unwrap_or_default();
     match hub.dispatch.conn(&worker) {
