@@ -547,6 +547,23 @@ impl FakeAgent {
         .await
     }
 
+    /// Takes the next assignment, accepts it and reports the child started.
+    pub async fn start_next(&mut self) -> anyhow::Result<cmdx_proto::agent::Assignment> {
+        let a = self.next_assignment().await?;
+        let job = cmdx_proto::agent::JobRef {
+            job_id: a.job_id.clone(),
+            attempt: a.attempt,
+        };
+        self.send(&AgentMsg::Accept(job)).await?;
+        self.send(&AgentMsg::Started(cmdx_proto::agent::Started {
+            job_id: a.job_id.clone(),
+            attempt: a.attempt,
+            isolation: vec![],
+        }))
+        .await?;
+        Ok(a)
+    }
+
     /// Reports attempt `attempt` of `job_id` finished with `exit_code` after `chunks` output
     /// chunks, and waits for its `finishedAck`.
     pub async fn finish(

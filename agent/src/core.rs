@@ -14,7 +14,7 @@ use cmdx_proto::agent::{
     AgentMsg, Assignment, Finished, Heartbeat, HeldJob, Hello, HubMsg, Isolation, JobRef,
     OutputChunk, Reject, Started, Welcome,
 };
-use cmdx_proto::{Outcome, PROTOCOL_VERSION, StreamKind};
+use cmdx_proto::{Outcome, PROTOCOL_VERSION, StreamKind, WindowSize};
 use cmdx_sandbox::Workspace;
 use futures_util::{SinkExt as _, StreamExt as _};
 use tokio::sync::{Semaphore, mpsc, watch};
@@ -95,6 +95,8 @@ struct Entry {
     slot: u32,
     /// Control channel to the job task.
     ctl: watch::Sender<JobCtl>,
+    /// The window size of the job's terminal, as the hub last said (`None`: pipes).
+    size: watch::Sender<Option<WindowSize>>,
     /// Unacknowledged output bytes allowed; permits return on `outputAck`.
     window: Arc<Semaphore>,
     /// Chunks sent (or to be sent) but not yet durable at the hub, in `seq` order.
@@ -481,6 +483,33 @@ impl Core {
                 }
                 Ok(())
             }
+            HubMsg::Resize(r) => {
+                let key = JobRef {
+                    job_id: r.job_id.clone(),
+                    attempt: r.attempt,
+                };
+                let size = r.size();
+                match self.jobs.get(&key) {
+                    _ if !size.is_valid() => {
+                        tracing::warn!(job_id = %key.job_id, ?size, "ignoring a resize out of range")
+                    }
+                    Some(e) if !e.task_done && !e.abandoned => {
+                        // A job on pipes has no terminal to resize.
+                        let changed = e.size.send_if_modified(|now| {
+                            let apply = now.is_some_and(|n| n != size);
+                            if apply {
+                                *now = Some(size);
+                            }
+                            apply
+                        });
+                        tracing::debug!(job_id = %key.job_id, attempt = key.attempt, cols = size.cols, rows = size.rows, changed, "resize requested");
+                    }
+                    _ => {
+                        tracing::debug!(job_id = %key.job_id, attempt = key.attempt, "ignoring a resize for an attempt not running here")
+                    }
+                }
+                Ok(())
+            }
             HubMsg::Abandon(a) => {
                 let key = JobRef {
                     job_id: a.job_id,
@@ -612,12 +641,14 @@ impl Core {
         self.slots[slot] = true;
         let slot = u32::try_from(slot).expect("slot count fits u32");
         let (ctl_tx, ctl_rx) = watch::channel(JobCtl::Run);
+        let (size_tx, size_rx) = watch::channel(a.tty);
         let window = Arc::new(Semaphore::new(self.s.output_window as usize));
         self.jobs.insert(
             key.clone(),
             Entry {
                 slot,
                 ctl: ctl_tx,
+                size: size_tx,
                 window: window.clone(),
                 unacked: VecDeque::new(),
                 next_seq: 0,
@@ -636,6 +667,7 @@ impl Core {
             self.events_tx.clone(),
             window,
             ctl_rx,
+            size_rx,
         );
         send(ws, &AgentMsg::Accept(key)).await
     }

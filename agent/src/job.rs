@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cmdx_proto::agent::{Assignment, JobRef};
-use cmdx_proto::{FailureKind, Outcome};
+use cmdx_proto::{FailureKind, Outcome, WindowSize};
 use cmdx_sandbox::{Limits, Mode, Workspace};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tracing::Instrument as _;
@@ -71,14 +71,25 @@ pub(crate) fn spawn(
     events: mpsc::Sender<JobEvent>,
     window: Arc<Semaphore>,
     ctl: watch::Receiver<JobCtl>,
+    sizes: watch::Receiver<Option<WindowSize>>,
 ) {
     let job = JobRef {
         job_id: assignment.job_id.clone(),
         attempt: assignment.attempt,
     };
     let span = tracing::info_span!("job", job_id = %job.job_id, attempt = job.attempt, slot);
-    let task =
-        tokio::spawn(run(settings, assignment, slot, events.clone(), window, ctl).instrument(span));
+    let task = tokio::spawn(
+        run(
+            settings,
+            assignment,
+            slot,
+            events.clone(),
+            window,
+            ctl,
+            sizes,
+        )
+        .instrument(span),
+    );
     tokio::spawn(async move {
         if let Err(e) = task.await {
             tracing::error!(job_id = %job.job_id, error = %e, "job task failed");
@@ -105,6 +116,7 @@ async fn run(
     events: mpsc::Sender<JobEvent>,
     window: Arc<Semaphore>,
     mut ctl: watch::Receiver<JobCtl>,
+    mut sizes: watch::Receiver<Option<WindowSize>>,
 ) {
     let job = JobRef {
         job_id: a.job_id.clone(),
@@ -221,7 +233,10 @@ async fn run(
         // 4. Run, in the job's private root (the image's, or the host's system directories)
         // when the host can build one.
         let image_env = lease.as_ref().map_or(&[][..], |l| &l.env[..]);
-        let env = match job_env(ws, &a, private, image_env) {
+        // The latest size the hub sent (a resize may have come during the setup); later ones
+        // reach the running terminal through `sizes`.
+        let terminal = *sizes.borrow_and_update();
+        let env = match job_env(ws, &a, terminal, private, image_env) {
             Ok(env) => env,
             Err(e) => return setup_failed(e, start),
         };
@@ -253,10 +268,11 @@ async fn run(
             mode: settings.mode,
             output_cap: settings.output_cap,
             cgroup_group: settings.cgroup_group.clone(),
-            terminal: a.tty.map(|t| cmdx_sandbox::TerminalSize {
+            terminal: terminal.map(|t| cmdx_sandbox::TerminalSize {
                 cols: t.cols,
                 rows: t.rows,
             }),
+            sizes: sizes.clone(),
         };
         let mut outcome = runner::run(&settings.spawner, launch, sink, &mut ctl, start).await;
         if let Some(l) = &lease {
@@ -407,11 +423,13 @@ const WORKSPACE: &str = "/workspace";
 
 /// The job's complete environment: a fixed base plus the assignment's variables. In the
 /// private root `HOME` is `/workspace` and `TMPDIR` `/tmp` (both in the workspace's size
-/// cap); without one, their host paths. `CI=true` always; with a terminal also `TERM`,
-/// `COLUMNS` and `LINES`. The assignment's variables override any of these.
+/// cap); without one, their host paths. `CI=true` always; with a terminal (of size `tty`) also
+/// `TERM`, `COLUMNS` and `LINES`, the size at the start (a later resize reaches the terminal,
+/// not the environment). The assignment's variables override any of these.
 fn job_env(
     ws: &Workspace,
     a: &Assignment,
+    tty: Option<WindowSize>,
     private: bool,
     image_env: &[String],
 ) -> Result<Vec<(String, String)>, JobError> {
@@ -428,7 +446,7 @@ fn job_env(
         // Tools that behave differently under CI (no prompts, no spinners) know they are.
         ("CI".into(), "true".into()),
     ];
-    if let Some(t) = a.tty {
+    if let Some(t) = tty {
         // What a terminal emulator tells its programs: colours, and the window's size for
         // tools that read the variables rather than ask the terminal.
         env.push(("TERM".into(), "xterm-256color".into()));

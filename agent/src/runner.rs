@@ -7,8 +7,8 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use cmdx_proto::{FailureKind, Outcome};
-use cmdx_sandbox::{Limits, Mode, Report, Root, Spec, TerminalSize};
+use cmdx_proto::{FailureKind, Outcome, WindowSize};
+use cmdx_sandbox::{Limits, Mode, Report, Resizer, Root, Spec, TerminalSize};
 use tokio::process::ChildStderr;
 use tokio::sync::watch;
 
@@ -44,6 +44,8 @@ pub(crate) struct Launch {
     pub cgroup_group: String,
     /// Run in a pseudo-terminal of this size; `None`: pipes.
     pub terminal: Option<TerminalSize>,
+    /// New sizes for the terminal while the job runs (the hub's `resize`).
+    pub sizes: watch::Receiver<Option<WindowSize>>,
 }
 
 /// Runs the command to its end and returns the outcome; output goes to `sink`.
@@ -57,6 +59,7 @@ pub(crate) async fn run(
     let timeout = launch.limits.wall_timeout;
     let output_cap = launch.output_cap;
     let memory = launch.limits.memory_bytes;
+    let mut sizes = launch.sizes;
     let spec = Spec {
         program: PathBuf::from("/bin/sh"),
         args: vec!["-c".to_owned(), launch.command],
@@ -94,6 +97,8 @@ pub(crate) async fn run(
         .await;
 
     let (exited_tx, exited_rx) = watch::channel(false);
+    let resizer = child.terminal.as_ref().map(|t| t.resizer());
+    let mut resizable = resizer.is_some();
     // A terminal is one ordered stream: it goes out as stdout.
     let pump = match child.terminal.take() {
         Some(term) => tokio::spawn(output::pump(
@@ -116,6 +121,10 @@ pub(crate) async fn run(
     let waited = loop {
         tokio::select! {
             r = child.wait() => break r,
+            changed = sizes.changed(), if resizable => match (changed, &resizer) {
+                (Ok(()), Some(resizer)) => resize(resizer, *sizes.borrow_and_update()),
+                _ => resizable = false,
+            },
             s = stop_requested(ctl), if stop.is_none() => {
                 stop = Some(s);
                 match s {
@@ -167,6 +176,20 @@ pub(crate) async fn run(
             tracing::error!(error = %e, "waiting for the job failed");
             sandbox_failed(&e, start)
         }
+    }
+}
+
+/// Gives the running job's terminal the size the hub sent; the kernel signals `SIGWINCH` to
+/// the job's foreground process group.
+fn resize(resizer: &Resizer, size: Option<WindowSize>) {
+    let Some(size) = size else { return };
+    let size = TerminalSize {
+        cols: size.cols,
+        rows: size.rows,
+    };
+    match resizer.resize(size) {
+        Ok(()) => tracing::debug!(cols = size.cols, rows = size.rows, "terminal resized"),
+        Err(e) => tracing::debug!(error = %e, "terminal not resized"),
     }
 }
 

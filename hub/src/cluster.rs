@@ -1,14 +1,16 @@
 //! What crosses hubs that share one store (PostgreSQL): each hub dispatches to the agents
 //! connected to it from its own mirror of the one queue, and tells the others, in batched
 //! notes through the store, what they cannot see for themselves: a job queued (submitted or
-//! requeued), a cancel or drain for a worker that may be connected elsewhere, a worker token
-//! revoked. The job records stay the only truth: a claim is a compare-and-swap on the record,
+//! requeued), a cancel, terminal resize or drain for a worker that may be connected
+//! elsewhere, a worker token revoked. The job records stay the only truth: a claim is a compare-and-swap on the record,
 //! so two hubs racing for one job leave it with exactly one worker, and a mirror entry for a
 //! job another hub took just fails its claim and is dropped.
 //!
 //! Notes are a hint for promptness, never needed for correctness: a hub that missed some (its
 //! listening connection dropped) catches up from the records when it listens again and every
-//! [`POLL`] anyway.
+//! [`POLL`] anyway. The one exception is a resize, which only makes a terminal look right: a
+//! lost resize note leaves the job at its old size until the user resizes again or its agent
+//! reconnects (the hub it reconnects to sends the size its record holds).
 //!
 //! On a store of its own (sled) nothing here runs and notes go nowhere.
 
@@ -49,6 +51,12 @@ pub(crate) enum Note {
     },
     /// The job's owner or an admin asked to cancel it: whoever holds its worker tells it.
     Cancel {
+        /// The job.
+        job_id: String,
+    },
+    /// The job's terminal was resized (the new size is in its record): whoever holds its
+    /// worker tells it.
+    Resize {
         /// The job.
         job_id: String,
     },
@@ -99,6 +107,7 @@ impl Note {
                 e.owner
             ),
             Note::Cancel { job_id } => format!("c\t{hub_id}\t{job_id}"),
+            Note::Resize { job_id } => format!("w\t{hub_id}\t{job_id}"),
             Note::Drain { worker_id } => format!("d\t{hub_id}\t{worker_id}"),
             Note::Revoked { token_id } => format!("r\t{hub_id}\t{token_id}"),
             Note::Output { job_id } => format!("o\t{hub_id}\t{job_id}"),
@@ -128,6 +137,9 @@ impl Note {
                 }
             }
             "c" => Note::Cancel {
+                job_id: f.next()?.to_string(),
+            },
+            "w" => Note::Resize {
                 job_id: f.next()?.to_string(),
             },
             "d" => Note::Drain {
@@ -499,6 +511,18 @@ async fn heard(hub: &Arc<Hub>, line: &str) {
                     .await;
             }
         }
+        Note::Resize { job_id } => {
+            let Ok(Some(job)) = hub.store.get_job(&job_id).await else {
+                return;
+            };
+            let worker = job.worker_id.clone().unwrap_or_default();
+            if let (Some(conn), Some(msg)) = (
+                hub.dispatch.conn(&worker),
+                crate::jobs::lifecycle::resize_message(&job),
+            ) {
+                let _ = conn.send(msg).await;
+            }
+        }
         Note::Drain { worker_id } => {
             if let Some(conn) = hub.dispatch.conn(&worker_id)
                 && hub.dispatch.set_draining(&worker_id)
@@ -549,6 +573,9 @@ mod tests {
             },
             Note::Drain {
                 worker_id: "w1".into(),
+            },
+            Note::Resize {
+                job_id: "j4".into(),
             },
             Note::Revoked {
                 token_id: "t1".into(),

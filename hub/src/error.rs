@@ -65,6 +65,12 @@ pub enum LifecycleError {
         /// Its value for this user.
         limit: u32,
     },
+    /// The job is not in a state that allows this (a resize of a job that is not running).
+    #[error("{0}")]
+    NotRunning(String),
+    /// The job has no terminal (a resize of a job on pipes).
+    #[error("{0}")]
+    NoTerminal(String),
     /// The store failed, or refused an update on its own terms.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -253,6 +259,8 @@ impl From<LifecycleError> for ApiError {
             LifecycleError::Invalid(m) => ApiError::bad_request(m),
             LifecycleError::Unavailable(m) => ApiError::unavailable(m),
             LifecycleError::Forbidden(m) => ApiError::forbidden(m),
+            LifecycleError::NotRunning(m) => ApiError::new(StatusCode::CONFLICT, "not_running", m),
+            LifecycleError::NoTerminal(m) => ApiError::new(StatusCode::CONFLICT, "no_terminal", m),
             e @ LifecycleError::Quota { name, limit } => ApiError {
                 quota: Some(cmdx_proto::rest::QuotaHit {
                     name: name.to_string(),

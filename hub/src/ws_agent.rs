@@ -345,8 +345,8 @@ fn worker_record(hello: &Hello, token_id: &str) -> WorkerRecord {
 }
 
 /// Decides, for each job the agent holds, resume or abandon; jobs the hub thinks the worker
-/// holds but the agent does not are lost attempts (the agent restarted). Also returns cancel
-/// requests to re-send for resumed jobs.
+/// holds but the agent does not are lost attempts (the agent restarted). Also returns the
+/// control messages to re-send for resumed jobs: cancel requests and terminal sizes.
 async fn resume_held(
     hub: &Arc<Hub>,
     hello: &Hello,
@@ -379,6 +379,8 @@ async fn resume_held(
                 if job.cancel_requested {
                     cancels.push(lifecycle::cancel_message(hub, &job));
                 }
+                // A resize stored while the agent was away (the agent ignores its own size).
+                cancels.extend(lifecycle::resize_message(&job));
                 resume.push(Resume {
                     job_id: job.id,
                     attempt: h.attempt,
@@ -539,6 +541,8 @@ async fn refused(
         LifecycleError::Invalid(_)
         | LifecycleError::Unavailable(_)
         | LifecycleError::Forbidden(_)
+        | LifecycleError::NotRunning(_)
+        | LifecycleError::NoTerminal(_)
         | LifecycleError::Quota { .. }
         | LifecycleError::Store(_) => {
             tracing::warn!(job_id, error = %e, "{what} rejected");

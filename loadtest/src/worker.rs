@@ -338,7 +338,8 @@ async fn on_message(
                 shared.record(shard, None, Some(now.saturating_sub(t)));
             }
         }
-        HubMsg::OutputAck(_) | HubMsg::Welcome(_) => {}
+        // Simulated jobs have no terminal: a resize changes nothing.
+        HubMsg::OutputAck(_) | HubMsg::Welcome(_) | HubMsg::Resize(_) => {}
         HubMsg::Cancel(_) | HubMsg::Abandon(_) | HubMsg::Drain => {
             shared.errors.fetch_add(1, Ordering::Relaxed);
         }

@@ -181,6 +181,9 @@ pub enum HubMsg {
     FinishedAck(JobRef),
     /// Stop a job: TERM, then KILL after `graceSecs`.
     Cancel(Cancel),
+    /// The job's terminal has a new window size (its viewer's terminal was resized). Agents
+    /// that predate it log it as a malformed message and go on.
+    Resize(Resize),
     /// The attempt is stale (reassigned or finished elsewhere): kill it, send nothing more.
     Abandon(Abandon),
     /// Take no new work; finish what is running.
@@ -308,6 +311,30 @@ pub struct Cancel {
     pub grace_secs: u64,
 }
 
+/// New window size for a running job's pseudo-terminal.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Resize {
+    /// Job id.
+    pub job_id: String,
+    /// Attempt; a resize for another attempt than the one the agent runs is ignored.
+    pub attempt: u32,
+    /// Columns.
+    pub cols: u16,
+    /// Rows.
+    pub rows: u16,
+}
+
+impl Resize {
+    /// The new size.
+    pub fn size(&self) -> crate::WindowSize {
+        crate::WindowSize {
+            cols: self.cols,
+            rows: self.rows,
+        }
+    }
+}
+
 /// Stale attempt notice.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -328,4 +355,49 @@ pub struct ErrorMsg {
     pub code: String,
     /// Human-readable text.
     pub message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resize_round_trips_with_its_wire_names() {
+        let m = HubMsg::Resize(Resize {
+            job_id: "j1".into(),
+            attempt: 2,
+            cols: 100,
+            rows: 30,
+        });
+        let text = serde_json::to_string(&m).unwrap();
+        assert_eq!(
+            text,
+            r#"{"type":"resize","jobId":"j1","attempt":2,"cols":100,"rows":30}"#
+        );
+        assert_eq!(serde_json::from_str::<HubMsg>(&text).unwrap(), m);
+        let HubMsg::Resize(r) = m else { unreachable!() };
+        assert_eq!(
+            r.size(),
+            crate::WindowSize {
+                cols: 100,
+                rows: 30
+            }
+        );
+    }
+
+    #[test]
+    fn a_resize_out_of_range_for_u16_is_refused() {
+        let bad = r#"{"type":"resize","jobId":"j1","attempt":1,"cols":70000,"rows":30}"#;
+        assert!(serde_json::from_str::<HubMsg>(bad).is_err());
+        let missing = r#"{"type":"resize","jobId":"j1","attempt":1,"cols":80}"#;
+        assert!(serde_json::from_str::<HubMsg>(missing).is_err());
+    }
+
+    /// What an agent that predates a message sees: a parse error it can skip (the agent
+    /// logs and ignores a message it cannot parse), never a panic.
+    #[test]
+    fn an_unknown_hub_message_is_a_parse_error() {
+        let future = r#"{"type":"somethingNew","jobId":"j1"}"#;
+        assert!(serde_json::from_str::<HubMsg>(future).is_err());
+    }
 }

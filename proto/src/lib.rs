@@ -35,7 +35,10 @@
 //!    once every chunk is stored and answers `finishedAck`; until then the agent resends it
 //!    after each reconnect.
 //! 6. **Control.** `cancel` asks the agent to stop a job (TERM, then KILL after `graceSecs`);
-//!    `abandon` tells it an attempt is stale (fencing); `drain` asks it to take no more work.
+//!    `abandon` tells it an attempt is stale (fencing); `drain` asks it to take no more work;
+//!    `resize` gives a running job's terminal a new window size (the agent ignores it for an
+//!    attempt it does not run or a job on pipes; an agent that predates it skips it as a
+//!    message it cannot parse, as agents skip every unknown message).
 //!    Every agent message names `(jobId, attempt)`; the hub ignores and answers `abandon` to any
 //!    attempt that is not the job's current one.
 //! 7. **Liveness.** WebSocket ping/pong from the hub plus an app-level `heartbeat` listing the

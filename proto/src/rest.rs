@@ -273,6 +273,31 @@ pub struct CancelRequest {
     pub job_id: String,
 }
 
+/// `POST /api/jobs/resize`: a new window size for a running job's terminal.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResizeRequest {
+    /// Job to resize.
+    pub job_id: String,
+    /// Columns, 1 to [`crate::WindowSize::MAX_SIDE`] (wider than a side so that a size out
+    /// of range gets the hub's own refusal).
+    pub cols: u32,
+    /// Rows, 1 to [`crate::WindowSize::MAX_SIDE`].
+    pub rows: u32,
+}
+
+/// `200` answer to a resize.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResizeResponse {
+    /// Always true.
+    pub success: bool,
+    /// The job.
+    pub job_id: String,
+    /// The size the job's terminal has now (stored in the job).
+    pub tty_size: crate::WindowSize,
+}
+
 /// Summary of a finished job, for the original system's clients.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -400,6 +425,10 @@ pub struct JobView {
     /// Higher runs first (-100 to 100). Older hubs omit it (0).
     #[serde(default)]
     pub priority: i32,
+    /// The size of the job's pseudo-terminal now (the submitted one, or the last resize);
+    /// `null` for a job on pipes. Older hubs omit it.
+    #[serde(default)]
+    pub tty_size: Option<crate::WindowSize>,
 }
 
 /// Why a queued job has not started yet (the first that applies).
@@ -677,4 +706,40 @@ pub struct OutputMatch {
     pub text: String,
     /// The line was longer than `text`.
     pub text_truncated: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resize_bodies_use_their_wire_names() {
+        let req: ResizeRequest =
+            serde_json::from_str(r#"{"jobId":"j1","cols":100,"rows":30}"#).unwrap();
+        assert_eq!(
+            req,
+            ResizeRequest {
+                job_id: "j1".into(),
+                cols: 100,
+                rows: 30
+            }
+        );
+        // Wider than a side, so the hub answers an out-of-range size itself.
+        let wide: ResizeRequest =
+            serde_json::from_str(r#"{"jobId":"j1","cols":70000,"rows":30}"#).unwrap();
+        assert_eq!(wide.cols, 70000);
+        assert!(serde_json::from_str::<ResizeRequest>(r#"{"jobId":"j1","cols":1}"#).is_err());
+        let resp = ResizeResponse {
+            success: true,
+            job_id: "j1".into(),
+            tty_size: crate::WindowSize {
+                cols: 100,
+                rows: 30,
+            },
+        };
+        assert_eq!(
+            serde_json::to_string(&resp).unwrap(),
+            r#"{"success":true,"jobId":"j1","ttySize":{"cols":100,"rows":30}}"#
+        );
+    }
 }

@@ -86,7 +86,7 @@ use std::time::Duration;
 pub use caps::{Capabilities, CgroupVersion, LANDLOCK_ABI_MAX_ENV, probe, set_cgroup_parent};
 pub use child::{Child, Report, spawn};
 pub use error::{Error, Result};
-pub use pty::{MAX_PTYS, Terminal, TerminalSize};
+pub use pty::{MAX_PTYS, Resizer, Terminal, TerminalSize};
 pub use root::{Bind, Root, release_template};
 pub use workspace::Workspace;
 

@@ -23,7 +23,13 @@
 //! non-interactive. A tool that opens `/dev/tty` to ask anyway reads end-of-file once: the
 //! parent types the terminal's EOF character (`^D`) before the job starts, so a prompt
 //! fails instead of waiting for the wall timeout; a second read waits like a terminal
-//! nobody types at. The window size is set on the master (`TIOCSWINSZ`) before the start.
+//! nobody types at. The window size is set on the master (`TIOCSWINSZ`) before the start,
+//! and again whenever the caller resizes the terminal ([`Terminal::resize`], or a
+//! [`Resizer`] while another task reads the output): the kernel then sends `SIGWINCH` to the
+//! terminal's foreground process group, as a terminal emulator's resize does. `COLUMNS` and
+//! `LINES` in the job's environment stay what they were at the start (an environment cannot
+//! change from outside); programs that follow resizes ask the terminal (`stty size`, `tput
+//! cols`, `ioctl(TIOCGWINSZ)`).
 //!
 //! `TIOCSTI` (typing into a terminal's input), `TIOCLINUX` and `TIOCSETD` (another line
 //! discipline) are refused by the seccomp filter whatever the descriptor (the `seccomp` module).
@@ -41,6 +47,7 @@ use std::ffi::CStr;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::pin::Pin;
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll, ready};
 
 use tokio::io::unix::AsyncFd;
@@ -176,17 +183,9 @@ pub(crate) fn open(
     let master = unsafe { OwnedFd::from_raw_fd(master as RawFd) };
     let m = master.as_raw_fd();
     let unlock: libc::c_int = 0;
-    let ws = libc::winsize {
-        ws_row: size.rows,
-        ws_col: size.cols,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    // SAFETY: ioctls on our master with pointers to values on the stack.
-    unsafe {
-        check(libc::ioctl(m, libc::TIOCSPTLCK, &unlock).into())?;
-        check(libc::ioctl(m, libc::TIOCSWINSZ, &ws).into())?;
-    }
+    // SAFETY: an ioctl on our master with a pointer to a value on the stack.
+    check(unsafe { libc::ioctl(m, libc::TIOCSPTLCK, &unlock) }.into())?;
+    set_size(&master, size)?;
     // SAFETY: TIOCGPTPEER opens the slave with these flags and returns a new descriptor.
     let slave = check(unsafe { libc::ioctl(m, libc::TIOCGPTPEER, flags) }.into())?;
     // SAFETY: a new descriptor that nobody else owns.
@@ -210,6 +209,20 @@ pub(crate) fn open(
         slave,
         devpts,
     })
+}
+
+/// Sets the window size of the terminal whose master is `master` (`TIOCSWINSZ`); the kernel
+/// signals `SIGWINCH` to the foreground process group when the size changed.
+fn set_size(master: &OwnedFd, size: TerminalSize) -> io::Result<()> {
+    let ws = libc::winsize {
+        ws_row: size.rows,
+        ws_col: size.cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: an ioctl on our own descriptor with a pointer to a value on the stack.
+    check(unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) }.into())?;
+    Ok(())
 }
 
 /// Turns `ONLCR` off (see the module docs), then types the terminal's EOF character once:
@@ -237,17 +250,61 @@ fn settle(master: &OwnedFd, slave: &OwnedFd) -> io::Result<()> {
 /// when no process holds the job's end any more.
 #[derive(Debug)]
 pub struct Terminal {
-    master: AsyncFd<OwnedFd>,
+    master: AsyncFd<Arc<OwnedFd>>,
 }
 
 impl Terminal {
     /// Registers the (non-blocking) master with the runtime.
     pub(crate) fn new(master: OwnedFd) -> io::Result<Self> {
-        // SAFETY: the AsyncFd owns the master, so it stays open and the same for its lifetime.
-        let master =
-            unsafe { AsyncFd::register_with_interest(master, tokio::io::Interest::READABLE) }
-                .map_err(io::Error::from)?;
+        // SAFETY: the AsyncFd holds a strong reference to the master, so it stays open and the
+        // same for the AsyncFd's lifetime (a [`Resizer`] holds a weak one, which at most keeps
+        // it open a little longer during a resize, and never closes it).
+        let master = unsafe {
+            AsyncFd::register_with_interest(Arc::new(master), tokio::io::Interest::READABLE)
+        }
+        .map_err(io::Error::from)?;
         Ok(Self { master })
+    }
+
+    /// Gives the job's terminal a new window size; the job's foreground process group gets
+    /// `SIGWINCH` if it changed. Each side must be 1 or more.
+    pub fn resize(&self, size: TerminalSize) -> io::Result<()> {
+        resize_master(self.master.get_ref(), size)
+    }
+
+    /// A handle that resizes this terminal from elsewhere while a task reads it; it does not
+    /// keep the terminal open.
+    pub fn resizer(&self) -> Resizer {
+        Resizer {
+            master: Arc::downgrade(self.master.get_ref()),
+        }
+    }
+}
+
+fn resize_master(master: &OwnedFd, size: TerminalSize) -> io::Result<()> {
+    if size.cols == 0 || size.rows == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "a terminal needs at least one column and one row",
+        ));
+    }
+    set_size(master, size)
+}
+
+/// Resizes a job's [`Terminal`] from another task than the one reading it (see
+/// [`Terminal::resizer`]).
+#[derive(Debug, Clone)]
+pub struct Resizer {
+    master: Weak<OwnedFd>,
+}
+
+impl Resizer {
+    /// As [`Terminal::resize`]; an error once the [`Terminal`] is dropped.
+    pub fn resize(&self, size: TerminalSize) -> io::Result<()> {
+        let master = self.master.upgrade().ok_or_else(|| {
+            io::Error::new(io::ErrorKind::NotConnected, "the job's terminal is closed")
+        })?;
+        resize_master(&master, size)
     }
 }
 
@@ -282,5 +339,53 @@ impl AsyncRead for Terminal {
                 Err(_would_block) => continue,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a program in the job asks its terminal (`stty size`): `TIOCGWINSZ` on the slave.
+    fn slave_size(slave: &OwnedFd) -> TerminalSize {
+        // SAFETY: winsize is plain data that the ioctl fills.
+        let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+        // SAFETY: an ioctl on our own descriptor with a pointer to `ws` on the stack.
+        let rc = unsafe { libc::ioctl(slave.as_raw_fd(), libc::TIOCGWINSZ, &mut ws) };
+        assert_eq!(rc, 0, "{}", io::Error::last_os_error());
+        TerminalSize {
+            cols: ws.ws_col,
+            rows: ws.ws_row,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_resize_is_what_the_job_side_of_the_terminal_reports() {
+        let size = TerminalSize { cols: 80, rows: 24 };
+        let pty = open(size, None, true).expect("a pseudo-terminal");
+        let slave = pty.slave;
+        let term = Terminal::new(pty.master).expect("register the master");
+        assert_eq!(slave_size(&slave), size);
+
+        let bigger = TerminalSize {
+            cols: 100,
+            rows: 30,
+        };
+        term.resize(bigger).expect("resize");
+        assert_eq!(slave_size(&slave), bigger);
+
+        let resizer = term.resizer();
+        let narrow = TerminalSize { cols: 40, rows: 10 };
+        resizer.resize(narrow).expect("resize through the handle");
+        assert_eq!(slave_size(&slave), narrow);
+
+        let zero = TerminalSize { cols: 0, rows: 10 };
+        let e = term.resize(zero).expect_err("zero columns");
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+        assert_eq!(slave_size(&slave), narrow, "a refused size changes nothing");
+
+        drop(term);
+        let e = resizer.resize(bigger).expect_err("the terminal is gone");
+        assert_eq!(e.kind(), io::ErrorKind::NotConnected);
     }
 }

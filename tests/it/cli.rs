@@ -9,7 +9,7 @@ use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
 use cmdx_e2e::{FakeAgent, HubProc, WAIT, cmdx_bin, wait_for};
-use cmdx_proto::agent::{AgentMsg, Assignment, Finished, HubMsg, JobRef, OutputChunk, Started};
+use cmdx_proto::agent::{AgentMsg, Assignment, Finished, HubMsg, JobRef, OutputChunk};
 use cmdx_proto::{FailureKind, Outcome, StreamKind, WindowSize};
 use serde_json::{Value, json};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
@@ -150,20 +150,7 @@ struct Run<'a> {
 impl<'a> Run<'a> {
     /// Takes the next assignment, accepts it and reports the child started.
     async fn start(agent: &'a mut FakeAgent) -> (Run<'a>, Assignment) {
-        let asg = agent.next_assignment().await.unwrap();
-        let r = JobRef {
-            job_id: asg.job_id.clone(),
-            attempt: asg.attempt,
-        };
-        agent.send(&AgentMsg::Accept(r)).await.unwrap();
-        agent
-            .send(&AgentMsg::Started(Started {
-                job_id: asg.job_id.clone(),
-                attempt: asg.attempt,
-                isolation: vec![],
-            }))
-            .await
-            .unwrap();
+        let asg = agent.start_next().await.unwrap();
         (
             Run {
                 agent,

@@ -38,6 +38,7 @@ mod packaging;
 mod pty;
 mod ratelimit;
 mod relay;
+mod resize;
 mod scheduling;
 mod security;
 mod sessions;

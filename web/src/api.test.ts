@@ -1,5 +1,5 @@
-import { describe, expect, it } from 'vitest';
-import { errorFrom, outputUrl } from './api';
+import { afterEach, describe, expect, it, vi } from 'vitest';
+import { ApiError, api, errorFrom, outputUrl } from './api';
 
 describe('errorFrom', () => {
   it('uses the hub error body, capitalised', () => {
@@ -26,5 +26,35 @@ describe('outputUrl', () => {
   it('is the raw log route, with an offset only when needed', () => {
     expect(outputUrl('a/b')).toBe('/api/jobs/a%2Fb/output');
     expect(outputUrl('j1', 42)).toBe('/api/jobs/j1/output?offset=42');
+  });
+});
+
+describe('resizeJob', () => {
+  afterEach(() => vi.unstubAllGlobals());
+
+  it('posts the job and its new size as JSON and returns the size the hub stored', async () => {
+    const calls: { path: string; init: RequestInit }[] = [];
+    vi.stubGlobal('fetch', async (path: string, init: RequestInit) => {
+      calls.push({ path, init });
+      return new Response('{"success":true,"jobId":"j1","ttySize":{"cols":100,"rows":30}}', { status: 200 });
+    });
+    const r = await api.resizeJob('j1', 100, 30);
+    expect(r.ttySize).toEqual({ cols: 100, rows: 30 });
+    expect(calls).toHaveLength(1);
+    expect(calls[0]!.path).toBe('/api/jobs/resize');
+    expect(calls[0]!.init.method).toBe('POST');
+    expect(JSON.parse(calls[0]!.init.body as string)).toEqual({ jobId: 'j1', cols: 100, rows: 30 });
+  });
+
+  it('rejects with the hub code when the job is not running', async () => {
+    vi.stubGlobal(
+      'fetch',
+      async () =>
+        new Response('{"error":"job j1 is not running (it is completed)","code":"not_running"}', { status: 409 }),
+    );
+    const e = await api.resizeJob('j1', 100, 30).catch((e: unknown) => e);
+    expect(e).toBeInstanceOf(ApiError);
+    expect((e as ApiError).status).toBe(409);
+    expect((e as ApiError).code).toBe('not_running');
   });
 });

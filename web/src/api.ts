@@ -8,6 +8,7 @@ import type {
   JobView,
   LoginResponse,
   MintTokenResponse,
+  ResizeResponse,
   SubmitRequest,
   SubmitResponse,
   UpdateUserRequest,
@@ -122,6 +123,9 @@ export const api = {
   job: (jobId: string) => request<JobView>(`/api/jobs/status?jobId=${encodeURIComponent(jobId)}`),
   jobs: (query: string) => request<JobList>(`/api/jobs/list?${query}`),
   cancel: (jobId: string) => request<unknown>('/api/jobs/cancel', { body: { jobId } }),
+  /** New size for a running job's terminal (409 `not_running` / `no_terminal` otherwise). */
+  resizeJob: (jobId: string, cols: number, rows: number) =>
+    request<ResizeResponse>('/api/jobs/resize', { body: { jobId, cols, rows } }),
   workers: () => request<{ workers: WorkerView[] }>('/api/workers/list'),
   mintToken: (name: string | undefined, ttlSecs: number | undefined) =>
     request<MintTokenResponse>('/api/workers/tokens', { body: { name, ttlSecs } }),

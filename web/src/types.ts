@@ -159,6 +159,21 @@ export interface JobView {
   waitReason?: WaitReason;
   /** Higher runs first (-100 to 100). */
   priority: number;
+  /** The job's terminal size now (as submitted, or the last resize); null: the job runs on pipes. */
+  ttySize: WindowSize | null;
+}
+
+/** A terminal's size in character cells. */
+export interface WindowSize {
+  cols: number;
+  rows: number;
+}
+
+/** `POST /api/jobs/resize` answer. */
+export interface ResizeResponse {
+  success: true;
+  jobId: string;
+  ttySize: WindowSize;
 }
 
 /** Why a queued job has not started. */

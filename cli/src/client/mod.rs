@@ -21,6 +21,7 @@ pub mod config;
 pub mod follow;
 pub mod listing;
 pub mod progress;
+pub mod resize;
 pub mod session;
 pub mod show;
 pub mod submit;
@@ -303,6 +304,17 @@ pub enum JobCmd {
         /// The hub's whole job document as one JSON line instead.
         #[arg(long)]
         json: bool,
+    },
+    /// Give a running job's terminal a new size, as resizing a terminal window does: the job
+    /// gets SIGWINCH and `stty size` / `tput cols` report the new size (COLUMNS and LINES keep
+    /// the size it started with). A foreground `cmdx submit` does this by itself when your
+    /// terminal is resized.
+    Resize {
+        /// Job id.
+        job: String,
+        /// The new size, COLUMNSxROWS (e.g. 120x40), each 1 to 1000.
+        #[arg(value_name = "COLSxROWS", value_parser = resize::parse_size)]
+        size: cmdx_proto::WindowSize,
     },
 }
 

@@ -25,6 +25,8 @@ pub struct Progress {
     /// Stderr is a terminal: the queued line is redrawn in place.
     tty: bool,
     state: Mutex<State>,
+    /// True once the job left the queue (see [`Progress::left`]).
+    left: tokio::sync::watch::Sender<bool>,
 }
 
 /// What [`Progress`] has shown so far.
@@ -49,6 +51,7 @@ impl Progress {
             quiet,
             tty: std::io::stderr().is_terminal(),
             state: Mutex::new(State::default()),
+            left: tokio::sync::watch::Sender::new(false),
         }
     }
 
@@ -118,6 +121,16 @@ impl Progress {
         let mut st = self.state();
         st.done = true;
         Self::erase(&mut st);
+        self.left.send_replace(true);
+    }
+
+    /// Resolves once the job left the queue (what a terminal resize refused while it was
+    /// queued waits for).
+    pub fn left(&self) -> impl Future<Output = ()> + 'static {
+        let mut left = self.left.subscribe();
+        async move {
+            let _ = left.wait_for(|l| *l).await;
+        }
     }
 
     /// Prints one line on stderr (after erasing a drawn queued line, which comes back with the

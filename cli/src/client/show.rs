@@ -27,6 +27,15 @@ pub async fn job(args: JobArgs) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
+        JobCmd::Resize { job, size } => {
+            let id = job.trim();
+            let now = super::resize::resize(&api, id, size).await?;
+            super::out(&format!(
+                "job {id}: terminal is now {}x{}\n",
+                now.cols, now.rows
+            ))?;
+            Ok(0)
+        }
     }
 }
 
@@ -50,6 +59,8 @@ pub async fn rerun(args: RerunArgs) -> anyhow::Result<i32> {
         quiet: args.quiet,
         download: None,
         force: false,
+        // The new job's terminal starts at the old one's size; the user's resizes follow.
+        tty: old.tty_size,
     };
     wait_for(&api, &resp.job_id, &old.tags, &wait).await
 }
@@ -96,6 +107,13 @@ fn describe(v: &JobView, hub: &str, now: SystemTime) -> String {
     rows.push(("env", list_or_dash(&v.env_keys)));
     rows.push(("file", v.file_url.clone().unwrap_or_else(|| "-".into())));
     rows.push(("timeout", format!("{}s", v.timeout)));
+    rows.push((
+        "terminal",
+        match v.tty_size {
+            Some(t) => format!("{}x{}", t.cols, t.rows),
+            None => "none (pipes)".into(),
+        },
+    ));
     rows.push(("priority", v.priority.to_string()));
     rows.push(("worker", v.worker_id.clone().unwrap_or_else(|| "-".into())));
     rows.push(("attempt", format!("{} of {}", v.attempt, v.max_attempts)));

@@ -96,6 +96,7 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<i32> {
         quiet: args.quiet,
         download: args.download.clone(),
         force: args.force,
+        tty: req.tty_size,
     };
     wait_for(&api, &resp.job_id, &args.tags, &wait).await
 }
@@ -112,6 +113,9 @@ pub struct Wait {
     pub download: Option<Option<std::path::PathBuf>>,
     /// Replace existing files when downloading.
     pub force: bool,
+    /// The size the job's terminal starts with, when it has one and its output is followed in
+    /// the user's terminal: the user's resizes are then sent to the job (`SIGWINCH`).
+    pub tty: Option<WindowSize>,
 }
 
 /// The folder `--download` without a value unpacks into: one per job, so a command run twice
@@ -139,7 +143,7 @@ pub async fn wait_for(api: &Api, id: &str, tags: &[String], wait: &Wait) -> anyh
         .map(|d| d.clone().unwrap_or_else(|| default_download_dir(id)));
     let download = download.as_deref().map(|dir| (dir, wait.force));
     if wait.json {
-        let end = watch(api, id, None, &progress).await?;
+        let end = watch(api, id, None, &progress, None).await?;
         let Some(end) = end else {
             return Ok(EXIT_CANCELLED);
         };
@@ -148,7 +152,7 @@ pub async fn wait_for(api: &Api, id: &str, tags: &[String], wait: &Wait) -> anyh
         super::out(&format!("{}\n", serde_json::to_string(&view)?))?;
         return ended(api, id, &end, download, &progress).await;
     }
-    match watch(api, id, Some(0), &progress).await? {
+    match watch(api, id, Some(0), &progress, wait.tty).await? {
         Some(end) => ended(api, id, &end, download, &progress).await,
         None => Ok(EXIT_CANCELLED),
     }
@@ -156,7 +160,7 @@ pub async fn wait_for(api: &Api, id: &str, tags: &[String], wait: &Wait) -> anyh
 
 /// The size of the terminal the job's output is followed in (stdout), for the job's own
 /// terminal; `None` when stdout is no terminal or its size is unknown or out of range.
-fn window_size() -> Option<WindowSize> {
+pub(crate) fn window_size() -> Option<WindowSize> {
     let (rows, cols) = console::Term::stdout().size_checked()?;
     let size = WindowSize { cols, rows };
     size.is_valid().then_some(size)
@@ -190,12 +194,14 @@ async fn ended(
 
 /// Follows job `id` (streaming output from `offset`, or silently when `None`) until it ends,
 /// telling `progress` where it stands while queued, and handling Ctrl-C: the first cancels the
-/// remote job, the second detaches (returns `None`).
+/// remote job, the second detaches (returns `None`). With `tty` (the size the job's terminal
+/// started with), the user's terminal resizes are sent to the job meanwhile.
 async fn watch(
     api: &Api,
     id: &str,
     offset: Option<u64>,
     progress: &Progress,
+    tty: Option<WindowSize>,
 ) -> anyhow::Result<Option<End>> {
     let mut sigint = signal(SignalKind::interrupt()).context("cannot handle Ctrl-C")?;
     let fut = async {
@@ -205,9 +211,13 @@ async fn watch(
         }
     };
     tokio::pin!(fut);
+    let resizes = super::resize::forward_winch(api, id, tty, progress.left());
+    tokio::pin!(resizes);
+    let mut forwarding = tty.is_some();
     let mut presses = 0;
     loop {
         tokio::select! {
+            () = &mut resizes, if forwarding => forwarding = false,
             r = &mut fut => {
                 return match r? {
                     Stop::Ended(end) => Ok(Some(end)),

@@ -2,8 +2,10 @@
 
 use std::sync::Arc;
 
-use cmdx_proto::JobStatus;
-use cmdx_proto::rest::{CancelRequest, JobList, SubmitRequest, SubmitResponse};
+use cmdx_proto::rest::{
+    CancelRequest, JobList, ResizeRequest, ResizeResponse, SubmitRequest, SubmitResponse,
+};
+use cmdx_proto::{JobStatus, WindowSize};
 use warp::http::StatusCode;
 use warp::reply::Response;
 
@@ -113,6 +115,29 @@ pub async fn cancel(hub: &Arc<Hub>, mut req: Req) -> ApiResult<Response> {
         "status": job.status,
         "cancelRequested": job.cancel_requested,
     })))
+}
+
+/// `POST /api/jobs/resize {jobId, cols, rows}`: a new window size for the running job's
+/// terminal, sent to its agent.
+pub async fn resize(hub: &Arc<Hub>, mut req: Req) -> ApiResult<Response> {
+    let caller = user(hub, &req)?;
+    let body: ResizeRequest = read_json(&mut req, hub.config.max_json_bytes).await?;
+    // A side beyond u16 is out of range like 0: the lifecycle's refusal says the range.
+    let side = |n: u32| u16::try_from(n).unwrap_or(0);
+    let size = WindowSize {
+        cols: side(body.cols),
+        rows: side(body.rows),
+    };
+    let job = jobs::lifecycle::resize(hub, &caller, &body.job_id, size).await?;
+    let tty = job.tty.map_or(size, |t| WindowSize {
+        cols: t.cols,
+        rows: t.rows,
+    });
+    Ok(json(&ResizeResponse {
+        success: true,
+        job_id: job.id,
+        tty_size: tty,
+    }))
 }
 
 /// `GET /api/jobs/{id}/output?offset=N&limit=M&since=T`: raw bytes of the combined log (from

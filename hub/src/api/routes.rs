@@ -187,6 +187,7 @@ pub(super) static ROUTES: &[Route] = &[
     Route::new(Method::GET, "/api/jobs/status", plain!(jobs_api::status)),
     Route::new(Method::GET, "/api/jobs/list", plain!(jobs_api::list)),
     Route::new(Method::POST, "/api/jobs/cancel", plain!(jobs_api::cancel)),
+    Route::new(Method::POST, "/api/jobs/resize", plain!(jobs_api::resize)),
     // legacy worker and submitter routes
     Route::new(Method::GET, "/api/jobs/get-job", plain!(legacy::get_job)),
     Route::new(

@@ -4,16 +4,17 @@
 
 use std::sync::Arc;
 
-use cmdx_proto::agent::{Cancel, HubMsg, OutputChunk};
-use cmdx_proto::{FailureKind, JobStatus, Outcome, StreamKind};
+use cmdx_proto::agent::{Cancel, HubMsg, OutputChunk, Resize};
+use cmdx_proto::{FailureKind, JobStatus, Outcome, StreamKind, WindowSize};
 
+use super::record::ResizeRefusal;
 use super::views::visible_job;
 use super::{LifecycleError, LifecycleResult, check_current, update_current, update_held};
 use crate::Hub;
 use crate::auth::Caller;
 use crate::dispatch::WorkerKind;
 use crate::relay::AppendLog;
-use crate::store::{JobRecord, now_ms};
+use crate::store::{JobRecord, TtyRecord, now_ms};
 
 /// The agent reports the child started.
 pub async fn started(
@@ -363,6 +364,116 @@ pub async fn cancel(hub: &Arc<Hub>, caller: &Caller, job_id: &str) -> LifecycleR
         .get_job(job_id)
         .await?
         .ok_or(LifecycleError::NotFound("job"))
+}
+
+/// The job's owner or an admin gives the held job's terminal a new size (their terminal was
+/// resized): stored in the job, durably, then sent to the agent holding it, which sets it on
+/// the terminal (the job's foreground process group gets `SIGWINCH`). Refused for a job that
+/// is queued or ended, on pipes, or held by a legacy poller (which has no terminal).
+pub async fn resize(
+    hub: &Arc<Hub>,
+    caller: &Caller,
+    job_id: &str,
+    size: WindowSize,
+) -> LifecycleResult<JobRecord> {
+    if !size.is_valid() {
+        return Err(LifecycleError::Invalid(format!(
+            "cols and rows must be between 1 and {}",
+            WindowSize::MAX_SIDE
+        )));
+    }
+    let before = visible_job(hub, caller, job_id).await?;
+    let worker = before.worker_id.clone().unwrap_or_default();
+    let tty = TtyRecord {
+        cols: size.cols,
+        rows: size.rows,
+    };
+    // A legacy poller with a minted worker token is known by the hub it polls.
+    let legacy_here = hub.dispatch.kind(&worker) == Some(WorkerKind::Legacy);
+    let check = |job: &mut JobRecord| match job.resize(tty) {
+        Ok(_) if legacy_here => Err(resize_refused(job, ResizeRefusal::LegacyWorker)),
+        r => r.map_err(|r| resize_refused(job, r)),
+    };
+    let mut probe = before.clone();
+    if !check(&mut probe)? {
+        // Nothing to store; the worker is told all the same (it may have missed a resize).
+        send_resize(hub, &before).await;
+        return Ok(before);
+    }
+    let refused = std::sync::Mutex::new(None);
+    let job = hub
+        .store
+        .update_job(job_id, &|job: &mut JobRecord| match check(job) {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                *refused.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                Err(crate::store::StoreError::Conflict("refused".into()))
+            }
+        })
+        .await;
+    let job = match job {
+        Ok(job) => job,
+        Err(e) => {
+            return Err(refused
+                .into_inner()
+                .unwrap_or_else(|p| p.into_inner())
+                .unwrap_or_else(|| e.into()));
+        }
+    };
+    hub.store.sync().await?;
+    send_resize(hub, &job).await;
+    Ok(job)
+}
+
+/// The answer to a refused resize of `job`.
+fn resize_refused(job: &JobRecord, r: ResizeRefusal) -> LifecycleError {
+    match r {
+        ResizeRefusal::NotRunning(status) => LifecycleError::NotRunning(format!(
+            "job {} is not running (it is {}): only a running job's terminal can be resized",
+            job.id,
+            status.as_str()
+        )),
+        ResizeRefusal::NoTerminal => LifecycleError::NoTerminal(format!(
+            "job {} has no terminal: it was submitted with pipes (tty: false)",
+            job.id
+        )),
+        ResizeRefusal::LegacyWorker => LifecycleError::NoTerminal(format!(
+            "job {} has no terminal: a legacy worker runs it, on pipes",
+            job.id
+        )),
+    }
+}
+
+/// Tells the agent holding `job` its terminal's size, as a cancel reaches it: this hub sends it
+/// if it holds the agent's socket, else (on a cluster) the hub that does. An agent that is away
+/// gets the stored size when it reconnects (with its resumed jobs, `ws_agent::resume_held`).
+async fn send_resize(hub: &Hub, job: &JobRecord) {
+    let worker = job.worker_id.clone().unwrap_or_default();
+    match hub.dispatch.conn(&worker) {
+        Some(conn) => {
+            if let Some(msg) = resize_message(job) {
+                let _ = conn.send(msg).await;
+            }
+        }
+        None if hub.cluster.is_shared() => hub.cluster.tell(crate::cluster::Note::Resize {
+            job_id: job.id.clone(),
+        }),
+        None => {}
+    }
+}
+
+/// The `resize` giving a held job's terminal the size its record has now; `None` for a job
+/// without a terminal or not held.
+pub(crate) fn resize_message(job: &JobRecord) -> Option<HubMsg> {
+    let tty = job.tty?;
+    matches!(job.status, JobStatus::Assigned | JobStatus::Running).then(|| {
+        HubMsg::Resize(Resize {
+            job_id: job.id.clone(),
+            attempt: job.attempt,
+            cols: tty.cols,
+            rows: tty.rows,
+        })
+    })
 }
 
 /// The `cancel` telling a job's worker to stop its current attempt.

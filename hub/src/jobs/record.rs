@@ -9,6 +9,17 @@ use crate::store::{AttemptRecord, FileRef, JobRecord, OutputMeta, TtyRecord};
 /// Most refusals before a job fails: nobody wants it.
 pub const MAX_REJECTIONS: u32 = 100;
 
+/// Why a job's terminal cannot be resized.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResizeRefusal {
+    /// The job is queued or has ended.
+    NotRunning(JobStatus),
+    /// The job runs on pipes.
+    NoTerminal,
+    /// A legacy poller holds the job: it runs every job on pipes.
+    LegacyWorker,
+}
+
 /// What a submission decides about a new job; the rest of its record starts empty.
 #[derive(Debug, Clone, Default)]
 pub struct NewJob {
@@ -196,6 +207,27 @@ impl JobRecord {
         self.end_attempt("cancelled", now);
     }
 
+    /// Gives the held job's terminal a new `size` (the record keeps the size the job's terminal
+    /// has now). True when it changed. Refused for a job that is not assigned or running, a
+    /// job on pipes, and a job a legacy poller holds (it runs every job on pipes).
+    pub fn resize(&mut self, size: TtyRecord) -> Result<bool, ResizeRefusal> {
+        if !matches!(self.status, JobStatus::Assigned | JobStatus::Running) {
+            return Err(ResizeRefusal::NotRunning(self.status));
+        }
+        let Some(now) = self.tty else {
+            return Err(ResizeRefusal::NoTerminal);
+        };
+        if self
+            .token_id
+            .as_deref()
+            .is_some_and(crate::store::is_legacy_credential)
+        {
+            return Err(ResizeRefusal::LegacyWorker);
+        }
+        self.tty = Some(size);
+        Ok(now != size)
+    }
+
     fn end_attempt(&mut self, end: &str, now: u64) {
         if let Some(a) = self.attempts.last_mut() {
             a.ended_ms = Some(now);
@@ -224,6 +256,38 @@ mod tests {
         let mut job = queued(7);
         assert!(job.claim(7, "w1", "t1", 10));
         job
+    }
+
+    #[test]
+    fn only_a_held_job_with_a_terminal_on_an_agent_is_resized() {
+        let size = |cols, rows| TtyRecord { cols, rows };
+        let mut job = queued(7);
+        job.tty = Some(size(80, 24));
+        assert_eq!(
+            job.resize(size(100, 30)),
+            Err(ResizeRefusal::NotRunning(JobStatus::Queued))
+        );
+        assert!(job.claim(7, "w1", "t1", 10));
+        assert_eq!(job.resize(size(100, 30)), Ok(true), "assigned");
+        job.start(11);
+        assert_eq!(job.resize(size(100, 30)), Ok(false), "the same size");
+        assert_eq!(job.resize(size(120, 40)), Ok(true));
+        assert_eq!(job.tty, Some(size(120, 40)));
+
+        let mut legacy = job.clone();
+        legacy.token_id = Some(crate::store::LEGACY_CREDENTIAL.into());
+        assert_eq!(legacy.resize(size(1, 1)), Err(ResizeRefusal::LegacyWorker));
+        let mut pipes = job.clone();
+        pipes.tty = None;
+        assert_eq!(pipes.resize(size(1, 1)), Err(ResizeRefusal::NoTerminal));
+        assert_eq!(pipes.tty, None);
+
+        job.finish(&Outcome::default(), OutputMeta::default(), 20);
+        assert_eq!(
+            job.resize(size(1, 1)),
+            Err(ResizeRefusal::NotRunning(job.status))
+        );
+        assert_eq!(job.tty, Some(size(120, 40)), "refusals change nothing");
     }
 
     #[test]

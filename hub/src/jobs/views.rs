@@ -168,6 +168,10 @@ pub async fn view(hub: &Hub, job: &JobRecord, with_output: bool) -> LifecycleRes
         no_matching_worker: queue.is_some_and(|q| q.no_matching_worker),
         wait_reason: queue.map(|q| q.reason),
         priority: job.priority,
+        tty_size: job.tty.map(|t| cmdx_proto::WindowSize {
+            cols: t.cols,
+            rows: t.rows,
+        }),
     })
 }
 

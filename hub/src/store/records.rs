@@ -158,9 +158,13 @@ pub const LEGACY_CREDENTIAL: &str = "legacy";
 /// `legacy-jwt:<worker>`: they count as [`LEGACY_CREDENTIAL`], so a legacy job in flight across
 /// an upgrade is not fenced off.
 fn same_credential(stored: &str, presented: &str) -> bool {
-    let legacy =
-        |t: &str| t == LEGACY_CREDENTIAL || t == "open-cidr" || t.starts_with("legacy-jwt:");
-    stored == presented || (legacy(stored) && legacy(presented))
+    stored == presented || (is_legacy_credential(stored) && is_legacy_credential(presented))
+}
+
+/// Whether a stored claim's credential id is a legacy worker's (including the ids stored
+/// before legacy credentials were merged).
+pub fn is_legacy_credential(t: &str) -> bool {
+    t == LEGACY_CREDENTIAL || t == "open-cidr" || t.starts_with("legacy-jwt:")
 }
 
 /// A job's stored artifacts: one ZIP (a [`FileRecord`] with `artifacts_of`) and its listing.
