@@ -547,6 +547,40 @@ describe('dashboard against cmdx dev', () => {
     }
   });
 
+  it('makes a running job’s terminal follow the page’s, the job seeing SIGWINCH', async () => {
+    const sized = await newPage(browser, hub.url);
+    try {
+      const p = sized.page;
+      await signIn(p, ADMIN_EMAIL, ADMIN_PASSWORD);
+      await p.evaluate(() => localStorage.removeItem('cmdx.timestamps'));
+      // The job prints its terminal's size at the start and on every SIGWINCH.
+      await submitFromForm(
+        p,
+        "trap 'echo size $(stty size </dev/tty)' WINCH; echo size $(stty size </dev/tty); i=0; while [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done",
+      );
+      await waitFor('the starting size', async () => (await terminalText(p)).includes('size 24 80')).catch(async (e) => {
+        throw new Error(`${e}: terminal shows ${JSON.stringify(await terminalText(p))}`);
+      });
+      await waitFor('the size shown', async () => (await p.locator('.term-size').innerText()).includes("The job's terminal is 80×24."));
+      const fit = p.getByRole('button', { name: /Fit it to this view \((\d+)×(\d+)\)/ });
+      const [, cols, rows] = /\((\d+)×(\d+)\)/.exec((await fit.innerText()))!;
+      await fit.click();
+      await waitFor('the job told the new size', async () => (await terminalText(p)).includes(`size ${rows} ${cols}`));
+      await waitFor('the size shown', async () => (await p.locator('.term-size').innerText()).includes(`${cols}×${rows}, following this view`));
+      // Following: a narrower window narrows the job's terminal too.
+      await p.setViewportSize({ width: 900, height: 800 });
+      await waitFor('a narrower size', async () => {
+        const m = [...(await terminalText(p)).matchAll(/size (\d+) (\d+)/g)].pop();
+        return !!m && Number(m[2]) < Number(cols);
+      });
+      await p.getByRole('button', { name: 'Cancel' }).click();
+      await p.locator('.page-header .badge[data-status="cancelled"]').waitFor({ timeout: 60_000 });
+      expect(sized.errors).toEqual([]);
+    } finally {
+      await sized.context.close();
+    }
+  });
+
   it('reads well on a narrow window', async () => {
     const narrow = await newPage(browser, hub.url, 390, 844);
     try {

@@ -17,11 +17,11 @@ import {
 } from '../lib/format';
 import { isNewer, isTerminal } from '../lib/jobs';
 import { LineTracker, lineFromHash, type Section } from '../lib/logLines';
-import { LogRenderer } from '../lib/logRender';
+import { LogRenderer, STAMP_COLUMNS } from '../lib/logRender';
 import { OutputFollower } from '../lib/outputFollower';
 import { jobPath } from '../lib/routes';
 import { navigate } from '../state';
-import type { JobSummary, JobView } from '../types';
+import type { JobSummary, JobView, WindowSize } from '../types';
 import { hubSocket } from '../ws';
 
 /** Where the page remembers whether lines show their times. */
@@ -64,6 +64,9 @@ export function JobPage({ jobId }: { jobId: string }) {
   const tracker = useRef(new LineTracker());
   const [timestamps, setTimestamps] = useState(() => localStorage.getItem(TIMESTAMPS_KEY) === 'on');
   const renderer = useRef<LogRenderer | null>(null);
+  /** The page terminal's size, and whether the job's terminal follows it (once asked to). */
+  const [viewSize, setViewSize] = useState<WindowSize | null>(null);
+  const [fitting, setFitting] = useState(false);
   /** Bumped when sections fold or unfold, to draw their list again. */
   const [, setFoldsVersion] = useState(0);
   const followerRef = useRef<OutputFollower | null>(null);
@@ -132,6 +135,8 @@ export function JobPage({ jobId }: { jobId: string }) {
   // Buildkite `---`); a live one shows everything as it comes, the reader folds.
   const onReady = (h: TerminalHandle, complete: boolean) => {
     term.current = h;
+    setViewSize({ cols: h.term.cols, rows: h.term.rows });
+    h.term.onResize((size) => setViewSize(size));
     const fresh = (foldByDefault: boolean) => {
       tracker.current = new LineTracker();
       const shown = renderer.current?.options.timestamps ?? timestamps;
@@ -307,6 +312,28 @@ export function JobPage({ jobId }: { jobId: string }) {
       setViewer({ ...from, target: n, before: first });
     });
   };
+
+  // While the job's terminal follows this view, a resize of the page's terminal (its corner
+  // dragged, the window resized, timestamps taking columns) resizes the job's, as `ssh -t`
+  // does on SIGWINCH: the job's programs see SIGWINCH and the new size.
+  const job0 = load.state === 'ok' ? load.job : null;
+  const target = viewSize && { cols: Math.max(1, viewSize.cols - (timestamps ? STAMP_COLUMNS : 0)), rows: viewSize.rows };
+  const canResize = !!job0?.ttySize && (job0.status === 'running' || job0.status === 'assigned');
+  useEffect(() => {
+    if (!fitting || !canResize || !target || !job0) return;
+    if (job0.ttySize?.cols === target.cols && job0.ttySize?.rows === target.rows) return;
+    const t = setTimeout(() => {
+      api
+        .resizeJob(job0.jobId, target.cols, target.rows)
+        .then((r) => setLoad((prev) => (prev.state === 'ok' ? { state: 'ok', job: { ...prev.job, ttySize: r.ttySize } } : prev)))
+        .catch((err) => {
+          // Finished meanwhile: nothing to follow any more.
+          if (err instanceof ApiError && err.status === 409) setFitting(false);
+          else setActionError(err instanceof Error ? err.message : 'Could not resize the job’s terminal');
+        });
+    }, 200);
+    return () => clearTimeout(t);
+  }, [fitting, canResize, target?.cols, target?.rows, job0?.ttySize?.cols, job0?.ttySize?.rows]);
 
   // `#L123` links (search results, line numbers, a shared URL) go to their line.
   useEffect(() => {
@@ -642,6 +669,7 @@ export function JobPage({ jobId }: { jobId: string }) {
           />
         )}
         <p class="hint">Drag the terminal's bottom-right corner to resize it; Escape, then Tab, leaves it.</p>
+        <TermSize job={job} target={target} canResize={canResize} fitting={fitting} onFit={() => setFitting(true)} />
         <div id="after-output" tabIndex={-1} />
       </section>
 
@@ -706,4 +734,41 @@ function waitText(job: JobView): string {
 /** The viewer's time zone, as timestamps are shown in it. */
 function timeZoneName(): string {
   return Intl.DateTimeFormat().resolvedOptions().timeZone || 'local time';
+}
+
+/** The job's terminal size, and a way to make it follow the page's terminal while it runs. */
+function TermSize({
+  job,
+  target,
+  canResize,
+  fitting,
+  onFit,
+}: {
+  job: JobView;
+  target: WindowSize | null;
+  canResize: boolean;
+  fitting: boolean;
+  onFit: () => void;
+}) {
+  const size = job.ttySize;
+  if (!size) return <p class="hint">The job writes to pipes, not a terminal.</p>;
+  const now = `${size.cols}×${size.rows}`;
+  if (!canResize) {
+    return <p class="hint">{isTerminal(job.status) ? `The job ran in a ${now} terminal.` : `The job's terminal will be ${now}.`}</p>;
+  }
+  const same = !!target && target.cols === size.cols && target.rows === size.rows;
+  return (
+    <p class="hint term-size" role="status">
+      The job's terminal is <span class="mono">{now}</span>
+      {fitting ? ', following this view.' : '.'}
+      {!fitting && target && !same && (
+        <>
+          {' '}
+          <button type="button" class="btn btn-small" onClick={onFit}>
+            Fit it to this view ({target.cols}×{target.rows})
+          </button>
+        </>
+      )}
+    </p>
+  );
 }
