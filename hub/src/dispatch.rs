@@ -453,24 +453,41 @@ impl Dispatch {
     }
 
     /// Takes the next tagless queued job (in the queue's order) for a legacy worker, reserving
-    /// it; the entry lets the caller put it back where it was ([`Dispatch::enqueue`]).
-    pub fn take_for_legacy(&self, worker_id: &str) -> Option<Entry> {
+    /// it, with when its owner was served before; the caller may step over it
+    /// ([`Dispatch::step_over`]) and put it back where it was ([`Dispatch::enqueue`]).
+    pub fn take_for_legacy(&self, worker_id: &str) -> Option<(Entry, u64)> {
         let mut st = self.lock();
         let w = st.workers.get(worker_id)?;
         if w.free_slots() == 0 || w.draining {
             return None;
         }
         let State { queue, quotas, .. } = &mut *st;
-        let entry = queue.take_next(
+        let pick = queue.pick(
             |tags| tags.is_empty(),
             |owner, usage| quotas.at_running(owner, usage),
         )?;
+        let served_before = queue.usage(&pick.owner).last_served;
+        let (seq, job_id) = queue.take(&pick)?;
+        let entry = Entry {
+            seq,
+            job_id,
+            priority: pick.priority,
+            owner: pick.owner,
+        };
         st.held_owner
             .insert(entry.job_id.clone(), entry.owner.clone());
         if let Some(w) = st.workers.get_mut(worker_id) {
             w.held.insert(entry.job_id.clone());
         }
-        Some(entry)
+        Some((entry, served_before))
+    }
+
+    /// Gives back a job a legacy worker took and cannot run, as if it had not been taken: its
+    /// slot, and its owner's turn (served when they were before), so fair share is not charged
+    /// for a job that did not start. The caller puts the entry back in the queue.
+    pub fn step_over(&self, worker_id: &str, entry: &Entry, served_before: u64) {
+        self.lock().queue.unserve(&entry.owner, served_before);
+        self.unreserve(worker_id, &entry.job_id);
     }
 
     /// Gives back a reserved slot whose claim failed (the job moved on: it is not requeued).
@@ -828,6 +845,23 @@ mod tests {
 
     fn tags(t: &[&str]) -> Vec<String> {
         t.iter().map(|t| t.to_string()).collect()
+    }
+
+    #[test]
+    fn a_job_a_legacy_poller_steps_over_costs_its_owner_no_turn() {
+        let d = Dispatch::default();
+        agent(&d, "w", &[]);
+        d.enqueue(&[], entry(1, "a", 0));
+        d.enqueue(&[], entry(2, "b", 0));
+        // a's job is first (both never served: the older head) and the poller cannot run it
+        // (an image job): it goes back untouched.
+        let (taken, before) = d.take_for_legacy("w").expect("a job");
+        assert_eq!(taken.job_id, "a1");
+        d.step_over("w", &taken, before);
+        d.enqueue(&[], taken);
+        // Still a's turn: being stepped over is not being served.
+        let (next, _) = d.take_for_legacy("w").expect("a job");
+        assert_eq!(next.job_id, "a1");
     }
 
     #[test]

@@ -234,6 +234,14 @@ impl Queue {
         Some(item)
     }
 
+    /// Undoes the turn [`Queue::take`] gave `owner` for a job handed back untouched (a legacy
+    /// poller stepping over a job it cannot run): they were last served at `before` again.
+    pub fn unserve(&mut self, owner: &str, before: u64) {
+        if let Some(u) = self.users.get_mut(owner) {
+            u.last_served = before;
+        }
+    }
+
     /// One more job of `owner` runs here (recovery, a resumed agent).
     pub fn started(&mut self, owner: &str) {
         self.users.entry(owner.to_string()).or_default().running += 1;

@@ -202,7 +202,7 @@ async fn claim_legacy_skipping(
     token_id: &str,
     skipped: &mut Vec<crate::queue::Entry>,
 ) -> LifecycleResult<Option<JobRecord>> {
-    while let Some(entry) = hub.dispatch.take_for_legacy(worker) {
+    while let Some((entry, served_before)) = hub.dispatch.take_for_legacy(worker) {
         let (seq, job_id) = (entry.seq, entry.job_id.clone());
         let record = match hub.store.get_job(&job_id).await {
             Ok(r) => r,
@@ -214,7 +214,7 @@ async fn claim_legacy_skipping(
         };
         let in_image = record.is_some_and(|j| j.image.is_some());
         if in_image {
-            hub.dispatch.unreserve(worker, &job_id);
+            hub.dispatch.step_over(worker, &entry, served_before);
             skipped.push(entry);
             if skipped.len() >= LEGACY_IMAGE_SKIPS {
                 return Ok(None);
