@@ -142,7 +142,9 @@ pub const TAG_SET_SERIES: usize = 50;
 /// `cmdx_queue_depth_by_tags{tags="gpu,linux"}`: what an autoscaler (KEDA, an HPA on an
 /// external metric) scales the agents serving those tags on. Rendered at each scrape from the
 /// queue as it is, so a drained tag set's series goes away instead of staying at its last
-/// value; the 50 deepest tag sets get a series each, the rest one `tags="_other"` series.
+/// value; the 50 deepest tag sets get a series each, the rest are summed in
+/// `cmdx_queue_depth_other_tag_sets` (a metric of its own: any string can be a tag, so no
+/// `tags` value could stand for "the rest" without meaning a real tag set too).
 fn queue_depth_by_tags(hub: &Hub) -> String {
     use std::fmt::Write as _;
     let (mut sets, rest) = hub.dispatch.depth_by_tags(TAG_SET_SERIES);
@@ -153,7 +155,7 @@ fn queue_depth_by_tags(hub: &Hub) -> String {
     }
     let mut out = String::from(
         "# HELP cmdx_queue_depth_by_tags Jobs waiting for a worker, by the tag set they need \
-         (sorted, comma-joined; \"\" for untagged jobs; the 50 deepest, the rest as \"_other\")\n\
+         (sorted, comma-joined; \"\" for untagged jobs; the 50 deepest tag sets)\n\
          # TYPE cmdx_queue_depth_by_tags gauge\n",
     );
     let escape = |s: &str| {
@@ -168,8 +170,13 @@ fn queue_depth_by_tags(hub: &Hub) -> String {
             escape(&tags)
         );
     }
-    if let Some(n) = rest {
-        let _ = writeln!(out, "cmdx_queue_depth_by_tags{{tags=\"_other\"}} {n}");
-    }
+    let _ = writeln!(
+        out,
+        "# HELP cmdx_queue_depth_other_tag_sets Jobs waiting for a worker whose tag set has no \
+         cmdx_queue_depth_by_tags series (past the 50 deepest)\n\
+         # TYPE cmdx_queue_depth_other_tag_sets gauge\n\
+         cmdx_queue_depth_other_tag_sets {}",
+        rest.unwrap_or(0)
+    );
     out
 }

@@ -374,4 +374,40 @@ async fn metrics_give_queue_depth_per_tag_set() {
         !text.contains("gpu,linux"),
         "a drained tag set has no series: {text}"
     );
+    assert!(
+        text.contains("\ncmdx_queue_depth_other_tag_sets 0\n"),
+        "{text}"
+    );
+    // Past the 50 deepest tag sets the rest are summed apart, never under a `tags` value a
+    // real tag set could have (here a job tagged `_other`, which gets its own series).
+    for i in 0..TAG_SETS {
+        let tags = if i == 0 {
+            json!(["_other"])
+        } else {
+            json!([format!("t{i}")])
+        };
+        let n = if i < 50 { 2 } else { 1 };
+        for _ in 0..n {
+            hub.submit(&admin, json!({"command": "x", "tags": tags}))
+                .await;
+        }
+    }
+    let (_, text) = metrics_text(&hub).await;
+    let series = text
+        .lines()
+        .filter(|l| l.starts_with("cmdx_queue_depth_by_tags{"))
+        .count();
+    assert_eq!(series, 50, "{text}");
+    assert!(
+        text.contains("cmdx_queue_depth_by_tags{tags=\"_other\"} 2"),
+        "{text}"
+    );
+    // Untagged (1 job), t50 and t51 (1 each) are the rest.
+    assert!(
+        text.contains("\ncmdx_queue_depth_other_tag_sets 3\n"),
+        "{text}"
+    );
 }
+
+/// Tag sets submitted by the overflow part of `metrics_give_queue_depth_per_tag_set`.
+const TAG_SETS: usize = 52;
