@@ -163,6 +163,32 @@ pub(crate) struct Core {
     heartbeat: Duration,
     cleanups: JoinSet<()>,
     backoff: Backoff,
+    /// Resizes that came before their job's assignment (the hub stores a resize once the job is
+    /// claimed, a moment before it pushes the assignment): the newest few, used at the start.
+    early_sizes: EarlySizes,
+}
+
+/// Most resizes kept for assignments that have not come yet.
+const EARLY_SIZES: usize = 16;
+
+/// Resizes of attempts not held here (yet): the newest size per attempt, the newest
+/// [`EARLY_SIZES`] attempts.
+#[derive(Default)]
+struct EarlySizes(VecDeque<(JobRef, WindowSize)>);
+
+impl EarlySizes {
+    fn keep(&mut self, key: JobRef, size: WindowSize) {
+        self.0.retain(|(k, _)| *k != key);
+        if self.0.len() == EARLY_SIZES {
+            self.0.pop_front();
+        }
+        self.0.push_back((key, size));
+    }
+
+    fn take(&mut self, key: &JobRef) -> Option<WindowSize> {
+        let i = self.0.iter().position(|(k, _)| k == key)?;
+        self.0.remove(i).map(|(_, size)| size)
+    }
 }
 
 /// How long an aborting agent waits for the hub to acknowledge the results it reported.
@@ -192,6 +218,7 @@ impl Core {
             heartbeat: Duration::from_secs(10),
             cleanups: JoinSet::new(),
             backoff,
+            early_sizes: EarlySizes::default(),
         }
     }
 
@@ -504,8 +531,13 @@ impl Core {
                         });
                         tracing::debug!(job_id = %key.job_id, attempt = key.attempt, cols = size.cols, rows = size.rows, changed, "resize requested");
                     }
-                    _ => {
-                        tracing::debug!(job_id = %key.job_id, attempt = key.attempt, "ignoring a resize for an attempt not running here")
+                    Some(_) => {
+                        tracing::debug!(job_id = %key.job_id, attempt = key.attempt, "ignoring a resize for an attempt that ended")
+                    }
+                    None => {
+                        // Perhaps ahead of its assignment: kept for it (the newest few).
+                        tracing::debug!(job_id = %key.job_id, attempt = key.attempt, "resize before its assignment");
+                        self.early_sizes.keep(key, size);
                     }
                 }
                 Ok(())
@@ -641,7 +673,9 @@ impl Core {
         self.slots[slot] = true;
         let slot = u32::try_from(slot).expect("slot count fits u32");
         let (ctl_tx, ctl_rx) = watch::channel(JobCtl::Run);
-        let (size_tx, size_rx) = watch::channel(a.tty);
+        // A resize that overtook the assignment wins over the size it was made with.
+        let early = self.early_sizes.take(&key);
+        let (size_tx, size_rx) = watch::channel(a.tty.map(|t| early.unwrap_or(t)));
         let window = Arc::new(Semaphore::new(self.s.output_window as usize));
         self.jobs.insert(
             key.clone(),
@@ -888,6 +922,28 @@ async fn sleep_opt(at: Option<Instant>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_resize_ahead_of_its_assignment_is_kept_for_it() {
+        let job = |id: &str, attempt| JobRef {
+            job_id: id.into(),
+            attempt,
+        };
+        let size = |cols| WindowSize { cols, rows: 30 };
+        let mut early = EarlySizes::default();
+        early.keep(job("a", 1), size(100));
+        early.keep(job("a", 1), size(120));
+        // The newest size for that attempt, once; not another attempt's.
+        assert_eq!(early.take(&job("a", 2)), None);
+        assert_eq!(early.take(&job("a", 1)), Some(size(120)));
+        assert_eq!(early.take(&job("a", 1)), None);
+        // Bounded: the oldest go first.
+        for i in 0..=EARLY_SIZES as u32 {
+            early.keep(job("b", i), size(90));
+        }
+        assert_eq!(early.take(&job("b", 0)), None);
+        assert_eq!(early.take(&job("b", EARLY_SIZES as u32)), Some(size(90)));
+    }
 
     #[test]
     fn backoff_grows_to_the_cap_with_jitter() {

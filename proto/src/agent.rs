@@ -311,7 +311,9 @@ pub struct Cancel {
     pub grace_secs: u64,
 }
 
-/// New window size for a running job's pseudo-terminal.
+/// New window size for a running job's pseudo-terminal. It can overtake the job's
+/// `assign` (the hub accepts a resize once the job is claimed): an agent keeps the newest few
+/// for attempts it does not hold yet and starts such a job at that size.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Resize {
