@@ -64,19 +64,27 @@ export function formatTime(iso: string | null | undefined, timeZone?: string): s
   if (!iso) return '—';
   const t = new Date(iso);
   if (Number.isNaN(t.getTime())) return '—';
+  const get = zonedParts(t, timeZone, { year: 'numeric', month: '2-digit', day: '2-digit', timeZoneName: 'short' });
+  return `${get('year')}-${get('month')}-${get('day')} ${get('hour')}:${get('minute')}:${get('second')} ${get('timeZoneName')}`;
+}
+
+/** A log line's time as the terminal shows it: `HH:MM:SS.mmm` in `timeZone` (the viewer's). */
+export function formatStamp(ms: number, timeZone?: string): string {
+  const get = zonedParts(new Date(ms), timeZone, {});
+  return `${get('hour')}:${get('minute')}:${get('second')}.${String(ms % 1000).padStart(3, '0')}`;
+}
+
+/** The parts of `t` in `timeZone` (hours, minutes and seconds always, 24-hour, two digits). */
+function zonedParts(t: Date, timeZone: string | undefined, more: Intl.DateTimeFormatOptions) {
   const parts = new Intl.DateTimeFormat('en-GB', {
     timeZone,
-    year: 'numeric',
-    month: '2-digit',
-    day: '2-digit',
+    ...more,
     hour: '2-digit',
     minute: '2-digit',
     second: '2-digit',
     hourCycle: 'h23',
-    timeZoneName: 'short',
   }).formatToParts(t);
-  const get = (type: Intl.DateTimeFormatPartTypes) => parts.find((p) => p.type === type)?.value ?? '';
-  return `${get('year')}-${get('month')}-${get('day')} ${get('hour')}:${get('minute')}:${get('second')} ${get('timeZoneName')}`;
+  return (type: Intl.DateTimeFormatPartTypes) => parts.find((p) => p.type === type)?.value ?? '';
 }
 
 const FAILURE_LABELS: Record<FailureKind, string> = {

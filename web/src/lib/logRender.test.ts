@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { LineTracker } from './logLines';
-import { formatStamp, HOLD_BYTES, LogRenderer, type RenderOptions } from './logRender';
+import { formatStamp } from './format';
+import { HOLD_BYTES, LogRenderer, type RenderOptions } from './logRender';
 
 const enc = new TextEncoder();
 const dec = new TextDecoder();

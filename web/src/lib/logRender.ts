@@ -9,7 +9,8 @@
 // moving escape sequences would break this; job logs rarely use them outside one line (`\r`
 // stays on its line).
 
-import { type LineTracker, type Section } from './logLines';
+import { formatStamp } from './format';
+import { visibleText, type LineTracker, type Section } from './logLines';
 
 /** Bytes of log kept to write again (the tail; the terminal holds 20,000 rows anyway). */
 export const HOLD_BYTES = 16 * 1024 * 1024;
@@ -24,42 +25,16 @@ const NL = 0x0a;
 const CR = 0x0d;
 const ESC = 0x1b;
 const enc = new TextEncoder();
+const dec = new TextDecoder();
 
-/** A log line's time as the terminal shows it: `HH:MM:SS.mmm` in `timeZone` (the viewer's). */
-export function formatStamp(ms: number, timeZone?: string): string {
-  const parts = new Intl.DateTimeFormat('en-GB', {
-    timeZone,
-    hour: '2-digit',
-    minute: '2-digit',
-    second: '2-digit',
-    hourCycle: 'h23',
-  }).formatToParts(new Date(ms));
-  const get = (type: Intl.DateTimeFormatPartTypes) => parts.find((p) => p.type === type)?.value ?? '';
-  return `${get('hour')}:${get('minute')}:${get('second')}.${String(ms % 1000).padStart(3, '0')}`;
+/** Whether section `s` holds line `n` below its header (the header itself is not inside). */
+function holds(s: Section, n: number): boolean {
+  return s.line < n && (s.end === null || s.end >= n);
 }
 
 /** Whether a line whose visible text starts with `visible` may still turn out a marker. */
 function mayBeMarker(visible: string): boolean {
   return MARKER_PREFIXES.some((p) => visible.startsWith(p) || p.startsWith(visible));
-}
-
-/** Visible text of the start of a line (escape sequences skipped), enough for `mayBeMarker`. */
-function visibleStart(bytes: Uint8Array[]): string {
-  let out = '';
-  for (const b of bytes) {
-    for (let i = 0; i < b.length && out.length < 16; i++) {
-      const c = b[i]!;
-      if (c === ESC) {
-        // CSI: ESC [ params final; anything else: ESC and one byte.
-        if (b[i + 1] === 0x5b) {
-          i += 2;
-          while (i < b.length && !(b[i]! >= 0x40 && b[i]! <= 0x7e)) i++;
-        } else i++;
-      } else if (c >= 0x20 && c < 0x7f) out += String.fromCharCode(c);
-      else if (c >= 0x80) out += '\u0080';
-    }
-  }
-  return out;
 }
 
 interface Held {
@@ -166,7 +141,7 @@ export class LogRenderer {
     let changed = false;
     for (const s of this.tracker.sections) {
       if (s.line > n) break;
-      if (s.line < n && (s.end === null || s.end >= n) && this.isFolded(s)) {
+      if (holds(s, n) && this.isFolded(s)) {
         this.choice.set(s.line, false);
         changed = true;
       }
@@ -183,7 +158,7 @@ export class LogRenderer {
   hidden(n: number): boolean {
     for (const s of this.tracker.sections) {
       if (s.line >= n) break;
-      if ((s.end === null || s.end >= n) && this.isFolded(s)) return true;
+      if (holds(s, n) && this.isFolded(s)) return true;
     }
     return false;
   }
@@ -265,7 +240,7 @@ export class LogRenderer {
         this.pendingBytes += stop - i;
         if (nl >= 0) {
           this.endPendingLine(out);
-        } else if (this.pendingBytes > MARKER_HOLD || !mayBeMarker(visibleStart(this.pending))) {
+        } else if (this.pendingBytes > MARKER_HOLD || !mayBeMarker(visibleText(dec.decode(concat(this.pending))))) {
           this.releasePending(out);
         }
       } else if (this.shown) {
@@ -382,7 +357,7 @@ export class LogRenderer {
       this.active.push(sections[this.nextSection]!);
       this.nextSection++;
     }
-    this.active = this.active.filter((s) => s.end === null || s.end >= n);
+    this.active = this.active.filter((s) => holds(s, n));
     return this.active.some((s) => this.isFolded(s));
   }
 }

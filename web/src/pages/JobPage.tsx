@@ -255,7 +255,7 @@ export function JobPage({ jobId }: { jobId: string }) {
           // The line at the top, or the header of the section that now hides it.
           let line = top;
           while (line > 1 && r.hidden(line)) line--;
-          const row = rowOfLineIn(h, line);
+          const row = rowOfLine(h.term, r, line);
           if (row !== null) h.term.scrollToLine(row);
         }
         countSoon();
@@ -263,7 +263,6 @@ export function JobPage({ jobId }: { jobId: string }) {
       });
     });
   };
-  const rowOfLineIn = (h: TerminalHandle, n: number) => rowOfLine(h.term, renderer.current!, n);
 
   const toggleSection = (s: Section) => {
     const r = renderer.current;
