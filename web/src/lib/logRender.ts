@@ -26,6 +26,7 @@ const CR = 0x0d;
 const ESC = 0x1b;
 const enc = new TextEncoder();
 const dec = new TextDecoder();
+const NEWLINE = enc.encode('\n');
 
 /** Whether section `s` holds line `n` below its header (the header itself is not inside). */
 function holds(s: Section, n: number): boolean {
@@ -244,8 +245,12 @@ export class LogRenderer {
           this.releasePending(out);
         }
       } else if (this.shown) {
-        this.text(bytes.subarray(i, stop), out);
-        if (nl >= 0) out.push(enc.encode('\n'));
+        if (nl >= 0 && !this.opts.timestamps) {
+          out.push(bytes.subarray(i, nl + 1)); // the line and its newline, as they came
+        } else {
+          this.text(bytes.subarray(i, stop), out);
+          if (nl >= 0) out.push(NEWLINE);
+        }
       }
       if (nl < 0) break;
       if (this.shown) this.rowOpen = false;
@@ -289,7 +294,7 @@ export class LogRenderer {
     const header = this.tracker.sections.find((s) => s.line === this.line) ?? null;
     if (!header) {
       this.releasePending(out);
-      if (this.shown) out.push(enc.encode('\n'));
+      if (this.shown) out.push(NEWLINE);
       return;
     }
     this.pending = null;
