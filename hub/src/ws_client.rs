@@ -54,6 +54,9 @@ pub async fn session(hub: Arc<Hub>, ws: Socket, caller: Caller) {
     let expiry = tokio::time::sleep(Duration::from_secs(left));
     tokio::pin!(expiry);
     let mut revocations = hub.auth.revocations();
+    // The token was checked at the upgrade; a sign-out between then and this subscription
+    // would otherwise go unseen, so the first turn checks it again.
+    revocations.mark_changed();
     loop {
         tokio::select! {
             _ = &mut expiry => {

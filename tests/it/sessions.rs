@@ -131,6 +131,25 @@ async fn logout_revokes_the_session_everywhere() {
     assert_eq!(s, 200);
 }
 
+/// A sign-out that comes while the hub is still setting up a just-opened socket closes it too:
+/// the socket is opened and its session signed out at once, again and again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_signed_out_as_it_opens_still_closes() {
+    let hub = HubProc::start(FAST).await;
+    let admin = hub.admin().await;
+    hub.user(&admin, "quick@test.local").await;
+    for round in 0..20 {
+        let token = hub.login("quick@test.local", "user-password-1").await;
+        let mut req = hub.ws_url("/ws/client").into_client_request().unwrap();
+        req.headers_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+        assert_eq!(logout(&hub, &token).await, 200);
+        let (reason, _) = closed(&mut ws, Duration::from_secs(5)).await;
+        assert_eq!(reason, "signed out", "round {round}");
+    }
+}
+
 /// A client socket opened with a token that expires in 3 s is closed when it expires (the JWT
 /// check allows 5 s of clock skew, the socket does not).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
