@@ -121,6 +121,11 @@ pub async fn session(hub: Arc<Hub>, mut ws: Socket, token_id: String) {
     if let Some(old) = old {
         old.kick.cancel();
     }
+    // A revoke between `admit` and `connect` found no session to close: now that this one is
+    // registered, a revoke from here on closes it, and one before shows as a missing token.
+    if matches!(hub.store.get_worker_token(&token_id).await, Ok(None)) {
+        kick.cancel();
+    }
     tracing::info!(worker_id = %worker_id, generation, "agent connected");
     // The other hubs of a cluster see at once that this hub holds the worker now.
     if let Err(e) = hub
