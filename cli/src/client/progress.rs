@@ -169,7 +169,10 @@ impl Progress {
 pub fn summary(view: &JobView, code: i32) -> String {
     let id = &view.job_id;
     let ran = match (&view.started_at, &view.result) {
-        (Some(_), Some(r)) => format!(" after {}", seconds(Duration::from_millis(r.duration))),
+        (Some(_), Some(r)) => format!(
+            " after {}",
+            super::table::run_time(Duration::from_millis(r.duration))
+        ),
         _ => String::new(),
     };
     let on = match (&view.worker_id, &view.started_at) {
@@ -208,26 +211,4 @@ pub fn summary(view: &JobView, code: i32) -> String {
         _ => format!("exit code {code}"),
     };
     format!("job {id} failed: {what}{ran}{on}")
-}
-
-/// `3.1s`, `59.0s`, `2m03s`, `1h02m`.
-fn seconds(d: Duration) -> String {
-    let s = d.as_secs();
-    match s {
-        0..100 => format!("{:.1}s", d.as_secs_f64()),
-        100..3600 => format!("{}m{:02}s", s / 60, s % 60),
-        _ => format!("{}h{:02}m", s / 3600, s / 60 % 60),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations_read_at_a_glance() {
-        assert_eq!(seconds(Duration::from_millis(3140)), "3.1s");
-        assert_eq!(seconds(Duration::from_secs(123)), "2m03s");
-        assert_eq!(seconds(Duration::from_secs(3720)), "1h02m");
-    }
 }

@@ -1,4 +1,4 @@
-//! Aligned text tables for terminals, and the compact ages and durations shown in them.
+//! Aligned text tables for terminals, and the compact ages and run times shown in them.
 
 use std::time::{Duration, SystemTime};
 
@@ -43,6 +43,17 @@ pub fn compact(d: Duration) -> String {
     }
 }
 
+/// How long something ran, to a tenth of a second while that matters: `0.6s`, `59.0s`,
+/// `2m03s`, `1h02m`.
+pub fn run_time(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..100 => format!("{:.1}s", d.as_secs_f64()),
+        100..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, s / 60 % 60),
+    }
+}
+
 /// Parses an RFC 3339 timestamp.
 pub fn parse_time(s: &str) -> Option<SystemTime> {
     humantime::parse_rfc3339(s)
@@ -58,15 +69,14 @@ pub fn age(ts: Option<&str>, now: SystemTime) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
-/// Time between two timestamps, or from `from` to now while `to` is absent.
+/// The run time between two timestamps (see [`run_time`]), or from `from` to now while `to` is
+/// absent.
 pub fn between(from: Option<&str>, to: Option<&str>, now: SystemTime) -> String {
     let Some(start) = from.and_then(parse_time) else {
         return "-".into();
     };
     let end = to.and_then(parse_time).unwrap_or(now);
-    end.duration_since(start)
-        .map(compact)
-        .unwrap_or_else(|_| "0s".into())
+    run_time(end.duration_since(start).unwrap_or_default())
 }
 
 /// A byte count for people: `512 B`, `1.5 KiB`, `12 MiB`.
@@ -141,8 +151,12 @@ mod tests {
                 Some("2026-01-01T00:00:09Z"),
                 t1
             ),
-            "9s"
+            "9.0s"
         );
+        assert_eq!(run_time(Duration::from_millis(607)), "0.6s");
+        assert_eq!(run_time(Duration::from_millis(3140)), "3.1s");
+        assert_eq!(run_time(Duration::from_secs(123)), "2m03s");
+        assert_eq!(run_time(Duration::from_secs(3720)), "1h02m");
         assert_eq!(clip("abcdef", 4), "abc…");
     }
 
