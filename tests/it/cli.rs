@@ -1757,7 +1757,8 @@ async fn upload_as_worker(
 }
 
 /// `--download` twice: each run unpacks into its own `./cmdx-artifacts/<job id>/`; into one
-/// named folder the second run refuses to overwrite unless `--force`.
+/// named folder the second run refuses to overwrite unless `--force`. `./cmdx-artifacts` ignores
+/// itself, so a later `cmdx submit .` does not upload earlier downloads.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn download_twice_works_per_job_and_with_force() {
     let hub = HubProc::start(FAST).await;
@@ -1809,6 +1810,25 @@ async fn download_twice_works_per_job_and_with_force() {
         assert_eq!(std::fs::read(&file).unwrap(), content, "{}", file.display());
     }
     assert_eq!(std::fs::read(named.join("out.txt")).unwrap(), b"five");
+
+    // The downloads stay out of git and out of the next upload of this folder.
+    let ignore = std::fs::read_to_string(cwd.path().join("cmdx-artifacts/.gitignore")).unwrap();
+    assert_eq!(ignore.lines().last(), Some("*"), "{ignore}");
+    let mut c = cli.command(&["submit", ".", "--", "true"]);
+    c.current_dir(cwd.path());
+    let child = c.spawn().unwrap();
+    let (run, _) = Run::start(&mut agent).await;
+    let id = run.job_id.clone();
+    run.finish(exited(0)).await;
+    assert_eq!(finish(child).await.code(), 0);
+    let names = uploaded_names(&hub, &user, &id).await;
+    assert!(names.contains(&"out/out.txt".to_string()), "{names:?}");
+    assert!(
+        names
+            .iter()
+            .all(|n| !n.starts_with("cmdx-artifacts/") || n == "cmdx-artifacts/"),
+        "{names:?}"
+    );
 }
 
 /// `cmdx job show` tells everything about a job (and `--json` is the hub's document);

@@ -199,6 +199,32 @@ fn left_out(done: &Unpacked, view: &JobView) {
     }
 }
 
+/// The folder `cmdx submit --download` unpacks into, one subfolder per job.
+pub const DOWNLOAD_ROOT: &str = "cmdx-artifacts";
+
+/// Puts a `.gitignore` of `*` in `dir` unless it has one (as Python's venv and pytest's cache
+/// do): downloaded artifacts stay out of git and out of the next `cmdx submit .` upload, which
+/// honours `.gitignore`. Deleting the file opts back in.
+async fn ignore_all(dir: &Path) -> anyhow::Result<()> {
+    let file = dir.join(".gitignore");
+    let text = "# Made by cmdx: job artifacts downloaded by `cmdx submit --download`.\n*\n";
+    match tokio::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&file)
+        .await
+    {
+        Ok(mut f) => {
+            use tokio::io::AsyncWriteExt as _;
+            f.write_all(text.as_bytes())
+                .await
+                .with_context(|| format!("cannot write {}", file.display()))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("cannot create {}", file.display())),
+    }
+}
+
 /// Downloads the job's artifact ZIP into a temp file inside `dir` (created if missing) and
 /// unpacks it there (replacing existing files when `force`); the temp file is removed either
 /// way.
@@ -211,6 +237,9 @@ pub async fn download(
     tokio::fs::create_dir_all(dir)
         .await
         .with_context(|| format!("cannot create {}", dir.display()))?;
+    if dir.parent() == Some(Path::new(DOWNLOAD_ROOT)) {
+        ignore_all(Path::new(DOWNLOAD_ROOT)).await?;
+    }
     let spool = tempfile::Builder::new()
         .prefix(".cmdx-artifacts-")
         .suffix(".zip")

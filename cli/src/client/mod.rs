@@ -149,8 +149,9 @@ pub struct SubmitArgs {
     pub artifacts: Vec<String>,
     /// When the job has ended, download its artifacts and unpack them: into DIR when given
     /// (`--download=DIR`, or `--download DIR`), else into a new folder for the job,
-    /// `./cmdx-artifacts/<job id>/`. Existing files are not overwritten unless --force. What was
-    /// written, and what the job skipped, go to stderr.
+    /// `./cmdx-artifacts/<job id>/` (`./cmdx-artifacts` gets a `.gitignore` of `*`, so it stays
+    /// out of git and of later uploads). Existing files are not overwritten unless --force. What
+    /// was written, and what the job skipped, go to stderr.
     #[arg(
         long,
         value_name = "DIR",

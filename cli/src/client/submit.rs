@@ -121,7 +121,7 @@ pub struct Wait {
 /// The folder `--download` without a value unpacks into: one per job, so a command run twice
 /// never meets its previous run's files.
 pub fn default_download_dir(id: &str) -> std::path::PathBuf {
-    Path::new("cmdx-artifacts").join(id)
+    Path::new(super::artifacts::DOWNLOAD_ROOT).join(id)
 }
 
 /// Says that job `id` (asking for `tags`) was submitted, then follows it as `wait` says and
