@@ -734,6 +734,18 @@ impl DevProc {
         self.child.id()
     }
 
+    /// Starts `cmdx dev --agents N` again on this one's data folder, once it has stopped (SIGKILL
+    /// first when `kill9`).
+    pub async fn restart(mut self, agents: u32, kill9: bool) -> DevProc {
+        if kill9 {
+            let _ = self.child.start_kill();
+        }
+        let _ = self.child.wait().await;
+        let mut cmd = Command::new(cmdx_bin());
+        cmd.arg("dev").arg("--data").arg(&self.data);
+        Self::spawn(cmd, agents, self.data, self._tmp).await
+    }
+
     /// SIGTERM and wait (at most [`WAIT`]); returns the exit code.
     pub async fn terminate(&mut self) -> Option<i32> {
         if let Some(pid) = self.child.id() {

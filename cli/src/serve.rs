@@ -573,9 +573,10 @@ pub async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
         .into_iter()
         .find(|u| u.role == "admin")
         .context("no admin user")?;
-    let token = cmdx_hub::mint_worker_token(&hub, &admin.id, Some("cmdx dev".into()), None)
+    let ids: Vec<String> = (0..args.agents).map(|i| format!("dev-agent-{i}")).collect();
+    let token = cmdx_hub::local_agents_token(&hub, &admin.id, &ids)
         .await
-        .map_err(|e| anyhow::anyhow!("minting the local agents' token: {}", e.message))?;
+        .map_err(|e| anyhow::anyhow!("the local agents' worker token: {}", e.message))?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -591,8 +592,8 @@ pub async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
     let control = control_from_signals(true)?;
     let mut agents = tokio::task::JoinSet::new();
     for i in 0..args.agents {
-        let mut c = cmdx_agent::AgentConfig::new(url.clone(), token.token.clone());
-        c.worker_id = Some(format!("dev-agent-{i}"));
+        let mut c = cmdx_agent::AgentConfig::new(url.clone(), token.clone());
+        c.worker_id = Some(ids[i as usize].clone());
         c.work_dir = agents_dir.join(format!("agent-{i}"));
         c.concurrency = args.concurrency.max(1);
         c.sandbox_mode = args.sandbox.into();

@@ -41,7 +41,7 @@ use std::sync::atomic::Ordering;
 
 use tokio::net::TcpListener;
 
-pub use api::mint_worker_token;
+pub use api::local_agents_token;
 pub use config::HubConfig;
 pub use error::HubError;
 pub use hub::{Event, Hub, PASSWORD_WAIT};

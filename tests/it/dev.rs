@@ -43,6 +43,44 @@ async fn newcomer_runs_echo_hi_through_cmdx_dev() {
     let _ = dev.pid();
 }
 
+/// `cmdx dev` started again on its data folder, after a clean stop, after `kill -9`, and from a
+/// folder an earlier version left (no saved agent token): its local agents enrol each time and
+/// run jobs (an agent id stays with the token that enrolled it, so a token minted anew each start
+/// found the ids taken and no job ever ran), and one worker token serves them all along.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cmdx_dev_runs_jobs_again_after_every_kind_of_restart() {
+    let mut dev = DevProc::start(1).await;
+    let (_, job) = run_on_dev(&dev, "echo first").await;
+    assert_eq!(job["stdout"], "first\n", "{job}");
+    assert_eq!(dev.terminate().await, Some(0));
+    for (how, kill9) in [
+        ("a clean stop", false),
+        ("kill -9", true),
+        ("no saved token", true),
+    ] {
+        if how == "no saved token" {
+            std::fs::remove_file(dev.data.join("dev-agents.token")).unwrap();
+        }
+        dev = dev.restart(1, kill9).await;
+        let (token, job) = run_on_dev(&dev, "echo again").await;
+        assert_eq!(job["status"], "completed", "after {how}: {job}");
+        assert_eq!(job["stdout"], "again\n", "after {how}");
+        let tokens: Value = dev
+            .http
+            .get(format!("{}/api/workers/tokens", dev.url))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let tokens = tokens["tokens"].as_array().unwrap();
+        assert_eq!(tokens.len(), 1, "after {how}: {tokens:?}");
+        assert_eq!(tokens[0]["workers"], json!(["dev-agent-0"]), "after {how}");
+    }
+}
+
 /// Signs in as the bootstrap admin of a `cmdx dev`, submits `command` and waits for its end;
 /// returns the admin's token and the finished job.
 async fn run_on_dev(dev: &DevProc, command: &str) -> (String, Value) {

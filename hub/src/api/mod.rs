@@ -28,7 +28,9 @@ use warp::reply::Response;
 use crate::Hub;
 use crate::auth::{self, Caller, WorkerCred};
 use crate::error::{ApiError, ApiResult};
+
 use crate::ratelimit::{Group, Principal, Verdict};
+pub use workers::local_agents_token;
 
 /// A request body as a stream of bytes; a body that pauses longer than the idle timeout ends
 /// with a `TimedOut` error (trickled bodies must not hold a connection forever).
@@ -262,16 +264,6 @@ async fn backup_response(hub: &Hub) -> ApiResult<Response> {
         h.insert("content-length", v);
     }
     Ok(resp)
-}
-
-/// Mints a worker token (see [`crate::mint_worker_token`]).
-pub async fn mint_worker_token(
-    hub: &Hub,
-    created_by: &str,
-    name: Option<String>,
-    ttl_secs: Option<u64>,
-) -> ApiResult<cmdx_proto::rest::MintTokenResponse> {
-    workers::mint(hub, created_by, name, ttl_secs, None).await
 }
 
 /// `GET /api/openapi.json`: the OpenAPI 3.1 document of every route (`hub/openapi.json`, kept

@@ -98,6 +98,40 @@ pub async fn mint(
     })
 }
 
+/// The worker token `cmdx dev` gives its local agents, `worker_ids`, minted by admin
+/// `created_by`. It is kept in `DATA/dev-agents.token` and given again on the next start while
+/// it has a day left: an agent id stays with the token that enrolled it, so a new token every
+/// start would find the ids taken. When a new token is minted, the tokens that enrolled those
+/// ids before (an earlier run's, expiring, or from a version that did not keep it) are revoked:
+/// the ids are `cmdx dev`'s own.
+pub async fn local_agents_token(
+    hub: &Hub,
+    created_by: &str,
+    worker_ids: &[String],
+) -> ApiResult<String> {
+    let path = hub.config.data_dir.join("dev-agents.token");
+    let saved = std::fs::read_to_string(&path).unwrap_or_default();
+    let saved = saved.trim();
+    if let Ok(id) = hub.auth.verify_worker_token(saved)
+        && let Some(rec) = hub.store.get_worker_token(&id).await?
+        && rec.expires_ms > now_ms() + 24 * 3600 * 1000
+    {
+        return Ok(saved.to_string());
+    }
+    let minted = mint(hub, created_by, Some("cmdx dev".into()), None, None).await?;
+    for w in worker_ids {
+        if let Some(old) = hub.dispatch.bound_token(w)
+            && old != minted.token_id
+        {
+            hub.store.delete_worker_token(&old).await?;
+        }
+    }
+    hub.store.sync().await?;
+    crate::auth::write_private(&path, minted.token.as_bytes())
+        .map_err(|e| ApiError::internal(format!("{}: {e}", path.display())))?;
+    Ok(minted.token)
+}
+
 /// `POST /api/workers/tokens` (admin).
 pub async fn mint_token(hub: &Arc<Hub>, mut req: Req) -> ApiResult<Response> {
     let caller = admin(hub, &req).await?;
