@@ -52,13 +52,30 @@ pub enum ServerMsg {
         #[serde(default)]
         time_ms: u64,
     },
-    /// The requested bytes were dropped by the output cap; the stream continues at `offset`.
+    /// The requested bytes are not stored (see `reason`); the stream continues at `offset`.
     #[serde(rename_all = "camelCase")]
     OutputSkipped {
         /// Job id.
         job_id: String,
         /// The first byte still stored.
         offset: u64,
+        /// Why they are not: the output cap, or they were an earlier attempt's output (a job
+        /// retried after its worker was lost logs its current attempt only). `cap` from a hub
+        /// before this field.
+        #[serde(default)]
+        reason: SkipReason,
+    },
+    /// From byte `offset` on, the log is the output of attempt `attempt`: the job was retried
+    /// (its earlier attempt did not finish, e.g. its worker was lost) while this subscription
+    /// was sending the earlier attempt's output. Sent just before that attempt's first bytes.
+    #[serde(rename_all = "camelCase")]
+    OutputAttempt {
+        /// Job id.
+        job_id: String,
+        /// Where the attempt's output starts.
+        offset: u64,
+        /// The attempt.
+        attempt: u32,
     },
     /// The job is terminal and every byte up to `offset` was sent.
     #[serde(rename_all = "camelCase")]
@@ -102,4 +119,15 @@ pub enum ServerMsg {
     Worker(WorkerView),
     /// A request failed (unknown job: `not_found`; bad message: `bad_message`).
     Error(ErrorMsg),
+}
+
+/// Why bytes of a job's log are not stored (see [`ServerMsg::OutputSkipped`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum SkipReason {
+    /// The output cap dropped the head of the log.
+    #[default]
+    Cap,
+    /// They were the output of an earlier attempt: the log holds the current attempt's.
+    EarlierAttempt,
 }

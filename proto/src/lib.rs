@@ -53,6 +53,10 @@
 //! order the agent sent them) addressed by byte offset: the hub replays stored bytes from the
 //! requested offset, then follows live, with no gap or duplicate at the seam. A subscriber that
 //! falls behind is resynced from the store; `outputEnd` marks the end of a finished job's log.
+//! A job retried after its attempt was lost logs its current attempt only: bytes asked for that
+//! are gone come as `outputSkipped` (with `reason`: the output cap, or an earlier attempt), and a
+//! subscriber that was sent an earlier attempt's output gets `outputAttempt` where the new
+//! attempt's output starts.
 //! While the subscribed job is still queued the hub also sends `queued` (its queue position and
 //! whether any connected worker can run it) whenever that changes, and one `job` when it leaves
 //! the queue.

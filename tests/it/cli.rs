@@ -1831,6 +1831,60 @@ async fn download_twice_works_per_job_and_with_force() {
     );
 }
 
+/// A job retried after its worker was lost, as its user sees it: `cmdx submit` following it
+/// live says where the new attempt starts (the earlier attempt's output stays on screen above),
+/// and `cmdx logs` afterwards says the earlier attempt's output is not kept, not that the output
+/// cap dropped it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_job_says_so_live_and_in_its_log() {
+    let hub = HubProc::start(FAST).await;
+    let admin = hub.admin().await;
+    let wt = hub.worker_token(&admin).await;
+    let user = hub.user(&admin, "retried@test.local").await;
+    let cli = CliEnv::new(&hub, &user);
+    let (mut lost, _) = FakeAgent::connect(&hub, &wt, "lost-worker", 1, vec![])
+        .await
+        .unwrap();
+    let mut child = cli.spawn(&["submit", "--", "make"]);
+    let (mut run, _) = Run::start(&mut lost).await;
+    let id = run.job_id.clone();
+    run.out(StreamKind::Stdout, b"first try\n").await;
+    let mut stdout = child.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    read_until(&mut stdout, &mut seen, b"first try\n").await;
+    child.stdout = Some(stdout);
+
+    lost.drop_connection();
+    let (mut other, _) = FakeAgent::connect(&hub, &wt, "other-worker", 1, vec![])
+        .await
+        .unwrap();
+    let (mut run, asg) = Run::start(&mut other).await;
+    assert_eq!((asg.job_id.as_str(), asg.attempt), (id.as_str(), 2));
+    run.out(StreamKind::Stdout, b"again\n").await;
+    run.finish(exited(0)).await;
+    let out = finish(child).await;
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    seen.extend_from_slice(&out.stdout);
+    assert_eq!(String::from_utf8_lossy(&seen), "first try\nagain\n");
+    assert!(
+        out.stderr
+            .contains("the job was retried (the earlier attempt did not finish); attempt 2's"),
+        "{}",
+        out.stderr
+    );
+
+    let logs = cli.run(&["logs", &id]).await;
+    assert_eq!(logs.code(), 0, "{}", logs.stderr);
+    assert_eq!(String::from_utf8_lossy(&logs.stdout), "again\n");
+    assert!(
+        logs.stderr
+            .contains("the job was retried; the 10 bytes of output of its earlier attempts"),
+        "{}",
+        logs.stderr
+    );
+    assert!(!logs.stderr.contains("output cap"), "{}", logs.stderr);
+}
+
 /// `cmdx job show` tells everything about a job (and `--json` is the hub's document);
 /// `cmdx rerun` submits the same command, tags, env and timeout again and prints the new id,
 /// or follows it with `--follow`.

@@ -260,7 +260,14 @@ export type ClientMsg =
 /** Hub -> browser on /ws/client. */
 export type ServerMsg =
   | { type: 'output'; jobId: string; offset: number; stream: StreamKind; data: string; /** When the hub stored the bytes (Unix ms; 0 or absent: unknown). */ timeMs?: number }
-  | { type: 'outputSkipped'; jobId: string; offset: number }
+  | { type: 'outputAttempt'; jobId: string; offset: number; attempt: number }
+  | {
+      type: 'outputSkipped';
+      jobId: string;
+      offset: number;
+      /** Why the bytes are not stored; absent from hubs before the field (then `cap`). */
+      reason?: 'cap' | 'earlierAttempt';
+    }
   | {
       type: 'outputEnd';
       jobId: string;

@@ -6,7 +6,10 @@
 import { signal } from '@preact/signals';
 import type { ClientMsg, JobSummary, ServerMsg, WorkerView } from './types';
 
-export type OutputMsg = Extract<ServerMsg, { type: 'output' | 'outputSkipped' | 'outputEnd' }>;
+export type OutputMsg = Extract<
+  ServerMsg,
+  { type: 'output' | 'outputSkipped' | 'outputAttempt' | 'outputEnd' }
+>;
 export type HubError = Extract<ServerMsg, { type: 'error' }>;
 
 interface OutputSub {
@@ -96,6 +99,7 @@ class HubSocket {
     switch (msg.type) {
       case 'output':
       case 'outputSkipped':
+      case 'outputAttempt':
       case 'outputEnd':
         this.outputs.get(msg.jobId)?.listener(msg);
         break;

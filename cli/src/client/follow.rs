@@ -7,7 +7,7 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail};
-use cmdx_proto::client::{ClientMsg, ServerMsg};
+use cmdx_proto::client::{ClientMsg, ServerMsg, SkipReason};
 use cmdx_proto::{FailureKind, JobStatus, StreamKind};
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
@@ -187,13 +187,31 @@ pub async fn follow(
                     return Ok(Stop::Reached);
                 }
             }
-            ServerMsg::OutputSkipped { job_id: id, offset } if id == job_id && offset > next => {
-                super::note(format_args!(
-                    "cmdx: {} bytes of output were dropped by the hub's output cap",
-                    offset - next
-                ));
+            ServerMsg::OutputSkipped {
+                job_id: id,
+                offset,
+                reason,
+            } if id == job_id && offset > next => {
+                let n = offset - next;
+                match reason {
+                    SkipReason::Cap => super::note(format_args!(
+                        "cmdx: {n} bytes of output were dropped by the hub's output cap"
+                    )),
+                    SkipReason::EarlierAttempt => super::note(format_args!(
+                        "cmdx: the job was retried; the {n} bytes of output of its earlier \
+                         attempts are not kept"
+                    )),
+                }
                 next = offset;
             }
+            ServerMsg::OutputAttempt {
+                job_id: id,
+                attempt,
+                ..
+            } if id == job_id => super::note(format_args!(
+                "cmdx: the job was retried (the earlier attempt did not finish); attempt \
+                 {attempt}'s output follows"
+            )),
             ServerMsg::OutputEnd {
                 job_id: id,
                 status,

@@ -5,12 +5,12 @@
 use std::sync::Arc;
 
 use cmdx_proto::Bytes64;
-use cmdx_proto::client::ServerMsg;
+use cmdx_proto::client::{ServerMsg, SkipReason};
 use tokio::sync::{broadcast, mpsc};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::{Relay, RelayItem};
-use crate::store::{Store, StoreResult};
+use crate::store::{ChunkRecord, Store, StoreResult};
 
 /// A JSON-encoded [`ServerMsg`] queued for a client socket; clones share the bytes.
 pub type Encoded = Utf8Bytes;
@@ -92,6 +92,29 @@ pub enum SubEnd {
     ClientGone,
 }
 
+/// Where a subscription stands: the next byte to send, and the attempt whose output it sent
+/// last (0 before any).
+struct Cursor {
+    offset: u64,
+    attempt: u32,
+}
+
+impl Cursor {
+    /// Before chunk `c`, the message saying a new attempt's output starts there, when the
+    /// subscription sent an earlier attempt's output (from its start, the skip says it).
+    fn attempt_mark(&mut self, job_id: &str, c: &ChunkRecord) -> Option<Encoded> {
+        let earlier = self.attempt;
+        self.attempt = self.attempt.max(c.attempt);
+        (earlier != 0 && c.attempt > earlier).then(|| {
+            encode(&ServerMsg::OutputAttempt {
+                job_id: job_id.to_string(),
+                offset: c.offset.max(self.offset),
+                attempt: c.attempt,
+            })
+        })
+    }
+}
+
 /// Streams `job_id`'s log from `offset` to `out`: stored bytes, then live ones. Returns when the
 /// job is terminal (after sending everything) or the client is gone. `is_terminal` re-reads the
 /// job's state from the store.
@@ -99,7 +122,7 @@ pub async fn subscribe<F, Fut>(
     store: &dyn Store,
     relay: &Relay,
     job_id: &str,
-    mut offset: u64,
+    offset: u64,
     out: &Outbox,
     is_terminal: F,
 ) -> StoreResult<SubEnd>
@@ -110,14 +133,15 @@ where
     let live = relay.live(job_id);
     let mut rx = live.tx.subscribe();
     drop(live);
+    let mut at = Cursor { offset, attempt: 0 };
     // Replay what is stored, then check whether the job already ended.
-    if !replay(store, job_id, &mut offset, out).await? {
+    if !replay(store, job_id, &mut at, out).await? {
         return Ok(SubEnd::ClientGone);
     }
     if is_terminal().await? {
         drop(rx);
         relay.forget_if_idle(job_id);
-        if !replay(store, job_id, &mut offset, out).await? {
+        if !replay(store, job_id, &mut at, out).await? {
             return Ok(SubEnd::ClientGone);
         }
         return Ok(SubEnd::Finished);
@@ -126,23 +150,28 @@ where
         match rx.recv().await {
             Ok(RelayItem::Chunk(live)) => {
                 let c = &live.record;
-                if c.end() <= offset {
+                if c.end() <= at.offset {
                     continue;
                 }
-                if c.offset > offset {
+                if c.offset > at.offset {
                     // Something between: read it from the store (includes this chunk).
-                    if !replay(store, job_id, &mut offset, out).await? {
+                    if !replay(store, job_id, &mut at, out).await? {
                         return Ok(SubEnd::ClientGone);
                     }
                     continue;
                 }
-                let msg = if c.offset == offset {
+                if let Some(mark) = at.attempt_mark(job_id, c)
+                    && !out.send(mark).await
+                {
+                    return Ok(SubEnd::ClientGone);
+                }
+                let msg = if c.offset == at.offset {
                     live.encoded(job_id)
                 } else {
-                    let skip = (offset - c.offset) as usize;
+                    let skip = (at.offset - c.offset) as usize;
                     encode(&ServerMsg::Output {
                         job_id: job_id.to_string(),
-                        offset,
+                        offset: at.offset,
                         stream: c.stream,
                         data: Bytes64(c.data[skip..].to_vec()),
                         time_ms: c.time_ms,
@@ -151,20 +180,20 @@ where
                 if !out.send_output(msg).await {
                     return Ok(SubEnd::ClientGone);
                 }
-                offset = c.end();
+                at.offset = c.end();
             }
             Ok(RelayItem::End) | Err(broadcast::error::RecvError::Closed) => {
-                if !replay(store, job_id, &mut offset, out).await? {
+                if !replay(store, job_id, &mut at, out).await? {
                     return Ok(SubEnd::ClientGone);
                 }
                 return Ok(SubEnd::Finished);
             }
             Err(broadcast::error::RecvError::Lagged(_)) => {
-                if !replay(store, job_id, &mut offset, out).await? {
+                if !replay(store, job_id, &mut at, out).await? {
                     return Ok(SubEnd::ClientGone);
                 }
                 if is_terminal().await? {
-                    if !replay(store, job_id, &mut offset, out).await? {
+                    if !replay(store, job_id, &mut at, out).await? {
                         return Ok(SubEnd::ClientGone);
                     }
                     return Ok(SubEnd::Finished);
@@ -174,16 +203,16 @@ where
     }
 }
 
-/// Sends stored bytes from `offset` to the store's current end; false when the client is gone.
+/// Sends stored bytes from `at` to the store's current end; false when the client is gone.
 /// Each page's room in the socket's budget is taken before the page is read, then handed to its
 /// messages, so a stalled client's subscriptions wait without holding pages.
 async fn replay(
     store: &dyn Store,
     job_id: &str,
-    offset: &mut u64,
+    at: &mut Cursor,
     out: &Outbox,
 ) -> StoreResult<bool> {
-    let Some(mut idx) = store.chunk_index_at(job_id, *offset).await? else {
+    let Some(mut idx) = store.chunk_index_at(job_id, at.offset).await? else {
         return Ok(true);
     };
     loop {
@@ -196,21 +225,33 @@ async fn replay(
         };
         idx = tail.index + 1;
         for c in page {
-            if c.end() <= *offset {
+            if c.end() <= at.offset {
                 continue;
             }
-            if c.offset > *offset {
-                // The cap (or a new attempt) dropped bytes the client asked for.
+            if c.offset > at.offset {
+                // The cap or a new attempt dropped bytes the client asked for: a new attempt
+                // when the first byte left is its first (the cap dropped none of it).
+                let reason = if c.attempt > 1 && c.seq == 0 {
+                    SkipReason::EarlierAttempt
+                } else {
+                    SkipReason::Cap
+                };
                 let msg = ServerMsg::OutputSkipped {
                     job_id: job_id.to_string(),
                     offset: c.offset,
+                    reason,
                 };
                 if !out.send(encode(&msg)).await {
                     return Ok(false);
                 }
-                *offset = c.offset;
+                at.offset = c.offset;
             }
-            let skip = (*offset - c.offset) as usize;
+            if let Some(mark) = at.attempt_mark(job_id, &c)
+                && !out.send(mark).await
+            {
+                return Ok(false);
+            }
+            let skip = (at.offset - c.offset) as usize;
             let end = c.end();
             let mut data = c.data;
             if skip > 0 {
@@ -218,7 +259,7 @@ async fn replay(
             }
             let msg = encode(&ServerMsg::Output {
                 job_id: job_id.to_string(),
-                offset: *offset,
+                offset: at.offset,
                 stream: c.stream,
                 data: Bytes64(data),
                 time_ms: c.time_ms,
@@ -229,7 +270,7 @@ async fn replay(
             if !out.send_held(msg, share).await {
                 return Ok(false);
             }
-            *offset = end;
+            at.offset = end;
         }
     }
 }

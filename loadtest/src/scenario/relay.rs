@@ -127,7 +127,10 @@ async fn subscriber(mut ws: Ws, job_id: String, size: usize, live: Arc<Live>) ->
                 res.bytes += data.len() as u64;
             }
             ServerMsg::OutputEnd { .. } => break,
-            ServerMsg::OutputSkipped { .. } | ServerMsg::Error(_) => res.errors += 1,
+            // Nothing is dropped or retried in this scenario.
+            ServerMsg::OutputSkipped { .. }
+            | ServerMsg::OutputAttempt { .. }
+            | ServerMsg::Error(_) => res.errors += 1,
             ServerMsg::Queued { .. } | ServerMsg::Job(_) | ServerMsg::Worker(_) => {}
         }
     }

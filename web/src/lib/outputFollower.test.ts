@@ -55,6 +55,24 @@ describe('OutputFollower', () => {
     expect(ends).toEqual([104]);
   });
 
+  it("says a retried job's earlier attempts are not kept, not that the cap dropped them", () => {
+    const { f, written } = setup('');
+    f.handle({ type: 'outputSkipped', jobId: 'j', offset: 6, reason: 'earlierAttempt' });
+    f.handle({ type: 'output', jobId: 'j', offset: 6, stream: 'stdout', data: b64('again') });
+    const text = written.join('');
+    expect(text).toContain('the 6 bytes of its earlier attempts are not kept');
+    expect(text).not.toContain('output cap');
+    expect(written[written.length - 1]).toBe('again');
+  });
+
+  it("marks where a retried job's new attempt starts in a log already shown", () => {
+    const { f, written } = setup('');
+    f.handle({ type: 'output', jobId: 'j', offset: 0, stream: 'stdout', data: b64('first') });
+    f.handle({ type: 'outputAttempt', jobId: 'j', offset: 5, attempt: 2 });
+    f.handle({ type: 'output', jobId: 'j', offset: 5, stream: 'stdout', data: b64('again') });
+    expect(written.join('')).toMatch(/^first\r\n\[… the job was retried: attempt 2's output follows …\]\r\nagain$/);
+  });
+
   it('fetches the rest when outputEnd announces more than was received', async () => {
     const { f, written, ends } = setup('hello world');
     f.handle({ type: 'output', jobId: 'j', offset: 0, stream: 'stdout', data: b64('hello') });

@@ -4,7 +4,10 @@
 import { OutputAssembler, decodeBase64, type Delivery } from './outputStream';
 import type { ServerMsg } from '../types';
 
-type OutputMsg = Extract<ServerMsg, { type: 'output' | 'outputSkipped' | 'outputEnd' }>;
+type OutputMsg = Extract<
+  ServerMsg,
+  { type: 'output' | 'outputSkipped' | 'outputAttempt' | 'outputEnd' }
+>;
 type EndMsg = Extract<ServerMsg, { type: 'outputEnd' }>;
 
 export interface FollowerDeps {
@@ -48,7 +51,16 @@ export class OutputFollower {
         this.deliver(this.asm.push(msg.offset, decodeBase64(msg.data), msg.timeMs || null));
         break;
       case 'outputSkipped':
-        this.deliver(this.asm.skip(msg.offset));
+        this.deliver(this.asm.skip(msg.offset), msg.reason);
+        break;
+      case 'outputAttempt':
+        // Where the retried job's new attempt starts, when everything before it is written.
+        if (msg.offset === this.asm.end) {
+          this.deps.write(
+            `\r\n[… the job was retried: attempt ${msg.attempt}'s output follows …]\r\n`,
+            null,
+          );
+        }
         break;
       case 'outputEnd':
         this.endMsg = msg;
@@ -57,10 +69,15 @@ export class OutputFollower {
     }
   }
 
-  private deliver(d: Delivery): void {
+  private deliver(d: Delivery, reason: 'cap' | 'earlierAttempt' = 'cap'): void {
     if (d.skipped) {
       const n = d.skipped.to - d.skipped.from;
-      this.deps.write(`[… ${n} bytes dropped by the output cap …]`, null);
+      this.deps.write(
+        reason === 'earlierAttempt'
+          ? `[… the job was retried: the ${n} bytes of its earlier attempts are not kept …]\r\n`
+          : `[… ${n} bytes dropped by the output cap …]`,
+        null,
+      );
     }
     d.write.forEach((chunk, i) => this.deps.write(chunk, d.times[i] ?? null));
     if (d.complete && this.endMsg && !this.done) {
