@@ -57,7 +57,7 @@ export class OutputFollower {
         // Where the retried job's new attempt starts, when everything before it is written.
         if (msg.offset === this.asm.end) {
           this.deps.write(
-            `\r\n[… the job was retried: attempt ${msg.attempt}'s output follows …]\r\n`,
+            `[… the job was retried: attempt ${msg.attempt}'s output follows …]`,
             null,
           );
         }
@@ -74,7 +74,7 @@ export class OutputFollower {
       const n = d.skipped.to - d.skipped.from;
       this.deps.write(
         reason === 'earlierAttempt'
-          ? `[… the job was retried: the ${n} bytes of its earlier attempts are not kept …]\r\n`
+          ? `[… the job was retried: the ${n} bytes of its earlier attempts are not kept …]`
           : `[… ${n} bytes dropped by the output cap …]`,
         null,
       );
