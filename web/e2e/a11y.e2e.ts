@@ -173,5 +173,30 @@ describe('accessibility and keyboard use', () => {
       });
       expect(visible, `Created off screen at ${width} px`).toBe(true);
     }
+    // The job page's facts wrap between words: "UTC" is not split over two lines. Only a word
+    // too long for its column (an id, a long tag) may break.
+    await page.goto(jobUrl);
+    await fact.waitFor();
+    for (const width of [1280, 1366, 390]) {
+      await page.setViewportSize({ width, height: 800 });
+      const broken = await page.locator('.facts dd').evaluateAll((dds) =>
+        dds.flatMap((dd) => {
+          const words: string[] = [];
+          const walk = document.createTreeWalker(dd, NodeFilter.SHOW_TEXT);
+          for (let n = walk.nextNode(); n; n = walk.nextNode()) {
+            for (const m of (n.textContent ?? '').matchAll(/\S+/g)) {
+              if (m[0].length > 16) continue;
+              const r = document.createRange();
+              r.setStart(n, m.index!);
+              r.setEnd(n, m.index! + m[0].length);
+              const lines = new Set([...r.getClientRects()].map((c) => Math.round(c.top)));
+              if (lines.size > 1) words.push(m[0]);
+            }
+          }
+          return words;
+        }),
+      );
+      expect(broken, `words split over lines at ${width} px`).toEqual([]);
+    }
   });
 });
