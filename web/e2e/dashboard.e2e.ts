@@ -273,13 +273,36 @@ describe('dashboard against cmdx dev', () => {
     await page.getByRole('status').filter({ hasText: `Added ${USER_EMAIL}` }).waitFor();
     await page.getByRole('cell', { name: USER_EMAIL }).waitFor();
 
+    // The page tells how to start an agent without the token on its command line.
+    const tokens = page.locator('section', { has: page.getByRole('heading', { name: 'Worker tokens' }) });
+    const howto = (await tokens.locator('p').first().textContent()) ?? '';
+    expect(howto).toContain(`CMDX_AGENT_TOKEN=… cmdx agent --hub ${hub.url}`);
+    expect(howto).not.toContain('--token TOKEN');
+
     await page.getByLabel('Token name').fill('e2e');
+    await page.getByLabel('Only these tags').fill('gpu, linux');
     await page.getByRole('button', { name: 'Mint token' }).click();
     const token = page.getByRole('textbox', { name: 'Worker token' });
     await token.waitFor();
-    expect((await token.inputValue()).length).toBeGreaterThan(10);
+    const secret = await token.inputValue();
+    expect(secret.length).toBeGreaterThan(10);
     await page.getByRole('button', { name: 'Copy', exact: true }).waitFor();
+    // Listed, with its scope, never with the token itself.
+    const row = tokens.getByRole('row').filter({ has: page.getByRole('cell', { name: 'e2e', exact: true }) });
+    await row.waitFor();
+    expect(await row.textContent()).toContain('gpu, linux');
+    expect(await tokens.locator('table').textContent()).not.toContain(secret);
     await screenshot(page, '08-admin');
+
+    // A worker polling with it gets in; once revoked here, it is refused.
+    const poll = () =>
+      fetch(`${hub.url}/api/jobs/get-job?workerId=e2e-poller`, { headers: { 'x-worker-token': secret } }).then((r) => r.status);
+    expect(await poll()).not.toBe(401);
+    await row.getByRole('button', { name: 'Revoke e2e' }).click();
+    await row.getByRole('group', { name: 'Revoke e2e?' }).getByRole('button', { name: 'Revoke e2e' }).click();
+    await page.getByRole('status').filter({ hasText: 'Token e2e revoked; 0 agent sessions closed' }).waitFor();
+    await row.waitFor({ state: 'detached' });
+    expect(await poll()).toBe(401);
   });
 
   it('manages a user: quotas, disable (sign-in refused), delete keeping their jobs', async () => {

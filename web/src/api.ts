@@ -9,10 +9,12 @@ import type {
   LoginResponse,
   MintTokenResponse,
   ResizeResponse,
+  RevokeTokenResponse,
   SubmitRequest,
   SubmitResponse,
   UpdateUserRequest,
   UserView,
+  WorkerTokenView,
   WorkerView,
 } from './types';
 
@@ -127,8 +129,11 @@ export const api = {
   resizeJob: (jobId: string, cols: number, rows: number) =>
     request<ResizeResponse>('/api/jobs/resize', { body: { jobId, cols, rows } }),
   workers: () => request<{ workers: WorkerView[] }>('/api/workers/list'),
-  mintToken: (name: string | undefined, ttlSecs: number | undefined) =>
-    request<MintTokenResponse>('/api/workers/tokens', { body: { name, ttlSecs } }),
+  mintToken: (name: string | undefined, ttlSecs: number | undefined, tags: string[] | undefined) =>
+    request<MintTokenResponse>('/api/workers/tokens', { body: { name, ttlSecs, tags } }),
+  tokens: () => request<{ tokens: WorkerTokenView[] }>('/api/workers/tokens'),
+  revokeToken: (tokenId: string) =>
+    request<RevokeTokenResponse>(`/api/workers/tokens/${encodeURIComponent(tokenId)}`, { method: 'DELETE' }),
 };
 
 /** URL of a job's raw combined log from `offset` (also the "Download log" link). */

@@ -250,6 +250,26 @@ export interface MintTokenResponse {
   expiresAt: string;
 }
 
+/** One live worker token in `GET /api/workers/tokens` (never the token itself). */
+export interface WorkerTokenView {
+  tokenId: string;
+  name?: string | null;
+  createdBy: string;
+  createdAt: string;
+  expiresAt: string;
+  /** Tag scope; absent: any tags. */
+  tags?: string[] | null;
+  /** Worker ids enrolled with it. */
+  workers: string[];
+}
+
+/** `DELETE /api/workers/tokens/{id}`. */
+export interface RevokeTokenResponse {
+  tokenId: string;
+  /** Agents whose sessions were closed now. */
+  closedSessions: string[];
+}
+
 /** Browser -> hub on /ws/client. */
 export type ClientMsg =
   | { type: 'subscribeOutput'; jobId: string; offset: number }

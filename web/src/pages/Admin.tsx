@@ -2,7 +2,7 @@ import { useEffect, useState } from 'preact/hooks';
 import { api } from '../api';
 import { ErrorBanner, PageHeader } from '../components/Layout';
 import { formatTime } from '../lib/format';
-import type { MintTokenResponse, UserView } from '../types';
+import type { MintTokenResponse, UserView, WorkerTokenView } from '../types';
 
 function Users() {
   const [users, setUsers] = useState<UserView[] | null>(null);
@@ -322,23 +322,57 @@ async function copyText(text: string): Promise<boolean> {
   }
 }
 
+/** How an agent gets its token: in its environment or a file, never on its command line
+ * (where every user of the host can read it in `ps`). */
+function AgentCommand() {
+  return (
+    <p class="muted">
+      Start an agent with the token in its environment, not on its command line:{' '}
+      <code>
+        CMDX_AGENT_TOKEN=… cmdx agent --hub {location.origin}
+      </code>{' '}
+      (or <code>--token-file FILE</code>, a file of mode 0600).
+    </p>
+  );
+}
+
+/** Tags typed in (spaces or commas between them); empty: any tags. */
+function parseTags(s: string): string[] | undefined {
+  const tags = s.split(/[\s,]+/).filter(Boolean);
+  return tags.length ? tags : undefined;
+}
+
 function Tokens() {
   const [name, setName] = useState('');
   const [days, setDays] = useState('30');
+  const [tags, setTags] = useState('');
   const [minted, setMinted] = useState<MintTokenResponse | null>(null);
   const [copied, setCopied] = useState<'yes' | 'no' | null>(null);
+  const [tokens, setTokens] = useState<WorkerTokenView[] | null>(null);
   const [error, setError] = useState<string | null>(null);
+  const [done, setDone] = useState<string | null>(null);
   const [busy, setBusy] = useState(false);
+
+  const load = () =>
+    api.tokens().then(
+      (r) => setTokens(r.tokens),
+      (err: unknown) => setError(err instanceof Error ? err.message : 'Could not load the tokens'),
+    );
+  useEffect(() => void load(), []);
 
   const mint = async (e: Event) => {
     e.preventDefault();
     setError(null);
+    setDone(null);
     setCopied(null);
     const d = days.trim() ? Number(days) : NaN;
     if (days.trim() && (!Number.isFinite(d) || d <= 0)) return setError('Lifetime must be a positive number of days');
     setBusy(true);
     try {
-      setMinted(await api.mintToken(name.trim() || undefined, Number.isFinite(d) ? Math.round(d * 86400) : undefined));
+      setMinted(
+        await api.mintToken(name.trim() || undefined, Number.isFinite(d) ? Math.round(d * 86400) : undefined, parseTags(tags)),
+      );
+      void load();
     } catch (err) {
       setError(err instanceof Error ? err.message : 'Could not mint a token');
     } finally {
@@ -346,10 +380,27 @@ function Tokens() {
     }
   };
 
+  const revoke = async (t: WorkerTokenView) => {
+    setError(null);
+    setDone(null);
+    setBusy(true);
+    try {
+      const r = await api.revokeToken(t.tokenId);
+      const n = r.closedSessions.length;
+      setDone(`Token ${t.name ?? t.tokenId} revoked; ${n} agent session${n === 1 ? '' : 's'} closed`);
+      if (minted?.tokenId === t.tokenId) setMinted(null);
+    } catch (err) {
+      setError(err instanceof Error ? err.message : 'Could not revoke the token');
+    } finally {
+      setBusy(false);
+      void load();
+    }
+  };
+
   return (
     <section class="card" aria-labelledby="tokens-title">
       <h2 id="tokens-title">Worker tokens</h2>
-      <p class="muted">A worker token lets agents join this hub: <code>cmdx agent --hub URL --token TOKEN</code>.</p>
+      <AgentCommand />
       <form class="inline-form" onSubmit={mint} noValidate>
         <div class="field">
           <label for="token-name">Token name</label>
@@ -359,11 +410,26 @@ function Tokens() {
           <label for="token-days">Lifetime (days)</label>
           <input id="token-days" inputMode="numeric" value={days} onInput={(e) => setDays(e.currentTarget.value)} />
         </div>
+        <div class="field">
+          <label for="token-tags">Only these tags</label>
+          <input
+            id="token-tags"
+            placeholder="any tags"
+            title="Agents with this token may advertise only these tags (spaces or commas between them)"
+            value={tags}
+            onInput={(e) => setTags(e.currentTarget.value)}
+          />
+        </div>
         <button type="submit" class="btn btn-primary" disabled={busy}>
           Mint token
         </button>
       </form>
       <ErrorBanner error={error} />
+      {done && (
+        <div class="alert alert-ok" role="status">
+          {done}
+        </div>
+      )}
       {minted && (
         <div class="token-box" role="region" aria-label="Minted token">
           <p class="strong">Copy this token now: it is shown only once.</p>
@@ -392,7 +458,68 @@ function Tokens() {
           </button>
         </div>
       )}
+      {tokens && tokens.length === 0 && <p class="muted">No live worker tokens.</p>}
+      {tokens && tokens.length > 0 && (
+        <div class="table-wrap">
+          <table class="table">
+            <caption class="visually-hidden">Live worker tokens</caption>
+            <thead>
+              <tr>
+                <th scope="col">Name</th>
+                <th scope="col">Token id</th>
+                <th scope="col">Tags</th>
+                <th scope="col">Agents</th>
+                <th scope="col">Expires</th>
+                <th scope="col">
+                  <span class="visually-hidden">Actions</span>
+                </th>
+              </tr>
+            </thead>
+            <tbody>
+              {tokens.map((t) => (
+                <TokenRow key={t.tokenId} token={t} busy={busy} onRevoke={() => void revoke(t)} />
+              ))}
+            </tbody>
+          </table>
+        </div>
+      )}
     </section>
+  );
+}
+
+/** One live token; revoking it asks once more, saying what it does to the agents using it. */
+function TokenRow({ token: t, busy, onRevoke }: { token: WorkerTokenView; busy: boolean; onRevoke: () => void }) {
+  const [asking, setAsking] = useState(false);
+  const label = t.name ?? t.tokenId;
+  return (
+    <tr>
+      <td>{t.name ?? <span class="muted">unnamed</span>}</td>
+      <td class="mono small">{t.tokenId}</td>
+      <td>{t.tags?.length ? t.tags.join(', ') : <span class="muted">any</span>}</td>
+      <td class="mono small">{t.workers.length ? t.workers.join(', ') : <span class="muted">none</span>}</td>
+      <td>{formatTime(t.expiresAt)}</td>
+      <td>
+        {asking ? (
+          <div class="inline-form" role="group" aria-label={`Revoke ${label}?`}>
+            <span class="small">
+              {t.workers.length
+                ? `Its ${t.workers.length} agent${t.workers.length === 1 ? ' is' : 's are'} disconnected now.`
+                : 'Agents can no longer join with it.'}
+            </span>
+            <button type="button" class="btn btn-small btn-danger" disabled={busy} onClick={onRevoke}>
+              Revoke {label}
+            </button>
+            <button type="button" class="btn btn-small" onClick={() => setAsking(false)}>
+              Keep it
+            </button>
+          </div>
+        ) : (
+          <button type="button" class="btn btn-small" onClick={() => setAsking(true)}>
+            Revoke<span class="visually-hidden"> {label}</span>
+          </button>
+        )}
+      </td>
+    </tr>
   );
 }
 

@@ -57,8 +57,9 @@ export function Workers() {
       {workers === null && !error && <p class="muted" role="status">Loading workers…</p>}
       {workers !== null && workers.length === 0 && (
         <EmptyState title="No workers connected">
-          Start one with <code>cmdx agent --hub URL --token TOKEN</code>; an admin mints tokens on the Admin
-          page.
+          Start one with <code>CMDX_AGENT_TOKEN=… cmdx agent --hub {location.origin}</code> (the token in the
+          environment or a <code>--token-file</code>, never on the command line); an admin mints tokens on
+          the Admin page.
         </EmptyState>
       )}
       {workers !== null && workers.length > 0 && (
