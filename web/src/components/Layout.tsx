@@ -76,6 +76,16 @@ export function ErrorBanner({ error }: { error: string | null | undefined }) {
   );
 }
 
+/** What an action did, announced politely (nothing when `message` is empty). */
+export function DoneBanner({ message }: { message: string | null | undefined }) {
+  if (!message) return null;
+  return (
+    <div class="alert alert-ok" role="status">
+      {message}
+    </div>
+  );
+}
+
 export function EmptyState({ title, children }: { title: string; children?: ComponentChildren }) {
   return (
     <div class="empty">

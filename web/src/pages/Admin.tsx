@@ -1,6 +1,6 @@
 import { useEffect, useState } from 'preact/hooks';
 import { api } from '../api';
-import { ErrorBanner, PageHeader } from '../components/Layout';
+import { DoneBanner, ErrorBanner, PageHeader } from '../components/Layout';
 import { formatTime } from '../lib/format';
 import type { MintTokenResponse, UserView, WorkerTokenView } from '../types';
 
@@ -73,11 +73,7 @@ function Users() {
         </button>
       </form>
       <ErrorBanner error={error} />
-      {done && (
-        <div class="alert alert-ok" role="status">
-          {done}
-        </div>
-      )}
+      <DoneBanner message={done} />
       <ErrorBanner error={listError} />
       {users && (
         <div class="table-wrap">
@@ -425,11 +421,7 @@ function Tokens() {
         </button>
       </form>
       <ErrorBanner error={error} />
-      {done && (
-        <div class="alert alert-ok" role="status">
-          {done}
-        </div>
-      )}
+      <DoneBanner message={done} />
       {minted && (
         <div class="token-box" role="region" aria-label="Minted token">
           <p class="strong">Copy this token now: it is shown only once.</p>
