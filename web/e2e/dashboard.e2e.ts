@@ -80,6 +80,37 @@ describe('dashboard against cmdx dev', () => {
     await screenshot(page, '03-workers');
   });
 
+  it('drains a worker and removes it, which its agent undoes by enrolling again', async () => {
+    const row = page.locator('.workers-table tbody tr[data-worker-id="dev-agent-0"]');
+    await row.getByRole('button', { name: 'Drain dev-agent-0' }).click();
+    await page.getByRole('status').filter({ hasText: 'dev-agent-0 is draining' }).waitFor();
+    await row.locator('.badge-worker-draining').waitFor();
+    // A job submitted now waits: its only worker takes no new jobs.
+    const submitted = await page.evaluate(async () => {
+      const r = await fetch('/api/jobs/submit', {
+        method: 'POST',
+        headers: { 'Content-Type': 'application/json' },
+        body: JSON.stringify({ command: 'echo after-drain' }),
+      });
+      return (await r.json()) as { jobId: string };
+    });
+    const status = () =>
+      page.evaluate(
+        async (id) => ((await (await fetch(`/api/jobs/status?jobId=${id}`)).json()) as { status: string }).status,
+        submitted.jobId,
+      );
+    await new Promise((r) => setTimeout(r, 1000));
+    expect(await status()).toBe('queued');
+
+    await row.getByRole('button', { name: 'Remove dev-agent-0' }).click();
+    await row.getByRole('group', { name: 'Remove dev-agent-0?' }).getByRole('button', { name: 'Remove dev-agent-0' }).click();
+    await page.getByRole('status').filter({ hasText: 'dev-agent-0 removed' }).waitFor();
+    // The agent reconnects with its token, enrols afresh (not draining) and runs the job.
+    await expect.poll(status, { timeout: 30_000 }).toBe('completed');
+    await page.reload();
+    await page.locator('.workers-table tbody tr[data-worker-id="dev-agent-0"] .badge-worker-online').waitFor();
+  });
+
   it('uploads a ZIP, runs the colour loop and shows lines live and in green', async () => {
     await page.getByRole('link', { name: 'New job', exact: true }).first().click();
     await page.getByRole('heading', { name: 'New job' }).waitFor();

@@ -129,6 +129,12 @@ export const api = {
   resizeJob: (jobId: string, cols: number, rows: number) =>
     request<ResizeResponse>('/api/jobs/resize', { body: { jobId, cols, rows } }),
   workers: () => request<{ workers: WorkerView[] }>('/api/workers/list'),
+  /** The worker takes no new jobs until its agent reconnects (admin). */
+  drainWorker: (workerId: string) =>
+    request<unknown>(`/api/workers/${encodeURIComponent(workerId)}/drain`, { method: 'POST' }),
+  /** Forgets a worker (admin): its jobs are requeued, its id is free to enrol again. */
+  removeWorker: (workerId: string) =>
+    request<unknown>(`/api/workers/${encodeURIComponent(workerId)}`, { method: 'DELETE' }),
   mintToken: (name: string | undefined, ttlSecs: number | undefined, tags: string[] | undefined) =>
     request<MintTokenResponse>('/api/workers/tokens', { body: { name, ttlSecs, tags } }),
   tokens: () => request<{ tokens: WorkerTokenView[] }>('/api/workers/tokens'),

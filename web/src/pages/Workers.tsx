@@ -1,18 +1,32 @@
-import { useEffect, useState } from 'preact/hooks';
+import { useEffect, useRef, useState } from 'preact/hooks';
 import { api } from '../api';
-import { EmptyState, ErrorBanner, PageHeader } from '../components/Layout';
+import { DoneBanner, EmptyState, ErrorBanner, PageHeader } from '../components/Layout';
 import { Link } from '../components/Link';
 import { useNow } from '../components/useNow';
 import { formatBytes, formatRelative, shortId } from '../lib/format';
 import { jobPath } from '../lib/routes';
 import { compareWorkers, upsertWorker } from '../lib/workers';
+import { currentUser } from '../state';
 import type { WorkerView } from '../types';
 import { hubSocket } from '../ws';
 
 export function Workers() {
   const [workers, setWorkers] = useState<WorkerView[] | null>(null);
   const [error, setError] = useState<string | null>(null);
+  const [done, setDone] = useState<string | null>(null);
   const now = useNow(1000);
+  const isAdmin = currentUser.value?.role === 'admin';
+  const reload = useRef<() => void>(() => {});
+  const acted = (result: { done: string } | { error: string }) => {
+    if ('done' in result) {
+      setDone(result.done);
+      setError(null);
+    } else {
+      setError(result.error);
+      setDone(null);
+    }
+    reload.current();
+  };
 
   useEffect(() => {
     // On a cluster of hubs (workers carry the hub holding them), the live feed carries this
@@ -27,6 +41,7 @@ export function Workers() {
         },
         (err: unknown) => setError(err instanceof Error ? err.message : 'Could not load workers'),
       );
+    reload.current = () => void load();
     void load();
     const offWorker = hubSocket.onWorker((w) => setWorkers((prev) => upsertWorker(prev ?? [], w)));
     const offOpen = hubSocket.onOpen(() => void load());
@@ -54,6 +69,7 @@ export function Workers() {
         )}
       </PageHeader>
       <ErrorBanner error={error} />
+      <DoneBanner message={done} />
       {workers === null && !error && <p class="muted" role="status">Loading workers…</p>}
       {workers !== null && workers.length === 0 && (
         <EmptyState title="No workers connected">
@@ -75,6 +91,11 @@ export function Workers() {
                 <th scope="col" class="hide-narrow">Memory</th>
                 <th scope="col" class="hide-narrow">Isolation</th>
                 <th scope="col">Last heartbeat</th>
+                {isAdmin && (
+                  <th scope="col">
+                    <span class="visually-hidden">Actions</span>
+                  </th>
+                )}
               </tr>
             </thead>
             <tbody>
@@ -128,6 +149,11 @@ export function Workers() {
                     </div>
                   </td>
                   <td title={w.lastHeartbeat ?? ''}>{formatRelative(w.lastHeartbeat, now)}</td>
+                  {isAdmin && (
+                    <td>
+                      <WorkerActions worker={w} onDone={acted} />
+                    </td>
+                  )}
                 </tr>
               ))}
             </tbody>
@@ -135,5 +161,73 @@ export function Workers() {
         </div>
       )}
     </>
+  );
+}
+
+/** An admin's actions on one worker: drain it, or remove it after asking once. */
+function WorkerActions({
+  worker: w,
+  onDone,
+}: {
+  worker: WorkerView;
+  onDone: (result: { done: string } | { error: string }) => void;
+}) {
+  const [asking, setAsking] = useState(false);
+  const [busy, setBusy] = useState(false);
+  const act = async (what: () => Promise<unknown>, done: string) => {
+    setBusy(true);
+    try {
+      await what();
+      onDone({ done });
+    } catch (err) {
+      onDone({ error: err instanceof Error ? err.message : 'The change failed' });
+    } finally {
+      setBusy(false);
+      setAsking(false);
+    }
+  };
+  const id = w.workerId;
+  if (asking) {
+    return (
+      <div class="inline-form" role="group" aria-label={`Remove ${id}?`}>
+        <span class="small">
+          {w.currentJobs.length ? 'Its running jobs go back to the queue now.' : 'It can enrol again by reconnecting.'}
+        </span>
+        <button
+          type="button"
+          class="btn btn-small btn-danger"
+          disabled={busy}
+          onClick={() => void act(() => api.removeWorker(id), `${id} removed; its jobs, if any, are queued again`)}
+        >
+          Remove {id}
+        </button>
+        <button type="button" class="btn btn-small" onClick={() => setAsking(false)}>
+          Keep it
+        </button>
+      </div>
+    );
+  }
+  return (
+    <div class="inline-form">
+      {w.kind === 'agent' && w.status === 'online' && (
+        <button
+          type="button"
+          class="btn btn-small"
+          disabled={busy}
+          title="It takes no new jobs and finishes its running ones, until its agent reconnects"
+          onClick={() =>
+            void act(
+              () => api.drainWorker(id),
+              `${id} is draining: it takes no new jobs and finishes its running ones, until its agent reconnects`,
+            )
+          }
+        >
+          Drain<span class="visually-hidden"> {id}</span>
+        </button>
+      )}
+      <button type="button" class="btn btn-small" onClick={() => setAsking(true)}>
+        Remove<span class="visually-hidden"> {id}</span>
+      </button>
+    </div>
   );
 }
