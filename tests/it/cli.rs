@@ -1831,6 +1831,52 @@ async fn download_twice_works_per_job_and_with_force() {
     );
 }
 
+/// An admin drains and removes a worker from the CLI: the removed worker's running job goes
+/// back to the queue; an unknown id and a plain user are refused with a clear message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_are_drained_and_removed_from_the_cli() {
+    let hub = HubProc::start(FAST).await;
+    let admin = hub.admin().await;
+    let wt = hub.worker_token(&admin).await;
+    let user = hub.user(&admin, "not-admin@test.local").await;
+    let (mut agent, _) = FakeAgent::connect(&hub, &wt, "old-host", 1, vec![])
+        .await
+        .unwrap();
+    let job = hub.submit(&admin, json!({"command": "sleep 100"})).await;
+    let (run, _) = Run::start(&mut agent).await;
+    assert_eq!(run.job_id, job);
+    let cli = CliEnv::new(&hub, &admin);
+
+    let out = cli.run(&["workers", "drain", "old-host"]).await;
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("worker old-host is draining"),
+        "{}",
+        out.stderr
+    );
+    let (_, list) = hub.get(&admin, "/api/workers/list").await;
+    assert_eq!(list["workers"][0]["status"], "draining", "{list}");
+
+    let out = cli.run(&["workers", "remove", "old-host"]).await;
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("worker old-host removed"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(hub.job(&admin, &job).await["status"], "queued");
+    let (_, list) = hub.get(&admin, "/api/workers/list").await;
+    assert_eq!(list["workers"], json!([]), "{list}");
+
+    cli.run(&["workers", "remove", "old-host"])
+        .await
+        .assert_one_line_error("worker old-host not found");
+    CliEnv::new(&hub, &user)
+        .run(&["workers", "remove", "anything"])
+        .await
+        .assert_one_line_error("admin");
+}
+
 /// A job retried after its worker was lost, as its user sees it: `cmdx submit` following it
 /// live says where the new attempt starts (the earlier attempt's output stays on screen above),
 /// and `cmdx logs` afterwards says the earlier attempt's output is not kept, not that the output

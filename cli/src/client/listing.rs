@@ -71,17 +71,32 @@ pub async fn workers(args: WorkersArgs) -> anyhow::Result<i32> {
     let conn = config::resolve(&args.conn)?;
     let api = Api::new(&conn)?;
     api.token()?;
-    if let Some(super::WorkersAction::Drain { id }) = &args.action {
+    if let Some(action) = &args.action {
+        use super::WorkersAction::{Drain, Remove};
+        let (method, path, done) = match action {
+            Drain { id } => (
+                reqwest::Method::POST,
+                format!("/api/workers/{id}/drain"),
+                format!(
+                    "worker {id} is draining: it takes no new jobs and finishes its running ones"
+                ),
+            ),
+            Remove { id } => (
+                reqwest::Method::DELETE,
+                format!("/api/workers/{id}"),
+                format!("worker {id} removed: its running jobs, if any, are queued again"),
+            ),
+        };
+        let (Drain { id } | Remove { id }) = action;
         let _: serde_json::Value = api
-            .post_json(
-                &format!("/api/workers/{id}/drain"),
+            .send_json(
+                method,
+                &path,
                 &serde_json::json!({}),
                 &format!("worker {id}"),
             )
             .await?;
-        super::note(format_args!(
-            "worker {id} is draining: it takes no new jobs and finishes its running ones"
-        ));
+        super::note(format_args!("{done}"));
         return Ok(0);
     }
     let list: WorkerList = api.get_json("/api/workers/list", "listing workers").await?;

@@ -276,8 +276,15 @@ pub struct WorkersArgs {
 /// `cmdx workers <action>`.
 #[derive(clap::Subcommand)]
 pub enum WorkersAction {
-    /// Admin: the worker takes no new jobs and finishes its running ones.
+    /// Admin: the worker takes no new jobs and finishes its running ones (until its agent
+    /// reconnects).
     Drain {
+        /// Worker id (see `cmdx workers`).
+        id: String,
+    },
+    /// Admin: forgets the worker; its running jobs go back to the queue and its id is free to
+    /// enrol again (a running agent does at its next connect).
+    Remove {
         /// Worker id (see `cmdx workers`).
         id: String,
     },
