@@ -73,8 +73,9 @@ pub async fn workers(args: WorkersArgs) -> anyhow::Result<i32> {
     api.token()?;
     if let Some(action) = &args.action {
         use super::WorkersAction::{Drain, Remove};
-        let (method, path, done) = match action {
+        let (id, method, path, done) = match action {
             Drain { id } => (
+                id,
                 reqwest::Method::POST,
                 format!("/api/workers/{id}/drain"),
                 format!(
@@ -82,12 +83,12 @@ pub async fn workers(args: WorkersArgs) -> anyhow::Result<i32> {
                 ),
             ),
             Remove { id } => (
+                id,
                 reqwest::Method::DELETE,
                 format!("/api/workers/{id}"),
                 format!("worker {id} removed: its running jobs, if any, are queued again"),
             ),
         };
-        let (Drain { id } | Remove { id }) = action;
         let _: serde_json::Value = api
             .send_json(
                 method,

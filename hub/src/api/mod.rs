@@ -28,8 +28,8 @@ use warp::reply::Response;
 use crate::Hub;
 use crate::auth::{self, Caller, WorkerCred};
 use crate::error::{ApiError, ApiResult};
-
 use crate::ratelimit::{Group, Principal, Verdict};
+
 pub use workers::local_agents_token;
 
 /// A request body as a stream of bytes; a body that pauses longer than the idle timeout ends
