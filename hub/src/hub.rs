@@ -203,11 +203,12 @@ impl Hub {
     }
 
     /// Publishes a job's current state to the dashboards that may see it (its owner, admins).
+    /// Its output subscribers on this hub hear of it too.
     pub fn publish(&self, job: &JobRecord) {
-        self.emit(
-            Some(job.owner.clone()),
-            ServerMsg::Job(crate::jobs::views::summary(job)),
-        );
+        let msg = ServerMsg::Job(crate::jobs::views::summary(job));
+        self.relay
+            .job_changed(&job.id, || crate::relay::encode(&msg));
+        self.emit(Some(job.owner.clone()), msg);
     }
 
     /// Publishes a dashboard event (lossy for slow listeners).

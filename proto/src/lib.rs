@@ -59,7 +59,8 @@
 //! attempt's output starts.
 //! While the subscribed job is still queued the hub also sends `queued` (its queue position and
 //! whether any connected worker can run it) whenever that changes, and one `job` when it leaves
-//! the queue.
+//! the queue; after that, a `job` for each change of the job's state made on that hub (so a
+//! subscriber sees a lost attempt's job go back to the queue).
 
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]

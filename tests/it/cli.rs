@@ -1912,12 +1912,15 @@ async fn a_retried_job_says_so_live_and_in_its_log() {
     assert_eq!(out.code(), 0, "{}", out.stderr);
     seen.extend_from_slice(&out.stdout);
     assert_eq!(String::from_utf8_lossy(&seen), "first try\nagain\n");
-    assert!(
+    let requeued =
+        format!("attempt 1 on worker lost-worker did not finish; job {id} is queued again");
+    let restarted = "the job was retried (the earlier attempt did not finish); attempt 2's";
+    let at = |what: &str| {
         out.stderr
-            .contains("the job was retried (the earlier attempt did not finish); attempt 2's"),
-        "{}",
-        out.stderr
-    );
+            .find(what)
+            .unwrap_or_else(|| panic!("{what:?} missing: {}", out.stderr))
+    };
+    assert!(at(&requeued) < at(restarted), "{}", out.stderr);
 
     let logs = cli.run(&["logs", &id]).await;
     assert_eq!(logs.code(), 0, "{}", logs.stderr);

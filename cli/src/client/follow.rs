@@ -131,6 +131,8 @@ pub async fn follow(
     }
     let mut ws = connect(api, job_id, next).await?;
     let mut down_since: Option<Instant> = None;
+    // Whether the job was seen out of the queue (assigned, running).
+    let mut started = false;
     loop {
         let msg = ws.next().await;
         let text = match msg {
@@ -178,6 +180,7 @@ pub async fn follow(
                     continue; // seen already (replayed after a reconnect)
                 }
                 let skip = next.saturating_sub(offset) as usize;
+                started = true;
                 if let Some(p) = progress {
                     p.left_queue();
                 }
@@ -241,9 +244,23 @@ pub async fn follow(
                 }
             }
             ServerMsg::Job(j) if j.job_id == job_id && j.status != JobStatus::Queued => {
+                started = true;
                 if let Some(p) = progress {
                     p.left_queue();
                 }
+            }
+            // Back in the queue after it started: its attempt was lost (the worker went away
+            // past its grace, or was removed); another attempt follows.
+            ServerMsg::Job(j) if j.job_id == job_id && started => {
+                started = false;
+                let on = j
+                    .worker_id
+                    .map(|w| format!(" on worker {w}"))
+                    .unwrap_or_default();
+                super::note(format_args!(
+                    "cmdx: attempt {}{on} did not finish; job {job_id} is queued again",
+                    j.attempt
+                ));
             }
             ServerMsg::Error(e) if e.code == "not_found" => bail!("job {job_id} not found"),
             ServerMsg::Error(e) => bail!(

@@ -73,6 +73,9 @@ impl LiveChunk {
 pub enum RelayItem {
     /// A chunk, already stored.
     Chunk(Arc<LiveChunk>),
+    /// The job's state changed (a `job` message, encoded): its output subscribers learn that a
+    /// job they follow went back to the queue or started again.
+    Job(Encoded),
     /// The job is terminal; the store holds the whole log.
     End,
 }
@@ -181,6 +184,22 @@ impl Relay {
         }
     }
 
+    /// Tells the output subscribers of `job_id` here, if any, of the job's new state (`job`, a
+    /// `job` message encoded).
+    pub fn job_changed(&self, job_id: &str, job: impl FnOnce() -> Encoded) {
+        if let Some(live) = self.followed_live(job_id) {
+            let _ = live.tx.send(RelayItem::Job(job()));
+        }
+    }
+
+    /// The live relay of `job_id` when it has subscribers here.
+    fn followed_live(&self, job_id: &str) -> Option<Arc<LiveJob>> {
+        let map = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(job_id)
+            .filter(|l| l.tx.receiver_count() > 0)
+            .cloned()
+    }
+
     /// Drops the relay of a terminal job when nobody listens (subscriber cleanup).
     pub fn forget_if_idle(&self, job_id: &str) {
         let mut map = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
@@ -194,12 +213,8 @@ impl Relay {
     /// would. Subscribers drop what they already have and fill any gap from the store, so where
     /// the reading starts only costs, never loses or repeats.
     pub async fn pull(&self, store: &dyn Store, job_id: &str) -> StoreResult<()> {
-        let live = {
-            let map = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
-            match map.get(job_id) {
-                Some(l) if l.tx.receiver_count() > 0 => l.clone(),
-                _ => return Ok(()),
-            }
+        let Some(live) = self.followed_live(job_id) else {
+            return Ok(());
         };
         let mut next = live.pulled.lock().await;
         let mut from = match *next {

@@ -182,6 +182,11 @@ where
                 }
                 at.offset = c.end();
             }
+            Ok(RelayItem::Job(msg)) => {
+                if !out.send(msg).await {
+                    return Ok(SubEnd::ClientGone);
+                }
+            }
             Ok(RelayItem::End) | Err(broadcast::error::RecvError::Closed) => {
                 if !replay(store, job_id, &mut at, out).await? {
                     return Ok(SubEnd::ClientGone);
