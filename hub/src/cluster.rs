@@ -264,11 +264,9 @@ pub(crate) async fn worker_views(
     }
     let mut held: std::collections::HashMap<String, Vec<String>> = Default::default();
     if !elsewhere.is_empty() {
-        for job in hub.store.unfinished_jobs().await? {
-            if let Some(w) = job.worker_id.filter(|w| elsewhere.contains_key(w))
-                && job.status != JobStatus::Queued
-            {
-                held.entry(w).or_default().push(job.id);
+        for (w, id) in hub.store.held_jobs().await? {
+            if elsewhere.contains_key(&w) {
+                held.entry(w).or_default().push(id);
             }
         }
     }

@@ -126,6 +126,11 @@ async fn two_hubs_on_one_database_share_credentials_queue_and_control() {
         (a.job(&alice, &long).await["stdout"] == "started\n").then_some(())
     })
     .await;
+    // A lists what the agent B holds is busy with.
+    let (_, on_a) = a.get(&admin_a, "/api/workers/list").await;
+    let seen = find(&on_a).expect("listed on A");
+    assert_eq!(seen["currentJobs"], json!([long]), "{seen}");
+    assert_eq!(seen["slotsUsed"], 1, "{seen}");
     a.post_json(&alice, "/api/jobs/cancel", json!({"jobId": long}))
         .await;
     let v = a.wait_status(&alice, &long, "cancelled").await;

@@ -153,6 +153,30 @@ async fn jobs_insert_update_and_delete_alike_on_both_backends() {
         .expect("finish");
         assert_eq!(queued(s).await, vec![(2, "c".into())], "{name}");
         assert_eq!(s.unfinished_jobs().await.unwrap().len(), 1, "{name}");
+        // What workers hold: assigned and running jobs, not queued or finished ones.
+        assert!(s.held_jobs().await.unwrap().is_empty(), "{name}");
+        for (id, status, seq) in [
+            ("h1", JobStatus::Assigned, 20),
+            ("h2", JobStatus::Running, 21),
+        ] {
+            let mut j = job(id, "u1", seq);
+            j.queue_seq = None;
+            j.status = status;
+            j.worker_id = Some("w9".into());
+            s.insert_job(&j).await.expect("insert held");
+        }
+        let mut held = s.held_jobs().await.unwrap();
+        held.sort();
+        assert_eq!(
+            held,
+            vec![("w9".into(), "h1".into()), ("w9".into(), "h2".into())],
+            "{name}"
+        );
+        assert_eq!(s.jobs_held_by("w9").await.unwrap().len(), 2, "{name}");
+        assert!(s.jobs_held_by("other").await.unwrap().is_empty(), "{name}");
+        for id in ["h1", "h2"] {
+            s.delete_job(id).await.expect("delete held");
+        }
         let a = s.get_job("a").await.unwrap().expect("a");
         assert_eq!(
             (a.rejections, a.status),

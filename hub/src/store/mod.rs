@@ -191,19 +191,30 @@ pub trait Store: Send + Sync + 'static {
     }
     /// Every job that is not terminal: queued, assigned or running (for recovery).
     async fn unfinished_jobs(&self) -> StoreResult<Vec<JobRecord>>;
-    /// Ids of the unfinished jobs whose current attempt `worker` holds.
-    async fn jobs_held_by(&self, worker: &str) -> StoreResult<Vec<String>> {
+    /// `(worker, job id)` of every unfinished job whose current attempt a worker holds
+    /// (assigned or running): what the workers are busy with, without reading the queue's
+    /// records.
+    async fn held_jobs(&self) -> StoreResult<Vec<(String, String)>> {
         Ok(self
             .unfinished_jobs()
             .await?
             .into_iter()
-            .filter(|j| {
-                matches!(
-                    j.status,
-                    cmdx_proto::JobStatus::Assigned | cmdx_proto::JobStatus::Running
-                ) && j.worker_id.as_deref() == Some(worker)
+            .filter_map(|j| match (j.status, j.worker_id) {
+                (cmdx_proto::JobStatus::Assigned | cmdx_proto::JobStatus::Running, Some(w)) => {
+                    Some((w, j.id))
+                }
+                _ => None,
             })
-            .map(|j| j.id)
+            .collect())
+    }
+    /// Ids of the unfinished jobs whose current attempt `worker` holds.
+    async fn jobs_held_by(&self, worker: &str) -> StoreResult<Vec<String>> {
+        Ok(self
+            .held_jobs()
+            .await?
+            .into_iter()
+            .filter(|(w, _)| w == worker)
+            .map(|(_, id)| id)
             .collect())
     }
     /// Jobs newest first.

@@ -647,6 +647,21 @@ impl Store for PgStore {
         .await
     }
 
+    async fn held_jobs(&self) -> StoreResult<Vec<(String, String)>> {
+        Ok(self
+            .query(
+                "jobs held by workers",
+                "SELECT record->>'worker_id', id FROM jobs WHERE unfinished \
+                 AND record->>'status' IN ('assigned', 'running') \
+                 AND record->>'worker_id' IS NOT NULL",
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect())
+    }
+
     async fn jobs_held_by(&self, worker: &str) -> StoreResult<Vec<String>> {
         Ok(self
             .query(
