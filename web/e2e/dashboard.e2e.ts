@@ -220,6 +220,38 @@ describe('dashboard against cmdx dev', () => {
     await screenshot(page, '07-job-cancelled');
   });
 
+  it('runs a job from the form with env values and on pipes, showing the names only', async () => {
+    await page.goto('/jobs/new');
+    await page.getByLabel('Command').fill('printf "%s|%s\\n" "$GREETING" "$EMPTY"; test -t 1 && echo tty || echo pipes; echo to-stderr >&2');
+    const env = page.getByLabel(/^Environment/);
+    await env.fill('GREETING=hello world\nnot a variable');
+    await page.getByRole('button', { name: 'Run' }).click();
+    await page.getByText('Line 2: write NAME=value').waitFor();
+    await env.fill('# comment\nGREETING=hello world\nEMPTY=');
+    await page.getByLabel('Run in a terminal').uncheck();
+    await page.getByRole('button', { name: 'Run' }).click();
+    await page.waitForURL((url) => /^\/jobs\/[^/]+$/.test(url.pathname) && !url.pathname.endsWith('/new'));
+    await page.locator('.page-header .badge[data-status="completed"]').waitFor({ timeout: 60_000 });
+    const jobId = decodeURIComponent(new URL(page.url()).pathname.split('/').pop()!);
+    const job = await page.evaluate(
+      async (id) => (await (await fetch(`/api/jobs/status?jobId=${id}`)).json()) as Record<string, unknown>,
+      jobId,
+    );
+    expect(job.stdout).toBe('hello world|\npipes\n');
+    expect(job.stderr).toBe('to-stderr\n');
+    expect(job.ttySize).toBeNull();
+    // The page names the variables, never their values.
+    const facts = (await page.locator('.facts').textContent()) ?? '';
+    expect(facts).toContain('EMPTY, GREETING');
+    expect(facts).not.toContain('hello world');
+    await page.getByText('The job writes to pipes, not a terminal.').waitFor();
+    // Edit and run copies the choices it can; the values it cannot are asked for again.
+    await page.getByRole('link', { name: 'Edit and run' }).click();
+    await page.getByText('The job this copies set EMPTY, GREETING: enter their values again').waitFor();
+    expect(await page.getByLabel('Run in a terminal').isChecked()).toBe(false);
+    expect(await page.getByLabel(/^Environment/).inputValue()).toBe('');
+  });
+
   it('runs a job again with its env values, which the page never sees', async () => {
     const jobId = await page.evaluate(async () => {
       const r = await fetch('/api/jobs/submit', {
@@ -487,7 +519,8 @@ describe('dashboard against cmdx dev', () => {
       // The next match is in the terminal: it scrolls there and the viewer closes.
       await p.getByRole('button', { name: 'Next' }).click();
       await waitFor('line 30004 in view', async () => (await terminalText(p)).includes('needle late'));
-      expect(await viewer.count()).toBe(0);
+      // The viewer closes once the page has moved to the match (a render later, not at once).
+      await viewer.waitFor({ state: 'detached' });
       await waitFor('the URL at #L30004', async () => new URL(p.url()).hash === '#L30004');
 
       // "Show earlier lines" pages through what the terminal dropped; sections fold.

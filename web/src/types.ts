@@ -85,6 +85,8 @@ export interface SubmitRequest {
   priority?: number;
   /** OCI image to run in (`alpine:3.20`, `registry/repo:tag`, `…@sha256:…`); absent: the host's root. */
   image?: string;
+  /** Run in a pseudo-terminal (default true); false: stdout and stderr on pipes. */
+  tty?: boolean;
 }
 
 export interface SubmitResponse {

@@ -6,6 +6,7 @@ import {
   formatDuration,
   formatRelative,
   jobDurationMs,
+  parseEnv,
   parseTags,
   formatTime,
   parsePriority,
@@ -56,6 +57,17 @@ describe('format', () => {
     expect(shortId('abc')).toBe('abc');
     expect(commandPreview('make\nmake test')).toBe('make …');
     expect(commandPreview('x'.repeat(100), 10)).toBe(`${'x'.repeat(9)}…`);
+  });
+
+  it('parseEnv reads NAME=value lines, skipping blanks and comments, naming a bad line', () => {
+    expect(parseEnv('A=1\n\n# note\nB = two words \nC=x=y\r\nD=')).toEqual({
+      value: { A: '1', B: ' two words ', C: 'x=y', D: '' },
+    });
+    expect(parseEnv('')).toEqual({ value: {} });
+    expect(parseEnv('A=1\noops')).toEqual({ error: 'Line 2: write NAME=value' });
+    expect(parseEnv('=v')).toEqual({ error: 'Line 1: write NAME=value' });
+    expect(parseEnv('A B=1')).toEqual({ error: 'Line 1: write NAME=value' });
+    expect(parseEnv('A=1\nA=2')).toEqual({ error: 'Line 2: A is set twice' });
   });
 
   it('parseTags splits on commas and spaces, dropping duplicates', () => {

@@ -139,7 +139,6 @@ export function parseTags(s: string): string[] {
     .filter((t, i, all) => t.length > 0 && all.indexOf(t) === i);
 }
 
-/** Parses a timeout field in seconds; `null` when empty, an error text when invalid. */
 /** A job priority typed in a form: empty (the default, 0) or a whole number from -100 to 100. */
 export function parsePriority(s: string): { value: number | null } | { error: string } {
   const t = s.trim();
@@ -150,6 +149,7 @@ export function parsePriority(s: string): { value: number | null } | { error: st
   return { value: v };
 }
 
+/** Parses a timeout field in seconds; `null` when empty, an error text when invalid. */
 export function parseTimeout(s: string): { value: number | null } | { error: string } {
   const t = s.trim();
   if (!t) return { value: null };
@@ -157,4 +157,22 @@ export function parseTimeout(s: string): { value: number | null } | { error: str
   const v = Number(t);
   if (v < 1) return { error: 'Timeout must be at least 1 second' };
   return { value: v };
+}
+
+/** Environment variables typed one per line as `NAME=value` (blank lines and `#` comments
+ * skipped; the value is everything after the first `=`, spaces kept); an error names the line. */
+export function parseEnv(s: string): { value: Record<string, string> } | { error: string } {
+  const env: Record<string, string> = {};
+  const lines = s.split('\n');
+  for (let i = 0; i < lines.length; i++) {
+    const line = lines[i]!.replace(/\r$/, '');
+    if (!line.trim() || line.trimStart().startsWith('#')) continue;
+    const eq = line.indexOf('=');
+    const name = eq < 0 ? '' : line.slice(0, eq).trim();
+    if (!name || /\s|\0/.test(name)) return { error: `Line ${i + 1}: write NAME=value` };
+    if (name in env) return { error: `Line ${i + 1}: ${name} is set twice` };
+    env[name] = line.slice(eq + 1);
+  }
+  if (Object.keys(env).length > 128) return { error: 'At most 128 variables' };
+  return { value: env };
 }

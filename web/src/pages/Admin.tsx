@@ -1,7 +1,7 @@
 import { useEffect, useState } from 'preact/hooks';
 import { api } from '../api';
 import { DoneBanner, ErrorBanner, PageHeader } from '../components/Layout';
-import { formatTime } from '../lib/format';
+import { formatTime, parseTags } from '../lib/format';
 import type { MintTokenResponse, UserView, WorkerTokenView } from '../types';
 
 function Users() {
@@ -332,9 +332,9 @@ function AgentCommand() {
   );
 }
 
-/** Tags typed in (spaces or commas between them); empty: any tags. */
-function parseTags(s: string): string[] | undefined {
-  const tags = s.split(/[\s,]+/).filter(Boolean);
+/** A token's tag scope typed in; empty: any tags. */
+function scope(text: string): string[] | undefined {
+  const tags = parseTags(text);
   return tags.length ? tags : undefined;
 }
 
@@ -366,7 +366,7 @@ function Tokens() {
     setBusy(true);
     try {
       setMinted(
-        await api.mintToken(name.trim() || undefined, Number.isFinite(d) ? Math.round(d * 86400) : undefined, parseTags(tags)),
+        await api.mintToken(name.trim() || undefined, Number.isFinite(d) ? Math.round(d * 86400) : undefined, scope(tags)),
       );
       void load();
     } catch (err) {

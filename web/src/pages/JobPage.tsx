@@ -521,6 +521,13 @@ export function JobPage({ jobId }: { jobId: string }) {
             {job.outputTruncated && <span class="muted"> (head dropped by the cap)</span>}
           </Fact>
           <Fact label="Tags">{job.tags.length > 0 ? job.tags.join(', ') : '—'}</Fact>
+          {job.envKeys.length > 0 && (
+            <Fact label="Environment">
+              <span class="mono" title="Values are not shown">
+                {job.envKeys.join(', ')}
+              </span>
+            </Fact>
+          )}
           <Fact label="Image">
             {job.image ? (
               <span class="mono" title={job.imageDigest ?? undefined}>

@@ -2,7 +2,7 @@ import { useEffect, useRef, useState } from 'preact/hooks';
 import { api, ApiError, uploadFile, type UploadHandle } from '../api';
 import { ErrorBanner, PageHeader } from '../components/Layout';
 import { parseGlobs } from '../lib/artifacts';
-import { formatBytes, parsePriority, parseTags, parseTimeout, shortId } from '../lib/format';
+import { formatBytes, parseEnv, parsePriority, parseTags, parseTimeout, shortId } from '../lib/format';
 import { jobPath } from '../lib/routes';
 import { location$, navigate } from '../state';
 import type { FileView, SubmitRequest } from '../types';
@@ -20,11 +20,16 @@ export function NewJob() {
   const [priority, setPriority] = useState('');
   const [globs, setGlobs] = useState('');
   const [image, setImage] = useState('');
+  const [env, setEnv] = useState('');
+  const [earlierEnv, setEarlierEnv] = useState<string[]>([]);
+  const [terminal, setTerminal] = useState(true);
   const [upload, setUpload] = useState<Upload>({ state: 'none' });
   const [reuse, setReuse] = useState<{ fileUrl: string; jobId: string } | null>(null);
   const [dragging, setDragging] = useState(false);
   const [error, setError] = useState<string | null>(null);
-  const [fieldError, setFieldError] = useState<{ command?: string; timeout?: string; priority?: string }>({});
+  const [fieldError, setFieldError] = useState<{ command?: string; timeout?: string; priority?: string; env?: string }>(
+    {},
+  );
   const [busy, setBusy] = useState(false);
   const handle = useRef<UploadHandle | null>(null);
   const input = useRef<HTMLInputElement>(null);
@@ -42,6 +47,8 @@ export function NewJob() {
         if (job.priority) setPriority(String(job.priority));
         setGlobs(job.artifactPatterns.join(' '));
         setImage(job.image ?? '');
+        setTerminal(job.ttySize !== null);
+        setEarlierEnv(job.envKeys);
         if (job.fileUrl) setReuse({ fileUrl: job.fileUrl, jobId: job.jobId });
       })
       .catch(() => setError('Could not load the job to copy'));
@@ -91,14 +98,16 @@ export function NewJob() {
   const submit = async (e: Event) => {
     e.preventDefault();
     setError(null);
-    const errs: { command?: string; timeout?: string; priority?: string } = {};
+    const errs: { command?: string; timeout?: string; priority?: string; env?: string } = {};
     if (!command.trim()) errs.command = 'Enter a command to run';
     const t = parseTimeout(timeout);
     if ('error' in t) errs.timeout = t.error;
     const p = parsePriority(priority);
     if ('error' in p) errs.priority = p.error;
+    const vars = parseEnv(env);
+    if ('error' in vars) errs.env = vars.error;
     setFieldError(errs);
-    if (errs.command || errs.timeout || errs.priority) return;
+    if (errs.command || errs.timeout || errs.priority || errs.env) return;
     if (upload.state === 'uploading') return;
     const req: SubmitRequest = { command };
     if (upload.state === 'done') req.fileId = upload.file.fileId;
@@ -110,6 +119,8 @@ export function NewJob() {
     const globList = parseGlobs(globs);
     if (globList.length > 0) req.artifacts = globList;
     if (image.trim()) req.image = image.trim();
+    if ('value' in vars && Object.keys(vars.value).length > 0) req.env = vars.value;
+    if (!terminal) req.tty = false;
     setBusy(true);
     try {
       const res = await api.submit(req);
@@ -301,6 +312,49 @@ export function NewJob() {
           <span class="hint">
             Files to keep when the job ends, as globs relative to its folder, separated by spaces: <code>*</code>{' '}
             stays in one folder, <code>**</code> crosses folders.
+          </span>
+        </div>
+        <div class="field">
+          <label for="job-env">
+            Environment <span class="muted">(optional)</span>
+          </label>
+          <textarea
+            id="job-env"
+            rows={3}
+            spellcheck={false}
+            autoComplete="off"
+            placeholder={'API_URL=https://example.com\nTOKEN=…'}
+            value={env}
+            onInput={(e) => setEnv(e.currentTarget.value)}
+            aria-invalid={fieldError.env ? true : undefined}
+            aria-describedby={fieldError.env ? 'job-env-error' : 'job-env-hint'}
+          />
+          {fieldError.env ? (
+            <span id="job-env-error" class="field-error">
+              {fieldError.env}
+            </span>
+          ) : (
+            <span id="job-env-hint" class="hint">
+              One <code>NAME=value</code> per line. Values are kept by the hub for the job and never shown
+              again, here or on the job's page.
+              {earlierEnv.length > 0 &&
+                ` The job this copies set ${earlierEnv.join(', ')}: enter their values again, or use Run again on its page to reuse them.`}
+            </span>
+          )}
+        </div>
+        <div class="field">
+          <label class="check">
+            <input
+              type="checkbox"
+              checked={terminal}
+              aria-describedby="job-tty-hint"
+              onChange={(e) => setTerminal(e.currentTarget.checked)}
+            />{' '}
+            Run in a terminal
+          </label>
+          <span id="job-tty-hint" class="hint">
+            Tools print colours and progress bars, and stdout and stderr arrive as one ordered stream. Unticked:
+            stdout and stderr on pipes of their own.
           </span>
         </div>
         <ErrorBanner error={error} />
