@@ -1831,6 +1831,73 @@ async fn download_twice_works_per_job_and_with_force() {
     );
 }
 
+/// Secrets stay off the command line: `--env NAME` passes the shell's value, `--env-file` reads
+/// NAME=VALUE lines (comments and blank lines skipped, the value kept as it is), and `--env`
+/// wins over a file. A name that is not set, or a bad line, is refused before anything is
+/// submitted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn env_values_come_from_the_shell_or_a_file() {
+    let hub = HubProc::start(FAST).await;
+    let admin = hub.admin().await;
+    let wt = hub.worker_token(&admin).await;
+    let user = hub.user(&admin, "env-user@test.local").await;
+    let (mut agent, _) = FakeAgent::connect(&hub, &wt, "env-worker", 1, vec![])
+        .await
+        .unwrap();
+    let cli = CliEnv::new(&hub, &user);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("deploy.env");
+    std::fs::write(
+        &file,
+        "# the deploy's settings\n\nAPI_URL=https://x.example/a=b c\nTOKEN\nLEVEL=file\r\n",
+    )
+    .unwrap();
+    let file_s = file.to_str().unwrap();
+    let mut c = cli.command(&[
+        "submit",
+        "--detach",
+        "--env-file",
+        file_s,
+        "--env",
+        "LEVEL=flag",
+        "--env",
+        "REGION",
+        "--",
+        "true",
+    ]);
+    c.env("TOKEN", "s3cret").env("REGION", "eu-1");
+    let out = finish(c.spawn().unwrap()).await;
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    let asg = agent.next_assignment().await.unwrap();
+    let want: std::collections::BTreeMap<String, String> = [
+        ("API_URL", "https://x.example/a=b c"),
+        ("LEVEL", "flag"),
+        ("REGION", "eu-1"),
+        ("TOKEN", "s3cret"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    assert_eq!(asg.env, want);
+
+    let mut c = cli.command(&["submit", "--env", "NOT_SET_HERE", "--", "true"]);
+    c.env_remove("NOT_SET_HERE");
+    let out = finish(c.spawn().unwrap()).await;
+    assert_eq!(out.code(), 2, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("NOT_SET_HERE is not set in this environment"),
+        "{}",
+        out.stderr
+    );
+    std::fs::write(&file, "OK=1\nnot a variable\n").unwrap();
+    cli.run(&["submit", "--env-file", file_s, "--", "true"])
+        .await
+        .assert_one_line_error(&format!("{file_s}:2: expected NAME=VALUE or NAME"));
+    let (_, list) = hub.get(&user, "/api/jobs/list").await;
+    assert_eq!(list["jobs"].as_array().unwrap().len(), 1, "{list}");
+}
+
 /// An admin drains and removes a worker from the CLI: the removed worker's running job goes
 /// back to the queue; an unknown id and a plain user are refused with a clear message.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

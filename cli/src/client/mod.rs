@@ -128,9 +128,16 @@ pub struct SubmitArgs {
     /// Only run on a worker advertising this tag (repeatable).
     #[arg(long = "tag", value_name = "T")]
     pub tags: Vec<String>,
-    /// Extra environment variable for the job (repeatable).
-    #[arg(long = "env", value_name = "K=V", value_parser = parse_env)]
+    /// Environment variable for the job (repeatable): NAME=VALUE, or NAME alone to pass this
+    /// shell's value of NAME, which keeps a secret off the command line (and out of `ps` and the
+    /// shell's history).
+    #[arg(long = "env", value_name = "NAME[=VALUE]", value_parser = env_entry)]
     pub env: Vec<(String, String)>,
+    /// Read environment variables for the job from FILE (repeatable): one NAME=VALUE per line,
+    /// the value taken as it is to the end of the line, or NAME alone to pass this shell's value;
+    /// blank lines and `#` comments are skipped. `--env` wins over a file.
+    #[arg(long = "env-file", value_name = "FILE")]
+    pub env_files: Vec<std::path::PathBuf>,
     /// Print the job id and return without waiting.
     #[arg(long, short = 'd')]
     pub detach: bool,
@@ -193,10 +200,20 @@ Exit codes:
          --download after a job that completed; a failed job keeps its own code and the
          download error is printed either way)";
 
-fn parse_env(s: &str) -> Result<(String, String), String> {
+/// One environment variable as `--env` and env files give it: `NAME=VALUE`, or `NAME` for this
+/// process's value of NAME.
+pub fn env_entry(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
-        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
-        _ => Err(format!("expected K=V, got {s:?}")),
+        Some((k, v)) if !k.is_empty() && !k.contains(char::is_whitespace) => {
+            Ok((k.to_string(), v.to_string()))
+        }
+        None if !s.is_empty() && !s.contains(char::is_whitespace) => match std::env::var(s) {
+            Ok(v) => Ok((s.to_string(), v)),
+            Err(_) => Err(format!(
+                "{s} is not set in this environment: export it, or give {s}=VALUE"
+            )),
+        },
+        _ => Err(format!("expected NAME=VALUE or NAME, got {s:?}")),
     }
 }
 

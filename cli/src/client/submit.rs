@@ -26,6 +26,26 @@ pub const EXIT_CANCELLED: i32 = 130;
 /// downloaded or unpacked: a CLI error, as the CLI contract has it.
 pub const EXIT_ARTIFACTS: i32 = 125;
 
+/// The job's environment: the `--env-file` files in order, then `--env` flags over them.
+fn job_env(args: &SubmitArgs) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut env = BTreeMap::new();
+    for path in &args.env_files {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read env file {}", path.display()))?;
+        for (i, line) in text.lines().enumerate() {
+            let line = line.strip_suffix('\r').unwrap_or(line);
+            if line.trim().is_empty() || line.trim_start().starts_with('#') {
+                continue;
+            }
+            let (k, v) =
+                super::env_entry(line).map_err(|e| anyhow!("{}:{}: {e}", path.display(), i + 1))?;
+            env.insert(k, v);
+        }
+    }
+    env.extend(args.env.iter().cloned());
+    Ok(env)
+}
+
 /// `cmdx submit`.
 pub async fn submit(args: SubmitArgs) -> anyhow::Result<i32> {
     if args.command.is_empty() {
@@ -37,6 +57,7 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<i32> {
         // Checked here, not only by the agent after upload, queueing and download.
         check_zip(zip)?;
     }
+    let env = job_env(&args)?;
     let conn = config::resolve(&args.conn)?;
     let api = Api::new(&conn)?;
     api.token()?;
@@ -75,7 +96,7 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<i32> {
         file_id: file.map(|f| f.file_id),
         timeout: args.timeout,
         tags: args.tags.clone(),
-        env: args.env.iter().cloned().collect::<BTreeMap<_, _>>(),
+        env,
         artifacts: args.artifacts.clone(),
         tty: args.no_tty.then_some(false),
         tty_size: if args.no_tty || args.detach || args.json {
