@@ -734,6 +734,20 @@ impl DevProc {
         self.child.id()
     }
 
+    /// `GET path` with session `token`: the JSON answer, or `None` when the request or its
+    /// decoding fails.
+    pub async fn get(&self, token: &str, path: &str) -> Option<Value> {
+        self.http
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(token)
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()
+    }
+
     /// Starts `cmdx dev --agents N` again on this one's data folder, once it has stopped (SIGKILL
     /// first when `kill9`).
     pub async fn restart(mut self, agents: u32, kill9: bool) -> DevProc {

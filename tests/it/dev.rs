@@ -13,16 +13,10 @@ async fn newcomer_runs_echo_hi_through_cmdx_dev() {
     assert_eq!(job["exitCode"], 0);
     assert_eq!(job["workerId"], "dev-agent-0");
     // The worker list shows the local agent with its active isolation layers.
-    let w: Value = dev
-        .http
-        .get(format!("{}/api/workers/list", dev.url))
-        .bearer_auth(&token)
-        .send()
+    let w = dev
+        .get(&token, "/api/workers/list")
         .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .expect("the worker list");
     let layers = w["workers"][0]["isolation"]["active"].as_array().unwrap();
     for needed in ["netns", "uid", "seccomp", "no_new_privs"] {
         assert!(
@@ -65,16 +59,10 @@ async fn cmdx_dev_runs_jobs_again_after_every_kind_of_restart() {
         let (token, job) = run_on_dev(&dev, "echo again").await;
         assert_eq!(job["status"], "completed", "after {how}: {job}");
         assert_eq!(job["stdout"], "again\n", "after {how}");
-        let tokens: Value = dev
-            .http
-            .get(format!("{}/api/workers/tokens", dev.url))
-            .bearer_auth(&token)
-            .send()
+        let tokens = dev
+            .get(&token, "/api/workers/tokens")
             .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+            .expect("the token list");
         let tokens = tokens["tokens"].as_array().unwrap();
         assert_eq!(tokens.len(), 1, "after {how}: {tokens:?}");
         assert_eq!(tokens[0]["workers"], json!(["dev-agent-0"]), "after {how}");
@@ -108,16 +96,9 @@ async fn run_on_dev(dev: &DevProc, command: &str) -> (String, Value) {
         .unwrap();
     let id = r["jobId"].as_str().expect("a job id").to_string();
     let job = wait_for("the job to end", || async {
-        let v: Value = dev
-            .http
-            .get(format!("{}/api/jobs/status?jobId={id}", dev.url))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
+        let v = dev
+            .get(&token, &format!("/api/jobs/status?jobId={id}"))
+            .await?;
         v["status"]
             .as_str()
             .filter(|s| *s == "completed" || *s == "failed")?;
