@@ -18,7 +18,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cmdx_proto::JobStatus;
-use cmdx_proto::agent::HubMsg;
 use tokio::sync::mpsc;
 
 use crate::Hub;
@@ -60,8 +59,13 @@ pub(crate) enum Note {
         /// The job.
         job_id: String,
     },
-    /// An admin drained the worker: whoever holds it tells it.
+    /// An admin drained the worker (stored): every hub stops giving it jobs.
     Drain {
+        /// The worker.
+        worker_id: String,
+    },
+    /// An admin resumed a drained worker (its drain deleted): every hub gives it jobs again.
+    Resume {
         /// The worker.
         worker_id: String,
     },
@@ -109,6 +113,7 @@ impl Note {
             Note::Cancel { job_id } => format!("c\t{hub_id}\t{job_id}"),
             Note::Resize { job_id } => format!("w\t{hub_id}\t{job_id}"),
             Note::Drain { worker_id } => format!("d\t{hub_id}\t{worker_id}"),
+            Note::Resume { worker_id } => format!("R\t{hub_id}\t{worker_id}"),
             Note::Revoked { token_id } => format!("r\t{hub_id}\t{token_id}"),
             Note::Output { job_id } => format!("o\t{hub_id}\t{job_id}"),
             Note::Ended { job_id } => format!("e\t{hub_id}\t{job_id}"),
@@ -143,6 +148,9 @@ impl Note {
                 job_id: f.next()?.to_string(),
             },
             "d" => Note::Drain {
+                worker_id: f.next()?.to_string(),
+            },
+            "R" => Note::Resume {
                 worker_id: f.next()?.to_string(),
             },
             "r" => Note::Revoked {
@@ -296,7 +304,13 @@ pub(crate) async fn worker_views(
             connected_at: None,
             last_heartbeat: Some(crate::time::rfc3339(record.last_seen_ms)),
             hub: Some(at.clone()),
+            drained_by: None,
+            drained_at: None,
         };
+        let mut view = view;
+        if let Some(d) = hub.dispatch.drained(&record.id) {
+            crate::dispatch::show_drain(&mut view, &d);
+        }
         match views.iter_mut().find(|v| v.worker_id == record.id) {
             Some(v) => *v = view,
             None => views.push(view),
@@ -384,6 +398,10 @@ pub(crate) async fn catch_up(hub: &Hub) {
     match hub.store.list_users().await {
         Ok(users) => hub.apply_users(&users),
         Err(e) => tracing::warn!(error = %e, "reading users failed"),
+    }
+    match hub.store.list_drains().await {
+        Ok(drains) => hub.dispatch.load_drains(drains),
+        Err(e) => tracing::warn!(error = %e, "reading drained workers failed"),
     }
     // Sessions signed out through another hub.
     match hub.store.revoked_sessions().await {
@@ -521,12 +539,16 @@ async fn heard(hub: &Arc<Hub>, line: &str) {
                 let _ = conn.send(msg).await;
             }
         }
-        Note::Drain { worker_id } => {
-            if let Some(conn) = hub.dispatch.conn(&worker_id)
-                && hub.dispatch.set_draining(&worker_id)
-            {
-                let _ = conn.send(HubMsg::Drain).await;
+        Note::Drain { worker_id } => match hub.store.list_drains().await {
+            Ok(drains) => {
+                if let Some(d) = drains.into_iter().find(|d| d.worker_id == worker_id) {
+                    hub.dispatch.drain(d);
+                }
             }
+            Err(e) => tracing::warn!(worker_id, error = %e, "reading a drain failed"),
+        },
+        Note::Resume { worker_id } => {
+            hub.dispatch.resume(&worker_id);
         }
         Note::Output { job_id } => {
             if let Err(e) = hub.relay.pull(hub.store.as_ref(), &job_id).await {
@@ -570,6 +592,9 @@ mod tests {
                 job_id: "j2".into(),
             },
             Note::Drain {
+                worker_id: "w1".into(),
+            },
+            Note::Resume {
                 worker_id: "w1".into(),
             },
             Note::Resize {

@@ -13,7 +13,7 @@ use cmdx_proto::rest::{WaitReason, WorkerView};
 use tokio::sync::{Notify, mpsc};
 
 use crate::queue::{Entry, OwnerMap, Queue, Usage};
-use crate::store::{UserRecord, WorkerRecord, now_ms};
+use crate::store::{DrainRecord, UserRecord, WorkerRecord, now_ms};
 use crate::time::rfc3339;
 
 /// How a worker talks to the hub.
@@ -53,7 +53,8 @@ pub struct WorkerEntry {
     pub token_id: String,
     /// Jobs it holds.
     pub held: BTreeSet<String>,
-    /// Takes no new work.
+    /// Its agent says it takes no new work (it is stopping). An admin's drain is kept apart,
+    /// in `State::drained`: it outlives the connection.
     pub draining: bool,
     /// When it connected (ms).
     pub connected_ms: Option<u64>,
@@ -82,8 +83,8 @@ impl WorkerEntry {
         self.info.slots.saturating_sub(self.held.len() as u32)
     }
 
-    /// People's view of this worker.
-    pub fn view(&self, legacy_offline_ms: u64) -> WorkerView {
+    /// People's view of this worker, with an admin's drain of it.
+    pub fn view(&self, legacy_offline_ms: u64, drain: Option<&DrainRecord>) -> WorkerView {
         let status = if !self.online(legacy_offline_ms) {
             "offline"
         } else if self.draining {
@@ -91,7 +92,7 @@ impl WorkerEntry {
         } else {
             "online"
         };
-        WorkerView {
+        let mut view = WorkerView {
             worker_id: self.info.id.clone(),
             status: status.to_string(),
             kind: match self.kind {
@@ -116,8 +117,23 @@ impl WorkerEntry {
             connected_at: self.connected_ms.map(rfc3339),
             last_heartbeat: Some(rfc3339(self.last_seen_ms)),
             hub: None,
+            drained_by: None,
+            drained_at: None,
+        };
+        if let Some(d) = drain {
+            show_drain(&mut view, d);
         }
+        view
     }
+}
+
+/// Shows an admin's drain in a worker's view: who and when, and `draining` while it is online.
+pub fn show_drain(view: &mut WorkerView, drain: &DrainRecord) {
+    if view.status == "online" {
+        view.status = "draining".into();
+    }
+    view.drained_by = Some(drain.by.clone());
+    view.drained_at = Some(rfc3339(drain.at_ms));
 }
 
 /// One planned assignment.
@@ -228,12 +244,20 @@ struct State {
     admitting: HashMap<String, u32>,
     quotas: Quotas,
     workers: HashMap<String, WorkerEntry>,
+    /// Workers an admin drained (as stored), by id: they take no new jobs, whether or not they
+    /// are connected now.
+    drained: HashMap<String, DrainRecord>,
     /// Agents that may have a free slot (stale entries are skipped).
     available: VecDeque<String>,
     next_generation: u64,
 }
 
 impl State {
+    /// Whether `w` takes no new jobs: its agent is stopping or an admin drained it.
+    fn closed(&self, w: &WorkerEntry) -> bool {
+        w.draining || self.drained.contains_key(&w.info.id)
+    }
+
     /// `job_id` no longer runs here: its owner's running count drops. False when it was not
     /// counted.
     fn stop_running(&mut self, job_id: &str) -> bool {
@@ -358,7 +382,7 @@ impl Dispatch {
         let able: Vec<&[String]> = st
             .workers
             .values()
-            .filter(|w| !w.draining && w.online(legacy_offline_ms))
+            .filter(|w| !st.closed(w) && w.online(legacy_offline_ms))
             .filter_map(|w| match w.kind {
                 WorkerKind::Agent if subset(tags, &w.info.tags) => Some(w.info.tags.as_slice()),
                 WorkerKind::Legacy if tags.is_empty() => Some(&[][..]),
@@ -416,7 +440,7 @@ impl Dispatch {
             let Some(conn) = w.conn.clone() else {
                 continue;
             };
-            if w.draining || w.free_slots() == 0 {
+            if st.closed(w) || w.free_slots() == 0 {
                 continue;
             }
             let wtags: BTreeSet<String> = w.info.tags.iter().cloned().collect();
@@ -458,7 +482,7 @@ impl Dispatch {
     pub fn take_for_legacy(&self, worker_id: &str) -> Option<(Entry, u64)> {
         let mut st = self.lock();
         let w = st.workers.get(worker_id)?;
-        if w.free_slots() == 0 || w.draining {
+        if w.free_slots() == 0 || st.closed(w) {
             return None;
         }
         let State { queue, quotas, .. } = &mut *st;
@@ -739,15 +763,63 @@ impl Dispatch {
         }
     }
 
-    /// Marks a worker draining (hub-side drain).
-    pub fn set_draining(&self, worker_id: &str) -> bool {
-        match self.lock().workers.get_mut(worker_id) {
-            Some(w) => {
-                w.draining = true;
-                true
+    /// Whether the hub knows `worker_id` (connected or not).
+    pub fn knows(&self, worker_id: &str) -> bool {
+        self.lock().workers.contains_key(worker_id)
+    }
+
+    /// Every admin's drain, as stored (at start, and again in a cluster's catch-up: drains
+    /// made or ended through another hub whose note was missed).
+    pub fn load_drains(&self, drains: Vec<DrainRecord>) {
+        let mut st = self.lock();
+        let old = std::mem::replace(
+            &mut st.drained,
+            drains
+                .into_iter()
+                .map(|d| (d.worker_id.clone(), d))
+                .collect(),
+        );
+        let State {
+            drained,
+            workers,
+            available,
+            ..
+        } = &mut *st;
+        let mut resumed = false;
+        for id in old.keys().filter(|id| !drained.contains_key(*id)) {
+            if workers.get(id).is_some_and(|w| w.conn.is_some()) {
+                available.push_back(id.clone());
+                resumed = true;
             }
-            None => false,
         }
+        drop(st);
+        if resumed {
+            self.wake.notify_one();
+        }
+    }
+
+    /// An admin drained the worker: it takes no new jobs until [`Dispatch::resume`].
+    pub fn drain(&self, drain: DrainRecord) {
+        self.lock().drained.insert(drain.worker_id.clone(), drain);
+    }
+
+    /// An admin's drain of the worker, if any.
+    pub fn drained(&self, worker_id: &str) -> Option<DrainRecord> {
+        self.lock().drained.get(worker_id).cloned()
+    }
+
+    /// Ends an admin's drain: the worker takes jobs again. False when it was not drained.
+    pub fn resume(&self, worker_id: &str) -> bool {
+        let mut st = self.lock();
+        if st.drained.remove(worker_id).is_none() {
+            return false;
+        }
+        if st.workers.get(worker_id).is_some_and(|w| w.conn.is_some()) {
+            st.available.push_back(worker_id.to_string());
+        }
+        drop(st);
+        self.wake.notify_one();
+        true
     }
 
     /// Forgets a worker; returns the jobs it held.
@@ -766,7 +838,7 @@ impl Dispatch {
         let mut v: Vec<WorkerView> = st
             .workers
             .values()
-            .map(|w| w.view(legacy_offline_ms))
+            .map(|w| w.view(legacy_offline_ms, st.drained.get(&w.info.id)))
             .collect();
         v.sort_by(|a, b| {
             (a.status == "offline", &a.worker_id).cmp(&(b.status == "offline", &b.worker_id))
@@ -776,10 +848,10 @@ impl Dispatch {
 
     /// People's view of one worker.
     pub fn view(&self, worker_id: &str, legacy_offline_ms: u64) -> Option<WorkerView> {
-        self.lock()
-            .workers
+        let st = self.lock();
+        st.workers
             .get(worker_id)
-            .map(|w| w.view(legacy_offline_ms))
+            .map(|w| w.view(legacy_offline_ms, st.drained.get(worker_id)))
     }
 
     /// (connected workers, total slots, used slots) for metrics.
@@ -847,6 +919,56 @@ mod tests {
         t.iter().map(|t| t.to_string()).collect()
     }
 
+    fn drain_of(id: &str) -> DrainRecord {
+        DrainRecord {
+            v: 1,
+            worker_id: id.into(),
+            by: "admin@x".into(),
+            at_ms: 1,
+        }
+    }
+
+    #[test]
+    fn a_drained_worker_gets_nothing_until_resumed_even_across_a_reconnect() {
+        let d = Dispatch::default();
+        agent(&d, "w", &[]);
+        d.drain(drain_of("w"));
+        d.enqueue(&[], entry(1, "a", 0));
+        assert!(d.plan(10).is_empty());
+        assert!(d.take_for_legacy("w").is_none());
+        // The agent reconnects (a restart, a hub's restart): the drain stays.
+        agent(&d, "w", &[]);
+        assert!(d.plan(10).is_empty());
+        let v = d.view("w", 1000).expect("view");
+        assert_eq!(
+            (v.status.as_str(), v.drained_by.as_deref()),
+            ("draining", Some("admin@x"))
+        );
+        // Resumed: it takes the job, and says nothing of a drain.
+        assert!(d.resume("w"));
+        assert!(!d.resume("w"), "a second resume finds no drain");
+        let planned = d.plan(10);
+        assert_eq!(planned.len(), 1);
+        assert_eq!(planned[0].worker_id, "w");
+        let v = d.view("w", 1000).expect("view");
+        assert_eq!((v.status.as_str(), v.drained_by), ("online", None));
+    }
+
+    #[test]
+    fn drains_loaded_again_resume_the_ones_that_ended_elsewhere() {
+        let d = Dispatch::default();
+        agent(&d, "w0", &[]);
+        agent(&d, "w1", &[]);
+        d.load_drains(vec![drain_of("w0"), drain_of("w1")]);
+        d.enqueue(&[], entry(1, "a", 0));
+        assert!(d.plan(10).is_empty());
+        // Another hub resumed w1 and this one missed the note: the catch-up's reload does it.
+        d.load_drains(vec![drain_of("w0")]);
+        let planned = d.plan(10);
+        assert_eq!(planned.len(), 1);
+        assert_eq!(planned[0].worker_id, "w1");
+    }
+
     #[test]
     fn a_job_a_legacy_poller_steps_over_costs_its_owner_no_turn() {
         let d = Dispatch::default();
@@ -905,9 +1027,9 @@ mod tests {
             (s.position, s.reason),
             (2, WaitReason::BehindHigherPriority)
         );
-        // Draining workers do not count.
-        d.set_draining("w0");
-        d.set_draining("w1");
+        // Workers that take no new jobs do not count: drained by an admin, or stopping.
+        d.drain(drain_of("w0"));
+        d.heartbeat("w1", true);
         assert!(
             d.queue_state(&entry(4, "u", 0), &tags(&["gpu"]), 1000)
                 .no_matching_worker

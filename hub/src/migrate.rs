@@ -93,6 +93,10 @@ pub async fn migrate(
         to.put_worker(&worker).await?;
         copied.credentials += 1;
     }
+    for drain in from.list_drains().await? {
+        to.put_drain(&drain).await?;
+        copied.credentials += 1;
+    }
     progress("users, tokens and workers");
 
     // Blobs before the records that name them.

@@ -598,6 +598,13 @@ pub struct WorkerView {
     /// On a cluster of hubs: the hub holding the worker's connection (absent on a single hub).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hub: Option<String>,
+    /// Email of the admin who drained it: it takes no new jobs, across reconnects and hub
+    /// restarts, until resumed (`POST /api/workers/{id}/resume`). Absent when not drained.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drained_by: Option<String>,
+    /// RFC 3339: when it was drained.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drained_at: Option<String>,
 }
 
 /// `GET /api/workers/list`.

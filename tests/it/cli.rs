@@ -1917,7 +1917,7 @@ async fn workers_are_drained_and_removed_from_the_cli() {
     let out = cli.run(&["workers", "drain", "old-host"]).await;
     assert_eq!(out.code(), 0, "{}", out.stderr);
     assert!(
-        out.stderr.contains("worker old-host is draining"),
+        out.stderr.contains("worker old-host is drained"),
         "{}",
         out.stderr
     );
@@ -1942,6 +1942,119 @@ async fn workers_are_drained_and_removed_from_the_cli() {
         .run(&["workers", "remove", "anything"])
         .await
         .assert_one_line_error("admin");
+}
+
+/// An operator drains a worker to look at its host: the drain holds while the agent restarts
+/// and while the hub restarts (a drain that a reconnect ended would hand the host work in the
+/// middle of the investigation), `cmdx workers` says who drained it, and only `cmdx workers
+/// resume` gives it jobs again. A removed worker's drain goes with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_worker_stays_drained_across_restarts_until_resumed() {
+    let mut hub = HubProc::start(FAST).await;
+    let admin = hub.admin().await;
+    let wt = hub.worker_token(&admin).await;
+    let user = hub.user(&admin, "drain-user@test.local").await;
+    let cli = CliEnv::new(&hub, &admin);
+    let (agent, _) = FakeAgent::connect(&hub, &wt, "box-1", 1, vec![])
+        .await
+        .unwrap();
+
+    let out = cli.run(&["workers", "drain", "box-1"]).await;
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("until `cmdx workers resume box-1`"),
+        "{}",
+        out.stderr
+    );
+    // The agent restarts; then the hub does.
+    agent.drop_connection();
+    let (agent, _) = FakeAgent::connect(&hub, &wt, "box-1", 1, vec![])
+        .await
+        .unwrap();
+    let job = hub.submit(&user, json!({"command": "make"})).await;
+    let view = hub.job(&user, &job).await;
+    assert_eq!(
+        (&view["status"], &view["noMatchingWorker"]),
+        (&json!("queued"), &json!(true)),
+        "the reconnected worker took the drained one's place: {view}"
+    );
+    agent.drop_connection();
+    hub.kill9().await;
+    hub.restart().await;
+    let (mut agent, _) = FakeAgent::connect(&hub, &wt, "box-1", 1, vec![])
+        .await
+        .unwrap();
+    let view = hub.job(&user, &job).await;
+    assert_eq!(
+        (&view["status"], &view["noMatchingWorker"]),
+        (&json!("queued"), &json!(true)),
+        "after the hub's restart: {view}"
+    );
+    let (_, list) = hub.get(&admin, "/api/workers/list").await;
+    let w = &list["workers"][0];
+    assert_eq!(
+        (&w["status"], &w["drainedBy"]),
+        (&json!("draining"), &json!("admin@test.local")),
+        "{list}"
+    );
+    assert!(
+        w["drainedAt"].as_str().is_some_and(|t| t.ends_with('Z')),
+        "{list}"
+    );
+    // Piped, `cmdx workers` prints a JSON line per worker, the drain in it.
+    let out = cli.run(&["workers"]).await;
+    let line: Value = serde_json::from_slice(&out.stdout).expect("one JSON line");
+    assert_eq!(line["drainedBy"], "admin@test.local", "{line}");
+
+    // Only a plain user's resume is refused; the admin's gives the worker the waiting job.
+    CliEnv::new(&hub, &user)
+        .run(&["workers", "resume", "box-1"])
+        .await
+        .assert_one_line_error("admin");
+    let out = cli.run(&["workers", "resume", "box-1"]).await;
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("worker box-1 takes jobs again"),
+        "{}",
+        out.stderr
+    );
+    let asg = agent.start_next().await.expect("the waiting job");
+    assert_eq!(asg.job_id, job);
+    let (_, list) = hub.get(&admin, "/api/workers/list").await;
+    assert_eq!(list["workers"][0].get("drainedBy"), None, "{list}");
+    let (status, body) = hub
+        .send_json(
+            &admin,
+            reqwest::Method::POST,
+            "/api/workers/box-1/resume",
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        (status, &body["wasDrained"]),
+        (200, &json!(false)),
+        "{body}"
+    );
+    cli.run(&["workers", "resume", "nope"])
+        .await
+        .assert_one_line_error("worker nope not found");
+
+    // Drained, then removed: the agent enrols again at its next connect, not drained.
+    cli.run(&["workers", "drain", "box-1"]).await;
+    cli.run(&["workers", "remove", "box-1"]).await;
+    agent.drop_connection();
+    let (_agent, _) = FakeAgent::connect(&hub, &wt, "box-1", 1, vec![])
+        .await
+        .unwrap();
+    let (_, list) = hub.get(&admin, "/api/workers/list").await;
+    assert_eq!(
+        (
+            &list["workers"][0]["status"],
+            list["workers"][0].get("drainedBy")
+        ),
+        (&json!("online"), None),
+        "{list}"
+    );
 }
 
 /// A job retried after its worker was lost, as its user sees it: `cmdx submit` following it

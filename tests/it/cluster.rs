@@ -157,6 +157,32 @@ async fn two_hubs_on_one_database_share_credentials_queue_and_control() {
             .then_some(())
     })
     .await;
+    // A job submitted on B waits: B, which holds the agent, gives it nothing (a hub of a
+    // cluster gives no no-worker verdict, so this looks a moment later). A resume on B
+    // reaches A's view and the agent takes the job.
+    let waiting = b
+        .submit(&alice_on_b, json!({"command": "echo resumed"}))
+        .await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let v = b.job(&alice_on_b, &waiting).await;
+    assert_eq!(v["status"], "queued", "{v}");
+    let (status, body) = b
+        .send_json(
+            &admin_a,
+            reqwest::Method::POST,
+            "/api/workers/on-b/resume",
+            json!({}),
+        )
+        .await;
+    assert_eq!((status, &body["wasDrained"]), (200, &json!(true)), "{body}");
+    let done = a.wait_status(&alice, &waiting, "completed").await;
+    assert_eq!(done["workerId"], "on-b", "{done}");
+    wait_for("the resume reaches A", || async {
+        let (_, w) = a.get(&admin_a, "/api/workers/list").await;
+        let w = find(&w)?;
+        (w["status"] == "online" && w.get("drainedBy").is_none()).then_some(())
+    })
+    .await;
 
     // Signing out on B is known to A once A restarts (the revocation is in the database).
     let r = b

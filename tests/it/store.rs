@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use cmdx_e2e::pg;
 use cmdx_hub::store::{
-    ChunkRecord, FileRecord, JobQuery, JobRecord, PgStore, SledStore, Store, StoreError,
-    UserRecord, WorkerRecord, WorkerTokenRecord,
+    ChunkRecord, DrainRecord, FileRecord, JobQuery, JobRecord, PgStore, SledStore, Store,
+    StoreError, UserRecord, WorkerRecord, WorkerTokenRecord,
 };
 use cmdx_proto::{JobStatus, StreamKind};
 
@@ -539,6 +539,27 @@ async fn users_files_workers_tokens_and_revoked_sessions_round_trip() {
         );
         s.delete_worker("w1").await.unwrap();
         assert!(s.list_workers().await.unwrap().is_empty(), "{name}");
+
+        // A drain is kept apart from the worker record its connects rewrite.
+        let drain = |id: &str, at_ms| DrainRecord {
+            v: 1,
+            worker_id: id.into(),
+            by: "admin@x".into(),
+            at_ms,
+        };
+        s.put_drain(&drain("w2", 7)).await.unwrap();
+        s.put_drain(&drain("w1", 8)).await.unwrap();
+        s.put_drain(&drain("w1", 9)).await.unwrap();
+        let mut drains = s.list_drains().await.unwrap();
+        drains.sort_by(|a, b| a.worker_id.cmp(&b.worker_id));
+        assert_eq!(drains, vec![drain("w1", 9), drain("w2", 7)], "{name}");
+        assert!(s.delete_drain("w1").await.unwrap(), "{name}");
+        assert!(!s.delete_drain("w1").await.unwrap(), "{name}: gone already");
+        assert_eq!(
+            s.list_drains().await.unwrap(),
+            vec![drain("w2", 7)],
+            "{name}"
+        );
 
         let token = WorkerTokenRecord {
             v: 1,

@@ -80,11 +80,14 @@ describe('dashboard against cmdx dev', () => {
     await screenshot(page, '03-workers');
   });
 
-  it('drains a worker and removes it, which its agent undoes by enrolling again', async () => {
+  it('drains a worker until resumed, then removes it, after which its agent enrols afresh', async () => {
     const row = page.locator('.workers-table tbody tr[data-worker-id="dev-agent-0"]');
     await row.getByRole('button', { name: 'Drain dev-agent-0' }).click();
-    await page.getByRole('status').filter({ hasText: 'dev-agent-0 is draining' }).waitFor();
+    await page.getByRole('status').filter({ hasText: 'dev-agent-0 is drained' }).waitFor();
     await row.locator('.badge-worker-draining').waitFor();
+    await row.getByText(`drained by ${ADMIN_EMAIL}`).waitFor();
+    await page.getByText('1 draining', { exact: false }).waitFor();
+    await screenshot(page, '03-worker-drained');
     // A job submitted now waits: its only worker takes no new jobs.
     const submitted = await page.evaluate(async () => {
       const r = await fetch('/api/jobs/submit', {
@@ -101,12 +104,32 @@ describe('dashboard against cmdx dev', () => {
       );
     await new Promise((r) => setTimeout(r, 1000));
     expect(await status()).toBe('queued');
+    // Resumed, it runs the job.
+    await row.getByRole('button', { name: 'Resume dev-agent-0' }).click();
+    await page.getByRole('status').filter({ hasText: 'dev-agent-0 takes jobs again' }).waitFor();
+    await expect.poll(status, { timeout: 30_000 }).toBe('completed');
+    await row.locator('.badge-worker-online').waitFor();
+    expect(await row.locator('.drained').count()).toBe(0);
 
+    // Drained and removed: the agent reconnects with its token and enrols afresh, not drained.
+    await row.getByRole('button', { name: 'Drain dev-agent-0' }).click();
+    await row.locator('.badge-worker-draining').waitFor();
     await row.getByRole('button', { name: 'Remove dev-agent-0' }).click();
     await row.getByRole('group', { name: 'Remove dev-agent-0?' }).getByRole('button', { name: 'Remove dev-agent-0' }).click();
     await page.getByRole('status').filter({ hasText: 'dev-agent-0 removed' }).waitFor();
-    // The agent reconnects with its token, enrols afresh (not draining) and runs the job.
-    await expect.poll(status, { timeout: 30_000 }).toBe('completed');
+    await expect
+      .poll(
+        () =>
+          page.evaluate(async () => {
+            const r = (await (await fetch('/api/workers/list')).json()) as {
+              workers: { workerId: string; status: string; drainedBy?: string }[];
+            };
+            const w = r.workers.find((x) => x.workerId === 'dev-agent-0');
+            return w ? `${w.status} ${w.drainedBy ?? 'not drained'}` : 'missing';
+          }),
+        { timeout: 30_000 },
+      )
+      .toBe('online not drained');
     await page.reload();
     await page.locator('.workers-table tbody tr[data-worker-id="dev-agent-0"] .badge-worker-online').waitFor();
   });

@@ -132,6 +132,9 @@ export const api = {
   /** The worker takes no new jobs until its agent reconnects (admin). */
   drainWorker: (workerId: string) =>
     request<unknown>(`/api/workers/${encodeURIComponent(workerId)}/drain`, { method: 'POST' }),
+  /** A drained worker takes jobs again (admin). */
+  resumeWorker: (workerId: string) =>
+    request<unknown>(`/api/workers/${encodeURIComponent(workerId)}/resume`, { method: 'POST' }),
   /** Forgets a worker (admin): its jobs are requeued, its id is free to enrol again. */
   removeWorker: (workerId: string) =>
     request<unknown>(`/api/workers/${encodeURIComponent(workerId)}`, { method: 'DELETE' }),

@@ -244,6 +244,10 @@ export interface WorkerView {
   lastHeartbeat: string | null;
   /** On a cluster of hubs: the hub holding the worker's connection. */
   hub?: string;
+  /** Email of the admin who drained it (it takes no new jobs until resumed); absent when not drained. */
+  drainedBy?: string;
+  /** RFC 3339: when it was drained. */
+  drainedAt?: string;
 }
 
 export interface MintTokenResponse {

@@ -72,15 +72,22 @@ pub async fn workers(args: WorkersArgs) -> anyhow::Result<i32> {
     let api = Api::new(&conn)?;
     api.token()?;
     if let Some(action) = &args.action {
-        use super::WorkersAction::{Drain, Remove};
+        use super::WorkersAction::{Drain, Remove, Resume};
         let (id, method, path, done) = match action {
             Drain { id } => (
                 id,
                 reqwest::Method::POST,
                 format!("/api/workers/{id}/drain"),
                 format!(
-                    "worker {id} is draining: it takes no new jobs and finishes its running ones"
+                    "worker {id} is drained: it takes no new jobs and finishes its running ones, \
+                     until `cmdx workers resume {id}`"
                 ),
+            ),
+            Resume { id } => (
+                id,
+                reqwest::Method::POST,
+                format!("/api/workers/{id}/resume"),
+                format!("worker {id} takes jobs again"),
             ),
             Remove { id } => (
                 id,
@@ -113,7 +120,11 @@ pub async fn workers(args: WorkersArgs) -> anyhow::Result<i32> {
             vec![
                 w.worker_id.clone(),
                 w.hostname.clone(),
-                w.status.clone(),
+                match (&w.drained_by, w.status.as_str()) {
+                    (Some(by), "draining") => format!("drained by {by}"),
+                    (Some(_), status) => format!("{status}, drained"),
+                    (None, status) => status.to_string(),
+                },
                 format!("{}/{}", w.slots_used, w.slots),
                 if w.current_jobs.is_empty() {
                     "-".into()

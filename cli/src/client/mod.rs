@@ -293,9 +293,14 @@ pub struct WorkersArgs {
 /// `cmdx workers <action>`.
 #[derive(clap::Subcommand)]
 pub enum WorkersAction {
-    /// Admin: the worker takes no new jobs and finishes its running ones (until its agent
-    /// reconnects).
+    /// Admin: the worker takes no new jobs and finishes its running ones; it stays drained
+    /// across its agent's restarts and the hub's until `cmdx workers resume`.
     Drain {
+        /// Worker id (see `cmdx workers`).
+        id: String,
+    },
+    /// Admin: a drained worker takes jobs again.
+    Resume {
         /// Worker id (see `cmdx workers`).
         id: String,
     },

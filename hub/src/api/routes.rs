@@ -271,6 +271,11 @@ pub(super) static ROUTES: &[Route] = &[
         "/api/workers/*/drain",
         with_id!(workers::drain),
     ),
+    Route::new(
+        Method::POST,
+        "/api/workers/*/resume",
+        with_id!(workers::resume),
+    ),
     Route::new(Method::DELETE, "/api/workers/*", with_id!(workers::delete)),
 ];
 

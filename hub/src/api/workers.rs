@@ -2,7 +2,6 @@
 
 use std::sync::Arc;
 
-use cmdx_proto::agent::HubMsg;
 use cmdx_proto::rest::{
     MintTokenRequest, MintTokenResponse, WorkerList, WorkerTokenList, WorkerTokenView,
 };
@@ -13,7 +12,7 @@ use super::{Req, admin, json, json_status, read_json, user, worker};
 use crate::Hub;
 use crate::auth::WorkerCred;
 use crate::error::{ApiError, ApiResult};
-use crate::store::{WorkerTokenRecord, new_id, now_ms};
+use crate::store::{DrainRecord, WorkerTokenRecord, new_id, now_ms};
 use crate::time::rfc3339;
 
 /// `GET /ws/agent`: the agent protocol. Needs a minted worker token in a header.
@@ -203,23 +202,61 @@ pub async fn revoke_token(hub: &Arc<Hub>, req: Req, id: &str) -> ApiResult<Respo
     })))
 }
 
-/// `POST /api/workers/{id}/drain` (admin): the worker takes no new jobs.
+/// `POST /api/workers/{id}/drain` (admin): the worker takes no new jobs, across its
+/// reconnects and the hubs' restarts, until an admin resumes it; its running jobs finish. The
+/// drain is the hubs' (stored, every hub's dispatch skips the worker): the agent is not told,
+/// so nothing of it has to be undone on the agent. Draining a drained worker keeps the first
+/// drain's who and when.
 pub async fn drain(hub: &Arc<Hub>, req: Req, id: &str) -> ApiResult<Response> {
-    admin(hub, &req).await?;
-    let known_here = hub.dispatch.set_draining(id);
-    if let Some(conn) = hub.dispatch.conn(id) {
-        let _ = conn.send(HubMsg::Drain).await;
-    } else if hub.cluster.is_shared()
-        && (known_here || hub.store.list_workers().await?.iter().any(|w| w.id == id))
-    {
-        // Perhaps connected to another hub of the cluster: the one holding it tells it.
-        hub.cluster.tell(crate::cluster::Note::Drain {
-            worker_id: id.to_string(),
-        });
-    } else if !known_here {
-        return Err(ApiError::not_found("worker not found"));
+    let caller = admin(hub, &req).await?;
+    known_worker(hub, id).await?;
+    let drain = hub.dispatch.drained(id).unwrap_or_else(|| DrainRecord {
+        v: 1,
+        worker_id: id.to_string(),
+        by: caller.email.clone(),
+        at_ms: now_ms(),
+    });
+    hub.store.put_drain(&drain).await?;
+    hub.store.sync().await?;
+    hub.dispatch.drain(drain.clone());
+    hub.cluster.tell(crate::cluster::Note::Drain {
+        worker_id: id.to_string(),
+    });
+    tracing::info!(worker_id = %id, by = %caller.email, "worker drained");
+    Ok(json(&serde_json::json!({
+        "success": true,
+        "workerId": id,
+        "drainedBy": drain.by,
+        "drainedAt": rfc3339(drain.at_ms),
+    })))
+}
+
+/// `POST /api/workers/{id}/resume` (admin): a drained worker takes jobs again. `wasDrained`
+/// says whether it was drained (resuming one that is not is no error).
+pub async fn resume(hub: &Arc<Hub>, req: Req, id: &str) -> ApiResult<Response> {
+    let caller = admin(hub, &req).await?;
+    known_worker(hub, id).await?;
+    let stored = hub.store.delete_drain(id).await?;
+    hub.store.sync().await?;
+    let here = hub.dispatch.resume(id);
+    hub.cluster.tell(crate::cluster::Note::Resume {
+        worker_id: id.to_string(),
+    });
+    tracing::info!(worker_id = %id, by = %caller.email, "worker resumed");
+    Ok(json(&serde_json::json!({
+        "success": true,
+        "workerId": id,
+        "wasDrained": stored || here,
+    })))
+}
+
+/// 404 unless some hub knows the worker.
+async fn known_worker(hub: &Hub, id: &str) -> ApiResult<()> {
+    if hub.dispatch.knows(id) || hub.store.list_workers().await?.iter().any(|w| w.id == id) {
+        Ok(())
+    } else {
+        Err(ApiError::not_found("worker not found"))
     }
-    Ok(json(&serde_json::json!({"success": true, "workerId": id})))
 }
 
 /// `DELETE /api/workers/{id}` (admin): forgets a worker; its jobs are requeued.
@@ -231,6 +268,13 @@ pub async fn delete(hub: &Arc<Hub>, req: Req, id: &str) -> ApiResult<Response> {
     }
     if hub.dispatch.remove(id).is_none() {
         return Err(ApiError::not_found("worker not found"));
+    }
+    // A removed worker enrols afresh: its drain goes with it.
+    if hub.store.delete_drain(id).await? {
+        hub.dispatch.resume(id);
+        hub.cluster.tell(crate::cluster::Note::Resume {
+            worker_id: id.to_string(),
+        });
     }
     hub.store.delete_worker(id).await?;
     hub.store.sync().await?;

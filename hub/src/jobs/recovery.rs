@@ -22,6 +22,7 @@ pub async fn recover(hub: &Arc<Hub>) -> Result<(), HubError> {
         };
         hub.dispatch.ensure_known(w, kind);
     }
+    hub.dispatch.load_drains(hub.store.list_drains().await?);
     // The job records are the truth: every queued job goes back in the dispatch index under
     // its `queue_seq`, every assigned or running job back to its worker, which gets a
     // reconnect grace.

@@ -283,6 +283,12 @@ pub trait Store: Send + Sync + 'static {
     async fn list_workers(&self) -> StoreResult<Vec<WorkerRecord>>;
     /// Deletes a worker record.
     async fn delete_worker(&self, id: &str) -> StoreResult<()>;
+    /// Stores an admin's drain of a worker (replacing an earlier one).
+    async fn put_drain(&self, drain: &DrainRecord) -> StoreResult<()>;
+    /// Every drained worker.
+    async fn list_drains(&self) -> StoreResult<Vec<DrainRecord>>;
+    /// Ends a worker's drain; true when it was drained.
+    async fn delete_drain(&self, worker_id: &str) -> StoreResult<bool>;
 
     /// Stores a minted worker token.
     async fn put_worker_token(&self, token: &WorkerTokenRecord) -> StoreResult<()>;

@@ -429,6 +429,23 @@ pub struct WorkerRecord {
     pub last_seen_ms: u64,
 }
 
+/// An admin's drain of a worker: it takes no new jobs, across its reconnects and hub restarts,
+/// until an admin resumes it (its existence is the drain; delete = resume). Kept apart from
+/// [`WorkerRecord`], which every connect of the worker rewrites.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DrainRecord {
+    /// Record version.
+    #[serde(default = "v1")]
+    pub v: u32,
+    /// The worker.
+    pub worker_id: String,
+    /// Email of the admin who drained it.
+    pub by: String,
+    /// When (ms).
+    pub at_ms: u64,
+}
+
 /// A minted worker token (its existence is what makes the token valid; delete = revoke).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkerTokenRecord {

@@ -2,7 +2,8 @@
 //!
 //! Trees (a small fixed set; sled amplifies space with many trees): `jobs` (id -> JSON
 //! [`JobRecord`]), `job_owner` (owner \0 job id -> ()), `output` (job id \0 big-endian index ->
-//! binary [`ChunkRecord`]), `users` (email -> JSON), `files`, `workers`, `meta` (worker tokens).
+//! binary [`ChunkRecord`]), `users` (email -> JSON), `files`, `workers`, `meta` (worker tokens
+//! `wtok:`, signed-out sessions `rsess:`, drained workers `drain:`).
 //!
 //! No job write is a sled transaction. A transaction (or `apply_batch`) takes sled's global
 //! write lock, which stalls every other reader and writer, and seals the log buffer twice, each
@@ -645,6 +646,33 @@ impl Store for SledStore {
             .remove(id.as_bytes())
             .map_err(backend("delete worker"))?;
         Ok(())
+    }
+
+    async fn put_drain(&self, drain: &DrainRecord) -> StoreResult<()> {
+        self.meta
+            .insert(
+                format!("drain:{}", drain.worker_id).as_bytes(),
+                encode(drain),
+            )
+            .map_err(backend("put drain"))?;
+        Ok(())
+    }
+
+    async fn list_drains(&self) -> StoreResult<Vec<DrainRecord>> {
+        let mut out = Vec::new();
+        for item in self.meta.scan_prefix(b"drain:") {
+            let (k, v) = item.map_err(backend("list drains"))?;
+            out.push(decode(&k, &v)?);
+        }
+        Ok(out)
+    }
+
+    async fn delete_drain(&self, worker_id: &str) -> StoreResult<bool> {
+        Ok(self
+            .meta
+            .remove(format!("drain:{worker_id}").as_bytes())
+            .map_err(backend("delete drain"))?
+            .is_some())
     }
 
     async fn put_worker_token(&self, token: &WorkerTokenRecord) -> StoreResult<()> {

@@ -56,6 +56,7 @@ export function Workers() {
   }, []);
 
   const online = workers?.filter((w) => w.status === 'online').length ?? 0;
+  const draining = workers?.filter((w) => w.status === 'draining').length ?? 0;
   const slots = workers?.filter((w) => w.status === 'online').reduce((n, w) => n + w.slots, 0) ?? 0;
   const used = workers?.filter((w) => w.status === 'online').reduce((n, w) => n + w.slotsUsed, 0) ?? 0;
 
@@ -64,7 +65,7 @@ export function Workers() {
       <PageHeader title="Workers">
         {workers && (
           <span class="muted">
-            {online} online · {used} of {slots} slots busy
+            {online} online{draining > 0 && ` · ${draining} draining`} · {used} of {slots} slots busy
           </span>
         )}
       </PageHeader>
@@ -111,6 +112,11 @@ export function Workers() {
                   </td>
                   <td>
                     <span class={`badge badge-worker-${w.status}`}>{w.status}</span>
+                    {w.drainedBy && (
+                      <div class="muted small drained" title={w.drainedAt ?? ''}>
+                        drained by {w.drainedBy} {formatRelative(w.drainedAt ?? null, now)}
+                      </div>
+                    )}
                   </td>
                   <td>
                     <div class="slots" title={`${w.slotsUsed} of ${w.slots}`}>
@@ -164,7 +170,7 @@ export function Workers() {
   );
 }
 
-/** An admin's actions on one worker: drain it, or remove it after asking once. */
+/** An admin's actions on one worker: drain or resume it, or remove it after asking once. */
 function WorkerActions({
   worker: w,
   onDone,
@@ -209,16 +215,26 @@ function WorkerActions({
   }
   return (
     <div class="inline-form">
-      {w.kind === 'agent' && w.status === 'online' && (
+      {w.drainedBy ? (
         <button
           type="button"
           class="btn btn-small"
           disabled={busy}
-          title="It takes no new jobs and finishes its running ones, until its agent reconnects"
+          title="It takes jobs again"
+          onClick={() => void act(() => api.resumeWorker(id), `${id} takes jobs again`)}
+        >
+          Resume<span class="visually-hidden"> {id}</span>
+        </button>
+      ) : (
+        <button
+          type="button"
+          class="btn btn-small"
+          disabled={busy}
+          title="It takes no new jobs and finishes its running ones, across restarts, until resumed"
           onClick={() =>
             void act(
               () => api.drainWorker(id),
-              `${id} is draining: it takes no new jobs and finishes its running ones, until its agent reconnects`,
+              `${id} is drained: it takes no new jobs and finishes its running ones, until you resume it`,
             )
           }
         >

@@ -993,6 +993,37 @@ impl Store for PgStore {
         .await
     }
 
+    async fn put_drain(&self, drain: &DrainRecord) -> StoreResult<()> {
+        self.execute(
+            "put drain",
+            "INSERT INTO drains (worker_id, record) VALUES ($1, $2) \
+             ON CONFLICT (worker_id) DO UPDATE SET record = EXCLUDED.record",
+            &[&drain.worker_id, &Json(drain)],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn list_drains(&self) -> StoreResult<Vec<DrainRecord>> {
+        self.records(
+            "list drains",
+            "SELECT record FROM drains ORDER BY worker_id",
+            &[],
+        )
+        .await
+    }
+
+    async fn delete_drain(&self, worker_id: &str) -> StoreResult<bool> {
+        let n = self
+            .execute(
+                "delete drain",
+                "DELETE FROM drains WHERE worker_id = $1",
+                &[&worker_id],
+            )
+            .await?;
+        Ok(n > 0)
+    }
+
     async fn delete_worker(&self, id: &str) -> StoreResult<()> {
         self.execute("delete worker", "DELETE FROM workers WHERE id = $1", &[&id])
             .await?;

@@ -15,6 +15,7 @@
 //! | `revoked_sessions` | `sid` | `exp_s` |
 //! | `secrets` | `name` | `value`: keys every hub of a cluster must share (session JWT, worker tokens) |
 //! | `blobs`, `blob_parts` | `sha256`, `(sha256, part)` | uploaded contents every hub reads, in parts of 1 MiB; the `blobs` row is written last, in the same transaction: a blob is there whole or not at all |
+//! | `drains` | `worker_id` | `record` (JSON [`DrainRecord`](super::DrainRecord)): workers an admin drained, until resumed |
 //! | `presence` | `worker_id` | `hub_id`, `seen_at` (the database's clock): which hub holds a worker's connection, refreshed every few seconds |
 //!
 //! A migration never edits an applied one: a change is a new entry at the end.
@@ -78,6 +79,12 @@ CREATE TABLE blob_parts (
     PRIMARY KEY (sha256, part)
 );
 CREATE TABLE blobs (sha256 text PRIMARY KEY, size bigint NOT NULL, parts int NOT NULL);
+"#,
+    ),
+    (
+        4,
+        r#"
+CREATE TABLE drains (worker_id text PRIMARY KEY, record jsonb NOT NULL);
 "#,
     ),
 ];
