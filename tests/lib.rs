@@ -526,13 +526,18 @@ impl FakeAgent {
         }
     }
 
-    /// Receives messages until one matches `pick`.
+    /// Receives messages until one matches `pick`, for [`WAIT`] in all: the hub's pings and
+    /// other messages do not keep a wait for one that never comes going.
     pub async fn recv_until<T>(
         &mut self,
         mut pick: impl FnMut(HubMsg) -> Option<T>,
     ) -> anyhow::Result<T> {
+        let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            if let Some(v) = pick(self.recv().await?) {
+            let m = tokio::time::timeout_at(deadline, self.recv())
+                .await
+                .context("timed out waiting for the hub message expected")??;
+            if let Some(v) = pick(m) {
                 return Ok(v);
             }
         }
