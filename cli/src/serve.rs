@@ -472,6 +472,9 @@ fn agent_token(token: Option<String>, file: Option<&Path>) -> anyhow::Result<Str
 
 /// `cmdx agent`: runs until drained or aborted; 0 on a clean exit.
 pub async fn run_agent(args: AgentArgs) -> anyhow::Result<i32> {
+    if let Some(e) = args.tags.iter().find_map(|t| cmdx_proto::tag_error(t)) {
+        anyhow::bail!("--tags: {e}");
+    }
     let token = agent_token(args.token, args.token_file.as_deref())?;
     let mut config = cmdx_agent::AgentConfig::new(args.hub, token);
     config.ca_file = args.ca_file;

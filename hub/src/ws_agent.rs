@@ -283,6 +283,10 @@ fn end_session(hub: &Arc<Hub>, worker_id: &str, generation: u64) {
 /// (`DELETE /api/workers/{id}`) or that token is revoked or expires; so another token cannot
 /// take over an agent's id, its jobs and their secrets. `Err((code, message))` otherwise.
 async fn admit(hub: &Hub, hello: &Hello, token_id: &str) -> Result<(), (&'static str, String)> {
+    // A tag no job can name (`cmdx agent` checks its own before it connects).
+    if let Some(e) = hello.tags.iter().find_map(|t| cmdx_proto::tag_error(t)) {
+        return Err(("invalid_tags", e));
+    }
     let token = match hub.store.get_worker_token(token_id).await {
         Ok(Some(t)) => t,
         Ok(None) => return Err(("token_revoked", "worker token revoked".into())),

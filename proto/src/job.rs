@@ -202,3 +202,49 @@ impl Outcome {
         }
     }
 }
+
+/// Longest tag, in bytes.
+pub const MAX_TAG_BYTES: usize = 64;
+
+/// Why `tag` cannot be a tag, if it cannot: tags are what jobs ask for and agents serve, matched
+/// exactly, and written comma-separated (`--tags gpu,linux`, the `tags` label of
+/// `cmdx_queue_depth_by_tags`): 1 to [`MAX_TAG_BYTES`] bytes without commas, white space or
+/// control characters.
+pub fn tag_error(tag: &str) -> Option<String> {
+    if tag.is_empty() || tag.len() > MAX_TAG_BYTES {
+        return Some(format!(
+            "tag {tag:?} is not 1 to {MAX_TAG_BYTES} bytes long"
+        ));
+    }
+    tag.chars()
+        .any(|c| c == ',' || c.is_whitespace() || c.is_control())
+        .then(|| {
+            format!(
+                "tag {tag:?} has a comma, a space or a control character: each tag is one word \
+                 (gpu,linux is two tags, given apart)"
+            )
+        })
+}
+
+#[cfg(test)]
+mod tag_tests {
+    use super::tag_error;
+
+    #[test]
+    fn tags_are_words_without_separators() {
+        for ok in ["gpu", "linux/arm64", "region=eu-1", "x86_64", "ü"] {
+            assert_eq!(tag_error(ok), None, "{ok}");
+        }
+        for bad in [
+            "",
+            "gpu,linux",
+            "gpu linux",
+            "tab\there",
+            "nl\n",
+            &"a".repeat(65),
+        ] {
+            assert!(tag_error(bad).is_some(), "{bad:?}");
+        }
+        assert_eq!(tag_error(&"a".repeat(64)), None);
+    }
+}

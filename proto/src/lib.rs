@@ -74,7 +74,7 @@ pub mod legacy;
 pub mod rest;
 
 pub use bytes64::Bytes64;
-pub use job::{FailureKind, JobStatus, Outcome, StreamKind, WindowSize};
+pub use job::{FailureKind, JobStatus, MAX_TAG_BYTES, Outcome, StreamKind, WindowSize, tag_error};
 
 /// Version of the agent and client WebSocket protocols; exchanged in `hello`/`welcome`.
 pub const PROTOCOL_VERSION: u32 = 1;

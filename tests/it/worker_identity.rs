@@ -141,6 +141,83 @@ async fn a_scoped_token_advertises_only_its_tags() {
     assert_eq!(r.status(), 400);
 }
 
+/// A tag is one word: `"gpu, linux"` given as one tag (a job's, a token scope's, an agent's)
+/// could never match what the other side calls `gpu` and `linux`, so the job would wait for
+/// ever. Each is refused where it is given, saying why; spaces around a job's tag are trimmed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_with_a_separator_is_refused_where_it_is_given() {
+    let hub = HubProc::start(FAST).await;
+    let admin = hub.admin().await;
+    let long = "t".repeat(65);
+    for bad in ["gpu, linux", "gpu linux", "a\nb", "", long.as_str()] {
+        let (status, body) = hub
+            .send_json(
+                &admin,
+                reqwest::Method::POST,
+                "/api/jobs/submit",
+                json!({"command": "true", "tags": ["ok", bad]}),
+            )
+            .await;
+        let msg = body["error"].as_str().unwrap_or_default().to_string();
+        if bad.is_empty() {
+            // An empty tag is dropped with the white space around the others.
+            assert_eq!(status, 201, "{body}");
+            continue;
+        }
+        assert_eq!(status, 400, "{bad:?}: {body}");
+        assert!(msg.contains("tag "), "{bad:?}: {msg}");
+    }
+    let (status, body) = hub
+        .send_json(
+            &admin,
+            reqwest::Method::POST,
+            "/api/jobs/submit",
+            json!({"command": "true", "tags": ["gpu,linux"]}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|m| m.contains("each tag is one word (gpu,linux is two tags")),
+        "{body}"
+    );
+    let id = hub
+        .submit(&admin, json!({"command": "true", "tags": [" gpu "]}))
+        .await;
+    assert_eq!(hub.job(&admin, &id).await["tags"], json!(["gpu"]));
+
+    let (status, body) = hub
+        .send_json(
+            &admin,
+            reqwest::Method::POST,
+            "/api/workers/tokens",
+            json!({"tags": ["pool,a"]}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+
+    let (token, _) = mint(&hub, &admin, json!({"name": "tags"})).await;
+    let err = FakeAgent::connect_tagged(&hub, &token, "t-1", 1, vec![], vec!["a b".into()])
+        .await
+        .err()
+        .expect("the hub refuses the agent's tag");
+    assert!(err.to_string().contains("invalid_tags"), "{err}");
+    // `cmdx agent` says so itself, before it connects anywhere.
+    let out = tokio::process::Command::new(cmdx_bin())
+        .args(["agent", "--hub", &hub.url, "--tags", "gpu,has space"])
+        .env("CMDX_AGENT_TOKEN", &token)
+        .output()
+        .await
+        .expect("run cmdx agent");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("--tags: tag \"has space\" has a comma, a space"),
+        "{stderr}"
+    );
+}
+
 /// Revoking one token (REST and CLI): it is listed (never its secret) with its agent, the revoke
 /// closes the agent's session within a second with a clear reason, the token cannot reconnect or
 /// make a REST call, and other tokens go on working. Expired token records go with the janitor.

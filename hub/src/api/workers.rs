@@ -66,17 +66,13 @@ pub async fn mint(
             "ttlSecs must be between 1 and ten years",
         ));
     }
-    if let Some(tags) = &tags
-        && (tags.len() > 64
-            || tags.iter().any(|t| {
-                t.is_empty()
-                    || t.len() > 128
-                    || t.chars().any(|c| c.is_whitespace() || c.is_control())
-            }))
-    {
-        return Err(ApiError::bad_request(
-            "tags: at most 64, each 1 to 128 bytes without spaces or control characters",
-        ));
+    if let Some(tags) = &tags {
+        if tags.len() > 64 {
+            return Err(ApiError::bad_request("tags: at most 64"));
+        }
+        if let Some(e) = tags.iter().find_map(|t| cmdx_proto::tag_error(t)) {
+            return Err(ApiError::bad_request(e));
+        }
     }
     let now = now_ms();
     let rec = WorkerTokenRecord {

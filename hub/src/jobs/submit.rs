@@ -96,8 +96,15 @@ async fn accept(
             hub.config.max_attempts_limit
         )));
     }
-    if req.tags.len() > 32 || req.tags.iter().any(|t| t.len() > 64) {
-        return Err(invalid("at most 32 tags of 64 bytes"));
+    if req.tags.len() > 32 {
+        return Err(invalid("at most 32 tags"));
+    }
+    // Checked as they are kept: trimmed, empty ones dropped.
+    if let Some(e) = sorted_tags(&req.tags)
+        .iter()
+        .find_map(|t| cmdx_proto::tag_error(t))
+    {
+        return Err(invalid(e));
     }
     if req.env.len() > 128
         || req.env.iter().any(|(k, v)| {
