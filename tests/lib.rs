@@ -626,11 +626,47 @@ pub fn mounted_under(path: &Path) -> bool {
 
 /// A world-traversable temp folder (jobs run as unprivileged uids and must reach their
 /// workspace through it).
-pub fn traversable_tempdir() -> tempfile::TempDir {
+pub fn traversable_tempdir() -> TestDir {
     use std::os::unix::fs::PermissionsExt;
     let t = tempfile::tempdir().expect("tempdir");
     std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    t
+    TestDir(Some(t))
+}
+
+/// A temporary folder agents may run in: dropped, it first detaches the job workspaces
+/// (tmpfs) an agent killed mid-cleanup left mounted under it (a restarted agent would; a test's
+/// agent is not restarted), so the folder goes and no mount outlives the test.
+pub struct TestDir(Option<tempfile::TempDir>);
+
+impl TestDir {
+    /// Its path.
+    pub fn path(&self) -> &Path {
+        self.0.as_ref().expect("live").path()
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        let Some(dir) = self.0.take() else {
+            return;
+        };
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        // Field 5 is the mount point (octal escapes for spaces, which test paths have none of);
+        // deepest first.
+        let mut under: Vec<&str> = mountinfo
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|m| Path::new(m).starts_with(dir.path()))
+            .collect();
+        under.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in under {
+            let _ = nix::mount::umount2(
+                m,
+                nix::mount::MntFlags::MNT_DETACH | nix::mount::MntFlags::UMOUNT_NOFOLLOW,
+            );
+        }
+        drop(dir);
+    }
 }
 
 /// A running `cmdx agent` process.
@@ -666,7 +702,7 @@ pub struct DevProc {
     pub url: String,
     /// Data folder.
     pub data: PathBuf,
-    _tmp: tempfile::TempDir,
+    _tmp: TestDir,
     /// HTTP client.
     pub http: reqwest::Client,
 }
@@ -683,18 +719,13 @@ impl DevProc {
 
     /// Starts `cmdx dev --agents N` as a newcomer does: from the folder `cwd` (inside `tmp`),
     /// with no `--data` (so `./cmdx-data`).
-    pub async fn start_in(cwd: &Path, tmp: tempfile::TempDir, agents: u32) -> DevProc {
+    pub async fn start_in(cwd: &Path, tmp: TestDir, agents: u32) -> DevProc {
         let mut cmd = Command::new(cmdx_bin());
         cmd.arg("dev").current_dir(cwd);
         Self::spawn(cmd, agents, cwd.join("cmdx-data"), tmp).await
     }
 
-    async fn spawn(
-        mut cmd: Command,
-        agents: u32,
-        data: PathBuf,
-        tmp: tempfile::TempDir,
-    ) -> DevProc {
+    async fn spawn(mut cmd: Command, agents: u32, data: PathBuf, tmp: TestDir) -> DevProc {
         let mut child = cmd
             .arg("--listen")
             .arg("127.0.0.1:0")

@@ -46,7 +46,7 @@ struct Rig {
     token: String,
     agent: AgentProc,
     /// World-traversable scratch dir (agent work dir and host files live here).
-    dir: tempfile::TempDir,
+    dir: cmdx_e2e::TestDir,
     uid_base: u32,
     concurrency: u32,
     /// The agent's configured worker id, if any.

@@ -114,7 +114,7 @@ async fn run_on_dev(dev: &DevProc, command: &str) -> (String, Value) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn newcomer_runs_cmdx_dev_from_a_private_home() {
     use std::os::unix::fs::PermissionsExt as _;
-    let home = tempfile::tempdir().unwrap();
+    let home = cmdx_e2e::traversable_tempdir();
     std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
     let project = home.path().join("cmdx");
     std::fs::create_dir(&project).unwrap();
