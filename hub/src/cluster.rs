@@ -79,6 +79,12 @@ pub(crate) enum Note {
         /// The job.
         job_id: String,
     },
+    /// The job changed (status, worker, attempt): hubs with a client watching reread it and
+    /// tell their clients.
+    Changed {
+        /// The job.
+        job_id: String,
+    },
     /// The job is terminal: subscribers elsewhere send the rest of its log and end.
     Ended {
         /// The job.
@@ -116,6 +122,7 @@ impl Note {
             Note::Resume { worker_id } => format!("R\t{hub_id}\t{worker_id}"),
             Note::Revoked { token_id } => format!("r\t{hub_id}\t{token_id}"),
             Note::Output { job_id } => format!("o\t{hub_id}\t{job_id}"),
+            Note::Changed { job_id } => format!("j\t{hub_id}\t{job_id}"),
             Note::Ended { job_id } => format!("e\t{hub_id}\t{job_id}"),
             Note::User { user_id } => format!("u\t{hub_id}\t{user_id}"),
             Note::SignedOut { sid, exp_s } => format!("s\t{hub_id}\t{sid}\t{exp_s}"),
@@ -157,6 +164,9 @@ impl Note {
                 token_id: f.next()?.to_string(),
             },
             "o" => Note::Output {
+                job_id: f.next()?.to_string(),
+            },
+            "j" => Note::Changed {
                 job_id: f.next()?.to_string(),
             },
             "e" => Note::Ended {
@@ -358,11 +368,13 @@ async fn listen(hub: Arc<Hub>) {
             Ok(Some(listener)) => {
                 let mut notes = listener.notes;
                 hub.tasks.spawn(listener.driver);
+                let (changed, rx) = mpsc::channel(CHANGED_QUEUE);
+                hub.tasks.spawn(reread_changed(hub.clone(), rx));
                 let mut poll = tokio::time::interval(POLL);
                 loop {
                     tokio::select! {
                         note = notes.recv() => match note {
-                            Some(line) => heard(&hub, &line).await,
+                            Some(line) => heard(&hub, &line, &changed).await,
                             None => break,
                         },
                         _ = poll.tick() => catch_up(&hub).await,
@@ -502,8 +514,28 @@ pub(crate) async fn catch_up(hub: &Hub) {
     }
 }
 
-/// Acts on one note from another hub.
-async fn heard(hub: &Arc<Hub>, line: &str) {
+/// Jobs changed on other hubs waiting to be reread for this hub's clients; more are dropped
+/// (like every dashboard event a slow listener misses, the next change or a reload shows it).
+const CHANGED_QUEUE: usize = 4096;
+
+/// Rereads jobs changed on other hubs and tells this hub's clients, apart from the listener so
+/// a burst of changes never holds up the notes dispatch needs (a job queued, a cancel).
+async fn reread_changed(hub: Arc<Hub>, mut rx: mpsc::Receiver<String>) {
+    let mut batch = Vec::new();
+    while rx.recv_many(&mut batch, 256).await > 0 {
+        let mut seen = std::collections::HashSet::new();
+        for job_id in batch.drain(..).filter(|id| seen.insert(id.clone())) {
+            match hub.store.get_job(&job_id).await {
+                Ok(Some(job)) => hub.publish_here(&job),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(job_id, error = %e, "reading a changed job failed"),
+            }
+        }
+    }
+}
+
+/// Acts on one note from another hub; `changed` takes the jobs to reread for clients here.
+async fn heard(hub: &Arc<Hub>, line: &str, changed: &mpsc::Sender<String>) {
     let Some((from, note)) = Note::decode(line) else {
         tracing::debug!(line, "unknown note");
         return;
@@ -555,6 +587,11 @@ async fn heard(hub: &Arc<Hub>, line: &str) {
                 tracing::warn!(job_id, error = %e, "reading another hub's output failed");
             }
         }
+        Note::Changed { job_id } => {
+            if hub.job_watched_here(&job_id) {
+                let _ = changed.try_send(job_id);
+            }
+        }
         Note::Ended { job_id } => hub.relay.end(&job_id),
         Note::User { user_id } => match hub.store.get_user(&user_id).await {
             Ok(Some(u)) => hub.apply_user(&u),
@@ -596,6 +633,9 @@ mod tests {
             },
             Note::Resume {
                 worker_id: "w1".into(),
+            },
+            Note::Changed {
+                job_id: "j5".into(),
             },
             Note::Resize {
                 job_id: "j4".into(),

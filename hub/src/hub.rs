@@ -202,13 +202,27 @@ impl Hub {
         });
     }
 
-    /// Publishes a job's current state to the dashboards that may see it (its owner, admins).
-    /// Its output subscribers on this hub hear of it too.
+    /// Publishes a job's current state to the dashboards that may see it (its owner, admins)
+    /// and to its output subscribers, here and, through a note, on every hub of a cluster.
     pub fn publish(&self, job: &JobRecord) {
+        self.publish_here(job);
+        self.cluster.tell(crate::cluster::Note::Changed {
+            job_id: job.id.clone(),
+        });
+    }
+
+    /// [`Hub::publish`] to this hub's clients only.
+    pub(crate) fn publish_here(&self, job: &JobRecord) {
         let msg = ServerMsg::Job(crate::jobs::views::summary(job));
         self.relay
             .job_changed(&job.id, || crate::relay::encode(&msg));
         self.emit(Some(job.owner.clone()), msg);
+    }
+
+    /// Whether a client here would hear of a change of `job_id`: a dashboard's job feed, or a
+    /// subscriber to its output.
+    pub(crate) fn job_watched_here(&self, job_id: &str) -> bool {
+        self.events.receiver_count() > 0 || self.relay.is_followed(job_id)
     }
 
     /// Publishes a dashboard event (lossy for slow listeners).

@@ -421,24 +421,104 @@ async fn files_and_artifacts_cross_hubs() {
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
+/// Three hubs on one fresh database named `db`.
+async fn three_hubs(db: &str) -> (HubProc, HubProc, HubProc) {
+    let url = pg::fresh_database(db).expect("private PostgreSQL");
+    let flags = on(&url);
+    tokio::join!(
+        HubProc::start(&flags),
+        HubProc::start(&flags),
+        HubProc::start(&flags)
+    )
+}
+
 /// A `/ws/client` socket following `job_id` from `offset`.
 async fn follow(hub: &HubProc, token: &str, job_id: &str, offset: u64) -> Ws {
+    client_socket(
+        hub,
+        token,
+        cmdx_proto::client::ClientMsg::SubscribeOutput {
+            job_id: job_id.to_string(),
+            offset,
+        },
+    )
+    .await
+}
+
+/// A `/ws/client` socket that has sent `first`.
+async fn client_socket(hub: &HubProc, token: &str, first: cmdx_proto::client::ClientMsg) -> Ws {
     use futures_util::SinkExt;
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let mut req = hub.ws_url("/ws/client").into_client_request().unwrap();
     req.headers_mut()
         .insert("authorization", format!("Bearer {token}").parse().unwrap());
     let mut ws = tokio_tungstenite::connect_async(req).await.unwrap().0;
-    let m = cmdx_proto::client::ClientMsg::SubscribeOutput {
-        job_id: job_id.to_string(),
-        offset,
-    };
     ws.send(tokio_tungstenite::tungstenite::Message::text(
-        serde_json::to_string(&m).unwrap(),
+        serde_json::to_string(&first).unwrap(),
     ))
     .await
     .unwrap();
     ws
+}
+
+/// The statuses `job_id` goes through on a jobs feed, until it is `last`.
+async fn statuses_until(feed: &mut Ws, job_id: &str, last: &str) -> Vec<String> {
+    use futures_util::StreamExt;
+    let mut seen = Vec::new();
+    // One deadline for the whole wait: the hub's pings must not keep it going.
+    let deadline = tokio::time::Instant::now() + cmdx_e2e::WAIT;
+    while seen.last().is_none_or(|s| s != last) {
+        let m = tokio::time::timeout_at(deadline, feed.next())
+            .await
+            .unwrap_or_else(|_| panic!("{job_id} never became {last}: {seen:?}"))
+            .expect("socket open")
+            .expect("frame");
+        let tokio_tungstenite::tungstenite::Message::Text(t) = m else {
+            continue;
+        };
+        let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+        if v["type"] == "job" && v["jobId"] == job_id {
+            seen.push(v["status"].as_str().unwrap().to_string());
+        }
+    }
+    seen
+}
+
+/// A dashboard on hub C sees live every change of a job submitted on A and run by an agent on
+/// B (each hub rereads a job another hub changed when a client of its own is watching).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_changes_reach_dashboards_on_every_hub() {
+    let (a, b, c) = three_hubs("job_feed").await;
+    let admin = a.admin().await;
+    let wt = a.worker_token(&admin).await;
+    let mut feed = client_socket(&c, &admin, cmdx_proto::client::ClientMsg::SubscribeJobs).await;
+    // Once a job submitted on C itself shows on the feed, the feed is on.
+    let probe = c
+        .submit(&admin, json!({"command": "probe", "tags": ["nobody"]}))
+        .await;
+    assert_eq!(
+        statuses_until(&mut feed, &probe, "queued").await,
+        ["queued"]
+    );
+
+    // Each step waits for C to show it: queued (on A), assigned and running (on B), completed.
+    let id = a.submit(&admin, json!({"command": "elsewhere"})).await;
+    assert_eq!(statuses_until(&mut feed, &id, "queued").await, ["queued"]);
+    let (mut agent, _) = cmdx_e2e::FakeAgent::connect(&b, &wt, "on-b", 1, vec![])
+        .await
+        .unwrap();
+    let asg = agent.start_next().await.unwrap();
+    assert_eq!(asg.job_id, id);
+    let seen = statuses_until(&mut feed, &id, "running").await;
+    assert!(
+        seen.iter().all(|s| s == "assigned" || s == "running"),
+        "{seen:?}"
+    );
+    agent.finish(&id, asg.attempt, 0, 0).await.unwrap();
+    assert_eq!(
+        statuses_until(&mut feed, &id, "completed").await,
+        ["completed"]
+    );
 }
 
 /// Reads output into `got` (checking each message starts where the last ended) until it holds
@@ -475,13 +555,7 @@ async fn read_output(ws: &mut Ws, got: &mut Vec<u8>, start: u64, until: Option<u
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn output_streams_live_to_watchers_on_another_hub() {
     use cmdx_proto::agent::{AgentMsg, Finished, OutputChunk};
-    let url = pg::fresh_database("relay").expect("private PostgreSQL");
-    let flags = on(&url);
-    let (a, b, c) = tokio::join!(
-        HubProc::start(&flags),
-        HubProc::start(&flags),
-        HubProc::start(&flags)
-    );
+    let (a, b, c) = three_hubs("relay").await;
     let admin = a.admin().await;
     let wt = a.worker_token(&admin).await;
     let id = a.submit(&admin, json!({"command": "stream"})).await;

@@ -192,6 +192,11 @@ impl Relay {
         }
     }
 
+    /// Whether `job_id`'s output has subscribers here.
+    pub fn is_followed(&self, job_id: &str) -> bool {
+        self.followed_live(job_id).is_some()
+    }
+
     /// The live relay of `job_id` when it has subscribers here.
     fn followed_live(&self, job_id: &str) -> Option<Arc<LiveJob>> {
         let map = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
