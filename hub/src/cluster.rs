@@ -293,7 +293,7 @@ pub(crate) async fn worker_views(
             continue;
         };
         let current_jobs = held.remove(&record.id).unwrap_or_default();
-        let view = cmdx_proto::rest::WorkerView {
+        let mut view = cmdx_proto::rest::WorkerView {
             worker_id: record.id.clone(),
             status: "online".into(),
             kind: record.kind.clone(),
@@ -317,7 +317,6 @@ pub(crate) async fn worker_views(
             drained_by: None,
             drained_at: None,
         };
-        let mut view = view;
         if let Some(d) = hub.dispatch.drained(&record.id) {
             crate::dispatch::show_drain(&mut view, &d);
         }
