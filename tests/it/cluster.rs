@@ -492,14 +492,25 @@ async fn job_changes_reach_dashboards_on_every_hub() {
     let admin = a.admin().await;
     let wt = a.worker_token(&admin).await;
     let mut feed = client_socket(&c, &admin, cmdx_proto::client::ClientMsg::SubscribeJobs).await;
-    // Once a job submitted on C itself shows on the feed, the feed is on.
-    let probe = c
-        .submit(&admin, json!({"command": "probe", "tags": ["nobody"]}))
+    // The feed is on once it shows a job submitted on C itself; a probe submitted before the
+    // subscription took effect is never shown, so probe until one is.
+    let mut on = false;
+    for _ in 0..30 {
+        let probe = c
+            .submit(&admin, json!({"command": "probe", "tags": ["nobody"]}))
+            .await;
+        let seen = tokio::time::timeout(
+            std::time::Duration::from_secs(1),
+            statuses_until(&mut feed, &probe, "queued"),
+        )
         .await;
-    assert_eq!(
-        statuses_until(&mut feed, &probe, "queued").await,
-        ["queued"]
-    );
+        if let Ok(seen) = seen {
+            assert_eq!(seen, ["queued"]);
+            on = true;
+            break;
+        }
+    }
+    assert!(on, "the jobs feed on C never showed a job");
 
     // Each step waits for C to show it: queued (on A), assigned and running (on B), completed.
     let id = a.submit(&admin, json!({"command": "elsewhere"})).await;
