@@ -206,9 +206,11 @@ impl Hub {
     /// and to its output subscribers, here and, through a note, on every hub of a cluster.
     pub fn publish(&self, job: &JobRecord) {
         self.publish_here(job);
-        self.cluster.tell(crate::cluster::Note::Changed {
-            job_id: job.id.clone(),
-        });
+        if self.cluster.is_shared() {
+            self.cluster.tell(crate::cluster::Note::Changed {
+                job_id: job.id.clone(),
+            });
+        }
     }
 
     /// [`Hub::publish`] to this hub's clients only.

@@ -232,18 +232,25 @@ pub async fn drain(hub: &Arc<Hub>, req: Req, id: &str) -> ApiResult<Response> {
 pub async fn resume(hub: &Arc<Hub>, req: Req, id: &str) -> ApiResult<Response> {
     let caller = admin(hub, &req).await?;
     known_worker(hub, id).await?;
-    let stored = hub.store.delete_drain(id).await?;
+    let was_drained = end_drain(hub, id).await?;
     hub.store.sync().await?;
-    let here = hub.dispatch.resume(id);
-    hub.cluster.tell(crate::cluster::Note::Resume {
-        worker_id: id.to_string(),
-    });
     tracing::info!(worker_id = %id, by = %caller.email, "worker resumed");
     Ok(json(&serde_json::json!({
         "success": true,
         "workerId": id,
-        "wasDrained": stored || here,
+        "wasDrained": was_drained,
     })))
+}
+
+/// Ends an admin's drain of `id` in the store, here and on the other hubs; true when it was
+/// drained.
+async fn end_drain(hub: &Hub, id: &str) -> ApiResult<bool> {
+    let stored = hub.store.delete_drain(id).await?;
+    let here = hub.dispatch.resume(id);
+    hub.cluster.tell(crate::cluster::Note::Resume {
+        worker_id: id.to_string(),
+    });
+    Ok(stored || here)
 }
 
 /// 404 unless some hub knows the worker.
@@ -266,12 +273,7 @@ pub async fn delete(hub: &Arc<Hub>, req: Req, id: &str) -> ApiResult<Response> {
         return Err(ApiError::not_found("worker not found"));
     }
     // A removed worker enrols afresh: its drain goes with it.
-    if hub.store.delete_drain(id).await? {
-        hub.dispatch.resume(id);
-        hub.cluster.tell(crate::cluster::Note::Resume {
-            worker_id: id.to_string(),
-        });
-    }
+    end_drain(hub, id).await?;
     hub.store.delete_worker(id).await?;
     hub.store.sync().await?;
     Ok(json(&serde_json::json!({"success": true, "workerId": id})))
